@@ -1,0 +1,82 @@
+"""The control plane's error tree. Every error has a stable `code` and an HTTP status.
+
+    DepmanError                      500 internal
+    ├── ValidationFailed             422 validation_failed
+    ├── NotFound                     404 not_found
+    │   └── InstanceNotFound         404 instance_not_found
+    ├── Conflict                     409 conflict
+    │   └── InvalidTransition        409 invalid_transition
+    ├── AuthError                    401 unauthorized
+    │   └── Forbidden                403 forbidden
+    └── ConfigError                  (start-up only) config_error
+
+The API renders each as `{"error": {"code", "message"}}` with its status.
+Messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+
+class DepmanError(Exception):
+    """Root of depman's server-side errors."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(DepmanError):
+    """Input that is well-formed JSON but violates a domain rule."""
+
+    code = "validation_failed"
+    status = 422
+
+
+class NotFound(DepmanError):
+    """A named object does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class InstanceNotFound(NotFound):
+    """Register could not find the instance by id or ip."""
+
+    code = "instance_not_found"
+
+
+class Conflict(DepmanError):
+    """The request clashes with the current state."""
+
+    code = "conflict"
+    status = 409
+
+
+class InvalidTransition(Conflict):
+    """A job or item cannot move to the requested state from its current one."""
+
+    code = "invalid_transition"
+
+
+class AuthError(DepmanError):
+    """Missing or wrong credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(AuthError):
+    """Valid credentials that may not touch this object."""
+
+    code = "forbidden"
+    status = 403
+
+
+class ConfigError(DepmanError):
+    """Bad settings at start-up."""
+
+    code = "config_error"
+    status = 500

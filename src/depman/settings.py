@@ -1,0 +1,85 @@
+"""The control plane's settings: one typed object, built in `main()`, never at import.
+
+Precedence: command-line flag > environment > default. Every field carries a
+description; `tests/server/test_settings.py` fails when one is undocumented in
+`docs/server.md`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./depman.db"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+
+
+class ServerSettings(BaseSettings):
+    """Settings of `depman server`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEPMAN_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    host: str = Field(DEFAULT_HOST, description="Address the HTTP server binds to.")
+    port: int = Field(
+        DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one."
+    )
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg://user@host/db.",
+    )
+    shared_secret: SecretStr | None = Field(
+        None,
+        validation_alias="DEPENDENCY_MANAGER_SHARED_SECRET",
+        description="Fleet secret agents send in X-DM-Secret on register (unset: no check).",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for /api/admin, /api/jobs and the dashboard (unset: refused).",
+    )
+    submit_token: SecretStr | None = Field(
+        None,
+        description="Optional bearer token that may only submit and read jobs.",
+    )
+    heartbeat_seconds: float = Field(
+        30.0, gt=0, description="Heartbeat interval agents use; liveness TTL derives from it."
+    )
+    live_ttl_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="An instance is live while its last heartbeat is younger than this "
+        "(default 3 x heartbeat_seconds).",
+    )
+    running_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A running item no heartbeat lists as downloading for this long is requeued.",
+    )
+    max_item_attempts: int = Field(
+        5, ge=1, description="A requeued item that reaches this many attempts is failed."
+    )
+    job_pending_timeout_seconds: float = Field(
+        3600.0, gt=0, description="A job not placed within this time fails."
+    )
+    job_deps_timeout_seconds: float = Field(
+        6 * 3600.0, gt=0, description="A placed job whose deps are not all installed in time fails."
+    )
+    job_max_placements: int = Field(
+        3,
+        ge=1,
+        description="How many instances a job may be placed on when a dep fails there.",
+    )
+    max_long_poll_seconds: float = Field(
+        30.0, ge=0, le=30, description="Upper bound of waitSeconds on the queue and job reads."
+    )
+    maintenance_interval_seconds: float = Field(
+        5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @property
+    def live_ttl(self) -> float:
+        """Seconds a heartbeat keeps an instance live."""
+        return self.live_ttl_seconds or 3 * self.heartbeat_seconds

@@ -1,0 +1,202 @@
+"""SQLAlchemy tables of the control plane.
+
+What is queried lives in columns and rows (inventory, queue items, job deps);
+only opaque documents (a profile's dynamic policy, a job's history) are JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so Alembic migrations are identical on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the shared naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _tz() -> DateTime:
+    return DateTime(timezone=True)
+
+
+class Dep(Base):
+    """A catalog entry: one model file and where it comes from."""
+
+    __tablename__ = "deps"
+
+    dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    auth: Mapped[str] = mapped_column(String(20), default="none")
+    dest_relative_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expected_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kind: Mapped[str] = mapped_column(String(10), default="dynamic")
+    created_at: Mapped[datetime] = mapped_column(_tz())
+    updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class Profile(Base):
+    """A dependency profile: static deps, prefetch flag, dynamic cache policy."""
+
+    __tablename__ = "profiles"
+
+    profile_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prefetch_on_boot: Mapped[bool] = mapped_column(Boolean, default=False)
+    dynamic_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class ProfileStaticDep(Base):
+    """One static dep of a profile (rows, so prefetch is a join)."""
+
+    __tablename__ = "profile_static_deps"
+
+    profile_id: Mapped[str] = mapped_column(
+        ForeignKey("profiles.profile_id", ondelete="CASCADE"), primary_key=True
+    )
+    dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ServerType(Base):
+    """A ComfyUI server type and how its models are managed."""
+
+    __tablename__ = "server_types"
+
+    server_type: Mapped[str] = mapped_column(String(200), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(50), default="dependency_manager_v1")
+    profile_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    max_active_jobs: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class Instance(Base):
+    """A GPU instance, its agent identity and the scalar part of its last heartbeat."""
+
+    __tablename__ = "instances"
+
+    instance_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    server_type: Mapped[str] = mapped_column(String(200), index=True)
+    agent_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    registered_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True, index=True)
+    disk_total_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disk_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    dynamic_bytes_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    queue_depth: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    downloading_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    failed_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    active_downloads: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Digest of the installed lists of the last heartbeat: an unchanged heartbeat
+    # compares one string instead of diffing hundreds of inventory rows.
+    inventory_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class InstanceDep(Base):
+    """One dep an instance holds, per its latest heartbeat."""
+
+    __tablename__ = "instance_deps"
+    __table_args__ = (Index("ix_instance_deps_dep_id", "dep_id"),)
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.instance_id", ondelete="CASCADE"), primary_key=True
+    )
+    dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    since: Mapped[datetime] = mapped_column(_tz())
+
+
+class QueueItem(Base):
+    """The download/touch item of one dep on one instance; `generation` names its itemId."""
+
+    __tablename__ = "queue_items"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "dep_id"),
+        Index("ix_queue_items_dispatch", "instance_id", "state", "priority", "enqueued_at"),
+        Index("ix_queue_items_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.instance_id", ondelete="CASCADE")
+    )
+    dep_id: Mapped[str] = mapped_column(String(200))
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    op: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))
+    # 0 = a job needs it, 1 = prefetch: jobs' deps go first.
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    enqueued_at: Mapped[datetime] = mapped_column(_tz())
+    started_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Last time a heartbeat listed the dep as downloading (or the running status came in).
+    last_progress_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class Job(Base):
+    """A dependency-managed job and its reservation."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_created", "state", "created_at"),
+        Index("ix_jobs_instance_state", "instance_id", "state"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    server_type: Mapped[str] = mapped_column(String(200), index=True)
+    state: Mapped[str] = mapped_column(String(20))
+    instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    placements: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"instanceId", "at", "event", "reason"}]: where the job went and why.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(_tz())
+    placed_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    ready_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class JobDep(Base):
+    """One dep a job needs."""
+
+    __tablename__ = "job_deps"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,59 @@
+"""Fixtures shared by every test: a clean environment, databases, live servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import RunningServer, postgres_database, run_server
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's DEPMAN_* / DM_* settings."""
+    for key in list(os.environ):
+        if key.startswith(("DEPMAN_", "DM_")) and key != "DEPMAN_TEST_PG_URL":
+            monkeypatch.delenv(key, raising=False)
+    for key in ("DEPENDENCY_MANAGER_SHARED_SECRET", "HF_TOKEN", "CIVITAI_TOKEN", "FCS_API_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def _database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'depman.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    yield from _database_url(request.param, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def control_plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    """A live `depman server` on loopback, once on SQLite and once on PostgreSQL.
+
+    `@pytest.mark.server_env(DEPMAN_RUNNING_TIMEOUT_SECONDS="1")` sets server env vars.
+    """
+    marker = request.node.get_closest_marker("server_env")
+    extra = dict(marker.kwargs) if marker else {}
+    for url in _database_url(request.param, tmp_path):
+        with run_server(url, extra_env=extra, cwd=tmp_path) as server:
+            yield server
+
+
+@pytest.fixture
+def depman_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    """A live `depman server` on a SQLite file (for agent and end-to-end tests)."""
+    marker = request.node.get_closest_marker("server_env")
+    extra = dict(marker.kwargs) if marker else {}
+    with run_server(f"sqlite:///{tmp_path / 'depman.db'}", extra_env=extra, cwd=tmp_path) as server:
+        yield server

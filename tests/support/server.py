@@ -1,0 +1,165 @@
+"""Run a real `depman server` process on loopback for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+PG_ADMIN_URL = os.environ.get(
+    "DEPMAN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+LISTEN_RE = re.compile(r"listening on (http://[\d.]+:\d+)")
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class RunningServer:
+    """A live server process and what a test needs to talk to it."""
+
+    root_url: str
+    admin_token: str
+    shared_secret: str
+    database_url: str
+    process: subprocess.Popen[str]
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, as agents know it (FCS_API_BASE_URL)."""
+        return self.root_url + "/api"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        raw_body: bytes | None = None,
+        timeout: float = 40.0,
+    ) -> tuple[int, Any]:
+        """Send one request to `root_url + path`; answer (status, parsed JSON or text)."""
+        data = raw_body
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.root_url + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        try:
+            return status, json.loads(body) if body else None
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def admin(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        """Call the admin API (`path` relative to /api, e.g. `/admin/deps/x`) with the admin token."""
+        return self.request(
+            method, "/api" + path, json, {"Authorization": f"Bearer {self.admin_token}"}
+        )
+
+    def logs(self) -> str:
+        """Everything the server printed so far."""
+        return "".join(self.log_lines)
+
+
+def _pump(stream: Any, sink: list[str], ready: threading.Event, found: list[str]) -> None:
+    for line in stream:
+        sink.append(line)
+        if not found:
+            match = LISTEN_RE.search(line)
+            if match:
+                found.append(match.group(1))
+                ready.set()
+    ready.set()
+
+
+@contextmanager
+def run_server(
+    database_url: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[RunningServer]:
+    """Start `depman server --port 0`, wait until it answers, stop it afterwards."""
+    admin_token = "adm-" + secrets.token_hex(8)
+    shared_secret = "sec-" + secrets.token_hex(8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPMAN_", "DM_"))}
+    env.update(
+        {
+            "DEPMAN_ADMIN_TOKEN": admin_token,
+            "DEPENDENCY_MANAGER_SHARED_SECRET": shared_secret,
+            "DEPMAN_DATABASE_URL": database_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra_env or {})
+    cmd = [sys.executable, "-m", "depman", "server", "--host", "127.0.0.1", "--port", "0"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+    found: list[str] = []
+    threading.Thread(target=_pump, args=(proc.stdout, lines, ready, found), daemon=True).start()
+    try:
+        ready.wait(START_TIMEOUT)
+        if not found:
+            raise RuntimeError("depman server did not start:\n" + "".join(lines))
+        yield RunningServer(
+            root_url=found[0],
+            admin_token=env["DEPMAN_ADMIN_TOKEN"],
+            shared_secret=env.get("DEPENDENCY_MANAGER_SHARED_SECRET", ""),
+            database_url=database_url,
+            process=proc,
+            log_lines=lines,
+        )
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Terminate, wait, then kill."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test; answers its SQLAlchemy URL."""
+    name = "depman_t_" + secrets.token_hex(6)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
