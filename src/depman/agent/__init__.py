@@ -1,0 +1,1 @@
+"""depman node agent: fetches model files for one ComfyUI instance (standard library only)."""

@@ -1,0 +1,359 @@
+"""The download engine: temp file → verify size and sha256 → atomic rename, with resume.
+
+Entry point: ``download_file(DownloadSpec(...), DownloadOptions(...)) -> DownloadResult``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import protocol as p
+from .errors import DownloadError, DownloadInterrupted, VerificationError
+from .files import Sidecar, fsync_dir
+from .http import Response, open_url, parse_retry_after, redact_url
+from .progress import Progress
+from .retry import RetryPolicy
+from .segments import ProbeResult, RangesUnsupported, SegmentedFetch, plan_segments
+
+log = logging.getLogger("depman.agent")
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """What to fetch and where; ``authorization`` is a full header value ("Bearer …")."""
+
+    url: str
+    dest: Path
+    sha256: str | None = None
+    expected_size: int | None = None
+    authorization: str | None = None
+    label: str = ""
+
+
+@dataclass
+class DownloadOptions:
+    """How to fetch. ``allowed_domains=None`` disables the allowlist (tests, benchmarks)."""
+
+    allowed_domains: Sequence[str] | None = None
+    connections: int = p.DEFAULT_DOWNLOAD_CONNECTIONS
+    min_segment_bytes: int = p.DEFAULT_MIN_SEGMENT_BYTES
+    chunk_bytes: int = p.CHUNK_BYTES
+    timeout: float = p.HTTP_TIMEOUT_SECONDS
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: Progress | None = None
+    # Called with the bytes still to be written once the size is known; raises
+    # InsufficientDiskSpace when room cannot be made.
+    ensure_space: Callable[[int], None] | None = None
+
+    def new_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts, base_delay=self.base_delay,
+                           max_delay=self.max_delay)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    path: Path
+    size: int
+    sha256: str
+    segmented: bool
+    resumed_from: int
+
+
+class _SegmentedMismatch(VerificationError):
+    """sha256 mismatch after a segmented fetch: worth one single-stream retry."""
+
+
+def classify_status(response: Response) -> DownloadError:
+    """The error for a non-success answer; 403/416 are retried via a fresh redirect."""
+    status, where = response.status, redact_url(response.url)
+    retry_after = parse_retry_after(response.header("Retry-After"))
+    if status in (403, 416):
+        # Hugging Face / Civitai signed CDN URLs expire: ask the catalog URL again.
+        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)")
+    if status in (408, 429) or status >= 500:
+        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after)
+    hint = " (check the token)" if status == 401 else ""
+    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``bytes 10-19/100`` → (10, 19, 100); total None for ``*``."""
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        span, _, total = value[6:].partition("/")
+        first, _, last = span.partition("-")
+        return int(first), int(last), None if total.strip() == "*" else int(total)
+    except ValueError:
+        return None
+
+
+def download_file(spec: DownloadSpec, options: DownloadOptions | None = None) -> DownloadResult:
+    """Fetch ``spec.url`` to ``spec.dest``; the final path only ever holds a verified file."""
+    return _Download(spec, options or DownloadOptions()).run()
+
+
+class _Download:
+    def __init__(self, spec: DownloadSpec, options: DownloadOptions) -> None:
+        self.spec = spec
+        self.options = options
+        self.partial = spec.dest.with_name(spec.dest.name + p.PARTIAL_SUFFIX)
+        self.sidecar = Sidecar(spec.dest.with_name(spec.dest.name + p.SIDECAR_SUFFIX))
+        self.policy = options.new_policy()
+        self.progress = options.progress or Progress(spec.label or spec.dest.name)
+        self.range_refusals = 0
+        self.resumed_from = 0
+
+    # -- the retry loop -------------------------------------------------
+    def run(self) -> DownloadResult:
+        self.spec.dest.parent.mkdir(parents=True, exist_ok=True)
+        force_single = False
+        while True:
+            if self.options.stop.is_set():
+                raise DownloadInterrupted()
+            try:
+                return self._attempt(force_single)
+            except _SegmentedMismatch as exc:
+                if force_single:
+                    raise
+                # Field incident: segmented fetches over signed CDNs produced full-size
+                # but corrupt files. One clean single stream from zero before failing.
+                log.warning("%s; retrying once as a single stream from zero", exc.message)
+                force_single = True
+            except RangesUnsupported as exc:
+                log.warning("%s; restarting as a single stream", exc.message)
+                self.discard()
+                force_single = True
+            except DownloadError as exc:
+                if not exc.retryable:
+                    raise
+                delay = self.policy.next_delay(exc.retry_after)
+                if delay is None:
+                    raise DownloadError(f"{exc.message} (gave up after "
+                                        f"{self.policy.failures} attempts)",
+                                        retryable=False) from exc
+                log.warning("Download %s: %s; retrying in %.1f s",
+                            redact_url(self.spec.url), exc.message, delay)
+                if self.options.stop.wait(delay):
+                    raise DownloadInterrupted() from exc
+
+    def on_bytes(self, n: int) -> None:
+        self.progress.add(n)
+        self.policy.reset()
+
+    def discard(self) -> None:
+        for path in (self.partial, self.sidecar.path):
+            path.unlink(missing_ok=True)
+
+    def open(self, url: str, headers: dict[str, str]) -> Response:
+        return open_url(url, headers=headers, authorization=self.spec.authorization,
+                        catalog_url=self.spec.url, allowed_domains=self.options.allowed_domains,
+                        timeout=self.options.timeout)
+
+    def _attempt(self, force_single: bool) -> DownloadResult:
+        try:
+            return self._attempt_inner(force_single)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DownloadError(f"Connection error: {exc.__class__.__name__}: {exc}") from exc
+
+    def _attempt_inner(self, force_single: bool) -> DownloadResult:
+        spec, opts = self.spec, self.options
+        meta = self.sidecar.load()
+        if force_single or (meta is not None and not self.sidecar.matches(meta, spec)):
+            self.discard()
+            meta = None
+        offset = self.partial.stat().st_size if self.partial.exists() else 0
+        if meta is None and offset:
+            self.discard()  # a .partial without its sidecar: unknown origin, start over
+            offset = 0
+        if spec.expected_size is not None and offset > spec.expected_size:
+            log.warning("Partial of %s is larger than expected; discarding", spec.dest.name)
+            self.discard()
+            meta, offset = None, 0
+        if meta is not None and meta.get("mode") == "segmented":
+            return self._segmented(meta)
+        wants_segments = (not force_single and opts.connections > 1 and offset == 0 and
+                          (spec.expected_size is None
+                           or spec.expected_size >= 2 * opts.min_segment_bytes))
+        if not wants_segments:
+            return self._single(offset, meta)
+        probe = self.probe()
+        if probe.response is not None:  # the origin ignores Range: stream what it sends
+            return self._single(0, None, probe.response)
+        if len(plan_segments(probe.total, opts.connections, opts.min_segment_bytes)) < 2:
+            return self._single(0, None)
+        return self._segmented(None, probe)
+
+    def probe(self) -> ProbeResult:
+        """Ask the catalog URL for byte 0: learns ranges, total, ETag and the CDN URL."""
+        response = self.open(self.spec.url, {"Range": "bytes=0-0"})
+        if response.status == 200:
+            return ProbeResult(url=response.url, total=None, etag=response.header("ETag"),
+                               response=response)
+        try:
+            if response.status != 206:
+                raise classify_status(response)
+            span = parse_content_range(response.header("Content-Range"))
+            if span is None or span[2] is None:
+                raise DownloadError("Bad Content-Range on probe", retryable=True)
+            self.check_total(span[2])
+            return ProbeResult(url=response.url, total=span[2], etag=response.header("ETag"))
+        finally:
+            if response.status != 200:
+                response.close()
+
+    def check_total(self, total: int | None) -> None:
+        expected = self.spec.expected_size
+        if total is not None and expected is not None and total != expected:
+            raise VerificationError(f"Size mismatch: origin has {total} bytes, catalog "
+                                    f"expects {expected}", retryable=False)
+
+    # -- single stream --------------------------------------------------
+    def _single(self, offset: int, meta: dict[str, object] | None,
+                response: Response | None = None) -> DownloadResult:
+        spec = self.spec
+        validator = meta.get("etag") if meta else None
+        headers: dict[str, str] = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if isinstance(validator, str) and not validator.startswith("W/"):
+                headers["If-Range"] = validator
+        if response is None:
+            response = self.open(spec.url, headers)
+        with response:
+            if response.status == 416 and offset and offset == spec.expected_size:
+                return self._finish_single_prefix(offset)
+            if response.status == 416 and offset:
+                self.range_refusals += 1
+                if self.range_refusals >= 2:  # refused twice: our partial is the problem
+                    self.discard()
+            if response.status not in (200, 206):
+                raise classify_status(response)
+            etag = response.header("ETag")
+            if response.status == 206:
+                span = parse_content_range(response.header("Content-Range"))
+                changed = isinstance(validator, str) and etag is not None and etag != validator
+                if span is None or span[0] != offset or changed:
+                    self.discard()
+                    raise DownloadError("Origin answered the range request inconsistently; "
+                                        "restarting from zero")
+                total = span[2]
+            else:
+                if offset:
+                    log.info("Origin answered 200 to a range request; restarting %s from zero",
+                             spec.dest.name)
+                offset = 0
+                length = response.header("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            self.check_total(total)
+            size_hint = total if total is not None else spec.expected_size
+            if self.options.ensure_space and size_hint is not None:
+                self.options.ensure_space(size_hint - offset)
+            self.sidecar.save({"mode": "single", "etag": etag, "total": total}, spec)
+            return self._stream(response, offset, total)
+
+    def _stream(self, response: Response, offset: int, total: int | None) -> DownloadResult:
+        hasher = hashlib.sha256()
+        self.resumed_from = offset
+        with open(self.partial, "r+b" if offset else "wb") as out:
+            if offset:  # re-hash the prefix we kept, so no second pass at the end
+                remaining = offset
+                while remaining:
+                    block = out.read(min(self.options.chunk_bytes, remaining))
+                    if not block:
+                        raise DownloadError("Partial file shrank while resuming")
+                    hasher.update(block)
+                    remaining -= len(block)
+                out.truncate(offset)
+            self.progress.start(offset, total)
+            written = offset
+            while True:
+                if self.options.stop.is_set():
+                    out.flush()
+                    os.fsync(out.fileno())
+                    raise DownloadInterrupted()
+                want = self.options.chunk_bytes
+                if total is not None:
+                    want = min(want, total - written)
+                    if want <= 0:
+                        break
+                chunk = response.read(want)
+                if not chunk:
+                    break
+                out.write(chunk)
+                hasher.update(chunk)
+                written += len(chunk)
+                self.on_bytes(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and written != total:
+            raise DownloadError(f"Connection closed early: got {written} of {total} bytes")
+        return self.finalize(written, hasher.hexdigest(), segmented=False)
+
+    def _finish_single_prefix(self, size: int) -> DownloadResult:
+        return self.finalize(size, hash_file(self.partial, self.options.chunk_bytes), False)
+
+    # -- segmented --------------------------------------------------------
+    def _segmented(self, meta: dict[str, object] | None,
+                   probe: ProbeResult | None = None) -> DownloadResult:
+        if probe is None:
+            probe = self.probe()
+            if probe.response is not None:
+                self.discard()
+                return self._single(0, None, probe.response)
+            assert meta is not None
+            if probe.total != meta.get("total") or (
+                    meta.get("etag") and probe.etag and probe.etag != meta.get("etag")):
+                log.info("%s changed at the origin; restarting from zero", self.spec.dest.name)
+                self.discard()
+                meta = None
+        assert probe.total is not None
+        if self.options.ensure_space:
+            self.options.ensure_space(probe.total - _segments_done(meta))
+        fetch = SegmentedFetch(self, probe, meta)
+        self.resumed_from = fetch.done_bytes()
+        fetch.run()
+        digest = hash_file(self.partial, self.options.chunk_bytes)
+        return self.finalize(probe.total, digest, segmented=True)
+
+    # -- verify and commit ----------------------------------------------
+    def finalize(self, size: int, digest: str, segmented: bool) -> DownloadResult:
+        spec = self.spec
+        if spec.expected_size is not None and size != spec.expected_size:
+            self.discard()
+            raise VerificationError(f"Size mismatch: got {size} bytes, expected "
+                                    f"{spec.expected_size}", retryable=False)
+        if spec.sha256 and digest != spec.sha256.lower():
+            self.discard()
+            error = _SegmentedMismatch if segmented else VerificationError
+            raise error(f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
+                        f"got {digest}", retryable=False)
+        os.replace(self.partial, spec.dest)
+        fsync_dir(spec.dest.parent)
+        self.sidecar.path.unlink(missing_ok=True)
+        return DownloadResult(spec.dest, size, digest, segmented, self.resumed_from)
+
+
+def _segments_done(meta: dict[str, object] | None) -> int:
+    segments = meta.get("segments") if meta else None
+    if not isinstance(segments, list):
+        return 0
+    return sum(int(s[2]) for s in segments)
+
+
+def hash_file(path: Path, chunk_bytes: int = p.CHUNK_BYTES) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            hasher.update(block)
+    return hasher.hexdigest()

@@ -1,0 +1,116 @@
+"""Agent exceptions, each with a stable ``code``.
+
+    AgentError
+    ├── ConfigError              a bad env value; start-up stops
+    ├── UnsafePath               destRelativePath absolute or escaping the ComfyUI folder
+    ├── ServerError              the control plane answered an error or could not be reached
+    │   └── Unauthorized         401/403: register again
+    ├── Stopping                 the agent was asked to stop while waiting
+    └── DownloadError            a dependency could not be fetched (see ``retryable``)
+        ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
+        ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
+        ├── InsufficientDiskSpace
+        ├── VerificationError    size or sha256 mismatch
+        └── DownloadInterrupted  stopped at a resumable point (the .partial is kept)
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+    code = "agent_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(AgentError):
+    """An environment variable has a value the agent cannot use."""
+
+    code = "config_error"
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class UnsafePath(AgentError):
+    """A destination path that would land outside the ComfyUI folder."""
+
+    code = "unsafe_path"
+
+
+class ServerError(AgentError):
+    """The control plane failed a call."""
+
+    code = "server_error"
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status >= 500 or self.status in (408, 429)
+
+
+class Unauthorized(ServerError):
+    """401/403 from the control plane: the agent registers again."""
+
+    code = "unauthorized"
+
+
+class Stopping(AgentError):
+    """Raised out of a wait when the agent is shutting down."""
+
+    code = "stopping"
+
+
+class DownloadError(AgentError):
+    """A dependency file could not be fetched."""
+
+    code = "download_failed"
+
+    def __init__(self, message: str, *, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class DomainNotAllowed(DownloadError):
+    code = "domain_not_allowed"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"Download domain not allowed: {host}", retryable=False)
+        self.host = host
+
+
+class MissingToken(DownloadError):
+    code = "missing_token"
+
+    def __init__(self, variable: str) -> None:
+        super().__init__(f"Missing {variable}", retryable=False)
+
+
+class InsufficientDiskSpace(DownloadError):
+    code = "insufficient_disk_space"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Insufficient disk space: {message}", retryable=False)
+
+
+class VerificationError(DownloadError):
+    code = "verification_failed"
+
+
+class DownloadInterrupted(DownloadError):
+    code = "interrupted"
+
+    def __init__(self, message: str = "Download interrupted by shutdown") -> None:
+        super().__init__(message, retryable=False)

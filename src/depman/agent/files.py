@@ -1,0 +1,80 @@
+"""Crash-safe file writes: temp + fsync + os.replace, and the download sidecar."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON so that ``path`` holds either the old or the new document, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class _SpecLike(Protocol):
+    @property
+    def url(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def expected_size(self) -> int | None: ...
+
+
+def source_key(url: str) -> str:
+    """A fingerprint of the catalog URL (the URL itself may carry a token)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+class Sidecar:
+    """``<dest>.partial.json``: what the .partial holds, so a restart can resume it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def save(self, meta: dict[str, Any], spec: _SpecLike) -> None:
+        atomic_write_json(self.path, {**meta, "source": source_key(spec.url),
+                                      "sha256": spec.sha256, "expectedSize": spec.expected_size})
+
+    @staticmethod
+    def matches(meta: dict[str, Any], spec: _SpecLike) -> bool:
+        return (meta.get("source") == source_key(spec.url)
+                and meta.get("sha256") == spec.sha256
+                and meta.get("expectedSize") == spec.expected_size)

@@ -1,0 +1,154 @@
+"""A small HTTP layer over http.client: per-hop redirect checks, scoped auth, redacted URLs."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from time import time
+from urllib.parse import urljoin, urlsplit
+
+from .errors import DomainNotAllowed, DownloadError
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+USER_AGENT = "depman-agent"
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials, query or fragment (Civitai puts tokens in the query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def host_allowed(host: str, domains: Sequence[str]) -> bool:
+    """True when host equals one of the domains or is a subdomain of one."""
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port): auth is sent only where this equals the catalog URL's."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Response:
+    """An open response; read the body with ``read`` and always ``close`` it."""
+
+    status: int
+    url: str
+    raw: http.client.HTTPResponse
+    conn: http.client.HTTPConnection
+
+    def header(self, name: str) -> str | None:
+        return self.raw.getheader(name)
+
+    def read(self, amount: int | None = None) -> bytes:
+        return self.raw.read(amount)
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        finally:
+            self.conn.close()
+
+    def __enter__(self) -> Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(host, parts.port, timeout=timeout,
+                                           context=ssl.create_default_context())
+    if parts.scheme == "http":
+        return http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    raise DownloadError(f"Unsupported URL scheme: {parts.scheme or '(none)'}", retryable=False)
+
+
+def send(method: str, url: str, *, headers: Mapping[str, str] | None = None,
+         body: bytes | None = None, timeout: float = 60.0) -> Response:
+    """One request, no redirects followed. Network errors propagate as OSError."""
+    conn = _connect(url, timeout)
+    parts = urlsplit(url)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    try:
+        conn.request(method, target, body=body, headers=all_headers)
+        raw = conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
+    return Response(raw.status, url, raw, conn)
+
+
+def open_url(url: str, *, headers: Mapping[str, str] | None = None,
+             authorization: str | None = None, catalog_url: str | None = None,
+             allowed_domains: Sequence[str] | None = None, timeout: float = 60.0) -> Response:
+    """GET ``url``, following redirects one hop at a time.
+
+    Every hop's host is checked against ``allowed_domains`` before it is
+    requested, and ``authorization`` goes only to the catalog URL's own
+    scheme/host/port: Hugging Face and Civitai redirect to signed CDN URLs on
+    other hosts, and the field agent leaked tokens to them.
+    """
+    auth_origin = origin_of(catalog_url or url)
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(current)
+        if parts.scheme not in ("http", "https"):
+            raise DownloadError(f"Unsupported URL scheme in {redact_url(current)}",
+                                retryable=False)
+        host = parts.hostname or ""
+        if allowed_domains is not None and not host_allowed(host, allowed_domains):
+            raise DomainNotAllowed(host)
+        hop_headers = dict(headers or {})
+        if authorization and origin_of(current) == auth_origin:
+            hop_headers["Authorization"] = authorization
+        response = send("GET", current, headers=hop_headers, timeout=timeout)
+        if response.status not in REDIRECT_STATUSES:
+            return response
+        location = response.header("Location")
+        response.close()
+        if not location:
+            raise DownloadError(f"Redirect without Location from {redact_url(current)}")
+        current = urljoin(current, location)
+    raise DownloadError(f"Too many redirects from {redact_url(url)}", retryable=False)
+
+
+def abort_connection(conn: http.client.HTTPConnection | None) -> None:
+    """Unblock a thread waiting on ``conn`` (used on shutdown during a long-poll)."""
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,76 @@
+"""Names, states and defaults of dependency protocol v1 that the agent relies on."""
+
+from __future__ import annotations
+
+# (str, Enum) rather than StrEnum: the bundle also runs on instances with Python < 3.11.
+from enum import Enum
+
+AGENT_VERSION = "depman-agent/0.1.0"
+
+# Control-plane paths, relative to FCS_API_BASE_URL (which ends with /api).
+REGISTER_PATH = "/dependencies/register"
+QUEUE_PATH = "/dependencies/queue"
+STATUS_PATH = "/dependencies/status"
+HEARTBEAT_PATH = "/dependencies/heartbeat"
+
+SECRET_HEADER = "X-DM-Secret"
+QUEUE_LIMIT = 25
+ERROR_MAX_CHARS = 500
+LONG_POLL_MAX_SECONDS = 30
+
+
+class ItemState(str, Enum):  # noqa: UP042
+    """States an agent reports for a queue item."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Op(str, Enum):  # noqa: UP042
+    """Queue item operations."""
+
+    DOWNLOAD = "download"
+    TOUCH = "touch"
+
+
+class DepKind(str, Enum):  # noqa: UP042
+    """Static deps belong to the server type's profile; dynamic deps are an LRU cache."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class AuthKind(str, Enum):  # noqa: UP042
+    """Which token, if any, the catalog URL needs."""
+
+    NONE = "none"
+    HF_TOKEN = "hf_token"
+    CIVITAI_TOKEN = "civitai_token"
+
+
+# Defaults of the runbook's env vars (same values, same meaning).
+DEFAULT_WORKSPACE = "/workspace"
+COMFYUI_SUBDIR = "ComfyUI"
+STATE_FILENAME = "dependency_agent_state.json"
+DEFAULT_POLL_SECONDS = 5.0
+DEFAULT_HEARTBEAT_SECONDS = 30.0
+DEFAULT_MAX_PARALLEL_DOWNLOADS = 1
+MAX_PARALLEL_DOWNLOADS_LIMIT = 4
+DEFAULT_ALLOWED_DOMAINS = ("huggingface.co", "hf.co", "civitai.com")
+DEFAULT_PIN_TTL_SECONDS = 1800
+DEFAULT_EVICTION_BATCH_MAX = 20
+DEFAULT_MIN_FREE_BYTES_WHEN_ENABLED = 5 * 1024**3
+
+# depman's own knobs.
+DEFAULT_DOWNLOAD_CONNECTIONS = 8
+DEFAULT_MIN_SEGMENT_BYTES = 16 * 1024**2
+DEFAULT_PROGRESS_SECONDS = 5.0
+DEFAULT_LONG_POLL_SECONDS = 25.0
+DEFAULT_ITEM_RETRY_SECONDS = 5.0
+ITEM_ATTEMPTS = 3
+EARLY_HEARTBEAT_MIN_SECONDS = 2.0
+CHUNK_BYTES = 1024 * 1024
+HTTP_TIMEOUT_SECONDS = 60.0
+PARTIAL_SUFFIX = ".partial"
+SIDECAR_SUFFIX = ".partial.json"

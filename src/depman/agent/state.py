@@ -1,0 +1,97 @@
+"""The local state file: what this node holds, written atomically before it is reported."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_json
+
+log = logging.getLogger("depman.agent")
+STATE_VERSION = 1
+
+
+@dataclass
+class DepRecord:
+    """One installed dependency."""
+
+    dep_id: str
+    kind: str
+    dest_relative_path: str
+    size_bytes: int
+    sha256: str | None
+    installed_at: float
+    last_used_at: float
+    verified: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {
+            "depId": data["dep_id"], "kind": data["kind"],
+            "destRelativePath": data["dest_relative_path"], "sizeBytes": data["size_bytes"],
+            "sha256": data["sha256"], "installedAt": data["installed_at"],
+            "lastUsedAt": data["last_used_at"], "verified": data["verified"],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DepRecord:
+        return cls(dep_id=str(data["depId"]), kind=str(data["kind"]),
+                   dest_relative_path=str(data["destRelativePath"]),
+                   size_bytes=int(data["sizeBytes"]), sha256=data.get("sha256"),
+                   installed_at=float(data.get("installedAt", 0)),
+                   last_used_at=float(data.get("lastUsedAt", 0)),
+                   verified=bool(data.get("verified", True)))
+
+
+@dataclass
+class AgentState:
+    deps: dict[str, DepRecord] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # depId -> last error
+    # Download items started but not finished: resumed after a restart.
+    inflight: dict[str, dict[str, Any]] = field(default_factory=dict)
+    instance_id: str | None = None
+
+
+class StateStore:
+    """Loads and saves ``AgentState`` at ``path`` (temp + fsync + os.replace)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> AgentState:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return AgentState()
+        except (OSError, ValueError) as exc:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            log.warning("State file %s unreadable (%s); starting empty, old copy kept at %s",
+                        self.path, exc, aside)
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            return AgentState()
+        state = AgentState(instance_id=raw.get("instanceId"))
+        for entry in raw.get("deps", {}).values():
+            try:
+                record = DepRecord.from_json(entry)
+            except (KeyError, TypeError, ValueError):
+                continue
+            state.deps[record.dep_id] = record
+        state.failed = {str(k): str(v) for k, v in raw.get("failed", {}).items()}
+        state.inflight = {str(k): v for k, v in raw.get("inflight", {}).items()
+                          if isinstance(v, dict)}
+        return state
+
+    def save(self, state: AgentState) -> None:
+        atomic_write_json(self.path, {
+            "version": STATE_VERSION,
+            "instanceId": state.instance_id,
+            "deps": {dep_id: r.to_json() for dep_id, r in sorted(state.deps.items())},
+            "failed": state.failed,
+            "inflight": state.inflight,
+        })
