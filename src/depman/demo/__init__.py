@@ -1,0 +1,1 @@
+"""`depman demo`: a whole fleet on one machine (server, model origin, two agents, jobs)."""
