@@ -283,7 +283,7 @@ GNU_TIME = "/usr/bin/time"
 
 
 def run_timed(cmd: Sequence[str], *, env: dict[str, str] | None = None,
-              timeout: float | None = None) -> TimedRun:
+              timeout: float | None = None, cwd: Path | None = REPO_ROOT) -> TimedRun:
     """Run `cmd` under GNU time when available (peak RSS of the command itself)."""
     rss_file = None
     full = list(cmd)
@@ -295,7 +295,7 @@ def run_timed(cmd: Sequence[str], *, env: dict[str, str] | None = None,
         full = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd]
     t0 = time.perf_counter()
     proc = subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout,
-                          check=False)
+                          cwd=cwd, check=False)
     wall = time.perf_counter() - t0
     rss = 0
     if rss_file:
