@@ -183,10 +183,23 @@ def _standin_rank(job: Job, free: Sequence[Node], deps: dict[str, Dep]) -> list[
 def policy_depman() -> tuple[Policy, str]:
     """depman's real ranking (`depman.core.placement.rank_candidates`) when it is importable."""
     try:
-        from bench._placement_adapter import rank_with_depman
+        from depman.core.placement import Candidate, rank_candidates
     except ImportError:
         return (lambda job, free, deps: _standin_rank(job, free, deps)[0]), "stand-in ranker"
-    return rank_with_depman, "depman.core.placement.rank_candidates"
+
+    def choose(job: Job, free: Sequence[Node], deps: dict[str, Dep]) -> Node:
+        by_id = {n.instance_id: n for n in free}
+        job_deps = {d: deps[d].size for d in job.dep_ids}
+        candidates = [
+            # Free-slot instances have no job downloads queued in this model.
+            Candidate(instance_id=n.instance_id,
+                      held_dep_ids=frozenset(d for d in job.dep_ids if d in n.cache),
+                      queued_bytes=0, free_bytes=n.free_bytes)
+            for n in free
+        ]
+        return by_id[rank_candidates(candidates, job_deps)[0].instance_id]
+
+    return choose, "depman.core.placement.rank_candidates"
 
 
 # ---------------------------------------------------------------------------- simulation
