@@ -93,9 +93,12 @@ def test_wrong_token_says_how_to_fix_and_never_shows_it() -> None:
 
 
 def test_non_json_and_fastapi_detail_errors() -> None:
-    with client_with(lambda _: httpx.Response(502, text="<html>bad gateway</html>")) as client:
-        with pytest.raises(ClientError, match=r"Bad Gateway \(GET /admin/deps: 502 http_502\)"):
-            client.list_deps()
+    bad_gateway = httpx.Response(502, text="<html>bad gateway</html>")
+    with (
+        client_with(lambda _: bad_gateway) as client,
+        pytest.raises(ClientError, match=r"Bad Gateway \(GET /admin/deps: 502 http_502\)"),
+    ):
+        client.list_deps()
     with client_with(lambda _: httpx.Response(404, json={"detail": "Not Found"})) as client:
         assert client.get_document("deps", "x") is None
         with pytest.raises(ClientError, match="Not Found") as info:

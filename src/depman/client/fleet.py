@@ -94,7 +94,7 @@ class FleetDoc(BaseModel):
     """Base of the fleet documents: camelCase keys, unknown keys refused."""
 
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid", alias_generator=to_camel, frozen=True
     )
 
     def to_body(self) -> dict[str, Any]:
