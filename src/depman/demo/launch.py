@@ -44,7 +44,11 @@ def start_origin(log_dir: Path, token: str) -> Service:
 
 
 def server_env(
-    *, database_url: str, admin_token: str, shared_secret: str, extra: Mapping[str, str] = {}
+    *,
+    database_url: str,
+    admin_token: str,
+    shared_secret: str,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Environment of a demo control plane with short heartbeat and sweep intervals."""
     return child_env(
@@ -55,7 +59,7 @@ def server_env(
             "DEPMAN_HEARTBEAT_SECONDS": str(DEMO_HEARTBEAT_SECONDS),
             "DEPMAN_LIVE_TTL_SECONDS": str(DEMO_LIVE_TTL_SECONDS),
             "DEPMAN_MAINTENANCE_INTERVAL_SECONDS": "1",
-            **extra,
+            **(extra or {}),
         }
     )
 
@@ -89,7 +93,7 @@ class AgentSpec:
     def comfyui_dir(self) -> Path:
         return self.workspace / "ComfyUI"
 
-    def env(self, extra: Mapping[str, str] = {}) -> dict[str, str]:
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The agent's environment (protocol-v1 names plus depman's knobs)."""
         values = {
             "FCS_API_BASE_URL": self.api_base_url,
@@ -109,7 +113,7 @@ class AgentSpec:
         }
         if self.hf_token:
             values["HF_TOKEN"] = self.hf_token
-        values.update(extra)
+        values.update(extra or {})
         return child_env(values)
 
 
@@ -117,7 +121,7 @@ def start_agent(
     spec: AgentSpec,
     log_dir: Path,
     *,
-    extra_env: Mapping[str, str] = {},
+    extra_env: Mapping[str, str] | None = None,
     wait_registered: bool = True,
 ) -> ChildProcess:
     """`python -m depman agent` for one instance; waits for its registration line."""
