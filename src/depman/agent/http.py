@@ -6,7 +6,7 @@ import contextlib
 import http.client
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import time
@@ -95,9 +95,16 @@ def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
 
 
 def send(method: str, url: str, *, headers: Mapping[str, str] | None = None,
-         body: bytes | None = None, timeout: float = 60.0) -> Response:
-    """One request, no redirects followed. Network errors propagate as OSError."""
+         body: bytes | None = None, timeout: float = 60.0,
+         on_connection: Callable[[http.client.HTTPConnection], None] | None = None) -> Response:
+    """One request, no redirects followed. Network errors propagate as OSError.
+
+    ``on_connection`` sees the connection before the request goes out, so another
+    thread can abort a long wait with ``abort_connection``.
+    """
     conn = _connect(url, timeout)
+    if on_connection is not None:
+        on_connection(conn)
     parts = urlsplit(url)
     target = parts.path or "/"
     if parts.query:

@@ -1,0 +1,195 @@
+"""The control-plane client: register, queue, status, heartbeat (protocol v1)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from . import protocol as p
+from .config import AgentConfig
+from .errors import ServerError, Stopping, Unauthorized
+from .http import abort_connection, parse_retry_after, send
+from .retry import RetryPolicy
+
+log = logging.getLogger("depman.agent")
+
+
+@dataclass(frozen=True)
+class Registration:
+    instance_id: str
+    agent_token: str
+    profile: dict[str, Any] = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def long_poll(self) -> bool:
+        return bool(self.capabilities.get("longPoll"))
+
+
+@dataclass(frozen=True)
+class QueueAnswer:
+    items: list[dict[str, Any]]
+    pinned: set[str] | None  # None: the server did not send pinnedDepIds
+
+
+class ControlPlaneClient:
+    """Every call retries network errors and 5xx/429 with capped backoff and jitter,
+    honouring Retry-After, and registers again on 401/403. Waits end when ``stop`` is set.
+    """
+
+    def __init__(self, config: AgentConfig, stop: threading.Event) -> None:
+        self.config = config
+        self.stop = stop
+        self.registration: Registration | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self.aborted = False  # set by abort(); cleared for the last calls of a shutdown
+
+    # -- the four calls ---------------------------------------------------
+    def register(self) -> Registration:
+        body: dict[str, Any] = {"serverType": self.config.server_type,
+                                "agentVersion": p.AGENT_VERSION}
+        if self.config.instance_id:
+            body["instanceId"] = self.config.instance_id
+        if self.config.instance_ip:
+            body["instanceIp"] = self.config.instance_ip
+        headers = {p.SECRET_HEADER: self.config.shared_secret} if self.config.shared_secret else {}
+        policy = RetryPolicy(max_attempts=None, base_delay=1.0, max_delay=60.0)
+        while True:
+            try:
+                data = self._request("POST", p.REGISTER_PATH, body, headers=headers)
+                instance_id, token = data.get("instanceId"), data.get("agentToken")
+                if not isinstance(instance_id, str) or not instance_id or \
+                        not isinstance(token, str) or not token:
+                    raise ServerError("Register response lacks instanceId or agentToken")
+            except ServerError as exc:
+                delay = policy.next_delay(exc.retry_after) or 0.0
+                hint = ""
+                if exc.status == 404:
+                    hint = " (set DM_INSTANCE_ID or DM_INSTANCE_IP to an instance the server knows)"
+                elif exc.status in (401, 403):
+                    hint = " (check DEPENDENCY_MANAGER_SHARED_SECRET)"
+                log.warning("Register failed: %s%s; retrying in %.1f s", exc.message, hint, delay)
+                if self.stop.wait(delay):
+                    raise Stopping("stopped while registering") from exc
+                continue
+            profile = data.get("profile") if isinstance(data.get("profile"), dict) else {}
+            caps = data.get("capabilities") if isinstance(data.get("capabilities"), dict) else {}
+            self.registration = Registration(instance_id, token, profile or {}, caps or {})
+            log.info("Registered dependency agent: instanceId=%s", instance_id)
+            return self.registration
+
+    def queue(self, limit: int = p.QUEUE_LIMIT, wait_seconds: float = 0) -> QueueAnswer:
+        reg = self._registered()
+        query: dict[str, Any] = {"instanceId": reg.instance_id, "limit": limit}
+        if wait_seconds > 0 and reg.long_poll:
+            query["waitSeconds"] = int(min(wait_seconds, p.LONG_POLL_MAX_SECONDS))
+        data = self.call("GET", p.QUEUE_PATH, None, query=query,
+                         timeout=p.HTTP_TIMEOUT_SECONDS + wait_seconds)
+        items = [i for i in data.get("items", []) if isinstance(i, dict)]
+        return QueueAnswer(items, _pinned(data))
+
+    def status(self, body: dict[str, Any], *, attempts: int | None = None) -> None:
+        self.call("POST", p.STATUS_PATH, {"instanceId": self._registered().instance_id, **body},
+                  attempts=attempts)
+
+    def heartbeat(self, body: dict[str, Any], *, attempts: int | None = None) -> set[str] | None:
+        data = self.call("POST", p.HEARTBEAT_PATH,
+                         {"instanceId": self._registered().instance_id, **body},
+                         attempts=attempts)
+        return _pinned(data)
+
+    def abort(self) -> None:
+        """Unblock a call in flight (a long-poll) from another thread or a signal handler."""
+        self.aborted = True
+        abort_connection(self._conn)
+
+    # -- plumbing ---------------------------------------------------------
+    def _track(self, conn: http.client.HTTPConnection) -> None:
+        self._conn = conn
+        if self.aborted:
+            raise ConnectionAbortedError("agent is stopping")
+
+    def _registered(self) -> Registration:
+        return self.registration or self.register()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None, *,
+             query: Mapping[str, Any] | None = None, timeout: float = p.HTTP_TIMEOUT_SECONDS,
+             attempts: int | None = None) -> dict[str, Any]:
+        """An authenticated call, retried until it succeeds, ``attempts`` run out or stop."""
+        policy = RetryPolicy(max_attempts=attempts, base_delay=1.0, max_delay=60.0)
+        while True:
+            reg = self._registered()
+            try:
+                return self._request(method, path, body, query=query, timeout=timeout,
+                                     headers={"Authorization": f"Bearer {reg.agent_token}"})
+            except Unauthorized as exc:
+                log.warning("%s %s answered %s; registering again", method, path, exc.status)
+                self.registration = None
+                error: ServerError = exc
+            except ServerError as exc:
+                if not exc.retryable:
+                    raise
+                error = exc
+            if self.stop.is_set() and attempts is None:
+                raise Stopping(f"stopped during {method} {path}") from error
+            delay = policy.next_delay(error.retry_after)
+            if delay is None:
+                raise error
+            log.warning("%s %s failed: %s; retrying in %.1f s", method, path, error.message,
+                        delay)
+            if self.stop.wait(delay) and attempts is None:
+                raise Stopping(f"stopped during {method} {path}") from error
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, *,
+                 query: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                 timeout: float = p.HTTP_TIMEOUT_SECONDS) -> dict[str, Any]:
+        url = self.config.api_base_url + path + (f"?{urlencode(query)}" if query else "")
+        all_headers = {"Accept": "application/json", **(headers or {})}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            all_headers["Content-Type"] = "application/json"
+        try:
+            response = send(method, url, headers=all_headers, body=payload, timeout=timeout,
+                            on_connection=self._track)
+            with response:
+                raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServerError(f"cannot reach the control plane: {exc}") from exc
+        finally:
+            self._conn = None
+        status = response.status
+        if status in (401, 403):
+            raise Unauthorized(f"HTTP {status}", status=status)
+        if status >= 300:
+            raise ServerError(f"HTTP {status}: {_error_text(raw)}", status=status,
+                              retry_after=parse_retry_after(response.header("Retry-After")))
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise ServerError(f"{method} {path}: response is not JSON", status=status) from exc
+        return data if isinstance(data, dict) else {}
+
+
+def _pinned(data: Mapping[str, Any]) -> set[str] | None:
+    pinned = data.get("pinnedDepIds")
+    return {str(d) for d in pinned} if isinstance(pinned, list) else None
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict):
+            err = data.get("error", data.get("detail", data))
+            if isinstance(err, dict):
+                return str(err.get("message", err))[:300]
+            return str(err)[:300]
+    except ValueError:
+        pass
+    return raw[:300].decode("utf-8", "replace")

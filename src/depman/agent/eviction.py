@@ -1,0 +1,152 @@
+"""Dynamic-cache eviction: LRU, never pinned, recently touched, downloading or open files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import protocol as p
+from .cache import Cache
+from .config import AgentConfig
+from .errors import InsufficientDiskSpace
+from .progress import format_bytes
+from .state import DepRecord
+
+log = logging.getLogger("depman.agent")
+
+
+@dataclass(frozen=True)
+class EvictionPolicy:
+    """``profile.dynamicPolicy`` with the DM_* env overrides applied."""
+
+    enabled: bool = False
+    min_free_bytes: int = 0
+    max_dynamic_bytes: int | None = None
+    batch_max: int = p.DEFAULT_EVICTION_BATCH_MAX
+    pin_ttl_seconds: int = p.DEFAULT_PIN_TTL_SECONDS
+
+    @classmethod
+    def resolve(cls, profile_policy: Mapping[str, Any] | None,
+                config: AgentConfig) -> EvictionPolicy:
+        prof = dict(profile_policy or {})
+
+        def pick(env_value: Any, key: str) -> Any:
+            return env_value if env_value is not None else prof.get(key)
+
+        enabled = bool(pick(config.dynamic_eviction_enabled, "enabled") or False)
+        floor = pick(config.dynamic_min_free_bytes, "minFreeBytes")
+        if floor is None:
+            floor = p.DEFAULT_MIN_FREE_BYTES_WHEN_ENABLED if enabled else 0
+        cap = pick(config.dynamic_max_bytes, "maxDynamicBytes")
+        batch = pick(config.eviction_batch_max, "evictionBatchMax")
+        ttl = pick(config.pin_ttl_seconds, "pinTtlSeconds")
+        return cls(enabled=enabled, min_free_bytes=int(floor),
+                   max_dynamic_bytes=int(cap) if cap else None,
+                   batch_max=int(batch) if batch else p.DEFAULT_EVICTION_BATCH_MAX,
+                   pin_ttl_seconds=int(ttl) if ttl is not None else p.DEFAULT_PIN_TTL_SECONDS)
+
+
+def open_paths(proc: Path = Path("/proc")) -> set[str]:
+    """Every file some process on the machine has open (ComfyUI holding a model)."""
+    paths: set[str] = set()
+    try:
+        pids = [e for e in os.listdir(proc) if e.isdigit()]
+    except OSError:
+        return paths
+    for pid in pids:
+        fd_dir = proc / pid / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or another user's process
+        for fd in fds:
+            try:
+                paths.add(os.readlink(fd_dir / fd))
+            except OSError:
+                continue
+    return paths
+
+
+def select_evictions(records: Iterable[DepRecord], *, now: float, free_bytes: int,
+                     need_free_bytes: int, dynamic_bytes: int, max_dynamic_bytes: int | None,
+                     batch_max: int, pin_ttl_seconds: float, protected: Collection[str],
+                     in_use: Collection[str], path_of: Any) -> list[DepRecord]:
+    """Least recently used dynamic deps to delete until the floor and the cap hold."""
+    candidates = sorted(
+        (r for r in records
+         if r.kind == p.DepKind.DYNAMIC.value
+         and r.dep_id not in protected
+         and now - r.last_used_at >= pin_ttl_seconds
+         and str(path_of(r)) not in in_use),
+        key=lambda r: (r.last_used_at, r.dep_id))
+    chosen: list[DepRecord] = []
+    for record in candidates:
+        over_cap = max_dynamic_bytes is not None and dynamic_bytes > max_dynamic_bytes
+        if (free_bytes >= need_free_bytes and not over_cap) or len(chosen) >= batch_max:
+            break
+        chosen.append(record)
+        free_bytes += record.size_bytes
+        dynamic_bytes -= record.size_bytes
+    return chosen
+
+
+class Evictor:
+    """Applies an EvictionPolicy to a Cache."""
+
+    def __init__(self, cache: Cache, policy: EvictionPolicy) -> None:
+        self.cache = cache
+        self.policy = policy
+
+    def evict(self, *, need_free_bytes: int, protected: Collection[str],
+              folder: Path | None = None, enforce_cap: bool = True) -> list[str]:
+        """One pass of at most ``batch_max`` deletions; returns the evicted dep ids."""
+        if not self.policy.enabled:
+            return []
+        cache = self.cache
+        stats = cache.disk_stats(folder)
+        chosen = select_evictions(
+            cache.records(), now=cache.clock(), free_bytes=stats.free_bytes,
+            need_free_bytes=need_free_bytes, dynamic_bytes=cache.dynamic_bytes(),
+            max_dynamic_bytes=self.policy.max_dynamic_bytes if enforce_cap else None,
+            batch_max=self.policy.batch_max, pin_ttl_seconds=self.policy.pin_ttl_seconds,
+            protected=protected, in_use=open_paths(),
+            path_of=lambda r: cache.path_for(r.dest_relative_path))
+        evicted = []
+        for record in chosen:
+            path = cache.path_for(record.dest_relative_path)
+            # Forget first: the state never claims a file that may be half gone.
+            cache.forget(record.dep_id)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("Could not evict %s (%s): %s", record.dep_id, path, exc)
+                continue
+            log.info("Evicted dynamic dep %s (%s, last used %.0f s ago)", record.dep_id,
+                     format_bytes(record.size_bytes), time.time() - record.last_used_at)
+            evicted.append(record.dep_id)
+        return evicted
+
+    def ensure_space(self, need_bytes: int, *, folder: Path,
+                     protected: Collection[str]) -> list[str]:
+        """Make room for ``need_bytes`` plus the floor, or raise InsufficientDiskSpace."""
+        floor = self.policy.min_free_bytes
+        required = need_bytes + floor
+        evicted: list[str] = []
+        free = self.cache.disk_stats(folder).free_bytes
+        if free < required:
+            evicted = self.evict(need_free_bytes=required, protected=protected, folder=folder,
+                                 enforce_cap=False)
+            free = self.cache.disk_stats(folder).free_bytes
+        if free < required:
+            hint = ("" if self.policy.enabled else
+                    "; dynamic eviction is off (enable it in the profile's dynamicPolicy "
+                    "or with DM_DYNAMIC_EVICTION_ENABLED=1)")
+            raise InsufficientDiskSpace(
+                f"need {format_bytes(need_bytes)} plus a {format_bytes(floor)} floor in "
+                f"{folder}, only {format_bytes(free)} free{hint}")
+        return evicted

@@ -1,0 +1,150 @@
+"""Running one queue item in a worker thread: verify what is there, else download."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import protocol as p
+from .cache import Cache
+from .config import AgentConfig
+from .download import DownloadOptions, DownloadSpec, download_file, hash_file
+from .errors import AgentError, DownloadError, DownloadInterrupted, MissingToken
+from .eviction import Evictor
+from .http import redact_url
+from .progress import Progress
+
+log = logging.getLogger("depman.agent")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an item ended: ``ok``; or failed with ``error``; or ``interrupted`` (resumable)."""
+
+    ok: bool
+    error: str | None = None
+    interrupted: bool = False
+
+
+class ItemRunner:
+    """Executes download items (and touches whose file has gone) for the loop."""
+
+    def __init__(self, config: AgentConfig, cache: Cache, stop: threading.Event,
+                 evictor: Callable[[], Evictor], protected: Callable[[], Collection[str]]) -> None:
+        self.config = config
+        self.cache = cache
+        self.stop = stop
+        self.evictor = evictor
+        self.protected = protected
+
+    def run(self, item: dict[str, Any], progress: Progress) -> Outcome:
+        """v1 semantics: up to three attempts, waiting item_retry_seconds * 1, then * 2."""
+        dep_id = str(item.get("depId"))
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.install(item, progress)
+                return Outcome(ok=True)
+            except DownloadInterrupted:
+                return Outcome(ok=False, interrupted=True)
+            except AgentError as exc:
+                retryable = isinstance(exc, DownloadError) and exc.retryable
+                if not retryable or attempt >= p.ITEM_ATTEMPTS:
+                    log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, exc.message)
+                    return Outcome(ok=False, error=exc.message)
+                delay = self.config.item_retry_seconds * attempt
+                log.warning("Item %s attempt %d failed: %s; retrying in %.0f s",
+                            item.get("itemId"), attempt, exc.message, delay)
+            except Exception as exc:  # a bug must fail the item, not kill the worker
+                log.exception("Item %s (%s) crashed", item.get("itemId"), dep_id)
+                return Outcome(ok=False, error=f"Internal error: {exc.__class__.__name__}: {exc}")
+            if self.stop.wait(delay):
+                return Outcome(ok=False, interrupted=True)
+
+    def install(self, item: dict[str, Any], progress: Progress) -> None:
+        dep_id = str(item["depId"])
+        resolved = item.get("resolved") or {}
+        rel = str(resolved.get("destRelativePath") or "")
+        kind = str(resolved.get("kind") or p.DepKind.DYNAMIC.value)
+        dest = self.cache.path_for(rel)  # raises UnsafePath before any network traffic
+        sha = (resolved.get("sha256") or None)
+        sha = sha.lower() if isinstance(sha, str) else None
+        expected = resolved.get("expectedSizeBytes")
+        expected = int(expected) if isinstance(expected, int) and expected >= 0 else None
+        if self.adopt_existing(dep_id, kind, rel, dest, sha, expected):
+            return
+        url = resolved.get("url")
+        if not url:
+            raise DownloadError(f"No url to download {dep_id} ({rel})", retryable=False)
+        authorization = self.authorization(str(resolved.get("auth") or "none"))
+        evictor = self.evictor()
+
+        def ensure_space(need: int) -> None:
+            evictor.ensure_space(need, folder=dest.parent,
+                                 protected={dep_id, *self.protected()})
+
+        if expected is not None:  # check before the first byte; again once the origin says
+            self.ensure_dir(dest.parent)
+            ensure_space(expected)
+        log.info("Downloading %s from %s to %s", dep_id, redact_url(str(url)), rel)
+        result = download_file(
+            DownloadSpec(url=str(url), dest=dest, sha256=sha, expected_size=expected,
+                         authorization=authorization, label=dep_id),
+            DownloadOptions(allowed_domains=self.config.allowed_domains,
+                            connections=self.config.download_connections,
+                            min_segment_bytes=self.config.min_segment_bytes,
+                            stop=self.stop, progress=progress, ensure_space=ensure_space))
+        self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256)
+        log.info("Installed %s (%d bytes%s)", dep_id, result.size,
+                 ", segmented" if result.segmented else "")
+        evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
+                      protected=set(self.protected()), folder=dest.parent)
+
+    def adopt_existing(self, dep_id: str, kind: str, rel: str, dest: Path, sha: str | None,
+                       expected: int | None) -> bool:
+        """A file already at the target counts as installed once its size and sha256 match."""
+        try:
+            size = dest.stat().st_size
+        except OSError:
+            return False
+        if expected is not None and size != expected:
+            log.info("%s exists with %d bytes, expected %d; downloading again", rel, size,
+                     expected)
+            return False
+        record = self.cache.record(dep_id)
+        if (record is not None and record.verified and record.size_bytes == size
+                and record.sha256 == sha and record.dest_relative_path == rel):
+            self.cache.touch(dep_id)
+            return True
+        if sha is not None:
+            digest = hash_file(dest)
+            if digest != sha:
+                log.warning("%s exists but its sha256 differs from the catalog; downloading "
+                            "again", rel)
+                return False
+        self.cache.mark_installed(dep_id, kind, rel, size, sha or None, verified=sha is not None)
+        log.info("Adopted %s already at %s", dep_id, rel)
+        return True
+
+    def authorization(self, auth: str) -> str | None:
+        if auth == p.AuthKind.HF_TOKEN.value:
+            if not self.config.hf_token:
+                raise MissingToken("HF_TOKEN")
+            return f"Bearer {self.config.hf_token}"
+        if auth == p.AuthKind.CIVITAI_TOKEN.value:
+            if not self.config.civitai_token:
+                raise MissingToken("CIVITAI_TOKEN")
+            return f"Bearer {self.config.civitai_token}"
+        return None
+
+    @staticmethod
+    def ensure_dir(path: Path) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"Cannot create {path}: {exc}", retryable=False) from exc

@@ -1,0 +1,283 @@
+"""The agent loop: one thread talks to the control plane, a small pool runs items."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol as p
+from .cache import Cache
+from .client import ControlPlaneClient
+from .config import AgentConfig
+from .errors import AgentError, ServerError, Stopping, UnsafePath
+from .eviction import EvictionPolicy, Evictor
+from .items import ItemRunner, Outcome
+from .progress import Progress
+from .state import StateStore
+
+log = logging.getLogger("depman.agent")
+
+
+@dataclass
+class _Active:
+    item: dict[str, Any]
+    progress: Progress
+    future: Future[Outcome]
+
+
+class Agent:
+    """``run(max_iterations=None)``; ``request_stop()`` from a signal handler or a test."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.cache = Cache(config.comfyui_dir, StateStore(config.state_path))
+        self.client = ControlPlaneClient(config, self.stop)
+        self.policy = EvictionPolicy.resolve(None, config)
+        self.pinned: set[str] = set()
+        self.active: dict[str, _Active] = {}
+        self.done_items: OrderedDict[str, None] = OrderedDict()
+        self.pool = ThreadPoolExecutor(max_workers=config.max_parallel_downloads,
+                                       thread_name_prefix="item")
+        self.runner = ItemRunner(config, self.cache, self.stop, self.evictor,
+                                 self.protected_ids)
+        self.resume_items: list[dict[str, Any]] = []
+        self.last_heartbeat = 0.0
+        self.heartbeat_early = False
+        self.queue_depth = 0
+
+    # -- public -----------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop taking work; running downloads stop at their next resumable point."""
+        self.stop.set()
+        self.wake.set()
+        self.client.abort()
+
+    def run(self, max_iterations: int | None = None) -> int:
+        try:
+            self.start_up()
+            iterations = 0
+            while not self.stop.is_set():
+                if max_iterations is not None and iterations >= max_iterations:
+                    break
+                iterations += 1
+                self.iterate()
+        except Stopping:
+            pass
+        finally:
+            self.tear_down()
+        return 0
+
+    # -- helpers for the item runner -------------------------------------
+    def evictor(self) -> Evictor:
+        return Evictor(self.cache, self.policy)
+
+    def protected_ids(self) -> set[str]:
+        return set(self.pinned) | set(self.active)
+
+    # -- the cycle --------------------------------------------------------
+    def start_up(self) -> None:
+        comfy = self.config.comfyui_dir
+        if not comfy.is_dir():
+            try:
+                comfy.mkdir(parents=True, exist_ok=True)
+                log.warning("ComfyUI folder %s did not exist; created it. Set DM_COMFYUI_DIR "
+                            "if ComfyUI lives elsewhere.", comfy)
+            except OSError as exc:
+                log.error("ComfyUI folder %s does not exist and cannot be created (%s). Set "
+                          "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
+                          "then.", comfy, exc)
+        self.cache.reconcile()
+        self.resume_items = [i for i in self.cache.inflight_items() if i.get("itemId")]
+        if self.resume_items:
+            log.info("Resuming %d download(s) interrupted by the last shutdown",
+                     len(self.resume_items))
+
+    def register(self) -> None:
+        reg = self.client.register()
+        profile = reg.profile or {}
+        self.policy = EvictionPolicy.resolve(profile.get("dynamicPolicy"), self.config)
+        self.cache.state.instance_id = reg.instance_id
+        self.cache.save()
+        self.send_heartbeat()  # v1: the first heartbeat goes before the first queue poll
+
+    def iterate(self) -> None:
+        if self.client.registration is None:
+            self.register()
+        self.collect_finished()
+        if self.heartbeat_due() <= 0:
+            self.send_heartbeat()
+        if self.resume_items:
+            items, self.resume_items = self.resume_items, []
+            self.dispatch(items)
+        free_slots = self.config.max_parallel_downloads - len(self.active)
+        if free_slots <= 0:
+            self.wait(self.heartbeat_due())
+            return
+        reg = self.client.registration
+        long_poll = reg is not None and reg.long_poll and self.config.long_poll_seconds > 0
+        wait = 0.0
+        if long_poll:
+            cap = 1.0 if self.active else self.config.long_poll_seconds
+            wait = max(0.0, min(cap, self.heartbeat_due()))
+        answer = self.client.queue(p.QUEUE_LIMIT, wait if wait >= 1 else 0)
+        if answer.pinned is not None:
+            self.pinned = answer.pinned
+        self.queue_depth = len(answer.items)
+        started = self.dispatch(answer.items)
+        if not long_poll or (answer.items and not started):
+            # v1 polling, or nothing we could take yet: don't spin on the same answer.
+            jitter = 1 + 0.2 * (2 * random.random() - 1)
+            self.wait(min(self.config.poll_seconds * jitter, max(0.0, self.heartbeat_due())))
+
+    def wait(self, seconds: float) -> None:
+        if seconds > 0 and self.wake.wait(seconds):
+            self.wake.clear()
+
+    def heartbeat_due(self) -> float:
+        """Seconds until the next heartbeat is due (<= 0: now)."""
+        interval = self.config.heartbeat_seconds
+        if self.active:
+            interval = min(interval, self.config.progress_seconds)
+        if self.heartbeat_early:
+            interval = min(interval, p.EARLY_HEARTBEAT_MIN_SECONDS)
+        return self.last_heartbeat + interval - time.monotonic()
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        stats = self.cache.disk_stats()
+        return {
+            "installedStaticDepIds": self.cache.installed_ids(p.DepKind.STATIC.value),
+            "installedDynamicDepIds": self.cache.installed_ids(p.DepKind.DYNAMIC.value),
+            "downloadingDepIds": sorted(self.active),
+            "failedDepIds": self.cache.failed_ids(),
+            "diskStats": stats.to_json(),
+            "dynamicBytesUsed": self.cache.dynamic_bytes(),
+            "queueDepth": self.queue_depth,
+            "activeDownloads": [a.progress.snapshot() for a in self.active.values()],
+        }
+
+    def send_heartbeat(self, attempts: int | None = None) -> None:
+        pinned = self.client.heartbeat(self.heartbeat_body(), attempts=attempts)
+        if pinned is not None:
+            self.pinned = pinned
+        self.last_heartbeat = time.monotonic()
+        self.heartbeat_early = False
+
+    def post_status(self, item: dict[str, Any], state: p.ItemState, error: str | None = None,
+                    attempts: int | None = None) -> None:
+        body: dict[str, Any] = {
+            "itemId": item.get("itemId"), "depId": item.get("depId"), "op": item.get("op"),
+            "state": state.value, "diskStats": self.cache.disk_stats().to_json(),
+            "dynamicBytesUsed": self.cache.dynamic_bytes(),
+        }
+        if error is not None:
+            body["error"] = error[:p.ERROR_MAX_CHARS]
+        self.client.status(body, attempts=attempts)
+
+    # -- items ------------------------------------------------------------
+    def dispatch(self, items: list[dict[str, Any]]) -> int:
+        """Start what fits; never the same dep or item twice in our own workers."""
+        started = 0
+        for item in items:
+            if self.stop.is_set() or len(self.active) >= self.config.max_parallel_downloads:
+                break
+            dep_id, item_id = item.get("depId"), item.get("itemId")
+            if not isinstance(dep_id, str) or not isinstance(item_id, str):
+                continue
+            if dep_id in self.active or item_id in self.done_items:
+                continue
+            started += 1
+            op = item.get("op")
+            if op == p.Op.TOUCH.value and self.touch_in_place(item):
+                continue
+            if op not in (p.Op.DOWNLOAD.value, p.Op.TOUCH.value):
+                self.post_status(item, p.ItemState.FAILED, f"Unknown op: {op}")
+                self.remember(item_id)
+                continue
+            self.start_item(item)
+        return started
+
+    def touch_in_place(self, item: dict[str, Any]) -> bool:
+        """A touch of a file we hold refreshes its last use; else it becomes a download."""
+        dep_id = item["depId"]
+        record = self.cache.record(dep_id)
+        if record is not None and self.cache.file_matches(record):
+            self.post_status(item, p.ItemState.RUNNING)
+            self.cache.touch(dep_id)
+            self.post_status(item, p.ItemState.SUCCEEDED)
+            self.remember(item["itemId"])
+            return True
+        if record is not None:
+            self.cache.forget(dep_id)  # the file is gone: never report it installed
+            self.heartbeat_early = True
+        resolved = item.get("resolved") or {}
+        if resolved.get("url"):
+            log.info("Touch for %s whose file is missing: downloading it again", dep_id)
+            return False
+        self.post_status(item, p.ItemState.RUNNING)
+        self.post_status(item, p.ItemState.FAILED,
+                         f"File missing for touch: {resolved.get('destRelativePath')}")
+        self.remember(item["itemId"])
+        return True
+
+    def start_item(self, item: dict[str, Any]) -> None:
+        dep_id = item["depId"]
+        self.post_status(item, p.ItemState.RUNNING)
+        try:
+            self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")))
+        except UnsafePath as exc:
+            self.post_status(item, p.ItemState.FAILED, exc.message)
+            self.cache.mark_failed(dep_id, exc.message)
+            self.remember(item["itemId"])
+            return
+        self.cache.set_inflight(dep_id, item)
+        progress = Progress(dep_id, log_every=self.config.progress_seconds
+                            if self.config.verbose_progress else None)
+        future = self.pool.submit(self.runner.run, item, progress)
+        future.add_done_callback(lambda _f: self.wake.set())
+        self.active[dep_id] = _Active(item, progress, future)
+
+    def collect_finished(self, attempts: int | None = None) -> None:
+        for dep_id, active in list(self.active.items()):
+            if not active.future.done():
+                continue
+            del self.active[dep_id]
+            outcome = active.future.result()
+            if outcome.interrupted:
+                continue  # stays in state.inflight; resumed on the next start
+            if outcome.ok:
+                self.cache.clear_inflight(dep_id)
+                self.post_status(active.item, p.ItemState.SUCCEEDED, attempts=attempts)
+            else:
+                error = outcome.error or "failed"
+                self.cache.mark_failed(dep_id, error)
+                self.post_status(active.item, p.ItemState.FAILED, error, attempts=attempts)
+            self.remember(active.item["itemId"])
+            self.heartbeat_early = True
+
+    def remember(self, item_id: str) -> None:
+        self.done_items[item_id] = None
+        while len(self.done_items) > 1000:
+            self.done_items.popitem(last=False)
+
+    def tear_down(self) -> None:
+        """Let downloads reach a resumable point, report what finished, save state."""
+        self.stop.set()
+        self.pool.shutdown(wait=True)
+        self.client.aborted = False
+        try:
+            if self.client.registration is not None:
+                self.collect_finished(attempts=1)
+                self.send_heartbeat(attempts=1)
+        except (AgentError, OSError) as exc:
+            message = exc.message if isinstance(exc, ServerError) else str(exc)
+            log.warning("Could not report to the control plane while stopping: %s", message)
+        self.cache.save()
+        log.info("Dependency agent stopped")
