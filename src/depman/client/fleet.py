@@ -32,7 +32,8 @@ from pydantic.alias_generators import to_camel
 from depman.client.errors import FleetFileError
 from depman.client.units import parse_byte_size
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
+# The server's rule: ids travel in URL paths and in `<depId>.<gen>` item ids.
+ID_RE = re.compile(r"^[^/\\\s\x00-\x1f\x7f]{1,200}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Apply order: each document only names documents applied before it.
 SECTIONS = ("deps", "profiles", "serverTypes", "instances")
@@ -43,7 +44,7 @@ Loc = tuple[str | int, ...]
 def _check_id(value: str) -> str:
     if not ID_RE.match(value):
         raise ValueError(
-            f"bad id {value!r}: use letters, digits and . _ - : @ + (at most 200, no / or spaces)"
+            f"bad id {value!r}: use 1-200 characters, no '/', '\\', whitespace or controls"
         )
     return value
 
@@ -65,6 +66,8 @@ def _check_relative_path(value: str) -> str:
         raise ValueError(f"must be relative to the ComfyUI folder, not absolute: {value!r}")
     if ".." in value.split("/"):
         raise ValueError(f"must not contain '..' (it would escape the ComfyUI folder): {value!r}")
+    if any(part in ("", ".") for part in value.split("/")):
+        raise ValueError(f"must not contain empty or '.' parts: {value!r}")
     return value
 
 
@@ -88,14 +91,13 @@ def _to_byte_size(value: Any) -> Any:
 
 Id = Annotated[str, AfterValidator(_check_id)]
 ByteSize = Annotated[int, BeforeValidator(_to_byte_size), Field(ge=0)]
+PositiveByteSize = Annotated[int, BeforeValidator(_to_byte_size), Field(gt=0)]
 
 
 class FleetDoc(BaseModel):
     """Base of the fleet documents: camelCase keys, unknown keys refused."""
 
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, frozen=True
-    )
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
 
     def to_body(self) -> dict[str, Any]:
         """The admin API body of this document."""
@@ -109,7 +111,7 @@ class DepDoc(FleetDoc):
     auth: Literal["none", "hf_token", "civitai_token"] = "none"
     dest_relative_path: Annotated[str, AfterValidator(_check_relative_path)]
     sha256: Annotated[str, AfterValidator(_check_sha256)] | None = None
-    expected_size_bytes: ByteSize | None = None
+    expected_size_bytes: PositiveByteSize | None = None
     kind: Literal["static", "dynamic"]
 
 
