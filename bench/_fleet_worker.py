@@ -1,0 +1,247 @@
+"""One simulator process: plays a slice of the fleet's v1 agents, prints its stats as JSON.
+
+Started by `bench.fleet`; each agent registers, heartbeats its ~200-dep inventory
+every 30 s, polls its queue every 5 s (±20%), and works the items it gets
+(`running`, then `succeeded` after a simulated download, then an early heartbeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from bench.fleetclient import HttpError, Pool
+
+AGENT_VERSION = "bench-v1-agent/1.0"
+DISK = {"totalBytes": 500 * 1024**3, "freeBytes": 200 * 1024**3, "usedBytes": 300 * 1024**3}
+
+
+def inventory(index: int, catalog: int, static: int, size: int) -> list[str]:
+    """The dynamic deps instance `index` holds at start (deterministic)."""
+    rng = random.Random(index)
+    return sorted(f"dep-{i:05d}" for i in rng.sample(range(static, catalog), size - static))
+
+
+@dataclass
+class Stats:
+    t_start: float
+    t_end: float
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    items_done: int = 0
+
+    def record(self, endpoint: str, scheduled: float, ok: bool) -> None:
+        if self.t_start <= scheduled < self.t_end:
+            if ok:
+                self.latencies[endpoint].append(time.time() - scheduled)
+            else:
+                self.errors[endpoint] += 1
+
+
+class Agent:
+    """One v1 agent, as the field agent behaves (no long-poll, no extensions)."""
+
+    def __init__(self, sim: Sim, index: int) -> None:
+        self.sim = sim
+        self.instance_id = f"inst-{index:05d}"
+        self.static = [f"dep-{i:05d}" for i in range(sim.args.static)]
+        self.dynamic = inventory(index, sim.args.catalog, sim.args.static, sim.args.inventory)
+        self.downloading: set[str] = set()
+        self.auth = b""
+        self.hb_body: bytes | None = None
+        self.poll_path = f"/api/dependencies/queue?instanceId={self.instance_id}&limit=25"
+        self.handled: set[str] = set()
+        self.early_hb = 0.0
+        self.last_hb = 0.0
+
+    async def call(self, endpoint: str, method: str, path: str, body: object | None,
+                   scheduled: float, headers: bytes | None = None) -> tuple[int, bytes] | None:
+        raw = None if body is None else (body if isinstance(body, bytes) else
+                                         json.dumps(body).encode())
+        try:
+            status, answer = await self.sim.pool.request(
+                method, path, raw, self.auth if headers is None else headers)
+        except HttpError:
+            self.sim.stats.record(endpoint, scheduled, False)
+            return None
+        self.sim.stats.record(endpoint, scheduled, 200 <= status < 300)
+        if status in (401, 403) and endpoint != "register":
+            self.auth = b""
+        return status, answer
+
+    async def register(self) -> bool:
+        body = {"serverType": self.sim.args.server_type, "agentVersion": AGENT_VERSION,
+                "instanceId": self.instance_id}
+        hdr = b"X-DM-Secret: %s\r\n" % self.sim.args.secret.encode()
+        got = await self.call("register", "POST", "/api/dependencies/register", body,
+                              time.time(), hdr)
+        if not got or got[0] != 200:
+            return False
+        token = json.loads(got[1])["agentToken"]
+        self.auth = b"Authorization: Bearer %s\r\n" % token.encode()
+        return True
+
+    def heartbeat_body(self) -> bytes:
+        if self.hb_body is None:
+            self.hb_body = json.dumps({
+                "instanceId": self.instance_id,
+                "installedStaticDepIds": self.static,
+                "installedDynamicDepIds": self.dynamic,
+                "downloadingDepIds": sorted(self.downloading),
+                "failedDepIds": [], "diskStats": DISK,
+                "dynamicBytesUsed": 150 * 1024**3, "queueDepth": len(self.downloading),
+            }).encode()
+        return self.hb_body
+
+    async def heartbeat(self, scheduled: float) -> None:
+        self.last_hb = time.time()
+        self.early_hb = 0.0
+        await self.call("heartbeat", "POST", "/api/dependencies/heartbeat",
+                        self.heartbeat_body(), scheduled)
+
+    async def poll(self, scheduled: float) -> None:
+        got = await self.call("queue", "GET", self.poll_path, None, scheduled)
+        if not got or got[0] != 200 or b'"itemId"' not in got[1]:
+            return
+        for item in json.loads(got[1]).get("items", [])[:4]:
+            if item["itemId"] not in self.handled:
+                self.handled.add(item["itemId"])
+                self.sim.spawn(self.work(item))
+
+    async def work(self, item: dict[str, object]) -> None:
+        dep_id = str(item["depId"])
+        status = {"instanceId": self.instance_id, "itemId": item["itemId"], "depId": dep_id,
+                  "op": item["op"], "diskStats": DISK, "dynamicBytesUsed": 150 * 1024**3}
+        await self.call("status", "POST", "/api/dependencies/status",
+                        {**status, "state": "running"}, time.time())
+        if item["op"] == "download":
+            self.downloading.add(dep_id)
+            self.hb_body = None
+            await asyncio.sleep(self.sim.args.download_seconds)
+            self.downloading.discard(dep_id)
+            resolved = item.get("resolved") or {}
+            kind = resolved.get("kind") if isinstance(resolved, dict) else None
+            target = self.static if kind == "static" else self.dynamic
+            if dep_id not in target:
+                target.append(dep_id)
+            self.hb_body = None
+        await self.call("status", "POST", "/api/dependencies/status",
+                        {**status, "state": "succeeded"}, time.time())
+        self.sim.stats.items_done += 1
+        # The field agent heartbeats early (at most every 2 s) after a download.
+        self.early_hb = max(time.time(), self.last_hb + 2.0)
+
+    async def run(self, start: float) -> None:
+        args = self.sim.args
+        await sleep_until(start)
+        while not await self.register():
+            if time.time() > self.sim.t_stop:
+                return
+            await asyncio.sleep(5)
+        await self.heartbeat(time.time())
+        now = time.time()
+        next_poll = now + random.uniform(0, args.poll_seconds)
+        next_hb = now + args.heartbeat_seconds
+        while True:
+            due = min(next_poll, next_hb, self.early_hb or next_hb)
+            if due >= self.sim.t_stop:
+                return
+            await sleep_until(due)
+            if not self.auth:
+                await self.register()
+            if due in (next_hb, self.early_hb):
+                if due == next_hb:
+                    next_hb += args.heartbeat_seconds
+                await self.heartbeat(due)
+            else:
+                next_poll = due + args.poll_seconds * random.uniform(0.8, 1.2)
+                await self.poll(due)
+
+
+async def sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class Sim:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t_measure = args.t0 + args.warmup
+        self.t_stop = self.t_measure + args.duration
+        self.stats = Stats(self.t_measure, self.t_stop)
+        self.pool = Pool(args.host, args.port, args.connections)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def main(self) -> dict[str, object]:
+        args = self.args
+        agents = [Agent(self, i) for i in range(args.first, args.first + args.count)]
+        rng = random.Random(args.first)
+        runs = [asyncio.ensure_future(a.run(args.t0 + rng.uniform(0, args.ramp)))
+                for a in agents]
+        await sleep_until(self.t_measure)
+        cpu0 = time.process_time()
+        lag_samples: list[float] = []
+        while time.time() < self.t_stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.1)
+            lag_samples.append(time.perf_counter() - t - 0.1)
+        cpu = time.process_time() - cpu0
+        await asyncio.gather(*runs, return_exceptions=True)
+        for task in list(self.tasks):
+            task.cancel()
+        self.pool.close()
+        lag_samples.sort()
+        return {
+            "latencies": {k: [round(v, 6) for v in vs] for k, vs in self.stats.latencies.items()},
+            "errors": dict(self.stats.errors),
+            "cpu_seconds": cpu,
+            "items_done": self.stats.items_done,
+            "loop_lag_p99": lag_samples[int(len(lag_samples) * 0.99)] if lag_samples else 0.0,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--secret", default="")
+    ap.add_argument("--server-type", default="bench")
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--catalog", type=int, default=2000)
+    ap.add_argument("--static", type=int, default=20)
+    ap.add_argument("--inventory", type=int, default=200)
+    ap.add_argument("--t0", type=float, required=True)
+    ap.add_argument("--ramp", type=float, default=30)
+    ap.add_argument("--warmup", type=float, default=35)
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--poll-seconds", type=float, default=5.0)
+    ap.add_argument("--heartbeat-seconds", type=float, default=30.0)
+    ap.add_argument("--download-seconds", type=float, default=2.0)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args(argv)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(Sim(args).main())
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

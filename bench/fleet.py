@@ -1,0 +1,438 @@
+"""Fleet load: N simulated v1 agents (plus job submissions) against one `depman server`.
+
+    uv run python -m bench.fleet                       # N = 1k, 5k, 10k on SQLite and PostgreSQL
+    uv run python -m bench.fleet --backends postgresql --sizes 10000
+    uv run python -m bench.fleet --smoke               # 40 agents, seconds
+
+Agents speak protocol v1 at the field intervals: register, heartbeat with ~200
+deps every 30 s, queue poll every 5 s (±20%), statuses for the items they get.
+A job driver submits jobs (POST /api/jobs), starts the ready ones and completes
+them, so placement, queueing and inventory changes run too. The simulator runs
+in `--workers` processes on the same machine (its CPU is reported, it competes
+with the server), over a bounded pool of keep-alive connections, as behind a
+reverse proxy. Latency is measured from each request's scheduled time, so
+client-side queueing counts. Reported per N and backend: sustained requests/s,
+p50/p99 per endpoint, server CPU and RSS, PostgreSQL CPU, and the inventory
+row writes the heartbeats caused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import (
+    MIB,
+    REPO_ROOT,
+    ProcessSampler,
+    ResultTable,
+    append_results,
+    base_parser,
+    percentile,
+    should_record,
+)
+from bench.fleetclient import HttpError, Pool
+
+SERVER_TYPE = "bench"
+PROFILE = "bench-profile"
+P99_TARGET = 0.200
+
+
+@dataclass
+class Plan:
+    sizes: list[int]
+    backends: list[str]
+    ramp: float
+    warmup: float
+    duration: float
+    poll: float
+    heartbeat: float
+    download: float
+    job_rate: float | None  # jobs/s; None: N / 1000
+    job_run: float
+    catalog: int
+    static: int
+    inventory: int
+    connections: int
+    workers: int | None
+
+
+FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=40, duration=60,
+            poll=5, heartbeat=30, download=2, job_rate=None, job_run=10, catalog=2000,
+            static=20, inventory=200, connections=64, workers=None)
+SMOKE = Plan([40], ["sqlite"], ramp=1, warmup=2, duration=4, poll=1, heartbeat=2,
+             download=0.2, job_rate=2, job_run=0.5, catalog=100, static=5, inventory=20,
+             connections=8, workers=1)
+
+
+@dataclass
+class Outcome:
+    backend: str
+    n: int
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    duration: float = 0.0
+    server_cpu: float = 0.0
+    server_rss: int = 0
+    pg_cpu: float | None = None
+    sim_cpu: float = 0.0
+    loop_lag: float = 0.0
+    inv_writes: int | None = None
+    items_done: int = 0
+    jobs_submitted: int = 0
+    jobs_completed: int = 0
+    failure: str | None = None
+
+    @property
+    def requests(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+    @property
+    def all_latencies(self) -> list[float]:
+        return [x for v in self.latencies.values() for x in v]
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.all_latencies, 99)
+
+    @property
+    def holds(self) -> bool:
+        return self.failure is None and not sum(self.errors.values()) and self.p99 < P99_TARGET
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def fleet_body(plan: Plan, first: int, count: int, with_catalog: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"instances": {
+        f"inst-{i:05d}": {"ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                          "serverType": SERVER_TYPE}
+        for i in range(first, first + count)}}
+    if with_catalog:
+        body["deps"] = {
+            f"dep-{i:05d}": {
+                "url": f"https://huggingface.co/bench/m/resolve/main/dep-{i:05d}.safetensors",
+                "auth": "none",
+                "destRelativePath": f"models/{'checkpoints' if i < plan.static else 'loras'}/"
+                                    f"dep-{i:05d}.safetensors",
+                "expectedSizeBytes": (6 * 1024**3) if i < plan.static else 150 * MIB,
+                "kind": "static" if i < plan.static else "dynamic",
+            } for i in range(plan.catalog)}
+        body["profiles"] = {PROFILE: {
+            "staticDepIds": [f"dep-{i:05d}" for i in range(plan.static)],
+            "prefetchOnBoot": False,
+            "dynamicPolicy": {"enabled": True, "minFreeBytes": 5 * 1024**3,
+                              "maxDynamicBytes": 200 * 1024**3, "evictionBatchMax": 20,
+                              "pinTtlSeconds": 1800}}}
+        body["serverTypes"] = {SERVER_TYPE: {"modelManagement": {
+            "mode": "dependency_manager_v1", "profileId": PROFILE}}}
+    return body
+
+
+def setup_fleet(server: Any, plan: Plan, n: int) -> None:
+    chunk = 2000
+    for first in range(0, n, chunk):
+        status, answer = server.admin("POST", "/admin/fleet",
+                                      fleet_body(plan, first, min(chunk, n - first), first == 0))
+        if status >= 300:
+            raise RuntimeError(f"POST /api/admin/fleet: {status} {str(answer)[:500]}")
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def pg_inventory_writes(database_url: str) -> int | None:
+    """Rows inserted, updated or deleted in instance_deps so far (PostgreSQL statistics)."""
+    if not database_url.startswith("postgresql"):
+        return None
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(
+            "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
+            "WHERE relname = 'instance_deps'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def postgres_cpu_seconds() -> float:
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "postmaster"):
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+# ---------------------------------------------------------------------------- job driver
+
+
+class JobDriver:
+    """Submits jobs at a steady rate, starts the ready ones and completes them."""
+
+    def __init__(self, pool: Pool, admin_token: str, plan: Plan, rate: float,
+                 t_measure: float, t_stop: float) -> None:
+        self.pool, self.plan, self.rate = pool, plan, rate
+        self.auth = b"Authorization: Bearer %s\r\n" % admin_token.encode()
+        self.t_measure, self.t_stop = t_measure, t_stop
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.submitted = self.completed = 0
+        self.rng = random.Random(1)
+        dyn = plan.catalog - plan.static
+        self.cum = [sum(1 / r for r in range(1, k + 2)) for k in range(dyn)]
+        self.started: set[str] = set()
+
+    def pick_deps(self) -> list[str]:
+        k = self.rng.choice((1, 2, 3))
+        idx = self.rng.choices(range(len(self.cum)), cum_weights=self.cum, k=k)
+        return sorted({f"dep-{self.plan.static + i:05d}" for i in idx})
+
+    async def submit(self, scheduled: float) -> None:
+        body = json.dumps({"serverType": SERVER_TYPE, "depIds": self.pick_deps()}).encode()
+        ok = False
+        try:
+            status, _ = await self.pool.request("POST", "/api/jobs", body, self.auth)
+            ok = status < 300
+        except HttpError:
+            pass
+        if self.t_measure <= scheduled < self.t_stop:
+            if ok:
+                self.latencies.append(time.time() - scheduled)
+            else:
+                self.errors += 1
+        self.submitted += 1
+
+    async def run_job(self, job_id: str) -> None:
+        path = f"/api/jobs/{job_id}"
+        with contextlib.suppress(HttpError):
+            await self.pool.request("POST", path + "/start", b"{}", self.auth)
+            await asyncio.sleep(self.plan.job_run)
+            status, _ = await self.pool.request("POST", path + "/complete", b'{"ok": true}',
+                                                self.auth)
+            if status < 300:
+                self.completed += 1
+
+    async def run(self, t_start: float) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        next_submit = t_start
+        next_scan = t_start
+        while True:
+            now = time.time()
+            if now >= self.t_stop:
+                break
+            if now >= next_submit:
+                tasks.add(asyncio.ensure_future(self.submit(next_submit)))
+                next_submit += self.rng.expovariate(self.rate)
+            if now >= next_scan:
+                next_scan = now + 1.0
+                with contextlib.suppress(HttpError, ValueError):
+                    status, body = await self.pool.request("GET", "/api/jobs?state=ready",
+                                                           None, self.auth)
+                    if status == 200:
+                        for job in json.loads(body).get("jobs", []):
+                            job_id = job.get("jobId")
+                            if job_id and job_id not in self.started:
+                                self.started.add(job_id)
+                                tasks.add(asyncio.ensure_future(self.run_job(job_id)))
+            tasks = {t for t in tasks if not t.done()}
+            await asyncio.sleep(max(0.0, min(next_submit, next_scan, self.t_stop) - time.time()))
+        for t in tasks:
+            t.cancel()
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+@contextlib.contextmanager
+def database(backend: str, tmp: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp / 'fleet.db'}"
+    else:
+        from tests.support.server import postgres_database
+
+        with postgres_database() as url:
+            yield url
+
+
+def run_one(plan: Plan, backend: str, n: int) -> Outcome:
+    from tests.support.server import run_server
+
+    out = Outcome(backend, n)
+    with tempfile.TemporaryDirectory(prefix="depman-bench-fleet-") as tmp_name, \
+            database(backend, Path(tmp_name)) as url, \
+            run_server(url, extra_env={"DEPMAN_LOG_LEVEL": "warning",
+                                       "DEPMAN_HEARTBEAT_SECONDS": str(plan.heartbeat)},
+                       cwd=Path(tmp_name)) as server:
+        t_setup = time.time()
+        setup_fleet(server, plan, n)
+        print(f"  [{backend} N={n}] fleet set up in {time.time() - t_setup:.1f} s")
+        port = int(server.root_url.rsplit(":", 1)[1])
+        workers = plan.workers or max(1, math.ceil(n / 5000))
+        t0 = time.time() + 1.0
+        t_measure = t0 + plan.warmup
+        t_stop = t_measure + plan.duration
+        procs = []
+        per = math.ceil(n / workers)
+        for w in range(workers):
+            first, count = w * per, min(per, n - w * per)
+            if count <= 0:
+                continue
+            cmd = [sys.executable, "-m", "bench._fleet_worker", "--port", str(port),
+                   "--secret", server.shared_secret, "--server-type", SERVER_TYPE,
+                   "--first", str(first), "--count", str(count), "--t0", str(t0),
+                   "--ramp", str(plan.ramp), "--warmup", str(plan.warmup),
+                   "--duration", str(plan.duration), "--poll-seconds", str(plan.poll),
+                   "--heartbeat-seconds", str(plan.heartbeat),
+                   "--download-seconds", str(plan.download),
+                   "--catalog", str(plan.catalog), "--static", str(plan.static),
+                   "--inventory", str(plan.inventory),
+                   "--connections", str(max(2, plan.connections // workers))]
+            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                          text=True))
+        rate = plan.job_rate if plan.job_rate is not None else n / 1000
+        driver_pool = Pool("127.0.0.1", port, 8)
+        driver = JobDriver(driver_pool, server.admin_token, plan, rate, t_measure, t_stop)
+        with ProcessSampler(server.process.pid, interval=0.5) as sampler:
+
+            async def drive() -> tuple[float, float, int | None]:
+                job_task = asyncio.ensure_future(driver.run(t0 + plan.ramp))
+                await asyncio.sleep(max(0.0, t_measure - time.time()))
+                sampler.mark()
+                pg0 = postgres_cpu_seconds() if backend == "postgresql" else 0.0
+                inv0 = pg_inventory_writes(url)
+                ctl0 = time.process_time()
+                await asyncio.sleep(max(0.0, t_stop - time.time()))
+                usage = sampler.usage()
+                out.server_cpu, out.server_rss = usage.cpu_percent, usage.rss_peak
+                if backend == "postgresql":
+                    out.pg_cpu = 100 * (postgres_cpu_seconds() - pg0) / usage.wall_seconds
+                inv1 = pg_inventory_writes(url)
+                ctl = time.process_time() - ctl0
+                await job_task
+                return ctl, usage.wall_seconds, (inv1 - inv0) if inv0 is not None and \
+                    inv1 is not None else None
+
+            ctl_cpu, wall, out.inv_writes = asyncio.run(drive())
+            driver_pool.close()
+        out.duration = wall
+        sim_cpu = ctl_cpu
+        for proc in procs:
+            stdout, _ = proc.communicate(timeout=plan.duration + plan.warmup + 120)
+            if proc.returncode != 0 or not stdout.strip():
+                out.failure = f"worker exit {proc.returncode}"
+                continue
+            res = json.loads(stdout.strip().splitlines()[-1])
+            for k, v in res["latencies"].items():
+                out.latencies.setdefault(k, []).extend(v)
+            for k, v in res["errors"].items():
+                out.errors[k] = out.errors.get(k, 0) + v
+            sim_cpu += res["cpu_seconds"]
+            out.loop_lag = max(out.loop_lag, res["loop_lag_p99"])
+            out.items_done += res["items_done"]
+        out.latencies["jobs"] = driver.latencies
+        if driver.errors:
+            out.errors["jobs"] = driver.errors
+        out.jobs_submitted, out.jobs_completed = driver.submitted, driver.completed
+        out.sim_cpu = 100 * sim_cpu / wall if wall else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+
+ENDPOINTS = ("queue", "heartbeat", "status", "register", "jobs")
+
+
+def render(outcomes: list[Outcome]) -> list[ResultTable]:
+    summary = ResultTable(
+        f"Fleet load, v1 agents against one depman server (p99 target {P99_TARGET * 1000:.0f} ms)",
+        ["backend", "N", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %", "server RSS MiB",
+         "postgres CPU %", "simulator CPU %", "inventory row writes", "jobs done", "holds"])
+    for o in outcomes:
+        lat = o.all_latencies
+        summary.add(o.backend, f"{o.n:,}", f"{o.requests / o.duration:.0f}" if o.duration else "—",
+                    f"{percentile(lat, 50) * 1000:.1f}", f"{o.p99 * 1000:.1f}",
+                    sum(o.errors.values()) if o.failure is None else o.failure,
+                    f"{o.server_cpu:.0f}", f"{o.server_rss / MIB:.0f}",
+                    "—" if o.pg_cpu is None else f"{o.pg_cpu:.0f}", f"{o.sim_cpu:.0f}",
+                    "—" if o.inv_writes is None else f"{o.inv_writes:,} ({o.items_done} installs)",
+                    f"{o.jobs_completed}/{o.jobs_submitted}", "yes" if o.holds else "NO")
+    per = ResultTable("Latency per endpoint (ms)",
+                      ["backend", "N", "endpoint", "requests", "req/s", "p50", "p99", "max"])
+    for o in outcomes:
+        for ep in ENDPOINTS:
+            lat = o.latencies.get(ep, [])
+            if not lat:
+                continue
+            per.add(o.backend, f"{o.n:,}", ep, len(lat), f"{len(lat) / o.duration:.1f}",
+                    f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
+                    f"{max(lat) * 1000:.1f}")
+    return [summary, per]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", help="Comma-separated N values (default 1000,5000,10000).")
+    parser.add_argument("--backends", help="sqlite,postgresql (default both).")
+    parser.add_argument("--duration", type=float, help="Measured seconds per run.")
+    parser.add_argument("--workers", type=int, help="Simulator processes (default N/5000).")
+    parser.add_argument("--job-rate", type=float, help="Jobs per second (default N/1000).")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    if args.sizes:
+        plan.sizes = [int(s) for s in args.sizes.split(",")]
+    if args.backends:
+        plan.backends = args.backends.split(",")
+    if args.duration:
+        plan.duration = args.duration
+    if args.workers:
+        plan.workers = args.workers
+    if args.job_rate is not None:
+        plan.job_rate = args.job_rate
+    outcomes = []
+    for backend in plan.backends:
+        for n in plan.sizes:
+            print(f"running {backend} N={n} ...")
+            try:
+                outcomes.append(run_one(plan, backend, n))
+            except Exception as exc:  # report the failure in the table, go on with the rest
+                outcomes.append(Outcome(backend, n, failure=f"{type(exc).__name__}: {exc}"[:200]))
+                print(f"  failed: {exc}", file=sys.stderr)
+    tables = render(outcomes)
+    for t in tables:
+        t.print()
+    notes = []
+    for backend in plan.backends:
+        ok = [o.n for o in outcomes if o.backend == backend and o.holds]
+        notes.append(f"{backend}: largest N tested with p99 < {P99_TARGET * 1000:.0f} ms and no "
+                     f"errors: {max(ok):,}" if ok else f"{backend}: no N tested holds the target")
+    notes.append(f"Measured {plan.duration:.0f} s per run after {plan.warmup:.0f} s warm-up "
+                 f"(agents register over {plan.ramp:.0f} s); poll {plan.poll:g} s, heartbeat "
+                 f"{plan.heartbeat:g} s, {plan.inventory} deps per inventory. Inventory row "
+                 "writes (PostgreSQL statistics) should equal installs, not heartbeats x deps.")
+    for n in notes:
+        print(n)
+    if should_record(args):
+        cmd = "uv run python -m bench.fleet" + (" --smoke" if args.smoke else "")
+        append_results("Fleet load", cmd, tables, notes, args.results)
+    return 1 if any(o.failure for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
