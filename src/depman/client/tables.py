@@ -28,6 +28,11 @@ STATE_STYLES = {
     "completed": "green",
     "failed": "bold red",
 }
+LIVENESS_LABELS = {
+    "live": ("live", "green"),
+    "stale": ("stale", "bold red"),
+    "never": ("never seen", "dim"),
+}
 
 
 def instances_table(instances: list[JsonDoc], *, now: datetime | None = None) -> Table:
@@ -197,12 +202,15 @@ def _heartbeat_age(inst: JsonDoc, dm: JsonDoc, now: datetime | None) -> float | 
 
 
 def _liveness(inst: JsonDoc, heartbeat_age: float | None) -> Text:
+    status = inst.get("status")
+    if status in ("live", "stale", "never"):
+        return Text(*LIVENESS_LABELS[status])
     live = inst.get("live")
     if live is None and isinstance(inst.get("stale"), bool):
         live = not inst["stale"]
     if live is None:
-        return Text("never seen" if heartbeat_age is None else "-", style="dim")
-    return Text("live", style="green") if live else Text("stale", style="bold red")
+        return Text(*LIVENESS_LABELS["never"]) if heartbeat_age is None else Text("-")
+    return Text(*LIVENESS_LABELS["live" if live else "stale"])
 
 
 def _dict(value: object) -> JsonDoc:
