@@ -1,0 +1,92 @@
+"""Dashboard access: the admin token, as a bearer header or a signed session cookie.
+
+The cookie never holds the token: it holds `<expires>.<hmac(token, expires)>`, so
+a leaked cookie dies at its expiry and every cookie dies when the token rotates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+from fastapi import Request
+
+COOKIE_NAME = "depman_session"
+SESSION_SECONDS = 12 * 3600
+_CONTEXT = b"depman-dashboard-session-v1:"
+
+
+class LoginRequired(Exception):
+    """Raised by the page dependencies; `mount` turns it into a redirect or a 401."""
+
+    def __init__(self, fragment: bool) -> None:
+        super().__init__("dashboard login required")
+        self.fragment = fragment
+
+
+def admin_token(request: Request) -> str | None:
+    """The configured admin token, or None when the dashboard is closed."""
+    secret = getattr(request.app.state.settings, "admin_token", None)
+    value = secret.get_secret_value() if secret is not None else ""
+    return value or None
+
+
+def token_matches(given: str, token: str | None) -> bool:
+    """Constant-time comparison; no token configured matches nothing."""
+    if not token or not given:
+        return False
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _signature(token: str, expires: int) -> str:
+    return hmac.new(token.encode(), _CONTEXT + str(expires).encode(), hashlib.sha256).hexdigest()
+
+
+def make_session(token: str, now: float | None = None) -> str:
+    """A cookie value valid for SESSION_SECONDS."""
+    expires = int((now if now is not None else time.time()) + SESSION_SECONDS)
+    return f"{expires}.{_signature(token, expires)}"
+
+
+def session_valid(value: str | None, token: str | None, now: float | None = None) -> bool:
+    """The cookie was made with this token and has not expired."""
+    if not value or not token:
+        return False
+    expires_text, _, signature = value.partition(".")
+    if not expires_text.isdigit() or not signature:
+        return False
+    expires = int(expires_text)
+    if expires < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(signature.encode(), _signature(token, expires).encode())
+
+
+def is_authenticated(request: Request) -> bool:
+    """A valid session cookie or `Authorization: Bearer <admin token>`."""
+    token = admin_token(request)
+    if token is None:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token_matches(given.strip(), token):
+        return True
+    return session_valid(request.cookies.get(COOKIE_NAME), token)
+
+
+def require_page(request: Request) -> None:
+    """Dependency of the HTML pages: anonymous visitors go to /login."""
+    if not is_authenticated(request):
+        raise LoginRequired(fragment=False)
+
+
+def require_fragment(request: Request) -> None:
+    """Dependency of the refresh fragments: anonymous callers get 401."""
+    if not is_authenticated(request):
+        raise LoginRequired(fragment=True)
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths after login: never `//host` or `https://host`."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target

@@ -1,0 +1,67 @@
+"""An app with only the dashboard mounted, on a SQLite file holding a seeded fleet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session
+
+from depman.server.dashboard import mount
+from depman.settings import ServerSettings
+from depman.store.models import Base
+from tests.dashboard.fleet_data import seed_fleet
+
+ADMIN_TOKEN = "adm-dashboard-test-token"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A fresh SQLite file with the tables created."""
+    eng = create_engine(f"sqlite:///{tmp_path / 'dash.db'}")
+    Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def now() -> datetime:
+    """The moment the fleet was seeded."""
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def seeded(engine: Engine, now: datetime) -> Engine:
+    """The engine, with the sample fleet in it."""
+    with Session(engine) as session:
+        seed_fleet(session, now)
+    return engine
+
+
+def make_app(engine: Engine, admin_token: str | None = ADMIN_TOKEN) -> FastAPI:
+    """A bare FastAPI app with the dashboard, its engine and settings on `app.state`."""
+    app = FastAPI()
+    app.state.engine = engine
+    app.state.settings = ServerSettings(admin_token=admin_token, heartbeat_seconds=30)
+    mount(app)
+    return app
+
+
+@pytest.fixture
+def client(seeded: Engine) -> Iterator[TestClient]:
+    """An anonymous client of the dashboard-only app."""
+    with TestClient(make_app(seeded), follow_redirects=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def authed(client: TestClient) -> TestClient:
+    """The same client, logged in."""
+    resp = client.post("/login", data={"token": ADMIN_TOKEN, "next": "/"})
+    assert resp.status_code == 303
+    return client
