@@ -103,7 +103,7 @@ def test_jobs_waiting_on_lists_missing_deps_with_their_items(seeded: Engine, now
     with Session(seeded) as session:
         jobs = overview.jobs_overview(session=session, now=now)
     by_id = {j.job_id: j for j in jobs.jobs}
-    assert [j.job_id for j in jobs.jobs][0] == "job-a5"  # newest first
+    assert jobs.jobs[0].job_id == "job-a5"  # newest first
     waiting = by_id["job-a1"].waiting_on
     assert [(w.dep_id, w.item_state) for w in waiting] == [
         ("juggernaut-xl-v9", "running"),
