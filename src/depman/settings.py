@@ -41,7 +41,7 @@ class ServerSettings(BaseSettings):
     )
     submit_token: SecretStr | None = Field(
         None,
-        description="Optional bearer token that may only submit and read jobs.",
+        description="Optional bearer token for /api/jobs only (submit, read, start, complete).",
     )
     heartbeat_seconds: float = Field(
         30.0, gt=0, description="Heartbeat interval agents use; liveness TTL derives from it."
@@ -78,6 +78,12 @@ class ServerSettings(BaseSettings):
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    db_pool_size: int = Field(
+        20, ge=1, description="Database connections kept per server process (as many again may overflow)."
+    )
+    worker_threads: int = Field(
+        64, ge=4, description="Threads that run the synchronous request handlers."
+    )
 
     @property
     def live_ttl(self) -> float:

@@ -6,7 +6,7 @@ only opaque documents (a profile's dynamic policy, a job's history) are JSON.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -22,7 +22,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so Alembic migrations are identical on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -40,8 +42,32 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _tz() -> DateTime:
-    return DateTime(timezone=True)
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite keeps no offset, so values are stored as naive UTC and read back aware;
+    without this, comparing a SQLite value with `datetime.now(UTC)` raises.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _tz() -> UtcDateTime:
+    return UtcDateTime()
 
 
 class Dep(Base):
@@ -103,7 +129,7 @@ class Instance(Base):
     instance_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     server_type: Mapped[str] = mapped_column(String(200), index=True)
-    agent_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    agent_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     agent_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
     registered_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True, index=True)
@@ -118,6 +144,9 @@ class Instance(Base):
     # Digest of the installed lists of the last heartbeat: an unchanged heartbeat
     # compares one string instead of diffing hundreds of inventory rows.
     inventory_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Union of the deps of this instance's waiting/ready/running jobs, kept by the job
+    # transitions so the heartbeat answers its pins from the row it already updates.
+    pinned_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(_tz())
 
 

@@ -1,0 +1,1 @@
+"""Domain logic of the control plane: no HTTP here; functions take `*, session`."""

@@ -1,0 +1,161 @@
+"""Heartbeats: the inventory as rows, applied as a diff; an unchanged one is one small UPDATE."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from depman.core.clock import utcnow
+from depman.core.jobs import refresh_instance_jobs
+from depman.core.policy import Policy
+from depman.core.queue import mark_downloads_progressing, succeed_held_downloads
+from depman.errors import NotFound
+from depman.store.models import Instance, InstanceDep
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One heartbeat body, snake_cased."""
+
+    installed_static: list[str] = field(default_factory=list)
+    installed_dynamic: list[str] = field(default_factory=list)
+    downloading: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    disk_total_bytes: int | None = None
+    disk_free_bytes: int | None = None
+    disk_used_bytes: int | None = None
+    dynamic_bytes_used: int | None = None
+    queue_depth: int | None = None
+    active_downloads: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    """What the caller needs after a heartbeat: pins to answer, and whether to place jobs."""
+
+    pinned_dep_ids: list[str]
+    changed: bool
+    became_live: bool
+    server_type: str
+
+
+def inventory(hb: Heartbeat) -> dict[str, str]:
+    """dep id → kind of what the heartbeat lists as installed (static wins over dynamic)."""
+    held = {dep_id: "dynamic" for dep_id in hb.installed_dynamic}
+    held.update({dep_id: "static" for dep_id in hb.installed_static})
+    return held
+
+
+def inventory_digest(held: dict[str, str]) -> str:
+    """A digest of the installed lists, to skip the diff when nothing changed."""
+    text = "\n".join(f"{kind}:{dep_id}" for dep_id, kind in sorted(held.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "last_heartbeat_at": now,
+        "downloading_dep_ids": list(hb.downloading),
+        "failed_dep_ids": list(hb.failed),
+        "active_downloads": list(hb.active_downloads),
+    }
+    for name in ("disk_total_bytes", "disk_free_bytes", "disk_used_bytes", "dynamic_bytes_used",
+                 "queue_depth"):
+        value = getattr(hb, name)
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def apply_heartbeat(
+    instance_id: str,
+    hb: Heartbeat,
+    *,
+    session: Session,
+    policy: Policy,
+    now: datetime | None = None,
+) -> HeartbeatResult:
+    """Record a heartbeat: scalars always; the inventory rows only when the digest changed."""
+    now = now or utcnow()
+    held = inventory(hb)
+    digest = inventory_digest(held)
+    cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
+    mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
+    # Fast path: same inventory and already live → one UPDATE … RETURNING.
+    fast = session.execute(
+        update(Instance)
+        .where(
+            Instance.instance_id == instance_id,
+            Instance.inventory_digest == digest,
+            Instance.last_heartbeat_at >= cutoff,
+        )
+        .values(**_scalars(hb, now))
+        .returning(Instance.pinned_dep_ids, Instance.server_type)
+    ).first()
+    if fast is not None:
+        return HeartbeatResult(list(fast[0] or []), False, False, fast[1])
+    row = session.scalar(
+        select(Instance).where(Instance.instance_id == instance_id).with_for_update()
+    )
+    if row is None:
+        raise NotFound(f"instance {instance_id!r} does not exist")
+    was_live = row.last_heartbeat_at is not None and row.last_heartbeat_at >= cutoff
+    changed = row.inventory_digest != digest
+    for key, value in _scalars(hb, now).items():
+        setattr(row, key, value)
+    if changed:
+        _apply_diff(instance_id, held, session=session, now=now)
+        row.inventory_digest = digest
+        held_ids = set(held)
+        succeed_held_downloads(instance_id, held_ids, session=session, now=now)
+        refresh_instance_jobs(instance_id, held_ids, session=session, now=now)
+    session.flush()
+    session.refresh(row, ["pinned_dep_ids"])
+    return HeartbeatResult(list(row.pinned_dep_ids or []), changed, not was_live, row.server_type)
+
+
+def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now: datetime) -> None:
+    current = dict(
+        session.execute(
+            select(InstanceDep.dep_id, InstanceDep.kind).where(InstanceDep.instance_id == instance_id)
+        ).all()
+    )
+    gone = [dep_id for dep_id in current if dep_id not in held]
+    rekind = {dep_id: kind for dep_id, kind in held.items() if dep_id in current and current[dep_id] != kind}
+    if gone:
+        session.execute(
+            delete(InstanceDep).where(
+                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(gone)
+            )
+        )
+    for dep_id, kind in rekind.items():
+        session.execute(
+            update(InstanceDep)
+            .where(InstanceDep.instance_id == instance_id, InstanceDep.dep_id == dep_id)
+            .values(kind=kind)
+        )
+    session.add_all(
+        InstanceDep(instance_id=instance_id, dep_id=dep_id, kind=kind, since=now)
+        for dep_id, kind in held.items()
+        if dep_id not in current
+    )
+    session.flush()
+
+
+def held_by_instances(instance_ids: list[str], *, session: Session) -> dict[str, dict[str, str]]:
+    """dep id → kind held by each instance (one query)."""
+    result: dict[str, dict[str, str]] = {iid: {} for iid in instance_ids}
+    if not instance_ids:
+        return result
+    stmt = select(InstanceDep.instance_id, InstanceDep.dep_id, InstanceDep.kind)
+    if len(instance_ids) <= 500:
+        stmt = stmt.where(InstanceDep.instance_id.in_(instance_ids))
+    for instance_id, dep_id, kind in session.execute(stmt.order_by(InstanceDep.dep_id)):
+        if instance_id in result:
+            result[instance_id][dep_id] = kind
+    return result

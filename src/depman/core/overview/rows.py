@@ -1,0 +1,308 @@
+"""The dashboard's read models: plain frozen dataclasses a template or a test reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PINNING_JOB_STATES = ("waiting_deps", "ready", "running")
+JOB_STATES = ("pending", "waiting_deps", "ready", "running", "completed", "failed")
+ITEM_STATES = ("queued", "running", "succeeded", "failed")
+DEFAULT_JOBS_LIMIT = 200
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were written as UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    """`end - start` in seconds, or None when either is missing."""
+    start, end = as_utc(start), as_utc(end)
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+@dataclass(frozen=True)
+class Download:
+    """One download in progress, as the instance's last heartbeat reported it."""
+
+    dep_id: str
+    bytes_done: int
+    bytes_total: int | None
+    bytes_per_second: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        """Share done in 0..1, or None when the total is unknown."""
+        if not self.bytes_total:
+            return None
+        return max(0.0, min(1.0, self.bytes_done / self.bytes_total))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the current rate, or None."""
+        if not self.bytes_total or not self.bytes_per_second:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / self.bytes_per_second)
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One line of the fleet table."""
+
+    instance_id: str
+    server_type: str
+    ip: str | None
+    agent_version: str | None
+    status: str  # "live", "stale" or "never" (no heartbeat yet)
+    last_heartbeat_at: datetime | None
+    heartbeat_age: float | None
+    disk_total: int | None
+    disk_used: int | None
+    disk_free: int | None
+    dynamic_used: int | None
+    dynamic_cap: int | None
+    static_count: int
+    dynamic_count: int
+    items_queued: int
+    items_running: int
+    items_failed: int
+    agent_queue_depth: int | None
+    downloads: list[Download]
+    active_jobs: int
+    failed_dep_ids: list[str]
+
+    @property
+    def live(self) -> bool:
+        """Heartbeat within the TTL."""
+        return self.status == "live"
+
+    @property
+    def disk_fraction(self) -> float | None:
+        """Used share of the disk, or None without disk stats."""
+        if not self.disk_total or self.disk_used is None:
+            return None
+        return max(0.0, min(1.0, self.disk_used / self.disk_total))
+
+    @property
+    def dynamic_fraction(self) -> float | None:
+        """Dynamic cache use against its cap, or None without a cap."""
+        if not self.dynamic_cap or self.dynamic_used is None:
+            return None
+        return max(0.0, min(1.0, self.dynamic_used / self.dynamic_cap))
+
+
+@dataclass(frozen=True)
+class FleetOverview:
+    """The fleet page: every instance plus totals."""
+
+    instances: list[InstanceRow]
+    generated_at: datetime
+    live_ttl: float
+    jobs_by_state: dict[str, int]
+
+    @property
+    def live_count(self) -> int:
+        """Instances with a fresh heartbeat."""
+        return sum(1 for row in self.instances if row.live)
+
+    @property
+    def stale_count(self) -> int:
+        """Instances that heartbeat once but not lately, or never."""
+        return len(self.instances) - self.live_count
+
+    @property
+    def download_count(self) -> int:
+        """Downloads in progress across the fleet."""
+        return sum(len(row.downloads) for row in self.instances)
+
+    @property
+    def queued_count(self) -> int:
+        """Queue items waiting across the fleet."""
+        return sum(row.items_queued for row in self.instances)
+
+    @property
+    def failed_count(self) -> int:
+        """Failed queue items across the fleet."""
+        return sum(row.items_failed for row in self.instances)
+
+    @property
+    def bytes_per_second(self) -> float:
+        """Aggregate download rate."""
+        return sum(d.bytes_per_second or 0.0 for row in self.instances for d in row.downloads)
+
+
+@dataclass(frozen=True)
+class InventoryEntry:
+    """A dep an instance holds."""
+
+    dep_id: str
+    kind: str
+    since: datetime | None
+    size_bytes: int | None
+    dest_relative_path: str | None
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class PinnedDep:
+    """A dep that jobs on the instance wait for or use."""
+
+    dep_id: str
+    job_ids: list[str]
+    installed: bool
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One queue item of an instance."""
+
+    item_id: str
+    dep_id: str
+    op: str
+    state: str
+    priority: int
+    attempts: int
+    error: str | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    download: Download | None
+
+
+@dataclass(frozen=True)
+class WaitingDep:
+    """A dep a job still waits for, with its queue item's state on the instance."""
+
+    dep_id: str
+    item_state: str | None
+    fraction: float | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One line of the jobs table."""
+
+    job_id: str
+    state: str
+    server_type: str
+    instance_id: str | None
+    dep_ids: list[str]
+    waiting_on: list[WaitingDep]
+    error: str | None
+    placements: int
+    created_at: datetime | None
+    placed_at: datetime | None
+    ready_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    now: datetime
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since submission."""
+        return seconds_between(self.created_at, self.now)
+
+    @property
+    def deps_wait(self) -> float | None:
+        """Placement to ready (or to now while still waiting)."""
+        if self.placed_at is None:
+            return None
+        end = self.ready_at or (self.now if self.state == "waiting_deps" else self.finished_at)
+        return seconds_between(self.placed_at, end)
+
+    @property
+    def run_time(self) -> float | None:
+        """Start to finish (or to now while running)."""
+        if self.started_at is None:
+            return None
+        return seconds_between(self.started_at, self.finished_at or self.now)
+
+
+@dataclass(frozen=True)
+class JobsOverview:
+    """The jobs page."""
+
+    jobs: list[JobRow]
+    counts: dict[str, int]
+    state_filter: str | None
+    limit: int
+
+    @property
+    def total(self) -> int:
+        """All jobs, whatever the filter."""
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class InstanceDetail:
+    """The instance page."""
+
+    row: InstanceRow
+    profile_id: str | None
+    dynamic_policy: dict[str, Any]
+    registered_at: datetime | None
+    created_at: datetime | None
+    static: list[InventoryEntry]
+    dynamic: list[InventoryEntry]
+    pinned: list[PinnedDep]
+    queue: list[QueueEntry]
+    jobs: list[JobRow]
+    generated_at: datetime
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One dep of the catalog with where it is."""
+
+    dep_id: str
+    kind: str
+    auth: str
+    url_host: str
+    dest_relative_path: str
+    sha256: str | None
+    size_bytes: int | None
+    holders_live: int
+    holders_total: int
+    items_queued: int
+    items_running: int
+    items_failed: int
+    profiles: list[str] = field(default_factory=list)
+
+
+def int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_downloads(raw: Iterable[Mapping[str, Any]] | None) -> list[Download]:
+    """Heartbeat `activeDownloads` entries; malformed ones are skipped, not fatal."""
+    out: list[Download] = []
+    for entry in raw or []:
+        if not isinstance(entry, Mapping) or not entry.get("depId"):
+            continue
+        rate = entry.get("bytesPerSecond")
+        out.append(
+            Download(
+                dep_id=str(entry["depId"]),
+                bytes_done=int_or_none(entry.get("bytesDone")) or 0,
+                bytes_total=int_or_none(entry.get("bytesTotal")),
+                bytes_per_second=float(rate) if isinstance(rate, int | float) else None,
+            )
+        )
+    return out
+
+
+def liveness(last_heartbeat_at: datetime | None, now: datetime, live_ttl: float) -> str:
+    age = seconds_between(last_heartbeat_at, now)
+    if age is None:
+        return "never"
+    return "live" if age <= live_ttl else "stale"

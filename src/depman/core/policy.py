@@ -1,0 +1,31 @@
+"""The knobs domain logic needs, lifted from ServerSettings (so core never reads settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from depman.settings import ServerSettings
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Timeouts and limits of liveness, queue items and jobs."""
+
+    live_ttl_seconds: float = 90.0
+    running_timeout_seconds: float = 300.0
+    max_item_attempts: int = 5
+    job_pending_timeout_seconds: float = 3600.0
+    job_deps_timeout_seconds: float = 6 * 3600.0
+    job_max_placements: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> Policy:
+        """The policy a server runs with."""
+        return cls(
+            live_ttl_seconds=settings.live_ttl,
+            running_timeout_seconds=settings.running_timeout_seconds,
+            max_item_attempts=settings.max_item_attempts,
+            job_pending_timeout_seconds=settings.job_pending_timeout_seconds,
+            job_deps_timeout_seconds=settings.job_deps_timeout_seconds,
+            job_max_placements=settings.job_max_placements,
+        )

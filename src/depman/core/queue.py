@@ -1,0 +1,317 @@
+"""Per-instance queue items: generations, monotonic transitions, dispatch order, stale requeue.
+
+One row per (instance, dep). Re-enqueueing a finished item starts a new generation,
+and the agent's itemId `<depId>.<gen>` names it, so a late status for an old
+generation is acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from depman.core.clock import utcnow
+from depman.core.signals import mark_instance
+from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
+from depman.store.models import Dep, Instance, QueueItem
+
+ERROR_MAX_CHARS = 500
+
+
+def format_item_id(dep_id: str, generation: int) -> str:
+    """The itemId the agent sees: `<depId>.<generation>`."""
+    return f"{dep_id}.{generation}"
+
+
+def parse_item_id(item_id: str) -> tuple[str, int] | None:
+    """Split an itemId into (depId, generation); None when it is not one of ours."""
+    dep_id, sep, gen = item_id.rpartition(".")
+    if not sep or not dep_id or not gen.isdigit():
+        return None
+    return dep_id, int(gen)
+
+
+def _lock_item(instance_id: str, dep_id: str, *, session: Session) -> QueueItem | None:
+    return session.scalar(
+        select(QueueItem)
+        .where(QueueItem.instance_id == instance_id, QueueItem.dep_id == dep_id)
+        .with_for_update()
+    )
+
+
+def enqueue(
+    instance_id: str,
+    dep_id: str,
+    op: Op,
+    *,
+    priority: int,
+    session: Session,
+    now: datetime | None = None,
+) -> QueueItem:
+    """Queue `op` for a dep on an instance; a queued or running download wins over a touch."""
+    now = now or utcnow()
+    row = _lock_item(instance_id, dep_id, session=session)
+    if row is None:
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        result = session.execute(
+            insert(QueueItem)
+            .values(
+                instance_id=instance_id,
+                dep_id=dep_id,
+                generation=1,
+                op=op.value,
+                state=ItemState.QUEUED.value,
+                priority=priority,
+                attempts=0,
+                enqueued_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["instance_id", "dep_id"])
+        )
+        inserted = getattr(result, "rowcount", 0) == 1
+        row = _lock_item(instance_id, dep_id, session=session)
+        assert row is not None
+        if inserted:
+            mark_instance(session, instance_id)
+            return row
+    if row.state in OPEN_ITEM_STATES and (row.op == Op.DOWNLOAD.value or op == Op.TOUCH):
+        # Same or weaker work already pending: only raise its priority.
+        if priority < row.priority:
+            row.priority = priority
+            row.updated_at = now
+        return row
+    row.generation += 1
+    row.op = op.value
+    row.state = ItemState.QUEUED.value
+    row.priority = priority
+    row.attempts = 0
+    row.error = None
+    row.enqueued_at = now
+    row.started_at = None
+    row.finished_at = None
+    row.last_progress_at = None
+    row.updated_at = now
+    mark_instance(session, instance_id)
+    return row
+
+
+@dataclass
+class QueuePoll:
+    """What `GET /dependencies/queue` answers: items in dispatch order and the pins."""
+
+    found: bool
+    items: list[dict[str, Any]] = field(default_factory=list)
+    pinned_dep_ids: list[str] = field(default_factory=list)
+
+
+def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
+    """The queued items of an instance, jobs' deps first then oldest first, in one query."""
+    sub = (
+        select(
+            QueueItem.instance_id,
+            QueueItem.dep_id,
+            QueueItem.generation,
+            QueueItem.op,
+            QueueItem.priority,
+            QueueItem.enqueued_at,
+            QueueItem.id,
+        )
+        .where(QueueItem.instance_id == instance_id, QueueItem.state == ItemState.QUEUED.value)
+        .order_by(QueueItem.priority, QueueItem.enqueued_at, QueueItem.id)
+        .limit(limit)
+        .subquery()
+    )
+    stmt = (
+        select(
+            Instance.pinned_dep_ids,
+            sub.c.dep_id,
+            sub.c.generation,
+            sub.c.op,
+            Dep.url,
+            Dep.auth,
+            Dep.dest_relative_path,
+            Dep.sha256,
+            Dep.expected_size_bytes,
+            Dep.kind,
+        )
+        .select_from(Instance)
+        .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
+        .outerjoin(Dep, Dep.dep_id == sub.c.dep_id)
+        .where(Instance.instance_id == instance_id)
+        .order_by(sub.c.priority, sub.c.enqueued_at, sub.c.id)
+    )
+    rows = session.execute(stmt).all()
+    if not rows:
+        return QueuePoll(found=False)
+    poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
+    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind in rows:
+        if dep_id is None or url is None:
+            continue
+        resolved: dict[str, Any] = {
+            "url": url,
+            "auth": auth,
+            "destRelativePath": dest,
+            "kind": kind,
+        }
+        if sha:
+            resolved["sha256"] = sha
+        if size is not None:
+            resolved["expectedSizeBytes"] = size
+        poll.items.append(
+            {"itemId": format_item_id(dep_id, gen), "depId": dep_id, "op": op, "resolved": resolved}
+        )
+    return poll
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The effect of one status report on its item."""
+
+    applied: bool
+    item: QueueItem | None = None
+    reason: str = ""
+
+
+def apply_item_state(
+    instance_id: str,
+    item_id: str,
+    state: str,
+    error: str | None,
+    *,
+    session: Session,
+    now: datetime | None = None,
+) -> Transition:
+    """Move an item forward within its generation; stale or backward reports are ignored."""
+    now = now or utcnow()
+    parsed = parse_item_id(item_id)
+    if parsed is None:
+        return Transition(False, reason="unknown itemId")
+    dep_id, gen = parsed
+    row = _lock_item(instance_id, dep_id, session=session)
+    if row is None:
+        return Transition(False, reason="no such item")
+    if row.generation != gen:
+        return Transition(False, row, reason="old generation")
+    current = row.state
+    if state == ItemState.RUNNING.value:
+        if current == ItemState.QUEUED.value:
+            row.state = state
+            row.started_at = now
+        elif current != ItemState.RUNNING.value:
+            return Transition(False, row, reason=f"running after {current}")
+        row.last_progress_at = now
+    elif state == ItemState.SUCCEEDED.value:
+        if current == ItemState.SUCCEEDED.value:
+            return Transition(False, row, reason="already succeeded")
+        # Accepted after `failed` too: the file did arrive.
+        row.state = state
+        row.error = None
+        row.finished_at = now
+    elif state == ItemState.FAILED.value:
+        if current in (ItemState.SUCCEEDED.value, ItemState.FAILED.value):
+            return Transition(False, row, reason=f"failed after {current}")
+        row.state = state
+        row.error = (error or "failed")[:ERROR_MAX_CHARS]
+        row.finished_at = now
+    else:
+        return Transition(False, row, reason=f"unknown state {state}")
+    row.updated_at = now
+    return Transition(True, row)
+
+
+def mark_downloads_progressing(
+    instance_id: str, dep_ids: list[str], *, session: Session, now: datetime
+) -> None:
+    """Record that a heartbeat lists these deps as downloading (keeps running items alive)."""
+    if not dep_ids:
+        return
+    session.execute(
+        update(QueueItem)
+        .where(
+            QueueItem.instance_id == instance_id,
+            QueueItem.state == ItemState.RUNNING.value,
+            QueueItem.dep_id.in_(dep_ids),
+        )
+        .values(last_progress_at=now)
+    )
+
+
+def succeed_held_downloads(
+    instance_id: str, held: set[str], *, session: Session, now: datetime
+) -> int:
+    """Queued or running downloads of deps the inventory now holds become succeeded."""
+    if not held:
+        return 0
+    rows = session.scalars(
+        select(QueueItem).where(
+            QueueItem.instance_id == instance_id,
+            QueueItem.state.in_(OPEN_ITEM_STATES),
+            QueueItem.op == Op.DOWNLOAD.value,
+        )
+    ).all()
+    count = 0
+    for row in rows:
+        if row.dep_id in held:
+            row.state = ItemState.SUCCEEDED.value
+            row.finished_at = now
+            row.updated_at = now
+            row.error = None
+            count += 1
+    return count
+
+
+def requeue_stale_running(
+    *, session: Session, timeout_seconds: float, max_attempts: int, now: datetime | None = None
+) -> list[QueueItem]:
+    """Running items no heartbeat listed as downloading for `timeout_seconds` go back to queued.
+
+    Answers the items that reached `max_attempts` and were failed instead.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    last_sign = func.coalesce(QueueItem.last_progress_at, QueueItem.started_at, QueueItem.updated_at)
+    rows = session.scalars(
+        select(QueueItem)
+        .where(and_(QueueItem.state == ItemState.RUNNING.value, last_sign < cutoff))
+        .with_for_update(skip_locked=True)
+    ).all()
+    failed: list[QueueItem] = []
+    for row in rows:
+        row.attempts += 1
+        row.updated_at = now
+        if row.attempts >= max_attempts:
+            row.state = ItemState.FAILED.value
+            row.error = (
+                f"no heartbeat listed it as downloading for {timeout_seconds:g}s "
+                f"({row.attempts} attempts)"
+            )
+            row.finished_at = now
+            failed.append(row)
+        else:
+            row.state = ItemState.QUEUED.value
+            row.started_at = None
+            row.last_progress_at = None
+            mark_instance(session, row.instance_id)
+    return failed
+
+
+def list_items(instance_id: str, *, session: Session) -> list[QueueItem]:
+    """Every item of an instance's queue, dispatch order for open ones, then by dep."""
+    return list(
+        session.scalars(
+            select(QueueItem)
+            .where(QueueItem.instance_id == instance_id)
+            .order_by(QueueItem.priority, QueueItem.enqueued_at, QueueItem.id)
+        )
+    )
+
+
+def count_by_state(*, session: Session) -> dict[str, int]:
+    """Queue items per state (for metrics)."""
+    rows = session.execute(select(QueueItem.state, func.count()).group_by(QueueItem.state))
+    return {state: count for state, count in rows}

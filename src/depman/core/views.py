@@ -1,0 +1,115 @@
+"""JSON documents of the API (camelCase, protocol field names) built from rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from depman.core.clock import isoformat
+from depman.core.queue import format_item_id
+from depman.store.models import Dep, Instance, Job, Profile, QueueItem, ServerType
+
+
+def dep_document(dep: Dep) -> dict[str, Any]:
+    """A catalog entry as the admin API shows it."""
+    return {
+        "depId": dep.dep_id,
+        "url": dep.url,
+        "auth": dep.auth,
+        "destRelativePath": dep.dest_relative_path,
+        "sha256": dep.sha256,
+        "expectedSizeBytes": dep.expected_size_bytes,
+        "kind": dep.kind,
+        "updatedAt": isoformat(dep.updated_at),
+    }
+
+
+def profile_document(profile: Profile, static_dep_ids: list[str]) -> dict[str, Any]:
+    """A profile as the admin API and register show it."""
+    return {
+        "profileId": profile.profile_id,
+        "staticDepIds": static_dep_ids,
+        "prefetchOnBoot": profile.prefetch_on_boot,
+        "dynamicPolicy": dict(profile.dynamic_policy or {}),
+        "updatedAt": isoformat(profile.updated_at),
+    }
+
+
+def server_type_document(row: ServerType) -> dict[str, Any]:
+    """A server type as the admin API shows it."""
+    return {
+        "serverType": row.server_type,
+        "modelManagement": {"mode": row.mode, "profileId": row.profile_id},
+        "maxActiveJobs": row.max_active_jobs,
+        "updatedAt": isoformat(row.updated_at),
+    }
+
+
+def instance_document(
+    row: Instance, held: dict[str, str], *, now: datetime, live_ttl_seconds: float
+) -> dict[str, Any]:
+    """An instance with its `dependencyManager` inventory, heartbeat age and liveness."""
+    age = (now - row.last_heartbeat_at).total_seconds() if row.last_heartbeat_at else None
+    return {
+        "instanceId": row.instance_id,
+        "ip": row.ip,
+        "serverType": row.server_type,
+        "live": age is not None and age <= live_ttl_seconds,
+        "heartbeatAgeSeconds": round(age, 3) if age is not None else None,
+        "registeredAt": isoformat(row.registered_at),
+        "dependencyManager": {
+            "lastHeartbeatAt": isoformat(row.last_heartbeat_at),
+            "installedDepIdsStatic": sorted(d for d, k in held.items() if k == "static"),
+            "installedDepIdsDynamic": sorted(d for d, k in held.items() if k != "static"),
+            "downloadingDepIds": list(row.downloading_dep_ids or []),
+            "failedDepIds": list(row.failed_dep_ids or []),
+            "diskStats": {
+                "totalBytes": row.disk_total_bytes,
+                "freeBytes": row.disk_free_bytes,
+                "usedBytes": row.disk_used_bytes,
+            },
+            "dynamicBytesUsed": row.dynamic_bytes_used,
+            "queueDepth": row.queue_depth,
+            "agentVersion": row.agent_version,
+            "activeDownloads": list(row.active_downloads or []),
+            "pinnedDepIds": list(row.pinned_dep_ids or []),
+        },
+    }
+
+
+def queue_item_document(item: QueueItem) -> dict[str, Any]:
+    """A queue item as the admin API shows it."""
+    return {
+        "itemId": format_item_id(item.dep_id, item.generation),
+        "depId": item.dep_id,
+        "op": item.op,
+        "state": item.state,
+        "attempts": item.attempts,
+        "error": item.error,
+        "priority": item.priority,
+        "generation": item.generation,
+        "enqueuedAt": isoformat(item.enqueued_at),
+        "startedAt": isoformat(item.started_at),
+        "finishedAt": isoformat(item.finished_at),
+        "updatedAt": isoformat(item.updated_at),
+    }
+
+
+def job_document(job: Job, dep_ids: list[str], missing: list[str]) -> dict[str, Any]:
+    """A job with its reservation, missing deps and history."""
+    return {
+        "jobId": job.job_id,
+        "serverType": job.server_type,
+        "state": job.state,
+        "instanceId": job.instance_id,
+        "depIds": dep_ids,
+        "missingDepIds": missing,
+        "error": job.error,
+        "placements": job.placements,
+        "history": list(job.history or []),
+        "createdAt": isoformat(job.created_at),
+        "placedAt": isoformat(job.placed_at),
+        "readyAt": isoformat(job.ready_at),
+        "startedAt": isoformat(job.started_at),
+        "finishedAt": isoformat(job.finished_at),
+    }

@@ -1,0 +1,173 @@
+"""The four endpoints of dependency protocol v1, plus long-poll and pins."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from depman.core.instances import hash_token, register
+from depman.core.inventory import Heartbeat, apply_heartbeat
+from depman.core.pins import compute_pins
+from depman.core.queue import QueuePoll, poll_queue
+from depman.core.reports import StatusReport, apply_status
+from depman.core.scheduler import place_pending_jobs
+from depman.core.views import profile_document
+from depman.errors import NotFound
+from depman.server.auth import check_agent, check_shared_secret
+from depman.server.deps import BearerDep, SessionDep, StateDep
+from depman.server.schemas import ErrorResponse
+from depman.server.schemas.agent import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    QueueResponse,
+    RegisterRequest,
+    RegisterResponse,
+    StatusRequest,
+    StatusResponse,
+)
+from depman.server.state import ServerState, server_state
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/dependencies", tags=["agent protocol v1"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+}
+CAPABILITIES = {"longPoll": True, "maxWaitSeconds": 30, "pinnedDepIds": True, "touchResolved": True}
+
+
+@router.post("/register", response_model=RegisterResponse, responses=ERRORS)
+def register_agent(
+    body: RegisterRequest,
+    session: SessionDep,
+    state: StateDep,
+    x_dm_secret: Annotated[str | None, Header(alias="X-DM-Secret")] = None,
+) -> JSONResponse:
+    """Find the instance, issue its agent token, queue the boot prefetch."""
+    check_shared_secret(state, x_dm_secret)
+    result = register(
+        body.server_type,
+        body.agent_version,
+        body.instance_id,
+        body.instance_ip,
+        session=session,
+        policy=state.policy,
+    )
+    instance_id = result.instance.instance_id
+    session.commit()
+    state.tokens.put(instance_id, hash_token(result.token))
+    log.info(
+        "registered agent: instanceId=%s agentVersion=%s prefetch=%d",
+        instance_id, body.agent_version, len(result.queued),
+    )
+    profile: dict[str, Any] = {"staticDepIds": [], "prefetchOnBoot": False, "dynamicPolicy": {}}
+    if result.profile is not None:
+        profile = profile_document(result.profile, result.static_dep_ids)
+    return JSONResponse(
+        {
+            "instanceId": instance_id,
+            "agentToken": result.token,
+            "profile": profile,
+            "capabilities": CAPABILITIES,
+        }
+    )
+
+
+def _poll(state: ServerState, instance_id: str, token: str | None, limit: int, check: bool) -> QueuePoll:
+    with state.db.read_session() as session:
+        if check:
+            check_agent(state, instance_id, token, session=session)
+        poll = poll_queue(instance_id, limit, session=session)
+    if not poll.found:
+        raise NotFound(f"instance {instance_id!r} does not exist")
+    return poll
+
+
+@router.get("/queue", response_model=QueueResponse, responses=ERRORS)
+async def get_queue(
+    request: Request,
+    token: BearerDep,
+    instance_id: Annotated[str, Query(alias="instanceId", min_length=1, max_length=200)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 25,
+    wait_seconds: Annotated[
+        float, Query(alias="waitSeconds", ge=0, le=30, description="Long-poll (extension).")
+    ] = 0,
+) -> JSONResponse:
+    """Queued items, jobs' deps first then oldest; with `waitSeconds`, wait for one."""
+    state = server_state(request)
+    wait = min(wait_seconds, state.settings.max_long_poll_seconds)
+    entry = state.hub.subscribe("i", instance_id) if wait > 0 else None
+    try:
+        poll = await run_in_threadpool(_poll, state, instance_id, token, limit, True)
+        if not poll.items and entry is not None and await state.hub.wait(entry, wait):
+            poll = await run_in_threadpool(_poll, state, instance_id, token, limit, False)
+    finally:
+        if entry is not None:
+            state.hub.unsubscribe("i", instance_id, entry)
+    return JSONResponse({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
+
+
+@router.post("/status", response_model=StatusResponse, responses=ERRORS)
+def post_status(
+    body: StatusRequest, session: SessionDep, state: StateDep, token: BearerDep
+) -> JSONResponse:
+    """Move an item forward; late or repeated reports are acknowledged and ignored."""
+    check_agent(state, body.instance_id, token, session=session)
+    disk = body.disk_stats
+    report = StatusReport(
+        item_id=body.item_id,
+        state=body.state,
+        dep_id=body.dep_id,
+        op=body.op,
+        error=body.error,
+        disk_total_bytes=disk.total_bytes if disk else None,
+        disk_free_bytes=disk.free_bytes if disk else None,
+        disk_used_bytes=disk.used_bytes if disk else None,
+        dynamic_bytes_used=body.dynamic_bytes_used,
+    )
+    result = apply_status(body.instance_id, report, session=session, policy=state.policy)
+    item_state = result.item.state if result.item is not None else None
+    session.commit()
+    return JSONResponse({"ok": True, "applied": result.applied, "itemState": item_state})
+
+
+@router.post("/heartbeat", response_model=HeartbeatResponse, responses=ERRORS)
+def post_heartbeat(
+    body: HeartbeatRequest, session: SessionDep, state: StateDep, token: BearerDep
+) -> JSONResponse:
+    """Record the inventory (a diff) and scalars; answer the pins."""
+    check_agent(state, body.instance_id, token, session=session)
+    disk = body.disk_stats
+    hb = Heartbeat(
+        installed_static=body.installed_static_dep_ids,
+        installed_dynamic=body.installed_dynamic_dep_ids,
+        downloading=body.downloading_dep_ids,
+        failed=body.failed_dep_ids,
+        disk_total_bytes=disk.total_bytes if disk else None,
+        disk_free_bytes=disk.free_bytes if disk else None,
+        disk_used_bytes=disk.used_bytes if disk else None,
+        dynamic_bytes_used=body.dynamic_bytes_used,
+        queue_depth=body.queue_depth,
+        active_downloads=[a.model_dump(by_alias=True) for a in body.active_downloads],
+    )
+    result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
+    session.commit()
+    pins = result.pinned_dep_ids
+    if result.became_live or result.server_type in state.hub.pending_server_types:
+        # A newly live instance or a free slot: give pending jobs of its type a chance now.
+        placed, full = place_pending_jobs(
+            session=session, policy=state.policy, server_types=[result.server_type]
+        )
+        session.commit()
+        if result.server_type not in full:
+            state.hub.pending_server_types.discard(result.server_type)
+        if placed:
+            pins = compute_pins(body.instance_id, session=session)
+            session.commit()
+    return JSONResponse({"ok": True, "pinnedDepIds": pins})

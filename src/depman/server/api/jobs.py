@@ -1,0 +1,118 @@
+"""Jobs: submit (reserve an instance), read (optionally waiting for a change), start, complete."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from depman.core import jobs as job_core
+from depman.core.scheduler import submit_job
+from depman.core.states import TERMINAL_JOB_STATES, JobState
+from depman.core.views import job_document
+from depman.server.deps import JobsAuthDep, ReadSessionDep, SessionDep, StateDep
+from depman.server.schemas import ErrorResponse
+from depman.server.schemas.jobs import JobComplete, JobCreate, JobPublic, JobsPublic
+from depman.server.state import ServerState, server_state
+from depman.store.models import Job
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[JobsAuthDep])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 422)
+}
+
+
+def documents(jobs: list[Job], *, session: Session) -> list[dict[str, Any]]:
+    """Job documents with deps and missing deps (two queries for the whole list)."""
+    deps = job_core.deps_of_jobs([j.job_id for j in jobs], session=session)
+    missing = job_core.missing_of_jobs(jobs, deps, session=session)
+    return [job_document(j, deps[j.job_id], missing[j.job_id]) for j in jobs]
+
+
+@router.post("", response_model=JobPublic, responses=ERRORS)
+def create_job(body: JobCreate, session: SessionDep, state: StateDep) -> dict[str, Any]:
+    """Reserve the best live instance and queue the deps it lacks; else wait as pending."""
+    job, _created = submit_job(
+        body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy
+    )
+    session.commit()
+    if job.state == JobState.PENDING.value:
+        state.hub.pending_server_types.add(job.server_type)
+    return documents([job], session=session)[0]
+
+
+@router.get("", response_model=JobsPublic, responses=ERRORS)
+def list_jobs(
+    session: ReadSessionDep,
+    state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
+    instance_id: Annotated[str | None, Query(alias="instanceId")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> dict[str, Any]:
+    """Jobs, newest first."""
+    rows = job_core.list_jobs(session=session, state=state, instance_id=instance_id, limit=limit)
+    return {"jobs": documents(rows, session=session)}
+
+
+def _read(state: ServerState, job_id: str) -> dict[str, Any]:
+    with state.db.read_session() as session:
+        job = job_core.get_job(job_id, session=session)
+        return documents([job], session=session)[0]
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
+async def get_job(
+    request: Request,
+    job_id: str,
+    wait_seconds: Annotated[
+        float, Query(alias="waitSeconds", ge=0, le=30, description="Wait for a state change.")
+    ] = 0,
+    seen_state: Annotated[
+        str | None,
+        Query(alias="seenState", description="The state the caller last saw (default: current)."),
+    ] = None,
+) -> JSONResponse:
+    """One job; with `waitSeconds`, answer once its state differs from `seenState`."""
+    state = server_state(request)
+    wait = min(wait_seconds, state.settings.max_long_poll_seconds)
+    entry = state.hub.subscribe("j", job_id) if wait > 0 else None
+    try:
+        doc = await run_in_threadpool(_read, state, job_id)
+        seen = seen_state or doc["state"]
+        deadline = time.monotonic() + wait
+        while entry is not None and doc["state"] == seen and doc["state"] not in TERMINAL_JOB_STATES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            woken = await state.hub.wait(entry, remaining)
+            # A fresh event before re-reading, so a change during the read still wakes us.
+            state.hub.unsubscribe("j", job_id, entry)
+            entry = state.hub.subscribe("j", job_id)
+            if not woken:
+                break
+            doc = await run_in_threadpool(_read, state, job_id)
+    finally:
+        if entry is not None:
+            state.hub.unsubscribe("j", job_id, entry)
+    return JSONResponse(doc)
+
+
+@router.post("/{job_id}/start", response_model=JobPublic, responses=ERRORS)
+def start_job(job_id: str, session: SessionDep) -> dict[str, Any]:
+    """ready → running."""
+    job = job_core.start_job(job_id, session=session)
+    session.commit()
+    return documents([job], session=session)[0]
+
+
+@router.post("/{job_id}/complete", response_model=JobPublic, responses=ERRORS)
+def complete_job(
+    job_id: str, body: JobComplete, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    """Finish the job (`ok` true: completed, false: failed) and release its instance."""
+    job = job_core.complete_job(job_id, body.ok, body.error, session=session, policy=state.policy)
+    session.commit()
+    return documents([job], session=session)[0]

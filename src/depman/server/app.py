@@ -1,0 +1,103 @@
+"""`create_app(settings)`: the FastAPI application of the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from depman.core.policy import Policy
+from depman.core.signals import take_marks
+from depman.core.wakeups import listen_forever
+from depman.server.api import (
+    admin_catalog,
+    admin_fleet,
+    admin_instances,
+    agent_bundle,
+    agent_protocol,
+    jobs,
+    metrics,
+)
+from depman.server.errors import install_error_handlers
+from depman.server.maintenance_loop import run_maintenance
+from depman.server.state import ServerState
+from depman.settings import ServerSettings
+from depman.store.session import Database, open_database
+
+log = logging.getLogger(__name__)
+
+
+def _install_commit_hooks(state: ServerState) -> None:
+    """Turn the marks a transaction left into wake-ups once it commits."""
+
+    def _after_commit(session: Session) -> None:
+        instances, job_ids, pending = take_marks(session)
+        state.hub.notify("i", instances)
+        state.hub.notify("j", job_ids)
+        state.hub.pending_server_types.update(pending)
+
+    def _after_rollback(session: Session) -> None:
+        take_marks(session)
+
+    for factory in (state.db.writer, state.db.reader):
+        event.listen(factory, "after_commit", _after_commit)
+        event.listen(factory, "after_soft_rollback", lambda s, _t: _after_rollback(s))
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.depman
+    state.hub.bind(asyncio.get_running_loop())
+    anyio.to_thread.current_default_thread_limiter().total_tokens = state.settings.worker_threads
+    tasks = [asyncio.create_task(run_maintenance(state), name="depman-maintenance")]
+    if state.db.dialect == "postgresql":
+        tasks.append(
+            asyncio.create_task(
+                listen_forever(state.settings.database_url, state.hub), name="depman-listen"
+            )
+        )
+    try:
+        yield
+    finally:
+        state.hub.wake_all()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        state.db.dispose()
+
+
+def create_app(settings: ServerSettings, *, database: Database | None = None) -> FastAPI:
+    """The application: routers, error handlers, metrics, dashboard; the engine on `app.state`."""
+    db = database or open_database(settings.database_url, pool_size=settings.db_pool_size)
+    state = ServerState(settings=settings, db=db, policy=Policy.from_settings(settings))
+    _install_commit_hooks(state)
+    app = FastAPI(
+        title="depman control plane",
+        version="1",
+        summary="Model dependency manager for fleets of ComfyUI GPU instances.",
+        lifespan=_lifespan,
+    )
+    app.state.depman = state
+    app.state.engine = db.engine
+    app.state.settings = settings
+    app.state.metrics = metrics.Metrics(state)
+    install_error_handlers(app)
+    for module in (agent_protocol, admin_catalog, admin_instances, admin_fleet, jobs, metrics, agent_bundle):
+        app.include_router(module.router)
+    app.add_middleware(metrics.LatencyMiddleware, metrics=app.state.metrics)
+    try:
+        from depman.server.dashboard import mount
+    except ImportError:
+        log.info("dashboard not available in this build")
+    else:
+        mount(app)
+    return app

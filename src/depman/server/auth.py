@@ -1,0 +1,60 @@
+"""Credentials: the fleet secret, agent tokens, admin and submit tokens (all constant time)."""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import SecretStr
+from sqlalchemy.orm import Session
+
+from depman.core.instances import hash_token, stored_token_hash, verify_token
+from depman.errors import AuthError
+from depman.server.state import ServerState
+
+
+def same_secret(given: str | None, expected: SecretStr) -> bool:
+    """Constant-time comparison of a presented secret with the configured one."""
+    return hmac.compare_digest((given or "").encode(), expected.get_secret_value().encode())
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer …` header."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def check_shared_secret(state: ServerState, given: str | None) -> None:
+    """Register's X-DM-Secret: checked only when the server has a secret."""
+    expected = state.settings.shared_secret
+    if expected is not None and expected.get_secret_value() and not same_secret(given, expected):
+        raise AuthError("missing or wrong X-DM-Secret")
+
+
+def check_agent(state: ServerState, instance_id: str, token: str | None, *, session: Session) -> None:
+    """The bearer token must be `instance_id`'s agent token."""
+    if not token:
+        raise AuthError("missing agent token: register first")
+    digest = hash_token(token)
+    if state.tokens.matches(instance_id, digest):
+        return
+    stored = stored_token_hash(instance_id, session=session)
+    verify_token(instance_id, token, stored, session=session)
+    state.tokens.put(instance_id, digest)
+
+
+def check_admin(state: ServerState, token: str | None, *, allow_submit: bool = False) -> None:
+    """The admin token (or, where allowed, the submit token)."""
+    settings = state.settings
+    if settings.admin_token is None and (not allow_submit or settings.submit_token is None):
+        raise AuthError("the server has no DEPMAN_ADMIN_TOKEN configured")
+    if not token:
+        raise AuthError("missing bearer token")
+    if settings.admin_token is not None and same_secret(token, settings.admin_token):
+        return
+    if allow_submit and settings.submit_token is not None and same_secret(token, settings.submit_token):
+        return
+    raise AuthError("wrong bearer token")

@@ -1,0 +1,51 @@
+"""FastAPI dependencies: sessions and auth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from depman.server.auth import bearer_token, check_admin
+from depman.server.state import ServerState, server_state
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A write session per request; uncommitted work is rolled back."""
+    with server_state(request).db.session() as session:
+        yield session
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A read-only session per request."""
+    with server_state(request).db.read_session() as session:
+        yield session
+
+
+def get_bearer(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The bearer token of the request, if any."""
+    return bearer_token(authorization)
+
+
+def require_admin(
+    request: Request, token: Annotated[str | None, Depends(get_bearer)]
+) -> None:
+    """Admin endpoints: `Authorization: Bearer $DEPMAN_ADMIN_TOKEN`."""
+    check_admin(server_state(request), token)
+
+
+def require_jobs(
+    request: Request, token: Annotated[str | None, Depends(get_bearer)]
+) -> None:
+    """Job endpoints: the admin token or the submit token."""
+    check_admin(server_state(request), token, allow_submit=True)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+StateDep = Annotated[ServerState, Depends(server_state)]
+BearerDep = Annotated[str | None, Depends(get_bearer)]
+AdminDep = Depends(require_admin)
+JobsAuthDep = Depends(require_jobs)

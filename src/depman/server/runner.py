@@ -1,0 +1,101 @@
+"""`depman server`: settings from flags > env > defaults, migrations, a bound socket, uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from depman.errors import ConfigError
+from depman.settings import ServerSettings
+from depman.store.migrate import upgrade
+
+log = logging.getLogger("depman.server")
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class _Server(uvicorn.Server):
+    """Announces the URL once uvicorn accepts connections on the bound socket."""
+
+    def __init__(self, config: uvicorn.Config, url: str) -> None:
+        super().__init__(config)
+        self._url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(f"depman server listening on {self._url}", flush=True)
+
+
+def build_settings(**flags: object) -> ServerSettings:
+    """Flags that were given override the environment, which overrides defaults."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    try:
+        return ServerSettings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(f"invalid server settings: {exc}") from exc
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(settings: ServerSettings) -> None:
+    """Migrate, bind, run until SIGTERM/SIGINT."""
+    from depman.server.app import create_app
+
+    _configure_logging(settings.log_level)
+    upgrade(settings.database_url)
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # agents poll constantly; the latency histogram covers requests
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=65,
+        server_header=False,
+    )
+    server = _Server(config, f"http://{shown}:{port}")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def serve_from_flags(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    database_url: str | None = None,
+    log_level: str | None = None,
+) -> None:
+    """Entry point of `depman server`."""
+    try:
+        settings = build_settings(
+            host=host, port=port, database_url=database_url, log_level=log_level
+        )
+    except ConfigError as exc:
+        print(f"depman server: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    serve(settings)

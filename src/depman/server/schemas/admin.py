@@ -1,0 +1,178 @@
+"""Admin documents: the runbook's Firestore documents, same field names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from depman.server.schemas import ApiModel
+
+
+class DepIn(ApiModel):
+    """`PUT /admin/deps/{depId}`."""
+
+    url: str
+    auth: str = "none"
+    dest_relative_path: str
+    sha256: str | None = None
+    expected_size_bytes: int | None = None
+    kind: str = "dynamic"
+
+
+class DepOut(DepIn):
+    """A catalog entry."""
+
+    dep_id: str
+    updated_at: str | None = None
+
+
+class DepsOut(ApiModel):
+    """`GET /admin/deps`."""
+
+    deps: list[DepOut]
+
+
+class DynamicPolicy(ApiModel):
+    """A profile's dynamic cache policy."""
+
+    enabled: bool | None = None
+    min_free_bytes: int | None = None
+    max_dynamic_bytes: int | None = None
+    eviction_batch_max: int | None = None
+    pin_ttl_seconds: int | None = None
+
+
+class ProfileIn(ApiModel):
+    """`PUT /admin/profiles/{profileId}`."""
+
+    static_dep_ids: list[str] = []
+    prefetch_on_boot: bool = False
+    dynamic_policy: DynamicPolicy = Field(default_factory=DynamicPolicy)
+
+
+class ProfileOut(ApiModel):
+    """A profile."""
+
+    profile_id: str
+    static_dep_ids: list[str]
+    prefetch_on_boot: bool
+    dynamic_policy: dict[str, Any]
+    updated_at: str | None = None
+
+
+class ProfilesOut(ApiModel):
+    """`GET /admin/profiles`."""
+
+    profiles: list[ProfileOut]
+
+
+class ModelManagement(ApiModel):
+    """How a server type's models are managed."""
+
+    mode: str = "dependency_manager_v1"
+    profile_id: str | None = None
+
+
+class ServerTypeIn(ApiModel):
+    """`PUT /admin/server-types/{serverType}`; `maxActiveJobs` is depman's (default 1)."""
+
+    model_management: ModelManagement = Field(default_factory=ModelManagement)
+    max_active_jobs: int = Field(1, ge=1)
+
+
+class ServerTypeOut(ApiModel):
+    """A server type."""
+
+    server_type: str
+    model_management: ModelManagement
+    max_active_jobs: int
+    updated_at: str | None = None
+
+
+class ServerTypesOut(ApiModel):
+    """`GET /admin/server-types`."""
+
+    server_types: list[ServerTypeOut]
+
+
+class InstanceIn(ApiModel):
+    """`PUT /admin/instances/{instanceId}`."""
+
+    ip: str | None = Field(None, max_length=64)
+    server_type: str
+
+
+class DependencyManagerOut(ApiModel):
+    """The inventory of an instance's last heartbeat."""
+
+    last_heartbeat_at: str | None = None
+    installed_dep_ids_static: list[str] = []
+    installed_dep_ids_dynamic: list[str] = []
+    downloading_dep_ids: list[str] = []
+    failed_dep_ids: list[str] = []
+    disk_stats: dict[str, int | None] = {}
+    dynamic_bytes_used: int | None = None
+    queue_depth: int | None = None
+    agent_version: str | None = None
+    active_downloads: list[dict[str, Any]] = []
+    pinned_dep_ids: list[str] = []
+
+
+class InstanceOut(ApiModel):
+    """An instance with its inventory."""
+
+    instance_id: str
+    ip: str | None
+    server_type: str
+    live: bool
+    heartbeat_age_seconds: float | None
+    registered_at: str | None
+    dependency_manager: DependencyManagerOut
+
+
+class InstancesOut(ApiModel):
+    """`GET /admin/instances`."""
+
+    instances: list[InstanceOut]
+
+
+class QueueItemAdmin(ApiModel):
+    """A queue item as the admin sees it."""
+
+    item_id: str
+    dep_id: str
+    op: str
+    state: str
+    attempts: int
+    error: str | None
+    priority: int
+    generation: int
+    enqueued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str | None
+
+
+class QueueItemsOut(ApiModel):
+    """`GET /admin/queues/{instanceId}/items`."""
+
+    items: list[QueueItemAdmin]
+
+
+class FleetIn(ApiModel):
+    """`POST /admin/fleet`: a whole fleet upserted in one transaction."""
+
+    deps: dict[str, DepIn] = {}
+    profiles: dict[str, ProfileIn] = {}
+    server_types: dict[str, ServerTypeIn] = {}
+    instances: dict[str, InstanceIn] = {}
+
+
+class FleetOut(ApiModel):
+    """How many objects of each kind the fleet document upserted."""
+
+    deps: int
+    profiles: int
+    server_types: int
+    instances: int

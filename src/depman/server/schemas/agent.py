@@ -1,0 +1,113 @@
+"""Bodies of the four agent endpoints (protocol v1 plus depman's optional extensions)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from depman.server.schemas import ApiModel
+
+
+class DiskStats(ApiModel):
+    """Disk figures of the ComfyUI folder's file system."""
+
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+    used_bytes: int | None = None
+
+
+class RegisterRequest(ApiModel):
+    """`POST /dependencies/register`."""
+
+    server_type: str = Field(min_length=1, max_length=200)
+    agent_version: str = Field("", max_length=200)
+    instance_id: str | None = Field(None, max_length=200)
+    instance_ip: str | None = Field(None, max_length=64)
+
+
+class RegisterResponse(ApiModel):
+    """Register answer; `capabilities` is an extension a v1 agent ignores."""
+
+    instance_id: str
+    agent_token: str
+    profile: dict[str, Any]
+    capabilities: dict[str, Any]
+
+
+class Resolved(ApiModel):
+    """Where a dep comes from and where it goes."""
+
+    url: str | None = None
+    auth: str | None = None
+    dest_relative_path: str
+    sha256: str | None = None
+    expected_size_bytes: int | None = None
+    kind: str
+
+
+class QueueItemOut(ApiModel):
+    """One item handed to the agent."""
+
+    item_id: str
+    dep_id: str
+    op: Literal["download", "touch"]
+    resolved: Resolved
+
+
+class QueueResponse(ApiModel):
+    """Queue answer; `pinnedDepIds` is an extension."""
+
+    items: list[QueueItemOut]
+    pinned_dep_ids: list[str] = []
+
+
+class StatusRequest(ApiModel):
+    """`POST /dependencies/status`."""
+
+    instance_id: str = Field(min_length=1, max_length=200)
+    item_id: str = Field(min_length=1, max_length=300)
+    dep_id: str | None = None
+    op: str | None = None
+    state: Literal["running", "succeeded", "failed"]
+    disk_stats: DiskStats | None = None
+    dynamic_bytes_used: int | None = None
+    error: str | None = None
+
+
+class StatusResponse(ApiModel):
+    """Status answer: always 200 for a well-formed report, applied or not."""
+
+    ok: bool = True
+    applied: bool
+    item_state: str | None = None
+
+
+class ActiveDownload(ApiModel):
+    """Live progress of one download (extension)."""
+
+    dep_id: str
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    bytes_per_second: float | None = None
+
+
+class HeartbeatRequest(ApiModel):
+    """`POST /dependencies/heartbeat`."""
+
+    instance_id: str = Field(min_length=1, max_length=200)
+    installed_static_dep_ids: list[str] = []
+    installed_dynamic_dep_ids: list[str] = []
+    downloading_dep_ids: list[str] = []
+    failed_dep_ids: list[str] = []
+    disk_stats: DiskStats | None = None
+    dynamic_bytes_used: int | None = None
+    queue_depth: int | None = None
+    active_downloads: list[ActiveDownload] = []
+
+
+class HeartbeatResponse(ApiModel):
+    """Heartbeat answer; `pinnedDepIds` is an extension."""
+
+    ok: bool = True
+    pinned_dep_ids: list[str] = []

@@ -1,0 +1,49 @@
+"""Job bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from depman.server.schemas import ApiModel
+
+
+class JobCreate(ApiModel):
+    """`POST /jobs`."""
+
+    server_type: str = Field(min_length=1, max_length=200)
+    dep_ids: list[str] = Field(max_length=1000)
+    job_id: str | None = Field(None, max_length=200)
+
+
+class JobComplete(ApiModel):
+    """`POST /jobs/{jobId}/complete`."""
+
+    ok: bool
+    error: str | None = Field(None, max_length=5000)
+
+
+class JobPublic(ApiModel):
+    """A job."""
+
+    job_id: str
+    server_type: str
+    state: str
+    instance_id: str | None
+    dep_ids: list[str]
+    missing_dep_ids: list[str]
+    error: str | None
+    placements: int
+    history: list[dict[str, Any]]
+    created_at: str | None
+    placed_at: str | None
+    ready_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobsPublic(ApiModel):
+    """`GET /jobs`."""
+
+    jobs: list[JobPublic]

@@ -1,0 +1,104 @@
+"""Engines and sessions: SQLite with WAL and immediate write transactions, or a PostgreSQL pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+READ_ONLY_OPTION = "depman_read_only"
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether a SQLAlchemy URL names a SQLite database."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so the "begin" hook below decides.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A deferred transaction that reads, then writes, fails with SQLITE_BUSY when
+        # another writer committed in between (the busy timeout does not apply), so
+        # writers take the lock up front; read-only sessions stay deferred.
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
+    """An engine for `url`: SQLite (WAL, busy timeout, foreign keys) or PostgreSQL (psycopg pool)."""
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        _install_sqlite_pragmas(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+@dataclass
+class Database:
+    """An engine plus its write and read session factories."""
+
+    engine: Engine
+    writer: sessionmaker[Session]
+    reader: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A write session; the caller commits, anything uncommitted is rolled back."""
+        with self.writer() as session:
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only session (deferred transaction on SQLite)."""
+        with self.reader() as session:
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def open_database(url: str, *, pool_size: int = 20) -> Database:
+    """Build the engine and session factories for `url`."""
+    engine = create_db_engine(url, pool_size=pool_size)
+    read_engine = engine.execution_options(**{READ_ONLY_OPTION: True})
+    return Database(
+        engine=engine,
+        writer=sessionmaker(engine, expire_on_commit=False),
+        reader=sessionmaker(read_engine, expire_on_commit=False),
+    )
