@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
+from depman.core.policy import Policy
 from depman.server.dashboard import mount
+from depman.server.state import ServerState
 from depman.settings import ServerSettings
 from depman.store.models import Base
+from depman.store.session import READ_ONLY_OPTION, Database, create_db_engine
 from tests.dashboard.fleet_data import seed_fleet
 
 ADMIN_TOKEN = "adm-dashboard-test-token"
@@ -23,7 +26,7 @@ ADMIN_TOKEN = "adm-dashboard-test-token"
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     """A fresh SQLite file with the tables created."""
-    eng = create_engine(f"sqlite:///{tmp_path / 'dash.db'}")
+    eng = create_db_engine(f"sqlite:///{tmp_path / 'dash.db'}", pool_size=2)
     Base.metadata.create_all(eng)
     yield eng
     eng.dispose()
@@ -44,12 +47,28 @@ def seeded(engine: Engine, now: datetime) -> Engine:
 
 
 def make_app(engine: Engine, admin_token: str | None = ADMIN_TOKEN) -> FastAPI:
-    """A bare FastAPI app with the dashboard, its engine and settings on `app.state`."""
+    """A bare FastAPI app with only the dashboard, over the server's own state and sessions.
+
+    No lifespan, so no maintenance loop rewrites the seeded rows under the test.
+    """
+    settings = ServerSettings(
+        admin_token=admin_token, heartbeat_seconds=30, database_url=str(engine.url)
+    )
     app = FastAPI()
-    app.state.engine = engine
-    app.state.settings = ServerSettings(admin_token=admin_token, heartbeat_seconds=30)
+    app.state.depman = ServerState(
+        settings=settings, db=_database(engine), policy=Policy.from_settings(settings)
+    )
     mount(app)
     return app
+
+
+def _database(engine: Engine) -> Database:
+    read_engine = engine.execution_options(**{READ_ONLY_OPTION: True})
+    return Database(
+        engine=engine,
+        writer=sessionmaker(engine, expire_on_commit=False),
+        reader=sessionmaker(read_engine, expire_on_commit=False),
+    )
 
 
 @pytest.fixture

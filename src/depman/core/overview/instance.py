@@ -24,6 +24,7 @@ from depman.core.overview.rows import (
     as_utc,
     int_or_none,
 )
+from depman.core.queue import format_item_id
 from depman.errors import NotFound
 from depman.store.models import (
     Dep,
@@ -103,7 +104,7 @@ def instance_detail(
     queue = sorted(
         (
             QueueEntry(
-                item_id=f"{item.dep_id}.{item.generation}",
+                item_id=format_item_id(item.dep_id, item.generation),
                 dep_id=item.dep_id,
                 op=item.op,
                 state=item.state,

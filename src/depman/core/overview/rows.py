@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-PINNING_JOB_STATES = ("waiting_deps", "ready", "running")
-JOB_STATES = ("pending", "waiting_deps", "ready", "running", "completed", "failed")
-ITEM_STATES = ("queued", "running", "succeeded", "failed")
+from depman.core.states import ACTIVE_JOB_STATES, JobState
+
+# A job in one of these pins its deps on its instance (design.md, "Jobs").
+PINNING_JOB_STATES = ACTIVE_JOB_STATES
+JOB_STATES = tuple(state.value for state in JobState)
 DEFAULT_JOBS_LIMIT = 200
 
 

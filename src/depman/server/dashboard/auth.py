@@ -12,6 +12,9 @@ import time
 
 from fastapi import Request
 
+from depman.server.auth import bearer_token
+from depman.server.state import server_state
+
 COOKIE_NAME = "depman_session"
 SESSION_SECONDS = 12 * 3600
 _CONTEXT = b"depman-dashboard-session-v1:"
@@ -27,7 +30,7 @@ class LoginRequired(Exception):
 
 def admin_token(request: Request) -> str | None:
     """The configured admin token, or None when the dashboard is closed."""
-    secret = getattr(request.app.state.settings, "admin_token", None)
+    secret = server_state(request).settings.admin_token
     value = secret.get_secret_value() if secret is not None else ""
     return value or None
 
@@ -67,8 +70,7 @@ def is_authenticated(request: Request) -> bool:
     token = admin_token(request)
     if token is None:
         return False
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token_matches(given.strip(), token):
+    if token_matches(bearer_token(request.headers.get("authorization")) or "", token):
         return True
     return session_valid(request.cookies.get(COOKIE_NAME), token)
 

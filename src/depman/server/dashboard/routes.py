@@ -7,8 +7,6 @@ changes; `static/dashboard.js` polls it and swaps it in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,9 +16,12 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from depman.core import overview
+from depman.core.clock import utcnow
 from depman.errors import NotFound
 from depman.server.dashboard import auth
 from depman.server.dashboard.format import FILTERS
+from depman.server.deps import ReadSessionDep as SessionDep
+from depman.server.state import server_state
 
 HERE = Path(__file__).parent
 STATIC_PREFIX = "/dashboard/static"
@@ -44,24 +45,13 @@ templates.env.filters.update(FILTERS)
 templates.env.globals.update(static_prefix=STATIC_PREFIX, refresh_ms=REFRESH_MS)
 
 
-def _session(request: Request) -> Iterator[Session]:
-    """One session per request on the engine kept on `app.state`."""
-    with Session(request.app.state.engine) as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
 page = APIRouter(dependencies=[Depends(auth.require_page)])
 fragment = APIRouter(prefix="/fragments", dependencies=[Depends(auth.require_fragment)])
 public = APIRouter()
 
 
 def _live_ttl(request: Request) -> float:
-    return float(request.app.state.settings.live_ttl)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    return float(server_state(request).settings.live_ttl)
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
@@ -74,7 +64,7 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
 
 
 def _fleet(request: Request, session: Session) -> dict[str, Any]:
-    fleet = overview.fleet_overview(session=session, now=_now(), live_ttl=_live_ttl(request))
+    fleet = overview.fleet_overview(session=session, now=utcnow(), live_ttl=_live_ttl(request))
     return {"nav": "fleet", "fleet": fleet}
 
 
@@ -96,7 +86,7 @@ def fleet_fragment(request: Request, session: SessionDep) -> Response:
 def _instance(request: Request, session: Session, instance_id: str) -> dict[str, Any] | None:
     try:
         detail = overview.instance_detail(
-            instance_id, session=session, now=_now(), live_ttl=_live_ttl(request)
+            instance_id, session=session, now=utcnow(), live_ttl=_live_ttl(request)
         )
     except NotFound:
         return None
@@ -127,7 +117,7 @@ def instance_fragment(request: Request, session: SessionDep, instance_id: str) -
 
 
 def _catalog(request: Request, session: Session) -> dict[str, Any]:
-    rows = overview.catalog_overview(session=session, now=_now(), live_ttl=_live_ttl(request))
+    rows = overview.catalog_overview(session=session, now=utcnow(), live_ttl=_live_ttl(request))
     return {"nav": "catalog", "deps": rows}
 
 
@@ -150,7 +140,7 @@ StateQuery = Annotated[str | None, Query(max_length=40)]
 
 def _jobs(session: Session, state: str | None) -> dict[str, Any]:
     wanted = state if state in overview.JOB_STATES else None
-    jobs = overview.jobs_overview(session=session, now=_now(), state=wanted)
+    jobs = overview.jobs_overview(session=session, now=utcnow(), state=wanted)
     return {"nav": "jobs", "jobs": jobs, "states": overview.JOB_STATES}
 
 
