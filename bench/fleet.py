@@ -185,9 +185,10 @@ def postgres_cpu_seconds() -> float:
 class JobDriver:
     """Submits jobs at a steady rate, starts the ready ones and completes them."""
 
-    def __init__(self, pool: Pool, admin_token: str, plan: Plan, rate: float,
+    def __init__(self, pool: Pool | None, admin_token: str, plan: Plan, rate: float,
                  t_measure: float, t_stop: float) -> None:
-        self.pool, self.plan, self.rate = pool, plan, rate
+        self.pool: Pool = pool  # type: ignore[assignment]  # set inside the event loop
+        self.plan, self.rate = plan, rate
         self.auth = b"Authorization: Bearer %s\r\n" % admin_token.encode()
         self.t_measure, self.t_stop = t_measure, t_stop
         self.latencies: list[float] = []
@@ -306,11 +307,11 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                           text=True))
         rate = plan.job_rate if plan.job_rate is not None else n / 1000
-        driver_pool = Pool("127.0.0.1", port, 8)
-        driver = JobDriver(driver_pool, server.admin_token, plan, rate, t_measure, t_stop)
+        driver = JobDriver(None, server.admin_token, plan, rate, t_measure, t_stop)
         with ProcessSampler(server.process.pid, interval=0.5) as sampler:
 
             async def drive() -> tuple[float, float, int | None]:
+                driver.pool = Pool("127.0.0.1", port, 8)
                 job_task = asyncio.ensure_future(driver.run(t0 + plan.ramp))
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
                 sampler.mark()
@@ -325,11 +326,11 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
                 inv1 = pg_inventory_writes(url)
                 ctl = time.process_time() - ctl0
                 await job_task
+                driver.pool.close()
                 return ctl, usage.wall_seconds, (inv1 - inv0) if inv0 is not None and \
                     inv1 is not None else None
 
             ctl_cpu, wall, out.inv_writes = asyncio.run(drive())
-            driver_pool.close()
         out.duration = wall
         sim_cpu = ctl_cpu
         for proc in procs:
