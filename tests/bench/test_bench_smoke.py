@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -12,14 +11,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-needs_server = pytest.mark.skipif(
-    importlib.util.find_spec("depman.server.runner") is None,
-    reason="depman.server.runner is not there yet",
-)
-needs_agent = pytest.mark.skipif(
-    importlib.util.find_spec("depman.agent.main") is None,
-    reason="depman.agent.main is not there yet",
-)
 
 
 def run_smoke(module: str, tmp_path: Path, timeout: float = 60.0) -> str:
@@ -50,14 +41,11 @@ def test_download_smoke(tmp_path: Path) -> None:
     assert "depman segmented" in text and "aria2c" in text and "curl" in text
 
 
-@needs_server
 def test_fleet_smoke(tmp_path: Path) -> None:
     text = run_smoke("fleet", tmp_path)
     assert "heartbeat" in text and "queue" in text
 
 
-@needs_server
-@needs_agent
 def test_dispatch_smoke(tmp_path: Path) -> None:
     text = run_smoke("dispatch", tmp_path)
     assert "long-poll" in text and "v1 polling" in text
