@@ -8,6 +8,7 @@ profile, server type and instances, then v1 register + heartbeats (with the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -92,6 +93,7 @@ class FakeAgent:
         )
         assert status == 200, body
         self.token = body["agentToken"]
+        self.used = self.dynamic_used = 0
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         status, answer = self.server.request(
@@ -108,17 +110,19 @@ class FakeAgent:
         *,
         dynamic: list[str],
         used_gib: int,
+        static: list[str] | None = None,
         downloads: list[dict[str, Any]] | None = None,
     ) -> Any:
-        held = STATIC + dynamic
-        used = used_gib * GiB
+        static = STATIC if static is None else static
+        used = self.used = used_gib * GiB
+        self.dynamic_used = sum(CATALOG[d]["size"] for d in dynamic)
         downloads = downloads or []
         return self.call(
             "POST",
             "/heartbeat",
             {
                 "instanceId": self.instance_id,
-                "installedStaticDepIds": STATIC,
+                "installedStaticDepIds": static,
                 "installedDynamicDepIds": dynamic,
                 "downloadingDepIds": [d["depId"] for d in downloads],
                 "failedDepIds": [],
@@ -127,8 +131,7 @@ class FakeAgent:
                     "freeBytes": DISK_TOTAL - used,
                     "usedBytes": used,
                 },
-                "dynamicBytesUsed": sum(CATALOG[d]["size"] for d in dynamic if d in CATALOG)
-                + (9 * GiB if held else 0),
+                "dynamicBytesUsed": self.dynamic_used,
                 "queueDepth": len(downloads),
                 "activeDownloads": downloads,
             },
@@ -145,8 +148,12 @@ class FakeAgent:
             "depId": item["depId"],
             "op": item["op"],
             "state": state,
-            "diskStats": {"totalBytes": DISK_TOTAL, "freeBytes": 100 * GiB, "usedBytes": 100 * GiB},
-            "dynamicBytesUsed": 0,
+            "diskStats": {
+                "totalBytes": DISK_TOTAL,
+                "freeBytes": DISK_TOTAL - self.used,
+                "usedBytes": self.used,
+            },
+            "dynamicBytesUsed": self.dynamic_used,
         }
         if error:
             body["error"] = error
@@ -164,6 +171,7 @@ def describe_fleet(server: RunningServer) -> None:
                 "auth": "hf_token" if spec["kind"] == "static" else "none",
                 "destRelativePath": f"models/{spec['dir']}/{dep_id}.safetensors",
                 "expectedSizeBytes": spec["size"],
+                "sha256": hashlib.sha256(dep_id.encode()).hexdigest(),
                 "kind": spec["kind"],
             },
         )
@@ -215,11 +223,20 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
-def screenshot(page: Any, name: str) -> None:
-    """Save docs/img/<name>.png when DEPMAN_SCREENSHOTS=1."""
-    if os.environ.get("DEPMAN_SCREENSHOTS") == "1":
-        IMG_DIR.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMG_DIR / f"{name}.png"), full_page=True)
+@pytest.fixture(scope="session")
+def screenshots() -> Callable[[Any, str], None]:
+    """Save docs/img/<name>.png when DEPMAN_SCREENSHOTS=1.
+
+    Session-scoped so it reads the variable before the autouse fixture clears DEPMAN_*.
+    """
+    enabled = os.environ.get("DEPMAN_SCREENSHOTS") == "1"
+
+    def save(page: Any, name: str) -> None:
+        if enabled:
+            IMG_DIR.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(IMG_DIR / f"{name}.png"), full_page=True)
+
+    return save
 
 
 def progress_of(page: Any, dep_id: str) -> float:
@@ -229,17 +246,24 @@ def progress_of(page: Any, dep_id: str) -> float:
 
 @pytest.mark.server_env(DEPMAN_HEARTBEAT_SECONDS="30")
 def test_dashboard_shows_a_live_fleet_and_moving_progress(
-    depman_server: RunningServer, browser_page: Any
+    depman_server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
 ) -> None:
-    server, page = depman_server, browser_page
+    server, page, screenshot = depman_server, browser_page, screenshots
     describe_fleet(server)
     agents = {iid: FakeAgent(server, iid) for iid in list(INSTANCES)[:3]}
     for iid, agent in agents.items():
         _, dynamic, used = INSTANCES[iid]
-        agent.heartbeat(dynamic=dynamic, used_gib=used)
+        # gpu-4090-03 lacks one static dep: its boot prefetch item stays queued.
+        static = STATIC[:2] if iid == "gpu-4090-03" else STATIC
+        agent.heartbeat(dynamic=dynamic, used_gib=used, static=static)
 
-    # gpu-4090-03 lacks nothing, but we make one of its items fail to show an error row.
+    # ... and fails, with the agent's error.
     third = agents["gpu-4090-03"]
+    [clip] = wait_until(
+        lambda: [i for i in third.queue() if i["depId"] == "clip-vit-l"], 10, "the prefetch item"
+    )
+    third.status(clip, "running")
+    third.status(clip, "failed", "Download failed after 3 attempts: HTTP 404 from huggingface.co")
 
     # A job that needs the lora only gpu-a100-01 holds lands there; the big checkpoint is queued.
     status, job = server.admin(
@@ -251,12 +275,13 @@ def test_dashboard_shows_a_live_fleet_and_moving_progress(
             "jobId": "render-0412",
         },
     )
-    assert status in (200, 201), job
+    assert status == 200, job
+    assert job["instanceId"] == "gpu-a100-01", job
     first = agents["gpu-a100-01"]
-    items = wait_until(
+    [item] = wait_until(
         lambda: [i for i in first.queue() if i["depId"] == BIG_DEP], 10, "the download item"
     )
-    first.status(items[0], "running")
+    first.status(item, "running")
 
     def progress(done: int, rate: float) -> list[dict[str, Any]]:
         return [
@@ -266,14 +291,17 @@ def test_dashboard_shows_a_live_fleet_and_moving_progress(
     first.heartbeat(
         dynamic=["lora-film-grain"], used_gib=92, downloads=progress(BIG_SIZE // 5, 84 * MiB)
     )
-    # A second job that needs nothing new goes to another instance and is started.
-    status, job2 = server.admin(
-        "POST",
-        "/jobs",
-        {"serverType": SERVER_TYPE, "depIds": ["sdxl-base-1.0"], "jobId": "render-0411"},
-    )
-    assert status in (200, 201), job2
-    del third
+
+    # Two jobs that need nothing new: one completes, one runs.
+    for job_id, finish in (("render-0410", True), ("render-0411", False)):
+        status, job = server.admin(
+            "POST", "/jobs", {"serverType": SERVER_TYPE, "depIds": STATIC, "jobId": job_id}
+        )
+        assert status == 200, job
+        if job["state"] == "ready":
+            assert server.admin("POST", f"/jobs/{job_id}/start", {})[0] == 200
+            if finish:
+                assert server.admin("POST", f"/jobs/{job_id}/complete", {"ok": True})[0] == 200
 
     # Log in.
     page.goto(server.root_url + "/")
@@ -317,6 +345,12 @@ def test_dashboard_shows_a_live_fleet_and_moving_progress(
     assert page.locator("#instance").get_by_text("render-0412").count() >= 1
     page.wait_for_timeout(300)  # let the bar's width transition settle for the picture
     screenshot(page, "instance")
+
+    page.emulate_media(color_scheme="dark")
+    page.goto(server.root_url + "/")
+    page.locator('tr[data-instance="gpu-a100-01"] [data-testid="download"]').wait_for()
+    screenshot(page, "fleet-dark")
+    page.emulate_media(color_scheme="light")
 
     page.click("nav a[href='/catalog']")
     page.locator('#catalog-table tr[data-search^="sdxl-base-1.0"]').wait_for()
