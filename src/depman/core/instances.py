@@ -141,7 +141,9 @@ def register(
         row.ip = instance_ip[:64]
     stype = session.get(ServerType, row.server_type)
     profile = session.get(Profile, stype.profile_id) if stype and stype.profile_id else None
-    static = static_dep_ids([profile.profile_id], session=session)[profile.profile_id] if profile else []
+    static = (
+        static_dep_ids([profile.profile_id], session=session)[profile.profile_id] if profile else []
+    )
     queued: list[str] = []
     if profile is not None and profile.prefetch_on_boot and static:
         held = set(
@@ -151,10 +153,19 @@ def register(
         )
         for dep_id in static:
             if dep_id not in held:
-                enqueue(row.instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_PREFETCH, session=session, now=now)
+                enqueue(
+                    row.instance_id,
+                    dep_id,
+                    Op.DOWNLOAD,
+                    priority=PRIORITY_PREFETCH,
+                    session=session,
+                    now=now,
+                )
                 queued.append(dep_id)
     refresh_pins(row.instance_id, session=session)
-    return Registration(instance=row, token=token, profile=profile, static_dep_ids=static, queued=queued)
+    return Registration(
+        instance=row, token=token, profile=profile, static_dep_ids=static, queued=queued
+    )
 
 
 def token_owner(token: str, *, session: Session) -> str | None:
@@ -171,7 +182,9 @@ def stored_token_hash(instance_id: str, *, session: Session) -> str | None:
     )
 
 
-def verify_token(instance_id: str, token: str, stored_hash: str | None, *, session: Session) -> None:
+def verify_token(
+    instance_id: str, token: str, stored_hash: str | None, *, session: Session
+) -> None:
     """Accept a token for `instance_id`: 401 when it is nobody's, 403 when another instance's."""
     if stored_hash and hmac.compare_digest(stored_hash, hash_token(token)):
         return

@@ -64,8 +64,13 @@ def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
         "failed_dep_ids": list(hb.failed),
         "active_downloads": list(hb.active_downloads),
     }
-    for name in ("disk_total_bytes", "disk_free_bytes", "disk_used_bytes", "dynamic_bytes_used",
-                 "queue_depth"):
+    for name in (
+        "disk_total_bytes",
+        "disk_free_bytes",
+        "disk_used_bytes",
+        "dynamic_bytes_used",
+        "queue_depth",
+    ):
         value = getattr(hb, name)
         if value is not None:
             values[name] = value
@@ -122,11 +127,17 @@ def apply_heartbeat(
 def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now: datetime) -> None:
     current = dict(
         session.execute(
-            select(InstanceDep.dep_id, InstanceDep.kind).where(InstanceDep.instance_id == instance_id)
+            select(InstanceDep.dep_id, InstanceDep.kind).where(
+                InstanceDep.instance_id == instance_id
+            )
         ).all()
     )
     gone = [dep_id for dep_id in current if dep_id not in held]
-    rekind = {dep_id: kind for dep_id, kind in held.items() if dep_id in current and current[dep_id] != kind}
+    rekind = {
+        dep_id: kind
+        for dep_id, kind in held.items()
+        if dep_id in current and current[dep_id] != kind
+    }
     if gone:
         session.execute(
             delete(InstanceDep).where(

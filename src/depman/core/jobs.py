@@ -157,7 +157,9 @@ def complete_job(
             return job
         raise InvalidTransition(f"job {job_id!r} already {job.state}")
     if ok and job.state not in (JobState.READY.value, JobState.RUNNING.value):
-        raise InvalidTransition(f"job {job_id!r} is {job.state}; only a ready or running job completes")
+        raise InvalidTransition(
+            f"job {job_id!r} is {job.state}; only a ready or running job completes"
+        )
     if not ok:
         fail_job(job, error or "reported failed", session=session, policy=policy, now=now)
         return job
@@ -240,7 +242,14 @@ def refresh_instance_jobs(
             continue
         for dep_id in missing:
             if dep_id not in open_downloads:
-                enqueue(instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_JOB, session=session, now=now)
+                enqueue(
+                    instance_id,
+                    dep_id,
+                    Op.DOWNLOAD,
+                    priority=PRIORITY_JOB,
+                    session=session,
+                    now=now,
+                )
                 open_downloads.add(dep_id)
 
 
@@ -277,4 +286,5 @@ def pending_server_types(*, session: Session) -> set[str]:
 
 def count_by_state(*, session: Session) -> dict[str, int]:
     """Jobs per state (for metrics)."""
-    return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())  # type: ignore[arg-type]
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
+    return {state: count for state, count in rows}

@@ -42,7 +42,12 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
         report.items_failed += 1
         if item.op == Op.DOWNLOAD.value:
             on_dep_failed(
-                item.instance_id, item.dep_id, item.error or "stale", session=session, policy=policy, now=now
+                item.instance_id,
+                item.dep_id,
+                item.error or "stale",
+                session=session,
+                policy=policy,
+                now=now,
             )
     report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
     report.jobs_placed, report.pending_server_types = place_pending_jobs(

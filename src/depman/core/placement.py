@@ -22,7 +22,7 @@ class Candidate:
 
 
 def score(candidate: Candidate, job_deps: Mapping[str, int | None]) -> tuple[int, int, int, int]:
-    """Sort key of a candidate (smaller is better); `job_deps` maps dep id to size (None: unknown)."""
+    """Sort key of a candidate (smaller is better); `job_deps` maps dep id to size or None."""
     held = [dep for dep in job_deps if dep in candidate.held_dep_ids]
     held_bytes = sum(job_deps[dep] or 0 for dep in held)
     return (-held_bytes, -len(held), candidate.queued_bytes, -candidate.free_bytes)

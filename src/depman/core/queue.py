@@ -57,7 +57,9 @@ def enqueue(
     now = now or utcnow()
     row = _lock_item(instance_id, dep_id, session=session)
     if row is None:
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        insert = (
+            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        )
         result = session.execute(
             insert(QueueItem)
             .values(
@@ -72,8 +74,9 @@ def enqueue(
                 updated_at=now,
             )
             .on_conflict_do_nothing(index_elements=["instance_id", "dep_id"])
+            .returning(QueueItem.id)
         )
-        inserted = getattr(result, "rowcount", 0) == 1
+        inserted = result.first() is not None
         row = _lock_item(instance_id, dep_id, session=session)
         assert row is not None
         if inserted:
@@ -274,7 +277,9 @@ def requeue_stale_running(
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
-    last_sign = func.coalesce(QueueItem.last_progress_at, QueueItem.started_at, QueueItem.updated_at)
+    last_sign = func.coalesce(
+        QueueItem.last_progress_at, QueueItem.started_at, QueueItem.updated_at
+    )
     rows = session.scalars(
         select(QueueItem)
         .where(and_(QueueItem.state == ItemState.RUNNING.value, last_sign < cutoff))

@@ -61,6 +61,11 @@ def apply_status(
         and item.op == Op.DOWNLOAD.value
     ):
         on_dep_failed(
-            instance_id, item.dep_id, item.error or "failed", session=session, policy=policy, now=now
+            instance_id,
+            item.dep_id,
+            item.error or "failed",
+            session=session,
+            policy=policy,
+            now=now,
         )
     return result

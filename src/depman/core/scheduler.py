@@ -22,7 +22,9 @@ from depman.errors import Conflict, ValidationFailed
 from depman.store.models import Dep, Instance, InstanceDep, Job, JobDep, QueueItem, ServerType
 
 
-def record(job: Job, event: str, now: datetime, instance_id: str | None = None, **extra: Any) -> None:
+def record(
+    job: Job, event: str, now: datetime, instance_id: str | None = None, **extra: Any
+) -> None:
     """Append one entry to a job's history (where it went and why)."""
     entry: dict[str, Any] = {"at": isoformat(now), "event": event, "instanceId": instance_id}
     entry.update({k: v for k, v in extra.items() if v is not None})
@@ -129,22 +131,39 @@ def place_job(
     # if every row was busy, wait for the best one rather than leave the job pending.
     is_pg = session.get_bind().dialect.name == "postgresql"
     chosen = next(
-        (c for c in ranked if _claim(c.instance_id, job.server_type, session=session, skip_locked=is_pg)),
+        (
+            c
+            for c in ranked
+            if _claim(c.instance_id, job.server_type, session=session, skip_locked=is_pg)
+        ),
         None,
     )
     if chosen is None and is_pg:
         chosen = next(
-            (c for c in ranked if _claim(c.instance_id, job.server_type, session=session, skip_locked=False)),
+            (
+                c
+                for c in ranked
+                if _claim(c.instance_id, job.server_type, session=session, skip_locked=False)
+            ),
             None,
         )
     if chosen is None:
         return False
     missing = missing_deps(chosen, dep_ids)
     for dep_id in missing:
-        enqueue(chosen.instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_JOB, session=session, now=now)
+        enqueue(
+            chosen.instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_JOB, session=session, now=now
+        )
     for dep_id in dep_ids:
         if dep_id not in missing and deps.get(dep_id, (None, ""))[1] == "dynamic":
-            enqueue(chosen.instance_id, dep_id, Op.TOUCH, priority=PRIORITY_JOB, session=session, now=now)
+            enqueue(
+                chosen.instance_id,
+                dep_id,
+                Op.TOUCH,
+                priority=PRIORITY_JOB,
+                session=session,
+                now=now,
+            )
     job.instance_id = chosen.instance_id
     job.placements += 1
     job.placed_at = now
@@ -184,9 +203,10 @@ def submit_job(
         validate_id(job_id, "jobId")
         existing = session.get(Job, job_id)
         if existing is not None:
-            same = existing.server_type == server_type and job_dep_ids(
-                job_id, session=session
-            ) == dep_ids
+            same = (
+                existing.server_type == server_type
+                and job_dep_ids(job_id, session=session) == dep_ids
+            )
             if not same:
                 raise Conflict(f"job {job_id!r} exists with another serverType or depIds")
             return existing, False
@@ -237,7 +257,9 @@ def place_pending_jobs(
         if job.server_type in full:
             continue
         exclude = {
-            h["instanceId"] for h in job.history if h.get("event") == "dep_failed" and h.get("instanceId")
+            h["instanceId"]
+            for h in job.history
+            if h.get("event") == "dep_failed" and h.get("instanceId")
         }
         if place_job(job, session=session, policy=policy, now=now, exclude=exclude):
             placed += 1

@@ -18,10 +18,13 @@ PENDING_KEY = "depman_pending_server_types"
 
 def _notify(session: Session, payload: str) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, :payload)"), {
-            "channel": NOTIFY_CHANNEL,
-            "payload": payload,
-        })
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {
+                "channel": NOTIFY_CHANNEL,
+                "payload": payload,
+            },
+        )
 
 
 def mark_instance(session: Session, instance_id: str) -> None:

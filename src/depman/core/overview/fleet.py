@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from depman.core.overview.rows import (
@@ -145,16 +145,17 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
 
 def catalog_overview(*, session: Session, now: datetime, live_ttl: float) -> list[CatalogRow]:
     """Every dep with how many live and known instances hold it and its queue items."""
-    live_ids = {
-        iid
-        for iid, last in session.execute(
-            select(Instance.instance_id, Instance.last_heartbeat_at)
+    # One grouped query, not every inventory row: the fleet may hold tens of thousands.
+    cutoff = now - timedelta(seconds=live_ttl)
+    is_live = case((Instance.last_heartbeat_at >= cutoff, 1), else_=0)
+    holders = {
+        dep_id: (int(live or 0), int(total))
+        for dep_id, live, total in session.execute(
+            select(InstanceDep.dep_id, func.sum(is_live), func.count())
+            .join(Instance, Instance.instance_id == InstanceDep.instance_id)
+            .group_by(InstanceDep.dep_id)
         ).all()
-        if liveness(last, now, live_ttl) == "live"
     }
-    holders: dict[str, list[str]] = defaultdict(list)
-    for iid, dep_id in session.execute(select(InstanceDep.instance_id, InstanceDep.dep_id)).all():
-        holders[dep_id].append(iid)
     items: dict[str, dict[str, int]] = defaultdict(dict)
     for dep_id, state, n in session.execute(
         select(QueueItem.dep_id, QueueItem.state, func.count()).group_by(
@@ -171,7 +172,7 @@ def catalog_overview(*, session: Session, now: datetime, live_ttl: float) -> lis
         profiles[dep_id].append(profile_id)
     rows = []
     for dep in session.scalars(select(Dep).order_by(Dep.kind.desc(), Dep.dep_id)).all():
-        held_by = holders.get(dep.dep_id, [])
+        holders_live, holders_total = holders.get(dep.dep_id, (0, 0))
         counts = items.get(dep.dep_id, {})
         rows.append(
             CatalogRow(
@@ -182,8 +183,8 @@ def catalog_overview(*, session: Session, now: datetime, live_ttl: float) -> lis
                 dest_relative_path=dep.dest_relative_path,
                 sha256=dep.sha256,
                 size_bytes=dep.expected_size_bytes,
-                holders_live=sum(1 for iid in held_by if iid in live_ids),
-                holders_total=len(held_by),
+                holders_live=holders_live,
+                holders_total=holders_total,
                 items_queued=counts.get("queued", 0),
                 items_running=counts.get("running", 0),
                 items_failed=counts.get("failed", 0),

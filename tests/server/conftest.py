@@ -1,0 +1,25 @@
+"""Server-suite fixtures: one shared server per module and backend, for tests that use unique ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.server import RunningServer, postgres_database, run_server
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A live server shared by one module's tests (SQLite file, then a fresh PostgreSQL DB)."""
+    tmp = tmp_path_factory.mktemp("plane")
+    if request.param == "sqlite":
+        with run_server(f"sqlite:///{tmp / 'depman.db'}", cwd=tmp) as server:
+            yield server
+    else:
+        with postgres_database() as url, run_server(url, cwd=tmp) as server:
+            yield server

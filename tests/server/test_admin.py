@@ -1,0 +1,148 @@
+"""Admin API: CRUD of deps, profiles, server types, instances; validation; fleet; admin auth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.server.fleet import dep_doc, make_fleet, uid
+from tests.support.server import RunningServer
+
+
+def test_admin_endpoints_require_the_admin_token(plane: RunningServer) -> None:
+    for method, path in [
+        ("GET", "/api/admin/deps"),
+        ("PUT", "/api/admin/deps/x"),
+        ("GET", "/api/admin/instances"),
+        ("GET", "/api/admin/queues/x/items"),
+        ("POST", "/api/admin/fleet"),
+        ("POST", "/api/jobs"),
+        ("GET", "/api/jobs"),
+    ]:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": plane.admin_token},
+        ):
+            status, body = plane.request(method, path, {} if method != "GET" else None, headers)
+            assert status == 401, (method, path, headers)
+            assert body["error"]["code"] == "unauthorized"
+
+
+def test_dep_crud(plane: RunningServer) -> None:
+    dep_id = uid("dep")
+    doc = dep_doc(dep_id, 42, "static", auth="hf_token")
+    doc["sha256"] = doc["sha256"].upper()
+    status, body = plane.admin("PUT", f"/admin/deps/{dep_id}", doc)
+    assert status == 200
+    assert body["sha256"] == doc["sha256"].lower() and body["auth"] == "hf_token"
+    assert plane.admin("GET", f"/admin/deps/{dep_id}")[1]["expectedSizeBytes"] == 42
+    assert dep_id in [d["depId"] for d in plane.admin("GET", "/admin/deps")[1]["deps"]]
+    assert plane.admin("PUT", f"/admin/deps/{dep_id}", dict(doc, expectedSizeBytes=43))[0] == 200
+    assert plane.admin("GET", f"/admin/deps/{dep_id}")[1]["expectedSizeBytes"] == 43
+    assert plane.admin("DELETE", f"/admin/deps/{dep_id}")[0] == 204
+    status, body = plane.admin("GET", f"/admin/deps/{dep_id}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"destRelativePath": "../etc/passwd"}, "destRelativePath"),
+        ({"destRelativePath": "models/../../x"}, "destRelativePath"),
+        ({"destRelativePath": "/abs/path"}, "destRelativePath"),
+        ({"destRelativePath": "C:/x"}, "destRelativePath"),
+        ({"destRelativePath": "models\\x"}, "destRelativePath"),
+        ({"sha256": "abc"}, "sha256"),
+        ({"sha256": "g" * 64}, "sha256"),
+        ({"expectedSizeBytes": 0}, "expectedSizeBytes"),
+        ({"expectedSizeBytes": -5}, "expectedSizeBytes"),
+        ({"url": "ftp://host/x"}, "url"),
+        ({"url": "not a url"}, "url"),
+        ({"auth": "basic"}, "auth"),
+        ({"kind": "weird"}, "kind"),
+    ],
+)
+def test_dep_validation(plane: RunningServer, change: dict[str, Any], field: str) -> None:
+    dep_id = uid("bad")
+    status, body = plane.admin("PUT", f"/admin/deps/{dep_id}", dict(dep_doc(dep_id), **change))
+    assert status == 422
+    assert body["error"]["code"] == "validation_failed"
+    assert field in body["error"]["message"]
+    assert plane.admin("GET", f"/admin/deps/{dep_id}")[0] == 404
+
+
+def test_profile_server_type_instance_crud_and_references(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=["a"])
+    _, profile = plane.admin("GET", f"/admin/profiles/{fleet.profile_id}")
+    assert profile["staticDepIds"] == [fleet.deps["a"]]
+    assert fleet.profile_id in [
+        p["profileId"] for p in plane.admin("GET", "/admin/profiles")[1]["profiles"]
+    ]
+    _, stype = plane.admin("GET", f"/admin/server-types/{fleet.server_type}")
+    assert stype["modelManagement"] == {
+        "mode": "dependency_manager_v1",
+        "profileId": fleet.profile_id,
+    }
+    names = [s["serverType"] for s in plane.admin("GET", "/admin/server-types")[1]["serverTypes"]]
+    assert fleet.server_type in names
+    instance_id = fleet.add_instance("crud", ip="10.1.1.1")
+    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    assert inst["ip"] == "10.1.1.1" and inst["live"] is False
+    assert inst["dependencyManager"]["lastHeartbeatAt"] is None
+    # References are checked.
+    bad = plane.admin("PUT", f"/admin/profiles/{uid('p')}", {"staticDepIds": ["missing-dep"]})
+    assert bad[0] == 422 and "missing-dep" in bad[1]["error"]["message"]
+    bad = plane.admin(
+        "PUT", f"/admin/server-types/{uid('s')}", {"modelManagement": {"profileId": "nope"}}
+    )
+    assert bad[0] == 422
+    bad = plane.admin("PUT", f"/admin/instances/{uid('i')}", {"serverType": "nope"})
+    assert bad[0] == 422
+    assert plane.admin("DELETE", f"/admin/deps/{fleet.deps['a']}")[0] == 409
+    assert plane.admin("DELETE", f"/admin/profiles/{fleet.profile_id}")[0] == 409
+    assert plane.admin("DELETE", f"/admin/server-types/{fleet.server_type}")[0] == 409
+    # Deleting in order works.
+    assert plane.admin("DELETE", f"/admin/instances/{instance_id}")[0] == 204
+    assert plane.admin("GET", f"/admin/instances/{instance_id}")[0] == 404
+    assert plane.admin("GET", f"/admin/queues/{instance_id}/items")[0] == 404
+    assert plane.admin("DELETE", f"/admin/server-types/{fleet.server_type}")[0] == 204
+    assert plane.admin("DELETE", f"/admin/profiles/{fleet.profile_id}")[0] == 204
+    assert plane.admin("GET", f"/admin/profiles/{fleet.profile_id}")[0] == 404
+
+
+def test_fleet_document_is_applied_in_one_transaction(plane: RunningServer) -> None:
+    d1, p1, s1, i1 = uid("fd"), uid("fp"), uid("fs"), uid("fi")
+    doc = {
+        "deps": {d1: dep_doc(d1, 5, "static")},
+        "profiles": {p1: {"staticDepIds": [d1], "prefetchOnBoot": True, "dynamicPolicy": {}}},
+        "serverTypes": {
+            s1: {"modelManagement": {"mode": "dependency_manager_v1", "profileId": p1}}
+        },
+        "instances": {i1: {"ip": "10.2.2.2", "serverType": s1}},
+    }
+    status, body = plane.admin("POST", "/admin/fleet", doc)
+    assert status == 200, body
+    assert body == {"deps": 1, "profiles": 1, "serverTypes": 1, "instances": 1}
+    assert plane.admin("GET", f"/admin/instances/{i1}")[1]["serverType"] == s1
+    # A bad entry anywhere rolls back everything.
+    d2, i2 = uid("fd"), uid("fi")
+    broken = {
+        "deps": {d2: dep_doc(d2)},
+        "instances": {i2: {"serverType": "no-such-type"}},
+    }
+    status, body = plane.admin("POST", "/admin/fleet", broken)
+    assert status == 422
+    assert f"instances.{i2}" in body["error"]["message"]
+    assert plane.admin("GET", f"/admin/deps/{d2}")[0] == 404
+
+
+def test_instance_list_has_inventory_and_heartbeat_age(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("list"), dynamic=[fleet.deps["b"]])
+    _, body = plane.admin("GET", "/admin/instances")
+    mine = next(i for i in body["instances"] if i["instanceId"] == agent.instance_id)
+    assert mine["live"] is True
+    assert mine["heartbeatAgeSeconds"] is not None
+    assert mine["dependencyManager"]["installedDepIdsDynamic"] == [fleet.deps["b"]]

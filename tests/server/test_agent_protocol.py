@@ -1,0 +1,209 @@
+"""Agent protocol v1: register, queue, status, heartbeat, auth rules, long-poll, pins."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.server.fleet import make_fleet
+from tests.support.server import RunningServer
+
+
+def test_register_by_id_and_ip_answers_token_profile_capabilities(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=["a"], prefetch=False)
+    instance_id = fleet.add_instance("reg", ip="10.9.8.7")
+    status, body = plane.request(
+        "POST",
+        "/api/dependencies/register",
+        {"serverType": fleet.server_type, "agentVersion": "v1", "instanceIp": "10.9.8.7"},
+        {"X-DM-Secret": plane.shared_secret},
+    )
+    assert status == 200, body
+    assert body["instanceId"] == instance_id
+    assert len(body["agentToken"]) >= 32
+    assert body["profile"]["staticDepIds"] == [fleet.deps["a"]]
+    assert body["profile"]["dynamicPolicy"] == {"enabled": True, "minFreeBytes": 1024}
+    assert body["capabilities"]["longPoll"] is True
+
+
+def test_register_unknown_instance_is_404_naming_the_env_vars(plane: RunningServer) -> None:
+    status, body = plane.request(
+        "POST",
+        "/api/dependencies/register",
+        {"serverType": "x", "agentVersion": "v1", "instanceId": "nope-404"},
+        {"X-DM-Secret": plane.shared_secret},
+    )
+    assert status == 404
+    assert body["error"]["code"] == "instance_not_found"
+    assert "DM_INSTANCE_ID" in body["error"]["message"]
+    assert "DM_INSTANCE_IP" in body["error"]["message"]
+
+
+def test_register_with_wrong_or_missing_secret_is_401(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    instance_id = fleet.add_instance("sec")
+    body = {"serverType": fleet.server_type, "agentVersion": "v1", "instanceId": instance_id}
+    for headers in ({"X-DM-Secret": "wrong"}, {}):
+        status, answer = plane.request("POST", "/api/dependencies/register", body, headers)
+        assert status == 401
+        assert answer["error"]["code"] == "unauthorized"
+
+
+def test_token_of_instance_a_cannot_touch_instance_b(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent_a = fleet.register(fleet.add_instance("a"))
+    agent_b = fleet.register(fleet.add_instance("b"))
+    status, _ = plane.request(
+        "GET",
+        f"/api/dependencies/queue?instanceId={agent_b.instance_id}&limit=25",
+        headers=agent_a.auth,
+    )
+    assert status == 403
+    hb = {"instanceId": agent_b.instance_id, "installedStaticDepIds": []}
+    status, body = plane.request("POST", "/api/dependencies/heartbeat", hb, agent_a.auth)
+    assert status == 403
+    assert body["error"]["code"] == "forbidden"
+    st = {"instanceId": agent_b.instance_id, "itemId": "x.1", "state": "running"}
+    status, _ = plane.request("POST", "/api/dependencies/status", st, agent_a.auth)
+    assert status == 403
+
+
+def test_unknown_or_missing_token_is_401_and_reregister_rotates(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    instance_id = fleet.add_instance("tok")
+    agent = fleet.register(instance_id)
+    path = f"/api/dependencies/queue?instanceId={instance_id}&limit=25"
+    assert plane.request("GET", path)[0] == 401
+    assert plane.request("GET", path, headers={"Authorization": "Bearer nope"})[0] == 401
+    assert plane.request("GET", path, headers={"Authorization": "Basic abc"})[0] == 401
+    old = agent.token
+    fresh = fleet.register(instance_id)
+    assert fresh.token != old
+    assert plane.request("GET", path, headers=fresh.auth)[0] == 200
+
+
+def test_prefetch_on_boot_queues_missing_static_deps(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=["a", "b"], prefetch=True)
+    agent = fleet.register(fleet.add_instance("pre"))
+    status, body = agent.poll()
+    assert status == 200
+    assert [i["depId"] for i in body["items"]] == [fleet.deps["a"], fleet.deps["b"]]
+    item = body["items"][0]
+    assert item["op"] == "download"
+    assert item["itemId"] == f"{fleet.deps['a']}.1"
+    assert item["resolved"]["destRelativePath"].startswith("models/")
+    assert set(item["resolved"]) >= {
+        "url",
+        "auth",
+        "destRelativePath",
+        "sha256",
+        "expectedSizeBytes",
+        "kind",
+    }
+    # An instance that already holds a static dep is not asked for it again.
+    a, b = fleet.deps["a"], fleet.deps["b"]
+    held = fleet.register(fleet.add_instance("pre-held"), static=[a])
+    fleet.register(held.instance_id, static=[a])
+    items = held.items()
+    assert items[a]["state"] == "succeeded" and items[a]["generation"] == 1
+    assert items[b]["state"] == "queued" and items[b]["generation"] == 1
+
+
+def test_status_is_idempotent_and_monotonic(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=["a"], prefetch=True)
+    agent = fleet.register(fleet.add_instance("mono"))
+    item = agent.poll()[1]["items"][0]
+    dep = item["depId"]
+    for _ in range(2):
+        assert agent.status(item, "running")[0] == 200
+    assert agent.items()[dep]["state"] == "running"
+    assert agent.status(item, "succeeded")[1]["applied"] is True
+    status, body = agent.status(item, "running")  # late running: acknowledged, ignored
+    assert status == 200 and body["applied"] is False
+    assert agent.items()[dep]["state"] == "succeeded"
+    assert agent.status(item, "failed", "late")[1]["applied"] is False
+    assert agent.items()[dep]["state"] == "succeeded"
+    # An itemId of another generation or unknown dep is acknowledged and ignored.
+    stale = dict(item, itemId=f"{dep}.99")
+    assert agent.status(stale, "failed", "x") == (
+        200,
+        {"ok": True, "applied": False, "itemState": "succeeded"},
+    )
+    assert agent.status(dict(item, itemId="garbage"), "running")[0] == 200
+
+
+def test_succeeded_after_failed_is_accepted(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=["a"], prefetch=True)
+    agent = fleet.register(fleet.add_instance("saf"))
+    item = agent.poll()[1]["items"][0]
+    agent.status(item, "running")
+    agent.status(item, "failed", "HTTP 503 " + "x" * 800)
+    failed = agent.items()[item["depId"]]
+    assert failed["state"] == "failed" and len(failed["error"]) <= 500
+    assert agent.status(item, "succeeded")[1]["applied"] is True
+    assert agent.items()[item["depId"]]["state"] == "succeeded"
+
+
+def test_heartbeat_inventory_completes_queued_download_and_shows_in_admin(
+    plane: RunningServer,
+) -> None:
+    fleet = make_fleet(plane, static=["a", "b"], prefetch=True)
+    agent = fleet.register(fleet.add_instance("inv"))
+    agent.installed_static = [fleet.deps["a"]]
+    agent.installed_dynamic = ["unknown-to-catalog"]
+    status, body = agent.heartbeat(downloadingDepIds=[fleet.deps["b"]], queueDepth=1)
+    assert status == 200 and body["pinnedDepIds"] == []
+    items = agent.items()
+    assert items[fleet.deps["a"]]["state"] == "succeeded"
+    assert items[fleet.deps["b"]]["state"] == "queued"
+    status, inst = plane.admin("GET", f"/admin/instances/{agent.instance_id}")
+    dm = inst["dependencyManager"]
+    assert dm["installedDepIdsStatic"] == [fleet.deps["a"]]
+    assert dm["installedDepIdsDynamic"] == ["unknown-to-catalog"]
+    assert dm["downloadingDepIds"] == [fleet.deps["b"]]
+    assert dm["queueDepth"] == 1 and dm["agentVersion"] == "test/1"
+    assert dm["diskStats"]["freeBytes"] == agent.free_bytes
+    assert inst["live"] is True and inst["heartbeatAgeSeconds"] < 30
+    # Unchanged heartbeat keeps the inventory; a removal drops it.
+    agent.heartbeat()
+    agent.installed_dynamic = []
+    agent.heartbeat()
+    _, inst = plane.admin("GET", f"/admin/instances/{agent.instance_id}")
+    assert inst["dependencyManager"]["installedDepIdsDynamic"] == []
+    _, listing = plane.admin("GET", "/admin/instances")
+    mine = [i for i in listing["instances"] if i["instanceId"] == agent.instance_id]
+    assert mine and mine[0]["dependencyManager"]["installedDepIdsStatic"] == [fleet.deps["a"]]
+
+
+def test_long_poll_wakes_when_an_item_is_queued(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("lp"))
+    result: dict[str, object] = {}
+
+    def poll() -> None:
+        start = time.monotonic()
+        result["answer"] = agent.poll(wait=20)
+        result["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)
+    status, job = fleet.submit(["b"])
+    assert status == 200, job
+    thread.join(25)
+    status, body = result["answer"]  # type: ignore[misc]
+    assert status == 200
+    assert [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
+    assert result["elapsed"] < 5  # type: ignore[operator]
+    assert body["pinnedDepIds"] == [fleet.deps["b"]]
+
+
+def test_long_poll_times_out_empty_and_rejects_out_of_range(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("lpt"))
+    start = time.monotonic()
+    status, body = agent.poll(wait=0.5)
+    assert status == 200 and body["items"] == []
+    assert 0.4 <= time.monotonic() - start < 5
+    assert agent.poll(wait=31)[0] == 422
+    assert agent.poll(wait=-1)[0] == 422

@@ -1,0 +1,151 @@
+"""Jobs: placement preference, pending, lifecycle, pins, dep failure policy, waiting reads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.server.fleet import make_fleet
+from tests.support.server import RunningServer
+
+
+def test_placement_prefers_held_bytes_then_queued_bytes_then_free_disk(
+    plane: RunningServer,
+) -> None:
+    fleet = make_fleet(
+        plane,
+        sizes={"small": (100, "dynamic"), "big": (10_000, "dynamic"), "other": (50_000, "dynamic")},
+    )
+    d = fleet.deps
+    # Holds the big dep: wins over one that holds more deps by count but fewer bytes.
+    holder = fleet.register(fleet.add_instance("holder"), dynamic=[d["big"]])
+    fleet.register(fleet.add_instance("smallholder"), dynamic=[d["small"]])
+    status, job = fleet.submit(["small", "big"])
+    assert status == 200, job
+    assert job["instanceId"] == holder.instance_id
+    assert job["missingDepIds"] == [d["small"]]
+    assert job["state"] == "waiting_deps"
+    # The holder is now busy (one slot); then: least queued bytes, then most free disk.
+    fleet2 = make_fleet(plane, sizes={"x": (100, "dynamic"), "y": (5_000, "dynamic")})
+    busy = fleet2.register(fleet2.add_instance("busy"))
+    roomy = fleet2.register(fleet2.add_instance("roomy"))
+    roomy.free_bytes = 10**13
+    roomy.heartbeat()
+    first = fleet2.submit(["y"])[1]
+    assert first["instanceId"] == roomy.instance_id  # tie on held and queued: more free disk
+    fleet2.server.admin(
+        "POST", f"/jobs/{first['jobId']}/complete", {"ok": False, "error": "cancel"}
+    )
+    # roomy still has y queued (5000 bytes): an equal instance without a queue wins.
+    second = fleet2.submit(["x"])[1]
+    assert second["instanceId"] == busy.instance_id
+
+
+def test_job_lifecycle_pins_and_touch(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    d = fleet.deps
+    agent = fleet.register(fleet.add_instance("life"), dynamic=[d["c"]])
+    status, job = fleet.submit(["b", "c"], jobId=f"job-{agent.instance_id}")
+    assert status == 200
+    assert set(job) >= {"jobId", "instanceId", "state", "missingDepIds"}
+    assert job["jobId"] == f"job-{agent.instance_id}" and job["missingDepIds"] == [d["b"]]
+    # Same id and spec again: the same job; another spec: 409.
+    assert fleet.submit(["b", "c"], jobId=job["jobId"])[1]["instanceId"] == agent.instance_id
+    assert fleet.submit(["b"], jobId=job["jobId"])[0] == 409
+    items = agent.poll()[1]
+    ops = {i["depId"]: i["op"] for i in items["items"]}
+    assert ops == {d["b"]: "download", d["c"]: "touch"}
+    assert items["pinnedDepIds"] == sorted([d["b"], d["c"]])
+    assert agent.heartbeat()[1]["pinnedDepIds"] == sorted([d["b"], d["c"]])
+    assert plane.admin("POST", f"/jobs/{job['jobId']}/start")[0] == 409  # not ready yet
+    agent.installed_dynamic = [d["b"], d["c"]]
+    agent.heartbeat()
+    _, ready = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert ready["state"] == "ready" and ready["missingDepIds"] == []
+    status, running = plane.admin("POST", f"/jobs/{job['jobId']}/start")
+    assert status == 200 and running["state"] == "running"
+    assert plane.admin("POST", f"/jobs/{job['jobId']}/start")[1]["state"] == "running"
+    status, done = plane.admin("POST", f"/jobs/{job['jobId']}/complete", {"ok": True})
+    assert status == 200 and done["state"] == "completed"
+    assert agent.heartbeat()[1]["pinnedDepIds"] == []
+    assert plane.admin("POST", f"/jobs/{job['jobId']}/complete", {"ok": False})[0] == 409
+    _, listing = plane.admin("GET", f"/jobs?state=completed&instanceId={agent.instance_id}")
+    assert [j["jobId"] for j in listing["jobs"]] == [job["jobId"]]
+
+
+def test_pending_job_is_placed_when_an_instance_becomes_live(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    instance_id = fleet.add_instance("late")
+    status, job = fleet.submit(["b"])
+    assert status == 200 and job["state"] == "pending" and job["instanceId"] is None
+    assert job["missingDepIds"] == [fleet.deps["b"]]
+    fleet.register(instance_id)
+    _, placed = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert placed["state"] == "waiting_deps" and placed["instanceId"] == instance_id
+
+
+def test_completing_a_job_places_the_next_pending_one(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("slot"), dynamic=[fleet.deps["b"]])
+    first = fleet.submit(["b"])[1]
+    second = fleet.submit(["b"])[1]
+    assert first["state"] == "ready" and second["state"] == "pending"
+    plane.admin("POST", f"/jobs/{first['jobId']}/start")
+    plane.admin("POST", f"/jobs/{first['jobId']}/complete", {"ok": True})
+    _, after = plane.admin("GET", f"/jobs/{second['jobId']}")
+    assert after["state"] == "ready" and after["instanceId"] == agent.instance_id
+
+
+def test_dep_failure_replaces_the_job_then_fails_with_the_agent_error(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    one = fleet.register(fleet.add_instance("f1"))
+    job = fleet.submit(["b"])[1]
+    assert job["instanceId"] == one.instance_id
+    two = fleet.register(fleet.add_instance("f2"))
+    item = one.poll()[1]["items"][0]
+    one.status(item, "running")
+    one.status(item, "failed", "Download domain not allowed: evil.example")
+    _, moved = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert moved["state"] == "waiting_deps" and moved["instanceId"] == two.instance_id
+    assert [h["event"] for h in moved["history"]][-2:] == ["dep_failed", "placed"]
+    assert one.heartbeat()[1]["pinnedDepIds"] == []
+    item = two.poll()[1]["items"][0]
+    two.status(item, "failed", "Missing HF_TOKEN")
+    _, failed = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert failed["state"] == "failed"
+    assert "Missing HF_TOKEN" in failed["error"]
+    assert two.heartbeat()[1]["pinnedDepIds"] == []
+
+
+def test_get_job_waits_for_a_state_change(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("wait"))
+    job = fleet.submit(["b"])[1]
+    result: dict[str, object] = {}
+
+    def read() -> None:
+        start = time.monotonic()
+        result["job"] = plane.admin("GET", f"/jobs/{job['jobId']}?waitSeconds=20")[1]
+        result["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    time.sleep(0.5)
+    agent.installed_dynamic = [fleet.deps["b"]]
+    agent.heartbeat()
+    thread.join(25)
+    assert result["job"]["state"] == "ready"  # type: ignore[index]
+    assert result["elapsed"] < 5  # type: ignore[operator]
+    # seenState that differs from the current state answers at once.
+    start = time.monotonic()
+    _, now = plane.admin("GET", f"/jobs/{job['jobId']}?waitSeconds=20&seenState=waiting_deps")
+    assert now["state"] == "ready" and time.monotonic() - start < 5
+
+
+def test_job_validation(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    assert plane.admin("POST", "/jobs", {"serverType": "nope", "depIds": []})[0] == 422
+    status, body = plane.admin("POST", "/jobs", {"serverType": fleet.server_type, "depIds": ["zz"]})
+    assert status == 422 and "zz" in body["error"]["message"]
+    assert plane.admin("GET", "/jobs/does-not-exist")[0] == 404
+    assert plane.admin("POST", "/jobs/does-not-exist/start")[0] == 404
