@@ -33,9 +33,26 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def any_engine(database_url: str) -> Iterator[Engine]:
+    """Like `engine`, once on SQLite and once on the local PostgreSQL."""
+    eng = create_db_engine(database_url, pool_size=2)
+    Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
 def now() -> datetime:
     """The moment the fleet was seeded."""
     return datetime.now(UTC)
+
+
+@pytest.fixture
+def any_seeded(any_engine: Engine, now: datetime) -> Engine:
+    """`any_engine` with the sample fleet in it."""
+    with Session(any_engine) as session:
+        seed_fleet(session, now)
+    return any_engine
 
 
 @pytest.fixture

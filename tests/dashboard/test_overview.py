@@ -1,4 +1,4 @@
-"""The dashboard's read models over a seeded SQLite fleet."""
+"""The dashboard's read models over a seeded fleet, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tests.dashboard.fleet_data import GiB
 LIVE_TTL = 90.0
 
 
-def test_fleet_orders_live_first_and_reads_liveness(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_fleet_orders_live_first_and_reads_liveness(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session:
         fleet = overview.fleet_overview(session=session, now=now, live_ttl=LIVE_TTL)
     statuses = [(row.instance_id, row.status) for row in fleet.instances]
     assert statuses == [
@@ -29,17 +29,17 @@ def test_fleet_orders_live_first_and_reads_liveness(seeded: Engine, now: datetim
     assert (fleet.live_count, fleet.stale_count) == (3, 2)
 
 
-def test_liveness_follows_the_ttl(seeded: Engine, now: datetime) -> None:
+def test_liveness_follows_the_ttl(any_seeded: Engine, now: datetime) -> None:
     later = now + timedelta(seconds=70)
-    with Session(seeded) as session:
+    with Session(any_seeded) as session:
         fleet = overview.fleet_overview(session=session, now=later, live_ttl=LIVE_TTL)
     live = {row.instance_id for row in fleet.instances if row.live}
     # Heartbeats 4 s, 12 s and 25 s before `now`: 74 s and 82 s old are within 90 s, 95 s is not.
     assert live == {"vast-1001", "vast-1002"}
 
 
-def test_fleet_row_carries_cache_cap_queue_and_downloads(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_fleet_row_carries_cache_cap_queue_and_downloads(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session:
         fleet = overview.fleet_overview(session=session, now=now, live_ttl=LIVE_TTL)
     row = fleet.instances[0]
     assert row.dynamic_cap == 20 * GiB
@@ -59,8 +59,8 @@ def test_fleet_row_carries_cache_cap_queue_and_downloads(seeded: Engine, now: da
     assert fleet.jobs_by_state["waiting_deps"] == 1
 
 
-def test_instance_detail_pins_queue_and_inventory(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_instance_detail_pins_queue_and_inventory(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session:
         detail = overview.instance_detail("vast-1001", session=session, now=now, live_ttl=LIVE_TTL)
     assert detail.profile_id == "sdxl-v1"
     assert [e.dep_id for e in detail.static] == ["clip-vit-l", "sdxl-base-1.0", "sdxl-vae"]
@@ -85,8 +85,8 @@ def test_instance_detail_pins_queue_and_inventory(seeded: Engine, now: datetime)
     assert [j.job_id for j in detail.jobs] == ["job-a1"]
 
 
-def test_instance_detail_shows_queue_errors(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_instance_detail_shows_queue_errors(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session:
         detail = overview.instance_detail("vast-1002", session=session, now=now, live_ttl=LIVE_TTL)
     [failed] = [q for q in detail.queue if q.state == "failed"]
     assert failed.item_id == "controlnet-canny-sdxl.2"
@@ -94,13 +94,15 @@ def test_instance_detail_shows_queue_errors(seeded: Engine, now: datetime) -> No
     assert failed.error is not None and "Missing HF_TOKEN" in failed.error
 
 
-def test_unknown_instance_is_not_found(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session, pytest.raises(NotFound):
+def test_unknown_instance_is_not_found(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session, pytest.raises(NotFound):
         overview.instance_detail("nope", session=session, now=now, live_ttl=LIVE_TTL)
 
 
-def test_jobs_waiting_on_lists_missing_deps_with_their_items(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_jobs_waiting_on_lists_missing_deps_with_their_items(
+    any_seeded: Engine, now: datetime
+) -> None:
+    with Session(any_seeded) as session:
         jobs = overview.jobs_overview(session=session, now=now)
     by_id = {j.job_id: j for j in jobs.jobs}
     assert jobs.jobs[0].job_id == "job-a5"  # newest first
@@ -123,15 +125,15 @@ def test_jobs_waiting_on_lists_missing_deps_with_their_items(seeded: Engine, now
     assert jobs.total == 5
 
 
-def test_jobs_filter_by_state(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_jobs_filter_by_state(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session:
         jobs = overview.jobs_overview(session=session, now=now, state="failed")
     assert [j.job_id for j in jobs.jobs] == ["job-a4"]
     assert jobs.total == 5
 
 
-def test_catalog_counts_holders_and_items(seeded: Engine, now: datetime) -> None:
-    with Session(seeded) as session:
+def test_catalog_counts_holders_and_items(any_seeded: Engine, now: datetime) -> None:
+    with Session(any_seeded) as session:
         rows = overview.catalog_overview(session=session, now=now, live_ttl=LIVE_TTL)
     by_id = {r.dep_id: r for r in rows}
     # Three live instances and the stale one hold the static deps.
@@ -158,8 +160,8 @@ def test_malformed_active_downloads_are_skipped() -> None:
     ]
 
 
-def test_empty_database(engine: Engine, now: datetime) -> None:
-    with Session(engine) as session:
+def test_empty_database(any_engine: Engine, now: datetime) -> None:
+    with Session(any_engine) as session:
         fleet = overview.fleet_overview(session=session, now=now, live_ttl=LIVE_TTL)
         assert fleet.instances == [] and fleet.live_count == 0
         assert overview.catalog_overview(session=session, now=now, live_ttl=LIVE_TTL) == []
