@@ -36,10 +36,9 @@ class DemoApi:
         """PUT an admin document (`path` relative to /api)."""
         return self._request("PUT", path, json=dict(body))
 
-    def apply_documents(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """PUT each (path, body) in order."""
-        for path, body in documents:
-            self.put(path, body)
+    def apply_fleet(self, fleet: Mapping[str, Any]) -> JsonDoc:
+        """`POST /admin/fleet`: the whole fleet document in one transaction."""
+        return self._request("POST", "/admin/fleet", json=dict(fleet))
 
     def list_instances(self) -> list[JsonDoc]:
         """Every instance with its `dependencyManager` object."""

@@ -64,17 +64,25 @@ def server_env(
     )
 
 
-def start_server(log_dir: Path, env: Mapping[str, str], cwd: Path) -> Service:
-    """`depman server --port 0` on loopback."""
-    proc = ChildProcess(
+def spawn_server(log_dir: Path, env: Mapping[str, str], cwd: Path) -> ChildProcess:
+    """`depman server --port 0` on loopback, not yet waited for (it imports for seconds)."""
+    return ChildProcess(
         "server",
         python_module_argv("depman", "server", "--host", "127.0.0.1", "--port", "0"),
         env=env,
         log_path=log_dir / "server.log",
         cwd=cwd,
     )
-    url = proc.wait_for_line(SERVER_LISTEN_RE, START_TIMEOUT_SECONDS).group(1)
-    return Service(proc, url)
+
+
+def wait_listening(proc: ChildProcess, pattern: re.Pattern[str] = SERVER_LISTEN_RE) -> Service:
+    """Block until the child prints its listen line."""
+    return Service(proc, proc.wait_for_line(pattern, START_TIMEOUT_SECONDS).group(1))
+
+
+def start_server(log_dir: Path, env: Mapping[str, str], cwd: Path) -> Service:
+    """Spawn the control plane and wait until it listens."""
+    return wait_listening(spawn_server(log_dir, env, cwd))
 
 
 @dataclass(frozen=True)

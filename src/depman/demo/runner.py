@@ -17,14 +17,16 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -38,9 +40,10 @@ from depman.demo.launch import (
     AgentSpec,
     Service,
     server_env,
+    spawn_server,
     start_agent,
     start_origin,
-    start_server,
+    wait_listening,
 )
 from depman.demo.monitor import FleetMonitor
 from depman.demo.processes import ChildProcess, ProcessFailed
@@ -49,6 +52,7 @@ from depman.demo.summary import Summary, build_summary, print_summary
 LIVE_WAIT_SECONDS = 30.0
 FRAME_SECONDS = 0.25
 TITLE = "depman demo"
+NON_TTY_WIDTH = 120
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,9 @@ class _Terminated(Exception):
 
 def run_demo(*, keep_running: bool = False, workdir: Path | None = None) -> int:
     """Run the demo; 0 when every job completed."""
-    console = Console()
+    # Without a terminal Rich assumes 80 columns; the tables want more.
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+    console = Console(width=None if wide else NON_TTY_WIDTH)
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="depman-demo-")) if workdir is None else workdir.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -155,19 +161,21 @@ class Demo:
         return 0 if summary.ok else 1
 
     def _start_services(self, live: Live) -> tuple[Service, Service]:
-        self._set_phase(live, "starting the model origin")
+        # The control plane takes seconds to import: spawn it first, start the origin and
+        # hash the generated files while it comes up.
+        self._set_phase(live, "starting the control plane (SQLite) and the model origin")
+        env = server_env(
+            database_url=f"sqlite:///{self.root / 'depman.db'}",
+            admin_token=self.admin_token,
+            shared_secret=self.shared_secret,
+        )
+        server_proc = spawn_server(self.logs, env, cwd=self.root)
+        self.processes.append(server_proc)
         origin = start_origin(self.logs, self.hf_token)
         self.processes.append(origin.process)
         with ThreadPoolExecutor(max_workers=1) as pool:
             files_future = pool.submit(demo_fleet.build_files, origin.url, self.options.scale)
-            self._set_phase(live, "starting the control plane (SQLite)")
-            env = server_env(
-                database_url=f"sqlite:///{self.root / 'depman.db'}",
-                admin_token=self.admin_token,
-                shared_secret=self.shared_secret,
-            )
-            server = start_server(self.logs, env, cwd=self.root)
-            self.processes.append(server.process)
+            server = wait_listening(server_proc)
             self._set_phase(live, "hashing the generated model files")
             files = files_future.result()
         self.dep_sizes = {f.spec.dep_id: f.size for f in files}
@@ -176,7 +184,7 @@ class Demo:
         fleet_path.write_text(demo_fleet.fleet_yaml(fleet), encoding="utf-8")
         self._set_phase(live, f"applying {fleet_path.name}")
         self.api = DemoApi(server.url, self.admin_token)
-        self.api.apply_documents(demo_fleet.admin_documents(fleet))
+        self.api.apply_fleet(fleet)
         self._say(
             f"control plane {server.url}, origin {origin.url}, "
             f"{len(files)} deps ({_mib(sum(self.dep_sizes.values()))} MiB)"
@@ -226,9 +234,6 @@ class Demo:
         self.player = JobPlayer(self.api, demo_fleet.SERVER_TYPE, self.options.run_seconds)
         for job in demo_fleet.JOBS:
             record = self.player.submit(job.label, job.dep_ids, job_id=f"demo-{job.label}")
-            placed = record.instance_id and record.missing_at_submit is not None
-            if placed and record.missing_at_submit is not None:
-                self.hits[job.label] = len(set(job.dep_ids) - set(record.missing_at_submit))
             self._say(f"submitted {record.job_id}: {', '.join(job.dep_ids)} -> {record.state}"
                       + (f" on {record.instance_id}" if record.instance_id else ""))
         self._set_phase(live, "running jobs")
@@ -238,8 +243,8 @@ class Demo:
             if time.monotonic() > deadline:
                 self._say(f"timeout: jobs unfinished after {self.options.timeout_seconds:.0f}s")
                 break
-            self._note_jobs(seen_states)
             self._refresh(live)
+            self._note_jobs(seen_states)
             time.sleep(FRAME_SECONDS)
         self._note_jobs(seen_states)
         self.player.stop()
@@ -253,8 +258,13 @@ class Demo:
         with self.player.lock:
             records = list(self.player.records)
             for r in records:
-                if r.instance_id and r.label not in self.hits and r.instance_id in views:
-                    self.hits[r.label] = len(set(r.dep_ids) & views[r.instance_id].installed)
+                if r.label not in self.hits:
+                    hits = _placement_hits(r.dep_ids, r.last_doc)
+                    if hits is None and r.instance_id and r.instance_id in views:
+                        # No placement record: what the instance held when we saw the job there.
+                        hits = len(set(r.dep_ids) & views[r.instance_id].installed)
+                    if hits is not None:
+                        self.hits[r.label] = hits
                 if seen.get(r.label) != r.state:
                     seen[r.label] = r.state
                     where = f" on {r.instance_id}" if r.instance_id else ""
@@ -301,7 +311,9 @@ class Demo:
         if self.console.is_terminal:
             return
         elapsed = (at or time.monotonic()) - self.started_at
-        self.console.print(f"[{elapsed:5.1f}s] {text}", markup=False, highlight=False)
+        self.console.print(
+            f"[{elapsed:5.1f}s] {text}", markup=False, highlight=False, soft_wrap=True
+        )
 
     def _summary(self, origin: Service) -> Summary:
         assert self.player is not None and self.monitor is not None
@@ -356,6 +368,14 @@ class Demo:
         self.processes.clear()
         if self.api is not None:
             self.api.close()
+
+
+def _placement_hits(dep_ids: Sequence[str], doc: Mapping[str, Any]) -> int | None:
+    """Deps the instance already held when the job was first placed (its history says)."""
+    for entry in doc.get("history") or []:
+        if entry.get("event") == "placed" and isinstance(entry.get("missingDepIds"), list):
+            return len(set(dep_ids) - set(entry["missingDepIds"]))
+    return None
 
 
 def _mib(count: int) -> int:

@@ -131,4 +131,4 @@ def render_summary(summary: Summary) -> RenderableType:
 def print_summary(console: Console, summary: Summary) -> None:
     """The panel, then the greppable result line."""
     console.print(render_summary(summary))
-    console.print(summary.result_line(), markup=False, highlight=False)
+    console.print(summary.result_line(), markup=False, highlight=False, soft_wrap=True)
