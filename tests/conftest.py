@@ -19,7 +19,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(("DEPMAN_", "DM_")) and key != "DEPMAN_TEST_PG_URL":
             monkeypatch.delenv(key, raising=False)
-    for key in ("DEPENDENCY_MANAGER_SHARED_SECRET", "HF_TOKEN", "CIVITAI_TOKEN", "FCS_API_BASE_URL"):
+    for key in (
+        "DEPENDENCY_MANAGER_SHARED_SECRET",
+        "HF_TOKEN",
+        "CIVITAI_TOKEN",
+        "FCS_API_BASE_URL",
+    ):
         monkeypatch.delenv(key, raising=False)
 
 

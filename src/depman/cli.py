@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="depman: model dependency manager for ComfyUI GPU fleets.", no_args_is_help=True)
+app = typer.Typer(
+    help="depman: model dependency manager for ComfyUI GPU fleets.", no_args_is_help=True
+)
 agent_app = typer.Typer(help="The node agent (standard library only).")
 jobs_app = typer.Typer(help="Submit and inspect jobs.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -21,9 +23,7 @@ ServerOpt = Annotated[
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option(
-        "--token", envvar="DEPMAN_ADMIN_TOKEN", help="Admin token.", show_default=False
-    ),
+    typer.Option("--token", envvar="DEPMAN_ADMIN_TOKEN", help="Admin token.", show_default=False),
 ]
 DEFAULT_SERVER_URL = "http://127.0.0.1:8787"
 
@@ -34,7 +34,9 @@ def server(
     port: Annotated[int | None, typer.Option(help="TCP port, 0 for any [default 8787].")] = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="SQLAlchemy URL [env DEPMAN_DATABASE_URL, default sqlite:///./depman.db]."),
+        typer.Option(
+            help="SQLAlchemy URL [env DEPMAN_DATABASE_URL, default sqlite:///./depman.db]."
+        ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
@@ -55,9 +57,9 @@ def agent(ctx: typer.Context) -> None:
 
 @agent_app.command("bundle")
 def agent_bundle(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the zipapp.")] = Path(
-        "depman-agent.pyz"
-    ),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where to write the zipapp.")
+    ] = Path("depman-agent.pyz"),
 ) -> None:
     """Write the one-file agent (`python3 depman-agent.pyz`)."""
     from depman.agent.bundle import write_bundle
@@ -78,7 +80,7 @@ def apply(
     apply_fleet(file, server_url=server_url, token=token)
 
 
-class GetWhat(str, Enum):
+class GetWhat(StrEnum):
     """What `depman get` lists."""
 
     instances = "instances"
@@ -114,9 +116,7 @@ def jobs_submit(
     """Submit a job: reserve an instance and queue the deps it lacks."""
     from depman.client.commands import submit_job
 
-    submit_job(
-        server_type, dep_ids, job_id=job_id, wait=wait, server_url=server_url, token=token
-    )
+    submit_job(server_type, dep_ids, job_id=job_id, wait=wait, server_url=server_url, token=token)
 
 
 @jobs_app.command("get")

@@ -23,9 +23,7 @@ class ServerSettings(BaseSettings):
     )
 
     host: str = Field(DEFAULT_HOST, description="Address the HTTP server binds to.")
-    port: int = Field(
-        DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one."
-    )
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg://user@host/db.",
@@ -79,7 +77,9 @@ class ServerSettings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     db_pool_size: int = Field(
-        20, ge=1, description="Database connections kept per server process (as many again may overflow)."
+        20,
+        ge=1,
+        description="Database connections kept per server process (as many again may overflow).",
     )
     worker_threads: int = Field(
         64, ge=4, description="Threads that run the synchronous request handlers."

@@ -20,9 +20,7 @@ from typing import Any
 
 import psycopg
 
-PG_ADMIN_URL = os.environ.get(
-    "DEPMAN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("DEPMAN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 LISTEN_RE = re.compile(r"listening on (http://[\d.]+:\d+)")
 START_TIMEOUT = 60.0
 
@@ -70,7 +68,7 @@ class RunningServer:
             return status, body.decode(errors="replace")
 
     def admin(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-        """Call the admin API (`path` relative to /api, e.g. `/admin/deps/x`) with the admin token."""
+        """Call `/api` + `path` (e.g. `/admin/deps/x`) with the admin token."""
         return self.request(
             method, "/api" + path, json, {"Authorization": f"Bearer {self.admin_token}"}
         )
