@@ -113,6 +113,7 @@ class _Download:
         self.progress = options.progress or Progress(spec.label or spec.dest.name)
         self.range_refusals = 0
         self.resumed_from = 0
+        self.high_water = 0
 
     # -- the retry loop -------------------------------------------------
     def run(self) -> DownloadResult:
@@ -137,6 +138,11 @@ class _Download:
             except DownloadError as exc:
                 if not exc.retryable:
                     raise
+                # Only new bytes count as progress: an origin that always closes at the
+                # same offset must not be retried forever.
+                if self.progress.bytes_done > self.high_water:
+                    self.high_water = self.progress.bytes_done
+                    self.policy.reset()
                 delay = self.policy.next_delay(exc.retry_after)
                 if delay is None:
                     raise DownloadError(f"{exc.message} (gave up after "
@@ -149,7 +155,6 @@ class _Download:
 
     def on_bytes(self, n: int) -> None:
         self.progress.add(n)
-        self.policy.reset()
 
     def discard(self) -> None:
         for path in (self.partial, self.sidecar.path):

@@ -1,0 +1,221 @@
+"""The download engine against a real local origin."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from depman.agent.download import DownloadOptions, DownloadSpec, download_file
+from depman.agent.errors import (
+    DomainNotAllowed,
+    DownloadError,
+    DownloadInterrupted,
+    InsufficientDiskSpace,
+    VerificationError,
+)
+from tests.agent.conftest import payload
+from tests.support.origin import ModelOrigin
+
+MiB = 1024 * 1024
+HOSTS = ("127.0.0.1", "localhost")
+
+
+def options(**kw: object) -> DownloadOptions:
+    base: dict[str, object] = {"allowed_domains": HOSTS, "connections": 1,
+                               "min_segment_bytes": MiB, "base_delay": 0.01, "max_delay": 0.05}
+    base.update(kw)
+    return DownloadOptions(**base)  # type: ignore[arg-type]
+
+
+def test_single_stream_download_and_verify(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(3 * MiB + 17)
+    origin.add("/m/a.bin", data)
+    dest = tmp_path / "models" / "a.bin"
+    result = download_file(DownloadSpec(origin.url("/m/a.bin"), dest, sha, len(data)), options())
+    assert dest.read_bytes() == data
+    assert result.sha256 == sha and not result.segmented
+    assert not dest.with_name("a.bin.partial").exists()
+    assert not dest.with_name("a.bin.partial.json").exists()
+    assert origin.bytes_served("/m/a.bin") == len(data)
+
+
+def test_segmented_download_uses_several_connections(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(6 * MiB + 5)
+    origin.add("/m/big.bin", data)
+    dest = tmp_path / "big.bin"
+    result = download_file(DownloadSpec(origin.url("/m/big.bin"), dest, sha, len(data)),
+                           options(connections=4))
+    assert result.segmented and dest.read_bytes() == data
+    ranged = [r for r in origin.requests_for("/m/big.bin") if r.status == 206 and r.bytes_sent > 1]
+    assert len(ranged) == 4
+    assert origin.bytes_served("/m/big.bin") == len(data) + 1  # + the 1-byte probe
+
+
+def test_sha_mismatch_fails_without_touching_final_path(origin: ModelOrigin,
+                                                        tmp_path: Path) -> None:
+    data, sha = payload(2 * MiB)
+    origin.add("/m/bad.bin", data, corrupt="always")
+    dest = tmp_path / "bad.bin"
+    dest.write_bytes(b"old")
+    with pytest.raises(VerificationError, match="sha256 mismatch"):
+        download_file(DownloadSpec(origin.url("/m/bad.bin"), dest, sha, len(data)), options())
+    assert dest.read_bytes() == b"old"
+    assert not dest.with_name("bad.bin.partial").exists()
+
+
+def test_segmented_mismatch_retries_once_as_single_stream(origin: ModelOrigin,
+                                                          tmp_path: Path) -> None:
+    data, sha = payload(4 * MiB)
+    origin.add("/m/cdn.bin", data, corrupt="ranged")  # only ranges not starting at 0 are bad
+    dest = tmp_path / "cdn.bin"
+    result = download_file(DownloadSpec(origin.url("/m/cdn.bin"), dest, sha, len(data)),
+                           options(connections=4))
+    assert not result.segmented and dest.read_bytes() == data
+    full = [r for r in origin.requests_for("/m/cdn.bin") if r.range is None]
+    assert len(full) == 1
+
+
+def test_resume_after_dropped_connection_with_fresh_redirect(origin: ModelOrigin,
+                                                             tmp_path: Path) -> None:
+    data, sha = payload(3 * MiB)
+    origin.add("/m/r.bin", data, redirect_host="localhost", drop_after=MiB,
+               expire_after_drop=True)
+    dest = tmp_path / "r.bin"
+    result = download_file(DownloadSpec(origin.url("/m/r.bin"), dest, sha, len(data)), options())
+    assert dest.read_bytes() == data and result.resumed_from == MiB
+    catalog = [r for r in origin.requests_for("/m/r.bin") if r.host.startswith("127.0.0.1")]
+    assert len(catalog) == 2  # the resume asked the catalog URL again for a fresh signed URL
+    resumed = [r for r in origin.requests_for("/m/r.bin") if r.range == f"bytes={MiB}-"]
+    assert resumed and resumed[-1].headers.get("if-range") == origin.files["/m/r.bin"].etag
+    assert origin.bytes_served("/m/r.bin") == len(data)
+
+
+def test_expired_signed_url_403_is_retried_with_fresh_redirect(origin: ModelOrigin,
+                                                               tmp_path: Path) -> None:
+    data, sha = payload(4 * MiB)
+    entry = origin.add("/m/s.bin", data, redirect_host="localhost", drop_after=MiB // 2,
+                       expire_after_drop=True)
+    assert entry.etag
+    dest = tmp_path / "s.bin"
+    download_file(DownloadSpec(origin.url("/m/s.bin"), dest, sha, len(data)),
+                  options(connections=4))
+    assert dest.read_bytes() == data
+    statuses = [r.status for r in origin.requests_for("/m/s.bin")]
+    assert 403 in statuses  # a segment hit the expired URL and was re-resolved, not failed
+
+
+def test_200_answer_to_range_restarts_cleanly(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(2 * MiB)
+    origin.add("/m/nr.bin", data, ranges=False, drop_after=MiB // 2)
+    dest = tmp_path / "nr.bin"
+    result = download_file(DownloadSpec(origin.url("/m/nr.bin"), dest, sha, len(data)),
+                           options(connections=4))
+    assert dest.read_bytes() == data and result.resumed_from == 0
+
+
+def test_partial_larger_than_expected_is_discarded(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(MiB)
+    origin.add("/m/p.bin", data)
+    dest = tmp_path / "p.bin"
+    dest.with_name("p.bin.partial").write_bytes(b"x" * (2 * MiB))
+    download_file(DownloadSpec(origin.url("/m/p.bin"), dest, sha, len(data)), options())
+    assert dest.read_bytes() == data
+
+
+def test_size_mismatch_with_catalog_is_refused(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(MiB)
+    origin.add("/m/z.bin", data)
+    with pytest.raises(VerificationError, match="Size mismatch"):
+        download_file(DownloadSpec(origin.url("/m/z.bin"), tmp_path / "z.bin", sha, MiB + 1),
+                      options())
+    assert not (tmp_path / "z.bin").exists()
+
+
+def test_short_body_is_retried_then_fails_clearly(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(MiB)
+    origin.add("/m/short.bin", data, ranges=False, short_body=1000)
+    with pytest.raises(DownloadError, match="closed early"):
+        download_file(DownloadSpec(origin.url("/m/short.bin"), tmp_path / "s.bin", sha),
+                      options(max_attempts=3))
+    assert not (tmp_path / "s.bin").exists()
+
+
+def test_5xx_with_retry_after_is_retried(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(1000)
+    origin.add("/m/e.bin", data)
+    origin.fail_next("/m/e.bin", 503, count=2, retry_after=0)
+    download_file(DownloadSpec(origin.url("/m/e.bin"), tmp_path / "e.bin", sha), options())
+    assert [r.status for r in origin.requests_for("/m/e.bin")] == [503, 503, 200]
+
+
+def test_404_fails_at_once(origin: ModelOrigin, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download_file(DownloadSpec(origin.url("/missing"), tmp_path / "x.bin"), options())
+    assert len(origin.requests) == 1
+
+
+def test_redirect_to_disallowed_domain_is_refused(origin: ModelOrigin, tmp_path: Path) -> None:
+    origin.add("/m/a.bin", b"abc", redirect_host="localhost")
+    with pytest.raises(DomainNotAllowed, match="Download domain not allowed: localhost"):
+        download_file(DownloadSpec(origin.url("/m/a.bin"), tmp_path / "a.bin"),
+                      options(allowed_domains=["127.0.0.1"]))
+    assert all(r.host.startswith("127.0.0.1") for r in origin.requests)  # never fetched
+
+
+def test_authorization_only_sent_to_catalog_host(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(3 * MiB)
+    origin.add("/m/a.bin", data, redirect_host="localhost", require_auth="Bearer hf_secret")
+    download_file(DownloadSpec(origin.url("/m/a.bin"), tmp_path / "a.bin", sha, len(data),
+                               authorization="Bearer hf_secret"), options(connections=3))
+    catalog = [r for r in origin.requests if r.host.startswith("127.0.0.1")]
+    cdn = [r for r in origin.requests if r.host.startswith("localhost")]
+    assert catalog and all(r.authorization == "Bearer hf_secret" for r in catalog)
+    assert cdn and all(r.authorization is None for r in cdn)
+
+
+def test_ensure_space_is_asked_before_writing(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, _ = payload(MiB)
+    origin.add("/m/a.bin", data)
+
+    def no_room(need: int) -> None:
+        raise InsufficientDiskSpace(f"need {need}")
+
+    with pytest.raises(InsufficientDiskSpace, match="Insufficient disk space"):
+        download_file(DownloadSpec(origin.url("/m/a.bin"), tmp_path / "a.bin"),
+                      options(ensure_space=no_room))
+    assert not (tmp_path / "a.bin.partial").exists() or (tmp_path / "a.bin.partial"
+                                                         ).stat().st_size == 0
+
+
+def test_stop_interrupts_at_resumable_point_then_resumes(origin: ModelOrigin,
+                                                         tmp_path: Path) -> None:
+    data, sha = payload(4 * MiB)
+    origin.add("/m/slow.bin", data, rate=4 * MiB)
+    dest = tmp_path / "slow.bin"
+    stop = threading.Event()
+    seen = threading.Event()
+
+    class Watch:
+        def __init__(self) -> None:
+            self.done = 0
+
+    from depman.agent.progress import Progress
+
+    class StopHalfway(Progress):
+        def add(self, n: int) -> None:
+            super().add(n)
+            if self.bytes_done >= MiB:
+                stop.set()
+                seen.set()
+
+    spec = DownloadSpec(origin.url("/m/slow.bin"), dest, sha, len(data))
+    with pytest.raises(DownloadInterrupted):
+        download_file(spec, options(connections=4, stop=stop, progress=StopHalfway("x"),
+                                    chunk_bytes=64 * 1024))
+    assert seen.is_set() and not dest.exists()
+    first = origin.bytes_served("/m/slow.bin")
+    result = download_file(spec, options(connections=4))
+    assert dest.read_bytes() == data and result.resumed_from > 0
+    assert origin.bytes_served("/m/slow.bin") - first < len(data) - result.resumed_from + 4096
