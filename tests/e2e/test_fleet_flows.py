@@ -97,7 +97,8 @@ def test_dep_failing_everywhere_fails_its_job_with_the_agents_error(fleet: Fleet
     job = fleet.wait_job("job-bad", {"failed", "ready", "completed"}, timeout=60)
     assert job["state"] == "failed", fleet.logs()
     assert "sha256 mismatch" in (job.get("error") or ""), job
-    # Whichever instance(s) tried it hold the failure in their inventory report.
-    tried = {h.get("instanceId") for h in job.get("history") or [] if h.get("instanceId")}
-    tried.add(job.get("instanceId"))
-    assert tried & {"node-1", "node-2"}
+    # It was tried on each instance in turn, and each failure kept the agent's message.
+    failures = [h for h in job["history"] if h.get("event") == "dep_failed"]
+    assert {h["instanceId"] for h in failures} == {"node-1", "node-2"}, job["history"]
+    assert all(h.get("depId") == "broken" for h in failures)
+    assert all("sha256 mismatch" in h.get("reason", "") for h in failures), failures
