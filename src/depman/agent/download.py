@@ -292,7 +292,7 @@ class _Download:
                     want = min(want, total - written)
                     if want <= 0:
                         break
-                chunk = response.read(want)
+                chunk = response.read_some(want)
                 if not chunk:
                     break
                 out.write(chunk)

@@ -70,6 +70,13 @@ class Response:
     def read(self, amount: int | None = None) -> bytes:
         return self.raw.read(amount)
 
+    def read_some(self, amount: int) -> bytes:
+        """Up to ``amount`` bytes, whatever has arrived (b"" at the end of the body).
+
+        Progress (and the resume sidecar) advance with what arrived, not per full chunk.
+        """
+        return self.raw.read1(amount)
+
     def close(self) -> None:
         try:
             self.raw.close()

@@ -167,7 +167,7 @@ class SegmentedFetch:
             chunk_bytes = self.d.options.chunk_bytes
             pos = start
             while pos <= last and not self.stopping():
-                chunk = response.read(min(chunk_bytes, last + 1 - pos))
+                chunk = response.read_some(min(chunk_bytes, last + 1 - pos))
                 if not chunk:
                     raise DownloadError(f"Connection closed early in segment at byte {pos}")
                 view = memoryview(chunk)
