@@ -1,4 +1,4 @@
-"""Server-suite fixtures: one shared server per module and backend, for tests that use unique ids."""
+"""Server-suite fixtures: one server per module and backend, shared by tests with unique ids."""
 
 from __future__ import annotations
 

@@ -91,7 +91,15 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     app.state.settings = settings
     app.state.metrics = metrics.Metrics(state)
     install_error_handlers(app)
-    for module in (agent_protocol, admin_catalog, admin_instances, admin_fleet, jobs, metrics, agent_bundle):
+    for module in (
+        agent_protocol,
+        admin_catalog,
+        admin_instances,
+        admin_fleet,
+        jobs,
+        metrics,
+        agent_bundle,
+    ):
         app.include_router(module.router)
     app.add_middleware(metrics.LatencyMiddleware, metrics=app.state.metrics)
     try:

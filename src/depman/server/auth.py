@@ -34,7 +34,9 @@ def check_shared_secret(state: ServerState, given: str | None) -> None:
         raise AuthError("missing or wrong X-DM-Secret")
 
 
-def check_agent(state: ServerState, instance_id: str, token: str | None, *, session: Session) -> None:
+def check_agent(
+    state: ServerState, instance_id: str, token: str | None, *, session: Session
+) -> None:
     """The bearer token must be `instance_id`'s agent token."""
     if not token:
         raise AuthError("missing agent token: register first")
@@ -55,6 +57,10 @@ def check_admin(state: ServerState, token: str | None, *, allow_submit: bool = F
         raise AuthError("missing bearer token")
     if settings.admin_token is not None and same_secret(token, settings.admin_token):
         return
-    if allow_submit and settings.submit_token is not None and same_secret(token, settings.submit_token):
+    if (
+        allow_submit
+        and settings.submit_token is not None
+        and same_secret(token, settings.submit_token)
+    ):
         return
     raise AuthError("wrong bearer token")

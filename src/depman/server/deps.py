@@ -29,16 +29,12 @@ def get_bearer(authorization: Annotated[str | None, Header()] = None) -> str | N
     return bearer_token(authorization)
 
 
-def require_admin(
-    request: Request, token: Annotated[str | None, Depends(get_bearer)]
-) -> None:
+def require_admin(request: Request, token: Annotated[str | None, Depends(get_bearer)]) -> None:
     """Admin endpoints: `Authorization: Bearer $DEPMAN_ADMIN_TOKEN`."""
     check_admin(server_state(request), token)
 
 
-def require_jobs(
-    request: Request, token: Annotated[str | None, Depends(get_bearer)]
-) -> None:
+def require_jobs(request: Request, token: Annotated[str | None, Depends(get_bearer)]) -> None:
     """Job endpoints: the admin token or the submit token."""
     check_admin(server_state(request), token, allow_submit=True)
 

@@ -33,7 +33,9 @@ async def run_maintenance(state: ServerState) -> None:
             if report.items_failed or report.jobs_expired or report.jobs_placed:
                 log.info(
                     "sweep: %d items failed, %d jobs expired, %d jobs placed",
-                    report.items_failed, report.jobs_expired, report.jobs_placed,
+                    report.items_failed,
+                    report.jobs_expired,
+                    report.jobs_placed,
                 )
         except asyncio.CancelledError:
             raise

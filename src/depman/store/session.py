@@ -44,7 +44,7 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
 
 
 def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
-    """An engine for `url`: SQLite (WAL, busy timeout, foreign keys) or PostgreSQL (psycopg pool)."""
+    """An engine for `url`: SQLite (WAL, busy timeout, foreign keys) or a PostgreSQL pool."""
     if is_sqlite(url):
         engine = create_engine(
             url,

@@ -20,7 +20,11 @@ def apply_fleet(body: FleetIn, session: SessionDep) -> dict[str, Any]:
     """Upsert deps, then profiles, server types and instances; all or nothing."""
     steps: list[tuple[str, dict[str, Any], Any]] = [
         ("deps", body.deps, lambda k, v: catalog.put_dep(k, dep_spec(v), session=session)),
-        ("profiles", body.profiles, lambda k, v: profiles.put_profile(k, profile_spec(v), session=session)),
+        (
+            "profiles",
+            body.profiles,
+            lambda k, v: profiles.put_profile(k, profile_spec(v), session=session),
+        ),
         (
             "serverTypes",
             body.server_types,

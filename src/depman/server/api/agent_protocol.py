@@ -64,7 +64,9 @@ def register_agent(
     state.tokens.put(instance_id, hash_token(result.token))
     log.info(
         "registered agent: instanceId=%s agentVersion=%s prefetch=%d",
-        instance_id, body.agent_version, len(result.queued),
+        instance_id,
+        body.agent_version,
+        len(result.queued),
     )
     profile: dict[str, Any] = {"staticDepIds": [], "prefetchOnBoot": False, "dynamicPolicy": {}}
     if result.profile is not None:
@@ -79,7 +81,9 @@ def register_agent(
     )
 
 
-def _poll(state: ServerState, instance_id: str, token: str | None, limit: int, check: bool) -> QueuePoll:
+def _poll(
+    state: ServerState, instance_id: str, token: str | None, limit: int, check: bool
+) -> QueuePoll:
     with state.db.read_session() as session:
         if check:
             check_agent(state, instance_id, token, session=session)

@@ -83,7 +83,9 @@ async def get_job(
         doc = await run_in_threadpool(_read, state, job_id)
         seen = seen_state or doc["state"]
         deadline = time.monotonic() + wait
-        while entry is not None and doc["state"] == seen and doc["state"] not in TERMINAL_JOB_STATES:
+        while (
+            entry is not None and doc["state"] == seen and doc["state"] not in TERMINAL_JOB_STATES
+        ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

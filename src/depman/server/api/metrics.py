@@ -33,12 +33,16 @@ class StoreCollector(Collector):
         cutoff = utcnow() - timedelta(seconds=self._state.policy.live_ttl_seconds)
         with self._state.db.read_session() as session:
             live = session.scalar(
-                select(func.count()).select_from(Instance).where(Instance.last_heartbeat_at >= cutoff)
+                select(func.count())
+                .select_from(Instance)
+                .where(Instance.last_heartbeat_at >= cutoff)
             )
             total = session.scalar(select(func.count()).select_from(Instance))
             items = queue.count_by_state(session=session)
             job_counts = jobs.count_by_state(session=session)
-        yield GaugeMetricFamily("depman_instances_live", "Instances with a fresh heartbeat.", value=live or 0)
+        yield GaugeMetricFamily(
+            "depman_instances_live", "Instances with a fresh heartbeat.", value=live or 0
+        )
         yield GaugeMetricFamily("depman_instances", "Instances known.", value=total or 0)
         family = GaugeMetricFamily("depman_queue_items", "Queue items by state.", labels=["state"])
         for s in ItemState:

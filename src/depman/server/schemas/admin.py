@@ -46,7 +46,7 @@ class DynamicPolicy(ApiModel):
 class ProfileIn(ApiModel):
     """`PUT /admin/profiles/{profileId}`."""
 
-    static_dep_ids: list[str] = []
+    static_dep_ids: list[str] = Field(default_factory=list)
     prefetch_on_boot: bool = False
     dynamic_policy: DynamicPolicy = Field(default_factory=DynamicPolicy)
 
@@ -107,16 +107,16 @@ class DependencyManagerOut(ApiModel):
     """The inventory of an instance's last heartbeat."""
 
     last_heartbeat_at: str | None = None
-    installed_dep_ids_static: list[str] = []
-    installed_dep_ids_dynamic: list[str] = []
-    downloading_dep_ids: list[str] = []
-    failed_dep_ids: list[str] = []
-    disk_stats: dict[str, int | None] = {}
+    installed_dep_ids_static: list[str] = Field(default_factory=list)
+    installed_dep_ids_dynamic: list[str] = Field(default_factory=list)
+    downloading_dep_ids: list[str] = Field(default_factory=list)
+    failed_dep_ids: list[str] = Field(default_factory=list)
+    disk_stats: dict[str, int | None] = Field(default_factory=dict)
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
     agent_version: str | None = None
-    active_downloads: list[dict[str, Any]] = []
-    pinned_dep_ids: list[str] = []
+    active_downloads: list[dict[str, Any]] = Field(default_factory=list)
+    pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
 class InstanceOut(ApiModel):
@@ -163,10 +163,10 @@ class QueueItemsOut(ApiModel):
 class FleetIn(ApiModel):
     """`POST /admin/fleet`: a whole fleet upserted in one transaction."""
 
-    deps: dict[str, DepIn] = {}
-    profiles: dict[str, ProfileIn] = {}
-    server_types: dict[str, ServerTypeIn] = {}
-    instances: dict[str, InstanceIn] = {}
+    deps: dict[str, DepIn] = Field(default_factory=dict)
+    profiles: dict[str, ProfileIn] = Field(default_factory=dict)
+    server_types: dict[str, ServerTypeIn] = Field(default_factory=dict)
+    instances: dict[str, InstanceIn] = Field(default_factory=dict)
 
 
 class FleetOut(ApiModel):

@@ -59,7 +59,7 @@ class QueueResponse(ApiModel):
     """Queue answer; `pinnedDepIds` is an extension."""
 
     items: list[QueueItemOut]
-    pinned_dep_ids: list[str] = []
+    pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
 class StatusRequest(ApiModel):
@@ -96,18 +96,18 @@ class HeartbeatRequest(ApiModel):
     """`POST /dependencies/heartbeat`."""
 
     instance_id: str = Field(min_length=1, max_length=200)
-    installed_static_dep_ids: list[str] = []
-    installed_dynamic_dep_ids: list[str] = []
-    downloading_dep_ids: list[str] = []
-    failed_dep_ids: list[str] = []
+    installed_static_dep_ids: list[str] = Field(default_factory=list)
+    installed_dynamic_dep_ids: list[str] = Field(default_factory=list)
+    downloading_dep_ids: list[str] = Field(default_factory=list)
+    failed_dep_ids: list[str] = Field(default_factory=list)
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
-    active_downloads: list[ActiveDownload] = []
+    active_downloads: list[ActiveDownload] = Field(default_factory=list)
 
 
 class HeartbeatResponse(ApiModel):
     """Heartbeat answer; `pinnedDepIds` is an extension."""
 
     ok: bool = True
-    pinned_dep_ids: list[str] = []
+    pinned_dep_ids: list[str] = Field(default_factory=list)

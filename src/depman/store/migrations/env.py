@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from `config.attributes`, the metadata from depman's models."""
+"""Alembic environment: URL from `config.attributes`, metadata from depman's models."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     """Run online migrations against the configured URL."""
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: use depman.store.migrate.upgrade(url)")
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(

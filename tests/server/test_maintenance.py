@@ -1,0 +1,66 @@
+"""The sweep: stale running items go back to queued, then fail; jobs time out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.server.fleet import make_fleet
+from tests.support.server import RunningServer
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll `check` until it answers something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.server_env(
+    DEPMAN_RUNNING_TIMEOUT_SECONDS="1",
+    DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2",
+    DEPMAN_MAX_ITEM_ATTEMPTS="2",
+    DEPMAN_JOB_MAX_PLACEMENTS="1",
+)
+def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> None:
+    fleet = make_fleet(control_plane)
+    agent = fleet.register(fleet.add_instance("stale"))
+    job = fleet.submit(["b", "c"])[1]
+    dep_b, dep_c = fleet.deps["b"], fleet.deps["c"]
+    items = {i["depId"]: i for i in agent.poll()[1]["items"]}
+    agent.status(items[dep_b], "running")
+    agent.status(items[dep_c], "running")
+    # Heartbeats that list c as downloading keep it running; b is requeued.
+    deadline = time.monotonic() + 1.8
+    while time.monotonic() < deadline:
+        agent.heartbeat(downloadingDepIds=[dep_c])
+        time.sleep(0.2)
+    state = agent.items()
+    assert state[dep_c]["state"] == "running"
+    assert state[dep_b]["state"] == "queued" and state[dep_b]["attempts"] == 1
+    # Running again without progress: attempts reach the maximum, the item and the job fail.
+    agent.status(items[dep_b], "running")
+    failed = wait_for(lambda: agent.items()[dep_b]["state"] == "failed" and agent.items()[dep_b])
+    assert failed["attempts"] == 2 and "downloading" in failed["error"]
+    _, after = control_plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert after["state"] == "failed" and dep_b in after["error"]
+
+
+@pytest.mark.server_env(
+    DEPMAN_JOB_PENDING_TIMEOUT_SECONDS="0.5", DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2"
+)
+def test_pending_job_times_out(control_plane: RunningServer) -> None:
+    fleet = make_fleet(control_plane)
+    job = fleet.submit(["b"])[1]
+    assert job["state"] == "pending"
+    done = wait_for(
+        lambda: control_plane.admin("GET", f"/jobs/{job['jobId']}")[1]["state"] == "failed"
+    )
+    assert done

@@ -1,0 +1,35 @@
+"""Every ServerSettings field is documented in docs/server.md; flags beat env beats defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from depman.server.runner import build_settings
+from depman.settings import ServerSettings
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting."""
+    alias = ServerSettings.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else f"DEPMAN_{name.upper()}"
+
+
+@pytest.mark.parametrize("name", sorted(ServerSettings.model_fields))
+def test_setting_is_documented(name: str) -> None:
+    text = DOC.read_text()
+    assert f"`{name}`" in text, f"{name} is missing from docs/server.md"
+    assert f"`{env_name(name)}`" in text, f"{env_name(name)} is missing from docs/server.md"
+    assert ServerSettings.model_fields[name].description
+
+
+def test_flag_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_settings().port == 8787
+    monkeypatch.setenv("DEPMAN_PORT", "9000")
+    monkeypatch.setenv("DEPMAN_DATABASE_URL", "sqlite:///env.db")
+    assert build_settings().port == 9000
+    settings = build_settings(port=9100, database_url=None)
+    assert settings.port == 9100 and settings.database_url == "sqlite:///env.db"
