@@ -1,7 +1,7 @@
 """Dispatch latency: from `POST /api/jobs` to the agent's first request to the origin.
 
     uv run python -m bench.dispatch            # 50 jobs per mode
-    uv run python -m bench.dispatch --smoke    # 4 jobs per mode, 1 s polling
+    uv run python -m bench.dispatch --smoke    # 3 jobs per mode, 1 s polling
 
 One real `depman server` (SQLite), one real depman agent process, a stdlib
 origin that records when each file is first requested. Each job needs one dep
@@ -38,7 +38,6 @@ from bench.common import (
 )
 
 SERVER_TYPE = "dispatch"
-INSTANCE = "inst-dispatch"
 FILE_BYTES = 64 * 1024
 
 
@@ -106,68 +105,89 @@ def wait_until(pred: Any, timeout: float, what: str) -> Any:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def run_mode(mode: str, jobs: int, poll_seconds: float, origin: Origin, seed: int) -> ModeResult:
-    from tests.support.server import run_server, stop_process
+def fleet_setup(origin: Origin, names: dict[str, list[str]]) -> dict[str, Any]:
+    """One instance per mode, each with its own never-held deps."""
+    deps = {
+        name.split(".")[0]: {
+            "url": f"http://127.0.0.1:{origin.port}/files/{name}", "auth": "none",
+            "destRelativePath": f"models/loras/{name}",
+            "sha256": hashlib.sha256(content_of(name)).hexdigest(),
+            "expectedSizeBytes": FILE_BYTES, "kind": "dynamic"}
+        for mode_names in names.values() for name in mode_names}
+    return {
+        "deps": deps,
+        "profiles": {"dispatch-profile": {"staticDepIds": [], "prefetchOnBoot": False}},
+        # A server type per mode: a job must not land on the other mode's instance.
+        "serverTypes": {f"{SERVER_TYPE}-{tag}": {"modelManagement": {
+            "mode": "dependency_manager_v1", "profileId": "dispatch-profile"}} for tag in names},
+        "instances": {f"inst-{tag}": {"ip": f"127.0.0.{i + 2}",
+                                      "serverType": f"{SERVER_TYPE}-{tag}"}
+                      for i, tag in enumerate(names)},
+    }
+
+
+def run_mode(server: Any, tmp: Path, tag: str, mode: str, names: list[str],
+             poll_seconds: float, origin: Origin, seed: int) -> ModeResult:
+    """Start one agent (long-poll on or off), run the jobs one after another, stop it."""
+    from tests.support.server import stop_process
 
     result = ModeResult(mode)
     rng = random.Random(seed)
-    tag = "lp" if mode == "long-poll" else "v1"
-    names = [f"{tag}-{i:03d}.safetensors" for i in range(jobs)]
+    instance = f"inst-{tag}"
+    ws = tmp / f"ws-{tag}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DM_", "DEPMAN_"))}
+    env.update({
+        "FCS_API_BASE_URL": server.base_url, "SERVER_TYPE": f"{SERVER_TYPE}-{tag}",
+        "DEPENDENCY_MANAGER_SHARED_SECRET": server.shared_secret,
+        "DM_INSTANCE_ID": instance, "WORKSPACE": str(ws),
+        "DM_ALLOWED_DOMAINS": "127.0.0.1", "DM_POLL_SECONDS": str(poll_seconds),
+        "DM_LONG_POLL_SECONDS": "25" if tag == "lp" else "0",
+        "PYTHONUNBUFFERED": "1",
+    })
+    (ws / "ComfyUI").mkdir(parents=True)
+    log_path = tmp / f"agent-{tag}.log"
+    with log_path.open("w") as log:
+        agent = subprocess.Popen([sys.executable, "-m", "depman.agent"], env=env,
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: (server.admin("GET", f"/admin/instances/{instance}")[1] or {})
+                       .get("dependencyManager", {}).get("lastHeartbeatAt"),
+                       30, "the agent's first heartbeat")
+            time.sleep(rng.uniform(0, poll_seconds))
+            for i, name in enumerate(names):
+                run_job(server, origin, result, f"{tag}-job-{i:03d}", name, f"{SERVER_TYPE}-{tag}")
+                time.sleep(rng.uniform(0, 1.0))
+        finally:
+            stop_process(agent)
+    if result.failures:
+        result.failures.append("agent log tail: " + log_path.read_text()[-800:])
+    return result
+
+
+def run_modes(jobs: int, poll_seconds: float, origin: Origin) -> list[ModeResult]:
+    """One server (SQLite) for both modes; v1 polling first, then long-poll."""
+    from tests.support.server import run_server
+
+    names = {tag: [f"{tag}-{i:03d}.safetensors" for i in range(jobs)] for tag in ("v1", "lp")}
     with tempfile.TemporaryDirectory(prefix="depman-bench-dispatch-") as tmp_name:
         tmp = Path(tmp_name)
         with run_server(f"sqlite:///{tmp / 'dispatch.db'}",
                         extra_env={"DEPMAN_LOG_LEVEL": "warning"}, cwd=tmp) as server:
-            deps = {
-                name.split(".")[0]: {
-                    "url": f"http://127.0.0.1:{origin.port}/files/{name}", "auth": "none",
-                    "destRelativePath": f"models/loras/{name}",
-                    "sha256": hashlib.sha256(content_of(name)).hexdigest(),
-                    "expectedSizeBytes": FILE_BYTES, "kind": "dynamic"}
-                for name in names}
-            body = {
-                "deps": deps,
-                "profiles": {"dispatch-profile": {"staticDepIds": [], "prefetchOnBoot": False}},
-                "serverTypes": {SERVER_TYPE: {"modelManagement": {
-                    "mode": "dependency_manager_v1", "profileId": "dispatch-profile"}}},
-                "instances": {INSTANCE: {"ip": "127.0.0.1", "serverType": SERVER_TYPE}},
-            }
-            status, answer = server.admin("POST", "/admin/fleet", body)
+            status, answer = server.admin("POST", "/admin/fleet", fleet_setup(origin, names))
             if status >= 300:
                 raise RuntimeError(f"POST /api/admin/fleet: {status} {answer}")
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("DM_", "DEPMAN_"))}
-            env.update({
-                "FCS_API_BASE_URL": server.base_url, "SERVER_TYPE": SERVER_TYPE,
-                "DEPENDENCY_MANAGER_SHARED_SECRET": server.shared_secret,
-                "DM_INSTANCE_ID": INSTANCE, "WORKSPACE": str(tmp / "ws"),
-                "DM_ALLOWED_DOMAINS": "127.0.0.1", "DM_POLL_SECONDS": str(poll_seconds),
-                "DM_LONG_POLL_SECONDS": "25" if mode == "long-poll" else "0",
-                "PYTHONUNBUFFERED": "1",
-            })
-            (tmp / "ws" / "ComfyUI").mkdir(parents=True)
-            log = (tmp / "agent.log").open("w")
-            agent = subprocess.Popen([sys.executable, "-m", "depman.agent"], env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-            try:
-                wait_until(lambda: (server.admin("GET", f"/admin/instances/{INSTANCE}")[1] or {})
-                           .get("dependencyManager", {}).get("lastHeartbeatAt"),
-                           30, "the agent's first heartbeat")
-                time.sleep(rng.uniform(0, poll_seconds))
-                for i, name in enumerate(names):
-                    run_job(server, origin, result, f"{tag}-job-{i:03d}", name)
-                    time.sleep(rng.uniform(0, 1.0))
-            finally:
-                stop_process(agent)
-                log.close()
-            if result.failures:
-                result.failures.append("agent log tail: " +
-                                       (tmp / "agent.log").read_text()[-800:])
-    return result
+            return [
+                run_mode(server, tmp, "v1", f"v1 polling ({poll_seconds:g} s)", names["v1"],
+                         poll_seconds, origin, 1),
+                run_mode(server, tmp, "lp", "long-poll", names["lp"], poll_seconds, origin, 2),
+            ]
 
 
-def run_job(server: Any, origin: Origin, result: ModeResult, job_id: str, name: str) -> None:
+def run_job(server: Any, origin: Origin, result: ModeResult, job_id: str, name: str,
+            server_type: str) -> None:
     t0 = time.time()
     status, answer = server.request("POST", "/api/jobs", {
-        "jobId": job_id, "serverType": SERVER_TYPE, "depIds": [name.split(".")[0]]},
+        "jobId": job_id, "serverType": server_type, "depIds": [name.split(".")[0]]},
         {"Authorization": f"Bearer {server.admin_token}"})
     if status >= 300:
         result.failures.append(f"{job_id}: submit {status} {answer}")
@@ -202,12 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=float,
                         help="v1 poll interval (default 5; smoke 1).")
     args = parser.parse_args(argv)
-    jobs = args.jobs or (4 if args.smoke else 50)
+    jobs = args.jobs or (3 if args.smoke else 50)
     poll = args.poll_seconds or (1.0 if args.smoke else 5.0)
     origin = Origin()
     try:
-        results = [run_mode(f"v1 polling ({poll:g} s)", jobs, poll, origin, 1),
-                   run_mode("long-poll", jobs, poll, origin, 2)]
+        results = run_modes(jobs, poll, origin)
     finally:
         origin.close()
     table = ResultTable(
