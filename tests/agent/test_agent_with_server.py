@@ -1,0 +1,130 @@
+"""The agent (module and bundle) against the real depman server and a local origin."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent.conftest import payload
+from tests.agent.running import AgentProcess, wait_until
+from tests.support.origin import ModelOrigin
+
+pytest.importorskip("depman.server")
+
+MiB = 1024 * 1024
+
+
+def agent_env(server: Any, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "FCS_API_BASE_URL": server.base_url, "SERVER_TYPE": "st",
+        "DEPENDENCY_MANAGER_SHARED_SECRET": server.shared_secret, "DM_INSTANCE_ID": "i1",
+        "WORKSPACE": str(tmp_path / "ws"), "DM_ALLOWED_DOMAINS": "127.0.0.1,localhost",
+        "DM_HEARTBEAT_SECONDS": "5", "DM_POLL_SECONDS": "0.5", "DM_ITEM_RETRY_SECONDS": "0.1",
+        "DM_MIN_SEGMENT_BYTES": "1MiB", "DM_PROGRESS_SECONDS": "1", **extra,
+    }
+
+
+def put(server: Any, path: str, body: dict[str, Any]) -> None:
+    status, answer = server.admin("PUT", path, body)
+    assert status in (200, 201), (path, status, answer)
+
+
+def dep(origin: ModelOrigin, path: str, rel: str, data: bytes, **kw: Any) -> dict[str, Any]:
+    return {"url": origin.url(path), "auth": "none", "destRelativePath": rel,
+            "sha256": hashlib.sha256(data).hexdigest(), "expectedSizeBytes": len(data),
+            "kind": "static", **kw}
+
+
+def setup_fleet(server: Any, deps: dict[str, dict[str, Any]], static: list[str],
+                policy: dict[str, Any] | None = None) -> None:
+    for dep_id, body in deps.items():
+        put(server, f"/admin/deps/{dep_id}", body)
+    put(server, "/admin/profiles/p1", {"staticDepIds": static, "prefetchOnBoot": True,
+                                       "dynamicPolicy": policy or {"enabled": False}})
+    put(server, "/admin/server-types/st",
+        {"modelManagement": {"mode": "dependency_manager_v1", "profileId": "p1"}})
+    put(server, "/admin/instances/i1", {"ip": "10.0.0.1", "serverType": "st"})
+
+
+def instance(server: Any) -> dict[str, Any]:
+    status, body = server.admin("GET", "/admin/instances/i1")
+    assert status == 200, body
+    return body.get("dependencyManager") or {}
+
+
+def items(server: Any) -> dict[str, dict[str, Any]]:
+    status, body = server.admin("GET", "/admin/queues/i1/items")
+    assert status == 200, body
+    return {i["depId"]: i for i in body["items"]}
+
+
+def test_bundle_from_server_installs_and_refuses(depman_server: Any, tmp_path: Path) -> None:
+    good, good_sha = payload(3 * MiB + 7)
+    bad, _ = payload(MiB)
+    with ModelOrigin() as origin:
+        origin.add("/hf/good.bin", good, redirect_host="localhost",
+                   require_auth="Bearer hf_test_token")
+        origin.add("/hf/bad.bin", bad, corrupt="always")
+        origin.add("/hf/evil.bin", b"x", redirect="http://evil.invalid/steal")
+        origin.add("/civ/c.bin", b"y")
+        setup_fleet(depman_server, {
+            "good": dep(origin, "/hf/good.bin", "models/checkpoints/good.safetensors", good,
+                        auth="hf_token"),
+            "badsha": dep(origin, "/hf/bad.bin", "models/loras/bad.safetensors", bad),
+            "evil": dep(origin, "/hf/evil.bin", "models/loras/evil.bin", b"x"),
+            "notoken": dep(origin, "/civ/c.bin", "models/loras/c.bin", b"y",
+                           auth="civitai_token"),
+        }, static=["good", "badsha", "evil", "notoken"])
+
+        with urllib.request.urlopen(depman_server.root_url + "/agent/depman-agent.pyz") as resp:
+            bundle_data, header_sha = resp.read(), resp.headers["X-Depman-Agent-Sha256"]
+        assert hashlib.sha256(bundle_data).hexdigest() == header_sha
+        bundle = tmp_path / "agent.pyz"
+        bundle.write_bytes(bundle_data)
+
+        env = agent_env(depman_server, tmp_path, HF_TOKEN="hf_test_token",
+                        DM_DOWNLOAD_CONNECTIONS="3")
+        with AgentProcess(env, bundle=bundle) as agent:
+            agent.wait_for_line(r"Registered dependency agent: instanceId=i1")
+            done = wait_until(lambda: all(i["state"] in ("succeeded", "failed")
+                                          for i in items(depman_server).values())
+                              and len(items(depman_server)) == 4, 60)
+            assert done, items(depman_server)
+            queue = items(depman_server)
+            assert queue["good"]["state"] == "succeeded"
+            assert "sha256 mismatch" in queue["badsha"]["error"]
+            assert "Download domain not allowed: evil.invalid" in queue["evil"]["error"]
+            assert "Missing CIVITAI_TOKEN" in queue["notoken"]["error"]
+            assert wait_until(lambda: instance(depman_server).get("installedDepIdsStatic")
+                              == ["good"], 20), instance(depman_server)
+            assert agent.stop() == 0
+        log = agent.log()
+    target = tmp_path / "ws/ComfyUI/models/checkpoints/good.safetensors"
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == good_sha
+    assert not (tmp_path / "ws/ComfyUI/models/loras/bad.safetensors").exists()
+    cdn = [r for r in origin.requests if r.host.startswith("localhost")]
+    assert cdn and all(r.authorization is None for r in cdn)
+    assert "hf_test_token" not in log and depman_server.shared_secret not in log
+    assert "token=secret" not in log  # CDN query strings are never logged
+    assert "Dependency agent stopped" in log
+
+
+def test_path_traversal_refused(depman_server: Any, tmp_path: Path) -> None:
+    with ModelOrigin() as origin:
+        origin.add("/m/x.bin", b"data")
+        for rel in ("../outside.bin", "/etc/evil.bin"):
+            status, _ = depman_server.admin("PUT", "/admin/deps/esc", dep(
+                origin, "/m/x.bin", rel, b"data"))
+            if status >= 400:
+                continue  # the server refuses it already; the agent test is in test_eviction
+            setup_fleet(depman_server, {}, static=["esc"])
+            with AgentProcess(agent_env(depman_server, tmp_path)) as agent:
+                agent.wait_for_line(r"Registered dependency agent")
+                assert wait_until(lambda: items(depman_server).get("esc", {}).get("state")
+                                  == "failed", 30)
+                assert "Refusing" in items(depman_server)["esc"]["error"]
+            assert not (tmp_path / "ws" / "outside.bin").exists()
