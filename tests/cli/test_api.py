@@ -45,14 +45,15 @@ def test_requests_carry_token_and_escape_ids() -> None:
 
     with client_with(handler) as client:
         client.put_document("serverTypes", "a/b c", {"maxActiveJobs": 1})
-        client.get_job("j 1", wait_seconds=99)
+        client.get_job("j 1", wait_seconds=99, seen_state="pending")
         client.list_jobs(state="ready", instance_id=None)
     put, get, listing = seen
     assert put.method == "PUT"
     assert put.url.raw_path == b"/api/admin/server-types/a%2Fb%20c"
     assert put.headers["Authorization"] == f"Bearer {TOKEN}"
     assert json.loads(put.content) == {"maxActiveJobs": 1}
-    assert get.url.path == "/api/jobs/j 1" and get.url.params["waitSeconds"] == "30"
+    assert get.url.path == "/api/jobs/j 1"
+    assert dict(get.url.params) == {"waitSeconds": "30", "seenState": "pending"}
     assert dict(listing.url.params) == {"state": "ready"}
 
 

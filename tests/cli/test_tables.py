@@ -65,7 +65,12 @@ def test_instances_table_with_stale_and_never_seen_instances() -> None:
                     "heartbeatAgeSeconds": 600,
                     "dependencyManager": {},
                 },
-                {"instanceId": "new", "serverType": "t"},
+                {
+                    "instanceId": "new",
+                    "serverType": "t",
+                    "live": False,
+                    "heartbeatAgeSeconds": None,
+                },
             ],
             now=NOW,
         )

@@ -144,14 +144,20 @@ class AdminClient:
         params = {k: v for k, v in (("state", state), ("instanceId", instance_id)) if v}
         return _items(self._request("GET", "/jobs", params=params), "jobs")
 
-    def get_job(self, job_id: str, *, wait_seconds: float | None = None) -> JsonDoc:
-        """One job; with `wait_seconds` the server holds the answer until the job changes."""
+    def get_job(
+        self, job_id: str, *, wait_seconds: float | None = None, seen_state: str | None = None
+    ) -> JsonDoc:
+        """One job; with `wait_seconds` the server answers once its state is not `seen_state`."""
         params: dict[str, Any] = {}
         timeout: float | None = None
         if wait_seconds:
             wait_seconds = min(wait_seconds, MAX_WAIT_SECONDS)
             params["waitSeconds"] = int(wait_seconds)
             timeout = wait_seconds + WAIT_MARGIN_SECONDS
+            if seen_state:
+                # Without it the server waits for a change from whatever state is current
+                # then, and a change between two polls would go unnoticed for a whole wait.
+                params["seenState"] = seen_state
         return self._request("GET", f"/jobs/{_segment(job_id)}", params=params, timeout=timeout)
 
     # Plumbing --------------------------------------------------------------

@@ -18,7 +18,7 @@ from rich.markup import escape
 from depman.client import tables
 from depman.client.api import AdminClient, JsonDoc
 from depman.client.errors import ClientError, FleetFileError
-from depman.client.fleet import FleetFile, load_fleet
+from depman.client.fleet import FleetFile, line_of, load_fleet
 
 # Rich wraps to 80 columns when not writing to a terminal; tables piped to grep
 # or a file should keep one row per line.
@@ -64,18 +64,31 @@ def open_client(server_url: str, token: str | None) -> AdminClient:
 
 
 def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:
-    """Validate a fleet file, then upsert every document it declares."""
+    """Validate a fleet file, then upsert all its documents in one transaction."""
     console = make_console()
     with reported_errors():
         fleet_file = load_fleet(file)
         with open_client(server_url, token) as client:
             check_references(client, fleet_file)
-            apply_documents(client, fleet_file, echo=console.print)
-        counts = ", ".join(
-            f"{len(docs)} {SECTION_NOUNS[section][len(docs) != 1]}"
-            for section, docs in fleet_file.fleet.to_body().items()
+            try:
+                counts = client.apply_fleet(fleet_file.fleet.to_body())
+            except ClientError as exc:
+                exc.message = locate_server_error(fleet_file, exc.message)
+                raise
+        summary = ", ".join(
+            f"{counts.get(section, 0)} {SECTION_NOUNS[section][counts.get(section) != 1]}"
+            for section in SECTION_NOUNS
         )
-        console.print(f"Applied {escape(str(file))} to {escape(client.base_url)}: {counts}.")
+        console.print(f"Applied {escape(str(file))} to {escape(client.base_url)}: {summary}.")
+
+
+def locate_server_error(fleet_file: FleetFile, message: str) -> str:
+    """Prefix the file and line to a server message that starts `<section>.<id>: `."""
+    for section, doc_id, _ in fleet_file.fleet.documents():
+        if message.startswith(f"{section}.{doc_id}: "):
+            line = line_of(fleet_file.root, (section, doc_id))
+            return f"{fleet_file.path}:{line}: {message}\nnothing was applied"
+    return message
 
 
 def check_references(client: AdminClient, fleet_file: FleetFile) -> None:
@@ -95,24 +108,6 @@ def check_references(client: AdminClient, fleet_file: FleetFile) -> None:
             )
     if problems:
         raise FleetFileError(str(fleet_file.path), problems)
-
-
-def apply_documents(
-    client: AdminClient, fleet_file: FleetFile, *, echo: Callable[[str], None]
-) -> None:
-    """One PUT per document, in dependency order (deps, profiles, server types, instances)."""
-    documents = list(fleet_file.fleet.documents())
-    for done, (section, doc_id, doc) in enumerate(documents):
-        try:
-            client.put_document(section, doc_id, doc.to_body())
-        except ClientError as exc:
-            if done:
-                exc.message += (
-                    f"\n{done} of {len(documents)} documents were applied before this one; "
-                    "fix the file and apply it again"
-                )
-            raise
-        echo(f"{SECTION_NOUNS[section][0]}/{escape(doc_id)} applied")
 
 
 def print_listing(
@@ -187,7 +182,10 @@ def wait_for_job(client: AdminClient, job: JsonDoc, *, echo: Callable[[str], Non
     job_id = str(job["jobId"])
     last = (job.get("state"), job.get("instanceId"))
     while job.get("state") not in SETTLED_JOB_STATES:
-        job = client.get_job(job_id, wait_seconds=JOB_WAIT_SECONDS)
+        seen = job.get("state")
+        job = client.get_job(
+            job_id, wait_seconds=JOB_WAIT_SECONDS, seen_state=str(seen) if seen else None
+        )
         now = (job.get("state"), job.get("instanceId"))
         if now != last:
             echo(describe_receipt(job))

@@ -205,11 +205,13 @@ def _liveness(inst: JsonDoc, heartbeat_age: float | None) -> Text:
     status = inst.get("status")
     if status in ("live", "stale", "never"):
         return Text(*LIVENESS_LABELS[status])
+    if heartbeat_age is None:
+        return Text(*LIVENESS_LABELS["never"])
     live = inst.get("live")
     if live is None and isinstance(inst.get("stale"), bool):
         live = not inst["stale"]
     if live is None:
-        return Text(*LIVENESS_LABELS["never"]) if heartbeat_age is None else Text("-")
+        return Text("-")
     return Text(*LIVENESS_LABELS["live" if live else "stale"])
 
 

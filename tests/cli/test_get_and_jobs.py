@@ -1,0 +1,89 @@
+"""`depman get` and `depman jobs` on a fresh server with agents that register and heartbeat."""
+
+from __future__ import annotations
+
+from tests.cli.helpers import (
+    EXAMPLE,
+    assert_clean_failure,
+    heartbeat,
+    register,
+    row_of,
+    run_cli,
+)
+from tests.support.server import RunningServer
+
+SDXL_TYPE = "sdxl-standard-v8"
+FIRST, SECOND, FLUX = "vast-14620331", "vast-14620388", "vast-14701205"
+
+
+def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
+    server = depman_server
+    assert run_cli(server, "apply", "-f", str(EXAMPLE)).exit_code == 0
+    token = register(server, FIRST, SDXL_TYPE)
+    heartbeat(server, token, FIRST, static=["sdxl-base-1.0"])
+
+    deps = run_cli(server, "get", "deps")
+    assert deps.exit_code == 0, deps.output
+    row = row_of(deps.stdout, "juggernaut-xl-v9")
+    assert (
+        "dynamic" in row and "civitai_token" in row and "6.6 GiB" in row and "c9e3e68f89b8…" in row
+    )
+
+    instances = run_cli(server, "get", "instances")
+    assert instances.exit_code == 0, instances.output
+    live = row_of(instances.stdout, FIRST)
+    for cell in (SDXL_TYPE, "live", "24%", "380.0 GiB free", "2.0 GiB", "1/0"):
+        assert cell in live, cell
+    never = row_of(instances.stdout, FLUX)
+    assert "flux-dev-v2" in never and "never seen" in never
+    one = run_cli(server, "get", "instances", FIRST)
+    assert one.exit_code == 0 and SECOND not in one.stdout
+
+    # Registering queued the profile's static deps (prefetchOnBoot).
+    queue = run_cli(server, "get", "queue", FIRST)
+    assert queue.exit_code == 0, queue.output
+    row = row_of(queue.stdout, "sdxl-vae-fp16-fix ")
+    assert "download" in row and "queued" in row
+
+    submitted = run_cli(
+        server,
+        "jobs", "submit", "--server-type", SDXL_TYPE, "--job-id", "job-1",
+        "sdxl-base-1.0", "lora-pixel-art-xl",
+    )  # fmt: skip
+    assert submitted.exit_code == 0, submitted.output
+    assert f"Job job-1: waiting_deps on {FIRST}; downloading lora-pixel-art-xl" in submitted.stdout
+
+    jobs = run_cli(server, "get", "jobs")
+    row = row_of(jobs.stdout, "job-1")
+    assert "waiting_deps" in row and FIRST in row and "lora-pixel-art-xl" in row
+    assert "job-1" in run_cli(server, "get", "jobs", FIRST).stdout
+    assert "job-1" not in run_cli(server, "get", "jobs", SECOND).stdout
+    shown = run_cli(server, "jobs", "get", "job-1")
+    assert shown.exit_code == 0, shown.output
+    assert "waiting_deps" in shown.stdout and "sdxl-base-1.0, lora-pixel-art-xl" in shown.stdout
+    assert "lora-pixel-art-xl" in run_cli(server, "get", "queue", FIRST).stdout
+
+    # The first instance's only slot is taken; the second holds the dep: ready at once.
+    second = register(server, SECOND, SDXL_TYPE)
+    heartbeat(server, second, SECOND, static=["sdxl-base-1.0"])
+    waited = run_cli(
+        server, "jobs", "submit", "--server-type", SDXL_TYPE, "--wait", "sdxl-base-1.0"
+    )
+    assert waited.exit_code == 0, waited.output
+    assert f": ready on {SECOND}" in waited.stdout
+
+
+def test_usage_and_not_found_errors(depman_server: RunningServer) -> None:
+    server = depman_server
+    no_instance = run_cli(server, "get", "queue")
+    assert no_instance.exit_code == 2 and "INSTANCE_ID" in no_instance.output
+    assert_clean_failure(
+        run_cli(server, "get", "queue", "ghost"), "instance 'ghost' does not exist"
+    )
+    assert_clean_failure(run_cli(server, "get", "instances", "ghost"), "ghost")
+    assert_clean_failure(run_cli(server, "jobs", "get", "no-such-job"), "no-such-job", "404")
+    assert_clean_failure(
+        run_cli(server, "jobs", "submit", "--server-type", "nope", "sdxl-base-1.0"), "nope"
+    )
+    empty = run_cli(server, "get", "instances")
+    assert empty.exit_code == 0 and "Instances (0)" in empty.stdout
