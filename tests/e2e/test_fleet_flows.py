@@ -102,3 +102,48 @@ def test_dep_failing_everywhere_fails_its_job_with_the_agents_error(fleet: Fleet
     assert {h["instanceId"] for h in failures} == {"node-1", "node-2"}, job["history"]
     assert all(h.get("depId") == "broken" for h in failures)
     assert all("sha256 mismatch" in h.get("reason", "") for h in failures), failures
+
+
+
+def _lose_a_file_while_down(fleet: Fleet, lost_model: ModelFile, kept: ModelFile) -> None:
+    """Prefetch both, kill the agent, delete one file, restart: the heartbeat tells the truth."""
+    fleet.apply([lost_model, kept], ["node-1"], prefetch_on_boot=True)
+    agent = fleet.start_agent("node-1")
+    wait_until(
+        lambda: fleet.inventory("node-1") >= {lost_model.dep_id, kept.dep_id}, 30, "the prefetch"
+    )
+    agent.kill()
+    fleet.comfyui_path("node-1", lost_model).unlink()  # someone cleaned the disk meanwhile
+    fleet.start_agent("node-1")
+
+
+def test_file_lost_while_the_agent_was_down_is_reported_and_fetched_for_a_job(
+    fleet: Fleet,
+) -> None:
+    lost, kept = ModelFile("lost", 2 * MIB, kind="static"), ModelFile("kept", 3 * MIB, "static")
+    _lose_a_file_while_down(fleet, lost, kept)
+    # The restarted agent's heartbeat reports what is really on disk...
+    wait_until(lambda: fleet.inventory("node-1") == {"kept"}, 15, "the lost dep to drop out")
+    # ...so a job that needs it has it queued again, and becomes ready once it is back.
+    fleet.submit_job(["lost", "kept"], job_id="job-heal")
+    job = fleet.wait_job("job-heal", {"ready", "failed"}, timeout=30)
+    assert job["state"] == "ready", fleet.logs()
+    assert fleet.inventory("node-1") >= {"lost", "kept"}
+    assert file_sha256(fleet.comfyui_path("node-1", lost)) == lost.sha256
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server: register queues the boot prefetch against the inventory of the last "
+    "heartbeat before the restart (core/instances.py register_instance), and no heartbeat "
+    "re-queues a static dep that is gone, so a lost static dep stays missing until a job asks",
+)
+def test_static_dep_lost_while_the_agent_was_down_is_prefetched_again(fleet: Fleet) -> None:
+    lost, kept = ModelFile("lost", 2 * MIB, kind="static"), ModelFile("kept", 3 * MIB, "static")
+    _lose_a_file_while_down(fleet, lost, kept)
+    path = fleet.comfyui_path("node-1", lost)
+    wait_until(
+        lambda: path.is_file() and fleet.inventory("node-1") >= {"lost", "kept"},
+        10,
+        "the lost static dep to be prefetched again",
+    )
