@@ -72,6 +72,35 @@ def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
     assert waited.exit_code == 0, waited.output
     assert f": ready on {SECOND}" in waited.stdout
 
+    # The lora fails on the first instance and no other one is free: job-1 fails, and
+    # `--wait` on the same (idempotent) submission reports it with exit code 1.
+    _, items = server.admin("GET", f"/admin/queues/{FIRST}/items")
+    [item] = [i for i in items["items"] if i["depId"] == "lora-pixel-art-xl"]
+    status, answer = server.request(
+        "POST",
+        "/api/dependencies/status",
+        {
+            "instanceId": FIRST,
+            "itemId": item["itemId"],
+            "depId": "lora-pixel-art-xl",
+            "op": "download",
+            "state": "failed",
+            "diskStats": {"totalBytes": 1, "freeBytes": 1, "usedBytes": 0},
+            "dynamicBytesUsed": 0,
+            "error": "sha256 mismatch",
+        },
+        {"Authorization": f"Bearer {token}"},
+    )
+    assert status == 200, answer
+    failed = run_cli(
+        server,
+        "jobs", "submit", "--server-type", SDXL_TYPE, "--job-id", "job-1", "--wait",
+        "sdxl-base-1.0", "lora-pixel-art-xl",
+    )  # fmt: skip
+    assert failed.exit_code == 1, failed.output
+    assert "Job job-1: failed" in failed.stdout and "sha256 mismatch" in failed.stdout
+    assert "failed" in row_of(run_cli(server, "get", "queue", FIRST).stdout, "lora-pixel-art-xl")
+
 
 def test_usage_and_not_found_errors(depman_server: RunningServer) -> None:
     server = depman_server
