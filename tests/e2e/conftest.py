@@ -173,8 +173,12 @@ class Fleet:
         assert status in (200, 201, 202), (status, answer)
         return dict(answer)
 
-    def job(self, job_id: str, wait_seconds: int = 0) -> dict[str, Any]:
+    def job(
+        self, job_id: str, wait_seconds: int = 0, seen_state: str | None = None
+    ) -> dict[str, Any]:
         query = f"?waitSeconds={wait_seconds}" if wait_seconds else ""
+        if wait_seconds and seen_state:
+            query += f"&seenState={seen_state}"
         status, body = self.server.admin("GET", f"/jobs/{job_id}{query}")
         assert status == 200, (status, body)
         return dict(body)
@@ -184,7 +188,7 @@ class Fleet:
         deadline = time.monotonic() + timeout
         seen: list[str] = []
         while True:
-            job = self.job(job_id, wait_seconds=2)
+            job = self.job(job_id, wait_seconds=2, seen_state=seen[-1] if seen else None)
             if not seen or seen[-1] != job["state"]:
                 seen.append(job["state"])
             if job["state"] in states:

@@ -38,7 +38,7 @@ def test_demo_runs_every_job_to_completion(tmp_path: Path) -> None:
     assert int(served) > 300 * 1024 * 1024  # two prefetches of the static deps at least
     assert int(hits) > 0, output  # later jobs land where their deps already are
     assert int(evictions) > 0, output  # the small dynamic cap forces eviction
-    assert float(seconds) < 60, output
+    assert float(seconds) < 90, output  # about 35 s here; slack for a loaded CI machine
     assert "summary" in output
     # The work folder keeps the fleet file and every log; no process is left behind.
     assert (workdir / "fleet.yaml").is_file()

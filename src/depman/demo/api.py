@@ -58,8 +58,16 @@ class DemoApi:
             body["jobId"] = job_id
         return self._request("POST", "/jobs", json=body)
 
-    def get_job(self, job_id: str, wait_seconds: int = 0) -> JsonDoc:
-        params = {"waitSeconds": wait_seconds} if wait_seconds else None
+    def get_job(
+        self, job_id: str, wait_seconds: int = 0, seen_state: str | None = None
+    ) -> JsonDoc:
+        """One job; with `wait_seconds`, the server answers once its state differs from
+        `seen_state` (default: its state when the request arrives)."""
+        params: dict[str, Any] = {}
+        if wait_seconds:
+            params["waitSeconds"] = wait_seconds
+            if seen_state:
+                params["seenState"] = seen_state
         return self._request(
             "GET",
             f"/jobs/{quote(job_id, safe='')}",

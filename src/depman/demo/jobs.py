@@ -85,7 +85,10 @@ class JobPlayer:
         assert record.job_id is not None
         while not self._stop.is_set() and not record.done:
             try:
-                doc = self._api.get_job(record.job_id, wait_seconds=WAIT_SECONDS)
+                # seenState: a job that turned ready before this request is answered at once.
+                doc = self._api.get_job(
+                    record.job_id, wait_seconds=WAIT_SECONDS, seen_state=record.state
+                )
                 with self.lock:
                     self._update(record, doc)
                 if doc.get("state") == "ready":
