@@ -111,17 +111,21 @@ def _downloads_table(frame: Frame) -> RenderableType:
     for iid in sorted(frame.instances):
         view = frame.instances[iid]
         reported = {str(d.get("depId")): d for d in view.active_downloads}
-        for dep_id in list(reported) + [d for d in view.downloading if d not in reported]:
+        in_flight = list(reported) + [d for d in view.downloading if d not in reported]
+        # A heartbeat may still list a dep it already reports installed: installed wins.
+        for dep_id in [d for d in in_flight if d not in view.installed]:
             item = reported.get(dep_id, {})
             total = int(item.get("bytesTotal") or frame.dep_sizes.get(dep_id) or 0)
             done = int(item.get("bytesDone") or 0)
             speed = item.get("bytesPerSecond")
+            # All bytes in but not installed yet: the sha256 check and the rename.
+            verifying = bool(total) and done >= total
             table.add_row(
                 iid,
                 dep_id,
                 ProgressBar(total=total or 1, completed=min(done, total or 1)),
                 f"{human_bytes(done)}/{human_bytes(total or None)}",
-                f"{human_bytes(speed)}/s" if speed else "-",
+                "verifying" if verifying else f"{human_bytes(speed)}/s" if speed else "-",
             )
             rows += 1
     if not rows:
