@@ -162,21 +162,28 @@ def pg_inventory_writes(database_url: str) -> int | None:
 
     url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_force_next_flush()")
+        # Other backends flush their counters within ~1 s of going idle.
+        time.sleep(1.5)
         row = conn.execute(
             "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
             "WHERE relname = 'instance_deps'").fetchone()
     return int(row[0]) if row else 0
 
 
-def postgres_cpu_seconds() -> float:
-    total = 0.0
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process, by pid."""
+    seen: dict[int, float] = {}
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] in ("postgres", "postmaster"):
             with contextlib.suppress(psutil.Error):
                 t = proc.cpu_times()
-                total += t.user + t.system
-    return total
+                seen[proc.pid] = t.user + t.system
+    return seen
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two snapshots; backends that exited in between are not counted."""
+    return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in after.items())
 
 
 # ---------------------------------------------------------------------------- job driver
@@ -315,14 +322,14 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
                 job_task = asyncio.ensure_future(driver.run(t0 + plan.ramp))
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
                 sampler.mark()
-                pg0 = postgres_cpu_seconds() if backend == "postgresql" else 0.0
+                pg0 = postgres_cpu() if backend == "postgresql" else {}
                 inv0 = pg_inventory_writes(url)
                 ctl0 = time.process_time()
                 await asyncio.sleep(max(0.0, t_stop - time.time()))
                 usage = sampler.usage()
                 out.server_cpu, out.server_rss = usage.cpu_percent, usage.rss_peak
                 if backend == "postgresql":
-                    out.pg_cpu = 100 * (postgres_cpu_seconds() - pg0) / usage.wall_seconds
+                    out.pg_cpu = 100 * cpu_delta(pg0, postgres_cpu()) / usage.wall_seconds
                 inv1 = pg_inventory_writes(url)
                 ctl = time.process_time() - ctl0
                 await job_task
