@@ -340,9 +340,12 @@ class Demo:
             f"API: {server.url}/api  Files: {self.root}\nPress Ctrl-C to stop.",
             highlight=False,
         )
-        while all(p.running() for p in self.processes):
-            time.sleep(1)
-        self.console.print("[red]a demo process exited; stopping[/]")
+        try:
+            while all(p.running() for p in self.processes):
+                time.sleep(1)
+            self.console.print("[red]a demo process exited; stopping[/]")
+        except KeyboardInterrupt:  # the documented way to stop: not a failure
+            self.console.print("stopping the fleet")
 
     def print_log_tails(self) -> None:
         """The last lines of every child, after a failure."""
