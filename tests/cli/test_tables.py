@@ -104,6 +104,8 @@ def test_deps_jobs_and_queue_tables() -> None:
         )
     )
     assert "sdxl" in deps and "6.0 GiB" in deps and "abababababab…" in deps
+    assert tables.short_url("https://hf.co/org/repo/resolve/main/x.bin") == "hf.co/…/x.bin"
+    assert tables.short_url("https://civitai.com/models") == "https://civitai.com/models"
     jobs = render(
         tables.jobs_table(
             [

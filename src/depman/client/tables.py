@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.table import Table
 from rich.text import Text
@@ -78,7 +79,7 @@ def deps_table(deps: list[JsonDoc]) -> Table:
     table.add_column("SIZE", justify="right", no_wrap=True)
     table.add_column("SHA256", no_wrap=True)
     table.add_column("PATH", overflow="fold")
-    table.add_column("URL", overflow="fold")
+    table.add_column("SOURCE", overflow="fold")
     for dep in sorted(deps, key=lambda d: str(d.get("depId", ""))):
         sha = dep.get("sha256")
         table.add_row(
@@ -88,7 +89,7 @@ def deps_table(deps: list[JsonDoc]) -> Table:
             format_bytes(_int(dep.get("expectedSizeBytes"))),
             f"{sha[:SHA_SHOWN]}…" if isinstance(sha, str) and sha else "-",
             str(dep.get("destRelativePath", "-")),
-            str(dep.get("url", "-")),
+            short_url(str(dep.get("url") or "-")),
         )
     return table
 
@@ -176,6 +177,15 @@ def disk_bar(used: int | None, free: int | None, total: int | None) -> Text:
     bar.append("░" * (BAR_WIDTH - filled), style="dim")
     bar.append(f" {ratio:>4.0%} {format_bytes(free)} free")
     return bar
+
+
+def short_url(url: str) -> str:
+    """`huggingface.co/…/sd_xl_base_1.0.safetensors`: host and last path segment."""
+    parts = urlsplit(url)
+    segments = [p for p in parts.path.split("/") if p]
+    if not parts.hostname or len(segments) < 2:
+        return url
+    return f"{parts.hostname}/…/{segments[-1]}"
 
 
 def state_text(state: object) -> Text:
