@@ -128,3 +128,59 @@ def test_path_traversal_refused(depman_server: Any, tmp_path: Path) -> None:
                                   == "failed", 30)
                 assert "Refusing" in items(depman_server)["esc"]["error"]
             assert not (tmp_path / "ws" / "outside.bin").exists()
+
+
+def wait_dynamic(server: Any, expected: list[str], timeout: float = 30) -> None:
+    assert wait_until(lambda: instance(server).get("installedDepIdsDynamic") == expected,
+                      timeout), instance(server)
+
+
+def run_job(server: Any, dep_ids: list[str], job_id: str) -> None:
+    status, body = server.admin("POST", "/jobs", {"serverType": "st", "depIds": dep_ids,
+                                                  "jobId": job_id})
+    assert status in (200, 201), body
+
+
+def finish_job(server: Any, job_id: str) -> None:
+    assert wait_until(lambda: server.admin("GET", f"/jobs/{job_id}")[1]["state"] == "ready", 30)
+    server.admin("POST", f"/jobs/{job_id}/start")
+    status, body = server.admin("POST", f"/jobs/{job_id}/complete", {"ok": True})
+    assert status == 200, body
+
+
+def test_touch_missing_file_and_lru_eviction(depman_server: Any, tmp_path: Path) -> None:
+    blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3")}
+    with ModelOrigin() as origin:
+        deps = {}
+        for name, data in blobs.items():
+            origin.add(f"/m/{name}.bin", data)
+            deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
+                             kind="dynamic")
+        setup_fleet(depman_server, deps, static=[], policy={
+            "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
+            "evictionBatchMax": 5, "pinTtlSeconds": 0})
+        env = agent_env(depman_server, tmp_path, DM_VERBOSE_PROGRESS="1")
+        loras = tmp_path / "ws/ComfyUI/models/loras"
+        with AgentProcess(env) as agent:
+            agent.wait_for_line(r"Registered dependency agent: instanceId=i1")
+            run_job(depman_server, ["d1"], "j1")
+            finish_job(depman_server, "j1")
+            run_job(depman_server, ["d2"], "j2")
+            finish_job(depman_server, "j2")
+            wait_dynamic(depman_server, ["d1", "d2"])
+            # d1 vanishes behind the agent's back: a touch must download it again.
+            (loras / "d1.bin").unlink()
+            run_job(depman_server, ["d1"], "j3")
+            # The server still believed d1 was held, so j3 may be ready at once; the touch
+            # item it queued is what brings the file back.
+            assert wait_until(lambda: (loras / "d1.bin").exists()
+                              and items(depman_server)["d1"]["state"] == "succeeded", 30)
+            assert (loras / "d1.bin").read_bytes() == blobs["d1"]
+            finish_job(depman_server, "j3")
+            # d3 pushes the dynamic bytes over the cap: d2 is now least recently used.
+            run_job(depman_server, ["d3"], "j4")
+            finish_job(depman_server, "j4")
+            wait_dynamic(depman_server, ["d1", "d3"])
+            assert not (loras / "d2.bin").exists()
+            agent.wait_for_line(r"Evicted dynamic dep d2")
+            assert agent.stop() == 0
