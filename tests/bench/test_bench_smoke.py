@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 
-def run_smoke(module: str, tmp_path: Path, timeout: float = 60.0) -> str:
+def run_smoke(module: str, tmp_path: Path, timeout: float = 150.0) -> str:
     """Run `python -m bench.MODULE --smoke --record` into a results file in tmp_path."""
     results = tmp_path / "RESULTS.md"
     proc = subprocess.run(
