@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import (
@@ -76,6 +77,9 @@ def test_killed_agent_restarts_and_converges(fleet: Fleet) -> None:
     for model in (small, big):
         assert file_sha256(fleet.comfyui_path("node-1", model)) == model.sha256
     assert not list(final.parent.glob("*.partial*")), "leftover partial files"
+    # The restart resumed the partial download instead of starting it again from zero.
+    served = httpx.get(fleet.origin.url + "/_stats").json()["bytesServed"]
+    assert served < small.size + big.size * 3 // 2, served
 
 
 def test_dep_failing_everywhere_fails_its_job_with_the_agents_error(fleet: Fleet) -> None:
