@@ -1,4 +1,4 @@
-"""Server-suite fixtures: one server per module and backend, shared by tests with unique ids."""
+"""Server-suite fixtures: one server per backend, shared by tests that use unique ids."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from tests.support.server import RunningServer, postgres_database, run_server
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="package", params=BACKENDS)
 def plane(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A live server shared by one module's tests (SQLite file, then a fresh PostgreSQL DB)."""
+    """A live server shared by the suite's tests (SQLite file, then a fresh PostgreSQL DB)."""
     tmp = tmp_path_factory.mktemp("plane")
     if request.param == "sqlite":
         with run_server(f"sqlite:///{tmp / 'depman.db'}", cwd=tmp) as server:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.server.fleet import make_fleet
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, postgres_database, run_server
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -23,12 +23,29 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-@pytest.mark.server_env(
-    DEPMAN_RUNNING_TIMEOUT_SECONDS="1",
-    DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2",
-    DEPMAN_MAX_ITEM_ATTEMPTS="2",
-    DEPMAN_JOB_MAX_PLACEMENTS="1",
-)
+SWEEP_ENV = {
+    "DEPMAN_RUNNING_TIMEOUT_SECONDS": "1",
+    "DEPMAN_MAINTENANCE_INTERVAL_SECONDS": "0.2",
+    "DEPMAN_MAX_ITEM_ATTEMPTS": "2",
+    "DEPMAN_JOB_MAX_PLACEMENTS": "1",
+    "DEPMAN_JOB_PENDING_TIMEOUT_SECONDS": "0.5",
+}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def control_plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server with short timeouts and a fast sweep, on both backends."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    if request.param == "sqlite":
+        with run_server(f"sqlite:///{tmp / 'd.db'}", extra_env=SWEEP_ENV, cwd=tmp) as server:
+            yield server
+    else:
+        with postgres_database() as url, run_server(url, extra_env=SWEEP_ENV, cwd=tmp) as server:
+            yield server
+
+
 def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> None:
     fleet = make_fleet(control_plane)
     agent = fleet.register(fleet.add_instance("stale"))
@@ -53,9 +70,6 @@ def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> 
     assert after["state"] == "failed" and dep_b in after["error"]
 
 
-@pytest.mark.server_env(
-    DEPMAN_JOB_PENDING_TIMEOUT_SECONDS="0.5", DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2"
-)
 def test_pending_job_times_out(control_plane: RunningServer) -> None:
     fleet = make_fleet(control_plane)
     job = fleet.submit(["b"])[1]

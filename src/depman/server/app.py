@@ -25,6 +25,7 @@ from depman.server.api import (
     jobs,
     metrics,
 )
+from depman.server import dashboard
 from depman.server.errors import install_error_handlers
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
@@ -102,10 +103,5 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     ):
         app.include_router(module.router)
     app.add_middleware(metrics.LatencyMiddleware, metrics=app.state.metrics)
-    try:
-        from depman.server.dashboard import mount
-    except ImportError:
-        log.info("dashboard not available in this build")
-    else:
-        mount(app)
+    dashboard.mount(app)
     return app

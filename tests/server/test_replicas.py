@@ -1,0 +1,62 @@
+"""Two replicas on one PostgreSQL: NOTIFY wakes a long-poll on the other; SIGTERM stops cleanly.
+Plus: the migrations match the models."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from alembic import command
+
+from depman.store.migrate import alembic_config, upgrade
+from tests.server.fleet import make_fleet
+from tests.support.server import RunningServer, postgres_database, run_server
+
+
+def test_migrations_match_models(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    command.check(alembic_config(url))  # raises when models.py and the revisions differ
+
+
+@pytest.mark.postgres
+def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(tmp_path: Path) -> None:
+    with postgres_database() as url, run_server(url, cwd=tmp_path) as first:
+        env = {
+            "DEPMAN_ADMIN_TOKEN": first.admin_token,
+            "DEPENDENCY_MANAGER_SHARED_SECRET": first.shared_secret,
+        }
+        with run_server(url, cwd=tmp_path, extra_env=env) as second:
+            fleet = make_fleet(first)
+            agent = fleet.register(fleet.add_instance("replica"))
+            result: dict[str, object] = {}
+
+            def poll() -> None:
+                start = time.monotonic()
+                result["answer"] = agent.poll(wait=20)
+                result["elapsed"] = time.monotonic() - start
+
+            thread = threading.Thread(target=poll)
+            thread.start()
+            time.sleep(0.7)
+            other = RunningServer(
+                second.root_url, first.admin_token, first.shared_secret, url, second.process
+            )
+            status, job = other.admin(
+                "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
+            )
+            assert status == 200 and job["instanceId"] == agent.instance_id
+            thread.join(25)
+            status, body = result["answer"]  # type: ignore[misc]
+            assert status == 200 and [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
+            assert result["elapsed"] < 5  # type: ignore[operator]
+            # SIGTERM: lifespan shutdown runs, then uvicorn re-raises the signal (exit -15).
+            second.process.send_signal(signal.SIGTERM)
+            assert second.process.wait(15) in (0, -signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while "Application shutdown complete" not in second.logs():
+                assert time.monotonic() < deadline, second.logs()
+                time.sleep(0.05)
