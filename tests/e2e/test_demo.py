@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -19,11 +20,13 @@ RESULT_RE = re.compile(
 
 
 def test_demo_runs_every_job_to_completion(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo"
+    # The default run, as a user types it; its temp folder lands in our TMPDIR.
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPMAN_", "DM_"))}
-    env["COLUMNS"] = "160"
+    env.update({"COLUMNS": "160", "TMPDIR": str(tmpdir)})
     proc = subprocess.run(
-        [sys.executable, "-m", "depman", "demo", "--workdir", str(workdir)],
+        [sys.executable, "-m", "depman", "demo"],
         env=env,
         capture_output=True,
         text=True,
@@ -37,14 +40,22 @@ def test_demo_runs_every_job_to_completion(tmp_path: Path) -> None:
     assert done == total == "6"
     assert int(served) > 300 * 1024 * 1024  # two prefetches of the static deps at least
     assert int(hits) > 0, output  # later jobs land where their deps already are
-    assert int(evictions) > 0, output  # the small dynamic cap forces eviction
-    assert float(seconds) < 90, output  # about 35 s here; slack for a loaded CI machine
-    assert "summary" in output
-    # The work folder keeps the fleet file and every log; no process is left behind.
-    assert (workdir / "fleet.yaml").is_file()
-    assert {p.name for p in (workdir / "logs").iterdir()} >= {
-        "server.log",
-        "origin.log",
-        "agent-demo-a.log",
-        "agent-demo-b.log",
-    }
+    assert int(evictions) > 0, output  # the dynamic deps outgrow both caps together
+    assert float(seconds) < 90, output  # about 25-40 s here; slack for a loaded CI machine
+    for heading in ("instances", "downloads", "jobs", "summary", "cache hits", "time per job"):
+        assert heading in output
+    # Every process stopped and the temp folder (database, models, logs) is gone.
+    assert not list(tmpdir.glob("depman-demo-*")), list(tmpdir.iterdir())
+    assert not _processes_mentioning(str(tmpdir))
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Processes whose environment names `text` (the demo's children all do, via TMPDIR)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(text in value for value in proc.environ().values()):
+                found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
+        except (psutil.Error, OSError):
+            continue
+    return found
