@@ -87,7 +87,10 @@ def run_demo(*, keep_running: bool = False, workdir: Path | None = None) -> int:
     demo = Demo(root, DemoOptions.from_env(os.environ), console)
     try:
         with _sigterm_unwinds():
-            return demo.run(keep_running=keep_running)
+            code = demo.run(keep_running=keep_running)
+        if code and owned:
+            console.print("not every job completed; run with --workdir DIR to keep the logs")
+        return code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the fleet[/]")
         return 130
