@@ -239,6 +239,7 @@ class Demo:
             record = self.player.submit(job.label, job.dep_ids, job_id=f"demo-{job.label}")
             self._say(f"submitted {record.job_id}: {', '.join(job.dep_ids)} -> {record.state}"
                       + (f" on {record.instance_id}" if record.instance_id else ""))
+            self._refresh(live)
         self._set_phase(live, "running jobs")
         deadline = time.monotonic() + self.options.timeout_seconds
         seen_states: dict[str, str] = {}
