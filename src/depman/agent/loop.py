@@ -152,15 +152,21 @@ class Agent:
 
     def heartbeat_body(self) -> dict[str, Any]:
         stats = self.cache.disk_stats()
+        static = self.cache.installed_ids(p.DepKind.STATIC.value)
+        dynamic = self.cache.installed_ids(p.DepKind.DYNAMIC.value)
+        # A finished download stays in `active` while its worker runs the post-download
+        # eviction; installed wins, so a dep is never reported both held and in flight.
+        held = set(static) | set(dynamic)
+        active = {dep_id: a for dep_id, a in self.active.items() if dep_id not in held}
         return {
-            "installedStaticDepIds": self.cache.installed_ids(p.DepKind.STATIC.value),
-            "installedDynamicDepIds": self.cache.installed_ids(p.DepKind.DYNAMIC.value),
-            "downloadingDepIds": sorted(self.active),
+            "installedStaticDepIds": static,
+            "installedDynamicDepIds": dynamic,
+            "downloadingDepIds": sorted(active),
             "failedDepIds": self.cache.failed_ids(),
             "diskStats": stats.to_json(),
             "dynamicBytesUsed": self.cache.dynamic_bytes(),
             "queueDepth": self.queue_depth,
-            "activeDownloads": [a.progress.snapshot() for a in self.active.values()],
+            "activeDownloads": [a.progress.snapshot() for a in active.values()],
         }
 
     def send_heartbeat(self, attempts: int | None = None) -> None:
