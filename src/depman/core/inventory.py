@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import JSON, BigInteger, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -15,7 +15,7 @@ from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
 from depman.core.queue import mark_downloads_progressing, succeed_held_downloads
 from depman.errors import NotFound
-from depman.store.models import Instance, InstanceDep
+from depman.store.models import Instance, InstanceDep, UtcDateTime
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,42 @@ def inventory_digest(held: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+SCALAR_COLUMNS = (
+    "disk_total_bytes",
+    "disk_free_bytes",
+    "disk_used_bytes",
+    "dynamic_bytes_used",
+    "queue_depth",
+)
+
+
+def _fast_update() -> Any:
+    # Built once; optional scalars keep their stored value when the heartbeat omits them.
+    keep = {
+        name: func.coalesce(bindparam(f"p_{name}", type_=BigInteger), getattr(Instance, name))
+        for name in SCALAR_COLUMNS
+    }
+    return (
+        update(Instance)
+        .where(
+            Instance.instance_id == bindparam("p_instance_id"),
+            Instance.inventory_digest == bindparam("p_digest"),
+            Instance.last_heartbeat_at >= bindparam("p_cutoff", type_=UtcDateTime()),
+        )
+        .values(
+            last_heartbeat_at=bindparam("p_now", type_=UtcDateTime()),
+            downloading_dep_ids=bindparam("p_downloading", type_=JSON()),
+            failed_dep_ids=bindparam("p_failed", type_=JSON()),
+            active_downloads=bindparam("p_active", type_=JSON()),
+            **keep,
+        )
+        .returning(Instance.pinned_dep_ids, Instance.server_type)
+    )
+
+
+FAST_UPDATE = _fast_update()
+
+
 def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
     values: dict[str, Any] = {
         "last_heartbeat_at": now,
@@ -64,13 +100,7 @@ def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
         "failed_dep_ids": list(hb.failed),
         "active_downloads": list(hb.active_downloads),
     }
-    for name in (
-        "disk_total_bytes",
-        "disk_free_bytes",
-        "disk_used_bytes",
-        "dynamic_bytes_used",
-        "queue_depth",
-    ):
+    for name in SCALAR_COLUMNS:
         value = getattr(hb, name)
         if value is not None:
             values[name] = value
@@ -92,16 +122,18 @@ def apply_heartbeat(
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
     mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
     # Fast path: same inventory and already live → one UPDATE … RETURNING.
-    fast = session.execute(
-        update(Instance)
-        .where(
-            Instance.instance_id == instance_id,
-            Instance.inventory_digest == digest,
-            Instance.last_heartbeat_at >= cutoff,
-        )
-        .values(**_scalars(hb, now))
-        .returning(Instance.pinned_dep_ids, Instance.server_type)
-    ).first()
+    params: dict[str, Any] = {
+        "p_instance_id": instance_id,
+        "p_digest": digest,
+        "p_cutoff": cutoff,
+        "p_now": now,
+        "p_downloading": list(hb.downloading),
+        "p_failed": list(hb.failed),
+        "p_active": list(hb.active_downloads),
+    }
+    params.update({f"p_{name}": getattr(hb, name) for name in SCALAR_COLUMNS})
+    # Core execution: the ORM bulk-update machinery costs more than the UPDATE itself.
+    fast = session.connection().execute(FAST_UPDATE, params).first()
     if fast is not None:
         return HeartbeatResult(list(fast[0] or []), False, False, fast[1])
     row = session.scalar(
@@ -150,11 +182,14 @@ def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now
             .where(InstanceDep.instance_id == instance_id, InstanceDep.dep_id == dep_id)
             .values(kind=kind)
         )
-    session.add_all(
-        InstanceDep(instance_id=instance_id, dep_id=dep_id, kind=kind, since=now)
+    added = [
+        {"instance_id": instance_id, "dep_id": dep_id, "kind": kind, "since": now}
         for dep_id, kind in held.items()
         if dep_id not in current
-    )
+    ]
+    if added:
+        # One executemany through Core: a first heartbeat lists hundreds of deps.
+        session.connection().execute(insert(InstanceDep), added)
     session.flush()
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -112,8 +112,9 @@ class QueuePoll:
     pinned_dep_ids: list[str] = field(default_factory=list)
 
 
-def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
-    """The queued items of an instance, jobs' deps first then oldest first, in one query."""
+def _poll_statement() -> Select[Any]:
+    # Built once: the hot path only binds parameters (statement construction costs more
+    # than the indexed query itself).
     sub = (
         select(
             QueueItem.instance_id,
@@ -124,12 +125,15 @@ def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
             QueueItem.enqueued_at,
             QueueItem.id,
         )
-        .where(QueueItem.instance_id == instance_id, QueueItem.state == ItemState.QUEUED.value)
+        .where(
+            QueueItem.instance_id == bindparam("p_instance_id"),
+            QueueItem.state == ItemState.QUEUED.value,
+        )
         .order_by(QueueItem.priority, QueueItem.enqueued_at, QueueItem.id)
-        .limit(limit)
+        .limit(bindparam("p_limit", type_=Integer))
         .subquery()
     )
-    stmt = (
+    return (
         select(
             Instance.pinned_dep_ids,
             sub.c.dep_id,
@@ -145,10 +149,18 @@ def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
         .outerjoin(Dep, Dep.dep_id == sub.c.dep_id)
-        .where(Instance.instance_id == instance_id)
+        .where(Instance.instance_id == bindparam("p_instance_id"))
         .order_by(sub.c.priority, sub.c.enqueued_at, sub.c.id)
     )
-    rows = session.execute(stmt).all()
+
+
+POLL_STATEMENT = _poll_statement()
+
+
+def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
+    """The queued items of an instance, jobs' deps first then oldest first, in one query."""
+    params = {"p_instance_id": instance_id, "p_limit": limit}
+    rows = session.connection().execute(POLL_STATEMENT, params).all()
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from depman.core.policy import Policy
 from depman.core.signals import take_marks
 from depman.core.wakeups import listen_forever
+from depman.server import dashboard
 from depman.server.api import (
     admin_catalog,
     admin_fleet,
@@ -25,7 +26,6 @@ from depman.server.api import (
     jobs,
     metrics,
 )
-from depman.server import dashboard
 from depman.server.errors import install_error_handlers
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
