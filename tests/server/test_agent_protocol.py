@@ -207,3 +207,23 @@ def test_long_poll_times_out_empty_and_rejects_out_of_range(plane: RunningServer
     assert 0.4 <= time.monotonic() - start < 5
     assert agent.poll(wait=31)[0] == 422
     assert agent.poll(wait=-1)[0] == 422
+
+
+def test_static_dep_gone_from_the_inventory_is_prefetched_again(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=["a", "b"], prefetch=True)
+    a, b = fleet.deps["a"], fleet.deps["b"]
+    agent = fleet.register(fleet.add_instance("gone"), static=[a, b])
+    assert {i["state"] for i in agent.items().values()} == {"succeeded"}
+    agent.installed_static = [b]  # `a` vanished from disk
+    agent.heartbeat()
+    items = agent.items()
+    assert items[a]["state"] == "queued" and items[a]["generation"] == 2
+    assert items[b]["state"] == "succeeded"
+    # A failed item is not retried by every inventory change.
+    item = agent.poll()[1]["items"][0]
+    agent.status(item, "failed", "boom")
+    agent.installed_static = []
+    agent.heartbeat()
+    items = agent.items()
+    assert items[a]["state"] == "failed"
+    assert items[b]["state"] == "queued"

@@ -13,9 +13,18 @@ from sqlalchemy.orm import Session
 from depman.core.clock import utcnow
 from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
-from depman.core.queue import mark_downloads_progressing, succeed_held_downloads
+from depman.core.queue import enqueue, mark_downloads_progressing, succeed_held_downloads
+from depman.core.states import PRIORITY_PREFETCH, ItemState, Op
 from depman.errors import NotFound
-from depman.store.models import Instance, InstanceDep, UtcDateTime
+from depman.store.models import (
+    Instance,
+    InstanceDep,
+    Profile,
+    ProfileStaticDep,
+    QueueItem,
+    ServerType,
+    UtcDateTime,
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,7 @@ def apply_heartbeat(
         held_ids = set(held)
         succeed_held_downloads(instance_id, held_ids, session=session, now=now)
         refresh_instance_jobs(instance_id, held_ids, session=session, now=now)
+        restore_static_deps(instance_id, row.server_type, held_ids, session=session, now=now)
     session.flush()
     session.refresh(row, ["pinned_dep_ids"])
     return HeartbeatResult(list(row.pinned_dep_ids or []), changed, not was_live, row.server_type)
@@ -191,6 +201,46 @@ def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now
         # One executemany through Core: a first heartbeat lists hundreds of deps.
         session.connection().execute(insert(InstanceDep), added)
     session.flush()
+
+
+def restore_static_deps(
+    instance_id: str, server_type: str, held: set[str], *, session: Session, now: datetime
+) -> list[str]:
+    """Queue again the prefetch of static deps that were installed and are now gone.
+
+    Register checks the boot prefetch against the inventory of the last heartbeat
+    before a restart; a static file lost while the agent was down only shows in the
+    next heartbeat, so that is where it is queued again. Items that failed stay
+    failed (no retry storm on every inventory change).
+    """
+    static = (
+        session.execute(
+            select(ProfileStaticDep.dep_id)
+            .join(Profile, Profile.profile_id == ProfileStaticDep.profile_id)
+            .join(ServerType, ServerType.profile_id == Profile.profile_id)
+            .where(ServerType.server_type == server_type, Profile.prefetch_on_boot.is_(True))
+        )
+        .scalars()
+        .all()
+    )
+    missing = [dep_id for dep_id in static if dep_id not in held]
+    if not missing:
+        return []
+    states = dict(
+        session.execute(
+            select(QueueItem.dep_id, QueueItem.state).where(
+                QueueItem.instance_id == instance_id, QueueItem.dep_id.in_(missing)
+            )
+        ).all()
+    )
+    queued = [
+        d for d in missing if states.get(d, ItemState.SUCCEEDED.value) == ItemState.SUCCEEDED.value
+    ]
+    for dep_id in queued:
+        enqueue(
+            instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_PREFETCH, session=session, now=now
+        )
+    return queued
 
 
 def held_by_instances(instance_ids: list[str], *, session: Session) -> dict[str, dict[str, str]]:
