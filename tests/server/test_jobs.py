@@ -149,3 +149,25 @@ def test_job_validation(plane: RunningServer) -> None:
     assert status == 422 and "zz" in body["error"]["message"]
     assert plane.admin("GET", "/jobs/does-not-exist")[0] == 404
     assert plane.admin("POST", "/jobs/does-not-exist/start")[0] == 404
+
+
+def test_concurrent_submits_never_reserve_one_slot_twice(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    instance_id = fleet.register(fleet.add_instance("race")).instance_id
+    answers: list[dict[str, object]] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        status, job = fleet.submit(["b"])
+        assert status == 200, job
+        with lock:
+            answers.append(job)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    placed = [j for j in answers if j["instanceId"] == instance_id]
+    assert len(answers) == 8 and len(placed) == 1
+    assert all(j["state"] == "pending" for j in answers if j not in placed)

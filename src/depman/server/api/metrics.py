@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from depman.core import jobs, queue
 from depman.core.clock import utcnow
 from depman.core.states import ItemState, JobState
-from depman.server.state import ServerState, server_state
+from depman.server.state import ServerState
 from depman.store.models import Instance
 
 router = APIRouter(tags=["metrics"])
@@ -104,5 +104,3 @@ def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-
-__all__ = ["LatencyMiddleware", "Metrics", "router", "server_state"]
