@@ -41,9 +41,20 @@ def job_dep_ids(job_id: str, *, session: Session) -> list[str]:
 
 
 def _candidates(
-    job: Job, dep_ids: list[str], exclude: Collection[str], *, session: Session, cutoff: datetime
+    job: Job,
+    dep_ids: list[str],
+    exclude: Collection[str],
+    *,
+    session: Session,
+    cutoff: datetime,
+    only: str | None = None,
 ) -> list[Candidate]:
-    live = (Instance.server_type == job.server_type, Instance.last_heartbeat_at >= cutoff)
+    live: tuple[Any, ...] = (
+        Instance.server_type == job.server_type,
+        Instance.last_heartbeat_at >= cutoff,
+    )
+    if only is not None:
+        live = (*live, Instance.instance_id == only)
     server_type = session.get(ServerType, job.server_type)
     max_active = server_type.max_active_jobs if server_type else 1
     instances = session.execute(
@@ -112,12 +123,13 @@ def place_job(
     policy: Policy,
     now: datetime | None = None,
     exclude: Collection[str] = (),
+    only: str | None = None,
 ) -> bool:
-    """Reserve the best live instance for a pending job and queue its deps there."""
+    """Reserve the best live instance (or only `only`) for a pending job; queue its deps there."""
     now = now or utcnow()
     dep_ids = job_dep_ids(job.job_id, session=session)
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
-    candidates = _candidates(job, dep_ids, exclude, session=session, cutoff=cutoff)
+    candidates = _candidates(job, dep_ids, exclude, session=session, cutoff=cutoff, only=only)
     if not candidates:
         return False
     deps = {
@@ -239,8 +251,13 @@ def place_pending_jobs(
     server_types: Iterable[str] | None = None,
     limit: int = 200,
     now: datetime | None = None,
+    only: str | None = None,
 ) -> tuple[int, set[str]]:
-    """Place pending jobs oldest first; answers (placed, server types that still have pending)."""
+    """Place pending jobs oldest first; answers (placed, server types that still have pending).
+
+    With `only`, the jobs may go to that instance alone (a heartbeat with a free slot:
+    the other instances of the type were full when the jobs went pending).
+    """
     now = now or utcnow()
     stmt = select(Job).where(Job.state == JobState.PENDING.value)
     if server_types is not None:
@@ -261,7 +278,7 @@ def place_pending_jobs(
             for h in job.history
             if h.get("event") == "dep_failed" and h.get("instanceId")
         }
-        if place_job(job, session=session, policy=policy, now=now, exclude=exclude):
+        if place_job(job, session=session, policy=policy, now=now, exclude=exclude, only=only):
             placed += 1
         else:
             full.add(job.server_type)

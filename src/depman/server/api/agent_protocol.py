@@ -39,6 +39,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
 }
+# A heartbeat offers its own free slots to this many of the oldest pending jobs.
+PENDING_PER_HEARTBEAT = 5
 CAPABILITIES = {"longPoll": True, "maxWaitSeconds": 30, "pinnedDepIds": True, "touchResolved": True}
 
 
@@ -165,12 +167,14 @@ def post_heartbeat(
     pins = result.pinned_dep_ids
     if result.became_live or result.server_type in state.hub.pending_server_types:
         # A newly live instance or a free slot: give pending jobs of its type a chance now.
-        placed, full = place_pending_jobs(
-            session=session, policy=state.policy, server_types=[result.server_type]
+        placed, _full = place_pending_jobs(
+            session=session,
+            policy=state.policy,
+            server_types=[result.server_type],
+            only=body.instance_id,
+            limit=PENDING_PER_HEARTBEAT,
         )
         session.commit()
-        if result.server_type not in full:
-            state.hub.pending_server_types.discard(result.server_type)
         if placed:
             pins = compute_pins(body.instance_id, session=session)
             session.commit()
