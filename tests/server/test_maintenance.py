@@ -29,6 +29,7 @@ SWEEP_ENV = {
     "DEPMAN_MAX_ITEM_ATTEMPTS": "2",
     "DEPMAN_JOB_MAX_PLACEMENTS": "1",
     "DEPMAN_JOB_PENDING_TIMEOUT_SECONDS": "0.5",
+    "DEPMAN_SUBMIT_TOKEN": "submit-only-token",
 }
 
 
@@ -78,3 +79,13 @@ def test_pending_job_times_out(control_plane: RunningServer) -> None:
         lambda: control_plane.admin("GET", f"/jobs/{job['jobId']}")[1]["state"] == "failed"
     )
     assert done
+
+
+def test_submit_token_reaches_jobs_only(control_plane: RunningServer) -> None:
+    fleet = make_fleet(control_plane)
+    submit = {"Authorization": "Bearer submit-only-token"}
+    body = {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
+    status, job = control_plane.request("POST", "/api/jobs", body, submit)
+    assert status == 200, job
+    assert control_plane.request("GET", f"/api/jobs/{job['jobId']}", headers=submit)[0] == 200
+    assert control_plane.request("GET", "/api/admin/deps", headers=submit)[0] == 401
