@@ -129,7 +129,6 @@ def apply_heartbeat(
     held = inventory(hb)
     digest = inventory_digest(held)
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
-    mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
     # Fast path: same inventory and already live → one UPDATE … RETURNING.
     params: dict[str, Any] = {
         "p_instance_id": instance_id,
@@ -144,12 +143,15 @@ def apply_heartbeat(
     # Core execution: the ORM bulk-update machinery costs more than the UPDATE itself.
     fast = session.connection().execute(FAST_UPDATE, params).first()
     if fast is not None:
+        # Instance row first, queue rows second: the same lock order as status reports.
+        mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
         return HeartbeatResult(list(fast[0] or []), False, False, fast[1])
     row = session.scalar(
         select(Instance).where(Instance.instance_id == instance_id).with_for_update()
     )
     if row is None:
         raise NotFound(f"instance {instance_id!r} does not exist")
+    mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
     was_live = row.last_heartbeat_at is not None and row.last_heartbeat_at >= cutoff
     changed = row.inventory_digest != digest
     for key, value in _scalars(hb, now).items():
