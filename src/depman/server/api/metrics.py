@@ -103,4 +103,3 @@ def metrics(request: Request) -> Response:
     """Prometheus metrics: live instances, queue items and jobs by state, request latency."""
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
