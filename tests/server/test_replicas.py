@@ -53,8 +53,19 @@ def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(tmp_path: Pat
             status, body = result["answer"]  # type: ignore[misc]
             assert status == 200 and [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
             assert result["elapsed"] < 5  # type: ignore[operator]
-            # SIGTERM: lifespan shutdown runs, then uvicorn re-raises the signal (exit -15).
+            # SIGTERM releases a long-poll at once; lifespan shutdown runs, then uvicorn
+            # re-raises the signal (exit -15).
+            waiting = make_fleet(other)
+            sleeper = waiting.register(waiting.add_instance("sleeper"))
+            sleeper.server = other
+            thread = threading.Thread(target=lambda: result.update(last=sleeper.poll(wait=25)))
+            thread.start()
+            time.sleep(0.7)
+            start = time.monotonic()
             second.process.send_signal(signal.SIGTERM)
+            thread.join(15)
+            assert result["last"][0] == 200  # type: ignore[index]
+            assert time.monotonic() - start < 4
             assert second.process.wait(15) in (0, -signal.SIGTERM)
             deadline = time.monotonic() + 5
             while "Application shutdown complete" not in second.logs():

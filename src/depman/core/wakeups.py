@@ -90,9 +90,11 @@ class WakeupHub:
             self.notify(kind, [key])
 
     def wake_all(self) -> None:
-        """Release every waiter (shutdown)."""
+        """Release every waiter (shutdown); safe from a signal handler."""
+        if self._loop is None or self._loop.is_closed():
+            return
         for kind, table in self._tables.items():
-            self.notify(kind, list(table))
+            self._loop.call_soon_threadsafe(self._set, kind, list(table))
 
 
 def psycopg_conninfo(url: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
@@ -20,9 +22,15 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 class _Server(uvicorn.Server):
     """Announces the URL once uvicorn accepts connections on the bound socket."""
 
-    def __init__(self, config: uvicorn.Config, url: str) -> None:
+    def __init__(self, config: uvicorn.Config, url: str, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._url = url
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # Long-polls would otherwise hold the graceful shutdown for their full wait.
+        self._on_exit()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -76,7 +84,7 @@ def serve(settings: ServerSettings) -> None:
         timeout_keep_alive=65,
         server_header=False,
     )
-    server = _Server(config, f"http://{shown}:{port}")
+    server = _Server(config, f"http://{shown}:{port}", on_exit=app.state.depman.hub.wake_all)
     try:
         server.run(sockets=[sock])
     finally:
