@@ -136,12 +136,6 @@ def test_file_lost_while_the_agent_was_down_is_reported_and_fetched_for_a_job(
     assert file_sha256(fleet.comfyui_path("node-1", lost)) == lost.sha256
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: register queues the boot prefetch against the inventory of the last "
-    "heartbeat before the restart (core/instances.py register_instance), and no heartbeat "
-    "re-queues a static dep that is gone, so a lost static dep stays missing until a job asks",
-)
 def test_static_dep_lost_while_the_agent_was_down_is_prefetched_again(fleet: Fleet) -> None:
     lost, kept = ModelFile("lost", 2 * MIB, kind="static"), ModelFile("kept", 3 * MIB, "static")
     _lose_a_file_while_down(fleet, lost, kept)
