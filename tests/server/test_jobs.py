@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.server.fleet import make_fleet
+from tests.server.fleet import Agent, make_fleet
 from tests.support.server import RunningServer
 
 
@@ -171,3 +171,26 @@ def test_concurrent_submits_never_reserve_one_slot_twice(plane: RunningServer) -
     placed = [j for j in answers if j["instanceId"] == instance_id]
     assert len(answers) == 8 and len(placed) == 1
     assert all(j["state"] == "pending" for j in answers if j not in placed)
+
+
+def test_a_restarted_agent_gets_no_job_until_it_says_what_it_holds(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    d = fleet.deps
+    instance_id = fleet.add_instance("restart")
+    fleet.register(instance_id, dynamic=[d["b"]])
+    # The agent restarts: registers again, but its first heartbeat has not come yet.
+    status, body = plane.request(
+        "POST",
+        "/api/dependencies/register",
+        {"serverType": fleet.server_type, "agentVersion": "test/1", "instanceId": instance_id},
+        {"X-DM-Secret": plane.shared_secret},
+    )
+    assert status == 200, body
+    _, job = fleet.submit(["b"])
+    assert job["state"] == "pending", "placed on the inventory from before the restart"
+    # Its first heartbeat says the file is gone: the job is placed with the dep missing.
+    agent = Agent(plane, instance_id, body["agentToken"])
+    agent.heartbeat()
+    _, placed = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert placed["instanceId"] == instance_id
+    assert placed["state"] == "waiting_deps" and placed["missingDepIds"] == [d["b"]]

@@ -135,6 +135,9 @@ def register(
     row.agent_token_hash = digest
     row.agent_version = (agent_version or "")[:100] or None
     row.registered_at = now
+    # The first heartbeat after a (re)start takes the full diff path and counts as
+    # becoming live, so pending jobs get a chance at once.
+    row.inventory_digest = None
     if server_type and server_type != row.server_type:
         row.server_type = server_type[:200]
     if instance_ip and not row.ip:

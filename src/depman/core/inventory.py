@@ -152,7 +152,11 @@ def apply_heartbeat(
     if row is None:
         raise NotFound(f"instance {instance_id!r} does not exist")
     mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
-    was_live = row.last_heartbeat_at is not None and row.last_heartbeat_at >= cutoff
+    was_live = (
+        row.last_heartbeat_at is not None
+        and row.last_heartbeat_at >= cutoff
+        and (row.registered_at is None or row.last_heartbeat_at >= row.registered_at)
+    )
     changed = row.inventory_digest != digest
     for key, value in _scalars(hb, now).items():
         setattr(row, key, value)

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from depman.core.catalog import missing_dep_ids, validate_id
@@ -52,6 +52,9 @@ def _candidates(
     live: tuple[Any, ...] = (
         Instance.server_type == job.server_type,
         Instance.last_heartbeat_at >= cutoff,
+        # A re-registered agent has not yet said what it holds: its inventory rows are
+        # from before the restart, and files may have gone meanwhile (e2e crash test).
+        or_(Instance.registered_at.is_(None), Instance.last_heartbeat_at >= Instance.registered_at),
     )
     if only is not None:
         live = (*live, Instance.instance_id == only)
