@@ -160,6 +160,17 @@ class AdminClient:
                 params["seenState"] = seen_state
         return self._request("GET", f"/jobs/{_segment(job_id)}", params=params, timeout=timeout)
 
+    def start_job(self, job_id: str) -> JsonDoc:
+        """Mark a ready job running (the job runner calls this)."""
+        return self._request("POST", f"/jobs/{_segment(job_id)}/start", json={})
+
+    def complete_job(self, job_id: str, *, ok: bool = True, error: str | None = None) -> JsonDoc:
+        """Finish a job and release its reservation."""
+        body: JsonDoc = {"ok": ok}
+        if error:
+            body["error"] = error
+        return self._request("POST", f"/jobs/{_segment(job_id)}/complete", json=body)
+
     # Plumbing --------------------------------------------------------------
 
     def _doc_path(self, section: str, doc_id: str) -> str:

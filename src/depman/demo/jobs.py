@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from depman.demo.api import DemoApi, DemoApiError
+from depman.client.api import AdminClient
+from depman.client.errors import ClientError
 
 TERMINAL_STATES = frozenset({"completed", "failed"})
 WAIT_SECONDS = 5
@@ -45,7 +46,7 @@ class JobRecord:
 class JobPlayer:
     """One thread per job: long-poll its state, start it when ready, complete it."""
 
-    def __init__(self, api: DemoApi, server_type: str, run_seconds: float) -> None:
+    def __init__(self, api: AdminClient, server_type: str, run_seconds: float) -> None:
         self._api = api
         self._server_type = server_type
         self._run_seconds = run_seconds
@@ -57,7 +58,7 @@ class JobPlayer:
     def submit(self, label: str, dep_ids: Sequence[str], job_id: str | None = None) -> JobRecord:
         """Submit one job and start the thread that plays it."""
         record = JobRecord(label, tuple(dep_ids))
-        answer = self._api.submit_job(self._server_type, dep_ids, job_id=job_id)
+        answer = self._api.submit_job(self._server_type, list(dep_ids), job_id=job_id)
         with self.lock:
             record.job_id = str(answer["jobId"])
             record.submitted_at = time.monotonic()
@@ -93,7 +94,7 @@ class JobPlayer:
                     self._update(record, doc)
                 if doc.get("state") == "ready":
                     self._run(record)
-            except DemoApiError as exc:
+            except ClientError as exc:
                 with self.lock:
                     record.error = str(exc)
                 self._stop.wait(0.5)

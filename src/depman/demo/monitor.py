@@ -13,7 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from depman.demo.api import DemoApi, DemoApiError
+from depman.client.api import AdminClient
+from depman.client.errors import ClientError
 
 POLL_SECONDS = 0.4
 EVENT_HISTORY = 200
@@ -88,7 +89,7 @@ class FleetTotals:
 class FleetMonitor:
     """Polls `GET /api/admin/instances` in a thread; readers take `snapshot()`."""
 
-    def __init__(self, api: DemoApi, instance_ids: list[str]) -> None:
+    def __init__(self, api: AdminClient, instance_ids: list[str]) -> None:
         self._api = api
         self._instance_ids = instance_ids
         self._lock = threading.Lock()
@@ -121,7 +122,7 @@ class FleetMonitor:
         """One poll: fetch, diff against the previous view, record events."""
         try:
             docs = self._api.list_instances()
-        except DemoApiError as exc:
+        except ClientError as exc:
             self.last_error = str(exc)
             return
         now = time.monotonic()

@@ -32,8 +32,9 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
+from depman.client.api import AdminClient
+from depman.client.errors import ClientError
 from depman.demo import fleet as demo_fleet
-from depman.demo.api import DemoApi, DemoApiError
 from depman.demo.display import Frame, render
 from depman.demo.jobs import JobPlayer
 from depman.demo.launch import (
@@ -96,7 +97,7 @@ def run_demo(*, keep_running: bool = False, workdir: Path | None = None) -> int:
         return 130
     except _Terminated:
         return 143
-    except (ProcessFailed, DemoApiError) as exc:
+    except (ProcessFailed, ClientError) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
         demo.print_log_tails()
         return 1
@@ -136,7 +137,7 @@ class Demo:
         self.shared_secret = "demo-secret-" + secrets.token_hex(8)
         self.hf_token = "hf_demo" + secrets.token_hex(8)
         self.processes: list[ChildProcess] = []
-        self.api: DemoApi | None = None
+        self.api: AdminClient | None = None
         self.monitor: FleetMonitor | None = None
         self.player: JobPlayer | None = None
         self.phase = "starting"
@@ -186,7 +187,7 @@ class Demo:
         fleet_path = self.root / "fleet.yaml"
         fleet_path.write_text(demo_fleet.fleet_yaml(fleet), encoding="utf-8")
         self._set_phase(live, f"applying {fleet_path.name}")
-        self.api = DemoApi(server.url, self.admin_token)
+        self.api = AdminClient(server.url, self.admin_token)
         self.api.apply_fleet(fleet)
         self._say(
             f"control plane {server.url}, origin {origin.url}, "
