@@ -69,6 +69,24 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="How many instances a job may be placed on when a dep fails there.",
     )
+    placement_max_wait_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="Longest a job waits for a busy instance that holds more of its bytes "
+        "instead of taking a free one (0: never waits).",
+    )
+    placement_bandwidth_bytes_per_second: float = Field(
+        100 * 1024**2,
+        gt=0,
+        description="Download rate per instance that placement assumes when it weighs the "
+        "time saved by waiting for a busy holder of a job's deps.",
+    )
+    placement_default_job_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a job keeps its instance busy, assumed until jobs of its "
+        "server type have completed (then the median of recent ones is used).",
+    )
     max_long_poll_seconds: float = Field(
         30.0, ge=0, le=30, description="Upper bound of waitSeconds on the queue and job reads."
     )

@@ -9,7 +9,7 @@ from depman.settings import ServerSettings
 
 @dataclass(frozen=True)
 class Policy:
-    """Timeouts and limits of liveness, queue items and jobs."""
+    """Timeouts and limits of liveness, queue items, jobs and placement."""
 
     live_ttl_seconds: float = 90.0
     running_timeout_seconds: float = 300.0
@@ -17,6 +17,9 @@ class Policy:
     job_pending_timeout_seconds: float = 3600.0
     job_deps_timeout_seconds: float = 6 * 3600.0
     job_max_placements: int = 3
+    placement_max_wait_seconds: float = 120.0
+    placement_bandwidth_bytes_per_second: float = 100 * 1024**2
+    placement_default_job_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Policy:
@@ -28,4 +31,7 @@ class Policy:
             job_pending_timeout_seconds=settings.job_pending_timeout_seconds,
             job_deps_timeout_seconds=settings.job_deps_timeout_seconds,
             job_max_placements=settings.job_max_placements,
+            placement_max_wait_seconds=settings.placement_max_wait_seconds,
+            placement_bandwidth_bytes_per_second=settings.placement_bandwidth_bytes_per_second,
+            placement_default_job_seconds=settings.placement_default_job_seconds,
         )

@@ -1,10 +1,17 @@
-"""Placing jobs: rank live instances with a free slot, lock the chosen row, queue what it lacks."""
+"""Placing jobs: rank live instances with a free slot, lock the chosen row, queue what it lacks.
+
+A pending job may instead wait, within `placement_max_wait_seconds`, for a busy
+instance that holds much more of its bytes (`depman.core.placement.choose_placement`);
+it is placed when that instance frees a slot, or on the best free one once its wait
+allowance is spent (the maintenance sweep re-tries pending jobs).
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -13,13 +20,33 @@ from sqlalchemy.orm import Session
 from depman.core.catalog import missing_dep_ids, validate_id
 from depman.core.clock import isoformat, utcnow
 from depman.core.pins import refresh_pins
-from depman.core.placement import Candidate, missing_deps, rank_candidates
+from depman.core.placement import (
+    Candidate,
+    Decision,
+    choose_placement,
+    expected_wait_seconds,
+    missing_deps,
+    rank_candidates,
+    typical_job_seconds,
+)
 from depman.core.policy import Policy
 from depman.core.queue import enqueue
 from depman.core.signals import mark_job, mark_pending
 from depman.core.states import ACTIVE_JOB_STATES, OPEN_ITEM_STATES, PRIORITY_JOB, JobState, Op
 from depman.errors import Conflict, ValidationFailed
 from depman.store.models import Dep, Instance, InstanceDep, Job, JobDep, QueueItem, ServerType
+
+# Completed jobs of a server type whose median duration estimates how long a busy
+# instance stays busy.
+RECENT_JOBS = 20
+
+
+class Outcome(StrEnum):
+    """What one placement attempt did with a pending job."""
+
+    PLACED = "placed"
+    WAITING = "waiting"  # for a busy instance that holds more of its bytes
+    NO_SLOT = "no_slot"
 
 
 def record(
@@ -40,6 +67,17 @@ def job_dep_ids(job_id: str, *, session: Session) -> list[str]:
     )
 
 
+def _live(server_type: str, cutoff: datetime) -> tuple[Any, ...]:
+    """Filters of the live instances of a server type that may get jobs."""
+    return (
+        Instance.server_type == server_type,
+        Instance.last_heartbeat_at >= cutoff,
+        # A re-registered agent has not yet said what it holds: its inventory rows are
+        # from before the restart, and files may have gone meanwhile (e2e crash test).
+        or_(Instance.registered_at.is_(None), Instance.last_heartbeat_at >= Instance.registered_at),
+    )
+
+
 def _candidates(
     job: Job,
     dep_ids: list[str],
@@ -49,13 +87,7 @@ def _candidates(
     cutoff: datetime,
     only: str | None = None,
 ) -> list[Candidate]:
-    live: tuple[Any, ...] = (
-        Instance.server_type == job.server_type,
-        Instance.last_heartbeat_at >= cutoff,
-        # A re-registered agent has not yet said what it holds: its inventory rows are
-        # from before the restart, and files may have gone meanwhile (e2e crash test).
-        or_(Instance.registered_at.is_(None), Instance.last_heartbeat_at >= Instance.registered_at),
-    )
+    live = _live(job.server_type, cutoff)
     if only is not None:
         live = (*live, Instance.instance_id == only)
     server_type = session.get(ServerType, job.server_type)
@@ -119,6 +151,100 @@ def _claim(instance_id: str, server_type: str, *, session: Session, skip_locked:
     return (active or 0) < max_active
 
 
+def _busy_holders(
+    job: Job,
+    dep_ids: list[str],
+    exclude: Collection[str],
+    *,
+    session: Session,
+    cutoff: datetime,
+    now: datetime,
+) -> list[Candidate]:
+    """Live instances of the job's type with no free slot that hold some of its deps."""
+    held: dict[str, set[str]] = {}
+    for instance_id, dep_id in session.execute(
+        select(InstanceDep.instance_id, InstanceDep.dep_id)
+        .join(Instance, Instance.instance_id == InstanceDep.instance_id)
+        .where(*_live(job.server_type, cutoff), InstanceDep.dep_id.in_(dep_ids))
+    ):
+        if instance_id not in exclude:
+            held.setdefault(instance_id, set()).add(dep_id)
+    if not held:
+        return []
+    placed: dict[str, list[datetime]] = {}
+    for busy_id, placed_at in session.execute(
+        select(Job.instance_id, Job.placed_at).where(
+            Job.instance_id.in_(list(held)), Job.state.in_(ACTIVE_JOB_STATES)
+        )
+    ):
+        placed.setdefault(busy_id or "", []).append(placed_at or now)
+    server_type = session.get(ServerType, job.server_type)
+    max_active = server_type.max_active_jobs if server_type else 1
+    return [
+        Candidate(
+            instance_id=instance_id,
+            held_dep_ids=frozenset(deps),
+            active_elapsed_s=tuple(
+                max(0.0, (now - at).total_seconds()) for at in placed[instance_id]
+            ),
+        )
+        for instance_id, deps in held.items()
+        if len(placed.get(instance_id, ())) >= max_active
+    ]
+
+
+def _typical_job_seconds(server_type: str, *, session: Session, policy: Policy) -> float:
+    """Median placed-to-finished time of the type's recent completed jobs (else the default)."""
+    rows = session.execute(
+        select(Job.placed_at, Job.finished_at)
+        .where(Job.state == JobState.COMPLETED.value, Job.server_type == server_type)
+        .order_by(Job.created_at.desc())
+        .limit(RECENT_JOBS)
+    ).all()
+    durations = [(done - placed).total_seconds() for placed, done in rows if placed and done]
+    return typical_job_seconds(durations, policy.placement_default_job_seconds)
+
+
+def _waiting_since(job: Job) -> datetime | None:
+    """When the job first decided to wait for a busy instance, if it did."""
+    first = next((h for h in job.history if h.get("event") == "waiting"), None)
+    return datetime.fromisoformat(first["at"]) if first else None
+
+
+def _wait_allowance(job: Job, policy: Policy, now: datetime) -> float:
+    """Seconds the job may still wait for a busy instance (its max wait less waits so far)."""
+    since = _waiting_since(job)
+    waited = (now - since).total_seconds() if since else 0.0
+    return policy.placement_max_wait_seconds - waited
+
+
+def _record_wait(
+    job: Job, decision: Decision, best_free: Candidate, *, session: Session, now: datetime
+) -> None:
+    """Note in the history, once per instance waited for, whom the job waits for and why."""
+    assert decision.wait_for is not None
+    target = decision.wait_for.instance_id
+    last = next((h for h in reversed(job.history) if h.get("event") == "waiting"), None)
+    if last is not None and last.get("instanceId") == target:
+        return
+    reason = (
+        f"holds more of its deps than the best free instance {best_free.instance_id}: "
+        f"saves ~{decision.saving_s:.0f}s of download for an expected wait of "
+        f"~{decision.expected_wait_s:.0f}s"
+    )
+    record(
+        job,
+        "waiting",
+        now,
+        target,
+        reason=reason,
+        savingSeconds=round(decision.saving_s, 1),
+        expectedWaitSeconds=round(decision.expected_wait_s, 1),
+    )
+    job.updated_at = now
+    mark_job(session, job.job_id)
+
+
 def place_job(
     job: Job,
     *,
@@ -128,20 +254,54 @@ def place_job(
     exclude: Collection[str] = (),
     only: str | None = None,
 ) -> bool:
-    """Reserve the best live instance (or only `only`) for a pending job; queue its deps there."""
+    """Reserve the best live free instance (or only `only`) for a job now; never waits."""
+    outcome = try_place(
+        job, session=session, policy=policy, now=now, exclude=exclude, only=only, may_wait=False
+    )
+    return outcome is Outcome.PLACED
+
+
+def try_place(
+    job: Job,
+    *,
+    session: Session,
+    policy: Policy,
+    now: datetime | None = None,
+    exclude: Collection[str] = (),
+    only: str | None = None,
+    may_wait: bool = True,
+) -> Outcome:
+    """Place a pending job on the best free instance, or let it wait for a busy holder."""
     now = now or utcnow()
     dep_ids = job_dep_ids(job.job_id, session=session)
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
     candidates = _candidates(job, dep_ids, exclude, session=session, cutoff=cutoff, only=only)
     if not candidates:
-        return False
+        return Outcome.NO_SLOT
     deps = {
         dep_id: (size, kind)
         for dep_id, size, kind in session.execute(
             select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(Dep.dep_id.in_(dep_ids))
         )
     }
-    ranked = rank_candidates(candidates, {d: deps.get(d, (None, ""))[0] for d in dep_ids})
+    sizes = {d: deps.get(d, (None, ""))[0] for d in dep_ids}
+    ranked = rank_candidates(candidates, sizes)
+    allowance = _wait_allowance(job, policy, now) if may_wait else 0.0
+    if allowance > 0 and missing_deps(ranked[0], dep_ids):
+        busy = _busy_holders(job, dep_ids, exclude, session=session, cutoff=cutoff, now=now)
+        if busy:
+            typical = _typical_job_seconds(job.server_type, session=session, policy=policy)
+            decision = choose_placement(
+                ranked,
+                busy,
+                sizes,
+                bandwidth_bytes_per_s=policy.placement_bandwidth_bytes_per_second,
+                max_wait_s=allowance,
+                expected_wait_s_for=lambda c: expected_wait_seconds(c.active_elapsed_s, typical),
+            )
+            if decision.wait_for is not None:
+                _record_wait(job, decision, ranked[0], session=session, now=now)
+                return Outcome.WAITING
     # Lock only the chosen row (SKIP LOCKED: another placement holds it, try the next);
     # if every row was busy, wait for the best one rather than leave the job pending.
     is_pg = session.get_bind().dialect.name == "postgresql"
@@ -163,7 +323,7 @@ def place_job(
             None,
         )
     if chosen is None:
-        return False
+        return Outcome.NO_SLOT
     missing = missing_deps(chosen, dep_ids)
     for dep_id in missing:
         enqueue(
@@ -186,10 +346,12 @@ def place_job(
     if not missing:
         job.ready_at = now
     job.updated_at = now
-    record(job, "placed", now, chosen.instance_id, missingDepIds=missing)
+    since = _waiting_since(job)
+    waited = round((now - since).total_seconds(), 1) if since else None
+    record(job, "placed", now, chosen.instance_id, missingDepIds=missing, waitedSeconds=waited)
     refresh_pins(chosen.instance_id, session=session)
     mark_job(session, job.job_id)
-    return True
+    return Outcome.PLACED
 
 
 def submit_job(
@@ -240,8 +402,10 @@ def submit_job(
     )
     session.flush()
     record(job, "submitted", now)
-    if not place_job(job, session=session, policy=policy, now=now):
+    outcome = try_place(job, session=session, policy=policy, now=now)
+    if outcome is Outcome.NO_SLOT:
         record(job, "pending", now, reason="no live instance of this type has a free slot")
+    if outcome is not Outcome.PLACED:
         mark_pending(session, server_type)
     mark_job(session, job.job_id)
     return job, True
@@ -257,6 +421,9 @@ def place_pending_jobs(
     only: str | None = None,
 ) -> tuple[int, set[str]]:
     """Place pending jobs oldest first; answers (placed, server types that still have pending).
+
+    A job that decides to wait for a busy instance does not stop younger jobs of
+    its type from taking the free ones.
 
     With `only`, the jobs may go to that instance alone (a heartbeat with a free slot:
     the other instances of the type were full when the jobs went pending).
@@ -281,8 +448,11 @@ def place_pending_jobs(
             for h in job.history
             if h.get("event") == "dep_failed" and h.get("instanceId")
         }
-        if place_job(job, session=session, policy=policy, now=now, exclude=exclude, only=only):
+        outcome = try_place(
+            job, session=session, policy=policy, now=now, exclude=exclude, only=only
+        )
+        if outcome is Outcome.PLACED:
             placed += 1
-        else:
+        elif outcome is Outcome.NO_SLOT:
             full.add(job.server_type)
     return placed, full
