@@ -3,8 +3,9 @@
     uv run python -m bench.placement            # 50 instances, 2,000 deps, 20,000 jobs
     uv run python -m bench.placement --smoke    # seconds
 
-The same job trace is replayed under three placement policies (depman's ranking,
-random, least-loaded); every instance runs one job at a time and keeps an LRU
+The same job trace is replayed under four placement policies (depman's decision,
+`depman.core.placement.choose_placement`, with its default max wait and with max
+wait 0; random; least-loaded); every instance runs one job at a time and keeps an LRU
 cache of dynamic deps under its disk cap, as the agent does. Reported per policy:
 bytes downloaded per job, cache hit ratio (requests and bytes), time-to-ready.
 Then depman's per-instance request sequences are replayed once more with
@@ -17,6 +18,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 import random
 import sys
 from collections import OrderedDict, deque
@@ -34,6 +36,14 @@ from bench.common import (
     percentile,
     should_record,
 )
+from depman.core.placement import (
+    Candidate,
+    choose_placement,
+    expected_wait_seconds,
+    typical_job_seconds,
+)
+from depman.core.policy import Policy as ServerPolicy
+from depman.core.scheduler import RECENT_JOBS
 
 # ---------------------------------------------------------------------------- workload
 
@@ -130,6 +140,9 @@ def make_workload(scale: Scale, *, seed: int, zipf_s: float, load: float) -> Wor
     return Workload(deps, jobs, caps, bandwidth)
 
 
+# The server's maintenance sweep interval (maintenance_interval_seconds' default).
+SWEEP_SECONDS = 5.0
+
 # ---------------------------------------------------------------------------- fleet state
 
 
@@ -143,6 +156,7 @@ class Node:
     cache: OrderedDict[str, int] = field(default_factory=OrderedDict)  # dep -> size, LRU first
     used: int = 0
     busy_until: float = 0.0
+    placed_at: float = 0.0  # of the job it runs now
     jobs_run: int = 0
     busy_seconds: float = 0.0
     requests: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
@@ -154,6 +168,24 @@ class Node:
 
 # A policy picks one of the free nodes for a job.
 Policy = Callable[[Job, Sequence[Node], dict[str, Dep]], Node]
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What a placement decision may know besides the nodes: the clock and recent history."""
+
+    now: float
+    waiting_since: float | None  # when this job first chose to wait, if it did
+    recent_durations: Sequence[float]  # placed -> done of the last completed jobs
+
+
+# A chooser sees free and busy nodes; None means "wait for a busy one" (stay pending).
+Chooser = Callable[[Job, Sequence[Node], Sequence[Node], Moment], "Node | None"]
+
+
+def never_wait(policy: Policy, deps: dict[str, Dep]) -> Chooser:
+    """A free-instance-only policy as a chooser."""
+    return lambda job, free, busy, moment: policy(job, free, deps)
 
 
 def policy_random(seed: int) -> Policy:
@@ -170,36 +202,37 @@ def policy_least_loaded(job: Job, free: Sequence[Node], deps: dict[str, Dep]) ->
     return min(free, key=lambda n: (n.busy_seconds, -n.free_bytes, n.instance_id))
 
 
-def _standin_rank(job: Job, free: Sequence[Node], deps: dict[str, Dep]) -> list[Node]:
-    """The design's score (docs/design.md): bytes held, bytes queued, free disk, id."""
+def policy_depman(deps: dict[str, Dep], *, max_wait_s: float, bandwidth: float,
+                  default_job_s: float) -> Chooser:
+    """depman's real decision (`depman.core.placement.choose_placement`), as the scheduler
+    calls it: free instances ranked, busy holders weighed by download time saved against
+    the wait estimated from their active job's age and recent job durations."""
 
-    def key(n: Node) -> tuple[int, int, int, str]:
-        held = sum(deps[d].size for d in job.dep_ids if d in n.cache)
-        return (-held, 0, -n.free_bytes, n.instance_id)
+    def candidate(job: Job, n: Node, now: float) -> Candidate:
+        # Free-slot instances have no job downloads queued in this model.
+        return Candidate(instance_id=n.instance_id,
+                         held_dep_ids=frozenset(d for d in job.dep_ids if d in n.cache),
+                         queued_bytes=0, free_bytes=n.free_bytes,
+                         active_elapsed_s=(now - n.placed_at,))
 
-    return sorted(free, key=key)
-
-
-def policy_depman() -> tuple[Policy, str]:
-    """depman's real ranking (`depman.core.placement.rank_candidates`) when it is importable."""
-    try:
-        from depman.core.placement import Candidate, rank_candidates
-    except ImportError:
-        return (lambda job, free, deps: _standin_rank(job, free, deps)[0]), "stand-in ranker"
-
-    def choose(job: Job, free: Sequence[Node], deps: dict[str, Dep]) -> Node:
+    def choose(job: Job, free: Sequence[Node], busy: Sequence[Node], m: Moment) -> Node | None:
         by_id = {n.instance_id: n for n in free}
-        job_deps = {d: deps[d].size for d in job.dep_ids}
-        candidates = [
-            # Free-slot instances have no job downloads queued in this model.
-            Candidate(instance_id=n.instance_id,
-                      held_dep_ids=frozenset(d for d in job.dep_ids if d in n.cache),
-                      queued_bytes=0, free_bytes=n.free_bytes)
-            for n in free
-        ]
-        return by_id[rank_candidates(candidates, job_deps)[0].instance_id]
+        job_deps: dict[str, int | None] = {d: deps[d].size for d in job.dep_ids}
+        waited = m.now - m.waiting_since if m.waiting_since is not None else 0.0
+        typical = typical_job_seconds(m.recent_durations, default_job_s)
+        decision = choose_placement(
+            [candidate(job, n, m.now) for n in free],
+            [candidate(job, n, m.now) for n in busy if any(d in n.cache for d in job.dep_ids)],
+            job_deps,
+            bandwidth_bytes_per_s=bandwidth,
+            max_wait_s=max_wait_s - waited,
+            expected_wait_s_for=lambda c: expected_wait_seconds(c.active_elapsed_s, typical),
+        )
+        if decision.place_on is None:
+            return None
+        return by_id[decision.place_on.instance_id]
 
-    return choose, "depman.core.placement.rank_candidates"
+    return choose
 
 
 # ---------------------------------------------------------------------------- simulation
@@ -216,6 +249,7 @@ class PolicyResult:
     ttr: list[float]
     evictions: int
     nodes: list[Node]
+    waited: int = 0  # jobs that waited for a busy node at least once
 
     @property
     def bytes_per_job(self) -> float:
@@ -245,18 +279,25 @@ def _make_room(node: Node, need: int, pinned: set[str]) -> int:
     return evicted
 
 
-def simulate(name: str, policy: Policy, work: Workload) -> PolicyResult:
-    """Replay the trace: each job is placed on a free node when it arrives, else FIFO-queued."""
+def simulate(name: str, choose: Chooser, work: Workload, *, max_wait_s: float = 0.0,
+             sweep_s: float = SWEEP_SECONDS) -> PolicyResult:
+    """Replay the trace; pending jobs are offered the free nodes oldest first at every event.
+
+    Events, as in the server: an arrival (submit), a completion (frees a slot), and
+    the maintenance sweep every `sweep_s`, which is what places a job whose wait
+    for a busy node ran out while no node completed.
+    """
     nodes = [Node(i, f"inst-{i:03d}", cap) for i, cap in enumerate(work.caps)]
     free: set[int] = {n.index for n in nodes}
     completions: list[tuple[float, int]] = []
-    pending: deque[Job] = deque()
+    sweeps: list[float] = []
+    pending: list[Job] = []
+    waiting_since: dict[str, float] = {}
+    recent: deque[float] = deque(maxlen=RECENT_JOBS)
     res = PolicyResult(name, len(work.jobs), 0, 0, 0, 0, [], 0, nodes)
     deps = work.deps
 
-    def place(job: Job, now: float) -> None:
-        candidates = [nodes[i] for i in sorted(free)]
-        node = policy(job, candidates, deps)
+    def place(job: Job, node: Node, now: float) -> None:
         free.discard(node.index)
         node.requests.append((len(res.ttr), job.dep_ids))
         pinned = set(job.dep_ids)
@@ -277,25 +318,53 @@ def simulate(name: str, policy: Policy, work: Workload) -> PolicyResult:
         res.bytes_downloaded += download
         ready = now + download / work.bandwidth
         res.ttr.append(ready - job.arrival)
+        if job.job_id in waiting_since:
+            res.waited += 1
+        node.placed_at = now
         node.busy_until = ready + job.run_seconds
         node.busy_seconds += node.busy_until - now
         node.jobs_run += 1
         heapq.heappush(completions, (node.busy_until, node.index))
 
+    def dispatch(now: float) -> None:
+        i = 0
+        while i < len(pending) and free:
+            job = pending[i]
+            free_nodes = [nodes[k] for k in sorted(free)]
+            busy_nodes = [n for n in nodes if n.index not in free]
+            moment = Moment(now, waiting_since.get(job.job_id), recent)
+            node = choose(job, free_nodes, busy_nodes, moment)
+            if node is None:
+                if job.job_id not in waiting_since:
+                    waiting_since[job.job_id] = now
+                    # The first sweep after the allowance runs out places it.
+                    heapq.heappush(sweeps, math.ceil((now + max_wait_s) / sweep_s) * sweep_s)
+                i += 1
+                continue
+            pending.pop(i)
+            place(job, node, now)
+
+    def advance(until: float) -> None:
+        while True:
+            t_done = completions[0][0] if completions else math.inf
+            t_sweep = sweeps[0] if sweeps else math.inf
+            t = min(t_done, t_sweep)
+            if t > until or t == math.inf:
+                return
+            if t_done <= t_sweep:
+                _, idx = heapq.heappop(completions)
+                free.add(idx)
+                recent.append(nodes[idx].busy_until - nodes[idx].placed_at)
+            else:
+                heapq.heappop(sweeps)
+            dispatch(t)
+
     for job in work.jobs:
-        while completions and completions[0][0] <= job.arrival:
-            t, idx = heapq.heappop(completions)
-            free.add(idx)
-            if pending:
-                place(pending.popleft(), t)
-        if free and not pending:
-            place(job, job.arrival)
-        else:
-            pending.append(job)
-    while pending:
-        t, idx = heapq.heappop(completions)
-        free.add(idx)
-        place(pending.popleft(), t)
+        advance(job.arrival)
+        pending.append(job)
+        dispatch(job.arrival)
+    advance(math.inf)
+    assert not pending, "jobs left pending with no event to place them"
     return res
 
 
@@ -341,22 +410,28 @@ def belady_bytes(node: Node, deps: dict[str, Dep]) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- command
 
 
-def run_load(scale: Scale, seed: int, zipf: float, load: float
-             ) -> tuple[list[PolicyResult], int, int, str]:
-    """All three policies on one trace; answers results, Belady bytes and evictions, ranker."""
+def run_load(scale: Scale, seed: int, zipf: float, load: float, max_wait_s: float
+             ) -> tuple[list[PolicyResult], int, int]:
+    """depman (with and without waits), random, least-loaded on one trace; then Belady."""
     work = make_workload(scale, seed=seed, zipf_s=zipf, load=load)
-    depman_policy, ranker = policy_depman()
+    default_job_s = ServerPolicy().placement_default_job_seconds
+
+    def depman(wait_s: float) -> Chooser:
+        return policy_depman(work.deps, max_wait_s=wait_s, bandwidth=work.bandwidth,
+                             default_job_s=default_job_s)
+
     results = [
-        simulate("depman", depman_policy, work),
-        simulate("random", policy_random(seed), work),
-        simulate("least-loaded", policy_least_loaded, work),
+        simulate("depman", depman(max_wait_s), work, max_wait_s=max_wait_s),
+        simulate("depman, no wait", depman(0.0), work, max_wait_s=0.0),
+        simulate("random", never_wait(policy_random(seed), work.deps), work),
+        simulate("least-loaded", never_wait(policy_least_loaded, work.deps), work),
     ]
     bel_total = bel_evictions = 0
     for node in results[0].nodes:
         b, e = belady_bytes(node, work.deps)
         bel_total += b
         bel_evictions += e
-    return results, bel_total, bel_evictions, ranker
+    return results, bel_total, bel_evictions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int)
     parser.add_argument("--deps", type=int)
     parser.add_argument("--jobs", type=int)
+    parser.add_argument("--max-wait", type=float,
+                        default=ServerPolicy().placement_max_wait_seconds,
+                        help="depman's placement_max_wait_seconds (the server's default).")
     args = parser.parse_args(argv)
     scale = SMOKE if args.smoke else FULL
     scale = Scale(args.instances or scale.instances, args.deps or scale.deps,
@@ -378,38 +456,52 @@ def main(argv: list[str] | None = None) -> int:
         f"Placement: {scale.instances} instances, {scale.deps} deps, {scale.jobs} jobs "
         f"(Zipf s={args.zipf})",
         ["load", "policy", "bytes/job", "vs depman", "hit ratio", "byte hit ratio",
-         "evictions", "TTR p50 s", "TTR p99 s", "TTR mean s"],
+         "evictions", "waited", "TTR p50 s", "TTR p99 s", "TTR mean s"],
     )
     belady = ResultTable(
         "Eviction on depman's placements: LRU (the agent's) vs Belady (offline)",
         ["load", "eviction", "bytes/job", "evictions", "vs Belady"],
     )
     notes: list[str] = []
-    ranker = ""
     for load in loads:
-        results, bel_total, bel_evictions, ranker = run_load(scale, args.seed, args.zipf, load)
+        results, bel_total, bel_evictions = run_load(scale, args.seed, args.zipf, load,
+                                                     args.max_wait)
         base = results[0].bytes_per_job or 1.0
         for r in results:
             table.add(f"{load:g}", r.name, fmt_bytes(r.bytes_per_job),
                       f"{r.bytes_per_job / base:.2f}x", f"{r.hit_ratio:.1%}",
-                      f"{r.byte_hit_ratio:.1%}", r.evictions, f"{median(r.ttr):.1f}",
-                      f"{percentile(r.ttr, 99):.1f}", f"{sum(r.ttr) / len(r.ttr):.1f}")
+                      f"{r.byte_hit_ratio:.1%}", r.evictions, f"{r.waited / r.jobs:.1%}",
+                      f"{median(r.ttr):.1f}", f"{percentile(r.ttr, 99):.1f}",
+                      f"{sum(r.ttr) / len(r.ttr):.1f}")
         lru_total = results[0].bytes_downloaded
         belady.add(f"{load:g}", "LRU", fmt_bytes(lru_total / scale.jobs), results[0].evictions,
                    f"{lru_total / bel_total:.3f}x" if bel_total else "—")
         belady.add(f"{load:g}", "Belady", fmt_bytes(bel_total / scale.jobs), bel_evictions,
                    "1.000x")
-        ratio_random = results[1].bytes_per_job / base
-        notes.append(f"Load {load:g}: random placement downloads {ratio_random:.2f}x the bytes "
-                     f"per job of depman (target ≥3x: {'met' if ratio_random >= 3 else 'MISSED'})"
-                     f"; LRU is {lru_total / max(bel_total, 1):.3f}x Belady.")
+        by_name = {r.name: r for r in results}
+        ratio = by_name["random"].bytes_per_job / base
+        ratio_no_wait = by_name["random"].bytes_per_job / (
+            by_name["depman, no wait"].bytes_per_job or 1.0)
+        notes.append(
+            f"Load {load:g}: random placement downloads {ratio:.2f}x the bytes per job of "
+            f"depman (target ≥3x: {'met' if ratio >= 3 else 'MISSED'}; without waits "
+            f"{ratio_no_wait:.2f}x, {'met' if ratio_no_wait >= 3 else 'missed'}); "
+            f"LRU eviction downloads {lru_total / max(bel_total, 1):.3f}x the bytes of "
+            f"Belady's offline policy on the same placements.")
     table.print()
     belady.print()
-    notes.insert(0, f"Ranking measured: {ranker}.")
+    default_job_s = ServerPolicy().placement_default_job_seconds
+    notes.insert(0, "Decision measured: depman.core.placement.choose_placement (the scheduler's "
+                    f"own), placement_max_wait_seconds={args.max_wait:g}, bandwidth as modelled, "
+                    "job duration estimated as the server does (median of the last "
+                    f"{RECENT_JOBS} completed, default {default_job_s:g} s); 'depman, no wait' "
+                    "is the same with max wait 0 (placement before waits).")
     notes.append(
-        "Model: one job slot per instance; a job is placed on a free instance when it arrives "
-        "(else FIFO); missing deps download at 250 MiB/s per instance; time-to-ready = "
-        "queueing + download; caches are LRU under per-instance caps of 80-200 GiB. 'load' is "
+        "Model: one job slot per instance; pending jobs are offered the free instances oldest "
+        "first at every arrival, completion and 5 s sweep; depman may leave a job pending to "
+        "wait for a busy instance that holds more of its bytes ('waited' = share of jobs that "
+        "did); missing deps download at 250 MiB/s per instance; time-to-ready = queueing + "
+        "waiting + download; caches are LRU under per-instance caps of 80-200 GiB. 'load' is "
         "the utilisation if every dep were a hit; downloads push the real one higher.")
     for n in notes:
         print(n)

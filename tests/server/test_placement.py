@@ -1,6 +1,12 @@
-"""The pure placement logic: ranking candidates, and waiting for a busy holder or not."""
+"""Placement: the pure ranking and wait-or-place decision, then the policy on a real server."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
 
 from depman.core.placement import (
     Candidate,
@@ -11,6 +17,8 @@ from depman.core.placement import (
     rank_candidates,
     typical_job_seconds,
 )
+from tests.server.fleet import Agent, Fleet, make_fleet
+from tests.support.server import RunningServer, postgres_database, run_server
 
 
 def ids(ranked: list[Candidate]) -> list[str]:
@@ -120,3 +128,123 @@ def test_expected_wait_from_the_active_jobs_and_recent_durations() -> None:
     assert expected_wait_seconds([10.0, 40.0], 60.0) == 20.0  # the first to finish frees a slot
     assert expected_wait_seconds([90.0], 60.0) == 15.0  # overran: another quarter, not zero
     assert expected_wait_seconds([], 60.0) == 0.0
+
+
+# ---------------------------------------------------------------- on a real server
+
+# 20 GB is ~190 s of download at the default 100 MiB/s: worth the default 60 s wait.
+SIZES = {
+    "video": (20 * GB, "dynamic"),
+    "lora": (GB // 10, "dynamic"),  # ~1 s of download: never worth a wait
+    "other": (GB // 10, "dynamic"),
+}
+
+
+def busy_holder(server: RunningServer, holds: str) -> tuple[Fleet, Agent, dict[str, Any], Agent]:
+    """A fleet with an instance that holds `holds` and runs a job, and an idle empty one."""
+    fleet = make_fleet(server, sizes=SIZES)
+    holder = fleet.register(fleet.add_instance("holder"), dynamic=[fleet.deps[holds]])
+    running = fleet.submit(["other"])[1]
+    assert running["instanceId"] == holder.instance_id
+    spare = fleet.register(fleet.add_instance("spare"))
+    return fleet, holder, running, spare
+
+
+def events(job: dict[str, Any]) -> list[str]:
+    return [h["event"] for h in job["history"]]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll `check` until it answers something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> None:
+    fleet, holder, running, spare = busy_holder(plane, holds="video")
+    status, job = fleet.submit(["video", "lora"])
+    assert status == 200, job
+    assert job["state"] == "pending" and job["instanceId"] is None
+    waiting = job["history"][-1]
+    assert waiting["event"] == "waiting" and waiting["instanceId"] == holder.instance_id
+    assert spare.instance_id in waiting["reason"]
+    assert waiting["savingSeconds"] > waiting["expectedWaitSeconds"] > 0
+    # A younger job that gains nothing by waiting takes the free instance meanwhile,
+    # and the waiting job notes its wait only once.
+    other = fleet.submit(["lora"])[1]
+    assert other["instanceId"] == spare.instance_id
+    assert events(plane.admin("GET", f"/jobs/{job['jobId']}")[1]).count("waiting") == 1
+    # The holder finishes its job: the waiting job goes there, with its dep already held.
+    plane.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": False, "error": "cancel"})
+    _, placed = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert placed["instanceId"] == holder.instance_id
+    assert placed["missingDepIds"] == [fleet.deps["lora"]]
+    assert events(placed)[-3:] == ["submitted", "waiting", "placed"]
+    assert placed["history"][-1]["waitedSeconds"] >= 0
+
+
+def test_a_job_does_not_wait_when_the_saving_is_small(plane: RunningServer) -> None:
+    fleet, _holder, _running, spare = busy_holder(plane, holds="lora")
+    job = fleet.submit(["lora"])[1]
+    assert job["instanceId"] == spare.instance_id and job["state"] == "waiting_deps"
+    assert "waiting" not in events(job)
+
+
+SHORT_WAIT_ENV = {
+    "DEPMAN_PLACEMENT_MAX_WAIT_SECONDS": "1",
+    "DEPMAN_PLACEMENT_DEFAULT_JOB_SECONDS": "0.5",
+    "DEPMAN_MAINTENANCE_INTERVAL_SECONDS": "0.2",
+}
+NO_WAIT_ENV = {"DEPMAN_PLACEMENT_MAX_WAIT_SECONDS": "0"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(("sqlite", SHORT_WAIT_ENV), id="sqlite-short-wait"),
+        pytest.param(("postgresql", SHORT_WAIT_ENV), id="postgresql-short-wait"),
+        pytest.param(("sqlite", NO_WAIT_ENV), id="sqlite-no-wait"),
+        pytest.param(("postgresql", NO_WAIT_ENV), id="postgresql-no-wait"),
+    ],
+)
+def tuned(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningServer, dict[str, str]]]:
+    """A server with a short max wait and a fast sweep, or with waits off; both backends."""
+    backend, env = request.param
+    tmp = tmp_path_factory.mktemp("placement")
+    if backend == "sqlite":
+        with run_server(f"sqlite:///{tmp / 'd.db'}", extra_env=env, cwd=tmp) as server:
+            yield server, env
+    else:
+        with postgres_database() as url, run_server(url, extra_env=env, cwd=tmp) as server:
+            yield server, env
+
+
+def test_a_wait_past_max_goes_to_a_free_instance_and_max_wait_zero_never_waits(
+    tuned: tuple[RunningServer, dict[str, str]],
+) -> None:
+    server, env = tuned
+    fleet, holder, _running, spare = busy_holder(server, holds="video")
+    submitted = time.monotonic()
+    job = fleet.submit(["video"])[1]
+    if env is NO_WAIT_ENV:
+        assert job["instanceId"] == spare.instance_id and "waiting" not in events(job)
+        return
+    assert job["state"] == "pending" and job["history"][-1]["instanceId"] == holder.instance_id
+
+    def placed() -> dict[str, Any] | None:
+        body = server.admin("GET", f"/jobs/{job['jobId']}")[1]
+        return body if body["state"] != "pending" else None
+
+    # The holder stays busy: once the 1 s allowance is spent, a sweep places it.
+    done = wait_for(placed, timeout=10)
+    assert time.monotonic() - submitted >= 0.5
+    assert done["instanceId"] == spare.instance_id and done["state"] == "waiting_deps"
+    assert events(done).count("waiting") == 1 and events(done)[-1] == "placed"
+    assert 0.5 <= done["history"][-1]["waitedSeconds"] <= 5
