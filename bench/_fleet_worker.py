@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from bench.fleetclient import HttpError, Pool
 
 AGENT_VERSION = "bench-v1-agent/1.0"
+STOP_GRACE_SECONDS = 5.0
 DISK = {"totalBytes": 500 * 1024**3, "freeBytes": 200 * 1024**3, "usedBytes": 300 * 1024**3}
 
 
@@ -198,9 +199,12 @@ class Sim:
             await asyncio.sleep(0.1)
             lag_samples.append(time.perf_counter() - t - 0.1)
         cpu = time.process_time() - cpu0
-        await asyncio.gather(*runs, return_exceptions=True)
-        for task in list(self.tasks):
+        # Requests still queued after the window are not measured: give stragglers a few
+        # seconds, then drop them, so an overloaded server cannot hang the report.
+        _done, pending = await asyncio.wait(runs, timeout=STOP_GRACE_SECONDS)
+        for task in [*pending, *self.tasks]:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         self.pool.close()
         lag_samples.sort()
         return {

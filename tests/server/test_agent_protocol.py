@@ -227,3 +227,23 @@ def test_static_dep_gone_from_the_inventory_is_prefetched_again(plane: RunningSe
     items = agent.items()
     assert items[a]["state"] == "failed"
     assert items[b]["state"] == "queued"
+
+
+def test_empty_polls_answered_from_memory_still_see_new_items_and_pins(
+    plane: RunningServer,
+) -> None:
+    """An empty poll is remembered in memory (issue 5); an enqueue or pin change ends that."""
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("hinted"))
+    for _ in range(3):  # the first asks the database, the next ones are answered from memory
+        status, body = agent.poll()
+        assert status == 200 and body == {"items": [], "pinnedDepIds": []}
+    status, job = fleet.submit(["b"])
+    assert status == 200 and job["instanceId"] == agent.instance_id
+    status, body = agent.poll()  # right after the commit: no stale "empty"
+    assert status == 200
+    assert [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
+    assert body["pinnedDepIds"] == [fleet.deps["b"]]
+    status, body = plane.admin("DELETE", f"/admin/instances/{agent.instance_id}")
+    assert status == 204
+    assert agent.poll()[0] in (401, 404)

@@ -13,6 +13,7 @@ from depman.core.clock import utcnow
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.policy import Policy
 from depman.core.queue import poll_queue
+from depman.core.wakeups import PollHints
 from depman.store.migrate import upgrade
 from depman.store.models import Instance
 from depman.store.session import Database, open_database
@@ -70,3 +71,28 @@ def test_poll_is_one_select(db: Database) -> None:
         poll = poll_queue("hot", 25, session=session)
     assert poll.found and poll.items == []
     assert seen == ["SELECT"]
+
+
+def test_poll_hint_is_not_set_by_a_read_that_raced_an_enqueue() -> None:
+    hints = PollHints()
+    seen = hints.epoch("a")  # a poll starts, reads the database: empty
+    hints.forget(["a"])  # meanwhile an enqueue commits
+    hints.remember_empty("a", b"{}", seen)
+    assert hints.empty_answer("a") is None
+    hints.remember_empty("a", b"{}", hints.epoch("a"))
+    assert hints.empty_answer("a") == b"{}"
+    hints.forget(["a"])
+    assert hints.empty_answer("a") is None
+
+
+def test_poll_hints_are_off_while_the_listener_is_down() -> None:
+    hints = PollHints()
+    hints.remember_empty("a", b"{}", hints.epoch("a"))
+    seen = hints.epoch("b")
+    hints.set_enabled(False)
+    assert hints.empty_answer("a") is None
+    hints.remember_empty("a", b"{}", hints.epoch("a"))
+    assert hints.empty_answer("a") is None
+    hints.set_enabled(True)
+    hints.remember_empty("b", b"{}", seen)  # began before the listener came back
+    assert hints.empty_answer("b") is None

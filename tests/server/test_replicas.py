@@ -71,3 +71,38 @@ def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(tmp_path: Pat
             while "Application shutdown complete" not in second.logs():
                 assert time.monotonic() < deadline, second.logs()
                 time.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_v1_poll_on_one_replica_sees_an_item_queued_through_another(tmp_path: Path) -> None:
+    """Replica A remembers the instance's empty queue; B's enqueue (NOTIFY) must end that."""
+    with postgres_database() as url, run_server(url, cwd=tmp_path) as first:
+        env = {
+            "DEPMAN_ADMIN_TOKEN": first.admin_token,
+            "DEPENDENCY_MANAGER_SHARED_SECRET": first.shared_secret,
+        }
+        with run_server(url, cwd=tmp_path, extra_env=env) as second:
+            fleet = make_fleet(first)
+            agent = fleet.register(fleet.add_instance("hinted"))
+            for _ in range(3):  # A now answers this instance's polls from memory
+                status, body = agent.poll()
+                assert status == 200 and body["items"] == []
+            other = RunningServer(
+                second.root_url, first.admin_token, first.shared_secret, url, second.process
+            )
+            status, job = other.admin(
+                "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["c"]]}
+            )
+            assert status == 200 and job["instanceId"] == agent.instance_id
+            # NOTIFY reaches A within milliseconds; a missed one would hide the item for
+            # the hint's lifetime (60 s), far beyond this deadline.
+            deadline = time.monotonic() + 10
+            while True:
+                status, body = agent.poll()
+                assert status == 200
+                if body["items"]:
+                    break
+                assert time.monotonic() < deadline, "item queued through B never shown by A"
+                time.sleep(0.05)
+            assert [i["depId"] for i in body["items"]] == [fleet.deps["c"]]
+            assert body["pinnedDepIds"] == [fleet.deps["c"]]

@@ -17,7 +17,7 @@ from depman.core.pins import refresh_pins
 from depman.core.policy import Policy
 from depman.core.profiles import static_dep_ids
 from depman.core.queue import enqueue
-from depman.core.signals import mark_job
+from depman.core.signals import mark_instance, mark_job
 from depman.core.states import ACTIVE_JOB_STATES, PRIORITY_PREFETCH, JobState, Op
 from depman.errors import AuthError, Forbidden, InstanceNotFound, NotFound, ValidationFailed
 from depman.store.models import Instance, InstanceDep, Job, Profile, ServerType
@@ -86,6 +86,7 @@ def delete_instance(instance_id: str, *, session: Session, now: datetime | None 
         job.finished_at = now
         job.updated_at = now
         mark_job(session, job.job_id)
+    mark_instance(session, instance_id)  # drops every replica's poll hint
     session.delete(row)
     session.flush()
 

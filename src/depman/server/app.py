@@ -39,7 +39,9 @@ def _install_commit_hooks(state: ServerState) -> None:
     """Turn the marks a transaction left into wake-ups once it commits."""
 
     def _after_commit(session: Session) -> None:
-        instances, job_ids, pending = take_marks(session)
+        instances, job_ids, pending, pins = take_marks(session)
+        if instances or pins:
+            state.hub.hints.forget(instances | pins)
         state.hub.notify("i", instances)
         state.hub.notify("j", job_ids)
         state.hub.pending_server_types.update(pending)
@@ -59,6 +61,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = state.settings.worker_threads
     tasks = [asyncio.create_task(run_maintenance(state), name="depman-maintenance")]
     if state.db.dialect == "postgresql":
+        # Poll hints wait for the listener: another replica's enqueue must be able to clear them.
+        state.hub.hints.set_enabled(False)
         tasks.append(
             asyncio.create_task(
                 listen_forever(state.settings.database_url, state.hub), name="depman-listen"

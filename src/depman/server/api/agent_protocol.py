@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from depman.core.instances import hash_token, register
@@ -41,6 +43,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # A heartbeat offers its own free slots to this many of the oldest pending jobs.
 PENDING_PER_HEARTBEAT = 5
+ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 CAPABILITIES = {"longPoll": True, "maxWaitSeconds": 30, "pinnedDepIds": True, "touchResolved": True}
 
 
@@ -95,6 +98,29 @@ def _poll(
     return poll
 
 
+def _known_empty(state: ServerState, instance_id: str, token: str | None) -> bytes | None:
+    """The cached answer when the instance has nothing queued and the token is known good."""
+    answer = state.hub.hints.empty_answer(instance_id)
+    if answer is None or not token or not state.tokens.matches(instance_id, hash_token(token)):
+        return None
+    return answer
+
+
+async def _poll_db(
+    state: ServerState, instance_id: str, token: str | None, limit: int, check: bool
+) -> tuple[QueuePoll, bytes]:
+    seen = state.hub.hints.epoch(instance_id)
+    poll = await run_in_threadpool(_poll, state, instance_id, token, limit, check)
+    answer = json.dumps(
+        {"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    if not poll.items:
+        state.hub.hints.remember_empty(instance_id, answer, seen)
+    return poll, answer
+
+
 @router.get("/queue", response_model=QueueResponse, responses=ERRORS)
 async def get_queue(
     request: Request,
@@ -104,19 +130,24 @@ async def get_queue(
     wait_seconds: Annotated[
         float, Query(alias="waitSeconds", ge=0, le=30, description="Long-poll (extension).")
     ] = 0,
-) -> JSONResponse:
+) -> Response:
     """Queued items, jobs' deps first then oldest; with `waitSeconds`, wait for one."""
     state = server_state(request)
     wait = min(wait_seconds, state.settings.max_long_poll_seconds)
+    # Subscribe before looking: an enqueue committed after this point wakes the wait.
     entry = state.hub.subscribe("i", instance_id) if wait > 0 else None
     try:
-        poll = await run_in_threadpool(_poll, state, instance_id, token, limit, True)
-        if not poll.items and entry is not None and await state.hub.wait(entry, wait):
-            poll = await run_in_threadpool(_poll, state, instance_id, token, limit, False)
+        answer = _known_empty(state, instance_id, token)
+        if answer is None:
+            poll, answer = await _poll_db(state, instance_id, token, limit, True)
+            if poll.items:
+                return Response(answer, media_type="application/json")
+        if entry is not None and await state.hub.wait(entry, wait):
+            _poll_result, answer = await _poll_db(state, instance_id, token, limit, False)
     finally:
         if entry is not None:
             state.hub.unsubscribe("i", instance_id, entry)
-    return JSONResponse({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
+    return Response(answer, media_type="application/json")
 
 
 @router.post("/status", response_model=StatusResponse, responses=ERRORS)
@@ -163,6 +194,10 @@ def post_heartbeat(
         active_downloads=[a.model_dump(by_alias=True) for a in body.active_downloads],
     )
     result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
+    if not result.changed and state.db.dialect == "postgresql":
+        # Only liveness and scalars were written, and the agent sends them again in 30 s:
+        # losing the last few on a crash is harmless, waiting for the WAL flush is not.
+        session.execute(ASYNC_COMMIT)
     session.commit()
     pins = result.pinned_dep_ids
     if result.became_live or result.server_type in state.hub.pending_server_types:
