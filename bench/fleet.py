@@ -49,7 +49,7 @@ from bench.fleetclient import HttpError, Pool
 SERVER_TYPE = "bench"
 PROFILE = "bench-profile"
 P99_TARGET = 0.200
-REGISTER_RATE = 100.0  # agents booting per second during the ramp
+REGISTER_RATE = 50.0  # agents booting per second during the ramp
 
 
 @dataclass
