@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -236,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-seconds", type=float, default=30.0)
     ap.add_argument("--download-seconds", type=float, default=2.0)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--out", help="Write the JSON report here instead of stdout.")
     args = ap.parse_args(argv)
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -244,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     result = asyncio.run(Sim(args).main())
-    # The event loop may leave stdout non-blocking; the report is larger than a pipe buffer.
-    os.set_blocking(sys.stdout.fileno(), True)
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
+    report = json.dumps(result) + "\n"
+    if args.out:
+        # A file, not stdout: reports past 64 KiB came back cut at the pipe buffer.
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(report)
+    else:
+        sys.stdout.write(report)
     return 0
 
 

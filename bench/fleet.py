@@ -315,7 +315,8 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
                    "--download-seconds", str(plan.download),
                    "--catalog", str(plan.catalog), "--static", str(plan.static),
                    "--inventory", str(plan.inventory),
-                   "--connections", str(max(2, plan.connections // workers))]
+                   "--connections", str(max(2, plan.connections // workers)),
+                   "--out", str(Path(tmp_name) / f"worker-{w}.json")]
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                           text=True))
         rate = plan.job_rate if plan.job_rate is not None else n / 1000
@@ -346,11 +347,12 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
         out.duration = wall
         sim_cpu = ctl_cpu
         for proc in procs:
-            stdout, _ = proc.communicate(timeout=plan.duration + ramp + plan.warmup + 120)
-            if proc.returncode != 0 or not stdout.strip():
+            proc.communicate(timeout=plan.duration + ramp + plan.warmup + 120)
+            report = Path(tmp_name) / f"worker-{procs.index(proc)}.json"
+            if proc.returncode != 0 or not report.exists():
                 out.failure = f"worker exit {proc.returncode}"
                 continue
-            res = json.loads(stdout.strip().splitlines()[-1])
+            res = json.loads(report.read_text(encoding="utf-8"))
             for k, v in res["latencies"].items():
                 out.latencies.setdefault(k, []).extend(v)
             for k, v in res["errors"].items():
