@@ -328,7 +328,7 @@ class _Download:
         fetch = SegmentedFetch(self, probe, meta)
         self.resumed_from = fetch.done_bytes()
         fetch.run()
-        digest = hash_file(self.partial, self.options.chunk_bytes)
+        digest = fetch.digest or hash_file(self.partial, self.options.chunk_bytes)
         return self.finalize(probe.total, digest, segmented=True)
 
     # -- verify and commit ----------------------------------------------

@@ -7,6 +7,7 @@ resumes segment by segment.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import threading
@@ -59,6 +60,59 @@ def plan_segments(total: int | None, connections: int, min_segment: int) -> list
     return [Segment(i * size, min(total, (i + 1) * size)) for i in range(count)]
 
 
+class PrefixHasher:
+    """Hashes the file's contiguous downloaded prefix while later segments still arrive.
+
+    Segments lie in file order, so the prefix grows as the first unfinished one
+    fills; when the last byte lands only a short tail is left to hash, instead of a
+    second full read (the unthrottled benchmark measured that pass at ~25 %).
+    """
+
+    def __init__(self, path: str, fetch: SegmentedFetch, chunk_bytes: int) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.fetch = fetch
+        self.chunk_bytes = chunk_bytes
+        self.hasher = hashlib.sha256()
+        self.pos = 0
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True, name="segment-hash")
+        self.thread.start()
+
+    def _advance(self) -> bool:
+        limit = self.fetch.contiguous_bytes()
+        if self.pos >= limit:
+            return False
+        block = os.pread(self.fd, min(self.chunk_bytes, limit - self.pos), self.pos)
+        if not block:
+            return False
+        self.hasher.update(block)  # releases the GIL for large blocks, like pread
+        self.pos += len(block)
+        return True
+
+    def _follow(self) -> None:
+        while not self.ended.is_set() and not self.fetch.abort.is_set():
+            if not self._advance():
+                self.ended.wait(0.02)
+
+    def stop(self) -> None:
+        """Stop following; idempotent."""
+        self.ended.set()
+        self.thread.join()
+
+    def finish(self) -> str:
+        """Hash the rest (all segments are done) and answer the hex digest."""
+        self.stop()
+        while self._advance():
+            pass
+        if self.pos != self.fetch.total:
+            raise DownloadError(f"Could only hash {self.pos} of {self.fetch.total} bytes")
+        return self.hasher.hexdigest()
+
+    def close(self) -> None:
+        self.stop()
+        os.close(self.fd)
+
+
 class SegmentedFetch:
     """Runs one thread per unfinished segment; the first hard error stops the others."""
 
@@ -79,9 +133,17 @@ class SegmentedFetch:
         self.error: BaseException | None = None
         self.generation = 0
         self.last_save = 0.0
+        self.digest: str | None = None
 
     def done_bytes(self) -> int:
         return sum(s.done for s in self.segments)
+
+    def contiguous_bytes(self) -> int:
+        """Bytes from offset 0 that are all on disk (segments are in file order)."""
+        for seg in self.segments:
+            if seg.done < seg.length:
+                return seg.start + seg.done
+        return self.total
 
     def run(self) -> None:
         d = self.d
@@ -91,15 +153,21 @@ class SegmentedFetch:
                 os.ftruncate(fd, self.total)  # sparse; segments fill it in place
             self.save(force=True)
             d.progress.start(self.done_bytes(), self.total)
-            threads = [threading.Thread(target=self.worker, args=(seg, fd), daemon=True,
-                                        name=f"segment-{seg.start}")
-                       for seg in self.segments if seg.done < seg.length]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            os.fsync(fd)
-            self.save(force=True)
+            hasher = PrefixHasher(str(d.partial), self, d.options.chunk_bytes)
+            try:
+                threads = [threading.Thread(target=self.worker, args=(seg, fd), daemon=True,
+                                            name=f"segment-{seg.start}")
+                           for seg in self.segments if seg.done < seg.length]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                os.fsync(fd)
+                self.save(force=True)
+                if self.error is None and self.done_bytes() == self.total:
+                    self.digest = hasher.finish()
+            finally:
+                hasher.close()
         finally:
             os.close(fd)
         if self.error is not None:
