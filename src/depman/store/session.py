@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "depman_read_only"
-WRITE_LOCK_KEY = "depman_holds_write_lock"
 
 
 def is_sqlite(url: str) -> bool:
@@ -34,15 +32,6 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    # Writers of this process queue on a Python lock before BEGIN IMMEDIATE: SQLite's
-    # own busy handler sleeps and retries, which left the fleet benchmark at 16 req/s
-    # with the CPU idle. Other processes still meet the busy timeout as before.
-    write_lock = threading.Lock()
-
-    def _release(info: dict[str, Any]) -> None:
-        if info.pop(WRITE_LOCK_KEY, False):
-            write_lock.release()
-
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # A deferred transaction that reads, then writes, fails with SQLITE_BUSY when
@@ -50,28 +39,8 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         # writers take the lock up front; read-only sessions stay deferred.
         if conn.get_execution_options().get(READ_ONLY_OPTION):
             conn.exec_driver_sql("BEGIN")
-            return
-        if write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-            conn.info[WRITE_LOCK_KEY] = True
-        try:
+        else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            _release(conn.info)
-            raise
-
-    @event.listens_for(engine, "commit")
-    def _on_commit(conn: Any) -> None:
-        _release(conn.info)
-
-    @event.listens_for(engine, "rollback")
-    def _on_rollback(conn: Any) -> None:
-        _release(conn.info)
-
-    @event.listens_for(engine.pool, "checkin")
-    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
-        # Safety net: a connection returned mid-transaction must not keep the lock.
-        if record is not None:
-            _release(record.info)
 
 
 def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
