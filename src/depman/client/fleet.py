@@ -1,7 +1,7 @@
 """Fleet files: one YAML document declaring deps, profiles, server types and instances.
 
 The sections and field names are those of the admin documents
-(`/work/shared/docs/protocol-v1.md`, "Admin documents"), camelCase, so a fleet
+(protocol v1, "Admin documents"), camelCase, so a fleet
 described for the original backend moves over unchanged. Validation happens
 before anything is sent: every problem is reported at once, each naming the
 file, the line and the key.
