@@ -150,22 +150,28 @@ async def get_queue(
     return Response(answer, media_type="application/json")
 
 
+def _disk_fields(disk: Any) -> dict[str, int | None]:
+    """The diskStats object as the core's keyword fields (absent: None)."""
+    return {
+        "disk_total_bytes": disk.total_bytes if disk else None,
+        "disk_free_bytes": disk.free_bytes if disk else None,
+        "disk_used_bytes": disk.used_bytes if disk else None,
+    }
+
+
 @router.post("/status", response_model=StatusResponse, responses=ERRORS)
 def post_status(
     body: StatusRequest, session: SessionDep, state: StateDep, token: BearerDep
 ) -> JSONResponse:
     """Move an item forward; late or repeated reports are acknowledged and ignored."""
     check_agent(state, body.instance_id, token, session=session)
-    disk = body.disk_stats
     report = StatusReport(
         item_id=body.item_id,
         state=body.state,
         dep_id=body.dep_id,
         op=body.op,
         error=body.error,
-        disk_total_bytes=disk.total_bytes if disk else None,
-        disk_free_bytes=disk.free_bytes if disk else None,
-        disk_used_bytes=disk.used_bytes if disk else None,
+        **_disk_fields(body.disk_stats),
         dynamic_bytes_used=body.dynamic_bytes_used,
     )
     result = apply_status(body.instance_id, report, session=session, policy=state.policy)
@@ -180,15 +186,12 @@ def post_heartbeat(
 ) -> JSONResponse:
     """Record the inventory (a diff) and scalars; answer the pins."""
     check_agent(state, body.instance_id, token, session=session)
-    disk = body.disk_stats
     hb = Heartbeat(
         installed_static=body.installed_static_dep_ids,
         installed_dynamic=body.installed_dynamic_dep_ids,
         downloading=body.downloading_dep_ids,
         failed=body.failed_dep_ids,
-        disk_total_bytes=disk.total_bytes if disk else None,
-        disk_free_bytes=disk.free_bytes if disk else None,
-        disk_used_bytes=disk.used_bytes if disk else None,
+        **_disk_fields(body.disk_stats),
         dynamic_bytes_used=body.dynamic_bytes_used,
         queue_depth=body.queue_depth,
         active_downloads=[a.model_dump(by_alias=True) for a in body.active_downloads],
