@@ -87,6 +87,13 @@ class ServerSettings(BaseSettings):
         description="How long a job keeps its instance busy, assumed until jobs of its "
         "server type have completed (then the median of recent ones is used).",
     )
+    heartbeat_flush_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="Unchanged heartbeats are acknowledged from memory and written in one "
+        "batch this often (0: every heartbeat is written before it is answered).",
+    )
     max_long_poll_seconds: float = Field(
         30.0, ge=0, le=30, description="Upper bound of waitSeconds on the queue and job reads."
     )

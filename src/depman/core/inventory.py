@@ -14,6 +14,7 @@ from depman.core.clock import utcnow
 from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
 from depman.core.queue import enqueue, mark_downloads_progressing, succeed_held_downloads
+from depman.core.signals import mark_changed
 from depman.core.states import PRIORITY_PREFETCH, ItemState, Op
 from depman.errors import NotFound
 from depman.store.models import (
@@ -51,6 +52,7 @@ class HeartbeatResult:
     changed: bool
     became_live: bool
     server_type: str
+    digest: str
 
 
 def inventory(hb: Heartbeat) -> dict[str, str]:
@@ -152,7 +154,7 @@ def apply_heartbeat(
     if fast is not None:
         # Instance row first, queue rows second: the same lock order as status reports.
         mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
-        return HeartbeatResult(list(fast[0] or []), False, False, fast[1])
+        return HeartbeatResult(list(fast[0] or []), False, False, fast[1], digest)
     row = session.scalar(
         select(Instance).where(Instance.instance_id == instance_id).with_for_update()
     )
@@ -170,13 +172,16 @@ def apply_heartbeat(
     if changed:
         _apply_diff(instance_id, held, session=session, now=now)
         row.inventory_digest = digest
+        mark_changed(session, instance_id)  # other replicas' heartbeat memos hold the digest
         held_ids = set(held)
         succeed_held_downloads(instance_id, held_ids, session=session, now=now)
         refresh_instance_jobs(instance_id, held_ids, session=session, now=now)
         restore_static_deps(instance_id, row.server_type, held_ids, session=session, now=now)
     session.flush()
     session.refresh(row, ["pinned_dep_ids"])
-    return HeartbeatResult(list(row.pinned_dep_ids or []), changed, not was_live, row.server_type)
+    return HeartbeatResult(
+        list(row.pinned_dep_ids or []), changed, not was_live, row.server_type, digest
+    )
 
 
 def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now: datetime) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from depman.core.signals import mark_pins
+from depman.core.signals import mark_changed
 from depman.core.states import ACTIVE_JOB_STATES
 from depman.store.models import Instance, Job, JobDep
 
@@ -30,5 +30,5 @@ def refresh_pins(instance_id: str | None, *, session: Session) -> list[str]:
     session.execute(
         update(Instance).where(Instance.instance_id == instance_id).values(pinned_dep_ids=pins)
     )
-    mark_pins(session, instance_id)
+    mark_changed(session, instance_id)
     return pins

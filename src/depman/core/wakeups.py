@@ -8,75 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy.engine import make_url
 
+from depman.core.hints import InstanceHints
 from depman.core.signals import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
-# Bounds how stale a poll hint can get if an invalidation were ever missed.
-HINT_SECONDS = 60.0
 
 
 @dataclass
 class _Entry:
     event: asyncio.Event
     waiters: int = 0
-
-
-class PollHints:
-    """Per instance: "no queued item", with the answer to send, so an empty v1 poll costs no query.
-
-    10,000 v1 agents poll 2,000 times a second, almost always for nothing (issue 5).
-    A hint is set only by a database poll that found no item, and only if no
-    invalidation for that instance happened since the poll started (the epoch
-    check), so a commit racing the read can never be hidden. Invalidations: the
-    commit hook (enqueue and pin changes in this process), and NOTIFY from other
-    replicas; while the PostgreSQL listener is down, hints are off and cleared.
-    """
-
-    def __init__(self, ttl: float = HINT_SECONDS, *, enabled: bool = True) -> None:
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._empty: dict[str, tuple[bytes, float]] = {}
-        self._epochs: dict[str, int] = {}
-        self._generation = 0
-        self._enabled = enabled
-
-    def epoch(self, instance_id: str) -> tuple[int, int]:
-        """Take before reading the database; hand to `remember_empty` afterwards."""
-        return self._generation, self._epochs.get(instance_id, 0)
-
-    def empty_answer(self, instance_id: str) -> bytes | None:
-        """The cached answer of an instance known to have nothing queued, if fresh."""
-        entry = self._empty.get(instance_id)
-        if entry is None or not self._enabled or entry[1] < time.monotonic():
-            return None
-        return entry[0]
-
-    def remember_empty(self, instance_id: str, answer: bytes, seen: tuple[int, int]) -> None:
-        """Cache an empty poll's answer, unless the instance changed since `seen`."""
-        with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
-                self._empty[instance_id] = (answer, time.monotonic() + self._ttl)
-
-    def forget(self, instance_ids: Iterable[str]) -> None:
-        """Items were queued or pins changed: the next poll asks the database."""
-        with self._lock:
-            for instance_id in instance_ids:
-                self._epochs[instance_id] = self._epochs.get(instance_id, 0) + 1
-                self._empty.pop(instance_id, None)
-
-    def set_enabled(self, enabled: bool) -> None:
-        """Turn hints on or off; either way every hint is dropped."""
-        with self._lock:
-            self._enabled = enabled
-            self._generation += 1
-            self._empty.clear()
 
 
 class WakeupHub:
@@ -87,7 +33,7 @@ class WakeupHub:
         self._tables: dict[str, dict[str, _Entry]] = {"i": {}, "j": {}}
         # Server types with pending jobs, as far as this replica knows (refreshed by the sweep).
         self.pending_server_types: set[str] = set()
-        self.hints = PollHints()
+        self.hints = InstanceHints()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the server's event loop."""
@@ -140,11 +86,13 @@ class WakeupHub:
             self._loop.call_soon_threadsafe(self._set, kind, keys)
 
     def dispatch(self, payload: str) -> None:
-        """Handle one NOTIFY payload (`i:<instanceId>`, `p:<instanceId>` or `j:<jobId>`)."""
+        """Handle one NOTIFY payload (`depman.core.signals` lists them)."""
         kind, _, key = payload.partition(":")
         if not key:
             return
-        if kind in ("i", "p"):
+        if kind == "t":
+            self.hints.forget_tokens([key])
+        if kind in ("i", "p", "t"):
             self.hints.forget([key])
         if kind in self._tables:
             self.notify(kind, [key])

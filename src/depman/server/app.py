@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp
 
 from depman.core.policy import Policy
 from depman.core.signals import take_marks
@@ -26,7 +27,9 @@ from depman.server.api import (
     jobs,
     metrics,
 )
+from depman.server.beat_flusher import run_beat_flusher
 from depman.server.errors import install_error_handlers
+from depman.server.fastlane import AgentFastLane
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
 from depman.settings import ServerSettings
@@ -39,12 +42,15 @@ def _install_commit_hooks(state: ServerState) -> None:
     """Turn the marks a transaction left into wake-ups once it commits."""
 
     def _after_commit(session: Session) -> None:
-        instances, job_ids, pending, pins = take_marks(session)
-        if instances or pins:
-            state.hub.hints.forget(instances | pins)
-        state.hub.notify("i", instances)
-        state.hub.notify("j", job_ids)
-        state.hub.pending_server_types.update(pending)
+        marks = take_marks(session)
+        hints = state.hub.hints
+        if marks.tokens:
+            hints.forget_tokens(marks.tokens)
+        if marks.instances or marks.changed or marks.tokens:
+            hints.forget(marks.instances | marks.changed | marks.tokens)
+        state.hub.notify("i", marks.instances)
+        state.hub.notify("j", marks.jobs)
+        state.hub.pending_server_types.update(marks.pending)
 
     def _after_rollback(session: Session) -> None:
         take_marks(session)
@@ -60,6 +66,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.hub.bind(asyncio.get_running_loop())
     anyio.to_thread.current_default_thread_limiter().total_tokens = state.settings.worker_threads
     tasks = [asyncio.create_task(run_maintenance(state), name="depman-maintenance")]
+    if state.settings.heartbeat_flush_seconds > 0:
+        tasks.append(asyncio.create_task(run_beat_flusher(state), name="depman-beats"))
     if state.db.dialect == "postgresql":
         # Poll hints wait for the listener: another replica's enqueue must be able to clear them.
         state.hub.hints.set_enabled(False)
@@ -109,3 +117,8 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     app.add_middleware(metrics.LatencyMiddleware, metrics=app.state.metrics)
     dashboard.mount(app)
     return app
+
+
+def with_fast_lane(app: FastAPI) -> ASGIApp:
+    """The app as served: the agent fast lane in front of FastAPI (server/fastlane.py)."""
+    return AgentFastLane(app, app.state.depman, app.state.metrics)

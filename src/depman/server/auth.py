@@ -41,11 +41,13 @@ def check_agent(
     if not token:
         raise AuthError("missing agent token: register first")
     digest = hash_token(token)
-    if state.tokens.matches(instance_id, digest):
+    hints = state.hub.hints
+    if hints.token_matches(instance_id, digest):
         return
+    seen = hints.epoch(instance_id)
     stored = stored_token_hash(instance_id, session=session)
     verify_token(instance_id, token, stored, session=session)
-    state.tokens.put(instance_id, digest)
+    hints.remember_token(instance_id, digest, seen)
 
 
 def check_admin(state: ServerState, token: str | None, *, allow_submit: bool = False) -> None:

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from depman.server.auth import bearer_token, check_admin
+from depman.server.beat_flusher import flush_beats
 from depman.server.state import ServerState, server_state
 
 
@@ -21,6 +22,15 @@ def get_session(request: Request) -> Iterator[Session]:
 def get_read_session(request: Request) -> Iterator[Session]:
     """A read-only session per request."""
     with server_state(request).db.read_session() as session:
+        yield session
+
+
+def get_fresh_read_session(request: Request) -> Iterator[Session]:
+    """A read-only session that sees every heartbeat this process has acknowledged."""
+    state = server_state(request)
+    if len(state.beats):
+        flush_beats(state)  # the write-behind batch would otherwise lag by up to a second
+    with state.db.read_session() as session:
         yield session
 
 
@@ -50,6 +60,7 @@ async def get_state(request: Request) -> ServerState:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+FreshReadSessionDep = Annotated[Session, Depends(get_fresh_read_session)]
 StateDep = Annotated[ServerState, Depends(get_state)]
 BearerDep = Annotated[str | None, Depends(get_bearer)]
 AdminDep = Depends(require_admin)

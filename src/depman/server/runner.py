@@ -68,7 +68,7 @@ def _configure_logging(level: str) -> None:
 
 def serve(settings: ServerSettings) -> None:
     """Migrate, bind, run until SIGTERM/SIGINT."""
-    from depman.server.app import create_app
+    from depman.server.app import create_app, with_fast_lane
 
     _configure_logging(settings.log_level)
     upgrade(settings.database_url)
@@ -77,7 +77,7 @@ def serve(settings: ServerSettings) -> None:
     shown = f"[{host}]" if ":" in host else host
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        with_fast_lane(app),
         log_level=settings.log_level.lower(),
         access_log=False,  # agents poll constantly; the latency histogram covers requests
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

@@ -7,11 +7,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+# PostgreSQL: commit without waiting for the WAL flush. For writes the agent repeats
+# within a heartbeat interval, where losing the last few on a crash is harmless.
+ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 READ_ONLY_OPTION = "depman_read_only"
 
 

@@ -10,7 +10,7 @@ from depman.core import instances, queue
 from depman.core.clock import utcnow
 from depman.core.inventory import held_by_instances
 from depman.core.views import instance_document, queue_item_document
-from depman.server.deps import AdminDep, ReadSessionDep, SessionDep, StateDep
+from depman.server.deps import AdminDep, FreshReadSessionDep, ReadSessionDep, SessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.admin import InstanceIn, InstanceOut, InstancesOut, QueueItemsOut
 
@@ -27,7 +27,7 @@ def _document(state: StateDep, row: Any, held: dict[str, str]) -> dict[str, Any]
 
 
 @router.get("/instances", response_model=InstancesOut, responses=ERRORS)
-def list_instances(session: ReadSessionDep, state: StateDep) -> dict[str, Any]:
+def list_instances(session: FreshReadSessionDep, state: StateDep) -> dict[str, Any]:
     """Every instance with its inventory, heartbeat age and liveness."""
     rows = instances.list_instances(session=session)
     held = held_by_instances([r.instance_id for r in rows], session=session)
@@ -45,18 +45,17 @@ def put_instance(
 
 
 @router.get("/instances/{instance_id}", response_model=InstanceOut, responses=ERRORS)
-def get_instance(instance_id: str, session: ReadSessionDep, state: StateDep) -> dict[str, Any]:
+def get_instance(instance_id: str, session: FreshReadSessionDep, state: StateDep) -> dict[str, Any]:
     """One instance with its `dependencyManager` inventory."""
     row = instances.get_instance(instance_id, session=session)
     return _document(state, row, held_by_instances([instance_id], session=session)[instance_id])
 
 
 @router.delete("/instances/{instance_id}", status_code=204, responses=ERRORS)
-def delete_instance(instance_id: str, session: SessionDep, state: StateDep) -> Response:
+def delete_instance(instance_id: str, session: SessionDep) -> Response:
     """Remove an instance, its inventory and queue; its active jobs fail."""
     instances.delete_instance(instance_id, session=session)
     session.commit()
-    state.tokens.drop(instance_id)
     return Response(status_code=204)
 
 

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from depman.core.instances import hash_token, register
-from depman.core.inventory import Heartbeat, apply_heartbeat
+from depman.core.instances import register
+from depman.core.inventory import apply_heartbeat
 from depman.core.pins import compute_pins
 from depman.core.queue import QueuePoll, poll_queue
 from depman.core.reports import StatusReport, apply_status
@@ -21,6 +20,7 @@ from depman.core.views import profile_document
 from depman.errors import NotFound
 from depman.server.auth import check_agent, check_shared_secret
 from depman.server.deps import BearerDep, SessionDep, StateDep
+from depman.server.fastlane import empty_poll_answer
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.agent import (
     HeartbeatRequest,
@@ -32,6 +32,7 @@ from depman.server.schemas.agent import (
     StatusResponse,
 )
 from depman.server.state import ServerState, server_state
+from depman.store.session import ASYNC_COMMIT
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/dependencies", tags=["agent protocol v1"])
@@ -43,8 +44,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # A heartbeat offers its own free slots to this many of the oldest pending jobs.
 PENDING_PER_HEARTBEAT = 5
-ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 CAPABILITIES = {"longPoll": True, "maxWaitSeconds": 30, "pinnedDepIds": True, "touchResolved": True}
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """JSON as the agent endpoints answer it (compact, UTF-8)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @router.post("/register", response_model=RegisterResponse, responses=ERRORS)
@@ -65,8 +70,9 @@ def register_agent(
         policy=state.policy,
     )
     instance_id = result.instance.instance_id
+    # Not cached here: the first call with the new token verifies it (an epoch-checked
+    # memo), so two racing registers of one instance cannot leave the older token valid.
     session.commit()
-    state.tokens.put(instance_id, hash_token(result.token))
     log.info(
         "registered agent: instanceId=%s agentVersion=%s prefetch=%d",
         instance_id,
@@ -98,24 +104,12 @@ def _poll(
     return poll
 
 
-def _known_empty(state: ServerState, instance_id: str, token: str | None) -> bytes | None:
-    """The cached answer when the instance has nothing queued and the token is known good."""
-    answer = state.hub.hints.empty_answer(instance_id)
-    if answer is None or not token or not state.tokens.matches(instance_id, hash_token(token)):
-        return None
-    return answer
-
-
 async def _poll_db(
     state: ServerState, instance_id: str, token: str | None, limit: int, check: bool
 ) -> tuple[QueuePoll, bytes]:
     seen = state.hub.hints.epoch(instance_id)
     poll = await run_in_threadpool(_poll, state, instance_id, token, limit, check)
-    answer = json.dumps(
-        {"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    answer = encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
     if not poll.items:
         state.hub.hints.remember_empty(instance_id, answer, seen)
     return poll, answer
@@ -137,7 +131,7 @@ async def get_queue(
     # Subscribe before looking: an enqueue committed after this point wakes the wait.
     entry = state.hub.subscribe("i", instance_id) if wait > 0 else None
     try:
-        answer = _known_empty(state, instance_id, token)
+        answer = empty_poll_answer(state, instance_id, token)
         if answer is None:
             poll, answer = await _poll_db(state, instance_id, token, limit, True)
             if poll.items:
@@ -183,24 +177,15 @@ def post_status(
 @router.post("/heartbeat", response_model=HeartbeatResponse, responses=ERRORS)
 def post_heartbeat(
     body: HeartbeatRequest, session: SessionDep, state: StateDep, token: BearerDep
-) -> JSONResponse:
+) -> Response:
     """Record the inventory (a diff) and scalars; answer the pins."""
+    hints = state.hub.hints
+    seen = hints.epoch(body.instance_id)  # before any read the memo below relies on
     check_agent(state, body.instance_id, token, session=session)
-    hb = Heartbeat(
-        installed_static=body.installed_static_dep_ids,
-        installed_dynamic=body.installed_dynamic_dep_ids,
-        downloading=body.downloading_dep_ids,
-        failed=body.failed_dep_ids,
-        **_disk_fields(body.disk_stats),
-        dynamic_bytes_used=body.dynamic_bytes_used,
-        queue_depth=body.queue_depth,
-        active_downloads=[a.model_dump(by_alias=True) for a in body.active_downloads],
-    )
+    hb = body.to_core()
     result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
     if not result.changed and state.db.dialect == "postgresql":
-        # Only liveness and scalars were written, and the agent sends them again in 30 s:
-        # losing the last few on a crash is harmless, waiting for the WAL flush is not.
-        session.execute(ASYNC_COMMIT)
+        session.execute(ASYNC_COMMIT)  # only liveness and scalars were written
     session.commit()
     pins = result.pinned_dep_ids
     if result.became_live or result.server_type in state.hub.pending_server_types:
@@ -216,4 +201,17 @@ def post_heartbeat(
         if placed:
             pins = compute_pins(body.instance_id, session=session)
             session.commit()
-    return JSONResponse({"ok": True, "pinnedDepIds": pins})
+    answer = encode({"ok": True, "pinnedDepIds": pins})
+    quiet = not hb.downloading and not hb.active_downloads
+    if state.settings.heartbeat_flush_seconds > 0 and quiet:
+        # The next unchanged heartbeat is answered by the fast lane (server/fastlane.py).
+        hints.remember_beat(
+            body.instance_id,
+            digest=result.digest,
+            failed=hb.failed,
+            server_type=result.server_type,
+            answer=answer,
+            live_seconds=state.policy.live_ttl_seconds,
+            seen=seen,
+        )
+    return Response(answer, media_type="application/json")

@@ -8,7 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -65,6 +71,13 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        # The share of agent traffic that never reached the database (server/fastlane.py).
+        self.memo_answers = Counter(
+            "depman_agent_memo_answers",
+            "Agent requests answered from this process's memos, without the database.",
+            ["endpoint"],
+            registry=self.registry,
         )
         self.registry.register(StoreCollector(state))
 

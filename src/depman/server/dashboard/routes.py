@@ -20,7 +20,7 @@ from depman.core.clock import utcnow
 from depman.errors import NotFound
 from depman.server.dashboard import auth
 from depman.server.dashboard.format import FILTERS
-from depman.server.deps import ReadSessionDep as SessionDep
+from depman.server.deps import FreshReadSessionDep as SessionDep
 from depman.server.state import server_state
 
 HERE = Path(__file__).parent

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from depman.core.inventory import Heartbeat
 from depman.server.schemas import ApiModel
 
 
@@ -104,6 +105,22 @@ class HeartbeatRequest(ApiModel):
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
     active_downloads: list[ActiveDownload] = Field(default_factory=list)
+
+    def to_core(self) -> Heartbeat:
+        """The heartbeat as the core records it."""
+        disk = self.disk_stats
+        return Heartbeat(
+            installed_static=self.installed_static_dep_ids,
+            installed_dynamic=self.installed_dynamic_dep_ids,
+            downloading=self.downloading_dep_ids,
+            failed=self.failed_dep_ids,
+            disk_total_bytes=disk.total_bytes if disk else None,
+            disk_free_bytes=disk.free_bytes if disk else None,
+            disk_used_bytes=disk.used_bytes if disk else None,
+            dynamic_bytes_used=self.dynamic_bytes_used,
+            queue_depth=self.queue_depth,
+            active_downloads=[a.model_dump(by_alias=True) for a in self.active_downloads],
+        )
 
 
 class HeartbeatResponse(ApiModel):

@@ -1,0 +1,57 @@
+"""Writes the heartbeats answered from memory (`depman.core.beats`), in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from starlette.concurrency import run_in_threadpool
+
+from depman.core.beats import write_beats
+from depman.server.state import ServerState
+from depman.store.session import ASYNC_COMMIT
+
+log = logging.getLogger(__name__)
+# One flush at a time: two racing flushes could write an instance's beats out of order.
+_FLUSH_LOCK = threading.Lock()
+
+
+def flush_beats(state: ServerState) -> int:
+    """Write every pending beat now; answers how many. Instances whose row refused lose memos."""
+    with _FLUSH_LOCK:
+        beats = state.beats.take()
+        if not beats:
+            return 0
+        try:
+            with state.db.session() as session:
+                if state.db.dialect == "postgresql":
+                    session.execute(ASYNC_COMMIT)  # liveness only, re-sent by every agent
+                refused = write_beats(beats, session=session)
+                session.commit()
+        except Exception:
+            # The acknowledged beats are lost; their next heartbeats go to the database.
+            state.hub.hints.forget_beats(beats)
+            raise
+        if refused:
+            state.hub.hints.forget_beats(refused)
+        return len(beats)
+
+
+async def run_beat_flusher(state: ServerState) -> None:
+    """Flush every `heartbeat_flush_seconds` until cancelled, then once more."""
+    interval = state.settings.heartbeat_flush_seconds
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            if len(state.beats):
+                try:
+                    await run_in_threadpool(flush_beats, state)
+                except Exception:
+                    log.exception("writing batched heartbeats failed; retrying next interval")
+    finally:
+        # Shutdown: what was acknowledged is written before the engine goes.
+        try:
+            await asyncio.to_thread(flush_beats, state)
+        except Exception:
+            log.exception("writing the last batched heartbeats failed")
