@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +22,13 @@ from depman.agent.errors import (
     InsufficientDiskSpace,
     VerificationError,
 )
+from depman.agent.files import Sidecar
 from tests.agent.conftest import payload
+from tests.agent.relay import Relay
 from tests.support.origin import ModelOrigin
 
 MiB = 1024 * 1024
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -41,16 +51,137 @@ def test_single_stream_download_and_verify(origin: ModelOrigin, tmp_path: Path) 
     assert origin.bytes_served("/m/a.bin") == len(data)
 
 
+def ranged_spans(origin: ModelOrigin, path: str) -> list[tuple[int, int]]:
+    """Inclusive byte spans of the ranged requests that carried a body (not the probe)."""
+    spans = []
+    for r in origin.requests_for(path):
+        if r.status == 206 and r.bytes_sent > 1 and r.range:
+            first, _, last = r.range.removeprefix("bytes=").partition("-")
+            spans.append((int(first), int(last)))
+    return sorted(spans)
+
+
 def test_segmented_download_uses_several_connections(origin: ModelOrigin, tmp_path: Path) -> None:
-    data, sha = payload(6 * MiB + 5)
-    origin.add("/m/big.bin", data)
+    data, sha = payload(12 * MiB + 5)
+    origin.add("/m/big.bin", data, rate=8 * MiB)  # slow enough for the connections to overlap
     dest = tmp_path / "big.bin"
-    result = download_file(DownloadSpec(origin.url("/m/big.bin"), dest, sha, len(data)),
+    with Relay(origin.port) as relay:
+        result = download_file(DownloadSpec(relay.url("/m/big.bin"), dest, sha, len(data)),
+                               options(connections=4))
+    assert result.segmented and dest.read_bytes() == data
+    spans = ranged_spans(origin, "/m/big.bin")
+    assert len(spans) == 12  # several pieces per connection (12 MiB, 1 MiB pieces)
+    assert spans[0][0] == 0 and spans[-1][1] == len(data) - 1
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(spans))  # no overlap
+    assert relay.max_active >= 4  # four pieces in flight at once
+    assert relay.accepted == 5  # the probe, then one keep-alive connection per worker
+    assert origin.bytes_served("/m/big.bin") == len(data) + 1  # + the 1-byte probe
+
+
+def test_connection_dropped_mid_piece_resumes_that_piece(origin: ModelOrigin,
+                                                         tmp_path: Path) -> None:
+    data, sha = payload(8 * MiB)
+    drop = MiB // 2 + 1000
+    origin.add("/m/d.bin", data, drop_after=drop)  # the first piece's body stops there, once
+    dest = tmp_path / "d.bin"
+    result = download_file(DownloadSpec(origin.url("/m/d.bin"), dest, sha, len(data)),
                            options(connections=4))
     assert result.segmented and dest.read_bytes() == data
-    ranged = [r for r in origin.requests_for("/m/big.bin") if r.status == 206 and r.bytes_sent > 1]
-    assert len(ranged) == 4
-    assert origin.bytes_served("/m/big.bin") == len(data) + 1  # + the 1-byte probe
+    starts = [first for first, _ in ranged_spans(origin, "/m/d.bin")]
+    assert [s for s in starts if s % MiB] == [next(s for s in starts if s % MiB)]
+    assert next(s for s in starts if s % MiB) % MiB == drop  # the rest of that piece only
+    assert origin.bytes_served("/m/d.bin") == len(data) + 1  # no byte fetched twice
+
+
+def test_slow_connection_at_the_tail_is_split(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(16 * MiB)
+    origin.add("/m/t.bin", data)
+    dest = tmp_path / "t.bin"
+    # Connection 1 is the probe; connection 2, a worker's, crawls like a bad CDN edge.
+    with Relay(origin.port, slow_connection=2, slow_rate=MiB) as relay:
+        result = download_file(DownloadSpec(relay.url("/m/t.bin"), dest, sha, len(data)),
+                               options(connections=4, min_segment_bytes=4 * MiB,
+                                       chunk_bytes=64 * 1024))
+        slow_bytes = relay.sent[2]
+    assert result.segmented and dest.read_bytes() == data
+    # Four 4 MiB pieces; the idle workers took over part of the slow one's piece, so
+    # the slow connection carried far less than its 4 MiB.
+    stolen = [first for first, _ in ranged_spans(origin, "/m/t.bin") if first % (4 * MiB)]
+    assert stolen
+    assert slow_bytes < 3 * MiB
+
+
+def test_killed_download_resumes_piece_by_piece(origin: ModelOrigin, tmp_path: Path) -> None:
+    size = 8 * MiB
+    data, sha = payload(size)
+    origin.add("/m/k.bin", data, rate=MiB)
+    dest = tmp_path / "k.bin"
+    cmd = [sys.executable, "-m", "depman.agent", "fetch", origin.url("/m/k.bin"), str(dest),
+           "--sha256", sha, "--size", str(size), "--connections", "4", "--min-segment", "1MiB",
+           "--allow-domain", "127.0.0.1"]
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SRC}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while origin.bytes_served("/m/k.bin") < 3 * MiB and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    sidecar = json.loads(dest.with_name("k.bin.partial.json").read_text())
+    assert sidecar["mode"] == "pieces"
+    have = [(s, e) for s, e in sidecar["have"]]
+    assert len(have) >= 2  # several pieces were in progress, each recorded on its own
+    on_disk = dest.with_name("k.bin.partial").read_bytes()
+    assert all(on_disk[s:e] == data[s:e] for s, e in have)  # what it claims is really there
+    origin.reset_stats()
+    origin.files["/m/k.bin"].rate = None
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert dest.read_bytes() == data
+    kept = sum(e - s for s, e in have)
+    assert int(second.stdout.split("resumed_from=")[1]) == kept
+    for first_byte, last_byte in ranged_spans(origin, "/m/k.bin"):
+        assert not any(first_byte < e and s <= last_byte for s, e in have)
+    assert origin.bytes_served("/m/k.bin") == size - kept + 1
+
+
+def test_old_segment_sidecar_resumes(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(8 * MiB)
+    entry = origin.add("/m/o.bin", data)
+    dest = tmp_path / "o.bin"
+    spec = DownloadSpec(origin.url("/m/o.bin"), dest, sha, len(data))
+    # What an agent before piece scheduling left behind: four segments, partly done.
+    segments = [[0, 2 * MiB, 2 * MiB], [2 * MiB, 4 * MiB, MiB], [4 * MiB, 6 * MiB, 0],
+                [6 * MiB, 8 * MiB, MiB // 2]]
+    partial = bytearray(len(data))
+    for start, _, done in segments:
+        partial[start:start + done] = data[start:start + done]
+    dest.with_name("o.bin.partial").write_bytes(bytes(partial))
+    Sidecar(dest.with_name("o.bin.partial.json")).save(
+        {"mode": "segmented", "etag": entry.etag, "total": len(data), "segments": segments},
+        spec)
+    result = download_file(spec, options(connections=4))
+    kept = 3 * MiB + MiB // 2
+    assert dest.read_bytes() == data and result.resumed_from == kept
+    assert origin.bytes_served("/m/o.bin") == len(data) - kept + 1
+
+
+@pytest.mark.parametrize("case", ["past the end", "no partial"])
+def test_untrustworthy_sidecar_restarts_from_zero(origin: ModelOrigin, tmp_path: Path,
+                                                  case: str) -> None:
+    data, sha = payload(4 * MiB)
+    entry = origin.add("/m/g.bin", data)
+    dest = tmp_path / "g.bin"
+    spec = DownloadSpec(origin.url("/m/g.bin"), dest, sha, len(data))
+    have = [[0, 99 * MiB]] if case == "past the end" else [[0, MiB]]
+    if case == "past the end":
+        dest.with_name("g.bin.partial").write_bytes(b"\0" * len(data))
+    Sidecar(dest.with_name("g.bin.partial.json")).save(
+        {"mode": "pieces", "etag": entry.etag, "total": len(data), "have": have}, spec)
+    result = download_file(spec, options(connections=4))
+    assert dest.read_bytes() == data and result.resumed_from == 0
+    assert origin.bytes_served("/m/g.bin") == len(data) + 1
 
 
 def test_sha_mismatch_fails_without_touching_final_path(origin: ModelOrigin,

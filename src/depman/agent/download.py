@@ -17,10 +17,11 @@ from pathlib import Path
 from . import protocol as p
 from .errors import DownloadError, DownloadInterrupted, VerificationError
 from .files import Sidecar, fsync_dir
-from .http import Response, open_url, parse_retry_after, redact_url
+from .http import ConnectionPool, Response, open_url, parse_retry_after, redact_url
+from .pieces import resume_ranges
 from .progress import Progress
 from .retry import RetryPolicy
-from .segments import ProbeResult, RangesUnsupported, SegmentedFetch, plan_segments
+from .segments import ProbeResult, RangesUnsupported, SegmentedFetch
 
 log = logging.getLogger("depman.agent")
 
@@ -67,6 +68,10 @@ class DownloadResult:
     sha256: str
     segmented: bool
     resumed_from: int
+
+
+# "segmented" is the per-segment layout of agents before piece scheduling.
+SEGMENTED_MODES = ("pieces", "segmented")
 
 
 class _SegmentedMismatch(VerificationError):
@@ -160,10 +165,11 @@ class _Download:
         for path in (self.partial, self.sidecar.path):
             path.unlink(missing_ok=True)
 
-    def open(self, url: str, headers: dict[str, str]) -> Response:
+    def open(self, url: str, headers: dict[str, str],
+             pool: ConnectionPool | None = None) -> Response:
         return open_url(url, headers=headers, authorization=self.spec.authorization,
                         catalog_url=self.spec.url, allowed_domains=self.options.allowed_domains,
-                        timeout=self.options.timeout)
+                        timeout=self.options.timeout, pool=pool)
 
     def _attempt(self, force_single: bool) -> DownloadResult:
         try:
@@ -185,7 +191,7 @@ class _Download:
             log.warning("Partial of %s is larger than expected; discarding", spec.dest.name)
             self.discard()
             meta, offset = None, 0
-        if meta is not None and meta.get("mode") == "segmented":
+        if meta is not None and meta.get("mode") in SEGMENTED_MODES:
             return self._segmented(meta)
         wants_segments = (not force_single and opts.connections > 1 and offset == 0 and
                           (spec.expected_size is None
@@ -195,7 +201,7 @@ class _Download:
         probe = self.probe()
         if probe.response is not None:  # the origin ignores Range: stream what it sends
             return self._single(0, None, probe.response)
-        if len(plan_segments(probe.total, opts.connections, opts.min_segment_bytes)) < 2:
+        if probe.total is None or probe.total < 2 * opts.min_segment_bytes:
             return self._single(0, None)
         return self._segmented(None, probe)
 
@@ -308,7 +314,7 @@ class _Download:
     def _finish_single_prefix(self, size: int) -> DownloadResult:
         return self.finalize(size, hash_file(self.partial, self.options.chunk_bytes), False)
 
-    # -- segmented --------------------------------------------------------
+    # -- segmented ------------------------------------------------------
     def _segmented(self, meta: dict[str, object] | None,
                    probe: ProbeResult | None = None) -> DownloadResult:
         if probe is None:
@@ -323,9 +329,20 @@ class _Download:
                 self.discard()
                 meta = None
         assert probe.total is not None
+        have = resume_ranges(meta, probe.total) if meta is not None else []
+        if have and _size(self.partial) != probe.total:
+            have = None  # the .partial is gone or was cut: its ranges are not on disk
+        if have is None:
+            log.warning("Cannot trust the resume data of %s; restarting from zero",
+                        self.spec.dest.name)
+            self.discard()
+            meta, have = None, []
+        etag = probe.etag
+        if meta is not None and isinstance(meta.get("etag"), str):
+            etag = str(meta["etag"])
         if self.options.ensure_space:
-            self.options.ensure_space(probe.total - _segments_done(meta))
-        fetch = SegmentedFetch(self, probe, meta)
+            self.options.ensure_space(probe.total - sum(e - s for s, e in have))
+        fetch = SegmentedFetch(self, probe, etag, have)
         self.resumed_from = fetch.done_bytes()
         fetch.run()
         digest = fetch.digest or hash_file(self.partial, self.options.chunk_bytes)
@@ -349,11 +366,11 @@ class _Download:
         return DownloadResult(spec.dest, size, digest, segmented, self.resumed_from)
 
 
-def _segments_done(meta: dict[str, object] | None) -> int:
-    segments = meta.get("segments") if meta else None
-    if not isinstance(segments, list):
-        return 0
-    return sum(int(s[2]) for s in segments)
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def hash_file(path: Path, chunk_bytes: int = p.CHUNK_BYTES) -> str:

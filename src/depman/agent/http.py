@@ -55,14 +55,45 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+class ConnectionPool:
+    """Idle keep-alive connections of one thread, one per (scheme, host, port).
+
+    Not shared between threads: each download worker owns one, so a piece can
+    reuse the connection of the last one (no new TCP/TLS handshake, no slow start).
+    """
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self.reused = 0
+
+    def take(self, url: str) -> http.client.HTTPConnection | None:
+        return self._idle.pop(origin_of(url), None)
+
+    def put(self, url: str, conn: http.client.HTTPConnection) -> None:
+        old = self._idle.pop(origin_of(url), None)
+        if old is not None:
+            old.close()
+        self._idle[origin_of(url)] = conn
+
+    def close(self) -> None:
+        for conn in self._idle.values():
+            conn.close()
+        self._idle.clear()
+
+
 @dataclass
 class Response:
-    """An open response; read the body with ``read`` and always ``close`` it."""
+    """An open response; read the body with ``read`` and always ``close`` it.
+
+    With a ``pool``, a response whose body was read to the end hands its
+    connection back for the next request instead of closing it.
+    """
 
     status: int
     url: str
     raw: http.client.HTTPResponse
     conn: http.client.HTTPConnection
+    pool: ConnectionPool | None = None
 
     def header(self, name: str) -> str | None:
         return self.raw.getheader(name)
@@ -78,10 +109,18 @@ class Response:
         return self.raw.read1(amount)
 
     def close(self) -> None:
+        # Only a body read to its last byte leaves the connection at a request
+        # boundary (read1 counts ``length`` down to 0 but does not mark it closed).
+        raw = self.raw
+        reusable = (self.pool is not None and not raw.will_close
+                    and (raw.isclosed() or raw.length == 0))
         try:
             self.raw.close()
         finally:
-            self.conn.close()
+            if reusable and self.pool is not None:
+                self.pool.put(self.url, self.conn)
+            else:
+                self.conn.close()
 
     def __enter__(self) -> Response:
         return self
@@ -103,38 +142,58 @@ def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
 
 def send(method: str, url: str, *, headers: Mapping[str, str] | None = None,
          body: bytes | None = None, timeout: float = 60.0,
-         on_connection: Callable[[http.client.HTTPConnection], None] | None = None) -> Response:
+         on_connection: Callable[[http.client.HTTPConnection], None] | None = None,
+         pool: ConnectionPool | None = None) -> Response:
     """One request, no redirects followed. Network errors propagate as OSError.
 
     ``on_connection`` sees the connection before the request goes out, so another
-    thread can abort a long wait with ``abort_connection``.
+    thread can abort a long wait with ``abort_connection``. With a ``pool`` an idle
+    connection to the same origin is reused when there is one.
     """
-    conn = _connect(url, timeout)
-    if on_connection is not None:
-        on_connection(conn)
     parts = urlsplit(url)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
     all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    idle = pool.take(url) if pool is not None else None
+    if idle is not None and pool is not None:
+        try:
+            response = _exchange(idle, method, target, body, all_headers, on_connection)
+        except (ConnectionError, http.client.BadStatusLine):
+            pass  # the origin closed the idle connection meanwhile: once more on a new one
+        else:
+            pool.reused += 1
+            return Response(response.status, url, response, idle, pool)
+    conn = _connect(url, timeout)
+    raw = _exchange(conn, method, target, body, all_headers, on_connection)
+    return Response(raw.status, url, raw, conn, pool)
+
+
+def _exchange(conn: http.client.HTTPConnection, method: str, target: str, body: bytes | None,
+              headers: Mapping[str, str],
+              on_connection: Callable[[http.client.HTTPConnection], None] | None,
+              ) -> http.client.HTTPResponse:
+    if on_connection is not None:
+        on_connection(conn)
     try:
-        conn.request(method, target, body=body, headers=all_headers)
-        raw = conn.getresponse()
+        conn.request(method, target, body=body, headers=dict(headers))
+        return conn.getresponse()
     except BaseException:
         conn.close()
         raise
-    return Response(raw.status, url, raw, conn)
 
 
 def open_url(url: str, *, headers: Mapping[str, str] | None = None,
              authorization: str | None = None, catalog_url: str | None = None,
-             allowed_domains: Sequence[str] | None = None, timeout: float = 60.0) -> Response:
+             allowed_domains: Sequence[str] | None = None, timeout: float = 60.0,
+             pool: ConnectionPool | None = None) -> Response:
     """GET ``url``, following redirects one hop at a time.
 
     Every hop's host is checked against ``allowed_domains`` before it is
     requested, and ``authorization`` goes only to the catalog URL's own
     scheme/host/port: Hugging Face and Civitai redirect to signed CDN URLs on
-    other hosts, and the field agent leaked tokens to them.
+    other hosts, and the field agent leaked tokens to them. ``pool`` lets a
+    download worker reuse its keep-alive connection from one piece to the next.
     """
     auth_origin = origin_of(catalog_url or url)
     current = url
@@ -149,7 +208,7 @@ def open_url(url: str, *, headers: Mapping[str, str] | None = None,
         hop_headers = dict(headers or {})
         if authorization and origin_of(current) == auth_origin:
             hop_headers["Authorization"] = authorization
-        response = send("GET", current, headers=hop_headers, timeout=timeout)
+        response = send("GET", current, headers=hop_headers, timeout=timeout, pool=pool)
         if response.status not in REDIRECT_STATUSES:
             return response
         location = response.header("Location")

@@ -1,8 +1,12 @@
-"""Segmented fetch: several ranged connections writing into one .partial at their offsets.
+"""Segmented fetch: a pool of ranged keep-alive connections filling one .partial.
 
-Like aria2c ``-x`` or hf_transfer. Memory stays bounded (one chunk per
-connection); progress per segment is kept in the sidecar so a killed agent
-resumes segment by segment.
+Like aria2c ``-x``: the missing bytes are cut into pieces (``pieces.py``) that
+``connections`` workers take in file order, each over its own keep-alive
+connection, writing at their offsets with ``os.pwrite``. Because pieces complete
+roughly in file order, ``PrefixHasher`` hashes the contiguous prefix while the
+download runs, and only the last pieces in flight are left to hash after the
+last byte. Memory stays bounded (one chunk per connection); the sidecar records
+the byte ranges on disk, so a killed agent resumes piece by piece.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .errors import DownloadError
-from .http import Response
+from .errors import DownloadError, DownloadInterrupted
+from .http import ConnectionPool, Response
+from .pieces import Piece, PieceBoard
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .download import _Download
@@ -40,46 +46,28 @@ class RangesUnsupported(DownloadError):
     code = "ranges_unsupported"
 
 
-@dataclass
-class Segment:
-    start: int
-    end: int  # exclusive
-    done: int = 0
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-
-def plan_segments(total: int | None, connections: int, min_segment: int) -> list[Segment]:
-    """Equal segments, at most ``connections``, none smaller than ``min_segment``."""
-    if not total:
-        return [Segment(0, total or 0)]
-    count = max(1, min(connections, total // max(1, min_segment)))
-    size = -(-total // count)
-    return [Segment(i * size, min(total, (i + 1) * size)) for i in range(count)]
-
-
 class PrefixHasher:
-    """Hashes the file's contiguous downloaded prefix while later segments still arrive.
+    """Hashes the file's contiguous downloaded prefix while later pieces still arrive.
 
-    Segments lie in file order, so the prefix grows as the first unfinished one
-    fills; when the last byte lands only a short tail is left to hash, instead of a
-    second full read (the unthrottled benchmark measured that pass at ~25 %).
+    When the last byte lands only the pieces beyond the prefix are left to hash,
+    instead of a second full read (the unthrottled benchmark measured that pass at ~25 %).
     """
 
-    def __init__(self, path: str, fetch: SegmentedFetch, chunk_bytes: int) -> None:
+    def __init__(self, path: str, board: PieceBoard, total: int,
+                 abort: threading.Event, chunk_bytes: int) -> None:
         self.fd = os.open(path, os.O_RDONLY)
-        self.fetch = fetch
+        self.board = board
+        self.total = total
+        self.abort = abort
         self.chunk_bytes = chunk_bytes
         self.hasher = hashlib.sha256()
         self.pos = 0
         self.ended = threading.Event()
-        self.thread = threading.Thread(target=self._follow, daemon=True, name="segment-hash")
+        self.thread = threading.Thread(target=self._follow, daemon=True, name="piece-hash")
         self.thread.start()
 
     def _advance(self) -> bool:
-        limit = self.fetch.contiguous_bytes()
+        limit = self.board.contiguous()
         if self.pos >= limit:
             return False
         block = os.pread(self.fd, min(self.chunk_bytes, limit - self.pos), self.pos)
@@ -87,12 +75,13 @@ class PrefixHasher:
             return False
         self.hasher.update(block)  # releases the GIL for large blocks, like pread
         self.pos += len(block)
+        self.board.hashed_to(self.pos)
         return True
 
     def _follow(self) -> None:
-        while not self.ended.is_set() and not self.fetch.abort.is_set():
+        while not self.ended.is_set() and not self.abort.is_set():
             if not self._advance():
-                self.ended.wait(0.02)
+                self.ended.wait(0.01)
 
     def stop(self) -> None:
         """Stop following; idempotent."""
@@ -100,12 +89,12 @@ class PrefixHasher:
         self.thread.join()
 
     def finish(self) -> str:
-        """Hash the rest (all segments are done) and answer the hex digest."""
+        """Hash the rest (every piece is done) and answer the hex digest."""
         self.stop()
         while self._advance():
             pass
-        if self.pos != self.fetch.total:
-            raise DownloadError(f"Could only hash {self.pos} of {self.fetch.total} bytes")
+        if self.pos != self.total:
+            raise DownloadError(f"Could only hash {self.pos} of {self.total} bytes")
         return self.hasher.hexdigest()
 
     def close(self) -> None:
@@ -114,50 +103,44 @@ class PrefixHasher:
 
 
 class SegmentedFetch:
-    """Runs one thread per unfinished segment; the first hard error stops the others."""
+    """A fixed pool of piece workers; the first hard error stops the others."""
 
-    def __init__(self, download: _Download, probe: ProbeResult,
-                 meta: dict[str, Any] | None) -> None:
+    def __init__(self, download: _Download, probe: ProbeResult, etag: str | None,
+                 have: list[tuple[int, int]]) -> None:
         assert probe.total is not None
         self.d = download
         self.total = probe.total
         self.url = probe.url
-        self.etag = probe.etag if meta is None else (meta.get("etag") or probe.etag)
+        self.etag = etag
         opts = download.options
-        if meta is not None:
-            self.segments = [Segment(int(s), int(e), int(d)) for s, e, d in meta["segments"]]
-        else:
-            self.segments = plan_segments(self.total, opts.connections, opts.min_segment_bytes)
-        self.lock = threading.Lock()
+        self.board = PieceBoard(self.total, have, opts.connections, opts.min_segment_bytes)
+        self.lock = threading.Lock()  # url, generation, error
+        self.save_lock = threading.Lock()
         self.abort = threading.Event()
         self.error: BaseException | None = None
         self.generation = 0
         self.last_save = 0.0
         self.digest: str | None = None
+        self.requests = 0
+        self.reused = 0
 
     def done_bytes(self) -> int:
-        return sum(s.done for s in self.segments)
-
-    def contiguous_bytes(self) -> int:
-        """Bytes from offset 0 that are all on disk (segments are in file order)."""
-        for seg in self.segments:
-            if seg.done < seg.length:
-                return seg.start + seg.done
-        return self.total
+        return self.board.done_bytes()
 
     def run(self) -> None:
         d = self.d
         fd = os.open(d.partial, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size != self.total:
-                os.ftruncate(fd, self.total)  # sparse; segments fill it in place
+                os.ftruncate(fd, self.total)  # sparse; pieces fill it in place
             self.save(force=True)
             d.progress.start(self.done_bytes(), self.total)
-            hasher = PrefixHasher(str(d.partial), self, d.options.chunk_bytes)
+            hasher = PrefixHasher(str(d.partial), self.board, self.total,
+                                  self.abort, d.options.chunk_bytes)
             try:
-                threads = [threading.Thread(target=self.worker, args=(seg, fd), daemon=True,
-                                            name=f"segment-{seg.start}")
-                           for seg in self.segments if seg.done < seg.length]
+                threads = [threading.Thread(target=self.worker, args=(fd,), daemon=True,
+                                            name=f"piece-worker-{i}")
+                           for i in range(self.board.workers())]
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -173,56 +156,75 @@ class SegmentedFetch:
         if self.error is not None:
             raise self.error
         if d.options.stop.is_set() and self.done_bytes() < self.total:
-            from .errors import DownloadInterrupted
             raise DownloadInterrupted()
 
     def save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        with self.lock:
-            if not force and now - self.last_save < SAVE_EVERY_SECONDS:
-                return
-            self.last_save = now
-            segments = [[s.start, s.end, s.done] for s in self.segments]
-            self.d.sidecar.save({"mode": "segmented", "etag": self.etag, "total": self.total,
-                                 "segments": segments}, self.d.spec)
+        if not force and time.monotonic() - self.last_save < SAVE_EVERY_SECONDS:
+            return
+        # One writer at a time; a worker that finds another writing skips (it is not due).
+        if not self.save_lock.acquire(blocking=force):
+            return
+        try:
+            self.last_save = time.monotonic()
+            self.d.sidecar.save({"mode": "pieces", "etag": self.etag, "total": self.total,
+                                 "have": self.board.have()}, self.d.spec)
+        finally:
+            self.save_lock.release()
 
     def stopping(self) -> bool:
         return self.abort.is_set() or self.d.options.stop.is_set()
 
-    def worker(self, seg: Segment, fd: int) -> None:
+    def worker(self, fd: int) -> None:
         policy = self.d.options.new_policy()
+        pool = ConnectionPool()
         try:
-            while seg.done < seg.length and not self.stopping():
-                try:
-                    self.fetch_once(seg, fd, policy)
-                except (OSError, http.client.HTTPException, DownloadError) as exc:
-                    if isinstance(exc, RangesUnsupported) or (
-                            isinstance(exc, DownloadError) and not exc.retryable):
-                        raise
-                    delay = policy.next_delay(getattr(exc, "retry_after", None))
-                    if delay is None:
-                        raise DownloadError(f"Segment at byte {seg.start + seg.done} failed: "
-                                            f"{exc}") from exc
-                    if self.d.options.stop.wait(delay):
-                        return
+            while not self.stopping():
+                piece = self.board.take()
+                if piece is None:
+                    return
+                self.fetch_piece(piece, fd, pool, policy)
         except BaseException as exc:
             with self.lock:
                 if self.error is None:
                     self.error = exc
             self.abort.set()
+        finally:
+            with self.lock:
+                self.reused += pool.reused
+            pool.close()
 
-    def fetch_once(self, seg: Segment, fd: int, policy: Any) -> None:
+    def fetch_piece(self, piece: Piece, fd: int, pool: ConnectionPool,
+                    policy: RetryPolicy) -> None:
+        """Fetch what is left of ``piece``, retrying with this worker's policy."""
+        while not self.stopping():
+            start, end = self.board.span(piece)
+            if start >= end:
+                return
+            try:
+                self.fetch_once(piece, start, end - 1, fd, pool, policy)
+            except (OSError, http.client.HTTPException, DownloadError) as exc:
+                if isinstance(exc, RangesUnsupported) or (
+                        isinstance(exc, DownloadError) and not exc.retryable):
+                    raise
+                delay = policy.next_delay(getattr(exc, "retry_after", None))
+                if delay is None:
+                    raise DownloadError(f"Piece at byte {piece.pos} failed: {exc}") from exc
+                if self.d.options.stop.wait(delay):
+                    return
+
+    def fetch_once(self, piece: Piece, start: int, last: int, fd: int, pool: ConnectionPool,
+                   policy: RetryPolicy) -> None:
         from .download import classify_status, parse_content_range
 
-        start, last = seg.start + seg.done, seg.end - 1
         headers = {"Range": f"bytes={start}-{last}"}
         if self.etag and not self.etag.startswith("W/"):
             headers["If-Range"] = self.etag
         with self.lock:
             url, generation = self.url, self.generation
-        with self.d.open(url, headers) as response:
+            self.requests += 1
+        with self.d.open(url, headers, pool) as response:
             if response.status == 200:
-                raise RangesUnsupported("Origin answered a segment with the whole file "
+                raise RangesUnsupported("Origin answered a piece with the whole file "
                                         "(ranges ignored or the file changed)")
             if response.status in (403, 416):
                 self.refresh_url(generation)
@@ -231,19 +233,22 @@ class SegmentedFetch:
                 raise classify_status(response)
             span = parse_content_range(response.header("Content-Range"))
             if span is None or span[0] != start or span[1] > last:
-                raise DownloadError(f"Unexpected Content-Range for segment at byte {start}")
+                raise DownloadError(f"Unexpected Content-Range for piece at byte {start}")
             chunk_bytes = self.d.options.chunk_bytes
             pos = start
-            while pos <= last and not self.stopping():
-                chunk = response.read_some(min(chunk_bytes, last + 1 - pos))
+            # The board says how much to read next: a steal may cut the piece short,
+            # and the rest of this response is then dropped with its connection.
+            want = self.board.advance(piece, 0, chunk_bytes, self.stopping)
+            while want and not self.stopping():
+                chunk = response.read_some(want)
                 if not chunk:
-                    raise DownloadError(f"Connection closed early in segment at byte {pos}")
+                    raise DownloadError(f"Connection closed early in piece at byte {pos}")
                 view = memoryview(chunk)
                 while view:
                     written = os.pwrite(fd, view, pos)
                     view = view[written:]
                     pos += written
-                seg.done += len(chunk)
+                want = self.board.advance(piece, len(chunk), chunk_bytes, self.stopping)
                 policy.reset()
                 self.d.on_bytes(len(chunk))
                 self.save()
