@@ -172,7 +172,8 @@ def apply_heartbeat(
     if changed:
         _apply_diff(instance_id, held, session=session, now=now)
         row.inventory_digest = digest
-        mark_changed(session, instance_id)  # other replicas' heartbeat memos hold the digest
+        # Other replicas' heartbeat memos hold the old digest; the handler renews ours.
+        mark_changed(session, instance_id, here=False)
         held_ids = set(held)
         succeed_held_downloads(instance_id, held_ids, session=session, now=now)
         refresh_instance_jobs(instance_id, held_ids, session=session, now=now)

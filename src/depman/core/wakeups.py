@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 
 from depman.core.hints import InstanceHints
-from depman.core.signals import NOTIFY_CHANNEL
+from depman.core.signals import NOTIFY_CHANNEL, ORIGIN, split_origin
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ class WakeupHub:
 
     def dispatch(self, payload: str) -> None:
         """Handle one NOTIFY payload (`depman.core.signals` lists them)."""
+        origin, payload = split_origin(payload)
+        if origin == ORIGIN:
+            return  # our own commit hook applied it already
         kind, _, key = payload.partition(":")
         if not key:
             return

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp
 
 from depman.core.policy import Policy
-from depman.core.signals import take_marks
+from depman.core.signals import install_notify_hook, take_marks
 from depman.core.wakeups import listen_forever
 from depman.server import dashboard
 from depman.server.api import (
@@ -56,6 +56,7 @@ def _install_commit_hooks(state: ServerState) -> None:
         take_marks(session)
 
     for factory in (state.db.writer, state.db.reader):
+        install_notify_hook(factory)
         event.listen(factory, "after_commit", _after_commit)
         event.listen(factory, "after_soft_rollback", lambda s, _t: _after_rollback(s))
 

@@ -57,11 +57,15 @@ def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
         )
         _install_sqlite_pragmas(engine)
         return engine
+    # No overflow: connections opened past the pool are closed on return, and under a
+    # boot storm that churn (a backend fork and login each) cost more than the queries.
+    # No pre-ping: a round trip on every checkout; a dead connection is invalidated by
+    # the error it raises (503, the agent retries), and recycling bounds idle ones.
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        max_overflow=0,
+        pool_timeout=30,
         pool_recycle=1800,
     )
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from depman.core.instances import register
+from depman.core.instances import hash_token, register
 from depman.core.inventory import apply_heartbeat
 from depman.core.pins import compute_pins
 from depman.core.queue import QueuePoll, poll_queue
@@ -70,9 +70,9 @@ def register_agent(
         policy=state.policy,
     )
     instance_id = result.instance.instance_id
-    # Not cached here: the first call with the new token verifies it (an epoch-checked
-    # memo), so two racing registers of one instance cannot leave the older token valid.
-    session.commit()
+    session.commit()  # the commit hook drops the old token's memo
+    hints = state.hub.hints
+    hints.remember_token(instance_id, hash_token(result.token), hints.epoch(instance_id))
     log.info(
         "registered agent: instanceId=%s agentVersion=%s prefetch=%d",
         instance_id,

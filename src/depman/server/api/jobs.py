@@ -14,7 +14,13 @@ from depman.core import jobs as job_core
 from depman.core.scheduler import submit_job
 from depman.core.states import TERMINAL_JOB_STATES, JobState
 from depman.core.views import job_document
-from depman.server.deps import JobsAuthDep, ReadSessionDep, SessionDep, StateDep
+from depman.server.deps import (
+    FreshSessionDep,
+    JobsAuthDep,
+    ReadSessionDep,
+    SessionDep,
+    StateDep,
+)
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.jobs import JobComplete, JobCreate, JobPublic, JobsPublic
 from depman.server.state import ServerState, server_state
@@ -34,7 +40,7 @@ def documents(jobs: list[Job], *, session: Session) -> list[dict[str, Any]]:
 
 
 @router.post("", response_model=JobPublic, responses=ERRORS)
-def create_job(body: JobCreate, session: SessionDep, state: StateDep) -> dict[str, Any]:
+def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> dict[str, Any]:
     """Reserve the best live instance and queue the deps it lacks; else wait as pending."""
     job, _created = submit_job(
         body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy
