@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-rate", default="40m", help="nginx limit_rate when throttled.")
     parser.add_argument("--shm", type=Path, default=Path("/dev/shm"),
                         help="Where the origin file and the downloads live.")
+    parser.add_argument("--tools", help="Comma-separated words; run only the tools whose name "
+                        "contains one (e.g. 'segmented,curl -o (no,aria2c -x8 -s8 (no').")
+    parser.add_argument("--scenarios", default="unthrottled,throttled",
+                        help="Which scenarios to run (default both).")
     args = parser.parse_args(argv)
     size = (args.size_mib or (32 if args.smoke else 1024)) * MIB
     runs = args.runs or (1 if args.smoke else 5)
@@ -220,11 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing {size / MIB:.0f} MiB of random bytes to {root / FILE_NAME} ...")
         sha = make_random_file(root / FILE_NAME, size)
         tools = make_tools(sha, size, min_segment)
+        if args.tools:
+            words = [w.strip() for w in args.tools.split(",") if w.strip()]
+            tools = [t for t in tools if any(w in t.name for w in words)]
+        scenarios = {s.strip() for s in args.scenarios.split(",")}
         timeout = max(120.0, 4 * size / 40e6)
         with NginxOrigin(root, limit_rate=args.limit_rate) as origin:
             print(f"nginx on 127.0.0.1:{origin.port}; {runs} run(s) per tool")
-            fast = run_scenario(origin, tools, dest_dir, False, runs, timeout)
-            slow = run_scenario(origin, tools, dest_dir, True, runs, timeout)
+            fast = (run_scenario(origin, tools, dest_dir, False, runs, timeout)
+                    if "unthrottled" in scenarios else [])
+            slow = (run_scenario(origin, tools, dest_dir, True, runs, timeout)
+                    if "throttled" in scenarios else [])
 
     size_label = f"{size / GIB:.0f} GiB" if size >= GIB else f"{size / MIB:.0f} MiB"
     tables = [

@@ -19,24 +19,27 @@ def never() -> bool:
     return False
 
 
-def test_plan_covers_the_gaps_with_shrinking_pieces() -> None:
+def test_plan_ramps_up_then_shrinks_to_the_minimum() -> None:
     total = 1024 * MiB
     pieces = plan_pieces([(0, total)], 8, 16 * MiB)
     assert pieces[0].start == 0 and pieces[-1].end == total
     assert all(a.end == b.start for a, b in itertools.pairwise(pieces))
     sizes = [p.end - p.start for p in pieces]
-    assert all(16 * MiB <= s for s in sizes)
-    assert all(a >= b - 1 for a, b in itertools.pairwise(sizes))  # big first
-    assert sizes[0] == 32 * MiB and 16 * MiB <= sizes[-1] < 17 * MiB
+    ramp, rest = sizes[:8], sizes[8:]
+    # The first wave is staggered so its pieces finish one after another.
+    assert ramp == sorted(ramp) and ramp[0] == 4 * MiB and ramp[-1] > 6 * ramp[0]
+    assert all(a >= b - 1 for a, b in itertools.pairwise(rest))  # then big first, shrinking
+    assert all(16 * MiB <= s < 17 * MiB for s in rest[-8:])  # down to the minimum
     assert len(pieces) > 8 * 4  # several per connection
 
 
 def test_plan_splits_the_rest_evenly_and_respects_gaps() -> None:
     gaps = [(0, 5 * MiB + 100), (9 * MiB, 10 * MiB)]
-    pieces = plan_pieces(gaps, 4, MiB)
+    pieces = plan_pieces(gaps, 2, MiB)
     assert [(p.start, p.end) for p in pieces][-1] == (9 * MiB, 10 * MiB)
-    assert pieces[4].end == 5 * MiB + 100  # no 100-byte straggler: five equal pieces
-    assert {p.end - p.start for p in pieces[:5]} == {MiB + 20}
+    first_gap = [p for p in pieces if p.end <= 5 * MiB + 100]
+    assert first_gap[-1].end == 5 * MiB + 100
+    assert all(p.end - p.start >= MiB for p in first_gap)  # no 100-byte straggler
     assert sum(p.end - p.start for p in pieces) == 6 * MiB + 100
 
 
@@ -52,7 +55,7 @@ def test_pieces_are_handed_out_in_file_order() -> None:
 
 
 def test_an_idle_worker_splits_the_largest_piece_in_flight() -> None:
-    board = PieceBoard(8 * MiB, [], 2, 4 * MiB)
+    board = PieceBoard(8 * MiB, [], 1, 4 * MiB)
     first, second = board.take(), board.take()
     assert first is not None and second is not None
     assert (first.start, first.end, second.start, second.end) == (0, 4 * MiB, 4 * MiB, 8 * MiB)
@@ -78,21 +81,26 @@ def test_small_remainders_are_not_split() -> None:
     assert MiB < 2 * MIN_STEAL_BYTES and board.take() is None
 
 
-def test_hash_lag_makes_workers_wait_until_stopping() -> None:
+def test_when_the_hash_lags_only_the_leading_piece_goes_on() -> None:
     board = PieceBoard(128 * MiB, [], 1, 64 * MiB)
-    piece = board.take()
-    assert piece is not None
+    lead, behind = board.take(), board.take()
+    assert lead is not None and behind is not None and lead.start < behind.start
     calls = []
 
     def stop_after_two() -> bool:
         calls.append(1)
         return len(calls) > 2
 
-    # 40 MiB contiguous and nothing hashed: over the lag bound, so it waits (and stops).
-    board.advance(piece, 40 * MiB, MiB, stop_after_two)
+    # 40 MiB contiguous and nothing hashed: over the lag bound. The leading piece
+    # extends the prefix, so it goes on; the one behind it waits (here: until stopped).
+    assert board.advance(lead, 40 * MiB, MiB, never) == MiB
+    board.advance(behind, 0, MiB, stop_after_two)
+    assert len(calls) == 3
+    # A piece's last chunk never waits (its worker goes on to take the next piece).
+    assert board.advance(behind, 64 * MiB, MiB, stop_after_two) == 0
     assert len(calls) == 3
     board.hashed_to(40 * MiB)
-    assert board.advance(piece, 0, MiB, never) == MiB
+    assert board.advance(lead, 0, MiB, never) == MiB
 
 
 def test_have_merges_and_resume_reads_it_back() -> None:

@@ -10,6 +10,7 @@ Byte ranges are ``(start, end)`` pairs, ``end`` exclusive.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,10 +21,13 @@ from typing import Any
 PIECES_PER_CONNECTION = 4
 # A steal costs a request and the victim's keep-alive connection; not worth it for less.
 MIN_STEAL_BYTES = 1024 * 1024
-# sha256 is one sequential stream sharing the CPU with every connection: when it falls
-# this far behind the contiguous prefix, workers wait for it, so that on a CPU-bound
-# machine the hash ends with the download instead of running alone after it.
+# sha256 is one sequential stream that competes for the CPU with every connection
+# (and, thread by thread, loses). When it falls this far behind the contiguous prefix,
+# only the workers of the first LAGGING_WORKERS pieces in flight go on (they extend
+# the prefix); the rest wait, so the hash gets a core and ends with the download
+# instead of running alone after it on a CPU-bound machine.
 MAX_HASH_LAG_BYTES = 32 * 1024 * 1024
+LAGGING_WORKERS = max(1, (os.cpu_count() or 2) - 1)
 
 @dataclass
 class Piece:
@@ -45,21 +49,31 @@ class Piece:
 
 def plan_pieces(gaps: Iterable[tuple[int, int]], connections: int,
                 min_piece: int) -> list[Piece]:
-    """Pieces covering ``gaps`` in file order, none smaller than ``min_piece``.
+    """Pieces covering ``gaps`` in file order.
 
-    Once pieces are down to the minimum, the rest of a gap is split into equal
-    pieces, so the last one is not an odd-sized straggler.
+    The first ``connections`` pieces ramp up (1/n, 2/n, ... of the piece size):
+    all workers start at once, and equal pieces would finish together, leaving
+    the prefix, and the hash, stuck on the first one until the whole wave lands.
+    Staggered, they finish one after another in file order and stay that way.
+    After the ramp no piece is smaller than ``min_piece``; once they are down to
+    it, the rest of a gap is split evenly, so the last one is not a straggler.
     """
     gaps = list(gaps)
     left = sum(end - start for start, end in gaps)
-    share = max(1, connections) * PIECES_PER_CONNECTION
+    workers = max(1, connections)
+    share = workers * PIECES_PER_CONNECTION
     min_piece = max(1, min_piece)
+    ramp_floor = min(min_piece, MIN_STEAL_BYTES)
     pieces: list[Piece] = []
     for start, end in gaps:
         pos = start
         while pos < end:
             size = max(min_piece, left // share)
-            if size == min_piece or end - pos < size + min_piece:
+            if len(pieces) < workers:
+                size = max(ramp_floor, size * (len(pieces) + 1) // workers)
+                if end - (pos + size) < ramp_floor:
+                    size = end - pos
+            elif size == min_piece or end - pos < size + min_piece:
                 count = max(1, (end - pos) // min_piece)
                 bounds = [pos + (end - pos) * i // count for i in range(count + 1)]
                 pieces.extend(Piece(bounds[i], bounds[i + 1]) for i in range(count))
@@ -127,6 +141,7 @@ class PieceBoard:
         self.lock = threading.Lock()
         self.hash_moved = threading.Condition(self.lock)
         self.hashed = 0
+        self.waiting = 0
         done = [Piece(s, e, e - s) for s, e in have]
         todo = plan_pieces(missing(have, total), self.connections, min_piece)
         self.pieces = sorted(done + todo, key=lambda p: p.start)
@@ -175,11 +190,29 @@ class PieceBoard:
         """
         with self.lock:
             piece.done += written
-            while self._contiguous() - self.hashed > MAX_HASH_LAG_BYTES and not stopping():
+            if written and piece.finished and self.waiting:
+                self.hash_moved.notify_all()  # the frontier may have moved: new leaders
+            while (piece.pos < piece.end
+                   and self._contiguous() - self.hashed > MAX_HASH_LAG_BYTES
+                   and not self._leading(piece) and not stopping()):
+                self.waiting += 1
                 self.hash_moved.wait(0.05)
+                self.waiting -= 1
             want = max(0, min(chunk, piece.end - piece.pos))
             piece.reserved = piece.pos + want
             return want
+
+    def _leading(self, piece: Piece) -> bool:
+        """Whether ``piece`` is among the first LAGGING_WORKERS pieces in flight."""
+        ahead = 0
+        for other in self.pieces[self.frontier:]:
+            if other is piece:
+                return True
+            if other.owned and not other.finished:
+                ahead += 1
+                if ahead >= LAGGING_WORKERS:
+                    return False
+        return True
 
     def span(self, piece: Piece) -> tuple[int, int]:
         """[pos, end) still to fetch for ``piece``."""
@@ -190,7 +223,10 @@ class PieceBoard:
         """The hash has consumed the file up to ``pos``."""
         with self.lock:
             self.hashed = pos
-            self.hash_moved.notify_all()
+            # Wake waiters once the lag is gone, not at every block: each wake-up
+            # costs them the GIL and this lock, which the hasher needs next.
+            if self.waiting and self._contiguous() - pos <= MAX_HASH_LAG_BYTES:
+                self.hash_moved.notify_all()
 
     def contiguous(self) -> int:
         """Bytes from offset 0 that are all on disk."""
