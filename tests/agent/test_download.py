@@ -352,3 +352,34 @@ def test_stop_interrupts_at_resumable_point_then_resumes(origin: ModelOrigin,
     result = download_file(spec, options(connections=4))
     assert dest.read_bytes() == data and result.resumed_from > 0
     assert origin.bytes_served("/m/slow.bin") - first < len(data) - result.resumed_from + 4096
+
+
+def test_stop_on_a_slow_link_comes_within_a_read(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(4 * MiB)
+    origin.add("/m/crawl.bin", data, rate=128 * 1024)  # 1 MiB chunks would take 8 s each
+    dest = tmp_path / "crawl.bin"
+    stop = threading.Event()
+    from depman.agent.progress import Progress
+
+    progress = Progress("crawl")
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            download_file(DownloadSpec(origin.url("/m/crawl.bin"), dest, sha, len(data)),
+                          options(connections=2, stop=stop, progress=progress))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while progress.bytes_done == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert progress.bytes_done > 0  # progress shows well before a 1 MiB chunk could fill
+    stop.set()
+    stopped_at = time.monotonic()
+    thread.join(10)
+    assert time.monotonic() - stopped_at < 2.0
+    assert outcome and isinstance(outcome[0], DownloadInterrupted)
+    assert dest.with_name("crawl.bin.partial.json").exists()

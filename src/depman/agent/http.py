@@ -108,6 +108,14 @@ class Response:
         """
         return self.raw.read1(amount)
 
+    def read_into(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` from the body (less only at its end, 0 after it).
+
+        No allocation per read: with ``read_some`` every 1 MiB bytes object
+        fragmented the heaps of eight download threads (+25 MiB peak RSS).
+        """
+        return self.raw.readinto(buffer)
+
     def close(self) -> None:
         # Only a body read to its last byte leaves the connection at a request
         # boundary (read1 counts ``length`` down to 0 but does not mark it closed).

@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING
 from .errors import DownloadError, DownloadInterrupted
 from .http import ConnectionPool, Response
 from .pieces import Piece, PieceBoard
-from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .download import _Download
 
 SAVE_EVERY_SECONDS = 0.2
+# A read fills the worker's buffer, so on a slow link a whole chunk could take
+# seconds (and stop waits for the next chunk): each read asks for about this
+# long of what the connection has been delivering.
+READ_SECONDS = 0.25
+MIN_READ_BYTES = 64 * 1024
 
 
 @dataclass
@@ -100,6 +104,26 @@ class PrefixHasher:
     def close(self) -> None:
         self.stop()
         os.close(self.fd)
+
+
+class Lane:
+    """One worker's keep-alive connection, retry budget and read buffer."""
+
+    def __init__(self, download: _Download) -> None:
+        opts = download.options
+        self.pool = ConnectionPool()
+        self.policy = opts.new_policy()
+        self.buffer = memoryview(bytearray(opts.chunk_bytes))
+        self.read_size = min(MIN_READ_BYTES, opts.chunk_bytes)
+
+    def read(self, response: Response, want: int) -> memoryview:
+        size = min(want, self.read_size)
+        started = time.monotonic()
+        got = response.read_into(self.buffer[:size])
+        elapsed = time.monotonic() - started
+        rate = got / elapsed if elapsed > 0 else float("inf")
+        self.read_size = int(max(MIN_READ_BYTES, min(len(self.buffer), rate * READ_SECONDS)))
+        return self.buffer[:got]
 
 
 class SegmentedFetch:
@@ -175,14 +199,13 @@ class SegmentedFetch:
         return self.abort.is_set() or self.d.options.stop.is_set()
 
     def worker(self, fd: int) -> None:
-        policy = self.d.options.new_policy()
-        pool = ConnectionPool()
+        lane = Lane(self.d)
         try:
             while not self.stopping():
                 piece = self.board.take()
                 if piece is None:
                     return
-                self.fetch_piece(piece, fd, pool, policy)
+                self.fetch_piece(piece, fd, lane)
         except BaseException as exc:
             with self.lock:
                 if self.error is None:
@@ -190,30 +213,28 @@ class SegmentedFetch:
             self.abort.set()
         finally:
             with self.lock:
-                self.reused += pool.reused
-            pool.close()
+                self.reused += lane.pool.reused
+            lane.pool.close()
 
-    def fetch_piece(self, piece: Piece, fd: int, pool: ConnectionPool,
-                    policy: RetryPolicy) -> None:
+    def fetch_piece(self, piece: Piece, fd: int, lane: Lane) -> None:
         """Fetch what is left of ``piece``, retrying with this worker's policy."""
         while not self.stopping():
             start, end = self.board.span(piece)
             if start >= end:
                 return
             try:
-                self.fetch_once(piece, start, end - 1, fd, pool, policy)
+                self.fetch_once(piece, start, end - 1, fd, lane)
             except (OSError, http.client.HTTPException, DownloadError) as exc:
                 if isinstance(exc, RangesUnsupported) or (
                         isinstance(exc, DownloadError) and not exc.retryable):
                     raise
-                delay = policy.next_delay(getattr(exc, "retry_after", None))
+                delay = lane.policy.next_delay(getattr(exc, "retry_after", None))
                 if delay is None:
                     raise DownloadError(f"Piece at byte {piece.pos} failed: {exc}") from exc
                 if self.d.options.stop.wait(delay):
                     return
 
-    def fetch_once(self, piece: Piece, start: int, last: int, fd: int, pool: ConnectionPool,
-                   policy: RetryPolicy) -> None:
+    def fetch_once(self, piece: Piece, start: int, last: int, fd: int, lane: Lane) -> None:
         from .download import classify_status, parse_content_range
 
         headers = {"Range": f"bytes={start}-{last}"}
@@ -222,7 +243,7 @@ class SegmentedFetch:
         with self.lock:
             url, generation = self.url, self.generation
             self.requests += 1
-        with self.d.open(url, headers, pool) as response:
+        with self.d.open(url, headers, lane.pool) as response:
             if response.status == 200:
                 raise RangesUnsupported("Origin answered a piece with the whole file "
                                         "(ranges ignored or the file changed)")
@@ -240,16 +261,16 @@ class SegmentedFetch:
             # and the rest of this response is then dropped with its connection.
             want = self.board.advance(piece, 0, chunk_bytes, self.stopping)
             while want and not self.stopping():
-                chunk = response.read_some(want)
+                chunk = lane.read(response, want)
                 if not chunk:
                     raise DownloadError(f"Connection closed early in piece at byte {pos}")
-                view = memoryview(chunk)
+                view = chunk
                 while view:
                     written = os.pwrite(fd, view, pos)
                     view = view[written:]
                     pos += written
                 want = self.board.advance(piece, len(chunk), chunk_bytes, self.stopping)
-                policy.reset()
+                lane.policy.reset()
                 self.d.on_bytes(len(chunk))
                 self.save()
 
