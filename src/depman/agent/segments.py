@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from .pieces import Piece, PieceBoard
 
 if TYPE_CHECKING:
     from .download import _Download
+
+log = logging.getLogger("depman.agent")
 
 SAVE_EVERY_SECONDS = 0.2
 # A read fills the worker's buffer, so on a slow link a whole chunk could take
@@ -177,6 +180,9 @@ class SegmentedFetch:
                 hasher.close()
         finally:
             os.close(fd)
+        log.debug("%s: %d pieces, %d requests (%d on a kept-alive connection), %d steals",
+                  d.spec.dest.name, len(self.board.pieces), self.requests, self.reused,
+                  self.board.steals)
         if self.error is not None:
             raise self.error
         if d.options.stop.is_set() and self.done_bytes() < self.total:
