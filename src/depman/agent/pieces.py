@@ -27,7 +27,15 @@ MIN_STEAL_BYTES = 1024 * 1024
 # the prefix); the rest wait, so the hash gets a core and ends with the download
 # instead of running alone after it on a CPU-bound machine.
 MAX_HASH_LAG_BYTES = 32 * 1024 * 1024
-LAGGING_WORKERS = max(1, (os.cpu_count() or 2) - 1)
+
+
+def _usable_cpus() -> int:
+    # Containers often pin a subset of the host's CPUs; count those.
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 2)
+
+
+LAGGING_WORKERS = max(1, _usable_cpus() - 1)
 
 @dataclass
 class Piece:
