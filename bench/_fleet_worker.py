@@ -3,6 +3,11 @@
 Started by `bench.fleet`; each agent registers, heartbeats its ~200-dep inventory
 every 30 s, polls its queue every 5 s (±20%), and works the items it gets
 (`running`, then `succeeded` after a simulated download, then an early heartbeat).
+
+Handshake with `bench.fleet`: once every agent of this process has registered and
+sent its first heartbeat, the process writes `--booted-file` (the time); the
+measured window comes back in `--window-file` ("t_measure t_stop"), so the window
+opens after the boot storm however long the server took to absorb it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -146,6 +152,7 @@ class Agent:
                 return
             await asyncio.sleep(5)
         await self.heartbeat(time.time())
+        self.sim.booted += 1
         now = time.time()
         next_poll = now + random.uniform(0, args.poll_seconds)
         next_hb = now + args.heartbeat_seconds
@@ -165,6 +172,14 @@ class Agent:
                 await self.poll(due)
 
 
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a file the other process reads whole or not at all."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 async def sleep_until(t: float) -> None:
     delay = t - time.time()
     if delay > 0:
@@ -174,11 +189,30 @@ async def sleep_until(t: float) -> None:
 class Sim:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.t_measure = args.t0 + args.warmup
-        self.t_stop = self.t_measure + args.duration
+        # Until the window is known: nothing is recorded, agents run up to the cap.
+        self.t_measure = float("inf")
+        self.t_stop = args.t0 + args.max_seconds
         self.stats = Stats(self.t_measure, self.t_stop)
         self.pool = Pool(args.host, args.port, args.connections)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.booted = 0
+
+    async def handshake(self) -> None:
+        """Report the end of the boot, then take the window from the bench."""
+        args = self.args
+        while self.booted < args.count and time.time() < self.t_stop:
+            await asyncio.sleep(0.2)
+        write_atomic(args.booted_file, f"{time.time()} {self.booted}\n")
+        while time.time() < self.t_stop:
+            try:
+                with open(args.window_file, encoding="utf-8") as fh:
+                    first, last = (float(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                await asyncio.sleep(0.2)
+                continue
+            self.t_measure, self.t_stop = first, min(last, self.t_stop)
+            self.stats.t_start, self.stats.t_end = self.t_measure, self.t_stop
+            return
 
     def spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -191,6 +225,8 @@ class Sim:
         rng = random.Random(args.first)
         runs = [asyncio.ensure_future(a.run(args.t0 + rng.uniform(0, args.ramp)))
                 for a in agents]
+        await self.handshake()
+        self.t_measure = min(self.t_measure, self.t_stop)  # no window came: report nothing
         await sleep_until(self.t_measure)
         cpu0 = time.process_time()
         lag_samples: list[float] = []
@@ -229,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inventory", type=int, default=200)
     ap.add_argument("--t0", type=float, required=True)
     ap.add_argument("--ramp", type=float, default=30)
-    ap.add_argument("--warmup", type=float, default=35)
-    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--max-seconds", type=float, default=3600,
+                    help="Stop after this long whatever the window.")
+    ap.add_argument("--booted-file", required=True)
+    ap.add_argument("--window-file", required=True)
     ap.add_argument("--poll-seconds", type=float, default=5.0)
     ap.add_argument("--heartbeat-seconds", type=float, default=30.0)
     ap.add_argument("--download-seconds", type=float, default=2.0)

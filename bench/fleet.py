@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from bench._fleet_worker import write_atomic
 from bench.common import (
     MIB,
     REPO_ROOT,
@@ -50,6 +51,7 @@ SERVER_TYPE = "bench"
 PROFILE = "bench-profile"
 P99_TARGET = 0.200
 REGISTER_RATE = 50.0  # agents booting per second during the ramp
+BOOT_TIMEOUT = 600.0  # longest wait, past the ramp, for every agent to be up
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Outcome:
     jobs_submitted: int = 0
     jobs_completed: int = 0
     failure: str | None = None
+    boot_seconds: float = 0.0
+    booted: int = 0
 
     @property
     def requests(self) -> int:
@@ -268,6 +272,15 @@ class JobDriver:
 # ---------------------------------------------------------------------------- one run
 
 
+async def wait_for_boot(files: list[Path], t0: float, deadline: float) -> tuple[float, int]:
+    """Until every worker reports its agents up: (seconds since t0, agents up)."""
+    while time.time() < deadline and not all(f.exists() for f in files):
+        await asyncio.sleep(0.2)
+    reports = [f.read_text(encoding="utf-8").split() for f in files if f.exists()]
+    last = max((float(r[0]) for r in reports), default=time.time())
+    return last - t0, sum(int(r[1]) for r in reports)
+
+
 @contextlib.contextmanager
 def database(backend: str, tmp: Path) -> Iterator[str]:
     if backend == "sqlite":
@@ -294,23 +307,27 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
         port = int(server.root_url.rsplit(":", 1)[1])
         workers = plan.workers or max(1, math.ceil(n / 5000))
         # Boot storms are not the steady state being measured: agents come up at most
-        # REGISTER_RATE a second (each first heartbeat writes ~200 inventory rows), and
-        # the window opens once every agent has been up for `warmup` seconds.
+        # REGISTER_RATE a second, and the window opens `warmup` seconds after the last
+        # of them has registered and sent its first heartbeat (the boot is timed apart).
         ramp = max(plan.ramp, n / REGISTER_RATE)
         t0 = time.time() + 1.0
-        t_measure = t0 + ramp + plan.warmup
-        t_stop = t_measure + plan.duration
+        boot_cap = ramp + BOOT_TIMEOUT
+        max_seconds = boot_cap + plan.warmup + plan.duration + 30
+        window_file = Path(tmp_name) / "window"
         procs = []
+        booted_files = []
         per = math.ceil(n / workers)
         for w in range(workers):
             first, count = w * per, min(per, n - w * per)
             if count <= 0:
                 continue
+            booted_files.append(Path(tmp_name) / f"booted-{w}")
             cmd = [sys.executable, "-m", "bench._fleet_worker", "--port", str(port),
                    "--secret", server.shared_secret, "--server-type", SERVER_TYPE,
                    "--first", str(first), "--count", str(count), "--t0", str(t0),
-                   "--ramp", str(ramp), "--warmup", str(ramp + plan.warmup),
-                   "--duration", str(plan.duration), "--poll-seconds", str(plan.poll),
+                   "--ramp", str(ramp), "--max-seconds", str(max_seconds),
+                   "--booted-file", str(booted_files[-1]), "--window-file", str(window_file),
+                   "--poll-seconds", str(plan.poll),
                    "--heartbeat-seconds", str(plan.heartbeat),
                    "--download-seconds", str(plan.download),
                    "--catalog", str(plan.catalog), "--static", str(plan.static),
@@ -320,12 +337,20 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                           text=True))
         rate = plan.job_rate if plan.job_rate is not None else n / 1000
-        driver = JobDriver(None, server.admin_token, plan, rate, t_measure, t_stop)
+        driver = JobDriver(None, server.admin_token, plan, rate, 0.0, 0.0)
         with ProcessSampler(server.process.pid, interval=0.5) as sampler:
 
             async def drive() -> tuple[float, float, int | None]:
                 driver.pool = Pool("127.0.0.1", port, 8)
-                job_task = asyncio.ensure_future(driver.run(t0 + ramp))
+                out.boot_seconds, out.booted = await wait_for_boot(booted_files, t0,
+                                                                   t0 + boot_cap)
+                print(f"  [{backend} N={n}] {out.booted:,} agents booted in "
+                      f"{out.boot_seconds:.0f} s")
+                t_measure = time.time() + plan.warmup
+                t_stop = t_measure + plan.duration
+                write_atomic(window_file, f"{t_measure} {t_stop}\n")
+                driver.t_measure, driver.t_stop = t_measure, t_stop
+                job_task = asyncio.ensure_future(driver.run(time.time()))
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
                 sampler.mark()
                 pg0 = postgres_cpu() if backend == "postgresql" else {}
@@ -343,11 +368,16 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
                 return ctl, usage.wall_seconds, (inv1 - inv0) if inv0 is not None and \
                     inv1 is not None else None
 
-            ctl_cpu, wall, out.inv_writes = asyncio.run(drive())
+            try:
+                ctl_cpu, wall, out.inv_writes = asyncio.run(drive())
+            except BaseException:
+                for proc in procs:  # no orphans waiting for a window that never comes
+                    proc.kill()
+                raise
         out.duration = wall
         sim_cpu = ctl_cpu
         for proc in procs:
-            proc.communicate(timeout=plan.duration + ramp + plan.warmup + 120)
+            proc.communicate(timeout=max_seconds + 120)
             report = Path(tmp_name) / f"worker-{procs.index(proc)}.json"
             if proc.returncode != 0 or not report.exists():
                 out.failure = f"worker exit {proc.returncode}"
@@ -377,11 +407,14 @@ ENDPOINTS = ("queue", "heartbeat", "status", "register", "jobs")
 def render(outcomes: list[Outcome]) -> list[ResultTable]:
     summary = ResultTable(
         f"Fleet load, v1 agents against one depman server (p99 target {P99_TARGET * 1000:.0f} ms)",
-        ["backend", "N", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %", "server RSS MiB",
+        ["backend", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %",
+         "server RSS MiB",
          "postgres CPU %", "simulator CPU %", "inventory row writes", "jobs done", "holds"])
     for o in outcomes:
         lat = o.all_latencies
-        summary.add(o.backend, f"{o.n:,}", f"{o.requests / o.duration:.0f}" if o.duration else "—",
+        boot = f"{o.boot_seconds:.0f}" if o.booted == o.n else f"{o.booted:,} up"
+        summary.add(o.backend, f"{o.n:,}", boot,
+                    f"{o.requests / o.duration:.0f}" if o.duration else "—",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{o.p99 * 1000:.1f}",
                     sum(o.errors.values()) if o.failure is None else o.failure,
                     f"{o.server_cpu:.0f}", f"{o.server_rss / MIB:.0f}",
@@ -437,9 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         ok = [o.n for o in outcomes if o.backend == backend and o.holds]
         notes.append(f"{backend}: largest N tested with p99 < {P99_TARGET * 1000:.0f} ms and no "
                      f"errors: {max(ok):,}" if ok else f"{backend}: no N tested holds the target")
-    notes.append(f"Measured {plan.duration:.0f} s per run, {plan.warmup:.0f} s after the last "
-                 f"agent registered (agents register over max({plan.ramp:.0f} s, "
-                 f"N / {REGISTER_RATE:.0f} s)); poll {plan.poll:g} s, heartbeat "
+    notes.append(f"Measured {plan.duration:.0f} s per run, from {plan.warmup:.0f} s after every "
+                 f"agent was up (registered and sent its first heartbeat); agents start "
+                 f"over max({plan.ramp:.0f} s, N / {REGISTER_RATE:.0f} s), and 'boot s' is the "
+                 f"first start to the last agent up. Poll {plan.poll:g} s, heartbeat "
                  f"{plan.heartbeat:g} s, {plan.inventory} deps per inventory. Inventory row "
                  "writes (PostgreSQL statistics) should equal installs, not heartbeats x deps.")
     for n in notes:

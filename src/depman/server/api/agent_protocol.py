@@ -188,8 +188,9 @@ def post_heartbeat(
         session.execute(ASYNC_COMMIT)  # only liveness and scalars were written
     session.commit()
     pins = result.pinned_dep_ids
-    if result.became_live or result.server_type in state.hub.pending_server_types:
+    if result.server_type in state.hub.pending_server_types:
         # A newly live instance or a free slot: give pending jobs of its type a chance now.
+        # (Types with pending jobs: this process's submits, and the sweep for the others'.)
         placed, _full = place_pending_jobs(
             session=session,
             policy=state.policy,
