@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from depman.core.candidates import busy_holders, free_candidates, max_active_jobs
 from depman.core.catalog import missing_dep_ids, validate_id
 from depman.core.clock import isoformat, utcnow
 from depman.core.pins import refresh_pins
@@ -26,22 +27,18 @@ from depman.core.placement import (
     choose_placement,
     expected_wait_seconds,
     missing_deps,
-    rank_candidates,
     typical_job_seconds,
 )
 from depman.core.policy import Policy
 from depman.core.queue import enqueue
 from depman.core.signals import mark_job, mark_pending
-from depman.core.states import ACTIVE_JOB_STATES, OPEN_ITEM_STATES, PRIORITY_JOB, JobState, Op
+from depman.core.states import ACTIVE_JOB_STATES, PRIORITY_JOB, JobState, Op
 from depman.errors import Conflict, ValidationFailed
-from depman.store.models import Dep, Instance, InstanceDep, Job, JobDep, QueueItem, ServerType
+from depman.store.models import Dep, Instance, Job, JobDep, ServerType
 
 # Completed jobs of a server type whose median duration estimates how long a busy
 # instance stays busy.
 RECENT_JOBS = 20
-# Free instances ranked per placement attempt: the best, plus spares for rows that
-# another placement holds locked (SKIP LOCKED) at that moment.
-CANDIDATE_LIMIT = 32
 
 
 class Outcome(StrEnum):
@@ -70,115 +67,6 @@ def job_dep_ids(job_id: str, *, session: Session) -> list[str]:
     )
 
 
-def _live(server_type: str, cutoff: datetime) -> tuple[Any, ...]:
-    """Filters of the live instances of a server type that may get jobs."""
-    return (
-        Instance.server_type == server_type,
-        Instance.last_heartbeat_at >= cutoff,
-        # A re-registered agent has not yet said what it holds: its inventory rows are
-        # from before the restart, and files may have gone meanwhile (e2e crash test).
-        or_(Instance.registered_at.is_(None), Instance.last_heartbeat_at >= Instance.registered_at),
-    )
-
-
-def _size() -> Any:
-    return func.coalesce(Dep.expected_size_bytes, 0)
-
-
-def _max_active(server_type: str, *, session: Session) -> int:
-    row = session.get(ServerType, server_type)
-    return row.max_active_jobs if row else 1
-
-
-def _active_counts() -> Any:
-    """instance id → number of its active jobs, as a subquery."""
-    return (
-        select(Job.instance_id, func.count().label("n"))
-        .where(Job.state.in_(ACTIVE_JOB_STATES), Job.instance_id.is_not(None))
-        .group_by(Job.instance_id)
-        .subquery()
-    )
-
-
-def _candidates(
-    job: Job,
-    dep_ids: list[str],
-    exclude: Collection[str],
-    *,
-    session: Session,
-    cutoff: datetime,
-    only: str | None = None,
-) -> list[Candidate]:
-    """The best CANDIDATE_LIMIT live instances with a free slot, in `rank_candidates` order.
-
-    One statement ranks in the database, so a submit costs the same at 10 or 10,000
-    instances (issue 5: loading every live instance per job was O(N) per submit).
-    The ORDER BY is `placement.score`; Python re-ranks the few rows it returns.
-    """
-    live = _live(job.server_type, cutoff)
-    if only is not None:
-        live = (*live, Instance.instance_id == only)
-    if exclude:
-        live = (*live, Instance.instance_id.not_in(list(exclude)))
-    held = (
-        select(
-            InstanceDep.instance_id,
-            func.sum(_size()).label("bytes"),
-            func.count().label("n"),
-        )
-        .join(Dep, Dep.dep_id == InstanceDep.dep_id)
-        .where(InstanceDep.dep_id.in_(dep_ids or [""]))
-        .group_by(InstanceDep.instance_id)
-        .subquery()
-    )
-    queued = (
-        select(QueueItem.instance_id, func.sum(_size()).label("bytes"))
-        .join(Dep, Dep.dep_id == QueueItem.dep_id)
-        .where(QueueItem.state.in_(OPEN_ITEM_STATES), QueueItem.op == Op.DOWNLOAD.value)
-        .group_by(QueueItem.instance_id)
-        .subquery()
-    )
-    active = _active_counts()
-    queued_bytes = func.coalesce(queued.c.bytes, 0)
-    free = func.coalesce(Instance.disk_free_bytes, 0)
-    instance_id: Any = Instance.instance_id
-    if session.get_bind().dialect.name == "postgresql":
-        instance_id = instance_id.collate("C")  # Python's str order, as rank_candidates
-    rows = session.execute(
-        select(Instance.instance_id, queued_bytes, free)
-        .outerjoin(held, held.c.instance_id == Instance.instance_id)
-        .outerjoin(queued, queued.c.instance_id == Instance.instance_id)
-        .outerjoin(active, active.c.instance_id == Instance.instance_id)
-        .where(*live, func.coalesce(active.c.n, 0) < _max_active(job.server_type, session=session))
-        .order_by(
-            func.coalesce(held.c.bytes, 0).desc(),
-            func.coalesce(held.c.n, 0).desc(),
-            queued_bytes,
-            free.desc(),
-            instance_id,
-        )
-        .limit(CANDIDATE_LIMIT)
-    ).all()
-    ids = [row[0] for row in rows]
-    holds: dict[str, set[str]] = {}
-    if dep_ids and ids:
-        for held_by, dep_id in session.execute(
-            select(InstanceDep.instance_id, InstanceDep.dep_id).where(
-                InstanceDep.instance_id.in_(ids), InstanceDep.dep_id.in_(dep_ids)
-            )
-        ):
-            holds.setdefault(held_by, set()).add(dep_id)
-    return [
-        Candidate(
-            instance_id=iid,
-            held_dep_ids=frozenset(holds.get(iid, ())),
-            queued_bytes=int(queued_total or 0),
-            free_bytes=int(free_bytes or 0),
-        )
-        for iid, queued_total, free_bytes in rows
-    ]
-
-
 def _claim(instance_id: str, server_type: str, *, session: Session, skip_locked: bool) -> bool:
     """Lock the instance row, then re-count its active jobs with what is now committed."""
     locked = session.scalar(
@@ -188,60 +76,13 @@ def _claim(instance_id: str, server_type: str, *, session: Session, skip_locked:
     )
     if locked is None:
         return False
-    max_active = _max_active(server_type, session=session)
+    max_active = max_active_jobs(server_type, session=session)
     active = session.scalar(
         select(func.count())
         .select_from(Job)
         .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
     )
     return (active or 0) < max_active
-
-
-def _busy_holders(
-    job: Job,
-    dep_ids: list[str],
-    exclude: Collection[str],
-    *,
-    session: Session,
-    cutoff: datetime,
-    now: datetime,
-) -> list[Candidate]:
-    """Live instances of the job's type with no free slot that hold some of its deps."""
-    max_active = _max_active(job.server_type, session=session)
-    active = _active_counts()
-    held: dict[str, set[str]] = {}
-    for instance_id, dep_id in session.execute(
-        select(InstanceDep.instance_id, InstanceDep.dep_id)
-        .join(Instance, Instance.instance_id == InstanceDep.instance_id)
-        .join(active, active.c.instance_id == Instance.instance_id)
-        .where(
-            *_live(job.server_type, cutoff),
-            active.c.n >= max_active,
-            InstanceDep.dep_id.in_(dep_ids),
-        )
-    ):
-        if instance_id not in exclude:
-            held.setdefault(instance_id, set()).add(dep_id)
-    if not held:
-        return []
-    placed: dict[str, list[datetime]] = {}
-    for busy_id, placed_at in session.execute(
-        select(Job.instance_id, Job.placed_at).where(
-            Job.instance_id.in_(list(held)), Job.state.in_(ACTIVE_JOB_STATES)
-        )
-    ):
-        placed.setdefault(busy_id or "", []).append(placed_at or now)
-    return [
-        Candidate(
-            instance_id=instance_id,
-            held_dep_ids=frozenset(deps),
-            active_elapsed_s=tuple(
-                max(0.0, (now - at).total_seconds()) for at in placed[instance_id]
-            ),
-        )
-        for instance_id, deps in held.items()
-        if len(placed.get(instance_id, ())) >= max_active
-    ]
 
 
 def _typical_job_seconds(server_type: str, *, session: Session, policy: Policy) -> float:
@@ -326,9 +167,6 @@ def try_place(
     now = now or utcnow()
     dep_ids = job_dep_ids(job.job_id, session=session)
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
-    candidates = _candidates(job, dep_ids, exclude, session=session, cutoff=cutoff, only=only)
-    if not candidates:
-        return Outcome.NO_SLOT
     deps = {
         dep_id: (size, kind)
         for dep_id, size, kind in session.execute(
@@ -336,10 +174,16 @@ def try_place(
         )
     }
     sizes = {d: deps.get(d, (None, ""))[0] for d in dep_ids}
-    ranked = rank_candidates(candidates, sizes)
+    ranked = free_candidates(
+        job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only
+    )
+    if not ranked:
+        return Outcome.NO_SLOT
     allowance = _wait_allowance(job, policy, now) if may_wait else 0.0
     if allowance > 0 and missing_deps(ranked[0], dep_ids):
-        busy = _busy_holders(job, dep_ids, exclude, session=session, cutoff=cutoff, now=now)
+        busy = busy_holders(
+            job.server_type, dep_ids, exclude, session=session, cutoff=cutoff, now=now
+        )
         if busy:
             typical = _typical_job_seconds(job.server_type, session=session, policy=policy)
             decision = choose_placement(
