@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from depman.core.candidates import busy_holders, free_candidates
+from depman.core.candidates import active_jobs, busy_holders, free_candidates
 from depman.core.clock import utcnow
 from depman.core.placement import Candidate, rank_candidates
 from depman.store.migrate import upgrade
@@ -83,11 +83,14 @@ def test_free_candidates_match_a_full_ranking(
     expected = rank_candidates(free, sizes)
     cutoff = utcnow() - timedelta(seconds=90)
     with db.read_session() as session:
+        active = active_jobs(session=session)
         for limit in (1, 5, 32):
-            got = free_candidates(STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit)
+            got = free_candidates(STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit,
+                                  slots=1, active=active)
             assert got == expected[:limit]
         excluded = {expected[0].instance_id}
-        got = free_candidates(STYPE, sizes, excluded, session=session, cutoff=cutoff)
+        got = free_candidates(STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1,
+                              active=active)
         assert got == [c for c in expected if c.instance_id not in excluded][:32]
 
 
@@ -99,7 +102,7 @@ def test_busy_holders_are_the_live_full_instances_holding_a_dep(
     now = utcnow()
     with db.read_session() as session:
         got = busy_holders(STYPE, job, (), session=session, cutoff=now - timedelta(seconds=90),
-                           now=now)
+                           now=now, slots=1, active=active_jobs(session=session))
     expected = {c.instance_id: c.held_dep_ids & set(job) for c in truth
                 if c.instance_id in busy and c.held_dep_ids & set(job)}
     assert {c.instance_id: c.held_dep_ids for c in got} == expected

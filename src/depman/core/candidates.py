@@ -99,12 +99,15 @@ def free_candidates(
     *,
     session: Session,
     cutoff: datetime,
+    slots: int,
+    active: Mapping[str, int],
     only: str | None = None,
     limit: int = CANDIDATE_LIMIT,
 ) -> list[Candidate]:
     """The best `limit` live instances of the type with a free slot, best first.
 
-    `job_deps` maps the job's dep ids, in order, to their sizes (None: unknown).
+    `job_deps` maps the job's dep ids, in order, to their sizes (None: unknown);
+    `slots` is the type's jobs per instance, `active` the `active_jobs()` counts.
     """
     dep_ids = list(job_deps)
     filters = live(server_type, cutoff)
@@ -112,8 +115,6 @@ def free_candidates(
         filters = (*filters, Instance.instance_id == only)
     if exclude:
         filters = (*filters, Instance.instance_id.not_in(list(exclude)))
-    slots = max_active_jobs(server_type, session=session)
-    active = active_jobs(session=session)
     queued = queued_bytes(session=session)
     busy = [i for i, n in active.items() if n >= slots]
     fetch = limit + len(queued) + len(busy)
@@ -168,10 +169,11 @@ def busy_holders(
     session: Session,
     cutoff: datetime,
     now: datetime,
+    slots: int,
+    active: Mapping[str, int],
 ) -> list[Candidate]:
     """Live instances of the type with no free slot that hold some of the deps."""
-    slots = max_active_jobs(server_type, session=session)
-    busy = [i for i, n in active_jobs(session=session).items() if n >= slots]
+    busy = [i for i, n in active.items() if n >= slots]
     if not busy or not dep_ids:
         return []
     held: dict[str, set[str]] = {}

@@ -52,42 +52,38 @@ def enqueue(
     priority: int,
     session: Session,
     now: datetime | None = None,
-) -> QueueItem:
+) -> None:
     """Queue `op` for a dep on an instance; a queued or running download wins over a touch."""
     now = now or utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    # Insert first: most items are new, and then this is the only statement.
+    inserted = session.execute(
+        insert(QueueItem)
+        .values(
+            instance_id=instance_id,
+            dep_id=dep_id,
+            generation=1,
+            op=op.value,
+            state=ItemState.QUEUED.value,
+            priority=priority,
+            attempts=0,
+            enqueued_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["instance_id", "dep_id"])
+        .returning(QueueItem.id)
+    ).first()
+    if inserted is not None:
+        mark_instance(session, instance_id)
+        return
     row = _lock_item(instance_id, dep_id, session=session)
-    if row is None:
-        insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
-        result = session.execute(
-            insert(QueueItem)
-            .values(
-                instance_id=instance_id,
-                dep_id=dep_id,
-                generation=1,
-                op=op.value,
-                state=ItemState.QUEUED.value,
-                priority=priority,
-                attempts=0,
-                enqueued_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["instance_id", "dep_id"])
-            .returning(QueueItem.id)
-        )
-        inserted = result.first() is not None
-        row = _lock_item(instance_id, dep_id, session=session)
-        assert row is not None
-        if inserted:
-            mark_instance(session, instance_id)
-            return row
+    assert row is not None  # the conflicting row; items are deleted only with the instance
     if row.state in OPEN_ITEM_STATES and (row.op == Op.DOWNLOAD.value or op == Op.TOUCH):
         # Same or weaker work already pending: only raise its priority.
         if priority < row.priority:
             row.priority = priority
             row.updated_at = now
-        return row
+        return
     row.generation += 1
     row.op = op.value
     row.state = ItemState.QUEUED.value
@@ -100,7 +96,6 @@ def enqueue(
     row.last_progress_at = None
     row.updated_at = now
     mark_instance(session, instance_id)
-    return row
 
 
 @dataclass

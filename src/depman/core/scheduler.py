@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from depman.core.candidates import busy_holders, free_candidates, max_active_jobs
+from depman.core.candidates import active_jobs, busy_holders, free_candidates, max_active_jobs
 from depman.core.catalog import missing_dep_ids, validate_id
 from depman.core.clock import isoformat, utcnow
 from depman.core.pins import refresh_pins
@@ -67,7 +67,7 @@ def job_dep_ids(job_id: str, *, session: Session) -> list[str]:
     )
 
 
-def _claim(instance_id: str, server_type: str, *, session: Session, skip_locked: bool) -> bool:
+def _claim(instance_id: str, slots: int, *, session: Session, skip_locked: bool) -> bool:
     """Lock the instance row, then re-count its active jobs with what is now committed."""
     locked = session.scalar(
         select(Instance.instance_id)
@@ -76,13 +76,12 @@ def _claim(instance_id: str, server_type: str, *, session: Session, skip_locked:
     )
     if locked is None:
         return False
-    max_active = max_active_jobs(server_type, session=session)
     active = session.scalar(
         select(func.count())
         .select_from(Job)
         .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
     )
-    return (active or 0) < max_active
+    return (active or 0) < slots
 
 
 def _typical_job_seconds(server_type: str, *, session: Session, policy: Policy) -> float:
@@ -174,15 +173,19 @@ def try_place(
         )
     }
     sizes = {d: deps.get(d, (None, ""))[0] for d in dep_ids}
+    slots = max_active_jobs(job.server_type, session=session)
+    active = active_jobs(session=session)
     ranked = free_candidates(
-        job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only
+        job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only,
+        slots=slots, active=active,
     )
     if not ranked:
         return Outcome.NO_SLOT
     allowance = _wait_allowance(job, policy, now) if may_wait else 0.0
     if allowance > 0 and missing_deps(ranked[0], dep_ids):
         busy = busy_holders(
-            job.server_type, dep_ids, exclude, session=session, cutoff=cutoff, now=now
+            job.server_type, dep_ids, exclude, session=session, cutoff=cutoff, now=now,
+            slots=slots, active=active,
         )
         if busy:
             typical = _typical_job_seconds(job.server_type, session=session, policy=policy)
@@ -204,7 +207,7 @@ def try_place(
         (
             c
             for c in ranked
-            if _claim(c.instance_id, job.server_type, session=session, skip_locked=is_pg)
+            if _claim(c.instance_id, slots, session=session, skip_locked=is_pg)
         ),
         None,
     )
@@ -213,7 +216,7 @@ def try_place(
             (
                 c
                 for c in ranked
-                if _claim(c.instance_id, job.server_type, session=session, skip_locked=False)
+                if _claim(c.instance_id, slots, session=session, skip_locked=False)
             ),
             None,
         )
