@@ -39,11 +39,16 @@ def server(
         ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Server processes, PostgreSQL only [default 1].")
+    ] = None,
 ) -> None:
     """Run the control plane (HTTP API, dashboard, scheduler)."""
     from depman.server.runner import serve_from_flags
 
-    serve_from_flags(host=host, port=port, database_url=database_url, log_level=log_level)
+    serve_from_flags(
+        host=host, port=port, database_url=database_url, log_level=log_level, workers=workers
+    )
 
 
 @agent_app.callback(invoke_without_command=True)

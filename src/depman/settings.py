@@ -7,7 +7,7 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./depman.db"
@@ -101,6 +101,12 @@ class ServerSettings(BaseSettings):
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (more than one needs PostgreSQL).",
+    )
     db_pool_size: int = Field(
         20,
         ge=1,
@@ -109,6 +115,13 @@ class ServerSettings(BaseSettings):
     worker_threads: int = Field(
         64, ge=4, description="Threads that run the synchronous request handlers."
     )
+
+    @model_validator(mode="after")
+    def _workers_need_postgresql(self) -> ServerSettings:
+        # Workers are replicas: their memos stay coherent through NOTIFY only.
+        if self.workers > 1 and not self.database_url.startswith("postgresql"):
+            raise ValueError("workers > 1 needs a PostgreSQL database_url")
+        return self
 
     @property
     def live_ttl(self) -> float:

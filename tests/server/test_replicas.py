@@ -106,3 +106,35 @@ def test_v1_poll_on_one_replica_sees_an_item_queued_through_another(tmp_path: Pa
                 time.sleep(0.05)
             assert [i["depId"] for i in body["items"]] == [fleet.deps["c"]]
             assert body["pinnedDepIds"] == [fleet.deps["c"]]
+
+
+@pytest.mark.postgres
+def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    """`--workers 2`: two replicas on one socket; memos follow changes made by the other."""
+    import psutil
+
+    with postgres_database() as url, run_server(
+        url, cwd=tmp_path, extra_env={"DEPMAN_WORKERS": "2"}
+    ) as server:
+        children = psutil.Process(server.process.pid).children()
+        assert len(children) == 2
+        fleet = make_fleet(server)
+        agent = fleet.register(fleet.add_instance("worker"), dynamic=[fleet.deps["b"]])
+        for _ in range(4):  # both processes come to remember this instance
+            assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": []})
+            assert agent.poll() == (200, {"items": [], "pinnedDepIds": []})
+        status, job = fleet.submit(["b", "c"])
+        assert status == 200 and job["instanceId"] == agent.instance_id
+        # Whichever worker answers, it has heard of the job (its own commit or NOTIFY).
+        pins = sorted([fleet.deps["b"], fleet.deps["c"]])
+        deadline = time.monotonic() + 10
+        for _ in range(6):
+            while agent.heartbeat()[1]["pinnedDepIds"] != pins:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            status, body = agent.poll()
+            ops = {i["depId"]: i["op"] for i in body["items"]}
+            assert status == 200 and ops == {fleet.deps["c"]: "download", fleet.deps["b"]: "touch"}
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+        assert not any(child.is_running() and child.status() != "zombie" for child in children)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from depman.errors import ConfigError
 from depman.server.runner import build_settings
 from depman.settings import ServerSettings
 
@@ -33,3 +34,9 @@ def test_flag_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_settings().port == 9000
     settings = build_settings(port=9100, database_url=None)
     assert settings.port == 9100 and settings.database_url == "sqlite:///env.db"
+
+
+def test_workers_need_postgresql() -> None:
+    with pytest.raises(ConfigError, match="workers > 1 needs a PostgreSQL"):
+        build_settings(workers=2, database_url="sqlite:///x.db")
+    assert build_settings(workers=2, database_url="postgresql+psycopg://h/db").workers == 2

@@ -34,7 +34,7 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self.started:
+        if self.started and self._url:
             print(f"depman server listening on {self._url}", flush=True)
 
 
@@ -67,14 +67,34 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(settings: ServerSettings) -> None:
-    """Migrate, bind, run until SIGTERM/SIGINT."""
-    from depman.server.app import create_app, with_fast_lane
-
+    """Migrate, bind, run (in `settings.workers` processes) until SIGTERM/SIGINT."""
     _configure_logging(settings.log_level)
     upgrade(settings.database_url)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    if settings.workers == 1:
+        try:
+            _serve_one(settings, sock, url, announce=True)
+        finally:
+            sock.close()
+        return
+    from depman.server.workers import serve_workers
+
+    log.info("starting %d server workers", settings.workers)
+    code = serve_workers(
+        settings.workers,
+        sock,
+        lambda index: _serve_one(settings, sock, url, announce=index == 0),
+    )
+    raise SystemExit(code)
+
+
+def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, announce: bool) -> None:
+    """One server process: the app, its pool and memos, uvicorn on the shared socket."""
+    from depman.server.app import create_app, with_fast_lane
+
     app = create_app(settings)
     config = uvicorn.Config(
         with_fast_lane(app),
@@ -84,11 +104,8 @@ def serve(settings: ServerSettings) -> None:
         timeout_keep_alive=65,
         server_header=False,
     )
-    server = _Server(config, f"http://{shown}:{port}", on_exit=app.state.depman.hub.wake_all)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
+    server = _Server(config, url if announce else "", on_exit=app.state.depman.hub.wake_all)
+    server.run(sockets=[sock])
 
 
 def serve_from_flags(
@@ -97,11 +114,13 @@ def serve_from_flags(
     port: int | None = None,
     database_url: str | None = None,
     log_level: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Entry point of `depman server`."""
     try:
         settings = build_settings(
-            host=host, port=port, database_url=database_url, log_level=log_level
+            host=host, port=port, database_url=database_url, log_level=log_level,
+            workers=workers,
         )
     except ConfigError as exc:
         print(f"depman server: {exc.message}", file=sys.stderr)
