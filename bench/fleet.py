@@ -71,6 +71,7 @@ class Plan:
     inventory: int
     connections: int
     workers: int | None
+    server_workers: int = 1  # `depman server --workers` on PostgreSQL (SQLite: always 1)
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
@@ -85,6 +86,7 @@ SMOKE = Plan([40], ["sqlite"], ramp=1, warmup=2, duration=4, poll=1, heartbeat=2
 class Outcome:
     backend: str
     n: int
+    server_workers: int = 1
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     duration: float = 0.0
@@ -295,11 +297,13 @@ def database(backend: str, tmp: Path) -> Iterator[str]:
 def run_one(plan: Plan, backend: str, n: int) -> Outcome:
     from tests.support.server import run_server
 
-    out = Outcome(backend, n)
+    server_workers = plan.server_workers if backend == "postgresql" else 1
+    out = Outcome(backend, n, server_workers)
     with tempfile.TemporaryDirectory(prefix="depman-bench-fleet-") as tmp_name, \
             database(backend, Path(tmp_name)) as url, \
             run_server(url, extra_env={"DEPMAN_LOG_LEVEL": "warning",
-                                       "DEPMAN_HEARTBEAT_SECONDS": str(plan.heartbeat)},
+                                       "DEPMAN_HEARTBEAT_SECONDS": str(plan.heartbeat),
+                                       "DEPMAN_WORKERS": str(server_workers)},
                        cwd=Path(tmp_name)) as server:
         t_setup = time.time()
         setup_fleet(server, plan, n)
@@ -407,13 +411,13 @@ ENDPOINTS = ("queue", "heartbeat", "status", "register", "jobs")
 def render(outcomes: list[Outcome]) -> list[ResultTable]:
     summary = ResultTable(
         f"Fleet load, v1 agents against one depman server (p99 target {P99_TARGET * 1000:.0f} ms)",
-        ["backend", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %",
-         "server RSS MiB",
-         "postgres CPU %", "simulator CPU %", "inventory row writes", "jobs done", "holds"])
+        ["backend", "server procs", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors",
+         "server CPU %", "server RSS MiB", "postgres CPU %", "simulator CPU %",
+         "inventory row writes", "jobs done", "holds"])
     for o in outcomes:
         lat = o.all_latencies
         boot = f"{o.boot_seconds:.0f}" if o.booted == o.n else f"{o.booted:,} up"
-        summary.add(o.backend, f"{o.n:,}", boot,
+        summary.add(o.backend, o.server_workers, f"{o.n:,}", boot,
                     f"{o.requests / o.duration:.0f}" if o.duration else "—",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{o.p99 * 1000:.1f}",
                     sum(o.errors.values()) if o.failure is None else o.failure,
@@ -422,13 +426,15 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                     "—" if o.inv_writes is None else f"{o.inv_writes:,} ({o.items_done} installs)",
                     f"{o.jobs_completed}/{o.jobs_submitted}", "yes" if o.holds else "NO")
     per = ResultTable("Latency per endpoint (ms)",
-                      ["backend", "N", "endpoint", "requests", "req/s", "p50", "p99", "max"])
+                      ["backend", "server procs", "N", "endpoint", "requests", "req/s", "p50",
+                       "p99", "max"])
     for o in outcomes:
         for ep in ENDPOINTS:
             lat = o.latencies.get(ep, [])
             if not lat:
                 continue
-            per.add(o.backend, f"{o.n:,}", ep, len(lat), f"{len(lat) / o.duration:.1f}",
+            per.add(o.backend, o.server_workers, f"{o.n:,}", ep, len(lat),
+                    f"{len(lat) / o.duration:.1f}",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
                     f"{max(lat) * 1000:.1f}")
     return [summary, per]
@@ -441,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="Measured seconds per run.")
     parser.add_argument("--workers", type=int, help="Simulator processes (default N/5000).")
     parser.add_argument("--job-rate", type=float, help="Jobs per second (default N/1000).")
+    parser.add_argument("--server-workers", type=int,
+                        help="`depman server --workers` for the PostgreSQL runs (default 1).")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.sizes:
@@ -453,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.workers = args.workers
     if args.job_rate is not None:
         plan.job_rate = args.job_rate
+    if args.server_workers:
+        plan.server_workers = args.server_workers
     outcomes = []
     for backend in plan.backends:
         for n in plan.sizes:
@@ -460,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 outcomes.append(run_one(plan, backend, n))
             except Exception as exc:  # report the failure in the table, go on with the rest
-                outcomes.append(Outcome(backend, n, failure=f"{type(exc).__name__}: {exc}"[:200]))
+                procs = plan.server_workers if backend == "postgresql" else 1
+                outcomes.append(Outcome(backend, n, procs,
+                                        failure=f"{type(exc).__name__}: {exc}"[:200]))
                 print(f"  failed: {exc}", file=sys.stderr)
     tables = render(outcomes)
     for t in tables:
@@ -479,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(n)
     if should_record(args):
-        cmd = "uv run python -m bench.fleet" + (" --smoke" if args.smoke else "")
+        given = sys.argv[1:] if argv is None else argv
+        cmd = " ".join(["uv run python -m bench.fleet", *given])
         append_results("Fleet load", cmd, tables, notes, args.results)
     return 1 if any(o.failure for o in outcomes) else 0
 

@@ -170,8 +170,8 @@ def apply_heartbeat(
     for key, value in _scalars(hb, now).items():
         setattr(row, key, value)
     if changed:
+        row.inventory_digest = digest  # set before the diff's first query flushes the row
         _apply_diff(instance_id, held, session=session, now=now)
-        row.inventory_digest = digest
         # Other replicas' heartbeat memos hold the old digest; the handler renews ours.
         mark_changed(session, instance_id, here=False)
         held_ids = set(held)
@@ -179,7 +179,7 @@ def apply_heartbeat(
         refresh_instance_jobs(instance_id, held_ids, session=session, now=now)
         restore_static_deps(instance_id, row.server_type, held_ids, session=session, now=now)
     session.flush()
-    session.refresh(row, ["pinned_dep_ids"])
+    # Pins are as loaded: the row is locked, and nothing above changes a job's activity.
     return HeartbeatResult(
         list(row.pinned_dep_ids or []), changed, not was_live, row.server_type, digest
     )
