@@ -16,6 +16,7 @@ from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer, postgres_database, run_server
 
 
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
 def test_migrations_match_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)

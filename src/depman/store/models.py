@@ -125,6 +125,8 @@ class Instance(Base):
     """A GPU instance, its agent identity and the scalar part of its last heartbeat."""
 
     __tablename__ = "instances"
+    # Also ix_instances_type_free (server_type, coalesce(disk_free_bytes, 0) DESC,
+    # instance_id): an expression index, created by migration 0002 per dialect.
 
     instance_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
@@ -154,7 +156,8 @@ class InstanceDep(Base):
     """One dep an instance holds, per its latest heartbeat."""
 
     __tablename__ = "instance_deps"
-    __table_args__ = (Index("ix_instance_deps_dep_id", "dep_id"),)
+    # Covering: the holders of a dep come from the index alone (placement).
+    __table_args__ = (Index("ix_instance_deps_dep_id", "dep_id", "instance_id"),)
 
     instance_id: Mapped[str] = mapped_column(
         ForeignKey("instances.instance_id", ondelete="CASCADE"), primary_key=True
