@@ -161,6 +161,22 @@ def setup_fleet(server: Any, plan: Plan, n: int) -> None:
 # ---------------------------------------------------------------------------- measurements
 
 
+def pg_analyze(database_url: str) -> None:
+    """Refresh the planner's statistics once the fleet is up.
+
+    What autovacuum does on its own within a minute or so; this machine's
+    PostgreSQL runs with autovacuum off, and placement plans read on statistics
+    taken while every instance was still empty turn into nested loops over the fleet.
+    """
+    if not database_url.startswith("postgresql"):
+        return
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
 def pg_inventory_writes(database_url: str) -> int | None:
     """Rows inserted, updated or deleted in instance_deps so far (PostgreSQL statistics)."""
     if not database_url.startswith("postgresql"):
@@ -350,6 +366,7 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
                                                                    t0 + boot_cap)
                 print(f"  [{backend} N={n}] {out.booted:,} agents booted in "
                       f"{out.boot_seconds:.0f} s")
+                await asyncio.to_thread(pg_analyze, url)
                 t_measure = time.time() + plan.warmup
                 t_stop = t_measure + plan.duration
                 write_atomic(window_file, f"{t_measure} {t_stop}\n")

@@ -9,7 +9,10 @@ harmless: an instance stays live for three heartbeat intervals.
 
 A batched row applies only if the stored inventory digest is still the one the
 beat was acknowledged against and no newer heartbeat was written meanwhile; the
-caller drops the memos of instances whose row did not take it.
+caller drops the memos of instances whose row did not take it. On PostgreSQL the
+batch never waits for a row lock (a placement or a status report may hold one):
+locked rows are skipped and their beats kept for the next batch, so one slow
+transaction cannot make the batch hold hundreds of other rows locked behind it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, func, or_, text, update
 from sqlalchemy.orm import Session
 
+from depman.core.clock import utcnow
 from depman.core.inventory import SCALAR_COLUMNS
 from depman.store.models import Instance, UtcDateTime
 
@@ -41,6 +45,7 @@ class PendingBeat:
 
 
 FIGURES = SCALAR_COLUMNS  # the figures a heartbeat carries besides its lists
+MAX_RETRY_SECONDS = 10.0  # a beat skipped (row locked) is retried this long
 
 
 class BeatBuffer:
@@ -55,6 +60,12 @@ class BeatBuffer:
         with self._lock:
             self._pending[instance_id] = beat
 
+    def restore(self, beats: Mapping[str, PendingBeat]) -> None:
+        """Put back beats a batch skipped, unless a later one arrived meanwhile."""
+        with self._lock:
+            for instance_id, beat in beats.items():
+                self._pending.setdefault(instance_id, beat)
+
     def take(self) -> dict[str, PendingBeat]:
         """Everything pending, leaving the buffer empty."""
         with self._lock:
@@ -65,6 +76,10 @@ class BeatBuffer:
         return len(self._pending)
 
 
+_LOCK_PG = text(
+    "SELECT instance_id FROM instances WHERE instance_id = ANY(CAST(:ids AS varchar[])) "
+    "ORDER BY instance_id FOR UPDATE SKIP LOCKED"
+)
 _WRITE_PG = text(
     "UPDATE instances AS i SET last_heartbeat_at = v.at, "
     + ", ".join(f"{name} = coalesce(v.{name}, i.{name})" for name in FIGURES)
@@ -99,23 +114,36 @@ def _write_one() -> Any:
 _WRITE_ONE = _write_one()
 
 
-def write_beats(beats: Mapping[str, PendingBeat], *, session: Session) -> set[str]:
-    """Write the beats (the caller commits); answers the instance ids whose row refused."""
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch did: rows that refused their beat, and beats left for the next batch."""
+
+    refused: set[str]
+    skipped: dict[str, PendingBeat]
+
+
+def write_beats(beats: Mapping[str, PendingBeat], *, session: Session) -> BatchOutcome:
+    """Write the beats (the caller commits)."""
     if not beats:
-        return set()
+        return BatchOutcome(set(), {})
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        ids = list(beats)
+        locked = sorted(conn.execute(_LOCK_PG, {"ids": sorted(beats)}).scalars())
         params: dict[str, Any] = {
-            "ids": ids,
-            "ats": [beats[i].at for i in ids],
-            "digests": [beats[i].digest for i in ids],
+            "ids": locked,
+            "ats": [beats[i].at for i in locked],
+            "digests": [beats[i].digest for i in locked],
         }
         for name in FIGURES:
-            params[name] = [getattr(beats[i], name) for i in ids]
-        taken = set(conn.execute(_WRITE_PG, params).scalars())
-        return set(ids) - taken
-    refused = set()
+            params[name] = [getattr(beats[i], name) for i in locked]
+        taken = set(conn.execute(_WRITE_PG, params).scalars()) if locked else set()
+        held = set(locked)
+        # A row that stays away (locked that long, or deleted) gives its beat up.
+        oldest = utcnow() - timedelta(seconds=MAX_RETRY_SECONDS)
+        missing = {i: beat for i, beat in beats.items() if i not in held}
+        skipped = {i: beat for i, beat in missing.items() if beat.at >= oldest}
+        return BatchOutcome((held - taken) | (set(missing) - set(skipped)), skipped)
+    refused = set()  # SQLite: one writer at a time, no row locks to wait for
     for instance_id, beat in beats.items():
         values = {name: getattr(beat, name) for name in FIGURES}
         result = conn.execute(
@@ -123,4 +151,4 @@ def write_beats(beats: Mapping[str, PendingBeat], *, session: Session) -> set[st
         )
         if result.rowcount != 1:
             refused.add(instance_id)
-    return refused
+    return BatchOutcome(refused, {})

@@ -5,8 +5,8 @@ asking nothing new (issue 5): an empty queue poll, an unchanged heartbeat. A
 replica answers those from three memos per instance:
 
 - the answer of an empty poll (the instance has nothing queued);
-- a heartbeat memo: the inventory digest stored on the row, the pins answer, the
-  server type and the failed list, and how long the instance stays live;
+- a heartbeat memo: the inventory digest stored on the row, the pins answer and
+  the failed list, and how long the instance stays live;
 - the hash of its agent token.
 
 A memo is set only by a database read or write that no invalidation raced (the
@@ -36,7 +36,6 @@ class BeatMemo:
 
     digest: str
     failed: tuple[str, ...]
-    server_type: str
     answer: bytes
     live_until: float  # monotonic time at which the instance stops being live
     expires: float  # monotonic time at which the memo itself is dropped
@@ -92,7 +91,6 @@ class InstanceHints:
         *,
         digest: str,
         failed: Iterable[str],
-        server_type: str,
         answer: bytes,
         live_seconds: float,
         seen: tuple[int, int],
@@ -100,7 +98,7 @@ class InstanceHints:
         """Keep what a heartbeat just stored, unless the instance changed since `seen`."""
         now = time.monotonic()
         memo = BeatMemo(
-            digest, tuple(failed), server_type, answer, now + live_seconds, now + self._ttl
+            digest, tuple(failed), answer, now + live_seconds, now + self._ttl
         )
         with self._lock:
             if self._enabled and self.epoch(instance_id) == seen:
@@ -114,7 +112,6 @@ class InstanceHints:
             self._beats[instance_id] = BeatMemo(
                 memo.digest,
                 memo.failed,
-                memo.server_type,
                 memo.answer,
                 time.monotonic() + live_seconds,
                 memo.expires,

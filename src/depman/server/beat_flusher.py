@@ -27,15 +27,17 @@ def flush_beats(state: ServerState) -> int:
             with state.db.session() as session:
                 if state.db.dialect == "postgresql":
                     session.execute(ASYNC_COMMIT)  # liveness only, re-sent by every agent
-                refused = write_beats(beats, session=session)
+                outcome = write_beats(beats, session=session)
                 session.commit()
         except Exception:
             # The acknowledged beats are lost; their next heartbeats go to the database.
             state.hub.hints.forget_beats(beats)
             raise
-        if refused:
-            state.hub.hints.forget_beats(refused)
-        return len(beats)
+        if outcome.refused:
+            state.hub.hints.forget_beats(outcome.refused)
+        if outcome.skipped:
+            state.beats.restore(outcome.skipped)
+        return len(beats) - len(outcome.skipped)
 
 
 async def run_beat_flusher(state: ServerState) -> None:

@@ -7,9 +7,10 @@ Through FastAPI's middleware, routing and dependency machinery each costs about
 ASGI layer answers the ones the replica's memos (`depman.core.hints`) can answer:
 
 - `GET /api/dependencies/queue` of an instance known to have nothing queued;
-- `POST /api/dependencies/heartbeat` whose inventory digest, failed list and
-  server type match the memo of a live instance with nothing downloading: the
-  beat goes to the write-behind buffer (`depman.core.beats`).
+- `POST /api/dependencies/heartbeat` whose inventory digest and failed list
+  match the memo of a live instance with nothing downloading: the beat goes to
+  the write-behind buffer (`depman.core.beats`). Such a beat changes nothing a
+  pending job could use; job completions, new instances and the sweep place those.
 
 The request is validated by the same Pydantic model and checked against the same
 token hash as in the handlers. Anything else, or anything unusual (a repeated or
@@ -70,7 +71,6 @@ def unchanged_beat_answer(
         memo is None
         or memo.live_until <= time.monotonic()
         or tuple(body.failed_dep_ids) != memo.failed
-        or memo.server_type in state.hub.pending_server_types  # the handler places jobs
         or not token
         or not hints.token_matches(instance_id, hash_token(token))
     ):

@@ -188,9 +188,11 @@ def post_heartbeat(
         session.execute(ASYNC_COMMIT)  # only liveness and scalars were written
     session.commit()
     pins = result.pinned_dep_ids
-    if result.server_type in state.hub.pending_server_types:
-        # A newly live instance or a free slot: give pending jobs of its type a chance now.
-        # (Types with pending jobs: this process's submits, and the sweep for the others'.)
+    if (result.became_live or result.changed) and (
+        result.server_type in state.hub.pending_server_types
+    ):
+        # A newly live instance, or new deps held: pending jobs of its type may fit now.
+        # (Slots freed by jobs ending are offered where the job ends; the sweep retries.)
         placed, _full = place_pending_jobs(
             session=session,
             policy=state.policy,
@@ -210,7 +212,6 @@ def post_heartbeat(
             body.instance_id,
             digest=result.digest,
             failed=hb.failed,
-            server_type=result.server_type,
             answer=answer,
             live_seconds=state.policy.live_ttl_seconds,
             seen=seen,
