@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -66,6 +67,7 @@ class Agent:
         self.handled: set[str] = set()
         self.early_hb = 0.0
         self.last_hb = 0.0
+        self.wake = asyncio.Event()
 
     async def call(self, endpoint: str, method: str, path: str, body: object | None,
                    scheduled: float, headers: bytes | None = None) -> tuple[int, bytes] | None:
@@ -143,6 +145,7 @@ class Agent:
         self.sim.stats.items_done += 1
         # The field agent heartbeats early (at most every 2 s) after a download.
         self.early_hb = max(time.time(), self.last_hb + 2.0)
+        self.wake.set()
 
     async def run(self, start: float) -> None:
         args = self.sim.args
@@ -160,7 +163,14 @@ class Agent:
             due = min(next_poll, next_hb, self.early_hb or next_hb)
             if due >= self.sim.t_stop:
                 return
-            await sleep_until(due)
+            # A finished download sets an early heartbeat while this sleeps: wake for it,
+            # or its latency (counted from when it was due) would include the sleep.
+            self.wake.clear()
+            delay = due - time.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                    continue  # woken: due times changed
             if not self.auth:
                 await self.register()
             if due in (next_hb, self.early_hb):

@@ -72,6 +72,7 @@ class Plan:
     connections: int
     workers: int | None
     server_workers: int = 1  # `depman server --workers` on PostgreSQL (SQLite: always 1)
+    server_env: dict[str, str] = field(default_factory=dict)  # more DEPMAN_* settings
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
@@ -319,7 +320,8 @@ def run_one(plan: Plan, backend: str, n: int) -> Outcome:
             database(backend, Path(tmp_name)) as url, \
             run_server(url, extra_env={"DEPMAN_LOG_LEVEL": "warning",
                                        "DEPMAN_HEARTBEAT_SECONDS": str(plan.heartbeat),
-                                       "DEPMAN_WORKERS": str(server_workers)},
+                                       "DEPMAN_WORKERS": str(server_workers),
+                                       **plan.server_env},
                        cwd=Path(tmp_name)) as server:
         t_setup = time.time()
         setup_fleet(server, plan, n)
@@ -464,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="Measured seconds per run.")
     parser.add_argument("--workers", type=int, help="Simulator processes (default N/5000).")
     parser.add_argument("--job-rate", type=float, help="Jobs per second (default N/1000).")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="A server setting for every run, e.g. DEPMAN_WORKER_THREADS=16.")
     parser.add_argument("--server-workers", type=int,
                         help="`depman server --workers` for the PostgreSQL runs (default 1).")
     args = parser.parse_args(argv)
@@ -480,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         plan.job_rate = args.job_rate
     if args.server_workers:
         plan.server_workers = args.server_workers
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("DEPMAN_"):
+            parser.error(f"--server-env wants DEPMAN_NAME=VALUE, got {item!r}")
+        plan.server_env[name] = value
     outcomes = []
     for backend in plan.backends:
         for n in plan.sizes:
