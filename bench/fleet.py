@@ -71,13 +71,14 @@ class Plan:
     inventory: int
     connections: int
     workers: int | None
-    server_workers: int = 1  # `depman server --workers` on PostgreSQL (SQLite: always 1)
+    # `depman server --workers` values tried on PostgreSQL (SQLite: always 1).
+    server_workers: list[int] = field(default_factory=lambda: [1])
     server_env: dict[str, str] = field(default_factory=dict)  # more DEPMAN_* settings
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
             poll=5, heartbeat=30, download=2, job_rate=None, job_run=10, catalog=2000,
-            static=20, inventory=200, connections=64, workers=None)
+            static=20, inventory=200, connections=64, workers=None, server_workers=[1, 2])
 SMOKE = Plan([40], ["sqlite"], ramp=1, warmup=2, duration=4, poll=1, heartbeat=2,
              download=0.2, job_rate=2, job_run=0.5, catalog=100, static=5, inventory=20,
              connections=8, workers=1)
@@ -311,10 +312,9 @@ def database(backend: str, tmp: Path) -> Iterator[str]:
             yield url
 
 
-def run_one(plan: Plan, backend: str, n: int) -> Outcome:
+def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
     from tests.support.server import run_server
 
-    server_workers = plan.server_workers if backend == "postgresql" else 1
     out = Outcome(backend, n, server_workers)
     with tempfile.TemporaryDirectory(prefix="depman-bench-fleet-") as tmp_name, \
             database(backend, Path(tmp_name)) as url, \
@@ -468,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-rate", type=float, help="Jobs per second (default N/1000).")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="A server setting for every run, e.g. DEPMAN_WORKER_THREADS=16.")
-    parser.add_argument("--server-workers", type=int,
-                        help="`depman server --workers` for the PostgreSQL runs (default 1).")
+    parser.add_argument("--server-workers",
+                        help="Comma-separated `depman server --workers` values for the "
+                        "PostgreSQL runs (default 1,2; smoke 1).")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.sizes:
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.job_rate is not None:
         plan.job_rate = args.job_rate
     if args.server_workers:
-        plan.server_workers = args.server_workers
+        plan.server_workers = [int(w) for w in args.server_workers.split(",")]
     for item in args.server_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("DEPMAN_"):
@@ -491,23 +492,25 @@ def main(argv: list[str] | None = None) -> int:
         plan.server_env[name] = value
     outcomes = []
     for backend in plan.backends:
-        for n in plan.sizes:
-            print(f"running {backend} N={n} ...")
-            try:
-                outcomes.append(run_one(plan, backend, n))
-            except Exception as exc:  # report the failure in the table, go on with the rest
-                procs = plan.server_workers if backend == "postgresql" else 1
-                outcomes.append(Outcome(backend, n, procs,
-                                        failure=f"{type(exc).__name__}: {exc}"[:200]))
-                print(f"  failed: {exc}", file=sys.stderr)
+        for procs in plan.server_workers if backend == "postgresql" else [1]:
+            for n in plan.sizes:
+                print(f"running {backend} N={n} server processes={procs} ...")
+                try:
+                    outcomes.append(run_one(plan, backend, n, procs))
+                except Exception as exc:  # report the failure in the table, go on
+                    outcomes.append(Outcome(backend, n, procs,
+                                            failure=f"{type(exc).__name__}: {exc}"[:200]))
+                    print(f"  failed: {exc}", file=sys.stderr)
     tables = render(outcomes)
     for t in tables:
         t.print()
     notes = []
-    for backend in plan.backends:
-        ok = [o.n for o in outcomes if o.backend == backend and o.holds]
-        notes.append(f"{backend}: largest N tested with p99 < {P99_TARGET * 1000:.0f} ms and no "
-                     f"errors: {max(ok):,}" if ok else f"{backend}: no N tested holds the target")
+    for backend, procs in dict.fromkeys((o.backend, o.server_workers) for o in outcomes):
+        ok = [o.n for o in outcomes
+              if o.backend == backend and o.server_workers == procs and o.holds]
+        what = f"{backend}, {procs} server process{'es' if procs > 1 else ''}"
+        notes.append(f"{what}: largest N tested with p99 < {P99_TARGET * 1000:.0f} ms and no "
+                     f"errors: {max(ok):,}" if ok else f"{what}: no N tested holds the target")
     notes.append(f"Measured {plan.duration:.0f} s per run, from {plan.warmup:.0f} s after every "
                  f"agent was up (registered and sent its first heartbeat); agents start "
                  f"over max({plan.ramp:.0f} s, N / {REGISTER_RATE:.0f} s), and 'boot s' is the "
