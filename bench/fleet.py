@@ -263,7 +263,8 @@ class JobDriver:
 
     async def run(self, t_start: float) -> None:
         tasks: set[asyncio.Task[None]] = set()
-        next_submit = t_start
+        # --job-rate 0 measures the agents alone: no submissions at all.
+        next_submit = t_start if self.rate > 0 else float("inf")
         next_scan = t_start
         while True:
             now = time.time()
