@@ -1,6 +1,6 @@
 """Run the four full benchmarks in sequence, each appending its section to bench/RESULTS.md.
 
-    uv run python -m bench.run_all            # the recording run (~30-40 min; quiet machine)
+    uv run python -m bench.run_all            # the recording run (~70 min; quiet machine)
     uv run python -m bench.run_all --smoke    # all four smoke modes, records nothing
 """
 
