@@ -22,11 +22,20 @@ def db(database_url: str) -> Iterator[Database]:
     now = utcnow()
     with database.session() as session:
         for name in ("a", "b", "c"):
-            session.add(Instance(instance_id=name, server_type="t", created_at=now,
-                                 last_heartbeat_at=now - timedelta(seconds=30),
-                                 inventory_digest="d1", disk_free_bytes=1,
-                                 downloading_dep_ids=[], failed_dep_ids=[],
-                                 active_downloads=[], pinned_dep_ids=[]))
+            session.add(
+                Instance(
+                    instance_id=name,
+                    server_type="t",
+                    created_at=now,
+                    last_heartbeat_at=now - timedelta(seconds=30),
+                    inventory_digest="d1",
+                    disk_free_bytes=1,
+                    downloading_dep_ids=[],
+                    failed_dep_ids=[],
+                    active_downloads=[],
+                    pinned_dep_ids=[],
+                )
+            )
         session.commit()
     yield database
     database.dispose()

@@ -31,39 +31,83 @@ def fleet_db(database_url: str) -> Iterator[tuple[Database, list[Candidate], set
     truth: list[Candidate] = []
     busy: set[str] = set()
     with db.session() as session:
-        session.add(ServerType(server_type=STYPE, mode="dependency_manager_v1",
-                               max_active_jobs=1, updated_at=now))
-        session.add_all(Dep(dep_id=d, url="https://hf.co/x", auth="none",
-                            dest_relative_path=f"models/{d}", expected_size_bytes=size,
-                            kind="dynamic", created_at=now, updated_at=now)
-                    for d, size in DEPS.items())
+        session.add(
+            ServerType(
+                server_type=STYPE, mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
+            )
+        )
+        session.add_all(
+            Dep(
+                dep_id=d,
+                url="https://hf.co/x",
+                auth="none",
+                dest_relative_path=f"models/{d}",
+                expected_size_bytes=size,
+                kind="dynamic",
+                created_at=now,
+                updated_at=now,
+            )
+            for d, size in DEPS.items()
+        )
         session.flush()
         for i in range(120):
             iid = f"i-{i:03d}" if i % 7 else f"I-{i:03d}"  # mixed case: str order ties
             stale = i % 11 == 0
-            session.add(Instance(instance_id=iid, server_type=STYPE, created_at=now,
-                                 last_heartbeat_at=now - timedelta(seconds=500 if stale else 1),
-                                 disk_free_bytes=rng.choice([None, 10, 20, 30]),
-                                 downloading_dep_ids=[], failed_dep_ids=[], active_downloads=[],
-                                 pinned_dep_ids=[]))
+            session.add(
+                Instance(
+                    instance_id=iid,
+                    server_type=STYPE,
+                    created_at=now,
+                    last_heartbeat_at=now - timedelta(seconds=500 if stale else 1),
+                    disk_free_bytes=rng.choice([None, 10, 20, 30]),
+                    downloading_dep_ids=[],
+                    failed_dep_ids=[],
+                    active_downloads=[],
+                    pinned_dep_ids=[],
+                )
+            )
             session.flush()
             held = set(rng.sample(sorted(DEPS), rng.randint(0, 4)))
             if held:
-                session.execute(insert(InstanceDep), [
-                    {"instance_id": iid, "dep_id": d, "kind": "dynamic", "since": now}
-                    for d in held])
+                session.execute(
+                    insert(InstanceDep),
+                    [
+                        {"instance_id": iid, "dep_id": d, "kind": "dynamic", "since": now}
+                        for d in held
+                    ],
+                )
             queued = 0
             if rng.random() < 0.2:
                 dep = rng.choice(sorted(set(DEPS) - held))
-                session.add(QueueItem(instance_id=iid, dep_id=dep, generation=1, op="download",
-                                      state="queued", priority=0, attempts=0, enqueued_at=now,
-                                      updated_at=now))
+                session.add(
+                    QueueItem(
+                        instance_id=iid,
+                        dep_id=dep,
+                        generation=1,
+                        op="download",
+                        state="queued",
+                        priority=0,
+                        attempts=0,
+                        enqueued_at=now,
+                        updated_at=now,
+                    )
+                )
                 queued = DEPS[dep] or 0
             if rng.random() < 0.15:
                 busy.add(iid)
-                session.add(Job(job_id=f"job-{iid}", server_type=STYPE, state="running",
-                                instance_id=iid, placements=1, history=[], created_at=now,
-                                placed_at=now, updated_at=now))
+                session.add(
+                    Job(
+                        job_id=f"job-{iid}",
+                        server_type=STYPE,
+                        state="running",
+                        instance_id=iid,
+                        placements=1,
+                        history=[],
+                        created_at=now,
+                        placed_at=now,
+                        updated_at=now,
+                    )
+                )
             if not stale:
                 free = session.get(Instance, iid).disk_free_bytes  # type: ignore[union-attr]
                 truth.append(Candidate(iid, frozenset(held), queued, int(free or 0)))
@@ -78,19 +122,31 @@ def test_free_candidates_match_a_full_ranking(
 ) -> None:
     db, truth, busy = fleet_db
     sizes = {d: DEPS[d] for d in job}
-    free = [replace(c, held_dep_ids=c.held_dep_ids & set(job)) for c in truth
-            if c.instance_id not in busy]
+    free = [
+        replace(c, held_dep_ids=c.held_dep_ids & set(job))
+        for c in truth
+        if c.instance_id not in busy
+    ]
     expected = rank_candidates(free, sizes)
     cutoff = utcnow() - timedelta(seconds=90)
     with db.read_session() as session:
         active = active_jobs(session=session)
         for limit in (1, 5, 32):
-            got = free_candidates(STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit,
-                                  slots=1, active=active)
+            got = free_candidates(
+                STYPE,
+                sizes,
+                (),
+                session=session,
+                cutoff=cutoff,
+                limit=limit,
+                slots=1,
+                active=active,
+            )
             assert got == expected[:limit]
         excluded = {expected[0].instance_id}
-        got = free_candidates(STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1,
-                              active=active)
+        got = free_candidates(
+            STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1, active=active
+        )
         assert got == [c for c in expected if c.instance_id not in excluded][:32]
 
 
@@ -101,9 +157,20 @@ def test_busy_holders_are_the_live_full_instances_holding_a_dep(
     job = ["d2", "d5"]
     now = utcnow()
     with db.read_session() as session:
-        got = busy_holders(STYPE, job, (), session=session, cutoff=now - timedelta(seconds=90),
-                           now=now, slots=1, active=active_jobs(session=session))
-    expected = {c.instance_id: c.held_dep_ids & set(job) for c in truth
-                if c.instance_id in busy and c.held_dep_ids & set(job)}
+        got = busy_holders(
+            STYPE,
+            job,
+            (),
+            session=session,
+            cutoff=now - timedelta(seconds=90),
+            now=now,
+            slots=1,
+            active=active_jobs(session=session),
+        )
+    expected = {
+        c.instance_id: c.held_dep_ids & set(job)
+        for c in truth
+        if c.instance_id in busy and c.held_dep_ids & set(job)
+    }
     assert {c.instance_id: c.held_dep_ids for c in got} == expected
     assert all(len(c.active_elapsed_s) == 1 for c in got)

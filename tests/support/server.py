@@ -161,3 +161,14 @@ def postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def run_replica(first: RunningServer, *, cwd: Path | None = None) -> Iterator[RunningServer]:
+    """A second `depman server` on `first`'s database, with its admin token and secret."""
+    env = {
+        "DEPMAN_ADMIN_TOKEN": first.admin_token,
+        "DEPENDENCY_MANAGER_SHARED_SECRET": first.shared_secret,
+    }
+    with run_server(first.database_url, cwd=cwd, extra_env=env) as second:
+        yield second
