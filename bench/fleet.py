@@ -74,6 +74,7 @@ class Plan:
     # `depman server --workers` values tried on PostgreSQL (SQLite: always 1).
     server_workers: list[int] = field(default_factory=lambda: [1])
     server_env: dict[str, str] = field(default_factory=dict)  # more DEPMAN_* settings
+    profile_dir: Path | None = None  # py-spy flame graphs of the server over each window
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
@@ -293,6 +294,19 @@ class JobDriver:
 # ---------------------------------------------------------------------------- one run
 
 
+def start_py_spy(plan: Plan, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy over the measured window (all server processes), when --py-spy asks for it."""
+    if plan.profile_dir is None:
+        return None
+    plan.profile_dir.mkdir(parents=True, exist_ok=True)
+    out = plan.profile_dir / f"fleet-{name}.folded"
+    print(f"  py-spy → {out}")
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses",
+                             "--duration", str(int(plan.duration)), "--rate", "50",
+                             "--nonblocking", "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def wait_for_boot(files: list[Path], t0: float, deadline: float) -> tuple[float, int]:
     """Until every worker reports its agents up: (seconds since t0, agents up)."""
     while time.time() < deadline and not all(f.exists() for f in files):
@@ -377,11 +391,14 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
                 job_task = asyncio.ensure_future(driver.run(time.time()))
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
                 sampler.mark()
+                spy = start_py_spy(plan, server.process.pid, f"{backend}-{server_workers}p-{n}")
                 pg0 = postgres_cpu() if backend == "postgresql" else {}
                 inv0 = pg_inventory_writes(url)
                 ctl0 = time.process_time()
                 await asyncio.sleep(max(0.0, t_stop - time.time()))
                 usage = sampler.usage()
+                if spy is not None:
+                    await asyncio.to_thread(spy.wait, 120)
                 out.server_cpu, out.server_rss = usage.cpu_percent, usage.rss_peak
                 if backend == "postgresql":
                     out.pg_cpu = 100 * cpu_delta(pg0, postgres_cpu()) / usage.wall_seconds
@@ -472,8 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-workers",
                         help="Comma-separated `depman server --workers` values for the "
                         "PostgreSQL runs (default 1,2; smoke 1).")
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="Record py-spy samples of the server over each measured window "
+                        "into DIR (fleet-<backend>-<procs>p-<N>.folded: collapsed stacks, "
+                        "for speedscope.app or flamegraph.pl).")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
+    plan.profile_dir = args.py_spy
     if args.sizes:
         plan.sizes = [int(s) for s in args.sizes.split(",")]
     if args.backends:

@@ -235,20 +235,25 @@ class Agent:
 
     def start_item(self, item: dict[str, Any]) -> None:
         dep_id = item["depId"]
-        self.post_status(item, p.ItemState.RUNNING)
         try:
             self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")))
         except UnsafePath as exc:
+            self.post_status(item, p.ItemState.RUNNING)
             self.post_status(item, p.ItemState.FAILED, exc.message)
             self.cache.mark_failed(dep_id, exc.message)
             self.remember(item["itemId"])
             return
-        self.cache.set_inflight(dep_id, item)
         progress = Progress(dep_id, log_every=self.config.progress_seconds
                             if self.config.verbose_progress else None)
+        # The download starts first: the first byte should not wait for the status round
+        # trip or the state file's fsync (issue 5, dispatch latency). Its outcome is
+        # collected on this thread, so the server still sees running before succeeded,
+        # and the in-flight record is written before it can be cleared.
         future = self.pool.submit(self.runner.run, item, progress)
-        future.add_done_callback(lambda _f: self.wake.set())
         self.active[dep_id] = _Active(item, progress, future)
+        self.post_status(item, p.ItemState.RUNNING)
+        self.cache.set_inflight(dep_id, item)
+        future.add_done_callback(lambda _f: self.wake.set())
 
     def collect_finished(self, attempts: int | None = None) -> None:
         for dep_id, active in list(self.active.items()):
