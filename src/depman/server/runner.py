@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -105,7 +106,19 @@ def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, annou
         server_header=False,
     )
     server = _Server(config, url if announce else "", on_exit=app.state.depman.hub.wake_all)
+    _tune_gc()
     server.run(sockets=[sock])
+
+
+def _tune_gc() -> None:
+    # The ~170,000 objects of the imported modules and the app live as long as the
+    # process; frozen, a full collection no longer walks them. Under fleet load the
+    # full collections stopped every request for 120-170 ms each (issue 5).
+    gc.collect()
+    gc.freeze()
+    # Young collections every 10,000 net allocations instead of 700: a request
+    # allocates hundreds of objects, and nearly all die by reference counting.
+    gc.set_threshold(10_000, 20, 20)
 
 
 def serve_from_flags(
