@@ -14,6 +14,10 @@ nested loops over fresh statistics and took 1.8 s at 3,000 instances):
   moves down at most past the |queued| ones, and busy ones are dropped: the true
   best K are always among the rows fetched. `placement.rank_candidates` then
   ranks them exactly.
+
+Not yet bounded: the non-holders query orders every live instance of the type by
+free disk, and nothing indexes that order, so PostgreSQL reads the whole type
+(~32 ms per submit at 5,000 instances; bench/RESULTS.md, 2026-12-02).
 """
 
 from __future__ import annotations
