@@ -165,6 +165,14 @@ def _find(results: list[ToolResult], prefix: str) -> ToolResult | None:
     return next((r for r in results if r.tool.name.startswith(prefix) and r.samples), None)
 
 
+def curl_and_best_depman(fast: list[ToolResult]) -> tuple[ToolResult | None, ToolResult | None]:
+    """The unthrottled reference (curl, unverified) and depman's fastest verified mode."""
+    curl = _find(fast, "curl -o (no")
+    best = min((r for r in fast if r.tool.depman and r.samples), key=lambda r: r.wall,
+               default=None)
+    return curl, best
+
+
 def sha256_floor(path: Path, runs: int) -> float:
     """Median seconds for hashlib's SHA-256 alone over the file, read from /dev/shm.
 
@@ -183,9 +191,7 @@ def sha256_floor(path: Path, runs: int) -> float:
 
 def floor_note(fast: list[ToolResult], floor: float) -> str | None:
     """Where depman's verified time and curl's spread stand against the SHA-256 floor."""
-    curl = _find(fast, "curl -o (no")
-    dm_best = min((r for r in fast if r.tool.depman and r.samples), key=lambda r: r.wall,
-                  default=None)
+    curl, dm_best = curl_and_best_depman(fast)
     if not (curl and dm_best):
         return None
     walls = [s.wall for s in curl.samples]
@@ -202,9 +208,7 @@ def verdicts(fast: list[ToolResult], slow: list[ToolResult]) -> list[str]:
     def check(label: str, ok: bool, detail: str) -> None:
         notes.append(f"{label}: {detail} — {'met' if ok else 'MISSED'}.")
 
-    curl = _find(fast, "curl -o (no")
-    dm_best = min((r for r in fast if r.tool.depman and r.samples), key=lambda r: r.wall,
-                  default=None)
+    curl, dm_best = curl_and_best_depman(fast)
     if curl and dm_best:
         ratio = dm_best.wall / curl.wall
         check("Unthrottled, depman verified vs curl unverified (target ≤1.10x)", ratio <= 1.10,

@@ -74,7 +74,7 @@ class Plan:
     # `depman server --workers` values tried on PostgreSQL (SQLite: always 1).
     server_workers: list[int] = field(default_factory=lambda: [1])
     server_env: dict[str, str] = field(default_factory=dict)  # more DEPMAN_* settings
-    profile_dir: Path | None = None  # py-spy flame graphs of the server over each window
+    profile_dir: Path | None = None  # py-spy samples of the server over each window
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,

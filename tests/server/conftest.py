@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.server import RunningServer, postgres_database, run_server
+from tests.support.server import RunningServer, postgres_database, run_replica, run_server
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -23,3 +24,14 @@ def plane(
     else:
         with postgres_database() as url, run_server(url, cwd=tmp) as server:
             yield server
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """Two server processes on one fresh PostgreSQL database, with the same secrets."""
+    with (
+        postgres_database() as url,
+        run_server(url, cwd=tmp_path) as first,
+        run_replica(first, cwd=tmp_path) as second,
+    ):
+        yield first, second

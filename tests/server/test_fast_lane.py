@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.server.fleet import Agent, make_fleet
-from tests.support.server import RunningServer, postgres_database, run_replica, run_server
+from tests.support.server import RunningServer, run_server
 
 MEMO_RE = re.compile(r'^depman_agent_memo_answers_total\{endpoint="(\w+)"\} ([\d.]+)$', re.M)
 
@@ -151,32 +151,30 @@ def test_write_behind_off_writes_every_heartbeat(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_memos_of_one_replica_follow_changes_made_through_another(tmp_path: Path) -> None:
-    with (
-        postgres_database() as postgres_url,
-        run_server(postgres_url, cwd=tmp_path) as first,
-        run_replica(first, cwd=tmp_path) as second,
-    ):
-        fleet = make_fleet(first)
-        instance_id = fleet.add_instance("replicated")
-        agent = fleet.register(instance_id, dynamic=[fleet.deps["b"]])
-        warm(agent)
-        assert served_from_memory(first, "heartbeat", agent.heartbeat)
-        # A job placed through B pins b: A's next heartbeat answer says so.
-        status, job = second.admin(
-            "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
-        )
-        assert status == 200 and job["instanceId"] == instance_id
-        wait_for(lambda: agent.heartbeat()[1]["pinnedDepIds"] == [fleet.deps["b"]])
-        # Re-registered through B: A refuses the old token.
-        status, body = second.request(
-            "POST",
-            "/api/dependencies/register",
-            {"serverType": fleet.server_type, "agentVersion": "t", "instanceId": instance_id},
-            {"X-DM-Secret": first.shared_secret},
-        )
-        assert status == 200, body
-        wait_for(lambda: agent.heartbeat()[0] == 401)
+def test_memos_of_one_replica_follow_changes_made_through_another(
+    replicas: tuple[RunningServer, RunningServer],
+) -> None:
+    first, second = replicas
+    fleet = make_fleet(first)
+    instance_id = fleet.add_instance("replicated")
+    agent = fleet.register(instance_id, dynamic=[fleet.deps["b"]])
+    warm(agent)
+    assert served_from_memory(first, "heartbeat", agent.heartbeat)
+    # A job placed through B pins b: A's next heartbeat answer says so.
+    status, job = second.admin(
+        "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
+    )
+    assert status == 200 and job["instanceId"] == instance_id
+    wait_for(lambda: agent.heartbeat()[1]["pinnedDepIds"] == [fleet.deps["b"]])
+    # Re-registered through B: A refuses the old token.
+    status, body = second.request(
+        "POST",
+        "/api/dependencies/register",
+        {"serverType": fleet.server_type, "agentVersion": "t", "instanceId": instance_id},
+        {"X-DM-Secret": first.shared_secret},
+    )
+    assert status == 200, body
+    wait_for(lambda: agent.heartbeat()[0] == 401)
 
 
 def wait_for(check: object, timeout: float = 10.0) -> None:

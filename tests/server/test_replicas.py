@@ -13,7 +13,7 @@ from alembic import command
 
 from depman.store.migrate import alembic_config, upgrade
 from tests.server.fleet import make_fleet
-from tests.support.server import postgres_database, run_replica, run_server
+from tests.support.server import RunningServer, postgres_database, run_server
 
 
 @pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
@@ -24,81 +24,77 @@ def test_migrations_match_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(tmp_path: Path) -> None:
-    with (
-        postgres_database() as url,
-        run_server(url, cwd=tmp_path) as first,
-        run_replica(first, cwd=tmp_path) as second,
-    ):
-        fleet = make_fleet(first)
-        agent = fleet.register(fleet.add_instance("replica"))
-        result: dict[str, object] = {}
+def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(
+    replicas: tuple[RunningServer, RunningServer],
+) -> None:
+    first, second = replicas
+    fleet = make_fleet(first)
+    agent = fleet.register(fleet.add_instance("replica"))
+    result: dict[str, object] = {}
 
-        def poll() -> None:
-            start = time.monotonic()
-            result["answer"] = agent.poll(wait=20)
-            result["elapsed"] = time.monotonic() - start
-
-        thread = threading.Thread(target=poll)
-        thread.start()
-        time.sleep(0.7)
-        status, job = second.admin(
-            "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
-        )
-        assert status == 200 and job["instanceId"] == agent.instance_id
-        thread.join(25)
-        status, body = result["answer"]  # type: ignore[misc]
-        assert status == 200 and [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
-        assert result["elapsed"] < 5  # type: ignore[operator]
-        # SIGTERM releases a long-poll at once; lifespan shutdown runs, then uvicorn
-        # re-raises the signal (exit -15).
-        waiting = make_fleet(second)
-        sleeper = waiting.register(waiting.add_instance("sleeper"))
-        sleeper.server = second
-        thread = threading.Thread(target=lambda: result.update(last=sleeper.poll(wait=25)))
-        thread.start()
-        time.sleep(0.7)
+    def poll() -> None:
         start = time.monotonic()
-        second.process.send_signal(signal.SIGTERM)
-        thread.join(15)
-        assert result["last"][0] == 200  # type: ignore[index]
-        assert time.monotonic() - start < 4
-        assert second.process.wait(15) in (0, -signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while "Application shutdown complete" not in second.logs():
-            assert time.monotonic() < deadline, second.logs()
-            time.sleep(0.05)
+        result["answer"] = agent.poll(wait=20)
+        result["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.7)
+    status, job = second.admin(
+        "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
+    )
+    assert status == 200 and job["instanceId"] == agent.instance_id
+    thread.join(25)
+    status, body = result["answer"]  # type: ignore[misc]
+    assert status == 200 and [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
+    assert result["elapsed"] < 5  # type: ignore[operator]
+    # SIGTERM releases a long-poll at once; lifespan shutdown runs, then uvicorn
+    # re-raises the signal (exit -15).
+    waiting = make_fleet(second)
+    sleeper = waiting.register(waiting.add_instance("sleeper"))
+    sleeper.server = second
+    thread = threading.Thread(target=lambda: result.update(last=sleeper.poll(wait=25)))
+    thread.start()
+    time.sleep(0.7)
+    start = time.monotonic()
+    second.process.send_signal(signal.SIGTERM)
+    thread.join(15)
+    assert result["last"][0] == 200  # type: ignore[index]
+    assert time.monotonic() - start < 4
+    assert second.process.wait(15) in (0, -signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while "Application shutdown complete" not in second.logs():
+        assert time.monotonic() < deadline, second.logs()
+        time.sleep(0.05)
 
 
 @pytest.mark.postgres
-def test_v1_poll_on_one_replica_sees_an_item_queued_through_another(tmp_path: Path) -> None:
+def test_v1_poll_on_one_replica_sees_an_item_queued_through_another(
+    replicas: tuple[RunningServer, RunningServer],
+) -> None:
     """Replica A remembers the instance's empty queue; B's enqueue (NOTIFY) must end that."""
-    with (
-        postgres_database() as url,
-        run_server(url, cwd=tmp_path) as first,
-        run_replica(first, cwd=tmp_path) as second,
-    ):
-        fleet = make_fleet(first)
-        agent = fleet.register(fleet.add_instance("hinted"))
-        for _ in range(3):  # A now answers this instance's polls from memory
-            status, body = agent.poll()
-            assert status == 200 and body["items"] == []
-        status, job = second.admin(
-            "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["c"]]}
-        )
-        assert status == 200 and job["instanceId"] == agent.instance_id
-        # NOTIFY reaches A within milliseconds; a missed one would hide the item for
-        # the hint's lifetime (60 s), far beyond this deadline.
-        deadline = time.monotonic() + 10
-        while True:
-            status, body = agent.poll()
-            assert status == 200
-            if body["items"]:
-                break
-            assert time.monotonic() < deadline, "item queued through B never shown by A"
-            time.sleep(0.05)
-        assert [i["depId"] for i in body["items"]] == [fleet.deps["c"]]
-        assert body["pinnedDepIds"] == [fleet.deps["c"]]
+    first, second = replicas
+    fleet = make_fleet(first)
+    agent = fleet.register(fleet.add_instance("hinted"))
+    for _ in range(3):  # A now answers this instance's polls from memory
+        status, body = agent.poll()
+        assert status == 200 and body["items"] == []
+    status, job = second.admin(
+        "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["c"]]}
+    )
+    assert status == 200 and job["instanceId"] == agent.instance_id
+    # NOTIFY reaches A within milliseconds; a missed one would hide the item for
+    # the hint's lifetime (60 s), far beyond this deadline.
+    deadline = time.monotonic() + 10
+    while True:
+        status, body = agent.poll()
+        assert status == 200
+        if body["items"]:
+            break
+        assert time.monotonic() < deadline, "item queued through B never shown by A"
+        time.sleep(0.05)
+    assert [i["depId"] for i in body["items"]] == [fleet.deps["c"]]
+    assert body["pinnedDepIds"] == [fleet.deps["c"]]
 
 
 @pytest.mark.postgres
