@@ -68,7 +68,7 @@ def test_unchanged_heartbeat_is_one_update(db: Database) -> None:
 def test_poll_is_one_select(db: Database) -> None:
     seen = statements(db)
     with db.read_session() as session:
-        poll = poll_queue("hot", 25, session=session)
+        poll = poll_queue("hot", 25, conn=session.connection())
     assert poll.found and poll.items == []
     assert seen == ["SELECT"]
 

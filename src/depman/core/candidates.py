@@ -9,15 +9,14 @@ nested loops over fresh statistics and took 1.8 s at 3,000 instances):
 - `active`: instances with active jobs (few: one per running job);
 - `queued`: instances with open downloads and their bytes (few);
 - holders of the job's deps, ranked by (held bytes, held count, free disk, id),
-  and the best non-holders by (free disk, id), each limited to K + |queued| +
-  |busy|. Queued bytes rank between held count and free disk, so an instance
-  moves down at most past the |queued| ones, and busy ones are dropped: the true
-  best K are always among the rows fetched. `placement.rank_candidates` then
-  ranks them exactly.
+  with the deps each holds, and the best non-holders by (free disk, id), each
+  limited to K + |queued| + |busy|. Queued bytes rank between held count and
+  free disk, so an instance moves down at most past the |queued| ones, and busy
+  ones are dropped: the true best K are always among the rows fetched.
+  `placement.rank_candidates` then ranks them exactly.
 
-Not yet bounded: the non-holders query orders every live instance of the type by
-free disk, and nothing indexes that order, so PostgreSQL reads the whole type
-(~32 ms per submit at 5,000 instances; bench/RESULTS.md, 2026-12-02).
+Each runs as a Core statement on the session's connection: through the ORM's
+execution each cost about twice the Python time, per submit (issue 5).
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def max_active_jobs(server_type: str, *, session: Session) -> int:
 
 def active_jobs(*, session: Session) -> dict[str, int]:
     """instance id → number of its active jobs."""
-    rows = session.execute(
+    rows = session.connection().execute(
         select(Job.instance_id, func.count())
         .where(Job.state.in_(ACTIVE_JOB_STATES), Job.instance_id.is_not(None))
         .group_by(Job.instance_id)
@@ -67,28 +66,13 @@ def active_jobs(*, session: Session) -> dict[str, int]:
 
 def queued_bytes(*, session: Session) -> dict[str, int]:
     """instance id → bytes of its open downloads."""
-    rows = session.execute(
+    rows = session.connection().execute(
         select(QueueItem.instance_id, func.sum(func.coalesce(Dep.expected_size_bytes, 0)))
         .join(Dep, Dep.dep_id == QueueItem.dep_id)
         .where(QueueItem.state.in_(OPEN_ITEM_STATES), QueueItem.op == Op.DOWNLOAD.value)
         .group_by(QueueItem.instance_id)
     )
     return {instance_id: int(n or 0) for instance_id, n in rows}
-
-
-def held_sets(
-    instance_ids: list[str], dep_ids: list[str], *, session: Session
-) -> dict[str, set[str]]:
-    """Which of `dep_ids` each instance holds."""
-    holds: dict[str, set[str]] = {}
-    if instance_ids and dep_ids:
-        for held_by, dep_id in session.execute(
-            select(InstanceDep.instance_id, InstanceDep.dep_id).where(
-                InstanceDep.instance_id.in_(instance_ids), InstanceDep.dep_id.in_(dep_ids)
-            )
-        ):
-            holds.setdefault(held_by, set()).add(dep_id)
-    return holds
 
 
 def _by_id(column: Any, session: Session) -> Any:
@@ -114,6 +98,7 @@ def free_candidates(
     `slots` is the type's jobs per instance, `active` the `active_jobs()` counts.
     """
     dep_ids = list(job_deps)
+    conn = session.connection()
     filters = live(server_type, cutoff)
     if only is not None:
         filters = (*filters, Instance.instance_id == only)
@@ -123,19 +108,25 @@ def free_candidates(
     busy = [i for i, n in active.items() if n >= slots]
     fetch = limit + len(queued) + len(busy)
     free = func.coalesce(Instance.disk_free_bytes, 0)
-    rows: list[tuple[str, int]] = []
+    rows: list[tuple[str, int, frozenset[str]]] = []
     if dep_ids:
         held_bytes = func.sum(func.coalesce(Dep.expected_size_bytes, 0))
+        # Dep ids hold no whitespace (catalog.validate_id): a space separates them.
+        held = func.aggregate_strings(InstanceDep.dep_id, " ")
         rows += [
-            (instance_id, int(free_bytes or 0))
-            for instance_id, free_bytes in session.execute(
-                select(InstanceDep.instance_id, func.max(free))
+            (instance_id, int(free_bytes or 0), frozenset(held_ids.split(" ")))
+            for instance_id, free_bytes, held_ids in conn.execute(
+                select(InstanceDep.instance_id, func.max(free), held)
                 .join(Instance, Instance.instance_id == InstanceDep.instance_id)
                 .join(Dep, Dep.dep_id == InstanceDep.dep_id)
                 .where(*filters, InstanceDep.dep_id.in_(dep_ids))
                 .group_by(InstanceDep.instance_id)
-                .order_by(held_bytes.desc(), func.count().desc(), func.max(free).desc(),
-                          _by_id(InstanceDep.instance_id, session))
+                .order_by(
+                    held_bytes.desc(),
+                    func.count().desc(),
+                    func.max(free).desc(),
+                    _by_id(InstanceDep.instance_id, session),
+                )
                 .limit(fetch)
             )
         ]
@@ -146,21 +137,20 @@ def free_candidates(
     if dep_ids:
         non_holders = non_holders.where(~holds_any)
     rows += [
-        (instance_id, int(free_bytes or 0))
-        for instance_id, free_bytes in session.execute(
+        (instance_id, int(free_bytes or 0), frozenset())
+        for instance_id, free_bytes in conn.execute(
             non_holders.order_by(free.desc(), _by_id(Instance.instance_id, session)).limit(fetch)
         )
     ]
-    rows = [(i, f) for i, f in rows if active.get(i, 0) < slots]
-    holds = held_sets([i for i, _ in rows], dep_ids, session=session)
     candidates = [
         Candidate(
             instance_id=instance_id,
-            held_dep_ids=frozenset(holds.get(instance_id, ())),
+            held_dep_ids=held_ids,
             queued_bytes=queued.get(instance_id, 0),
             free_bytes=free_bytes,
         )
-        for instance_id, free_bytes in rows
+        for instance_id, free_bytes, held_ids in rows
+        if active.get(instance_id, 0) < slots
     ]
     return rank_candidates(candidates, job_deps)[:limit]
 

@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -125,6 +136,50 @@ def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
     return values
 
 
+@dataclass(frozen=True)
+class UnchangedBeat:
+    """A heartbeat the stored row took as unchanged: the pins to answer."""
+
+    pinned_dep_ids: list[str]
+    server_type: str
+    digest: str
+
+
+def record_unchanged_heartbeat(
+    instance_id: str,
+    hb: Heartbeat,
+    *,
+    conn: Connection,
+    policy: Policy,
+    now: datetime | None = None,
+    digest: str | None = None,
+) -> UnchangedBeat | None:
+    """Write a heartbeat whose inventory the row already holds, of a live instance.
+
+    One UPDATE … RETURNING (plus one for the running items it lists as downloading);
+    None, with nothing written, when the inventory differs or the instance was not
+    live: `apply_heartbeat` does the rest.
+    """
+    now = now or utcnow()
+    digest = digest or inventory_digest(inventory(hb))
+    params: dict[str, Any] = {
+        "p_instance_id": instance_id,
+        "p_digest": digest,
+        "p_cutoff": now - timedelta(seconds=policy.live_ttl_seconds),
+        "p_now": now,
+        "p_downloading": list(hb.downloading),
+        "p_failed": list(hb.failed),
+        "p_active": list(hb.active_downloads),
+    }
+    params.update({f"p_{name}": getattr(hb, name) for name in SCALAR_COLUMNS})
+    row = conn.execute(FAST_UPDATE, params).first()
+    if row is None:
+        return None
+    # Instance row first, queue rows second: the same lock order as status reports.
+    mark_downloads_progressing(instance_id, hb.downloading, conn=conn, now=now)
+    return UnchangedBeat(list(row[0] or []), row[1], digest)
+
+
 def apply_heartbeat(
     instance_id: str,
     hb: Heartbeat,
@@ -137,30 +192,19 @@ def apply_heartbeat(
     now = now or utcnow()
     held = inventory(hb)
     digest = inventory_digest(held)
-    cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
     # Fast path: same inventory and already live → one UPDATE … RETURNING.
-    params: dict[str, Any] = {
-        "p_instance_id": instance_id,
-        "p_digest": digest,
-        "p_cutoff": cutoff,
-        "p_now": now,
-        "p_downloading": list(hb.downloading),
-        "p_failed": list(hb.failed),
-        "p_active": list(hb.active_downloads),
-    }
-    params.update({f"p_{name}": getattr(hb, name) for name in SCALAR_COLUMNS})
-    # Core execution: the ORM bulk-update machinery costs more than the UPDATE itself.
-    fast = session.connection().execute(FAST_UPDATE, params).first()
+    fast = record_unchanged_heartbeat(
+        instance_id, hb, conn=session.connection(), policy=policy, now=now, digest=digest
+    )
     if fast is not None:
-        # Instance row first, queue rows second: the same lock order as status reports.
-        mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
-        return HeartbeatResult(list(fast[0] or []), False, False, fast[1], digest)
+        return HeartbeatResult(fast.pinned_dep_ids, False, False, fast.server_type, digest)
+    cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
     row = session.scalar(
         select(Instance).where(Instance.instance_id == instance_id).with_for_update()
     )
     if row is None:
         raise NotFound(f"instance {instance_id!r} does not exist")
-    mark_downloads_progressing(instance_id, hb.downloading, session=session, now=now)
+    mark_downloads_progressing(instance_id, hb.downloading, conn=session.connection(), now=now)
     was_live = (
         row.last_heartbeat_at is not None
         and row.last_heartbeat_at >= cutoff

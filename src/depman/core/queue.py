@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, and_, bindparam, func, select, update
+from sqlalchemy import Connection, Integer, Select, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
-from depman.store.models import Dep, Instance, QueueItem
+from depman.store.models import Dep, Instance, QueueItem, UtcDateTime
 
 ERROR_MAX_CHARS = 500
 
@@ -152,10 +152,10 @@ def _poll_statement() -> Select[Any]:
 POLL_STATEMENT = _poll_statement()
 
 
-def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
+def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
     """The queued items of an instance, jobs' deps first then oldest first, in one query."""
     params = {"p_instance_id": instance_id, "p_limit": limit}
-    rows = session.connection().execute(POLL_STATEMENT, params).all()
+    rows = conn.execute(POLL_STATEMENT, params).all()
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
@@ -180,11 +180,53 @@ def poll_queue(instance_id: str, limit: int, *, session: Session) -> QueuePoll:
 
 @dataclass(frozen=True)
 class Transition:
-    """The effect of one status report on its item."""
+    """The effect of one status report on its item (state and op as they now stand)."""
 
     applied: bool
-    item: QueueItem | None = None
+    state: str | None = None
+    op: str | None = None
+    dep_id: str | None = None
+    error: str | None = None
     reason: str = ""
+
+
+def _transition_statements() -> dict[str, Any]:
+    # One UPDATE per reported state, whose WHERE holds the rule "within a generation,
+    # states only move forward" (module docstring): a report the rule refuses matches
+    # no row. Built once: the status path only binds parameters (issue 5).
+    now = bindparam("p_now", type_=UtcDateTime())
+    queued, running = ItemState.QUEUED.value, ItemState.RUNNING.value
+    succeeded, failed = ItemState.SUCCEEDED.value, ItemState.FAILED.value
+    base = update(QueueItem).where(
+        QueueItem.instance_id == bindparam("p_instance_id"),
+        QueueItem.dep_id == bindparam("p_dep_id"),
+        QueueItem.generation == bindparam("p_generation", type_=Integer),
+    )
+    answer = (QueueItem.state, QueueItem.op, QueueItem.dep_id, QueueItem.error)
+    return {
+        running: base.where(QueueItem.state.in_((queued, running)))
+        .values(
+            state=running,
+            started_at=case((QueueItem.state == queued, now), else_=QueueItem.started_at),
+            last_progress_at=now,
+            updated_at=now,
+        )
+        .returning(*answer),
+        # Accepted after `failed` too: the file did arrive.
+        succeeded: base.where(QueueItem.state != succeeded)
+        .values(state=succeeded, error=None, finished_at=now, updated_at=now)
+        .returning(*answer),
+        failed: base.where(QueueItem.state.in_((queued, running)))
+        .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
+        .returning(*answer),
+    }
+
+
+TRANSITIONS = _transition_statements()
+_ITEM_NOW = select(QueueItem.state, QueueItem.generation, QueueItem.op).where(
+    QueueItem.instance_id == bindparam("p_instance_id"),
+    QueueItem.dep_id == bindparam("p_dep_id"),
+)
 
 
 def apply_item_state(
@@ -193,54 +235,47 @@ def apply_item_state(
     state: str,
     error: str | None,
     *,
-    session: Session,
+    conn: Connection,
     now: datetime | None = None,
 ) -> Transition:
-    """Move an item forward within its generation; stale or backward reports are ignored."""
-    now = now or utcnow()
+    """Move an item forward within its generation; stale or backward reports are ignored.
+
+    One statement when the report applies (the common case), two when it does not.
+    """
     parsed = parse_item_id(item_id)
     if parsed is None:
         return Transition(False, reason="unknown itemId")
+    statement = TRANSITIONS.get(state)
+    if statement is None:
+        return Transition(False, reason=f"unknown state {state}")
     dep_id, gen = parsed
-    row = _lock_item(instance_id, dep_id, session=session)
-    if row is None:
+    params = {
+        "p_instance_id": instance_id,
+        "p_dep_id": dep_id,
+        "p_generation": gen,
+        "p_now": now or utcnow(),
+        "p_error": (error or "failed")[:ERROR_MAX_CHARS],
+    }
+    row = conn.execute(statement, params).first()
+    if row is not None:
+        return Transition(True, row.state, row.op, row.dep_id, row.error)
+    current = conn.execute(_ITEM_NOW, params).first()
+    if current is None:
         return Transition(False, reason="no such item")
-    if row.generation != gen:
-        return Transition(False, row, reason="old generation")
-    current = row.state
-    if state == ItemState.RUNNING.value:
-        if current == ItemState.QUEUED.value:
-            row.state = state
-            row.started_at = now
-        elif current != ItemState.RUNNING.value:
-            return Transition(False, row, reason=f"running after {current}")
-        row.last_progress_at = now
-    elif state == ItemState.SUCCEEDED.value:
-        if current == ItemState.SUCCEEDED.value:
-            return Transition(False, row, reason="already succeeded")
-        # Accepted after `failed` too: the file did arrive.
-        row.state = state
-        row.error = None
-        row.finished_at = now
-    elif state == ItemState.FAILED.value:
-        if current in (ItemState.SUCCEEDED.value, ItemState.FAILED.value):
-            return Transition(False, row, reason=f"failed after {current}")
-        row.state = state
-        row.error = (error or "failed")[:ERROR_MAX_CHARS]
-        row.finished_at = now
-    else:
-        return Transition(False, row, reason=f"unknown state {state}")
-    row.updated_at = now
-    return Transition(True, row)
+    if current.generation != gen:
+        return Transition(False, current.state, current.op, dep_id, reason="old generation")
+    return Transition(
+        False, current.state, current.op, dep_id, reason=f"{state} after {current.state}"
+    )
 
 
 def mark_downloads_progressing(
-    instance_id: str, dep_ids: list[str], *, session: Session, now: datetime
+    instance_id: str, dep_ids: list[str], *, conn: Connection, now: datetime
 ) -> None:
     """Record that a heartbeat lists these deps as downloading (keeps running items alive)."""
     if not dep_ids:
         return
-    session.execute(
+    conn.execute(
         update(QueueItem)
         .where(
             QueueItem.instance_id == instance_id,

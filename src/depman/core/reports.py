@@ -1,11 +1,12 @@
-"""What an agent's reports do beyond their own rows: status → jobs, heartbeat → placement."""
+"""What an agent's status reports do: move the item, keep the disk figures, handle failures."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import BigInteger, Connection, and_, bindparam, func, not_, update
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -14,6 +15,8 @@ from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
 from depman.core.states import ItemState, Op
 from depman.store.models import Instance
+
+FIGURES = ("disk_total_bytes", "disk_free_bytes", "disk_used_bytes", "dynamic_bytes_used")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,42 @@ class StatusReport:
     dynamic_bytes_used: int | None = None
 
 
+def _figures_statement() -> Any:
+    # Figures the report leaves out keep their stored value, and a row whose figures
+    # are already these is not touched at all: no write, no row lock (a status report
+    # otherwise waited behind the batched heartbeat write; issue 5).
+    new = {
+        name: func.coalesce(bindparam(f"p_{name}", type_=BigInteger), getattr(Instance, name))
+        for name in FIGURES
+    }
+    same = and_(*(getattr(Instance, name).is_not_distinct_from(new[name]) for name in FIGURES))
+    return (
+        update(Instance)
+        .where(Instance.instance_id == bindparam("p_instance_id"), not_(same))
+        .values(**new)
+    )
+
+
+FIGURES_STATEMENT = _figures_statement()
+
+
+def record_report(
+    instance_id: str, report: StatusReport, *, conn: Connection, now: datetime | None = None
+) -> Transition:
+    """Move the item and keep the disk figures; two statements, each standing alone.
+
+    All a `running` or `succeeded` report does (`apply_status` adds what a failure does).
+    """
+    result = apply_item_state(
+        instance_id, report.item_id, report.state, report.error, conn=conn, now=now or utcnow()
+    )
+    params: dict[str, Any] = {f"p_{name}": getattr(report, name) for name in FIGURES}
+    if any(value is not None for value in params.values()):
+        params["p_instance_id"] = instance_id
+        conn.execute(FIGURES_STATEMENT, params)
+    return result
+
+
 def apply_status(
     instance_id: str,
     report: StatusReport,
@@ -41,29 +80,17 @@ def apply_status(
 ) -> Transition:
     """Apply a status report: move the item, keep the disk figures, handle a failed download."""
     now = now or utcnow()
-    scalars = {
-        name: getattr(report, name)
-        for name in ("disk_total_bytes", "disk_free_bytes", "disk_used_bytes", "dynamic_bytes_used")
-        if getattr(report, name) is not None
-    }
-    if scalars:
-        session.execute(
-            update(Instance).where(Instance.instance_id == instance_id).values(**scalars)
-        )
-    result = apply_item_state(
-        instance_id, report.item_id, report.state, report.error, session=session, now=now
-    )
-    item = result.item
+    result = record_report(instance_id, report, conn=session.connection(), now=now)
     if (
         result.applied
-        and item is not None
-        and item.state == ItemState.FAILED.value
-        and item.op == Op.DOWNLOAD.value
+        and result.state == ItemState.FAILED.value
+        and result.op == Op.DOWNLOAD.value
+        and result.dep_id is not None
     ):
         on_dep_failed(
             instance_id,
-            item.dep_id,
-            item.error or "failed",
+            result.dep_id,
+            result.error or "failed",
             session=session,
             policy=policy,
             now=now,

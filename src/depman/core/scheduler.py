@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -18,9 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from depman.core.candidates import active_jobs, busy_holders, free_candidates, max_active_jobs
-from depman.core.catalog import missing_dep_ids, validate_id
+from depman.core.catalog import validate_id
 from depman.core.clock import isoformat, utcnow
-from depman.core.pins import refresh_pins
+from depman.core.pins import add_pins
 from depman.core.placement import (
     Candidate,
     Decision,
@@ -67,21 +68,64 @@ def job_dep_ids(job_id: str, *, session: Session) -> list[str]:
     )
 
 
-def _claim(instance_id: str, slots: int, *, session: Session, skip_locked: bool) -> bool:
-    """Lock the instance row, then re-count its active jobs with what is now committed."""
-    locked = session.scalar(
-        select(Instance.instance_id)
+def _claim(
+    instance_id: str, slots: int, *, session: Session, skip_locked: bool
+) -> list[str] | None:
+    """Lock the instance row, then re-count its active jobs with what is now committed.
+
+    Answers the row's pins (read under the lock) when a slot is free, else None.
+    """
+    conn = session.connection()
+    locked = conn.execute(
+        select(Instance.pinned_dep_ids)
         .where(Instance.instance_id == instance_id)
         .with_for_update(skip_locked=skip_locked)
-    )
+    ).first()
     if locked is None:
-        return False
-    active = session.scalar(
+        return None
+    # A new statement, so a new snapshot: it sees what committed while we waited.
+    active = conn.execute(
         select(func.count())
         .select_from(Job)
         .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
+    ).scalar()
+    return list(locked[0] or []) if (active or 0) < slots else None
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What placement needs to know of a job: its deps in order, their sizes and kinds."""
+
+    dep_ids: list[str]
+    deps: dict[str, tuple[int | None, str]]  # dep id → (expected size, kind)
+    slots: int  # jobs per instance of its server type
+
+    @property
+    def sizes(self) -> dict[str, int | None]:
+        """dep id → expected size (None: unknown), in the job's order."""
+        return {d: self.deps.get(d, (None, ""))[0] for d in self.dep_ids}
+
+    def is_dynamic(self, dep_id: str) -> bool:
+        """Whether the catalog says the dep is dynamic (its use refreshes the agent's LRU)."""
+        return self.deps.get(dep_id, (None, ""))[1] == "dynamic"
+
+
+def catalog_entries(dep_ids: list[str], *, session: Session) -> dict[str, tuple[int | None, str]]:
+    """dep id → (expected size, kind) for those of `dep_ids` in the catalog (one query)."""
+    rows = session.connection().execute(
+        select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(Dep.dep_id.in_(dep_ids))
     )
-    return (active or 0) < slots
+    return {dep_id: (size, kind) for dep_id, size, kind in rows}
+
+
+def job_needs(job: Job, *, session: Session) -> JobNeeds:
+    """The needs of a stored job (three small queries)."""
+    dep_ids = job_dep_ids(job.job_id, session=session)
+    return JobNeeds(
+        dep_ids,
+        catalog_entries(dep_ids, session=session),
+        max_active_jobs(job.server_type, session=session),
+    )
 
 
 def _typical_job_seconds(server_type: str, *, session: Session, policy: Policy) -> float:
@@ -161,19 +205,16 @@ def try_place(
     exclude: Collection[str] = (),
     only: str | None = None,
     may_wait: bool = True,
+    needs: JobNeeds | None = None,
 ) -> Outcome:
-    """Place a pending job on the best free instance, or let it wait for a busy holder."""
+    """Place a pending job on the best free instance, or let it wait for a busy holder.
+
+    `needs`: the job's, when the caller has them (a submit); else they are read.
+    """
     now = now or utcnow()
-    dep_ids = job_dep_ids(job.job_id, session=session)
+    needs = needs or job_needs(job, session=session)
+    dep_ids, sizes, slots = needs.dep_ids, needs.sizes, needs.slots
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
-    deps = {
-        dep_id: (size, kind)
-        for dep_id, size, kind in session.execute(
-            select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(Dep.dep_id.in_(dep_ids))
-        )
-    }
-    sizes = {d: deps.get(d, (None, ""))[0] for d in dep_ids}
-    slots = max_active_jobs(job.server_type, session=session)
     active = active_jobs(session=session)
     ranked = free_candidates(
         job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only,
@@ -203,23 +244,9 @@ def try_place(
     # Lock only the chosen row (SKIP LOCKED: another placement holds it, try the next);
     # if every row was busy, wait for the best one rather than leave the job pending.
     is_pg = session.get_bind().dialect.name == "postgresql"
-    chosen = next(
-        (
-            c
-            for c in ranked
-            if _claim(c.instance_id, slots, session=session, skip_locked=is_pg)
-        ),
-        None,
-    )
+    chosen, pins = _claim_best(ranked, slots, session=session, skip_locked=is_pg)
     if chosen is None and is_pg:
-        chosen = next(
-            (
-                c
-                for c in ranked
-                if _claim(c.instance_id, slots, session=session, skip_locked=False)
-            ),
-            None,
-        )
+        chosen, pins = _claim_best(ranked, slots, session=session, skip_locked=False)
     if chosen is None:
         return Outcome.NO_SLOT
     missing = missing_deps(chosen, dep_ids)
@@ -228,7 +255,7 @@ def try_place(
             chosen.instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_JOB, session=session, now=now
         )
     for dep_id in dep_ids:
-        if dep_id not in missing and deps.get(dep_id, (None, ""))[1] == "dynamic":
+        if dep_id not in missing and needs.is_dynamic(dep_id):
             enqueue(
                 chosen.instance_id,
                 dep_id,
@@ -247,9 +274,30 @@ def try_place(
     since = _waiting_since(job)
     waited = round((now - since).total_seconds(), 1) if since else None
     record(job, "placed", now, chosen.instance_id, missingDepIds=missing, waitedSeconds=waited)
-    refresh_pins(chosen.instance_id, session=session)
+    add_pins(chosen.instance_id, pins, dep_ids, session=session)
     mark_job(session, job.job_id)
     return Outcome.PLACED
+
+
+def _claim_best(
+    ranked: list[Candidate], slots: int, *, session: Session, skip_locked: bool
+) -> tuple[Candidate | None, list[str]]:
+    """The first of `ranked` whose row this transaction locked with a free slot, and its pins."""
+    for candidate in ranked:
+        pins = _claim(candidate.instance_id, slots, session=session, skip_locked=skip_locked)
+        if pins is not None:
+            return candidate, pins
+    return None, []
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submit's answer: the job, whether it is new, and (new jobs) its deps and missing deps."""
+
+    job: Job
+    created: bool
+    dep_ids: list[str] = field(default_factory=list)
+    missing_dep_ids: list[str] = field(default_factory=list)
 
 
 def submit_job(
@@ -260,18 +308,23 @@ def submit_job(
     session: Session,
     policy: Policy,
     now: datetime | None = None,
-) -> tuple[Job, bool]:
-    """Create a job and place it if an instance is free; answers (job, created).
+) -> Submitted:
+    """Create a job and place it if an instance is free.
 
-    Re-submitting the same jobId with the same spec answers the existing job.
+    Re-submitting the same jobId with the same spec answers the existing job
+    (`created` False; its deps are not filled in).
     """
     now = now or utcnow()
-    if session.get(ServerType, server_type) is None:
+    slots = session.connection().execute(
+        select(ServerType.max_active_jobs).where(ServerType.server_type == server_type)
+    ).scalar()
+    if slots is None:
         raise ValidationFailed(f"serverType {server_type!r} does not exist")
     dep_ids = list(dict.fromkeys(dep_ids))
     for dep_id in dep_ids:
         validate_id(dep_id, "depIds[]")
-    unknown = missing_dep_ids(dep_ids, session=session)
+    deps = catalog_entries(dep_ids, session=session) if dep_ids else {}
+    unknown = [dep_id for dep_id in dep_ids if dep_id not in deps]
     if unknown:
         raise ValidationFailed(f"depIds not in the catalog: {', '.join(unknown)}")
     if job_id is not None:
@@ -284,7 +337,7 @@ def submit_job(
             )
             if not same:
                 raise Conflict(f"job {job_id!r} exists with another serverType or depIds")
-            return existing, False
+            return Submitted(existing, False)
     job = Job(
         job_id=job_id or uuid.uuid4().hex,
         server_type=server_type,
@@ -298,15 +351,21 @@ def submit_job(
     session.add_all(
         JobDep(job_id=job.job_id, dep_id=dep_id, position=pos) for pos, dep_id in enumerate(dep_ids)
     )
-    session.flush()
     record(job, "submitted", now)
-    outcome = try_place(job, session=session, policy=policy, now=now)
+    # The job is written once, at commit, as placement leaves it: nothing placement
+    # reads counts a pending job, and its slot is claimed on the instance row.
+    with session.no_autoflush:
+        outcome = try_place(
+            job, session=session, policy=policy, now=now, needs=JobNeeds(dep_ids, deps, slots)
+        )
     if outcome is Outcome.NO_SLOT:
         record(job, "pending", now, reason="no live instance of this type has a free slot")
     if outcome is not Outcome.PLACED:
         mark_pending(session, server_type)
     mark_job(session, job.job_id)
-    return job, True
+    placed = next((h for h in reversed(job.history) if h["event"] == "placed"), None)
+    missing = list(placed.get("missingDepIds") or []) if placed else list(dep_ids)
+    return Submitted(job, True, dep_ids, missing)
 
 
 def place_pending_jobs(

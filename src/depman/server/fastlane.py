@@ -1,21 +1,25 @@
-"""The agent fast lane: empty v1 polls and unchanged heartbeats answered before FastAPI.
+"""The agent fast lane: the common agent requests answered before FastAPI.
 
 At 10,000 v1 agents the control plane takes ~2,000 queue polls and ~330
 heartbeats a second, and nearly all of them ask or say nothing new (issue 5).
 Through FastAPI's middleware, routing and dependency machinery each costs about
 0.6 ms of CPU here, more than the whole budget of a 2-core machine. This pure
-ASGI layer answers the ones the replica's memos (`depman.core.hints`) can answer:
+ASGI layer answers, in order:
 
-- `GET /api/dependencies/queue` of an instance known to have nothing queued;
-- `POST /api/dependencies/heartbeat` whose inventory digest and failed list
-  match the memo of a live instance with nothing downloading: the beat goes to
-  the write-behind buffer (`depman.core.beats`). Such a beat changes nothing a
-  pending job could use; job completions, new instances and the sweep place those.
+1. from the replica's memos (`depman.core.hints`), without the database:
+   - `GET /api/dependencies/queue` of an instance known to have nothing queued;
+   - `POST /api/dependencies/heartbeat` whose inventory digest and failed list
+     match the memo of a live instance with nothing downloading: the beat goes to
+     the write-behind buffer (`depman.core.beats`). Such a beat changes nothing a
+     pending job could use; job completions, new instances and the sweep place those.
+2. with one or two statements on a quick connection (`server/quick_lane.py`): the
+   other polls, heartbeats whose inventory is unchanged, and `running` and
+   `succeeded` reports, once the bearer token matches the memo'd hash.
 
 The request is validated by the same Pydantic model and checked against the same
 token hash as in the handlers. Anything else, or anything unusual (a repeated or
-odd query parameter, a body that does not validate, no memo), goes on to FastAPI
-unchanged, which answers it, errors included, as before.
+odd query parameter, a body that does not validate, no memo'd token), goes on to
+FastAPI unchanged, which answers it, errors included, as before.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from depman.core.beats import PendingBeat
@@ -34,24 +39,31 @@ from depman.core.clock import utcnow
 from depman.core.instances import hash_token
 from depman.core.inventory import inventory, inventory_digest
 from depman.server.auth import bearer_token
-from depman.server.schemas.agent import HeartbeatRequest
+from depman.server.quick_lane import quick_heartbeat, quick_poll, quick_status
+from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
 from depman.server.state import ServerState
 
 log = logging.getLogger(__name__)
 QUEUE_PATH = "/api/dependencies/queue"
 HEARTBEAT_PATH = "/api/dependencies/heartbeat"
+STATUS_PATH = "/api/dependencies/status"
 # Bigger heartbeats (tens of thousands of deps) are left to FastAPI's own limits.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_ID_CHARS = 200
 MAX_LIMIT = 1000
+DEFAULT_LIMIT = 25  # the handler's default
 JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def token_known(state: ServerState, instance_id: str, token: str | None) -> bool:
+    """Whether `token` matches the memo'd hash of the instance's agent token."""
+    return bool(token) and state.hub.hints.token_matches(instance_id, hash_token(token or ""))
 
 
 def empty_poll_answer(state: ServerState, instance_id: str, token: str | None) -> bytes | None:
     """The memo answer when the instance has nothing queued and the token is known good."""
-    hints = state.hub.hints
-    answer = hints.empty_answer(instance_id)
-    if answer is None or not token or not hints.token_matches(instance_id, hash_token(token)):
+    answer = state.hub.hints.empty_answer(instance_id)
+    if answer is None or not token_known(state, instance_id, token):
         return None
     return answer
 
@@ -71,8 +83,7 @@ def unchanged_beat_answer(
         memo is None
         or memo.live_until <= time.monotonic()
         or tuple(body.failed_dep_ids) != memo.failed
-        or not token
-        or not hints.token_matches(instance_id, hash_token(token))
+        or not token_known(state, instance_id, token)
     ):
         return None
     hb = body.to_core()
@@ -96,8 +107,8 @@ def unchanged_beat_answer(
     return memo.answer
 
 
-def poll_instance_id(query_string: bytes) -> str | None:
-    """The instanceId of a plain v1 poll (no wait, valid limit); None: leave it to FastAPI."""
+def plain_poll(query_string: bytes) -> tuple[str, int] | None:
+    """(instanceId, limit) of a plain v1 poll (no wait, valid limit); None: leave it to FastAPI."""
     params = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     args = dict(params)
     if len(args) != len(params):
@@ -117,7 +128,7 @@ def poll_instance_id(query_string: bytes) -> str | None:
                 return None
         except ValueError:
             return None
-    return instance_id
+    return instance_id, int(limit) if limit is not None else DEFAULT_LIMIT
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -136,60 +147,98 @@ class AgentFastLane:
     def __init__(self, app: ASGIApp, state: ServerState, metrics: Any) -> None:
         self.app = app
         self.state = state
-        self._poll_timer = metrics.latency.labels("GET", QUEUE_PATH, "200")
-        self._beat_timer = metrics.latency.labels("POST", HEARTBEAT_PATH, "200")
-        self._poll_count = metrics.memo_answers.labels("queue")
-        self._beat_count = metrics.memo_answers.labels("heartbeat")
+        self._timers = {
+            path: metrics.latency.labels(method, path, "200")
+            for method, path in (
+                ("GET", QUEUE_PATH),
+                ("POST", HEARTBEAT_PATH),
+                ("POST", STATUS_PATH),
+            )
+        }
+        self._memo = {
+            QUEUE_PATH: metrics.memo_answers.labels("queue"),
+            HEARTBEAT_PATH: metrics.memo_answers.labels("heartbeat"),
+        }
+        self._quick = {
+            QUEUE_PATH: metrics.quick_answers.labels("queue"),
+            HEARTBEAT_PATH: metrics.quick_answers.labels("heartbeat"),
+            STATUS_PATH: metrics.quick_answers.labels("status"),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
             if path == QUEUE_PATH and method == "GET":
-                start = time.perf_counter()
-                answer = self._poll(scope)
-                if answer is not None:
-                    await _reply(send, answer)
-                    self._poll_timer.observe(time.perf_counter() - start)
-                    self._poll_count.inc()
+                if await self._answer_poll(scope, send):
                     return
-            elif path == HEARTBEAT_PATH and method == "POST":
+            elif path in (HEARTBEAT_PATH, STATUS_PATH) and method == "POST":
                 start = time.perf_counter()
                 headers = _headers(scope)
                 body = await _read_body(headers, receive)
                 if body is not None:
-                    answer = self._heartbeat(headers, body)
-                    if answer is not None:
-                        await _reply(send, answer)
-                        self._beat_timer.observe(time.perf_counter() - start)
-                        self._beat_count.inc()
+                    if await self._answer_report(path, headers, body, send, start):
                         return
                     receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
-    def _poll(self, scope: Scope) -> bytes | None:
-        instance_id = poll_instance_id(scope.get("query_string", b""))
-        if instance_id is None:
-            return None
+    async def _answer_poll(self, scope: Scope, send: Send) -> bool:
+        start = time.perf_counter()
+        poll = plain_poll(scope.get("query_string", b""))
         headers = _headers(scope)
-        if b"repeated" in headers:
-            return None
+        if poll is None or b"repeated" in headers:
+            return False
+        instance_id, limit = poll
         token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
-        return empty_poll_answer(self.state, instance_id, token)
+        answer = empty_poll_answer(self.state, instance_id, token)
+        counter = self._memo[QUEUE_PATH]
+        if answer is None and token_known(self.state, instance_id, token):
+            answer = await self._quick_call(quick_poll, self.state, instance_id, limit)
+            counter = self._quick[QUEUE_PATH]
+        if answer is None:
+            return False
+        await _reply(send, answer)
+        self._timers[QUEUE_PATH].observe(time.perf_counter() - start)
+        counter.inc()
+        return True
 
-    def _heartbeat(self, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
+    async def _answer_report(
+        self, path: str, headers: dict[bytes, bytes], body: bytes, send: Send, start: float
+    ) -> bool:
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type != b"application/json" or b"repeated" in headers:
-            return None
+            return False
+        model: type[BaseModel] = HeartbeatRequest if path == HEARTBEAT_PATH else StatusRequest
         try:
-            parsed = HeartbeatRequest.model_validate_json(body)
+            parsed: Any = model.model_validate_json(body)
         except ValidationError:
-            return None  # FastAPI answers the 422
+            return False  # FastAPI answers the 422
         token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+        answer = None
+        counter = self._memo.get(path)
+        if path == HEARTBEAT_PATH:
+            try:
+                answer = unchanged_beat_answer(self.state, parsed, token)
+            except Exception:  # never fail a request the handler could still answer
+                log.exception("fast lane: heartbeat left to the handler")
+        if answer is None and token_known(self.state, parsed.instance_id, token):
+            quick = quick_heartbeat if path == HEARTBEAT_PATH else quick_status
+            answer = await self._quick_call(quick, self.state, parsed)
+            counter = self._quick[path]
+        if answer is None or counter is None:
+            return False
+        await _reply(send, answer)
+        self._timers[path].observe(time.perf_counter() - start)
+        counter.inc()
+        return True
+
+    @staticmethod
+    async def _quick_call(function: Any, *args: Any) -> bytes | None:
         try:
-            return unchanged_beat_answer(self.state, parsed, token)
-        except Exception:  # never fail a request the handler could still answer
-            log.exception("fast lane: heartbeat left to the handler")
+            answer: bytes | None = await run_in_threadpool(function, *args)
+        except Exception:  # the handler answers, errors included (503 when the store is down)
+            log.exception("fast lane: %s left to the handler", function.__name__)
             return None
+        return answer
 
 
 async def _read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes | None:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +46,25 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _quick_engine(url: str, pool_size: int) -> Engine:
+    """PostgreSQL connections where each statement is its own transaction, committed
+    asynchronously: one round trip per statement, no BEGIN and no COMMIT, no WAL flush wait.
+
+    For agent reports the agent repeats or the next heartbeat restates (issue 5): losing
+    the last few hundred milliseconds of them in a crash is harmless, and at 10,000
+    agents the BEGIN/COMMIT round trips cost the database more than the statements.
+    """
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        pool_recycle=1800,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c synchronous_commit=off"},
+    )
+
+
 def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
     """An engine for `url`: SQLite (WAL, busy timeout, foreign keys) or a PostgreSQL pool."""
     if is_sqlite(url):
@@ -72,11 +91,13 @@ def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
 
 @dataclass
 class Database:
-    """An engine plus its write and read session factories."""
+    """An engine plus its write and read session factories, and quick connections."""
 
     engine: Engine
     writer: sessionmaker[Session]
     reader: sessionmaker[Session]
+    # PostgreSQL: autocommit connections for one-statement agent reports (`quick()`).
+    quick_engine: Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -95,17 +116,38 @@ class Database:
         with self.reader() as session:
             yield session
 
+    @contextmanager
+    def quick(self, *, write: bool) -> Iterator[Connection]:
+        """A Core connection for a request made of one or two independent statements.
+
+        PostgreSQL: every statement commits on its own, asynchronously (see
+        `_quick_engine`); use it only where each statement stands alone and losing the
+        last ones in a crash is harmless. SQLite: one transaction (a write one when
+        `write`), committed at the end.
+        """
+        if self.quick_engine is not None:
+            with self.quick_engine.connect() as conn:
+                yield conn
+            return
+        engine = self.engine if write else self.engine.execution_options(**{READ_ONLY_OPTION: True})
+        with engine.begin() as conn:
+            yield conn
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self.quick_engine is not None:
+            self.quick_engine.dispose()
 
 
 def open_database(url: str, *, pool_size: int = 20) -> Database:
     """Build the engine and session factories for `url`."""
     engine = create_db_engine(url, pool_size=pool_size)
     read_engine = engine.execution_options(**{READ_ONLY_OPTION: True})
+    quick = None if is_sqlite(url) else _quick_engine(url, max(4, pool_size // 2))
     return Database(
         engine=engine,
         writer=sessionmaker(engine, expire_on_commit=False),
         reader=sessionmaker(read_engine, expire_on_commit=False),
+        quick_engine=quick,
     )

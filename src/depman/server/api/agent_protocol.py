@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
@@ -14,10 +13,11 @@ from depman.core.instances import hash_token, register
 from depman.core.inventory import apply_heartbeat
 from depman.core.pins import compute_pins
 from depman.core.queue import QueuePoll, poll_queue
-from depman.core.reports import StatusReport, apply_status
+from depman.core.reports import apply_status
 from depman.core.scheduler import place_pending_jobs
 from depman.core.views import profile_document
 from depman.errors import NotFound
+from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
 from depman.server.auth import check_agent, check_shared_secret
 from depman.server.deps import BearerDep, SessionDep, StateDep
 from depman.server.fastlane import empty_poll_answer
@@ -45,11 +45,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # A heartbeat offers its own free slots to this many of the oldest pending jobs.
 PENDING_PER_HEARTBEAT = 5
 CAPABILITIES = {"longPoll": True, "maxWaitSeconds": 30, "pinnedDepIds": True, "touchResolved": True}
-
-
-def encode(document: dict[str, Any]) -> bytes:
-    """JSON as the agent endpoints answer it (compact, UTF-8)."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @router.post("/register", response_model=RegisterResponse, responses=ERRORS)
@@ -98,7 +93,7 @@ def _poll(
     with state.db.read_session() as session:
         if check:
             check_agent(state, instance_id, token, session=session)
-        poll = poll_queue(instance_id, limit, session=session)
+        poll = poll_queue(instance_id, limit, conn=session.connection())
     if not poll.found:
         raise NotFound(f"instance {instance_id!r} does not exist")
     return poll
@@ -109,7 +104,7 @@ async def _poll_db(
 ) -> tuple[QueuePoll, bytes]:
     seen = state.hub.hints.epoch(instance_id)
     poll = await run_in_threadpool(_poll, state, instance_id, token, limit, check)
-    answer = encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
+    answer = poll_answer(poll)
     if not poll.items:
         state.hub.hints.remember_empty(instance_id, answer, seen)
     return poll, answer
@@ -144,34 +139,15 @@ async def get_queue(
     return Response(answer, media_type="application/json")
 
 
-def _disk_fields(disk: Any) -> dict[str, int | None]:
-    """The diskStats object as the core's keyword fields (absent: None)."""
-    return {
-        "disk_total_bytes": disk.total_bytes if disk else None,
-        "disk_free_bytes": disk.free_bytes if disk else None,
-        "disk_used_bytes": disk.used_bytes if disk else None,
-    }
-
-
 @router.post("/status", response_model=StatusResponse, responses=ERRORS)
 def post_status(
     body: StatusRequest, session: SessionDep, state: StateDep, token: BearerDep
-) -> JSONResponse:
+) -> Response:
     """Move an item forward; late or repeated reports are acknowledged and ignored."""
     check_agent(state, body.instance_id, token, session=session)
-    report = StatusReport(
-        item_id=body.item_id,
-        state=body.state,
-        dep_id=body.dep_id,
-        op=body.op,
-        error=body.error,
-        **_disk_fields(body.disk_stats),
-        dynamic_bytes_used=body.dynamic_bytes_used,
-    )
-    result = apply_status(body.instance_id, report, session=session, policy=state.policy)
-    item_state = result.item.state if result.item is not None else None
+    result = apply_status(body.instance_id, body.to_core(), session=session, policy=state.policy)
     session.commit()
-    return JSONResponse({"ok": True, "applied": result.applied, "itemState": item_state})
+    return Response(status_answer(result), media_type="application/json")
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse, responses=ERRORS)
@@ -204,7 +180,7 @@ def post_heartbeat(
         if placed:
             pins = compute_pins(body.instance_id, session=session)
             session.commit()
-    answer = encode({"ok": True, "pinnedDepIds": pins})
+    answer = heartbeat_answer(pins)
     quiet = not hb.downloading and not hb.active_downloads
     if state.settings.heartbeat_flush_seconds > 0 and quiet:
         # The next unchanged heartbeat is answered by the fast lane (server/fastlane.py).

@@ -42,12 +42,15 @@ def documents(jobs: list[Job], *, session: Session) -> list[dict[str, Any]]:
 @router.post("", response_model=JobPublic, responses=ERRORS)
 def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> dict[str, Any]:
     """Reserve the best live instance and queue the deps it lacks; else wait as pending."""
-    job, _created = submit_job(
+    submitted = submit_job(
         body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy
     )
     session.commit()
+    job = submitted.job
     if job.state == JobState.PENDING.value:
         state.hub.pending_server_types.add(job.server_type)
+    if submitted.created:  # what placement just decided; nothing to read back
+        return job_document(job, submitted.dep_ids, submitted.missing_dep_ids)
     return documents([job], session=session)[0]
 
 

@@ -79,6 +79,14 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
+        # Agent requests answered with one or two statements outside FastAPI
+        # (server/quick_lane.py).
+        self.quick_answers = Counter(
+            "depman_agent_quick_answers",
+            "Agent requests answered by the quick lane: one or two statements, no FastAPI.",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.registry.register(StoreCollector(state))
 
 

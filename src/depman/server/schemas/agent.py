@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from depman.core.inventory import Heartbeat
+from depman.core.reports import StatusReport
 from depman.server.schemas import ApiModel
 
 
@@ -74,6 +75,21 @@ class StatusRequest(ApiModel):
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: int | None = None
     error: str | None = None
+
+    def to_core(self) -> StatusReport:
+        """The report as the core applies it."""
+        disk = self.disk_stats
+        return StatusReport(
+            item_id=self.item_id,
+            state=self.state,
+            dep_id=self.dep_id,
+            op=self.op,
+            error=self.error,
+            disk_total_bytes=disk.total_bytes if disk else None,
+            disk_free_bytes=disk.free_bytes if disk else None,
+            disk_used_bytes=disk.used_bytes if disk else None,
+            dynamic_bytes_used=self.dynamic_bytes_used,
+        )
 
 
 class StatusResponse(ApiModel):

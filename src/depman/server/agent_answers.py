@@ -1,0 +1,32 @@
+"""The agent endpoints' answers as bytes, for the handlers, the memos and the quick lane.
+
+Every path that answers an agent request (FastAPI handler, memo, quick lane)
+builds its body here, so a v1 agent sees the same bytes whichever path served it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from depman.core.queue import QueuePoll, Transition
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """JSON as the agent endpoints answer it (compact, UTF-8)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def poll_answer(poll: QueuePoll) -> bytes:
+    """`GET /dependencies/queue`: the items, and the pins (extension)."""
+    return encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
+
+
+def heartbeat_answer(pinned_dep_ids: list[str]) -> bytes:
+    """`POST /dependencies/heartbeat`: ok, and the pins (extension)."""
+    return encode({"ok": True, "pinnedDepIds": pinned_dep_ids})
+
+
+def status_answer(result: Transition) -> bytes:
+    """`POST /dependencies/status`: whether the report moved the item, and its state now."""
+    return encode({"ok": True, "applied": result.applied, "itemState": result.state})
