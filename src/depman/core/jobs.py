@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, exists, func, literal, select
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -67,6 +67,27 @@ def deps_of_jobs(job_ids: Collection[str], *, session: Session) -> dict[str, lis
         ):
             result[job_id].append(dep_id)
     return result
+
+
+def deps_and_missing(job: Job, *, session: Session) -> tuple[list[str], list[str]]:
+    """One job's deps in order, and those of them its instance lacks (one query).
+
+    `missing_of_jobs` for a single job: a pending job lacks them all, a finished
+    one nothing.
+    """
+    held: ColumnElement[bool]
+    if job.state == JobState.PENDING.value:
+        held = literal(False)
+    elif job.instance_id and job.state not in TERMINAL_JOB_STATES:
+        held = exists().where(
+            InstanceDep.instance_id == job.instance_id, InstanceDep.dep_id == JobDep.dep_id
+        )
+    else:
+        held = literal(True)
+    rows = session.connection().execute(
+        select(JobDep.dep_id, held).where(JobDep.job_id == job.job_id).order_by(JobDep.position)
+    ).all()
+    return [dep_id for dep_id, _ in rows], [dep_id for dep_id, have in rows if not have]
 
 
 def missing_of_jobs(

@@ -39,8 +39,18 @@ def documents(jobs: list[Job], *, session: Session) -> list[dict[str, Any]]:
     return [job_document(j, deps[j.job_id], missing[j.job_id]) for j in jobs]
 
 
+def answer(job: Job, *, session: Session) -> JSONResponse:
+    """One job's document (one query for its deps and what its instance lacks).
+
+    Built as the response_model describes it; returned as is, so FastAPI does not
+    validate and serialize it a second time.
+    """
+    dep_ids, missing = job_core.deps_and_missing(job, session=session)
+    return JSONResponse(job_document(job, dep_ids, missing))
+
+
 @router.post("", response_model=JobPublic, responses=ERRORS)
-def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> dict[str, Any]:
+def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> JSONResponse:
     """Reserve the best live instance and queue the deps it lacks; else wait as pending."""
     submitted = submit_job(
         body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy
@@ -50,8 +60,8 @@ def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> di
     if job.state == JobState.PENDING.value:
         state.hub.pending_server_types.add(job.server_type)
     if submitted.created:  # what placement just decided; nothing to read back
-        return job_document(job, submitted.dep_ids, submitted.missing_dep_ids)
-    return documents([job], session=session)[0]
+        return JSONResponse(job_document(job, submitted.dep_ids, submitted.missing_dep_ids))
+    return answer(job, session=session)
 
 
 @router.get("", response_model=JobsPublic, responses=ERRORS)
@@ -60,16 +70,17 @@ def list_jobs(
     state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
     instance_id: Annotated[str | None, Query(alias="instanceId")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Jobs, newest first."""
     rows = job_core.list_jobs(session=session, state=state, instance_id=instance_id, limit=limit)
-    return {"jobs": documents(rows, session=session)}
+    return JSONResponse({"jobs": documents(rows, session=session)})
 
 
 def _read(state: ServerState, job_id: str) -> dict[str, Any]:
     with state.db.read_session() as session:
         job = job_core.get_job(job_id, session=session)
-        return documents([job], session=session)[0]
+        dep_ids, missing = job_core.deps_and_missing(job, session=session)
+        return job_document(job, dep_ids, missing)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
@@ -112,18 +123,18 @@ async def get_job(
 
 
 @router.post("/{job_id}/start", response_model=JobPublic, responses=ERRORS)
-def start_job(job_id: str, session: SessionDep) -> dict[str, Any]:
+def start_job(job_id: str, session: SessionDep) -> JSONResponse:
     """ready → running."""
     job = job_core.start_job(job_id, session=session)
     session.commit()
-    return documents([job], session=session)[0]
+    return answer(job, session=session)
 
 
 @router.post("/{job_id}/complete", response_model=JobPublic, responses=ERRORS)
 def complete_job(
     job_id: str, body: JobComplete, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Finish the job (`ok` true: completed, false: failed) and release its instance."""
     job = job_core.complete_job(job_id, body.ok, body.error, session=session, policy=state.policy)
     session.commit()
-    return documents([job], session=session)[0]
+    return answer(job, session=session)
