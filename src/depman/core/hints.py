@@ -39,6 +39,9 @@ class BeatMemo:
     answer: bytes
     live_until: float  # monotonic time at which the instance stops being live
     expires: float  # monotonic time at which the memo itself is dropped
+    # hash() of the installed lists exactly as the agent sent them: the same lists
+    # again have this digest, without building and hashing the sorted inventory.
+    lists_key: int | None = None
 
 
 class InstanceHints:
@@ -94,11 +97,12 @@ class InstanceHints:
         answer: bytes,
         live_seconds: float,
         seen: tuple[int, int],
+        lists_key: int | None = None,
     ) -> None:
         """Keep what a heartbeat just stored, unless the instance changed since `seen`."""
         now = time.monotonic()
         memo = BeatMemo(
-            digest, tuple(failed), answer, now + live_seconds, now + self._ttl
+            digest, tuple(failed), answer, now + live_seconds, now + self._ttl, lists_key
         )
         with self._lock:
             if self._enabled and self.epoch(instance_id) == seen:
@@ -115,6 +119,7 @@ class InstanceHints:
                 memo.answer,
                 time.monotonic() + live_seconds,
                 memo.expires,
+                memo.lists_key,
             )
             return True
 

@@ -87,7 +87,8 @@ def unchanged_beat_answer(
     ):
         return None
     hb = body.to_core()
-    digest = inventory_digest(inventory(hb))
+    key = body.lists_key()
+    digest = memo.digest if key == memo.lists_key else inventory_digest(inventory(hb))
     if digest != memo.digest or not hints.extend_beat(
         instance_id, memo, state.policy.live_ttl_seconds
     ):

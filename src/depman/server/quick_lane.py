@@ -65,6 +65,7 @@ def quick_heartbeat(state: ServerState, body: HeartbeatRequest) -> bytes | None:
             answer=answer,
             live_seconds=state.policy.live_ttl_seconds,
             seen=seen,
+            lists_key=body.lists_key(),
         )
     return answer
 

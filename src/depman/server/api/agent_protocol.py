@@ -191,5 +191,6 @@ def post_heartbeat(
             answer=answer,
             live_seconds=state.policy.live_ttl_seconds,
             seen=seen,
+            lists_key=body.lists_key(),
         )
     return Response(answer, media_type="application/json")
