@@ -112,9 +112,15 @@ class Database:
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
-        """A read-only session (deferred transaction on SQLite)."""
+        """A read-only session (deferred transaction on SQLite), ended with COMMIT.
+
+        Not ROLLBACK: psycopg forgets every prepared statement of a connection at a
+        ROLLBACK, and reads ending that way kept the hot statements from ever being
+        prepared (parsed and planned again on every execution; issue 5).
+        """
         with self.reader() as session:
             yield session
+            session.commit()
 
     @contextmanager
     def quick(self, *, write: bool) -> Iterator[Connection]:

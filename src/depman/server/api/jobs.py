@@ -43,7 +43,9 @@ def answer(job: Job, *, session: Session) -> JSONResponse:
     """One job's document (one query for its deps and what its instance lacks).
 
     Built as the response_model describes it; returned as is, so FastAPI does not
-    validate and serialize it a second time.
+    validate and serialize it a second time. Writers build it before they commit:
+    a read after the commit would open a transaction that ends in a ROLLBACK, which
+    makes psycopg drop the connection's prepared statements (`Database.read_session`).
     """
     dep_ids, missing = job_core.deps_and_missing(job, session=session)
     return JSONResponse(job_document(job, dep_ids, missing))
@@ -55,13 +57,15 @@ def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> JS
     submitted = submit_job(
         body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy
     )
-    session.commit()
     job = submitted.job
+    if submitted.created:  # what placement just decided; nothing to read back
+        response = JSONResponse(job_document(job, submitted.dep_ids, submitted.missing_dep_ids))
+    else:
+        response = answer(job, session=session)
+    session.commit()
     if job.state == JobState.PENDING.value:
         state.hub.pending_server_types.add(job.server_type)
-    if submitted.created:  # what placement just decided; nothing to read back
-        return JSONResponse(job_document(job, submitted.dep_ids, submitted.missing_dep_ids))
-    return answer(job, session=session)
+    return response
 
 
 @router.get("", response_model=JobsPublic, responses=ERRORS)
@@ -126,8 +130,9 @@ async def get_job(
 def start_job(job_id: str, session: SessionDep) -> JSONResponse:
     """ready → running."""
     job = job_core.start_job(job_id, session=session)
+    response = answer(job, session=session)
     session.commit()
-    return answer(job, session=session)
+    return response
 
 
 @router.post("/{job_id}/complete", response_model=JobPublic, responses=ERRORS)
@@ -136,5 +141,6 @@ def complete_job(
 ) -> JSONResponse:
     """Finish the job (`ok` true: completed, false: failed) and release its instance."""
     job = job_core.complete_job(job_id, body.ok, body.error, session=session, policy=state.policy)
+    response = answer(job, session=session)
     session.commit()
-    return answer(job, session=session)
+    return response
