@@ -162,6 +162,11 @@ class InstanceHints:
         """Turn memos on or off; either way every memo is dropped."""
         with self._lock:
             self._enabled = enabled
+        self.forget_everything()
+
+    def forget_everything(self) -> None:
+        """Drop every memo; reads that started before do not leave theirs."""
+        with self._lock:
             self._generation += 1
             self._empty.clear()
             self._beats.clear()

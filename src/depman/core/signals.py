@@ -2,24 +2,36 @@
 
 Core functions only *mark* what changed on the session; the server installs an
 `after_commit` hook that turns the marks into local asyncio wake-ups and drops the
-replica's memos (`depman.core.hints`), and on PostgreSQL `mark_*` also issues
-`pg_notify`, delivered to every replica on commit.
+replica's memos (`depman.core.hints`), and on PostgreSQL sends the marks to every
+other replica with `pg_notify`.
 
 Payloads: `i:<instanceId>` items queued (wake its long-polls, drop its memos),
 `p:<instanceId>` its row changed (pins, inventory, server type: drop its memos),
 `t:<instanceId>` its agent token changed (drop the cached token hash),
-`j:<jobId>` a job changed. Each is prefixed with `<origin>/`, the sending process,
-which skips its own: the commit hook has already applied them, and an echo landing
-after a handler refreshed a memo would drop the fresh memo again.
+`j:<jobId>` a job changed, `x:` drop every memo (a replica started: whatever its
+previous run committed and did not get to announce). Each is prefixed with
+`<origin>/`, the sending process, which skips its own: the commit hook has already
+applied them, and an echo landing after a handler refreshed a memo would drop the
+fresh memo again.
+
+The NOTIFY is sent right after the commit, in a transaction of its own on an
+autocommit connection with asynchronous commit (`notify_statement`), not inside the
+committing transaction. PostgreSQL serializes the commits of notifying
+transactions on one lock held through their WAL flush; inside the job
+transactions, that lock queued every job transition of the fleet behind one slow
+fsync (100-190 ms waits at 10,000 agents, issue 5). The price is a window between
+commit and NOTIFY: a process that dies in it leaves other replicas' memos stale
+until its successor's `x:` or the memo TTL (`depman.core.hints.HINT_SECONDS`).
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import event, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 NOTIFY_CHANNEL = "depman_wake"
 MARKS_KEY = "depman_marks"
@@ -40,7 +52,7 @@ class Marks:
     changed: set[str] = field(default_factory=set)
     changed_elsewhere: set[str] = field(default_factory=set)
     tokens: set[str] = field(default_factory=set)
-    payloads: list[str] = field(default_factory=list)  # NOTIFYs not yet sent
+    payloads: list[str] = field(default_factory=list)  # for the other replicas, after commit
 
 
 def _marks(session: Session) -> Marks:
@@ -53,22 +65,14 @@ def _notify(session: Session, payload: str) -> None:
         _marks(session).payloads.append(f"{ORIGIN}/{payload}")
 
 
-def send_notifications(session: Session) -> None:
-    """Issue the transaction's NOTIFYs in one statement; run just before it commits.
-
-    PostgreSQL delivers them at commit either way; one round trip instead of one per
-    mark (a register made four).
-    """
-    marks: Marks | None = session.info.get(MARKS_KEY)
-    if marks is None or not marks.payloads:
-        return
-    payloads, marks.payloads = marks.payloads, []
-    session.execute(_NOTIFY_ALL, {"channel": NOTIFY_CHANNEL, "payloads": payloads})
+def notify_statement(payloads: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The one statement that sends `payloads` on the wake-up channel, and its parameters."""
+    return _NOTIFY_ALL, {"channel": NOTIFY_CHANNEL, "payloads": payloads}
 
 
-def install_notify_hook(factory: sessionmaker[Session]) -> None:
-    """Send each transaction's notifications from sessions of `factory`."""
-    event.listen(factory, "before_commit", send_notifications)
+def forget_all_payload() -> str:
+    """The payload that makes every other replica drop all its memos."""
+    return f"{ORIGIN}/x:"
 
 
 def _mark(session: Session, kind: str, key: str, seen: set[str]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 
 from depman.core.hints import InstanceHints
-from depman.core.signals import NOTIFY_CHANNEL, ORIGIN, split_origin
+from depman.core.signals import NOTIFY_CHANNEL, ORIGIN, forget_all_payload, split_origin
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class WakeupHub:
         if origin == ORIGIN:
             return  # our own commit hook applied it already
         kind, _, key = payload.partition(":")
+        if kind == "x":
+            self.hints.forget_everything()
+            return
         if not key:
             return
         if kind == "t":
@@ -118,6 +121,7 @@ async def listen_forever(url: str, hub: WakeupHub, *, retry_seconds: float = 2.0
     import psycopg
 
     conninfo = psycopg_conninfo(url)
+    announced = False
     while True:
         try:
             conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
@@ -126,6 +130,13 @@ async def listen_forever(url: str, hub: WakeupHub, *, retry_seconds: float = 2.0
                 log.debug("listening for wake-ups on %s", NOTIFY_CHANNEL)
                 # Only now can another replica's enqueue reach this one.
                 hub.hints.set_enabled(True)
+                if not announced:
+                    # A previous run of this replica may have died between a commit and
+                    # its NOTIFY (core/signals.py): the others drop what they remember.
+                    await conn.execute(
+                        "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, forget_all_payload())
+                    )
+                    announced = True
                 async for note in conn.notifies():
                     hub.dispatch(note.payload)
         except asyncio.CancelledError:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp
 
 from depman.core.policy import Policy
-from depman.core.signals import install_notify_hook, take_marks
+from depman.core.signals import notify_statement, take_marks
 from depman.core.wakeups import listen_forever
 from depman.server import dashboard
 from depman.server.api import (
@@ -38,6 +38,17 @@ from depman.store.session import Database, open_database
 log = logging.getLogger(__name__)
 
 
+def _tell_other_replicas(state: ServerState, payloads: list[str]) -> None:
+    """NOTIFY the other replicas of a commit, in a transaction of its own (core/signals.py)."""
+    statement, params = notify_statement(payloads)
+    try:
+        with state.db.quick(write=True) as conn:
+            conn.execute(statement, params)
+    except Exception:
+        # The commit stands; the other replicas' memos of these instances expire.
+        log.warning("could not notify the other replicas of %d changes", len(payloads))
+
+
 def _install_commit_hooks(state: ServerState) -> None:
     """Turn the marks a transaction left into wake-ups once it commits."""
 
@@ -51,12 +62,13 @@ def _install_commit_hooks(state: ServerState) -> None:
         state.hub.notify("i", marks.instances)
         state.hub.notify("j", marks.jobs)
         state.hub.pending_server_types.update(marks.pending)
+        if marks.payloads:
+            _tell_other_replicas(state, marks.payloads)
 
     def _after_rollback(session: Session) -> None:
         take_marks(session)
 
     for factory in (state.db.writer, state.db.reader):
-        install_notify_hook(factory)
         event.listen(factory, "after_commit", _after_commit)
         event.listen(factory, "after_soft_rollback", lambda s, _t: _after_rollback(s))
 
