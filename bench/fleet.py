@@ -392,8 +392,10 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
                 sampler.mark()
                 spy = start_py_spy(plan, server.process.pid, f"{backend}-{server_workers}p-{n}")
-                pg0 = postgres_cpu() if backend == "postgresql" else {}
-                inv0 = pg_inventory_writes(url)
+                # In threads: the job driver shares this event loop, and a blocking read
+                # here (the statistics wait 1.5 s) made the window's first submits late.
+                pg0 = await asyncio.to_thread(postgres_cpu) if backend == "postgresql" else {}
+                inv0 = await asyncio.to_thread(pg_inventory_writes, url)
                 ctl0 = time.process_time()
                 await asyncio.sleep(max(0.0, t_stop - time.time()))
                 usage = sampler.usage()
