@@ -95,10 +95,13 @@ def serve(settings: ServerSettings) -> None:
 def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, announce: bool) -> None:
     """One server process: the app, its pool and memos, uvicorn on the shared socket."""
     from depman.server.app import create_app, with_fast_lane
+    from depman.server.http_protocol import CoalescingHttpToolsProtocol
 
     app = create_app(settings)
     config = uvicorn.Config(
         with_fast_lane(app),
+        http=CoalescingHttpToolsProtocol,
+        ws="none",
         log_level=settings.log_level.lower(),
         access_log=False,  # agents poll constantly; the latency histogram covers requests
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
