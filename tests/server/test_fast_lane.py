@@ -51,15 +51,27 @@ def test_a_heartbeat_from_memory_is_written(plane: RunningServer) -> None:
     agent = fleet.register(fleet.add_instance("written"), dynamic=[fleet.deps["b"]])
     warm(agent)
     first = plane.admin("GET", f"/admin/instances/{agent.instance_id}")[1]["dependencyManager"]
-    agent.free_bytes = 123_456
     time.sleep(0.01)
     assert served_from_memory(plane, "heartbeat", agent.heartbeat)
     status, body = plane.admin("GET", f"/admin/instances/{agent.instance_id}")
     assert status == 200
     dm = body["dependencyManager"]
-    assert dm["diskStats"]["freeBytes"] == 123_456
     assert dm["lastHeartbeatAt"] > first["lastHeartbeatAt"]
     assert dm["installedDepIdsDynamic"] == [fleet.deps["b"]]
+
+
+def test_new_disk_figures_are_written_before_the_answer(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("figures"), dynamic=[fleet.deps["b"]])
+    warm(agent)
+    # Placement ranks on free disk: a beat that reports new figures is not deferred.
+    agent.free_bytes = 123_456
+    assert not served_from_memory(plane, "heartbeat", agent.heartbeat)
+    status, body = plane.admin("GET", f"/admin/instances/{agent.instance_id}")
+    assert status == 200
+    assert body["dependencyManager"]["diskStats"]["freeBytes"] == 123_456
+    # The same figures again: from memory.
+    assert served_from_memory(plane, "heartbeat", agent.heartbeat)
 
 
 def test_what_memory_cannot_answer_goes_to_the_handler(plane: RunningServer) -> None:

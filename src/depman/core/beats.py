@@ -66,6 +66,11 @@ class BeatBuffer:
             for instance_id, beat in beats.items():
                 self._pending.setdefault(instance_id, beat)
 
+    def discard(self, instance_id: str) -> None:
+        """A heartbeat of the instance was written directly: its pending one is older."""
+        with self._lock:
+            self._pending.pop(instance_id, None)
+
     def take(self) -> dict[str, PendingBeat]:
         """Everything pending, leaving the buffer empty."""
         with self._lock:

@@ -18,6 +18,7 @@ down every memo is dropped and none is kept, so requests go to the database.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import threading
 import time
@@ -42,6 +43,8 @@ class BeatMemo:
     # hash() of the installed lists exactly as the agent sent them: the same lists
     # again have this digest, without building and hashing the sorted inventory.
     lists_key: int | None = None
+    # The disk figures and queue depth the row holds: a beat with others is written.
+    figures: tuple[int | None, ...] = ()
 
 
 class InstanceHints:
@@ -98,11 +101,12 @@ class InstanceHints:
         live_seconds: float,
         seen: tuple[int, int],
         lists_key: int | None = None,
+        figures: tuple[int | None, ...] = (),
     ) -> None:
         """Keep what a heartbeat just stored, unless the instance changed since `seen`."""
         now = time.monotonic()
         memo = BeatMemo(
-            digest, tuple(failed), answer, now + live_seconds, now + self._ttl, lists_key
+            digest, tuple(failed), answer, now + live_seconds, now + self._ttl, lists_key, figures
         )
         with self._lock:
             if self._enabled and self.epoch(instance_id) == seen:
@@ -113,13 +117,8 @@ class InstanceHints:
         with self._lock:
             if self._beats.get(instance_id) is not memo:
                 return False
-            self._beats[instance_id] = BeatMemo(
-                memo.digest,
-                memo.failed,
-                memo.answer,
-                time.monotonic() + live_seconds,
-                memo.expires,
-                memo.lists_key,
+            self._beats[instance_id] = dataclasses.replace(
+                memo, live_until=time.monotonic() + live_seconds
             )
             return True
 

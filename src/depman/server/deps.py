@@ -27,17 +27,10 @@ def get_read_session(request: Request) -> Iterator[Session]:
 
 def _see_acknowledged_beats(request: Request) -> None:
     # The write-behind batch (server/beat_flusher.py) would otherwise lag by up to a
-    # second: what this process acknowledged, its own reads and placements see.
+    # second: what this process acknowledged, its own admin reads see.
     state = server_state(request)
     if len(state.beats):
         flush_beats(state)
-
-
-def get_fresh_session(request: Request) -> Iterator[Session]:
-    """A write session that sees every heartbeat this process has acknowledged."""
-    _see_acknowledged_beats(request)
-    with server_state(request).db.session() as session:
-        yield session
 
 
 def get_fresh_read_session(request: Request) -> Iterator[Session]:
@@ -74,7 +67,6 @@ async def get_state(request: Request) -> ServerState:
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 FreshReadSessionDep = Annotated[Session, Depends(get_fresh_read_session)]
-FreshSessionDep = Annotated[Session, Depends(get_fresh_session)]
 StateDep = Annotated[ServerState, Depends(get_state)]
 BearerDep = Annotated[str | None, Depends(get_bearer)]
 AdminDep = Depends(require_admin)

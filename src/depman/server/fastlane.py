@@ -6,12 +6,8 @@ Through FastAPI's middleware, routing and dependency machinery each costs about
 0.6 ms of CPU here, more than the whole budget of a 2-core machine. This pure
 ASGI layer answers, in order:
 
-1. from the replica's memos (`depman.core.hints`), without the database:
-   - `GET /api/dependencies/queue` of an instance known to have nothing queued;
-   - `POST /api/dependencies/heartbeat` whose inventory digest and failed list
-     match the memo of a live instance with nothing downloading: the beat goes to
-     the write-behind buffer (`depman.core.beats`). Such a beat changes nothing a
-     pending job could use; job completions, new instances and the sweep place those.
+1. from the replica's memos, without the database (`server/memo_answers.py`):
+   empty polls, and heartbeats that say nothing new but the time;
 2. with one or two statements on a quick connection (`server/quick_lane.py`): the
    other polls, heartbeats whose inventory is unchanged, and `running` and
    `succeeded` reports, once the bearer token matches the memo'd hash.
@@ -34,11 +30,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from depman.core.beats import PendingBeat
-from depman.core.clock import utcnow
-from depman.core.instances import hash_token
-from depman.core.inventory import inventory, inventory_digest
 from depman.server.auth import bearer_token
+from depman.server.memo_answers import empty_poll_answer, token_known, unchanged_beat_answer
 from depman.server.quick_lane import quick_heartbeat, quick_poll, quick_status
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
 from depman.server.state import ServerState
@@ -53,59 +46,6 @@ MAX_ID_CHARS = 200
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 25  # the handler's default
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def token_known(state: ServerState, instance_id: str, token: str | None) -> bool:
-    """Whether `token` matches the memo'd hash of the instance's agent token."""
-    return bool(token) and state.hub.hints.token_matches(instance_id, hash_token(token or ""))
-
-
-def empty_poll_answer(state: ServerState, instance_id: str, token: str | None) -> bytes | None:
-    """The memo answer when the instance has nothing queued and the token is known good."""
-    answer = state.hub.hints.empty_answer(instance_id)
-    if answer is None or not token_known(state, instance_id, token):
-        return None
-    return answer
-
-
-def unchanged_beat_answer(
-    state: ServerState, body: HeartbeatRequest, token: str | None
-) -> bytes | None:
-    """Take an unchanged heartbeat of a live instance into the buffer; None: not one."""
-    if state.settings.heartbeat_flush_seconds <= 0:
-        return None
-    if body.downloading_dep_ids or body.active_downloads:
-        return None  # queue items and the dashboard's progress need the database now
-    hints = state.hub.hints
-    instance_id = body.instance_id
-    memo = hints.beat_memo(instance_id)
-    if (
-        memo is None
-        or memo.live_until <= time.monotonic()
-        or tuple(body.failed_dep_ids) != memo.failed
-        or not token_known(state, instance_id, token)
-    ):
-        return None
-    hb = body.to_core()
-    key = body.lists_key()
-    digest = memo.digest if key == memo.lists_key else inventory_digest(inventory(hb))
-    if digest != memo.digest or not hints.extend_beat(
-        instance_id, memo, state.policy.live_ttl_seconds
-    ):
-        return None
-    state.beats.add(
-        instance_id,
-        PendingBeat(
-            at=utcnow(),
-            digest=digest,
-            disk_total_bytes=hb.disk_total_bytes,
-            disk_free_bytes=hb.disk_free_bytes,
-            disk_used_bytes=hb.disk_used_bytes,
-            dynamic_bytes_used=hb.dynamic_bytes_used,
-            queue_depth=hb.queue_depth,
-        ),
-    )
-    return memo.answer
 
 
 def plain_poll(query_string: bytes) -> tuple[str, int] | None:

@@ -25,6 +25,7 @@ from depman.core.queue import poll_queue
 from depman.core.reports import record_report
 from depman.core.states import ItemState
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.memo_answers import remember_heartbeat
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
 from depman.server.state import ServerState
 
@@ -48,25 +49,14 @@ def quick_poll(state: ServerState, instance_id: str, limit: int) -> bytes | None
 
 def quick_heartbeat(state: ServerState, body: HeartbeatRequest) -> bytes | None:
     """A heartbeat whose inventory the row already holds, of a live instance; memo'd when quiet."""
-    hints = state.hub.hints
-    seen = hints.epoch(body.instance_id)
+    seen = state.hub.hints.epoch(body.instance_id)
     hb = body.to_core()
     with state.db.quick(write=True) as conn:
         beat = record_unchanged_heartbeat(body.instance_id, hb, conn=conn, policy=state.policy)
     if beat is None:
         return None
     answer = heartbeat_answer(beat.pinned_dep_ids)
-    quiet = not hb.downloading and not hb.active_downloads
-    if state.settings.heartbeat_flush_seconds > 0 and quiet:
-        hints.remember_beat(
-            body.instance_id,
-            digest=beat.digest,
-            failed=hb.failed,
-            answer=answer,
-            live_seconds=state.policy.live_ttl_seconds,
-            seen=seen,
-            lists_key=body.lists_key(),
-        )
+    remember_heartbeat(state, body, beat.digest, answer, seen)
     return answer
 
 

@@ -20,7 +20,7 @@ from depman.errors import NotFound
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
 from depman.server.auth import check_agent, check_shared_secret
 from depman.server.deps import BearerDep, SessionDep, StateDep
-from depman.server.fastlane import empty_poll_answer
+from depman.server.memo_answers import empty_poll_answer, remember_heartbeat
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.agent import (
     HeartbeatRequest,
@@ -181,16 +181,6 @@ def post_heartbeat(
             pins = compute_pins(body.instance_id, session=session)
             session.commit()
     answer = heartbeat_answer(pins)
-    quiet = not hb.downloading and not hb.active_downloads
-    if state.settings.heartbeat_flush_seconds > 0 and quiet:
-        # The next unchanged heartbeat is answered by the fast lane (server/fastlane.py).
-        hints.remember_beat(
-            body.instance_id,
-            digest=result.digest,
-            failed=hb.failed,
-            answer=answer,
-            live_seconds=state.policy.live_ttl_seconds,
-            seen=seen,
-            lists_key=body.lists_key(),
-        )
+    # The next heartbeat like this one is answered by the fast lane (server/fastlane.py).
+    remember_heartbeat(state, body, result.digest, answer, seen)
     return Response(answer, media_type="application/json")

@@ -15,7 +15,6 @@ from depman.core.scheduler import submit_job
 from depman.core.states import TERMINAL_JOB_STATES, JobState
 from depman.core.views import job_document
 from depman.server.deps import (
-    FreshSessionDep,
     JobsAuthDep,
     ReadSessionDep,
     SessionDep,
@@ -52,7 +51,7 @@ def answer(job: Job, *, session: Session) -> JSONResponse:
 
 
 @router.post("", response_model=JobPublic, responses=ERRORS)
-def create_job(body: JobCreate, session: FreshSessionDep, state: StateDep) -> JSONResponse:
+def create_job(body: JobCreate, session: SessionDep, state: StateDep) -> JSONResponse:
     """Reserve the best live instance and queue the deps it lacks; else wait as pending."""
     submitted = submit_job(
         body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy

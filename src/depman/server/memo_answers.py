@@ -1,0 +1,106 @@
+"""Agent requests answered from this replica's memos (`depman.core.hints`), without the database.
+
+- an empty poll of an instance known to have nothing queued;
+- a heartbeat whose inventory, failed list and figures are those of the memo of
+  a live instance with nothing downloading: only its time is new, so it goes to
+  the write-behind buffer (`depman.core.beats`). Such a beat changes nothing a
+  pending job could use, and nothing placement reads but the liveness time, which
+  the buffer writes within `heartbeat_flush_seconds`; a beat with new disk
+  figures is written before it is answered (the quick lane), so placement ranks
+  on the free disk every acknowledged heartbeat reported.
+
+Both need the bearer token to match the memo'd hash of the instance's token.
+"""
+
+from __future__ import annotations
+
+import time
+
+from depman.core.beats import PendingBeat
+from depman.core.clock import utcnow
+from depman.core.instances import hash_token
+from depman.core.inventory import Heartbeat, inventory, inventory_digest
+from depman.server.schemas.agent import HeartbeatRequest
+from depman.server.state import ServerState
+
+
+def token_known(state: ServerState, instance_id: str, token: str | None) -> bool:
+    """Whether `token` matches the memo'd hash of the instance's agent token."""
+    return bool(token) and state.hub.hints.token_matches(instance_id, hash_token(token or ""))
+
+
+def empty_poll_answer(state: ServerState, instance_id: str, token: str | None) -> bytes | None:
+    """The memo answer when the instance has nothing queued and the token is known good."""
+    answer = state.hub.hints.empty_answer(instance_id)
+    if answer is None or not token_known(state, instance_id, token):
+        return None
+    return answer
+
+
+def figures(hb: Heartbeat) -> tuple[int | None, ...]:
+    """The scalar figures of a heartbeat, as a memo compares them."""
+    return (
+        hb.disk_total_bytes,
+        hb.disk_free_bytes,
+        hb.disk_used_bytes,
+        hb.dynamic_bytes_used,
+        hb.queue_depth,
+    )
+
+
+def unchanged_beat_answer(
+    state: ServerState, body: HeartbeatRequest, token: str | None
+) -> bytes | None:
+    """Take an unchanged heartbeat of a live instance into the buffer; None: not one."""
+    if state.settings.heartbeat_flush_seconds <= 0:
+        return None
+    if body.downloading_dep_ids or body.active_downloads:
+        return None  # queue items and the dashboard's progress need the database now
+    hints = state.hub.hints
+    instance_id = body.instance_id
+    memo = hints.beat_memo(instance_id)
+    if (
+        memo is None
+        or memo.live_until <= time.monotonic()
+        or tuple(body.failed_dep_ids) != memo.failed
+        or not token_known(state, instance_id, token)
+    ):
+        return None
+    hb = body.to_core()
+    if figures(hb) != memo.figures:
+        return None
+    key = body.lists_key()
+    digest = memo.digest if key == memo.lists_key else inventory_digest(inventory(hb))
+    if digest != memo.digest or not hints.extend_beat(
+        instance_id, memo, state.policy.live_ttl_seconds
+    ):
+        return None
+    state.beats.add(instance_id, PendingBeat(at=utcnow(), digest=digest))
+    return memo.answer
+
+
+def remember_heartbeat(
+    state: ServerState, body: HeartbeatRequest, digest: str, answer: bytes, seen: tuple[int, int]
+) -> None:
+    """After a heartbeat was written: the next one like it is answered from memory.
+
+    Not while downloads are listed (their queue items need the database), nor when
+    write-behind is off. `seen`: the instance's epoch before the database was read.
+    """
+    # A beat still in the buffer is older than this one: written later, the row
+    # would refuse it, and a refusal drops the memo left here.
+    state.beats.discard(body.instance_id)
+    if state.settings.heartbeat_flush_seconds <= 0:
+        return
+    if body.downloading_dep_ids or body.active_downloads:
+        return
+    state.hub.hints.remember_beat(
+        body.instance_id,
+        digest=digest,
+        failed=body.failed_dep_ids,
+        answer=answer,
+        live_seconds=state.policy.live_ttl_seconds,
+        seen=seen,
+        lists_key=body.lists_key(),
+        figures=figures(body.to_core()),
+    )
