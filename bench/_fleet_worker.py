@@ -26,6 +26,7 @@ from bench.fleetclient import HttpError, Pool
 
 AGENT_VERSION = "bench-v1-agent/1.0"
 STOP_GRACE_SECONDS = 5.0
+SLOW_SECONDS = 0.2  # a request this late is listed with its due time (when were the stalls?)
 DISK = {"totalBytes": 500 * 1024**3, "freeBytes": 200 * 1024**3, "usedBytes": 300 * 1024**3}
 
 
@@ -42,11 +43,15 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     items_done: int = 0
+    slow: list[float] = field(default_factory=list)  # when each slow request was due
 
     def record(self, endpoint: str, scheduled: float, ok: bool) -> None:
         if self.t_start <= scheduled < self.t_end:
             if ok:
-                self.latencies[endpoint].append(time.time() - scheduled)
+                latency = time.time() - scheduled
+                self.latencies[endpoint].append(latency)
+                if latency >= SLOW_SECONDS:
+                    self.slow.append(scheduled)
             else:
                 self.errors[endpoint] += 1
 
@@ -268,6 +273,7 @@ class Sim:
         lag_samples.sort()
         return {
             "latencies": {k: [round(v, 6) for v in vs] for k, vs in self.stats.latencies.items()},
+            "slow": [round(t, 3) for t in self.stats.slow],
             "errors": dict(self.stats.errors),
             "cpu_seconds": cpu,
             "items_done": self.stats.items_done,

@@ -105,6 +105,8 @@ class Outcome:
     failure: str | None = None
     boot_seconds: float = 0.0
     booted: int = 0
+    window_start: float = 0.0
+    slow: list[float] = field(default_factory=list)  # seconds into the window, per slow request
 
     @property
     def requests(self) -> int:
@@ -386,6 +388,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
                 await asyncio.to_thread(pg_analyze, url)
                 t_measure = time.time() + plan.warmup
                 t_stop = t_measure + plan.duration
+                out.window_start = t_measure
                 write_atomic(window_file, f"{t_measure} {t_stop}\n")
                 driver.t_measure, driver.t_stop = t_measure, t_stop
                 job_task = asyncio.ensure_future(driver.run(time.time()))
@@ -428,6 +431,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
             res = json.loads(report.read_text(encoding="utf-8"))
             for k, v in res["latencies"].items():
                 out.latencies.setdefault(k, []).extend(v)
+            out.slow.extend(t - out.window_start for t in res.get("slow", []))
             for k, v in res["errors"].items():
                 out.errors[k] = out.errors.get(k, 0) + v
             sim_cpu += res["cpu_seconds"]
@@ -542,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
                  f"first start to the last agent up. Poll {plan.poll:g} s, heartbeat "
                  f"{plan.heartbeat:g} s, {plan.inventory} deps per inventory. Inventory row "
                  "writes (PostgreSQL statistics) should equal installs, not heartbeats x deps.")
+    for o in outcomes:
+        if o.slow:
+            seconds = sorted({int(t) for t in o.slow})
+            print(f"{o.backend} {o.server_workers}p N={o.n:,}: {len(o.slow)} agent requests took "
+                  f">= 200 ms, due in these seconds of the window: {seconds}")
     for n in notes:
         print(n)
     if should_record(args):

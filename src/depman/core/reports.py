@@ -10,13 +10,15 @@ from sqlalchemy import BigInteger, Connection, and_, bindparam, func, not_, upda
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
+from depman.core.inventory import SCALAR_COLUMNS
 from depman.core.jobs import on_dep_failed
 from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
 from depman.core.states import ItemState, Op
 from depman.store.models import Instance
 
-FIGURES = ("disk_total_bytes", "disk_free_bytes", "disk_used_bytes", "dynamic_bytes_used")
+# A heartbeat's figures but the queue depth, in the same order (SCALAR_COLUMNS).
+FIGURES = SCALAR_COLUMNS[:4]
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,29 @@ FIGURES_STATEMENT = _figures_statement()
 
 
 def record_report(
-    instance_id: str, report: StatusReport, *, conn: Connection, now: datetime | None = None
+    instance_id: str,
+    report: StatusReport,
+    *,
+    conn: Connection,
+    now: datetime | None = None,
+    stored_figures: tuple[int | None, ...] | None = None,
 ) -> Transition:
     """Move the item and keep the disk figures; two statements, each standing alone.
 
     All a `running` or `succeeded` report does (`apply_status` adds what a failure does).
+    `stored_figures`: the row's FIGURES when the caller knows them (a memo); a report
+    that repeats them writes nothing.
     """
     result = apply_item_state(
         instance_id, report.item_id, report.state, report.error, conn=conn, now=now or utcnow()
     )
-    params: dict[str, Any] = {f"p_{name}": getattr(report, name) for name in FIGURES}
-    if any(value is not None for value in params.values()):
+    values = [getattr(report, name) for name in FIGURES]
+    if stored_figures is not None and all(
+        new is None or new == old for new, old in zip(values, stored_figures, strict=False)
+    ):
+        return result
+    params: dict[str, Any] = {f"p_{name}": v for name, v in zip(FIGURES, values, strict=True)}
+    if any(value is not None for value in values):
         params["p_instance_id"] = instance_id
         conn.execute(FIGURES_STATEMENT, params)
     return result

@@ -19,7 +19,7 @@ import time
 from depman.core.beats import PendingBeat
 from depman.core.clock import utcnow
 from depman.core.instances import hash_token
-from depman.core.inventory import Heartbeat, inventory, inventory_digest
+from depman.core.inventory import SCALAR_COLUMNS, Heartbeat, inventory, inventory_digest
 from depman.server.schemas.agent import HeartbeatRequest
 from depman.server.state import ServerState
 
@@ -38,14 +38,8 @@ def empty_poll_answer(state: ServerState, instance_id: str, token: str | None) -
 
 
 def figures(hb: Heartbeat) -> tuple[int | None, ...]:
-    """The scalar figures of a heartbeat, as a memo compares them."""
-    return (
-        hb.disk_total_bytes,
-        hb.disk_free_bytes,
-        hb.disk_used_bytes,
-        hb.dynamic_bytes_used,
-        hb.queue_depth,
-    )
+    """The scalar figures of a heartbeat (SCALAR_COLUMNS order), as a memo compares them."""
+    return tuple(getattr(hb, name) for name in SCALAR_COLUMNS)
 
 
 def unchanged_beat_answer(

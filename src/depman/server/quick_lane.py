@@ -22,7 +22,7 @@ from __future__ import annotations
 from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
 from depman.core.queue import poll_queue
-from depman.core.reports import record_report
+from depman.core.reports import FIGURES, record_report
 from depman.core.states import ItemState
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
 from depman.server.memo_answers import remember_heartbeat
@@ -64,6 +64,14 @@ def quick_status(state: ServerState, body: StatusRequest) -> bytes | None:
     """A `running` or `succeeded` report: the item moves (or not), the disk figures are kept."""
     if body.state not in QUICK_REPORT_STATES:
         return None
+    memo = state.hub.hints.beat_memo(body.instance_id)
     with state.db.quick(write=True) as conn:
-        result = record_report(body.instance_id, body.to_core(), conn=conn, now=utcnow())
+        result = record_report(
+            body.instance_id,
+            body.to_core(),
+            conn=conn,
+            now=utcnow(),
+            # The row holds what the last heartbeat wrote (the memo's figures, FIGURES first).
+            stored_figures=memo.figures[: len(FIGURES)] if memo and memo.figures else None,
+        )
     return status_answer(result)
