@@ -134,7 +134,9 @@ class Instance(Base):
     agent_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     agent_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
     registered_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
-    last_heartbeat_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True, index=True)
+    # Not indexed: every heartbeat rewrites it, and an index would keep those updates
+    # from being HOT (in-place) on PostgreSQL (migration 0003).
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     disk_total_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     disk_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
