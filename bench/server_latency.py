@@ -1,0 +1,98 @@
+"""Server-side request latency over a window, from one server process's `/metrics`.
+
+The fleet simulator measures latency from when each request was due, so time
+spent queueing in its connection pool counts. The server's own histogram
+(`depman_http_request_duration_seconds`) says how much of that was the server:
+two scrapes on one keep-alive connection (so, with `--workers`, the same process)
+bracket the window, and p50/p99 per route come from the bucket deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import defaultdict
+
+from bench.fleetclient import HttpError, Pool
+
+BUCKET_RE = re.compile(
+    r'^depman_http_request_duration_seconds_bucket\{le="([^"]+)",method="(\w+)",'
+    r'route="([^"]+)",status="(\d+)"\} ([\d.e+]+)$',
+    re.M,
+)
+KEEP_ALIVE_EVERY = 20.0  # seconds; below the server's keep-alive timeout
+
+
+def buckets(text: str) -> dict[str, dict[float, float]]:
+    """'METHOD route' → {upper bound: cumulative count}, 2xx answers only."""
+    out: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for le, method, route, status, count in BUCKET_RE.findall(text):
+        if status.startswith("2"):
+            out[f"{method} {route}"][float(le)] += float(count)
+    return out
+
+
+def quantile(cumulative: dict[float, float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation within its bucket."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        upto = cumulative[bound]
+        if upto >= rank:
+            if bound == float("inf"):
+                return lower
+            share = (rank - below) / (upto - below) if upto > below else 1.0
+            return lower + share * (bound - lower)
+        lower, below = bound, upto
+    return lower
+
+
+class ServerLatency:
+    """Scrapes /metrics at the start and end of a window on one connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.pool = Pool(host, port, 1)
+        self.first: dict[str, dict[float, float]] = {}
+        self.last: dict[str, dict[float, float]] = {}
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def _scrape(self) -> dict[str, dict[float, float]]:
+        status, body = await self.pool.request("GET", "/metrics")
+        if status != 200:
+            raise HttpError(f"/metrics answered {status}")
+        return buckets(body.decode())
+
+    async def start(self) -> None:
+        """First scrape; then keep the connection (and so the process) until `stop`."""
+        with contextlib.suppress(HttpError):
+            self.first = await self._scrape()
+        self._keeper = asyncio.ensure_future(self._keep())
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_EVERY)
+            with contextlib.suppress(HttpError):
+                await self.pool.request("GET", "/metrics")
+
+    async def stop(self) -> None:
+        """Last scrape."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+        with contextlib.suppress(HttpError):
+            self.last = await self._scrape()
+        self.pool.close()
+
+    def rows(self) -> list[tuple[str, int, float, float]]:
+        """(route, requests, p50 s, p99 s) over the window, busiest first."""
+        out = []
+        for route, after in self.last.items():
+            before = self.first.get(route, {})
+            delta = {le: n - before.get(le, 0.0) for le, n in after.items()}
+            count = max(delta.values(), default=0.0)
+            if count > 0:
+                out.append((route, int(count), quantile(delta, 0.5), quantile(delta, 0.99)))
+        return sorted(out, key=lambda row: -row[1])
