@@ -42,7 +42,9 @@ class Stats:
     t_end: float
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    items_done: int = 0
+    # Downloads finished inside the window: each adds one inventory row. Touches
+    # (a job's dep already held) add none, so they are not counted.
+    downloads_done: int = 0
     slow: list[float] = field(default_factory=list)  # when each slow request was due
 
     def record(self, endpoint: str, scheduled: float, ok: bool) -> None:
@@ -147,7 +149,9 @@ class Agent:
             self.hb_body = None
         await self.call("status", "POST", "/api/dependencies/status",
                         {**status, "state": "succeeded"}, time.time())
-        self.sim.stats.items_done += 1
+        stats = self.sim.stats
+        if item["op"] == "download" and stats.t_start <= time.time() < stats.t_end:
+            stats.downloads_done += 1
         # The field agent heartbeats early (at most every 2 s) after a download.
         self.early_hb = max(time.time(), self.last_hb + 2.0)
         _resolve(self.wake)
@@ -276,7 +280,7 @@ class Sim:
             "slow": [round(t, 3) for t in self.stats.slow],
             "errors": dict(self.stats.errors),
             "cpu_seconds": cpu,
-            "items_done": self.stats.items_done,
+            "downloads_done": self.stats.downloads_done,
             "loop_lag_p99": lag_samples[int(len(lag_samples) * 0.99)] if lag_samples else 0.0,
         }
 

@@ -100,7 +100,7 @@ class Outcome:
     sim_cpu: float = 0.0
     loop_lag: float = 0.0
     inv_writes: int | None = None
-    items_done: int = 0
+    downloads_done: int = 0
     jobs_submitted: int = 0
     jobs_completed: int = 0
     failure: str | None = None
@@ -446,7 +446,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
                 out.errors[k] = out.errors.get(k, 0) + v
             sim_cpu += res["cpu_seconds"]
             out.loop_lag = max(out.loop_lag, res["loop_lag_p99"])
-            out.items_done += res["items_done"]
+            out.downloads_done += res["downloads_done"]
         out.latencies["jobs"] = driver.latencies
         if driver.errors:
             out.errors["jobs"] = driver.errors
@@ -476,7 +476,8 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                     sum(o.errors.values()) if o.failure is None else o.failure,
                     f"{o.server_cpu:.0f}", f"{o.server_rss / MIB:.0f}",
                     "—" if o.pg_cpu is None else f"{o.pg_cpu:.0f}", f"{o.sim_cpu:.0f}",
-                    "—" if o.inv_writes is None else f"{o.inv_writes:,} ({o.items_done} installs)",
+                    "—" if o.inv_writes is None
+                    else f"{o.inv_writes:,} ({o.downloads_done:,} downloads)",
                     f"{o.jobs_completed}/{o.jobs_submitted}", "yes" if o.holds else "NO")
     per = ResultTable("Latency per endpoint (ms)",
                       ["backend", "server procs", "N", "endpoint", "requests", "req/s", "p50",
@@ -562,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"over max({plan.ramp:.0f} s, N / {REGISTER_RATE:.0f} s), and 'boot s' is the "
                  f"first start to the last agent up. Poll {plan.poll:g} s, heartbeat "
                  f"{plan.heartbeat:g} s, {plan.inventory} deps per inventory. Inventory row "
-                 "writes (PostgreSQL statistics) should equal installs, not heartbeats x deps.")
+                 "writes (PostgreSQL statistics) should equal the downloads finished in the "
+                 "window (each adds one row; a touch of a dep already held adds none), not "
+                 "heartbeats x deps.")
     for o in outcomes:
         if o.slow:
             seconds = sorted({int(t) for t in o.slow})
