@@ -54,12 +54,9 @@ def _quick_engine(url: str, pool_size: int) -> Engine:
     the last few hundred milliseconds of them in a crash is harmless, and at 10,000
     agents the BEGIN/COMMIT round trips cost the database more than the statements.
     """
-    return create_engine(
+    return _postgres_engine(
         url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=30,
-        pool_recycle=1800,
+        pool_size,
         isolation_level="AUTOCOMMIT",
         connect_args={"options": "-c synchronous_commit=off"},
     )
@@ -76,16 +73,16 @@ def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
         )
         _install_sqlite_pragmas(engine)
         return engine
+    return _postgres_engine(url, pool_size)
+
+
+def _postgres_engine(url: str, pool_size: int, **options: Any) -> Engine:
     # No overflow: connections opened past the pool are closed on return, and under a
     # boot storm that churn (a backend fork and login each) cost more than the queries.
     # No pre-ping: a round trip on every checkout; a dead connection is invalidated by
     # the error it raises (503, the agent retries), and recycling bounds idle ones.
     return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=30,
-        pool_recycle=1800,
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800, **options
     )
 
 
