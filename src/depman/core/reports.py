@@ -74,7 +74,7 @@ def record_report(
     )
     values = [getattr(report, name) for name in FIGURES]
     if stored_figures is not None and all(
-        new is None or new == old for new, old in zip(values, stored_figures, strict=False)
+        new is None or new == old for new, old in zip(values, stored_figures, strict=True)
     ):
         return result
     params: dict[str, Any] = {f"p_{name}": v for name, v in zip(FIGURES, values, strict=True)}

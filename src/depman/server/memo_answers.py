@@ -74,9 +74,15 @@ def unchanged_beat_answer(
 
 
 def remember_heartbeat(
-    state: ServerState, body: HeartbeatRequest, digest: str, answer: bytes, seen: tuple[int, int]
+    state: ServerState,
+    body: HeartbeatRequest,
+    hb: Heartbeat,
+    digest: str,
+    answer: bytes,
+    seen: tuple[int, int],
 ) -> None:
-    """After a heartbeat was written: the next one like it is answered from memory.
+    """After a heartbeat (`body`, as the core took it: `hb`) was written: the next one
+    like it is answered from memory.
 
     Not while downloads are listed (their queue items need the database), nor when
     write-behind is off. `seen`: the instance's epoch before the database was read.
@@ -96,5 +102,5 @@ def remember_heartbeat(
         live_seconds=state.policy.live_ttl_seconds,
         seen=seen,
         lists_key=body.lists_key(),
-        figures=figures(body.to_core()),
+        figures=figures(hb),
     )

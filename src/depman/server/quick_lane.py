@@ -56,7 +56,7 @@ def quick_heartbeat(state: ServerState, body: HeartbeatRequest) -> bytes | None:
     if beat is None:
         return None
     answer = heartbeat_answer(beat.pinned_dep_ids)
-    remember_heartbeat(state, body, beat.digest, answer, seen)
+    remember_heartbeat(state, body, hb, beat.digest, answer, seen)
     return answer
 
 

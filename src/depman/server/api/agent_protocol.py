@@ -182,5 +182,5 @@ def post_heartbeat(
             session.commit()
     answer = heartbeat_answer(pins)
     # The next heartbeat like this one is answered by the fast lane (server/fastlane.py).
-    remember_heartbeat(state, body, result.digest, answer, seen)
+    remember_heartbeat(state, body, hb, result.digest, answer, seen)
     return Response(answer, media_type="application/json")
