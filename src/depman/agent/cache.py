@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import UnsafePath
+from .logonce import problems
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
@@ -68,13 +69,34 @@ class Cache:
         self.clock = clock
         self.lock = threading.RLock()
         self.state: AgentState = store.load()
+        self.dirty = False  # a save failed (disk full): the state lives in memory until one works
 
     def path_for(self, rel: str) -> Path:
         return self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the state file (temp + fsync + rename: never half-written).
+
+        A failed write (disk full, read-only) keeps the state in memory; ``flush``
+        retries it every cycle and the agent keeps serving meanwhile.
+        """
         with self.lock:
-            self.store.save(self.state)
+            try:
+                self.store.save(self.state)
+            except OSError as exc:
+                self.dirty = True
+                problems.warn("state file", "Cannot write the state file %s (%s); keeping the "
+                              "state in memory and retrying", self.store.path,
+                              exc.strerror or exc)
+                return False
+            self.dirty = False
+            problems.ok("state file")
+            return True
+
+    def flush(self) -> None:
+        """Retry a state write that failed earlier."""
+        if self.dirty:
+            self.save()
 
     def reconcile(self) -> None:
         """Drop records whose file vanished or changed size (state follows the disk)."""
