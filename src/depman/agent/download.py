@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import protocol as p
 from .errors import (
+    SERVER,
     DiskFull,
     DownloadError,
     DownloadInterrupted,
@@ -97,11 +98,13 @@ def classify_status(response: Response) -> DownloadError:
     retry_after = parse_retry_after(response.header("Retry-After"))
     if status in (403, 416):
         # Hugging Face / Civitai signed CDN URLs expire: ask the catalog URL again.
-        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)")
+        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)",
+                             category=SERVER)
     if status in (408, 429) or status >= 500:
-        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after)
+        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after,
+                             category=SERVER)
     hint = " (check the token)" if status == 401 else ""
-    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False)
+    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False, category=SERVER)
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:

@@ -137,8 +137,10 @@ class ItemRunner:
         """A file already at the target counts as installed once its size and sha256 match."""
         try:
             size = dest.stat().st_size
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        except OSError as exc:  # a name too long, a folder we may not read: say so now
+            raise classify(exc, rel) from exc
         if expected is not None and size != expected:
             log.info("%s exists with %d bytes, expected %d; downloading again", rel, size,
                      expected)
