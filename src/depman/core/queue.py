@@ -78,7 +78,7 @@ def enqueue(
         return
     row = _lock_item(instance_id, dep_id, session=session)
     assert row is not None  # the conflicting row; items are deleted only with the instance
-    if row.state in OPEN_ITEM_STATES and (row.op == Op.DOWNLOAD.value or op == Op.TOUCH):
+    if row.state in OPEN_ITEM_STATES and _covers(row.op, op):
         # Same or weaker work already pending: only raise its priority.
         if priority < row.priority:
             row.priority = priority
@@ -94,8 +94,23 @@ def enqueue(
     row.started_at = None
     row.finished_at = None
     row.last_progress_at = None
+    row.next_attempt_at = None
+    row.first_failed_at = None
+    row.cancel_reason = None
+    row.force_retry = False
+    row.force_retry_after_ms = None
     row.updated_at = now
     mark_instance(session, instance_id)
+
+
+def _covers(pending_op: str, op: Op) -> bool:
+    """Whether pending work `pending_op` already does what `op` asks.
+
+    A download covers a touch; a delete is never covered by, nor covers, a fetch.
+    """
+    if op == Op.DELETE or pending_op == Op.DELETE.value:
+        return pending_op == op.value
+    return pending_op == Op.DOWNLOAD.value or op == Op.TOUCH
 
 
 @dataclass
@@ -119,10 +134,15 @@ def _poll_statement() -> Select[Any]:
             QueueItem.priority,
             QueueItem.enqueued_at,
             QueueItem.id,
+            QueueItem.force_retry,
+            QueueItem.force_retry_after_ms,
         )
         .where(
             QueueItem.instance_id == bindparam("p_instance_id"),
             QueueItem.state == ItemState.QUEUED.value,
+            # The agent backs off on it; the sweep clears this when the time comes
+            # (and wakes the instance), so a memo'd empty poll stays true until then.
+            QueueItem.next_attempt_at.is_(None),
         )
         .order_by(QueueItem.priority, QueueItem.enqueued_at, QueueItem.id)
         .limit(bindparam("p_limit", type_=Integer))
@@ -140,6 +160,8 @@ def _poll_statement() -> Select[Any]:
             Dep.sha256,
             Dep.expected_size_bytes,
             Dep.kind,
+            sub.c.force_retry,
+            sub.c.force_retry_after_ms,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -159,7 +181,7 @@ def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
-    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind in rows:
+    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, force, after in rows:
         if dep_id is None or url is None:
             continue
         resolved: dict[str, Any] = {
@@ -172,9 +194,18 @@ def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
             resolved["sha256"] = sha
         if size is not None:
             resolved["expectedSizeBytes"] = size
-        poll.items.append(
-            {"itemId": format_item_id(dep_id, gen), "depId": dep_id, "op": op, "resolved": resolved}
-        )
+        item: dict[str, Any] = {
+            "itemId": format_item_id(dep_id, gen),
+            "depId": dep_id,
+            "op": op,
+            "resolved": resolved,
+        }
+        if force:
+            # Field agents 0.9.18+: retry now (or after N ms) despite a local backoff.
+            item["forceRetry"] = True
+            if after:
+                item["forceRetryAfterMs"] = after
+        poll.items.append(item)
     return poll
 
 
@@ -188,6 +219,8 @@ class Transition:
     dep_id: str | None = None
     error: str | None = None
     reason: str = ""
+    # Tell the agent to forget its local failure of the dep: the server queued it again.
+    clear_failed: bool = False
 
 
 def _transition_statements() -> dict[str, Any]:
@@ -197,6 +230,7 @@ def _transition_statements() -> dict[str, Any]:
     now = bindparam("p_now", type_=UtcDateTime())
     queued, running = ItemState.QUEUED.value, ItemState.RUNNING.value
     succeeded, failed = ItemState.SUCCEEDED.value, ItemState.FAILED.value
+    cancelled = ItemState.CANCELLED.value
     base = update(QueueItem).where(
         QueueItem.instance_id == bindparam("p_instance_id"),
         QueueItem.dep_id == bindparam("p_dep_id"),
@@ -209,6 +243,9 @@ def _transition_statements() -> dict[str, Any]:
             state=running,
             started_at=case((QueueItem.state == queued, now), else_=QueueItem.started_at),
             last_progress_at=now,
+            # The agent took it: a backoff is over, a forced retry done.
+            next_attempt_at=None,
+            force_retry=False,
             updated_at=now,
         )
         .returning(*answer),
@@ -218,6 +255,9 @@ def _transition_statements() -> dict[str, Any]:
         .returning(*answer),
         failed: base.where(QueueItem.state.in_((queued, running)))
         .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
+        .returning(*answer),
+        cancelled: base.where(QueueItem.state.in_((queued, running)))
+        .values(state=cancelled, error=bindparam("p_error"), finished_at=now, updated_at=now)
         .returning(*answer),
     }
 

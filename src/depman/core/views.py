@@ -92,6 +92,11 @@ def queue_item_document(item: QueueItem) -> dict[str, Any]:
         "startedAt": isoformat(item.started_at),
         "finishedAt": isoformat(item.finished_at),
         "updatedAt": isoformat(item.updated_at),
+        "nextAttemptAt": isoformat(item.next_attempt_at),
+        "firstFailedAt": isoformat(item.first_failed_at),
+        "cancelReason": item.cancel_reason,
+        "forceRetry": bool(item.force_retry),
+        "forceRetryAfterMs": item.force_retry_after_ms,
     }
 
 

@@ -152,6 +152,11 @@ class QueueItemAdmin(ApiModel):
     started_at: str | None
     finished_at: str | None
     updated_at: str | None
+    next_attempt_at: str | None = None
+    first_failed_at: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
 
 
 class QueueItemsOut(ApiModel):
