@@ -28,8 +28,15 @@ class V1Error(Exception):
 class V1Client:
     """The four calls of protocol v1, exactly as a v1 agent sends them."""
 
-    def __init__(self, api_base_url: str, server_type: str, shared_secret: str) -> None:
+    def __init__(
+        self,
+        api_base_url: str,
+        server_type: str,
+        shared_secret: str,
+        agent_version: str = "v1-test-client",
+    ) -> None:
         self.base = api_base_url.rstrip("/")
+        self.agent_version = agent_version
         self.server_type = server_type
         self.secret = shared_secret
         self.instance_id = ""
@@ -58,11 +65,12 @@ class V1Client:
         self,
         instance_id: str | None = None,
         instance_ip: str | None = None,
-        agent_version: str = "v1-test-client",
+        agent_version: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         """POST /dependencies/register (`extra`: later agents' fields, e.g. provider)."""
-        body: dict[str, Any] = {"serverType": self.server_type, "agentVersion": agent_version}
+        version = agent_version or self.agent_version
+        body: dict[str, Any] = {"serverType": self.server_type, "agentVersion": version}
         body.update(extra)
         if instance_id:
             body["instanceId"] = instance_id

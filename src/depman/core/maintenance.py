@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from depman.core.clock import utcnow
 from depman.core.jobs import expire_jobs, on_dep_failed
 from depman.core.policy import Policy
-from depman.core.queue import requeue_stale_running
-from depman.core.retries import expire_retry_windows, release_due_backoffs
+from depman.core.queue import requeue_stale_running, wake_due_items
+from depman.core.retries import expire_retry_windows
 from depman.core.scheduler import place_pending_jobs
 from depman.core.states import Op
 
@@ -39,7 +39,6 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
         max_attempts=policy.max_item_attempts,
         now=now,
     )
-    release_due_backoffs(session=session, now=now)
     failed += expire_retry_windows(session=session, policy=policy, now=now)
     for item in failed:
         report.items_failed += 1
@@ -52,6 +51,7 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
                 policy=policy,
                 now=now,
             )
+    wake_due_items(session=session, now=now)
     report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
     report.jobs_placed, report.pending_server_types = place_pending_jobs(
         session=session, policy=policy, now=now

@@ -19,12 +19,11 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from depman.core.policy import Policy
 from depman.core.queue import ERROR_MAX_CHARS, Transition, parse_item_id
-from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState
 from depman.store.models import Instance, QueueItem
 
@@ -105,19 +104,6 @@ def apply_retrying(
     row.state = ItemState.QUEUED.value
     row.next_attempt_at = now + timedelta(seconds=backoff_seconds(error, row.attempts))
     return Transition(True, row.state, row.op, dep_id, row.error)
-
-
-def release_due_backoffs(*, session: Session, now: datetime) -> int:
-    """Items whose backoff is over may be handed out again; their instances are woken."""
-    instance_ids = session.scalars(
-        update(QueueItem)
-        .where(QueueItem.next_attempt_at <= now, QueueItem.state == ItemState.QUEUED.value)
-        .values(next_attempt_at=None)
-        .returning(QueueItem.instance_id)
-    ).all()
-    for instance_id in set(instance_ids):
-        mark_instance(session, instance_id)
-    return len(instance_ids)
 
 
 def expire_retry_windows(*, session: Session, policy: Policy, now: datetime) -> list[QueueItem]:

@@ -1,12 +1,12 @@
 """later field agents and operator actions: item backoff/cancel/retry, drain, telemetry, audit
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03
 
 Field agents from 0.3 on report `retrying` and back off locally; an item they back
-off on waits (`next_attempt_at`) instead of being handed out on every poll, and
-`first_failed_at` bounds how long a dep may keep failing. Operators cancel items
+off on waits (`next_attempt_at`, from 0004) instead of being handed out on every
+poll, and `first_failed_at` bounds how long a dep may keep failing. Operators cancel items
 (`cancel_reason`), force a retry (`force_retry`, `force_retry_after_ms`) and drain
 instances. Telemetry the agents send (disk diagnostics, the stat path, the cloud
 provider) is kept, and every operator action is recorded in `operator_actions`.
@@ -17,15 +17,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table("queue_items") as batch_op:
-        batch_op.add_column(sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("first_failed_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("cancel_reason", sa.Text(), nullable=True))
         batch_op.add_column(
@@ -70,6 +69,5 @@ def downgrade() -> None:
             "force_retry",
             "cancel_reason",
             "first_failed_at",
-            "next_attempt_at",
         ):
             batch_op.drop_column(name)
