@@ -107,6 +107,13 @@ class QueuePoll:
     pinned_dep_ids: list[str] = field(default_factory=list)
 
 
+def folder_model_url(dep_id: str) -> str:
+    """The `url` a folder model's items carry: a v1 agent, which cannot install a
+    folder, fails it at its domain check ("Download domain not allowed") instead of
+    writing one file where the folder belongs; depman's agent reads `files`."""
+    return f"https://folder-model.invalid/{dep_id}"
+
+
 def _poll_statement() -> Select[Any]:
     # Built once: the hot path only binds parameters (statement construction costs more
     # than the indexed query itself).
@@ -140,6 +147,8 @@ def _poll_statement() -> Select[Any]:
             Dep.sha256,
             Dep.expected_size_bytes,
             Dep.kind,
+            Dep.root,
+            Dep.files,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -159,11 +168,11 @@ def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
-    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind in rows:
+    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files in rows:
         if dep_id is None or url is None:
             continue
         resolved: dict[str, Any] = {
-            "url": url,
+            "url": url if files is None else folder_model_url(dep_id),
             "auth": auth,
             "destRelativePath": dest,
             "kind": kind,
@@ -172,6 +181,12 @@ def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
             resolved["sha256"] = sha
         if size is not None:
             resolved["expectedSizeBytes"] = size
+        # depman extensions (v1 agents ignore unknown fields): the model root of
+        # extra_model_paths.yaml to install into, and the files of a folder model.
+        if root:
+            resolved["root"] = root
+        if files is not None:
+            resolved["files"] = files
         poll.items.append(
             {"itemId": format_item_id(dep_id, gen), "depId": dep_id, "op": op, "resolved": resolved}
         )
