@@ -163,6 +163,9 @@ class Instance(Base):
     # Union of the deps of this instance's waiting/ready/running jobs, kept by the job
     # transitions so the heartbeat answers its pins from the row it already updates.
     pinned_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Set by the maintenance sweep when no heartbeat came for `instance_lost_seconds`
+    # (its jobs moved, its queue cancelled, its token voided); cleared by register.
+    lost_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -179,6 +182,34 @@ class InstanceDep(Base):
     dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(10))
     since: Mapped[datetime] = mapped_column(_tz())
+
+
+class DepReceipt(Base):
+    """The agent's proof of the last file it verified for a dep on an instance.
+
+    Sent with a `succeeded` status; kept when a heartbeat later drops the dep (what
+    was verified, and when, stays visible), replaced by the next one.
+    """
+
+    __tablename__ = "dep_receipts"
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.instance_id", ondelete="CASCADE"), primary_key=True
+    )
+    dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(10))
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    dest_relative_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    final_path_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    agent_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The item (`<depId>.<generation>`) whose success carried it, and whether it
+    # matched the catalog then (sha256 when the catalog has one, else the size).
+    item_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    matches_catalog: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(_tz())
 
 
 class QueueItem(Base):
@@ -208,6 +239,11 @@ class QueueItem(Base):
     finished_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     # Last time a heartbeat listed the dep as downloading (or the running status came in).
     last_progress_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Not handed out by polls before this time: a failed static/prefetch item waits
+    # here for its retry (the sweep queues it again), an agent backing off likewise.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Failures in a row (reset by a success): the retry backoff doubles with each.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 
