@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -282,3 +283,21 @@ class JobDep(Base):
     )
     dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AgentBuild(Base):
+    """The agent build published for a server type: its bytes, served to the agents it targets.
+
+    Kept in the database (a few hundred KB each, one per server type), so every
+    server process serves it on SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "agent_builds"
+
+    server_type: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rollout_percent: Mapped[int] = mapped_column(Integer, default=100)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    published_at: Mapped[datetime] = mapped_column(_tz())

@@ -28,6 +28,14 @@ class RegisterRequest(ApiModel):
     instance_ip: str | None = Field(None, max_length=64)
 
 
+class AgentUpdate(ApiModel):
+    """A published agent build this agent should run (field agents 0.6.0+, depman's agent)."""
+
+    target_version: str
+    download_url: str
+    sha256: str
+
+
 class RegisterResponse(ApiModel):
     """Register answer; `capabilities` is an extension a v1 agent ignores."""
 
@@ -35,6 +43,7 @@ class RegisterResponse(ApiModel):
     agent_token: str
     profile: dict[str, Any]
     capabilities: dict[str, Any]
+    agent_update: AgentUpdate | None = None
 
 
 class Resolved(ApiModel):
@@ -148,3 +157,4 @@ class HeartbeatResponse(ApiModel):
 
     ok: bool = True
     pinned_dep_ids: list[str] = Field(default_factory=list)
+    agent_update: AgentUpdate | None = None
