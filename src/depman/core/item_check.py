@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from depman.core.queue import format_item_id, parse_item_id
+from depman.core.queue import format_item_id, parse_item_id, resolved_document
 from depman.store.models import Dep, QueueItem
 
 
@@ -26,23 +26,6 @@ class ItemCheck:
     item: dict[str, Any] | None
     reason: str = ""
     current_item_id: str | None = None
-
-
-def resolved_document(dep: Dep | None, dest_fallback: str = "") -> dict[str, Any]:
-    """Where a dep comes from and where it goes, as the queue hands it out."""
-    if dep is None:
-        return {"destRelativePath": dest_fallback, "kind": "dynamic"}
-    resolved: dict[str, Any] = {
-        "url": dep.url,
-        "auth": dep.auth,
-        "destRelativePath": dep.dest_relative_path,
-        "kind": dep.kind,
-    }
-    if dep.sha256:
-        resolved["sha256"] = dep.sha256
-    if dep.expected_size_bytes is not None:
-        resolved["expectedSizeBytes"] = dep.expected_size_bytes
-    return resolved
 
 
 def check_item(instance_id: str, item_id: str, *, session: Session) -> ItemCheck:
@@ -73,6 +56,20 @@ def check_item(instance_id: str, item_id: str, *, session: Session) -> ItemCheck
         "forceRetry": bool(row.force_retry),
         "forceRetryAfterMs": row.force_retry_after_ms,
         "nextAttemptAt": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
-        "resolved": resolved_document(dep),
+        "resolved": (
+            resolved_document(
+                dep.dep_id,
+                dep.url,
+                dep.auth,
+                dep.dest_relative_path,
+                dep.sha256,
+                dep.expected_size_bytes,
+                dep.kind,
+                dep.root,
+                dep.files,
+            )
+            if dep is not None
+            else {}
+        ),
     }
     return ItemCheck(document)

@@ -133,6 +133,13 @@ class QueuePoll:
     pinned_dep_ids: list[str] = field(default_factory=list)
 
 
+def folder_model_url(dep_id: str) -> str:
+    """The `url` a folder model's items carry: a v1 agent, which cannot install a
+    folder, fails it at its domain check ("Download domain not allowed") instead of
+    writing one file where the folder belongs; depman's agent reads `files`."""
+    return f"https://folder-model.invalid/{dep_id}"
+
+
 def _poll_statement() -> Select[Any]:
     # Built once: the hot path only binds parameters (statement construction costs more
     # than the indexed query itself).
@@ -172,6 +179,8 @@ def _poll_statement() -> Select[Any]:
             Dep.sha256,
             Dep.expected_size_bytes,
             Dep.kind,
+            Dep.root,
+            Dep.files,
             sub.c.force_retry,
             sub.c.force_retry_after_ms,
         )
@@ -184,6 +193,37 @@ def _poll_statement() -> Select[Any]:
 
 
 POLL_STATEMENT = _poll_statement()
+
+
+def resolved_document(
+    dep_id: str,
+    url: str,
+    auth: str,
+    dest: str,
+    sha: str | None,
+    size: int | None,
+    kind: str,
+    root: str | None,
+    files: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Where a dep comes from and where it goes, as the queue and the item check hand it out."""
+    resolved: dict[str, Any] = {
+        "url": url if files is None else folder_model_url(dep_id),
+        "auth": auth,
+        "destRelativePath": dest,
+        "kind": kind,
+    }
+    if sha:
+        resolved["sha256"] = sha
+    if size is not None:
+        resolved["expectedSizeBytes"] = size
+    # depman extensions (v1 agents ignore unknown fields): the model root of
+    # extra_model_paths.yaml to install into, and the files of a folder model.
+    if root:
+        resolved["root"] = root
+    if files is not None:
+        resolved["files"] = files
+    return resolved
 
 
 def poll_queue(
@@ -199,19 +239,11 @@ def poll_queue(
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
-    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, force, after in rows:
+    for row in rows:
+        _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after = row
         if dep_id is None or url is None:
             continue
-        resolved: dict[str, Any] = {
-            "url": url,
-            "auth": auth,
-            "destRelativePath": dest,
-            "kind": kind,
-        }
-        if sha:
-            resolved["sha256"] = sha
-        if size is not None:
-            resolved["expectedSizeBytes"] = size
+        resolved = resolved_document(dep_id, url, auth, dest, sha, size, kind, root, files)
         item: dict[str, Any] = {
             "itemId": format_item_id(dep_id, gen),
             "depId": dep_id,

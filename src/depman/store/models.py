@@ -83,6 +83,16 @@ class Dep(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     expected_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     kind: Mapped[str] = mapped_column(String(10), default="dynamic")
+    # ComfyUI folder key and file name (given, or read from a models/<folder>/ path).
+    model_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    filename: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Section of the nodes' extra_model_paths.yaml to install into (None: the ComfyUI folder).
+    root: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The hf:// or civitai:// source as written, and the revision it was pinned to.
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A folder model: [{path, url, sha256?, sizeBytes?, source?, revision?}].
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(_tz())
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
@@ -95,6 +105,8 @@ class Profile(Base):
     profile_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     prefetch_on_boot: Mapped[bool] = mapped_column(Boolean, default=False)
     dynamic_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Default model root (extra_model_paths.yaml section) of the profile's instances.
+    root: Mapped[str | None] = mapped_column(String(100), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 

@@ -1,7 +1,7 @@
 """later field agents and operator actions: item backoff/cancel/retry, drain, telemetry, audit
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 
 Field agents from 0.3 on report `retrying` and back off locally; an item they back
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
