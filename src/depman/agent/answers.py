@@ -32,6 +32,7 @@ class QueueAnswer:
     pinned: set[str] | None  # None: the server did not send pinnedDepIds
     # Items with ids that cannot be run, and why: reported failed by the loop.
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    static_ids: set[str] | None = None  # None: the server did not send staticDepIds
 
 
 def is_int(value: object) -> bool:
@@ -82,7 +83,15 @@ def parse_queue(data: Mapping[str, Any]) -> QueueAnswer:
             items.append(entry)
         else:
             rejected.append((entry, f"Malformed queue item: {reason}"))
-    return QueueAnswer(items, pinned_of(data), rejected)
+    return QueueAnswer(items, pinned_of(data), rejected, static_dep_ids(data))
+
+
+def static_dep_ids(data: Mapping[str, Any]) -> set[str] | None:
+    """``staticDepIds`` (the profile's static deps now), None when absent or malformed."""
+    ids = data.get("staticDepIds")
+    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+        return None
+    return set(ids)
 
 
 def pinned_of(data: Mapping[str, Any]) -> set[str] | None:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from . import protocol as p
-from .answers import QueueAnswer, parse_queue, pinned_of
+from .answers import QueueAnswer, parse_queue, pinned_of, static_dep_ids
 from .config import AgentConfig
 from .errors import ServerError, Stopping, Unauthorized
 from .http import abort_connection, parse_retry_after, send
@@ -38,6 +38,13 @@ class Registration:
 # A 3xx/4xx that is not 401/403 may come from a proxy in a bad minute: a few tries
 # inside the call, then the caller backs off (the loop) or keeps it for later (statuses).
 UNEXPECTED_STATUS_ATTEMPTS = 3
+__all__ = ["QueueAnswer", "static_dep_ids"]  # re-exported for the loop
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    pinned: set[str] | None
+    static_ids: set[str] | None = None
 
 
 class ControlPlaneClient:
@@ -101,11 +108,12 @@ class ControlPlaneClient:
         self.call("POST", p.STATUS_PATH, {"instanceId": self._registered().instance_id, **body},
                   attempts=attempts)
 
-    def heartbeat(self, body: dict[str, Any], *, attempts: int | None = None) -> set[str] | None:
+    def heartbeat(self, body: dict[str, Any], *,
+                  attempts: int | None = None) -> HeartbeatAnswer:
         data = self.call("POST", p.HEARTBEAT_PATH,
                          {"instanceId": self._registered().instance_id, **body},
                          attempts=attempts)
-        return pinned_of(data)
+        return HeartbeatAnswer(pinned_of(data), static_dep_ids(data))
 
     def abort(self) -> None:
         """Unblock a call in flight (a long-poll) from another thread or a signal handler."""

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol as p
+from .adoption import Adopter, Wanted
 from .cache import Cache
 from .config import AgentConfig
-from .download import DownloadOptions, DownloadSpec, download_file, hash_file
+from .download import DownloadOptions, DownloadSpec, download_file
 from .errors import (
     AgentError,
     DownloadError,
@@ -24,6 +25,7 @@ from .eviction import Evictor
 from .failures import classify
 from .progress import Progress, format_bytes
 from .redact import redact_url, register_url
+from .sidefiles import check_name_length
 
 # With no size from the catalog or the origin, a download stops before the free
 # space falls under the policy floor, and never under this (state file, logs).
@@ -51,6 +53,7 @@ class ItemRunner:
         self.stop = stop
         self.evictor = evictor
         self.protected = protected
+        self.adopter = Adopter(cache, stop, config.adopt_stable_seconds)
 
     def run(self, item: dict[str, Any], progress: Progress) -> Outcome:
         """v1 semantics: up to three attempts, waiting item_retry_seconds * 1, then * 2."""
@@ -87,11 +90,12 @@ class ItemRunner:
         rel = str(resolved.get("destRelativePath") or "")
         kind = str(resolved.get("kind") or p.DepKind.DYNAMIC.value)
         dest = self.cache.path_for(rel)  # raises UnsafePath before any network traffic
+        check_name_length(dest)
         sha = (resolved.get("sha256") or None)
         sha = sha.lower() if isinstance(sha, str) else None
         expected = resolved.get("expectedSizeBytes")
         expected = int(expected) if isinstance(expected, int) and expected >= 0 else None
-        if self.adopt_existing(dep_id, kind, rel, dest, sha, expected):
+        if self.adopter.adopt(Wanted(dep_id, kind, rel, dest, sha, expected)):
             return
         url = resolved.get("url")
         if not url:
@@ -131,34 +135,6 @@ class ItemRunner:
                  ", segmented" if result.segmented else "")
         evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
                       protected=set(self.protected()), folder=dest.parent)
-
-    def adopt_existing(self, dep_id: str, kind: str, rel: str, dest: Path, sha: str | None,
-                       expected: int | None) -> bool:
-        """A file already at the target counts as installed once its size and sha256 match."""
-        try:
-            size = dest.stat().st_size
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except OSError as exc:  # a name too long, a folder we may not read: say so now
-            raise classify(exc, rel) from exc
-        if expected is not None and size != expected:
-            log.info("%s exists with %d bytes, expected %d; downloading again", rel, size,
-                     expected)
-            return False
-        record = self.cache.record(dep_id)
-        if (record is not None and record.verified and record.size_bytes == size
-                and record.sha256 == sha and record.dest_relative_path == rel):
-            self.cache.touch(dep_id)
-            return True
-        if sha is not None:
-            digest = hash_file(dest)
-            if digest != sha:
-                log.warning("%s exists but its sha256 differs from the catalog; downloading "
-                            "again", rel)
-                return False
-        self.cache.mark_installed(dep_id, kind, rel, size, sha or None, verified=sha is not None)
-        log.info("Adopted %s already at %s", dep_id, rel)
-        return True
 
     def authorization(self, auth: str) -> str | None:
         if auth == p.AuthKind.HF_TOKEN.value:

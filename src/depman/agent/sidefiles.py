@@ -15,6 +15,8 @@ import logging
 import os
 from pathlib import Path
 
+from .errors import LocalFileError
+
 log = logging.getLogger("depman.agent")
 
 PREFIX = ".dm-"
@@ -36,6 +38,20 @@ def partial_path(dest: Path) -> Path:
 def sidecar_path(dest: Path) -> Path:
     """The resume record of ``dest``'s partial."""
     return dest.with_name(_stem(dest) + SIDECAR_SUFFIX)
+
+
+def check_name_length(dest: Path) -> None:
+    """Refuse, before any traffic, a target name longer than its filesystem allows."""
+    limit = 255
+    folder = dest.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    size = len(os.fsencode(dest.name))
+    if size > limit:
+        raise LocalFileError(f"File name too long: {size} bytes, the filesystem allows "
+                             f"{limit} ({dest.name[:40]}...)")
 
 
 def is_side_file(name: str) -> bool:
