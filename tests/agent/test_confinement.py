@@ -74,13 +74,13 @@ def test_linked_folder_leading_out_is_refused(depman_server: Any, tmp_path: Path
     outside.mkdir()
     models = tmp_path / "ws/ComfyUI/models"
     models.mkdir(parents=True)
-    (models / "linked").symlink_to(outside)
-    (models / "dangling").symlink_to(tmp_path / "nowhere")
+    (models / "loras").symlink_to(outside)
+    (models / "vae").symlink_to(tmp_path / "nowhere")
     with ModelOrigin() as origin:
         origin.add("/m/x.bin", data)
         setup_fleet(depman_server, {
-            "linked": dep(origin, "/m/x.bin", "models/linked/x.bin", data),
-            "dangling": dep(origin, "/m/x.bin", "models/dangling/sub/x.bin", data),
+            "linked": dep(origin, "/m/x.bin", "models/loras/x.bin", data),
+            "dangling": dep(origin, "/m/x.bin", "models/vae/sub/x.bin", data),
         }, static=["linked", "dangling"])
         with AgentProcess(agent_env(depman_server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
@@ -98,12 +98,12 @@ def test_linked_folder_leading_out_is_refused(depman_server: Any, tmp_path: Path
 def test_eviction_never_deletes_through_a_link(depman_server: Any, tmp_path: Path) -> None:
     blobs = {name: payload(64 * KiB)[0] for name in ("e1", "e2")}
     outside = tmp_path / "outside"
-    folder = tmp_path / "ws/ComfyUI/models/evict"
+    folder = tmp_path / "ws/ComfyUI/models/vae"
     with ModelOrigin() as origin:
         deps = {}
         for name, data in blobs.items():
             origin.add(f"/m/{name}.bin", data)
-            deps[name] = dep(origin, f"/m/{name}.bin", f"models/evict/{name}.bin", data,
+            deps[name] = dep(origin, f"/m/{name}.bin", f"models/vae/{name}.bin", data,
                              kind="dynamic")
         setup_fleet(depman_server, deps, static=[], policy={
             "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 1,
@@ -121,9 +121,8 @@ def test_eviction_never_deletes_through_a_link(depman_server: Any, tmp_path: Pat
             wait_dynamic(depman_server, [])
             agent.wait_for_line(r"Dep e1 is no longer reported as installed: .*outside")
             # A download with the cap at one byte would evict e1 if the agent still held it.
-            (tmp_path / "ws/ComfyUI/models/evict2").mkdir()
             setup_fleet(depman_server, {"e2": {**deps["e2"],
-                                               "destRelativePath": "models/evict2/e2.bin"}},
+                                               "destRelativePath": "models/loras/e2.bin"}},
                         static=[], policy={"enabled": True, "minFreeBytes": 0,
                                            "maxDynamicBytes": 1, "evictionBatchMax": 5,
                                            "pinTtlSeconds": 0})
