@@ -71,6 +71,8 @@ def adopt_legacy(dest: Path) -> None:
         except ValueError:
             continue
         with contextlib.suppress(OSError):
-            if not os.path.islink(legacy) and legacy.is_file() and not new.exists():
+            if os.path.islink(legacy):
+                legacy.unlink()  # planted, not ours: never written or read through
+            elif legacy.is_file() and not os.path.lexists(new):
                 os.replace(legacy, new)
                 log.info("Resuming %s from its partial under the old name", dest.name)
