@@ -96,7 +96,7 @@ def test_retry_failed_item_now_hands_it_out_with_force_retry(plane: RunningServe
     client.installed_dynamic.append(again["depId"])
     client.status(again, "succeeded")
     assert items_of(plane, client.instance_id)[again["depId"]]["forceRetry"] is False
-    status, body = act(plane, f"/admin/queues/{client.instance_id}/items/{item['depId']}/retry")
+    status, _ = act(plane, f"/admin/queues/{client.instance_id}/items/{item['depId']}/retry")
     assert status == 409
 
 
