@@ -180,3 +180,23 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
         finally:
             if restarted:
                 stop_pid(restarted)
+
+
+def test_an_agent_run_from_source_or_with_self_update_off_keeps_running(
+    depman_server: Any, tmp_path: Path
+) -> None:
+    pyz, old = install_zipapp(tmp_path)
+    setup_fleet(depman_server, {}, [])
+    publish(depman_server, tmp_path, pyz_with(NEW))
+    env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    with AgentProcess(env) as agent:  # python -m depman.agent: nothing of its own to replace
+        agent.wait_for_line("runs from an installed package, not depman-agent.pyz")
+        heartbeats_seen(depman_server, 2)
+        assert agent.log().count("runs from an installed package") == 1
+        assert agent_version(depman_server) == p.AGENT_VERSION
+        assert agent.stop() == 0
+    with AgentProcess({**env, "DM_SELF_UPDATE": "off"}, bundle=pyz) as agent:
+        agent.wait_for_line(r"not installing it \(DM_SELF_UPDATE is off\)")
+        heartbeats_seen(depman_server, 2)
+        assert pyz.read_bytes() == old and "downloading" not in agent.log()
+        assert agent.stop() == 0
