@@ -62,8 +62,10 @@ class QueueItemOut(ApiModel):
 
     item_id: str
     dep_id: str
-    op: Literal["download", "touch"]
+    op: Literal["download", "touch", "delete"]
     resolved: Resolved
+    force_retry: bool | None = None
+    force_retry_after_ms: int | None = None
 
 
 class QueueResponse(ApiModel):
@@ -73,6 +75,28 @@ class QueueResponse(ApiModel):
     pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
+class QueueItemCheck(ApiModel):
+    """One item as the queue-item check answers it (field agents 0.9.14+)."""
+
+    item_id: str
+    dep_id: str
+    op: str
+    state: str
+    attempts: int = 0
+    error: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
+    next_attempt_at: str | None = None
+    resolved: dict[str, Any]
+
+
+class QueueItemCheckResponse(ApiModel):
+    """`GET /dependencies/queue-item`."""
+
+    item: QueueItemCheck
+
+
 class StatusRequest(ApiModel):
     """`POST /dependencies/status`."""
 
@@ -80,7 +104,8 @@ class StatusRequest(ApiModel):
     item_id: str = Field(min_length=1, max_length=300)
     dep_id: str | None = None
     op: str | None = None
-    state: Literal["running", "succeeded", "failed"]
+    # `retrying` and `cancelled`: field agents 0.3.0+ and 0.9.14+ (docs/agent.md).
+    state: Literal["running", "succeeded", "failed", "retrying", "cancelled"]
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: int | None = None
     error: str | None = None
@@ -107,6 +132,7 @@ class StatusResponse(ApiModel):
     ok: bool = True
     applied: bool
     item_state: str | None = None
+    clear_failed_dep_id: bool | None = None
 
 
 class ActiveDownload(ApiModel):
