@@ -24,7 +24,16 @@ from depman.errors import ValidationFailed
 
 # Extensions of model files ComfyUI loads (folder_paths' supported_pt_extensions + gguf/onnx).
 MODEL_EXTENSIONS = (
-    ".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".sft", ".pkl", ".gguf", ".onnx",
+    ".safetensors",
+    ".ckpt",
+    ".pt",
+    ".pt2",
+    ".pth",
+    ".bin",
+    ".sft",
+    ".pkl",
+    ".gguf",
+    ".onnx",
 )
 
 # Loader node -> (widget index in the UI format, input name in the API format, folder key).
@@ -54,7 +63,10 @@ LOADER_WIDGETS: dict[str, tuple[tuple[int, str, str], ...]] = {
     "ModelPatchLoader": ((0, "name", "model_patches"),),
     "AudioEncoderLoader": ((0, "audio_encoder_name", "audio_encoders"),),
     "LTXVAudioVAELoader": ((0, "ckpt_name", "checkpoints"),),
-    "LTXAVTextEncoderLoader": ((0, "text_encoder", "text_encoders"), (1, "ckpt_name", "checkpoints")),
+    "LTXAVTextEncoderLoader": (
+        (0, "text_encoder", "text_encoders"),
+        (1, "ckpt_name", "checkpoints"),
+    ),
     "LoadBackgroundRemovalModel": ((0, "bg_removal_name", "background_removal"),),
     "FrameInterpolationModelLoader": ((0, "model_name", "frame_interpolation"),),
     "OpticalFlowLoader": ((0, "model_name", "optical_flow"),),
@@ -133,8 +145,8 @@ def _ui_node(node: dict[str, Any], subgraphs: dict[str, Any], out: _Collector) -
     if isinstance(properties, dict) and isinstance(properties.get("models"), list):
         for entry in properties["models"]:
             if isinstance(entry, dict):
-                name = entry.get("name")
-                out.add(canonical_or_none(entry.get("directory")), name, node_type, entry.get("url"))
+                name, url = entry.get("name"), entry.get("url")
+                out.add(canonical_or_none(entry.get("directory")), name, node_type, url)
                 if isinstance(name, str):
                     declared.add(name)
     values = node.get("widgets_values")
@@ -145,9 +157,9 @@ def _ui_node(node: dict[str, Any], subgraphs: dict[str, Any], out: _Collector) -
     table = LOADER_WIDGETS.get(node_type)
     if table:
         for index, _name, folder in table:
-            if index < len(values) and values[index] not in declared:
-                if isinstance(values[index], str) and values[index] not in ("", "None"):
-                    out.add(folder, values[index], node_type)
+            value = values[index] if index < len(values) else None
+            if isinstance(value, str) and value not in ("", "None") and value not in declared:
+                out.add(folder, value, node_type)
         return
     subgraph = subgraphs.get(node_type)
     if subgraph is not None:
@@ -234,9 +246,7 @@ def _graphs(document: Any) -> Iterator[tuple[str, Any]]:
             yield from _graphs(document[key])
     if wrapped:
         return
-    if document and all(
-        isinstance(v, dict) and "class_type" in v for v in document.values()
-    ):
+    if document and all(isinstance(v, dict) and "class_type" in v for v in document.values()):
         yield "api", document
         return
     raise ValidationFailed(
