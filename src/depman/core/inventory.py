@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Connection,
+    Text,
     bindparam,
     delete,
     func,
@@ -53,6 +54,9 @@ class Heartbeat:
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
     active_downloads: list[dict[str, Any]] = field(default_factory=list)
+    # Telemetry of later field agents (0.9.16+); None keeps what is stored.
+    disk_stats_path: str | None = None
+    disk_diagnostics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,14 @@ def _fast_update() -> Any:
             downloading_dep_ids=bindparam("p_downloading", type_=JSON()),
             failed_dep_ids=bindparam("p_failed", type_=JSON()),
             active_downloads=bindparam("p_active", type_=JSON()),
+            disk_stats_path=func.coalesce(
+                bindparam("p_disk_path", type_=Text()), Instance.disk_stats_path
+            ),
+            disk_diagnostics=func.coalesce(
+                bindparam("p_disk_diag", type_=JSON(none_as_null=True)),
+                Instance.disk_diagnostics,
+                type_=JSON(),
+            ),
             **keep,
         )
         .returning(Instance.pinned_dep_ids, Instance.server_type, Instance.agent_version)
@@ -130,6 +142,10 @@ def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
         "failed_dep_ids": list(hb.failed),
         "active_downloads": list(hb.active_downloads),
     }
+    if hb.disk_stats_path is not None:
+        values["disk_stats_path"] = hb.disk_stats_path
+    if hb.disk_diagnostics is not None:
+        values["disk_diagnostics"] = hb.disk_diagnostics
     for name in SCALAR_COLUMNS:
         value = getattr(hb, name)
         if value is not None:
@@ -172,6 +188,8 @@ def record_unchanged_heartbeat(
         "p_downloading": list(hb.downloading),
         "p_failed": list(hb.failed),
         "p_active": list(hb.active_downloads),
+        "p_disk_path": hb.disk_stats_path,
+        "p_disk_diag": hb.disk_diagnostics,
     }
     params.update({f"p_{name}": getattr(hb, name) for name in SCALAR_COLUMNS})
     row = conn.execute(FAST_UPDATE, params).first()

@@ -25,6 +25,7 @@ from depman.server.api import (
     admin_instances,
     admin_workflows,
     agent_bundle,
+    agent_items,
     agent_protocol,
     jobs,
     metrics,
@@ -129,6 +130,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     install_error_handlers(app)
     for module in (
         agent_protocol,
+        agent_items,
         admin_catalog,
         admin_instances,
         admin_fleet,

@@ -17,6 +17,9 @@ class DiskStats(ApiModel):
     total_bytes: int | None = None
     free_bytes: int | None = None
     used_bytes: int | None = None
+    # Field agents 0.9.16+: which folder was measured (kept and shown).
+    path: str | None = Field(None, max_length=1000)
+    stat_path: str | None = Field(None, max_length=1000)
 
 
 class RegisterRequest(ApiModel):
@@ -26,6 +29,9 @@ class RegisterRequest(ApiModel):
     agent_version: str = Field("", max_length=200)
     instance_id: str | None = Field(None, max_length=200)
     instance_ip: str | None = Field(None, max_length=64)
+    # Field agents 0.9.20+: the cloud provider and its ids for the instance.
+    provider: str | None = Field(None, max_length=100)
+    provider_metadata: dict[str, Any] | None = None
 
 
 class AgentUpdate(ApiModel):
@@ -62,8 +68,10 @@ class QueueItemOut(ApiModel):
 
     item_id: str
     dep_id: str
-    op: Literal["download", "touch"]
+    op: Literal["download", "touch", "delete"]
     resolved: Resolved
+    force_retry: bool | None = None
+    force_retry_after_ms: int | None = None
 
 
 class QueueResponse(ApiModel):
@@ -73,6 +81,28 @@ class QueueResponse(ApiModel):
     pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
+class QueueItemCheck(ApiModel):
+    """One item as the queue-item check answers it (field agents 0.9.14+)."""
+
+    item_id: str
+    dep_id: str
+    op: str
+    state: str
+    attempts: int = 0
+    error: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
+    next_attempt_at: str | None = None
+    resolved: dict[str, Any]
+
+
+class QueueItemCheckResponse(ApiModel):
+    """`GET /dependencies/queue-item`."""
+
+    item: QueueItemCheck
+
+
 class StatusRequest(ApiModel):
     """`POST /dependencies/status`."""
 
@@ -80,7 +110,8 @@ class StatusRequest(ApiModel):
     item_id: str = Field(min_length=1, max_length=300)
     dep_id: str | None = None
     op: str | None = None
-    state: Literal["running", "succeeded", "failed"]
+    # `retrying` and `cancelled`: field agents 0.3.0+ and 0.9.14+ (docs/agent.md).
+    state: Literal["running", "succeeded", "failed", "retrying", "cancelled"]
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: int | None = None
     error: str | None = None
@@ -107,15 +138,47 @@ class StatusResponse(ApiModel):
     ok: bool = True
     applied: bool
     item_state: str | None = None
+    clear_failed_dep_id: bool | None = None
 
 
 class ActiveDownload(ApiModel):
-    """Live progress of one download (extension)."""
+    """Live progress of one download (extension), in the field agents' names (0.7.9+).
 
-    dep_id: str
+    depman's agents before 0.2 sent `bytesDone`, `bytesTotal`, `bytesPerSecond`;
+    they are still read, and stored under the field agents' names.
+    """
+
+    dep_id: str = Field(max_length=200)
+    stage: str | None = Field(None, max_length=50)
+    downloaded_bytes: int | None = None
+    expected_bytes: int | None = None
+    throughput_bytes_per_sec: float | None = None
+    started_at_ms: int | None = None
+    updated_at_ms: int | None = None
+    tool: str | None = Field(None, max_length=100)
+    dest_relative_path: str | None = Field(None, max_length=1000)
     bytes_done: int | None = None
     bytes_total: int | None = None
     bytes_per_second: float | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The row as kept and shown: one vocabulary, absent fields left out."""
+        row: dict[str, Any] = {
+            "depId": self.dep_id,
+            "stage": self.stage,
+            "downloadedBytes": _first(self.downloaded_bytes, self.bytes_done),
+            "expectedBytes": _first(self.expected_bytes, self.bytes_total),
+            "throughputBytesPerSec": _first(self.throughput_bytes_per_sec, self.bytes_per_second),
+            "startedAtMs": self.started_at_ms,
+            "updatedAtMs": self.updated_at_ms,
+            "tool": self.tool,
+            "destRelativePath": self.dest_relative_path,
+        }
+        return {key: value for key, value in row.items() if value is not None}
+
+
+def _first(value: Any, fallback: Any) -> Any:
+    return value if value is not None else fallback
 
 
 class HeartbeatRequest(ApiModel):
@@ -130,6 +193,7 @@ class HeartbeatRequest(ApiModel):
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
     active_downloads: list[ActiveDownload] = Field(default_factory=list)
+    disk_diagnostics: dict[str, Any] | None = None
 
     def lists_key(self) -> int:
         """A cheap in-process key of the installed lists as sent (see `BeatMemo.lists_key`)."""
@@ -148,7 +212,9 @@ class HeartbeatRequest(ApiModel):
             disk_used_bytes=disk.used_bytes if disk else None,
             dynamic_bytes_used=self.dynamic_bytes_used,
             queue_depth=self.queue_depth,
-            active_downloads=[a.model_dump(by_alias=True) for a in self.active_downloads],
+            active_downloads=[a.stored() for a in self.active_downloads],
+            disk_stats_path=(disk.path or disk.stat_path) if disk else None,
+            disk_diagnostics=self.disk_diagnostics,
         )
 
 
