@@ -14,8 +14,13 @@ app = typer.Typer(
 )
 agent_app = typer.Typer(help="The node agent (standard library only).")
 jobs_app = typer.Typer(help="Submit and inspect jobs.", no_args_is_help=True)
+workflow_app = typer.Typer(
+    help="ComfyUI workflows: the models they need, and importing unknown ones.",
+    no_args_is_help=True,
+)
 app.add_typer(agent_app, name="agent")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(workflow_app, name="workflow")
 
 ServerOpt = Annotated[
     str,
@@ -111,8 +116,16 @@ def get(
 
 @jobs_app.command("submit")
 def jobs_submit(
-    dep_ids: Annotated[list[str], typer.Argument(help="Dep ids the job needs.")],
     server_type: Annotated[str, typer.Option("--server-type", help="Server type to run on.")],
+    dep_ids: Annotated[
+        list[str] | None, typer.Argument(help="Dep ids the job needs.", show_default=False)
+    ] = None,
+    workflow: Annotated[
+        Path | None,
+        typer.Option(
+            "--workflow", help="ComfyUI workflow JSON: the job needs its models.", exists=True
+        ),
+    ] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Own job id.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the job is ready or failed.")] = False,
     server_url: ServerOpt = DEFAULT_SERVER_URL,
@@ -121,7 +134,63 @@ def jobs_submit(
     """Submit a job: reserve an instance and queue the deps it lacks."""
     from depman.client.commands import submit_job
 
-    submit_job(server_type, dep_ids, job_id=job_id, wait=wait, server_url=server_url, token=token)
+    submit_job(
+        server_type,
+        dep_ids or [],
+        job_id=job_id,
+        wait=wait,
+        server_url=server_url,
+        token=token,
+        workflow=workflow,
+    )
+
+
+class DepKind(StrEnum):
+    """Kind of the entries `depman workflow import` adds."""
+
+    static = "static"
+    dynamic = "dynamic"
+
+
+class DepAuth(StrEnum):
+    """Auth of the entries `depman workflow import` adds."""
+
+    none = "none"
+    hf_token = "hf_token"
+    civitai_token = "civitai_token"
+
+
+WorkflowArg = Annotated[
+    Path, typer.Argument(help="ComfyUI workflow JSON (UI or API format).", exists=True)
+]
+
+
+@workflow_app.command("deps")
+def workflow_deps(
+    file: WorkflowArg,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """List the model files the workflow uses and which catalog deps provide them."""
+    from depman.client.workflows import show_workflow_deps
+
+    show_workflow_deps(file, server_url=server_url, token=token)
+
+
+@workflow_app.command("import")
+def workflow_import(
+    file: WorkflowArg,
+    kind: Annotated[DepKind, typer.Option(help="Kind of the added entries.")] = DepKind.dynamic,
+    auth: Annotated[DepAuth, typer.Option(help="Auth of the added entries.")] = DepAuth.none,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Add catalog entries for the workflow's unknown models that carry a url."""
+    from depman.client.workflows import import_workflow_models
+
+    import_workflow_models(
+        file, kind=kind.value, auth=auth.value, server_url=server_url, token=token
+    )
 
 
 @jobs_app.command("get")

@@ -7,7 +7,7 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./depman.db"
@@ -113,6 +113,31 @@ class ServerSettings(BaseSettings):
         None,
         description="Root URL agents reach this server at, for agentUpdate.downloadUrl "
         "(unset: the scheme and Host of each agent's own request).",
+    )
+    hf_endpoint: str = Field(
+        "https://huggingface.co",
+        validation_alias=AliasChoices("DEPMAN_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Hugging Face Hub base URL that resolves hf:// sources (the Hugging Face "
+        "client's HF_ENDPOINT convention).",
+    )
+    civitai_endpoint: str = Field(
+        "https://civitai.com",
+        validation_alias=AliasChoices("DEPMAN_CIVITAI_ENDPOINT"),
+        description="Civitai base URL that resolves civitai:// sources.",
+    )
+    hf_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DEPMAN_HF_TOKEN", "HF_TOKEN"),
+        description="Token for resolving hf:// sources of gated or private repos (sent to "
+        "hf_endpoint only; never stored in the catalog).",
+    )
+    civitai_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DEPMAN_CIVITAI_TOKEN", "CIVITAI_TOKEN"),
+        description="Token for resolving civitai:// sources that need a login.",
+    )
+    source_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time limit of each request that resolves a source."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     workers: int = Field(

@@ -129,13 +129,31 @@ class AdminClient:
     # Jobs ------------------------------------------------------------------
 
     def submit_job(
-        self, server_type: str, dep_ids: list[str], *, job_id: str | None = None
+        self,
+        server_type: str,
+        dep_ids: list[str],
+        *,
+        job_id: str | None = None,
+        workflow: JsonDoc | None = None,
     ) -> JsonDoc:
         """Submit a job; answers `{"jobId", "instanceId", "state", "missingDepIds"}`."""
         body: JsonDoc = {"serverType": server_type, "depIds": dep_ids}
         if job_id is not None:
             body["jobId"] = job_id
+        if workflow is not None:
+            body["workflow"] = workflow
         return self._request("POST", "/jobs", json=body)
+
+    # Workflows -------------------------------------------------------------
+
+    def workflow_deps(self, workflow: JsonDoc) -> JsonDoc:
+        """The workflow's models matched against the catalog."""
+        return self._request("POST", "/admin/workflows/deps", json={"workflow": workflow})
+
+    def import_workflow(self, workflow: JsonDoc, *, kind: str, auth: str) -> JsonDoc:
+        """Add catalog entries for the workflow's unknown models that carry a url."""
+        body = {"workflow": workflow, "kind": kind, "auth": auth}
+        return self._request("POST", "/admin/workflows/import", json=body)
 
     def list_jobs(
         self, *, state: str | None = None, instance_id: str | None = None

@@ -23,6 +23,7 @@ from depman.server.api import (
     admin_catalog,
     admin_fleet,
     admin_instances,
+    admin_workflows,
     agent_bundle,
     agent_items,
     agent_protocol,
@@ -35,6 +36,7 @@ from depman.server.fastlane import AgentFastLane
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
 from depman.settings import ServerSettings
+from depman.sources import SourceResolver
 from depman.store.session import Database, open_database
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: ServerSettings, *, database: Database | None = None) -> FastAPI:
     """The application: routers, error handlers, metrics, dashboard; the engine on `app.state`."""
     db = database or open_database(settings.database_url, pool_size=settings.db_pool_size)
-    state = ServerState(settings=settings, db=db, policy=Policy.from_settings(settings))
+    state = ServerState(
+        settings=settings,
+        db=db,
+        policy=Policy.from_settings(settings),
+        resolver=SourceResolver.from_settings(settings),
+    )
     _install_commit_hooks(state)
     app = FastAPI(
         title="depman control plane",
@@ -127,6 +134,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         admin_catalog,
         admin_instances,
         admin_fleet,
+        admin_workflows,
         admin_agent_builds,
         jobs,
         metrics,

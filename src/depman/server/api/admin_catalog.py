@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from depman.core import catalog, profiles, server_types
 from depman.core.views import dep_document, profile_document, server_type_document
-from depman.server.deps import AdminDep, ReadSessionDep, SessionDep
+from depman.server.deps import AdminDep, ReadSessionDep, SessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.admin import (
     DepIn,
@@ -76,9 +76,9 @@ def list_deps(session: ReadSessionDep) -> dict[str, Any]:
 
 
 @router.put("/deps/{dep_id}", response_model=DepOut, responses=ERRORS)
-def put_dep(dep_id: str, body: DepIn, session: SessionDep) -> dict[str, Any]:
-    """Create or replace a catalog entry (validated)."""
-    dep = catalog.put_dep(dep_id, dep_spec(body), session=session)
+def put_dep(dep_id: str, body: DepIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
+    """Create or replace a catalog entry (validated; hf:// and civitai:// sources resolved)."""
+    dep = catalog.put_dep(dep_id, dep_spec(body), session=session, resolve=state.resolver)
     session.commit()
     return dep_document(dep)
 

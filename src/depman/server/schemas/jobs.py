@@ -13,7 +13,9 @@ class JobCreate(ApiModel):
     """`POST /jobs`."""
 
     server_type: str = Field(min_length=1, max_length=200)
-    dep_ids: list[str] = Field(max_length=1000)
+    dep_ids: list[str] = Field(default_factory=list, max_length=1000)
+    # A ComfyUI workflow (UI or API format): its models' deps are added to depIds.
+    workflow: dict[str, Any] | None = None
     job_id: str | None = Field(None, max_length=200)
 
 
