@@ -78,6 +78,69 @@ def agent_bundle(
     typer.echo(f"wrote {output} sha256={digest}")
 
 
+@agent_app.command("publish")
+def agent_publish(
+    file: Annotated[Path, typer.Argument(help="The agent file (e.g. depman-agent.pyz).")],
+    server_type: Annotated[str, typer.Option("--server-type", help="Server type to offer it to.")],
+    version: Annotated[
+        str | None,
+        typer.Option(help="Its version [default: read from a depman agent zipapp]."),
+    ] = None,
+    rollout_percent: Annotated[
+        int,
+        typer.Option(
+            "--rollout-percent", min=0, max=100, help="Share of the type's instances offered it."
+        ),
+    ] = 100,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Publish an agent build: agents of the type on another version update to it."""
+    from depman.client.agent_builds import publish_build
+
+    publish_build(
+        file,
+        server_type,
+        version=version,
+        rollout_percent=rollout_percent,
+        server_url=server_url,
+        token=token,
+    )
+
+
+@agent_app.command("builds")
+def agent_builds(server_url: ServerOpt = DEFAULT_SERVER_URL, token: TokenOpt = None) -> None:
+    """List published agent builds and how far each rollout got."""
+    from depman.client.agent_builds import list_builds
+
+    list_builds(server_url=server_url, token=token)
+
+
+@agent_app.command("rollout")
+def agent_rollout(
+    server_type: Annotated[str, typer.Argument(help="Server type whose build to roll out.")],
+    percent: Annotated[int, typer.Argument(min=0, max=100, help="Share of its instances.")],
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Offer the published build to another share of the type's instances."""
+    from depman.client.agent_builds import set_rollout
+
+    set_rollout(server_type, percent, server_url=server_url, token=token)
+
+
+@agent_app.command("unpublish")
+def agent_unpublish(
+    server_type: Annotated[str, typer.Argument(help="Server type whose build to withdraw.")],
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Stop offering a server type's build (agents keep what they run)."""
+    from depman.client.agent_builds import unpublish_build
+
+    unpublish_build(server_type, server_url=server_url, token=token)
+
+
 @app.command()
 def apply(
     file: Annotated[Path, typer.Option("-f", "--file", help="Fleet YAML file.", exists=True)],

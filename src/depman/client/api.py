@@ -191,6 +191,31 @@ class AdminClient:
 
     # Plumbing --------------------------------------------------------------
 
+    # Agent builds ------------------------------------------------------------
+
+    def publish_agent_build(
+        self, server_type: str, data: bytes, *, version: str | None, rollout_percent: int
+    ) -> JsonDoc:
+        """Publish an agent file for a server type (replaces its build)."""
+        params: dict[str, Any] = {"rolloutPercent": rollout_percent}
+        if version:
+            params["version"] = version
+        path = f"/admin/agent-builds/{_segment(server_type)}"
+        return self._request("PUT", path, params=params, content=data)
+
+    def list_agent_builds(self) -> list[JsonDoc]:
+        """Every published agent build."""
+        return _items(self._request("GET", "/admin/agent-builds"), "builds")
+
+    def set_agent_rollout(self, server_type: str, percent: int) -> JsonDoc:
+        """Change the rollout percentage of a published build."""
+        path = f"/admin/agent-builds/{_segment(server_type)}"
+        return self._request("PATCH", path, json={"rolloutPercent": percent})
+
+    def unpublish_agent_build(self, server_type: str) -> None:
+        """Stop offering a server type's build."""
+        self._request("DELETE", f"/admin/agent-builds/{_segment(server_type)}")
+
     def _doc_path(self, section: str, doc_id: str) -> str:
         return f"/admin/{SECTION_PATHS[section]}/{_segment(doc_id)}"
 
@@ -202,8 +227,11 @@ class AdminClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
+        content: bytes | None = None,
     ) -> Any:
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if content is not None:
+            extra.update(content=content, headers={"Content-Type": "application/octet-stream"})
         try:
             response = self._http.request(method, path, json=json, params=params, **extra)
         except httpx.TimeoutException as exc:
