@@ -32,6 +32,7 @@ KiB, MiB = 1024, 1024 * 1024
 
 def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Path) -> None:
     small, big, resumed = payload(64 * KiB)[0], payload(3 * MiB)[0], payload(64 * KiB)[0]
+    linked = payload(64 * KiB)[0]
     outside = tmp_path / "outside"
     outside.mkdir()
     victim = outside / "victim.bin"
@@ -42,9 +43,11 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
         origin.add("/m/small.bin", small)
         origin.add("/m/big.bin", big)
         origin.add("/m/resumed.bin", resumed)
+        origin.add("/m/linked.bin", linked)
         deps = {"small": dep(origin, "/m/small.bin", "models/loras/small.bin", small),
                 "big": dep(origin, "/m/big.bin", "models/loras/big.bin", big),
-                "resumed": dep(origin, "/m/resumed.bin", "models/loras/resumed.bin", resumed)}
+                "resumed": dep(origin, "/m/resumed.bin", "models/loras/resumed.bin", resumed),
+                "linked": dep(origin, "/m/linked.bin", "models/loras/linked.bin", linked)}
         # Dangling links where a single-stream and a segmented download put their partials,
         (loras / "small.bin.partial").symlink_to(outside / "planted-small.bin")
         (loras / "big.bin.partial").symlink_to(outside / "planted-big.bin")
@@ -54,13 +57,21 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
             "mode": "single", "etag": None, "total": len(resumed),
             "source": source_key(deps["resumed"]["url"]),
             "sha256": hashlib.sha256(resumed).hexdigest(), "expectedSize": len(resumed)}))
+        # A link at the destination itself, to an outside file with the right bytes: not
+        # adopted through the link; the download replaces the link, not its target.
+        (outside / "twin.bin").write_bytes(linked)
+        (loras / "linked.bin").symlink_to(outside / "twin.bin")
         setup_fleet(depman_server, deps, static=sorted(deps))
         with AgentProcess(agent_env(depman_server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: instance(depman_server).get("installedDepIdsStatic")
                               == sorted(deps), 40), (items(depman_server), agent.log())
             assert agent.stop() == 0
-    for name, data in (("small", small), ("big", big), ("resumed", resumed)):
+        assert origin.requests_for("/m/linked.bin")
+    assert (outside / "twin.bin").read_bytes() == linked
+    (outside / "twin.bin").unlink()
+    for name, data in (("small", small), ("big", big), ("resumed", resumed),
+                       ("linked", linked)):
         assert (loras / f"{name}.bin").read_bytes() == data
         assert not (loras / f"{name}.bin").is_symlink()
         assert not (loras / f"{name}.bin.partial").exists()
