@@ -17,6 +17,7 @@ from .errors import DownloadError, UnsafePath
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
+JOINED_PATHS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,19 @@ class Cache:
         self.lock = threading.RLock()
         self.state: AgentState = store.load()
         self.confinement = Confinement(comfyui_dir)
+        # rel -> (path, its folder): parsing paths was most of a heartbeat's re-check.
+        self._joined: dict[str, tuple[Path, str]] = {}
 
     def path_for(self, rel: str, memo: dict[str, bool] | None = None) -> Path:
         """The final path of ``rel``; UnsafePath when it lies outside the ComfyUI folder."""
-        path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
-        return self.confinement.check(path, rel, memo)
+        joined = self._joined.get(rel)
+        if joined is None:
+            path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
+            joined = (path, str(path.parent))
+            if len(self._joined) < JOINED_PATHS_MAX:
+                self._joined[rel] = joined
+        # Confinement is checked on every call: a folder can become a link at any time.
+        return self.confinement.check(joined[0], rel, memo, folder=joined[1])
 
     def save(self) -> None:
         with self.lock:
