@@ -153,3 +153,29 @@ def test_evictor_confines_right_before_deleting(tmp_path: Path) -> None:
                             batch_max=5, pin_ttl_seconds=0)
     assert Evictor(cache, policy).evict(need_free_bytes=0, protected=set()) == []
     assert (outside / "a.bin").exists()
+
+
+def test_folder_relinked_during_a_download(depman_server: Any, tmp_path: Path) -> None:
+    """The folder becomes a link out while bytes flow: the agent stops, writes nothing out."""
+    data = payload(512 * KiB)[0]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    loras = tmp_path / "ws/ComfyUI/models/loras"
+    loras.mkdir(parents=True)
+    with ModelOrigin() as origin:
+        # Slow, and the connection drops once halfway: the retry must not follow the link.
+        origin.add("/m/slow.bin", data, rate=128 * KiB, drop_after=256 * KiB)
+        setup_fleet(depman_server, {"slow": dep(origin, "/m/slow.bin", "models/loras/slow.bin",
+                                                data)}, static=["slow"])
+        env = agent_env(depman_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
+        with AgentProcess(env) as agent:
+            agent.wait_for_line(r"Registered dependency agent")
+            partial = loras / "slow.bin.partial"
+            assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 30)
+            loras.rename(loras.with_name("loras.old"))
+            loras.symlink_to(outside)
+            assert wait_until(lambda: items(depman_server).get("slow", {}).get("state")
+                              == "failed", 30), agent.log()
+            assert "outside the ComfyUI folder" in items(depman_server)["slow"]["error"]
+            assert agent.stop() == 0
+    assert list(outside.iterdir()) == []
