@@ -18,6 +18,7 @@ from .logonce import problems
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
+JOINED_PATHS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,19 @@ class Cache:
         self.state: AgentState = store.load()
         self.dirty = False  # a save failed (disk full): the state lives in memory until one works
         self.confinement = Confinement(comfyui_dir)
+        # rel -> (path, its folder): parsing paths was most of a heartbeat's re-check.
+        self._joined: dict[str, tuple[Path, str]] = {}
 
     def path_for(self, rel: str, memo: dict[str, bool] | None = None) -> Path:
         """The final path of ``rel``; UnsafePath when it lies outside the ComfyUI folder."""
-        path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
-        return self.confinement.check(path, rel, memo)
+        joined = self._joined.get(rel)
+        if joined is None:
+            path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
+            joined = (path, str(path.parent))
+            if len(self._joined) < JOINED_PATHS_MAX:
+                self._joined[rel] = joined
+        # Confinement is checked on every call: a folder can become a link at any time.
+        return self.confinement.check(joined[0], rel, memo, folder=joined[1])
 
     def save(self) -> bool:
         """Write the state file (temp + fsync + rename: never half-written).

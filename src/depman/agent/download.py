@@ -69,6 +69,10 @@ class DownloadOptions:
     # Called before each chunk of a body whose size nobody knows; raises
     # InsufficientDiskSpace before the write would take the disk under its floor.
     check_room: Callable[[int], None] | None = None
+    # Called before every attempt and right before the rename into place; raises
+    # (UnsafePath) when the destination's folder no longer lies where it may (re-linked
+    # while the download ran).
+    check_dest: Callable[[], object] | None = None
 
     def new_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts, base_delay=self.base_delay,
@@ -198,6 +202,8 @@ class _Download:
                         timeout=self.options.timeout, pool=pool)
 
     def _attempt(self, force_single: bool) -> DownloadResult:
+        if self.options.check_dest is not None:  # a retry must not write through a new link
+            self.options.check_dest()
         try:
             return self._attempt_inner(force_single)
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -399,6 +405,8 @@ class _Download:
             error = _SegmentedMismatch if segmented else VerificationError
             raise error(f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
                         f"got {digest}", retryable=False)
+        if self.options.check_dest is not None:
+            self.options.check_dest()
         os.replace(self.partial, spec.dest)
         fsync_dir(spec.dest.parent)
         self.sidecar.path.unlink(missing_ok=True)

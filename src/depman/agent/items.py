@@ -129,7 +129,8 @@ class ItemRunner:
                             connections=self.config.download_connections,
                             min_segment_bytes=self.config.min_segment_bytes,
                             stop=self.stop, progress=progress, ensure_space=ensure_space,
-                            check_room=check_room))
+                            check_room=check_room,
+                            check_dest=lambda: self.cache.path_for(rel)))
         self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256)
         log.info("Installed %s (%d bytes%s)", dep_id, result.size,
                  ", segmented" if result.segmented else "")
