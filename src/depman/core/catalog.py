@@ -18,7 +18,11 @@ AUTH_KINDS = ("none", "hf_token", "civitai_token")
 DEP_KINDS = ("static", "dynamic")
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # Ids travel in URL paths and in `<depId>.<gen>` item ids: no slashes, spaces or controls.
-ID_RE = re.compile(r"^[^/\\\s\x00-\x1f\x7f]{1,200}$")
+ID_RE = re.compile(r"^[^/\\\s\x00-\x1f\x7f-\x9f]{1,200}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Where a catalog entry may write, relative to the ComfyUI folder: model files only,
+# unless the server runs with DEPMAN_ALLOW_ANY_DESTINATION (docs/server.md).
+MODEL_ROOTS = ("models/",)
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,13 @@ def validate_id(value: str, what: str) -> str:
     return value
 
 
-def validate_dest_path(path: str) -> str:
-    """A path relative to the ComfyUI folder that cannot leave it."""
-    if not path or "\x00" in path:
+def validate_dest_path(path: str, *, allow_any_destination: bool = False) -> str:
+    """A path relative to the ComfyUI folder that cannot leave it, under a model root
+    unless `allow_any_destination` (the one place the destination rule lives)."""
+    if not path:
         raise ValidationFailed("destRelativePath must be a non-empty relative path")
+    if CONTROL_RE.search(path):
+        raise ValidationFailed("destRelativePath must not contain control characters")
     if "\\" in path:
         raise ValidationFailed("destRelativePath must use '/' separators")
     if path.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", path):
@@ -55,10 +62,18 @@ def validate_dest_path(path: str) -> str:
         raise ValidationFailed(
             "destRelativePath must stay inside the ComfyUI folder (no '..', '.' or empty parts)"
         )
+    if not allow_any_destination and not (
+        path.startswith(MODEL_ROOTS) and path not in MODEL_ROOTS and len(parts) > 1
+    ):
+        roots = ", ".join(MODEL_ROOTS)
+        raise ValidationFailed(
+            f"destRelativePath must be a file under {roots} (the server refuses other "
+            "destinations unless started with DEPMAN_ALLOW_ANY_DESTINATION=1)"
+        )
     return path
 
 
-def validate_dep(spec: DepSpec) -> DepSpec:
+def validate_dep(spec: DepSpec, *, allow_any_destination: bool = False) -> DepSpec:
     """Check a catalog entry; answer it normalised (sha256 lower case)."""
     parts = urlsplit(spec.url or "")
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -67,7 +82,7 @@ def validate_dep(spec: DepSpec) -> DepSpec:
         raise ValidationFailed(f"auth must be one of {', '.join(AUTH_KINDS)}")
     if spec.kind not in DEP_KINDS:
         raise ValidationFailed(f"kind must be one of {', '.join(DEP_KINDS)}")
-    validate_dest_path(spec.dest_relative_path)
+    validate_dest_path(spec.dest_relative_path, allow_any_destination=allow_any_destination)
     sha = spec.sha256
     if sha is not None:
         if not SHA256_RE.match(sha):
@@ -86,10 +101,12 @@ def validate_dep(spec: DepSpec) -> DepSpec:
     )
 
 
-def put_dep(dep_id: str, spec: DepSpec, *, session: Session) -> Dep:
+def put_dep(
+    dep_id: str, spec: DepSpec, *, session: Session, allow_any_destination: bool = False
+) -> Dep:
     """Create or replace a catalog entry."""
     validate_id(dep_id, "depId")
-    spec = validate_dep(spec)
+    spec = validate_dep(spec, allow_any_destination=allow_any_destination)
     now = utcnow()
     dep = session.get(Dep, dep_id)
     if dep is None:

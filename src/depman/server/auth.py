@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
@@ -10,6 +12,23 @@ from sqlalchemy.orm import Session
 from depman.core.instances import hash_token, stored_token_hash, verify_token
 from depman.errors import AuthError
 from depman.server.state import ServerState
+
+
+@contextmanager
+def attempt(state: ServerState, realm: str, client: str) -> Iterator[None]:
+    """Around a credential check: refused while the client backs off, failures recorded.
+
+    See `server/auth_failures.py`: 429 after repeated failures; logged without the
+    offered secret; counted in /metrics.
+    """
+    failures = state.auth_failures
+    failures.check(realm, client)
+    try:
+        yield
+    except AuthError as exc:
+        failures.failed(realm, client, exc.message)
+        raise
+    failures.succeeded(realm, client)
 
 
 def same_secret(given: str | None, expected: SecretStr) -> bool:

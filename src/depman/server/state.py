@@ -9,6 +9,7 @@ from fastapi import Request
 from depman.core.beats import BeatBuffer
 from depman.core.policy import Policy
 from depman.core.wakeups import WakeupHub
+from depman.server.auth_failures import AuthFailures
 from depman.settings import ServerSettings
 from depman.store.session import Database
 
@@ -22,6 +23,12 @@ class ServerState:
     policy: Policy
     hub: WakeupHub = field(default_factory=WakeupHub)
     beats: BeatBuffer = field(default_factory=BeatBuffer)
+    auth_failures: AuthFailures = field(default_factory=AuthFailures)
+
+
+def client_address(request: Request) -> str:
+    """The client's address (the proxy's forwarded one when the peer is trusted)."""
+    return request.client.host if request.client else "unknown"
 
 
 def server_state(request: Request) -> ServerState:

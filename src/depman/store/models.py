@@ -234,3 +234,12 @@ class JobDep(Base):
     )
     dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RevokedSession(Base):
+    """A dashboard session cookie logged out before its expiry (by its signature's digest)."""
+
+    __tablename__ = "revoked_sessions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(_tz(), index=True)

@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from depman.core.inventory import Heartbeat
 from depman.core.reports import StatusReport
 from depman.server.schemas import ApiModel
+from depman.server.schemas.bounds import (
+    MAX_LIST_IDS,
+    CleanText,
+    Id,
+    IdList,
+    ItemId,
+    NonNegFloat,
+    NonNegInt32,
+    NonNegInt64,
+    ShortText,
+)
 
 
 class DiskStats(ApiModel):
     """Disk figures of the ComfyUI folder's file system."""
 
-    total_bytes: int | None = None
-    free_bytes: int | None = None
-    used_bytes: int | None = None
+    total_bytes: NonNegInt64 | None = None
+    free_bytes: NonNegInt64 | None = None
+    used_bytes: NonNegInt64 | None = None
 
 
 class RegisterRequest(ApiModel):
     """`POST /dependencies/register`."""
 
-    server_type: str = Field(min_length=1, max_length=200)
-    agent_version: str = Field("", max_length=200)
-    instance_id: str | None = Field(None, max_length=200)
-    instance_ip: str | None = Field(None, max_length=64)
+    server_type: Id
+    agent_version: Annotated[ShortText, Field(max_length=100)] = ""
+    instance_id: Id | None = None
+    instance_ip: Annotated[ShortText, Field(max_length=64)] | None = None
 
 
 class RegisterResponse(ApiModel):
@@ -67,14 +78,14 @@ class QueueResponse(ApiModel):
 class StatusRequest(ApiModel):
     """`POST /dependencies/status`."""
 
-    instance_id: str = Field(min_length=1, max_length=200)
-    item_id: str = Field(min_length=1, max_length=300)
-    dep_id: str | None = None
-    op: str | None = None
+    instance_id: Id
+    item_id: ItemId
+    dep_id: Id | None = None
+    op: ShortText | None = None
     state: Literal["running", "succeeded", "failed"]
     disk_stats: DiskStats | None = None
-    dynamic_bytes_used: int | None = None
-    error: str | None = None
+    dynamic_bytes_used: NonNegInt64 | None = None
+    error: CleanText | None = None
 
     def to_core(self) -> StatusReport:
         """The report as the core applies it."""
@@ -103,24 +114,26 @@ class StatusResponse(ApiModel):
 class ActiveDownload(ApiModel):
     """Live progress of one download (extension)."""
 
-    dep_id: str
-    bytes_done: int | None = None
-    bytes_total: int | None = None
-    bytes_per_second: float | None = None
+    dep_id: Id
+    bytes_done: NonNegInt64 | None = None
+    bytes_total: NonNegInt64 | None = None
+    bytes_per_second: NonNegFloat | None = None
 
 
 class HeartbeatRequest(ApiModel):
     """`POST /dependencies/heartbeat`."""
 
-    instance_id: str = Field(min_length=1, max_length=200)
-    installed_static_dep_ids: list[str] = Field(default_factory=list)
-    installed_dynamic_dep_ids: list[str] = Field(default_factory=list)
-    downloading_dep_ids: list[str] = Field(default_factory=list)
-    failed_dep_ids: list[str] = Field(default_factory=list)
+    instance_id: Id
+    installed_static_dep_ids: IdList = Field(default_factory=list)
+    installed_dynamic_dep_ids: IdList = Field(default_factory=list)
+    downloading_dep_ids: IdList = Field(default_factory=list)
+    failed_dep_ids: IdList = Field(default_factory=list)
     disk_stats: DiskStats | None = None
-    dynamic_bytes_used: int | None = None
-    queue_depth: int | None = None
-    active_downloads: list[ActiveDownload] = Field(default_factory=list)
+    dynamic_bytes_used: NonNegInt64 | None = None
+    queue_depth: NonNegInt32 | None = None
+    active_downloads: Annotated[list[ActiveDownload], Field(max_length=MAX_LIST_IDS)] = Field(
+        default_factory=list
+    )
 
     def lists_key(self) -> int:
         """A cheap in-process key of the installed lists as sent (see `BeatMemo.lists_key`)."""
