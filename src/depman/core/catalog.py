@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.states import ACTIVE_JOB_STATES, ItemState, JobState
 from depman.errors import Conflict, NotFound, ValidationFailed
@@ -140,7 +141,9 @@ def missing_dep_ids(dep_ids: list[str], *, session: Session) -> list[str]:
     """Those of `dep_ids` that are not in the catalog."""
     if not dep_ids:
         return []
-    known = set(session.scalars(select(Dep.dep_id).where(Dep.dep_id.in_(dep_ids))))
+    known: set[str] = set()
+    for part in chunks(dep_ids):
+        known.update(session.scalars(select(Dep.dep_id).where(Dep.dep_id.in_(part))))
     return [dep_id for dep_id in dep_ids if dep_id not in known]
 
 

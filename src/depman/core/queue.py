@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Integer, Select, and_, bindparam, case, func,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
@@ -273,17 +274,16 @@ def mark_downloads_progressing(
     instance_id: str, dep_ids: list[str], *, conn: Connection, now: datetime
 ) -> None:
     """Record that a heartbeat lists these deps as downloading (keeps running items alive)."""
-    if not dep_ids:
-        return
-    conn.execute(
-        update(QueueItem)
-        .where(
-            QueueItem.instance_id == instance_id,
-            QueueItem.state == ItemState.RUNNING.value,
-            QueueItem.dep_id.in_(dep_ids),
+    for part in chunks(dep_ids):
+        conn.execute(
+            update(QueueItem)
+            .where(
+                QueueItem.instance_id == instance_id,
+                QueueItem.state == ItemState.RUNNING.value,
+                QueueItem.dep_id.in_(part),
+            )
+            .values(last_progress_at=now)
         )
-        .values(last_progress_at=now)
-    )
 
 
 def succeed_held_downloads(

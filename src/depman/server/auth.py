@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from depman.core.instances import hash_token, stored_token_hash, verify_token
-from depman.errors import AuthError
+from depman.errors import AuthError, MissingCredentials
 from depman.server.state import ServerState
 
 
@@ -25,6 +25,8 @@ def attempt(state: ServerState, realm: str, client: str) -> Iterator[None]:
     failures.check(realm, client)
     try:
         yield
+    except MissingCredentials:
+        raise
     except AuthError as exc:
         failures.failed(realm, client, exc.message)
         raise
@@ -58,7 +60,7 @@ def check_agent(
 ) -> None:
     """The bearer token must be `instance_id`'s agent token."""
     if not token:
-        raise AuthError("missing agent token: register first")
+        raise MissingCredentials("missing agent token: register first")
     digest = hash_token(token)
     hints = state.hub.hints
     if hints.token_matches(instance_id, digest):
@@ -73,9 +75,9 @@ def check_admin(state: ServerState, token: str | None, *, allow_submit: bool = F
     """The admin token (or, where allowed, the submit token)."""
     settings = state.settings
     if settings.admin_token is None and (not allow_submit or settings.submit_token is None):
-        raise AuthError("the server has no DEPMAN_ADMIN_TOKEN configured")
+        raise MissingCredentials("the server has no DEPMAN_ADMIN_TOKEN configured")
     if not token:
-        raise AuthError("missing bearer token")
+        raise MissingCredentials("missing bearer token")
     if settings.admin_token is not None and same_secret(token, settings.admin_token):
         return
     if (

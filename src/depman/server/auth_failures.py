@@ -95,8 +95,8 @@ class AuthFailures:
             record.failures += 1
             record.last_failure = now
             over = record.failures - self.free_failures
-            if realm in BACKOFF_REALMS and over > 0:
-                delay = min(self.max_backoff_seconds, 2.0 ** min(over - 1, 30))
+            if realm in BACKOFF_REALMS and over >= 0:
+                delay = min(self.max_backoff_seconds, 2.0 ** min(over, 30))
                 record.blocked_until = now + delay
             self._records[key] = record
             while len(self._records) > MAX_CLIENTS:

@@ -4,8 +4,10 @@ It runs before the fast lane, FastAPI, parsing and authentication, so an
 anonymous client cannot make the server buffer or parse more than a route's
 limit (agent routes `agent_max_body_bytes`, the rest `admin_max_body_bytes`):
 
-- a declared `Content-Length` over the limit is answered 413 without reading a
-  byte of the body, and the connection is closed;
+- a declared `Content-Length` over the limit is answered 413 and the connection
+  closed. Up to `DRAIN_BYTES` the body is read and dropped first (chunk by chunk,
+  nothing kept), so the client, still sending, gets the answer rather than a
+  reset; beyond that not a byte of it is read;
 - a body without a length (chunked) is read up to the limit and handed on; one
   byte more and it is answered 413;
 - a path or query that decodes to a control character (`%00`, a newline) is
@@ -23,6 +25,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 AGENT_PREFIX = "/api/dependencies/"
+DRAIN_BYTES = 16 * 1024 * 1024
 _CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 _CONTROL_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -89,6 +92,8 @@ class RequestGuard:
                 await send_error(send, 400, "bad_request", "invalid Content-Length")
                 return
             if int(declared) > limit:
+                if int(declared) <= DRAIN_BYTES:
+                    await _drain(receive)
                 await self._refuse(send, limit)
                 return
         elif chunked:
@@ -121,6 +126,14 @@ async def _read_within(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the body to its end, keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -46,7 +46,12 @@ def build_settings(**flags: object) -> ServerSettings:
     try:
         return ServerSettings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(f"invalid server settings: {exc}") from exc
+        # Never the input: it holds the secrets.
+        problems = "; ".join(
+            ".".join(str(part) for part in err["loc"]) + (": " if err["loc"] else "") + err["msg"]
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"invalid server settings: {problems}") from None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
