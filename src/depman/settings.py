@@ -103,6 +103,11 @@ class ServerSettings(BaseSettings):
     maintenance_interval_seconds: float = Field(
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."
     )
+    public_url: str | None = Field(
+        None,
+        description="Root URL agents reach this server at, for agentUpdate.downloadUrl "
+        "(unset: the scheme and Host of each agent's own request).",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     workers: int = Field(
         1,

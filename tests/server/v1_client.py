@@ -24,8 +24,15 @@ class V1Error(Exception):
 class V1Client:
     """The four calls of protocol v1, exactly as a v1 agent sends them."""
 
-    def __init__(self, api_base_url: str, server_type: str, shared_secret: str) -> None:
+    def __init__(
+        self,
+        api_base_url: str,
+        server_type: str,
+        shared_secret: str,
+        agent_version: str = "v1-test-client",
+    ) -> None:
         self.base = api_base_url.rstrip("/")
+        self.agent_version = agent_version
         self.server_type = server_type
         self.secret = shared_secret
         self.instance_id = ""
@@ -54,7 +61,7 @@ class V1Client:
         self, instance_id: str | None = None, instance_ip: str | None = None
     ) -> dict[str, Any]:
         """POST /dependencies/register."""
-        body: dict[str, Any] = {"serverType": self.server_type, "agentVersion": "v1-test-client"}
+        body: dict[str, Any] = {"serverType": self.server_type, "agentVersion": self.agent_version}
         if instance_id:
             body["instanceId"] = instance_id
         if instance_ip:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from depman.core.clock import utcnow
 from depman.core.jobs import expire_jobs, on_dep_failed
 from depman.core.policy import Policy
-from depman.core.queue import requeue_stale_running
+from depman.core.queue import requeue_stale_running, wake_due_items
 from depman.core.scheduler import place_pending_jobs
 from depman.core.states import Op
 
@@ -49,6 +49,7 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
                 policy=policy,
                 now=now,
             )
+    wake_due_items(session=session, now=now)
     report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
     report.jobs_placed, report.pending_server_types = place_pending_jobs(
         session=session, policy=policy, now=now

@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Select, and_, bindparam, case, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -108,6 +119,13 @@ class QueuePoll:
     pinned_dep_ids: list[str] = field(default_factory=list)
 
 
+def folder_model_url(dep_id: str) -> str:
+    """The `url` a folder model's items carry: a v1 agent, which cannot install a
+    folder, fails it at its domain check ("Download domain not allowed") instead of
+    writing one file where the folder belongs; depman's agent reads `files`."""
+    return f"https://folder-model.invalid/{dep_id}"
+
+
 def _poll_statement() -> Select[Any]:
     # Built once: the hot path only binds parameters (statement construction costs more
     # than the indexed query itself).
@@ -124,6 +142,10 @@ def _poll_statement() -> Select[Any]:
         .where(
             QueueItem.instance_id == bindparam("p_instance_id"),
             QueueItem.state == ItemState.QUEUED.value,
+            or_(
+                QueueItem.next_attempt_at.is_(None),
+                QueueItem.next_attempt_at <= bindparam("p_now", type_=UtcDateTime()),
+            ),
         )
         .order_by(QueueItem.priority, QueueItem.enqueued_at, QueueItem.id)
         .limit(bindparam("p_limit", type_=Integer))
@@ -141,6 +163,8 @@ def _poll_statement() -> Select[Any]:
             Dep.sha256,
             Dep.expected_size_bytes,
             Dep.kind,
+            Dep.root,
+            Dep.files,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -153,18 +177,24 @@ def _poll_statement() -> Select[Any]:
 POLL_STATEMENT = _poll_statement()
 
 
-def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
-    """The queued items of an instance, jobs' deps first then oldest first, in one query."""
-    params = {"p_instance_id": instance_id, "p_limit": limit}
+def poll_queue(
+    instance_id: str, limit: int, *, conn: Connection, now: datetime | None = None
+) -> QueuePoll:
+    """The queued items of an instance, jobs' deps first then oldest first, in one query.
+
+    An item whose `next_attempt_at` is still ahead is left out; `wake_due_items`
+    wakes the instance's long-polls (and drops its empty-poll memos) when it is due.
+    """
+    params = {"p_instance_id": instance_id, "p_limit": limit, "p_now": now or utcnow()}
     rows = conn.execute(POLL_STATEMENT, params).all()
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
-    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind in rows:
+    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files in rows:
         if dep_id is None or url is None:
             continue
         resolved: dict[str, Any] = {
-            "url": url,
+            "url": url if files is None else folder_model_url(dep_id),
             "auth": auth,
             "destRelativePath": dest,
             "kind": kind,
@@ -173,6 +203,12 @@ def poll_queue(instance_id: str, limit: int, *, conn: Connection) -> QueuePoll:
             resolved["sha256"] = sha
         if size is not None:
             resolved["expectedSizeBytes"] = size
+        # depman extensions (v1 agents ignore unknown fields): the model root of
+        # extra_model_paths.yaml to install into, and the files of a folder model.
+        if root:
+            resolved["root"] = root
+        if files is not None:
+            resolved["files"] = files
         poll.items.append(
             {"itemId": format_item_id(dep_id, gen), "depId": dep_id, "op": op, "resolved": resolved}
         )
@@ -345,6 +381,28 @@ def requeue_stale_running(
             row.last_progress_at = None
             mark_instance(session, row.instance_id)
     return failed
+
+
+def wake_due_items(*, session: Session, now: datetime | None = None) -> int:
+    """Queued items whose `next_attempt_at` has come: clear it, wake their instances.
+
+    A poll that found only such items was answered empty, and that answer is memo'd;
+    the mark drops the memo so the next poll hands the item out.
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        update(QueueItem)
+        .where(
+            QueueItem.state == ItemState.QUEUED.value,
+            QueueItem.next_attempt_at.is_not(None),
+            QueueItem.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=None)
+        .returning(QueueItem.instance_id)
+    ).all()
+    for (instance_id,) in rows:
+        mark_instance(session, instance_id)
+    return len(rows)
 
 
 def list_items(instance_id: str, *, session: Session) -> list[QueueItem]:

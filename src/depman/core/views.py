@@ -20,6 +20,12 @@ def dep_document(dep: Dep) -> dict[str, Any]:
         "sha256": dep.sha256,
         "expectedSizeBytes": dep.expected_size_bytes,
         "kind": dep.kind,
+        "type": dep.model_type,
+        "filename": dep.filename,
+        "root": dep.root,
+        "source": dep.source,
+        "revision": dep.revision,
+        "files": list(dep.files) if dep.files is not None else None,
         "updatedAt": isoformat(dep.updated_at),
     }
 
@@ -31,6 +37,7 @@ def profile_document(profile: Profile, static_dep_ids: list[str]) -> dict[str, A
         "staticDepIds": static_dep_ids,
         "prefetchOnBoot": profile.prefetch_on_boot,
         "dynamicPolicy": dict(profile.dynamic_policy or {}),
+        "root": profile.root,
         "updatedAt": isoformat(profile.updated_at),
     }
 

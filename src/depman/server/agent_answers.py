@@ -22,9 +22,12 @@ def poll_answer(poll: QueuePoll) -> bytes:
     return encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
 
 
-def heartbeat_answer(pinned_dep_ids: list[str]) -> bytes:
-    """`POST /dependencies/heartbeat`: ok, and the pins (extension)."""
-    return encode({"ok": True, "pinnedDepIds": pinned_dep_ids})
+def heartbeat_answer(pinned_dep_ids: list[str], update: dict[str, Any] | None = None) -> bytes:
+    """`POST /dependencies/heartbeat`: ok, the pins (extension), `agentUpdate` when offered."""
+    document: dict[str, Any] = {"ok": True, "pinnedDepIds": pinned_dep_ids}
+    if update is not None:
+        document["agentUpdate"] = update
+    return encode(document)
 
 
 def status_answer(result: Transition) -> bytes:

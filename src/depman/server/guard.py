@@ -24,15 +24,23 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from depman.core.agent_builds import MAX_BUILD_BYTES
+
 AGENT_PREFIX = "/api/dependencies/"
+BUILD_UPLOAD_PREFIX = "/api/admin/agent-builds/"
 DRAIN_BYTES = 16 * 1024 * 1024
 _CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 _CONTROL_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def body_limit(path: str, agent_max: int, other_max: int) -> int:
-    """The body limit of a route: agent protocol routes have the small one."""
-    return agent_max if path.startswith(AGENT_PREFIX) else other_max
+    """The body limit of a route: agent protocol routes have the small one; agent
+    build uploads (admin only, read with their own limit) the build's maximum."""
+    if path.startswith(AGENT_PREFIX):
+        return agent_max
+    if path.startswith(BUILD_UPLOAD_PREFIX):
+        return max(other_max, MAX_BUILD_BYTES)
+    return other_max
 
 
 def url_has_controls(path: str, query_string: bytes) -> bool:

@@ -19,12 +19,15 @@ the request then goes to FastAPI unchanged:
 
 from __future__ import annotations
 
+from starlette.types import Scope
+
 from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
 from depman.core.queue import poll_queue
 from depman.core.reports import FIGURES, record_report
 from depman.core.states import ItemState
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.agent_updates import update_offer
 from depman.server.memo_answers import remember_heartbeat
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
 from depman.server.state import ServerState
@@ -47,15 +50,23 @@ def quick_poll(state: ServerState, instance_id: str, limit: int) -> bytes | None
     return answer
 
 
-def quick_heartbeat(state: ServerState, body: HeartbeatRequest) -> bytes | None:
+def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes | None:
     """A heartbeat whose inventory the row already holds, of a live instance; memo'd when quiet."""
     seen = state.hub.hints.epoch(body.instance_id)
     hb = body.to_core()
     with state.db.quick(write=True) as conn:
         beat = record_unchanged_heartbeat(body.instance_id, hb, conn=conn, policy=state.policy)
-    if beat is None:
-        return None
-    answer = heartbeat_answer(beat.pinned_dep_ids)
+        if beat is None:
+            return None
+        update = update_offer(
+            state,
+            scope,
+            instance_id=body.instance_id,
+            server_type=beat.server_type,
+            agent_version=beat.agent_version,
+            conn=conn,
+        )
+    answer = heartbeat_answer(beat.pinned_dep_ids, update)
     remember_heartbeat(state, body, hb, beat.digest, answer, seen)
     return answer
 

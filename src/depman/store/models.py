@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -82,6 +83,16 @@ class Dep(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     expected_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     kind: Mapped[str] = mapped_column(String(10), default="dynamic")
+    # ComfyUI folder key and file name (given, or read from a models/<folder>/ path).
+    model_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    filename: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Section of the nodes' extra_model_paths.yaml to install into (None: the ComfyUI folder).
+    root: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The hf:// or civitai:// source as written, and the revision it was pinned to.
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A folder model: [{path, url, sha256?, sizeBytes?, source?, revision?}].
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(_tz())
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
@@ -94,6 +105,8 @@ class Profile(Base):
     profile_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     prefetch_on_boot: Mapped[bool] = mapped_column(Boolean, default=False)
     dynamic_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Default model root (extra_model_paths.yaml section) of the profile's instances.
+    root: Mapped[str | None] = mapped_column(String(100), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -151,6 +164,9 @@ class Instance(Base):
     # Union of the deps of this instance's waiting/ready/running jobs, kept by the job
     # transitions so the heartbeat answers its pins from the row it already updates.
     pinned_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Set by the maintenance sweep when no heartbeat came for `instance_lost_seconds`
+    # (its jobs moved, its queue cancelled, its token voided); cleared by register.
+    lost_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -167,6 +183,34 @@ class InstanceDep(Base):
     dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(10))
     since: Mapped[datetime] = mapped_column(_tz())
+
+
+class DepReceipt(Base):
+    """The agent's proof of the last file it verified for a dep on an instance.
+
+    Sent with a `succeeded` status; kept when a heartbeat later drops the dep (what
+    was verified, and when, stays visible), replaced by the next one.
+    """
+
+    __tablename__ = "dep_receipts"
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.instance_id", ondelete="CASCADE"), primary_key=True
+    )
+    dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(10))
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    dest_relative_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    final_path_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    agent_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The item (`<depId>.<generation>`) whose success carried it, and whether it
+    # matched the catalog then (sha256 when the catalog has one, else the size).
+    item_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    matches_catalog: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(_tz())
 
 
 class QueueItem(Base):
@@ -196,6 +240,11 @@ class QueueItem(Base):
     finished_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     # Last time a heartbeat listed the dep as downloading (or the running status came in).
     last_progress_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Not handed out by polls before this time: a failed static/prefetch item waits
+    # here for its retry (the sweep queues it again), an agent backing off likewise.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Failures in a row (reset by a success): the retry backoff doubles with each.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -234,6 +283,24 @@ class JobDep(Base):
     )
     dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AgentBuild(Base):
+    """The agent build published for a server type: its bytes, served to the agents it targets.
+
+    Kept in the database (a few hundred KB each, one per server type), so every
+    server process serves it on SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "agent_builds"
+
+    server_type: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rollout_percent: Mapped[int] = mapped_column(Integer, default=100)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    published_at: Mapped[datetime] = mapped_column(_tz())
 
 
 class RevokedSession(Base):

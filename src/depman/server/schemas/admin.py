@@ -9,6 +9,7 @@ from pydantic import Field
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
     MAX_LIST_IDS,
+    MAX_URL_CHARS,
     Id,
     NonNegInt64,
     PositiveInt32,
@@ -19,21 +20,53 @@ from depman.server.schemas.bounds import (
 )
 
 
-class DepIn(ApiModel):
-    """`PUT /admin/deps/{depId}`."""
+class FileIn(ApiModel):
+    """One file of a folder model."""
 
+    path: SafeText
     url: Url
+    sha256: ShortText | None = None
+    size_bytes: PositiveInt64 | None = None
+
+
+class FileOut(FileIn):
+    """A file of a folder model as stored (with its resolved source)."""
+
+    source: str | None = None
+    revision: str | None = None
+
+
+class DepIn(ApiModel):
+    """`PUT /admin/deps/{depId}`: `destRelativePath`, or `type` + `filename`."""
+
+    url: Annotated[SafeText, Field(max_length=MAX_URL_CHARS)] = ""
     auth: ShortText = "none"
-    dest_relative_path: Annotated[SafeText, Field(min_length=1)]
+    dest_relative_path: Annotated[SafeText, Field(min_length=1)] | None = None
     sha256: ShortText | None = None
     expected_size_bytes: PositiveInt64 | None = None
     kind: ShortText = "dynamic"
+    model_type: ShortText | None = Field(None, alias="type")
+    filename: SafeText | None = None
+    root: ShortText | None = None
+    files: list[FileIn] | None = Field(None, max_length=1000)
 
 
-class DepOut(DepIn):
-    """A catalog entry."""
+class DepOut(ApiModel):
+    """A catalog entry (resolved: `source` is the hf:// / civitai:// URL as written)."""
 
     dep_id: str
+    url: str
+    auth: str
+    dest_relative_path: str
+    sha256: str | None = None
+    expected_size_bytes: int | None = None
+    kind: str
+    model_type: str | None = Field(None, alias="type")
+    filename: str | None = None
+    root: str | None = None
+    source: str | None = None
+    revision: str | None = None
+    files: list[FileOut] | None = None
     updated_at: str | None = None
 
 
@@ -61,6 +94,7 @@ class ProfileIn(ApiModel):
     )
     prefetch_on_boot: bool = False
     dynamic_policy: DynamicPolicy = Field(default_factory=DynamicPolicy)
+    root: ShortText | None = None
 
 
 class ProfileOut(ApiModel):
@@ -70,6 +104,7 @@ class ProfileOut(ApiModel):
     static_dep_ids: list[str]
     prefetch_on_boot: bool
     dynamic_policy: dict[str, Any]
+    root: str | None = None
     updated_at: str | None = None
 
 

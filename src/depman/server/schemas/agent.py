@@ -39,6 +39,14 @@ class RegisterRequest(ApiModel):
     instance_ip: Annotated[ShortText, Field(max_length=64)] | None = None
 
 
+class AgentUpdate(ApiModel):
+    """A published agent build this agent should run (field agents 0.6.0+, depman's agent)."""
+
+    target_version: str
+    download_url: str
+    sha256: str
+
+
 class RegisterResponse(ApiModel):
     """Register answer; `capabilities` is an extension a v1 agent ignores."""
 
@@ -46,6 +54,7 @@ class RegisterResponse(ApiModel):
     agent_token: str
     profile: dict[str, Any]
     capabilities: dict[str, Any]
+    agent_update: AgentUpdate | None = None
 
 
 class Resolved(ApiModel):
@@ -161,3 +170,4 @@ class HeartbeatResponse(ApiModel):
 
     ok: bool = True
     pinned_dep_ids: list[str] = Field(default_factory=list)
+    agent_update: AgentUpdate | None = None
