@@ -5,7 +5,7 @@ anonymous client cannot make the server buffer or parse more than a route's
 limit (agent routes `agent_max_body_bytes`, the rest `admin_max_body_bytes`):
 
 - a declared `Content-Length` over the limit is answered 413 and the connection
-  closed. Up to `DRAIN_BYTES` the body is read and dropped first (chunk by chunk,
+  closed. Up to `DRAIN_BYTES` past the limit the body is read and dropped first (chunk by chunk,
   nothing kept), so the client, still sending, gets the answer rather than a
   reset; beyond that not a byte of it is read;
 - a body without a length (chunked) is read up to the limit and handed on; one
@@ -100,7 +100,7 @@ class RequestGuard:
                 await send_error(send, 400, "bad_request", "invalid Content-Length")
                 return
             if int(declared) > limit:
-                if int(declared) <= DRAIN_BYTES:
+                if int(declared) <= limit + DRAIN_BYTES:
                     await _drain(receive)
                 await self._refuse(send, limit)
                 return
