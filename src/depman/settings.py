@@ -7,7 +7,7 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./depman.db"
@@ -59,7 +59,16 @@ class ServerSettings(BaseSettings):
         description="A running item no heartbeat lists as downloading for this long is requeued.",
     )
     max_item_attempts: int = Field(
-        5, ge=1, description="A requeued item that reaches this many attempts is failed."
+        5,
+        ge=1,
+        description="An item that reaches this many attempts (stale requeues, `retrying` "
+        "reports) is failed.",
+    )
+    item_retry_window_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="An item whose dep keeps failing (`retrying` reports, heartbeat "
+        "failedDepIds) for this long is failed, whatever its attempt count.",
     )
     job_pending_timeout_seconds: float = Field(
         3600.0, gt=0, description="A job not placed within this time fails."
@@ -107,6 +116,31 @@ class ServerSettings(BaseSettings):
         None,
         description="Root URL agents reach this server at, for agentUpdate.downloadUrl "
         "(unset: the scheme and Host of each agent's own request).",
+    )
+    hf_endpoint: str = Field(
+        "https://huggingface.co",
+        validation_alias=AliasChoices("DEPMAN_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Hugging Face Hub base URL that resolves hf:// sources (the Hugging Face "
+        "client's HF_ENDPOINT convention).",
+    )
+    civitai_endpoint: str = Field(
+        "https://civitai.com",
+        validation_alias=AliasChoices("DEPMAN_CIVITAI_ENDPOINT"),
+        description="Civitai base URL that resolves civitai:// sources.",
+    )
+    hf_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DEPMAN_HF_TOKEN", "HF_TOKEN"),
+        description="Token for resolving hf:// sources of gated or private repos (sent to "
+        "hf_endpoint only; never stored in the catalog).",
+    )
+    civitai_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DEPMAN_CIVITAI_TOKEN", "CIVITAI_TOKEN"),
+        description="Token for resolving civitai:// sources that need a login.",
+    )
+    source_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time limit of each request that resolves a source."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     workers: int = Field(

@@ -314,11 +314,25 @@ def _reuse_resolution(spec: DepSpec, dep: Dep | None) -> DepSpec | None:
     if dep is None or (dep.source is None and not dep.files):
         return None
     if spec.files is None:
-        if spec.url != dep.source or dep.files:
+        if spec.url != dep.source:
             return None
-        if spec.model_type is None and spec.dest_relative_path is None:
-            # A civitai:// source filled in the type and file name.
-            spec = replace(spec, model_type=dep.model_type, filename=dep.filename)
+        if dep.files is not None:  # an hf:// folder: the files it was resolved into
+            kept = spec_of(dep)
+            return replace(
+                spec,
+                url=dep.url,
+                source=dep.source,
+                revision=dep.revision,
+                filename=spec.filename or dep.filename,
+                files=kept.files,
+            )
+        if spec.dest_relative_path is None:
+            # The source filled in the file name (hf://, civitai://) and the type (civitai://).
+            spec = replace(
+                spec,
+                model_type=spec.model_type or dep.model_type,
+                filename=spec.filename or dep.filename,
+            )
         return replace(
             spec,
             url=dep.url,

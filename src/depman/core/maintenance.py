@@ -1,4 +1,4 @@
-"""The periodic sweep: stale running items, job timeouts, pending jobs."""
+"""The periodic sweep: stale running items, backoffs, retry windows, timeouts, pending jobs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from depman.core.clock import utcnow
 from depman.core.jobs import expire_jobs, on_dep_failed
 from depman.core.policy import Policy
 from depman.core.queue import requeue_stale_running, wake_due_items
+from depman.core.retries import expire_retry_windows
 from depman.core.scheduler import place_pending_jobs
 from depman.core.states import Op
 
@@ -38,6 +39,7 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
         max_attempts=policy.max_item_attempts,
         now=now,
     )
+    failed += expire_retry_windows(session=session, policy=policy, now=now)
     for item in failed:
         report.items_failed += 1
         if item.op == Op.DOWNLOAD.value:

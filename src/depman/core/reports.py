@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,8 @@ from depman.core.inventory import SCALAR_COLUMNS
 from depman.core.jobs import on_dep_failed
 from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
-from depman.core.states import ItemState, Op
+from depman.core.retries import apply_retrying
+from depman.core.states import REPORT_RETRYING, ItemState, Op
 from depman.store.models import Instance
 
 # A heartbeat's figures but the queue depth, in the same order (SCALAR_COLUMNS).
@@ -72,16 +73,27 @@ def record_report(
     result = apply_item_state(
         instance_id, report.item_id, report.state, report.error, conn=conn, now=now or utcnow()
     )
+    record_figures(instance_id, report, conn=conn, stored_figures=stored_figures)
+    return result
+
+
+def record_figures(
+    instance_id: str,
+    report: StatusReport,
+    *,
+    conn: Connection,
+    stored_figures: tuple[int | None, ...] | None = None,
+) -> None:
+    """Keep the disk figures a report carries (nothing written when they are the stored ones)."""
     values = [getattr(report, name) for name in FIGURES]
     if stored_figures is not None and all(
         new is None or new == old for new, old in zip(values, stored_figures, strict=True)
     ):
-        return result
+        return
     params: dict[str, Any] = {f"p_{name}": v for name, v in zip(FIGURES, values, strict=True)}
     if any(value is not None for value in values):
         params["p_instance_id"] = instance_id
         conn.execute(FIGURES_STATEMENT, params)
-    return result
 
 
 def apply_status(
@@ -92,12 +104,31 @@ def apply_status(
     policy: Policy,
     now: datetime | None = None,
 ) -> Transition:
-    """Apply a status report: move the item, keep the disk figures, handle a failed download."""
+    """Apply a status report: move the item, keep the disk figures, handle a failed download.
+
+    Every path that answers a status report ends here for `failed`, `retrying` and
+    `cancelled` (the quick lane takes only `running` and `succeeded`), so their rules
+    live in one place.
+    """
     now = now or utcnow()
-    result = record_report(instance_id, report, conn=session.connection(), now=now)
+    if report.state == REPORT_RETRYING:
+        result = apply_retrying(
+            instance_id, report.item_id, report.error, session=session, policy=policy, now=now
+        )
+        record_figures(instance_id, report, conn=session.connection())
+    else:
+        result = record_report(instance_id, report, conn=session.connection(), now=now)
+        if (
+            not result.applied
+            and result.reason == "old generation"
+            and report.state in (ItemState.FAILED.value, ItemState.CANCELLED.value)
+            and result.state == ItemState.QUEUED.value
+        ):
+            # A failure of a generation the server has since queued again.
+            result = replace(result, clear_failed=True)
     if (
         result.applied
-        and result.state == ItemState.FAILED.value
+        and result.state in (ItemState.FAILED.value, ItemState.CANCELLED.value)
         and result.op == Op.DOWNLOAD.value
         and result.dep_id is not None
     ):

@@ -12,6 +12,14 @@ class ItemState(str, Enum):  # noqa: UP042 - mirrors the agent's enums
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Final: an operator cancelled it (the agent confirms with a `cancelled` report).
+    CANCELLED = "cancelled"
+
+
+# States an agent may report beyond the item states: `retrying` (a retryable failure,
+# the agent backs off locally) moves the item back to queued with a next attempt time.
+REPORT_RETRYING = "retrying"
+FINAL_ITEM_STATES = (ItemState.SUCCEEDED.value, ItemState.FAILED.value, ItemState.CANCELLED.value)
 
 
 class Op(str, Enum):  # noqa: UP042
@@ -19,6 +27,8 @@ class Op(str, Enum):  # noqa: UP042
 
     DOWNLOAD = "download"
     TOUCH = "touch"
+    # Remove the dep's file from the instance (an operator action).
+    DELETE = "delete"
 
 
 class JobState(str, Enum):  # noqa: UP042

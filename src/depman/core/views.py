@@ -64,6 +64,9 @@ def instance_document(
         "live": age is not None and age <= live_ttl_seconds,
         "heartbeatAgeSeconds": round(age, 3) if age is not None else None,
         "registeredAt": isoformat(row.registered_at),
+        "drained": bool(row.drained),
+        "provider": row.provider,
+        "providerMetadata": row.provider_metadata,
         "dependencyManager": {
             "lastHeartbeatAt": isoformat(row.last_heartbeat_at),
             "installedDepIdsStatic": sorted(d for d, k in held.items() if k == "static"),
@@ -74,7 +77,9 @@ def instance_document(
                 "totalBytes": row.disk_total_bytes,
                 "freeBytes": row.disk_free_bytes,
                 "usedBytes": row.disk_used_bytes,
+                "path": row.disk_stats_path,
             },
+            "diskDiagnostics": row.disk_diagnostics,
             "dynamicBytesUsed": row.dynamic_bytes_used,
             "queueDepth": row.queue_depth,
             "agentVersion": row.agent_version,
@@ -99,6 +104,11 @@ def queue_item_document(item: QueueItem) -> dict[str, Any]:
         "startedAt": isoformat(item.started_at),
         "finishedAt": isoformat(item.finished_at),
         "updatedAt": isoformat(item.updated_at),
+        "nextAttemptAt": isoformat(item.next_attempt_at),
+        "firstFailedAt": isoformat(item.first_failed_at),
+        "cancelReason": item.cancel_reason,
+        "forceRetry": bool(item.force_retry),
+        "forceRetryAfterMs": item.force_retry_after_ms,
     }
 
 

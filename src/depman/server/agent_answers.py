@@ -31,5 +31,12 @@ def heartbeat_answer(pinned_dep_ids: list[str], update: dict[str, Any] | None = 
 
 
 def status_answer(result: Transition) -> bytes:
-    """`POST /dependencies/status`: whether the report moved the item, and its state now."""
-    return encode({"ok": True, "applied": result.applied, "itemState": result.state})
+    """`POST /dependencies/status`: whether the report moved the item, and its state now.
+
+    `clearFailedDepId` (read by field agents 0.10.105+): the server queued the dep
+    again, so the agent forgets its local failure and heartbeats.
+    """
+    document: dict[str, Any] = {"ok": True, "applied": result.applied, "itemState": result.state}
+    if result.clear_failed:
+        document["clearFailedDepId"] = True
+    return encode(document)

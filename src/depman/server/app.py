@@ -19,11 +19,14 @@ from depman.core.signals import notify_statement, take_marks
 from depman.core.wakeups import listen_forever
 from depman.server import dashboard
 from depman.server.api import (
+    admin_actions,
     admin_agent_builds,
     admin_catalog,
     admin_fleet,
     admin_instances,
+    admin_workflows,
     agent_bundle,
+    agent_items,
     agent_protocol,
     jobs,
     metrics,
@@ -36,6 +39,7 @@ from depman.server.guard import RequestGuard
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
 from depman.settings import ServerSettings
+from depman.sources import SourceResolver
 from depman.store.session import Database, open_database
 
 log = logging.getLogger(__name__)
@@ -109,7 +113,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: ServerSettings, *, database: Database | None = None) -> FastAPI:
     """The application: routers, error handlers, metrics, dashboard; the engine on `app.state`."""
     db = database or open_database(settings.database_url, pool_size=settings.db_pool_size)
-    state = ServerState(settings=settings, db=db, policy=Policy.from_settings(settings))
+    state = ServerState(
+        settings=settings,
+        db=db,
+        policy=Policy.from_settings(settings),
+        resolver=SourceResolver.from_settings(settings),
+    )
     _install_commit_hooks(state)
     app = FastAPI(
         title="depman control plane",
@@ -134,9 +143,12 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     install_error_handlers(app)
     for module in (
         agent_protocol,
+        agent_items,
         admin_catalog,
         admin_instances,
+        admin_actions,
         admin_fleet,
+        admin_workflows,
         admin_agent_builds,
         jobs,
         metrics,

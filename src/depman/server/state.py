@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from depman.core.beats import BeatBuffer
+from depman.core.catalog import DepSpec
 from depman.core.policy import Policy
 from depman.core.wakeups import WakeupHub
 from depman.server.auth_failures import AuthFailures
@@ -24,6 +26,8 @@ class ServerState:
     hub: WakeupHub = field(default_factory=WakeupHub)
     beats: BeatBuffer = field(default_factory=BeatBuffer)
     auth_failures: AuthFailures = field(default_factory=AuthFailures)
+    # Resolves hf:// and civitai:// sources when catalog entries are put.
+    resolver: Callable[[DepSpec], DepSpec] | None = None
 
 
 def client_address(request: Request) -> str:

@@ -164,6 +164,13 @@ class Instance(Base):
     # Union of the deps of this instance's waiting/ready/running jobs, kept by the job
     # transitions so the heartbeat answers its pins from the row it already updates.
     pinned_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A drained instance gets no new jobs; the ones it has finish there.
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Telemetry later field agents send (register, heartbeat), kept for the operator.
+    provider: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    provider_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    disk_stats_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disk_diagnostics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Set by the maintenance sweep when no heartbeat came for `instance_lost_seconds`
     # (its jobs moved, its queue cancelled, its token voided); cleared by register.
     lost_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
@@ -245,7 +252,32 @@ class QueueItem(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     # Failures in a row (reset by a success): the retry backoff doubles with each.
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When this generation first failed retryably: bounds the retry window.
+    first_failed_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Operator actions the agent reads from the queue and the queue-item check.
+    cancel_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    force_retry: Mapped[bool] = mapped_column(Boolean, default=False)
+    force_retry_after_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class OperatorAction(Base):
+    """One operator action: who did what to which instance, dep or job, and when."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (
+        Index("ix_operator_actions_at", "at"),
+        Index("ix_operator_actions_instance_id", "instance_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(_tz())
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    dep_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):

@@ -100,7 +100,7 @@ def instance_detail(
         .where(QueueItem.instance_id == instance_id)
         .order_by(QueueItem.enqueued_at.desc(), QueueItem.dep_id)
     ).all()
-    state_order = {"running": 0, "queued": 1, "failed": 2, "succeeded": 3}
+    state_order = {"running": 0, "queued": 1, "failed": 2, "cancelled": 3, "succeeded": 4}
     queue = sorted(
         (
             QueueEntry(
@@ -143,4 +143,9 @@ def instance_detail(
         queue=queue,
         jobs=job_rows(session, jobs, now),
         generated_at=now,
+        drained=bool(inst.drained),
+        provider=inst.provider,
+        provider_metadata=dict(inst.provider_metadata or {}),
+        disk_stats_path=inst.disk_stats_path,
+        disk_diagnostics=dict(inst.disk_diagnostics or {}),
     )

@@ -78,11 +78,12 @@ def list_deps(session: ReadSessionDep) -> dict[str, Any]:
 
 @router.put("/deps/{dep_id}", response_model=DepOut, responses=ERRORS)
 def put_dep(dep_id: IdPath, body: DepIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
-    """Create or replace a catalog entry (validated)."""
+    """Create or replace a catalog entry (validated; hf:// and civitai:// sources resolved)."""
     dep = catalog.put_dep(
         dep_id,
         dep_spec(body),
         session=session,
+        resolve=state.resolver,
         allow_any_destination=state.policy.allow_any_destination,
     )
     session.commit()

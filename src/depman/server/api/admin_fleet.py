@@ -24,7 +24,11 @@ def apply_fleet(body: FleetIn, session: SessionDep, state: StateDep) -> dict[str
             "deps",
             body.deps,
             lambda k, v: catalog.put_dep(
-                k, dep_spec(v), session=session, allow_any_destination=any_dest
+                k,
+                dep_spec(v),
+                session=session,
+                resolve=state.resolver,
+                allow_any_destination=any_dest,
             ),
         ),
         (

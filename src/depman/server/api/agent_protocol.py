@@ -68,6 +68,8 @@ def register_agent(
         body.instance_ip,
         session=session,
         policy=state.policy,
+        provider=body.provider,
+        provider_metadata=body.provider_metadata,
     )
     instance_id = result.instance.instance_id
     update = update_offer(

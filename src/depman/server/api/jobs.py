@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from depman.core import jobs as job_core
+from depman.core import workflow_deps
 from depman.core.scheduler import submit_job
 from depman.core.states import TERMINAL_JOB_STATES, JobState
 from depman.core.views import job_document
@@ -54,8 +55,12 @@ def answer(job: Job, *, session: Session) -> JSONResponse:
 @router.post("", response_model=JobPublic, responses=ERRORS)
 def create_job(body: JobCreate, session: SessionDep, state: StateDep) -> JSONResponse:
     """Reserve the best live instance and queue the deps it lacks; else wait as pending."""
+    dep_ids = list(body.dep_ids)
+    if body.workflow is not None:
+        found = workflow_deps.workflow_dep_ids(body.workflow, session=session)
+        dep_ids = list(dict.fromkeys([*dep_ids, *found]))
     submitted = submit_job(
-        body.server_type, body.dep_ids, body.job_id, session=session, policy=state.policy
+        body.server_type, dep_ids, body.job_id, session=session, policy=state.policy
     )
     job = submitted.job
     if submitted.created:  # what placement just decided; nothing to read back

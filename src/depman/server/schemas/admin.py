@@ -158,7 +158,8 @@ class DependencyManagerOut(ApiModel):
     installed_dep_ids_dynamic: list[str] = Field(default_factory=list)
     downloading_dep_ids: list[str] = Field(default_factory=list)
     failed_dep_ids: list[str] = Field(default_factory=list)
-    disk_stats: dict[str, int | None] = Field(default_factory=dict)
+    disk_stats: dict[str, int | str | None] = Field(default_factory=dict)
+    disk_diagnostics: dict[str, Any] | None = None
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
     agent_version: str | None = None
@@ -175,6 +176,9 @@ class InstanceOut(ApiModel):
     live: bool
     heartbeat_age_seconds: float | None
     registered_at: str | None
+    drained: bool = False
+    provider: str | None = None
+    provider_metadata: dict[str, Any] | None = None
     dependency_manager: DependencyManagerOut
 
 
@@ -199,6 +203,11 @@ class QueueItemAdmin(ApiModel):
     started_at: str | None
     finished_at: str | None
     updated_at: str | None
+    next_attempt_at: str | None = None
+    first_failed_at: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
 
 
 class QueueItemsOut(ApiModel):

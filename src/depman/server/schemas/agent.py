@@ -15,9 +15,11 @@ from depman.server.schemas.bounds import (
     Id,
     IdList,
     ItemId,
+    JsonDoc,
     NonNegFloat,
     NonNegInt32,
     NonNegInt64,
+    SafeText,
     ShortText,
 )
 
@@ -28,6 +30,9 @@ class DiskStats(ApiModel):
     total_bytes: NonNegInt64 | None = None
     free_bytes: NonNegInt64 | None = None
     used_bytes: NonNegInt64 | None = None
+    # Field agents 0.9.16+: which folder was measured (kept and shown).
+    path: Annotated[SafeText, Field(max_length=1000)] | None = None
+    stat_path: Annotated[SafeText, Field(max_length=1000)] | None = None
 
 
 class RegisterRequest(ApiModel):
@@ -37,6 +42,9 @@ class RegisterRequest(ApiModel):
     agent_version: Annotated[ShortText, Field(max_length=100)] = ""
     instance_id: Id | None = None
     instance_ip: Annotated[ShortText, Field(max_length=64)] | None = None
+    # Field agents 0.9.20+: the cloud provider and its ids for the instance.
+    provider: Annotated[ShortText, Field(max_length=100)] | None = None
+    provider_metadata: JsonDoc | None = None
 
 
 class AgentUpdate(ApiModel):
@@ -73,8 +81,10 @@ class QueueItemOut(ApiModel):
 
     item_id: str
     dep_id: str
-    op: Literal["download", "touch"]
+    op: Literal["download", "touch", "delete"]
     resolved: Resolved
+    force_retry: bool | None = None
+    force_retry_after_ms: int | None = None
 
 
 class QueueResponse(ApiModel):
@@ -84,6 +94,28 @@ class QueueResponse(ApiModel):
     pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
+class QueueItemCheck(ApiModel):
+    """One item as the queue-item check answers it (field agents 0.9.14+)."""
+
+    item_id: str
+    dep_id: str
+    op: str
+    state: str
+    attempts: int = 0
+    error: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
+    next_attempt_at: str | None = None
+    resolved: dict[str, Any]
+
+
+class QueueItemCheckResponse(ApiModel):
+    """`GET /dependencies/queue-item`."""
+
+    item: QueueItemCheck
+
+
 class StatusRequest(ApiModel):
     """`POST /dependencies/status`."""
 
@@ -91,7 +123,8 @@ class StatusRequest(ApiModel):
     item_id: ItemId
     dep_id: Id | None = None
     op: ShortText | None = None
-    state: Literal["running", "succeeded", "failed"]
+    # `retrying` and `cancelled`: field agents 0.3.0+ and 0.9.14+ (docs/agent.md).
+    state: Literal["running", "succeeded", "failed", "retrying", "cancelled"]
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: NonNegInt64 | None = None
     error: CleanText | None = None
@@ -118,15 +151,47 @@ class StatusResponse(ApiModel):
     ok: bool = True
     applied: bool
     item_state: str | None = None
+    clear_failed_dep_id: bool | None = None
 
 
 class ActiveDownload(ApiModel):
-    """Live progress of one download (extension)."""
+    """Live progress of one download (extension), in the field agents' names (0.7.9+).
+
+    depman's agents before 0.2 sent `bytesDone`, `bytesTotal`, `bytesPerSecond`;
+    they are still read, and stored under the field agents' names.
+    """
 
     dep_id: Id
+    stage: Annotated[ShortText, Field(max_length=50)] | None = None
+    downloaded_bytes: NonNegInt64 | None = None
+    expected_bytes: NonNegInt64 | None = None
+    throughput_bytes_per_sec: NonNegFloat | None = None
+    started_at_ms: NonNegInt64 | None = None
+    updated_at_ms: NonNegInt64 | None = None
+    tool: Annotated[ShortText, Field(max_length=100)] | None = None
+    dest_relative_path: Annotated[SafeText, Field(max_length=1000)] | None = None
     bytes_done: NonNegInt64 | None = None
     bytes_total: NonNegInt64 | None = None
     bytes_per_second: NonNegFloat | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The row as kept and shown: one vocabulary, absent fields left out."""
+        row: dict[str, Any] = {
+            "depId": self.dep_id,
+            "stage": self.stage,
+            "downloadedBytes": _first(self.downloaded_bytes, self.bytes_done),
+            "expectedBytes": _first(self.expected_bytes, self.bytes_total),
+            "throughputBytesPerSec": _first(self.throughput_bytes_per_sec, self.bytes_per_second),
+            "startedAtMs": self.started_at_ms,
+            "updatedAtMs": self.updated_at_ms,
+            "tool": self.tool,
+            "destRelativePath": self.dest_relative_path,
+        }
+        return {key: value for key, value in row.items() if value is not None}
+
+
+def _first(value: Any, fallback: Any) -> Any:
+    return value if value is not None else fallback
 
 
 class HeartbeatRequest(ApiModel):
@@ -143,6 +208,7 @@ class HeartbeatRequest(ApiModel):
     active_downloads: Annotated[list[ActiveDownload], Field(max_length=MAX_LIST_IDS)] = Field(
         default_factory=list
     )
+    disk_diagnostics: JsonDoc | None = None
 
     def lists_key(self) -> int:
         """A cheap in-process key of the installed lists as sent (see `BeatMemo.lists_key`)."""
@@ -161,7 +227,9 @@ class HeartbeatRequest(ApiModel):
             disk_used_bytes=disk.used_bytes if disk else None,
             dynamic_bytes_used=self.dynamic_bytes_used,
             queue_depth=self.queue_depth,
-            active_downloads=[a.model_dump(by_alias=True) for a in self.active_downloads],
+            active_downloads=[a.stored() for a in self.active_downloads],
+            disk_stats_path=(disk.path or disk.stat_path) if disk else None,
+            disk_diagnostics=self.disk_diagnostics,
         )
 
 

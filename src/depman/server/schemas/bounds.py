@@ -14,8 +14,9 @@ the log cannot take is refused with a 422 before any handler runs:
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
@@ -29,6 +30,8 @@ MAX_ITEM_ID_CHARS = 300
 MAX_LIST_IDS = 10_000
 MAX_TEXT_CHARS = 2000
 MAX_URL_CHARS = 4096
+# Free-form objects agents may attach (provider metadata, disk diagnostics).
+MAX_JSON_DOC_CHARS = 16 * 1024
 
 # Ids: what `core.catalog.validate_id` accepts, as a JSON-schema pattern.
 ID_PATTERN = r"^[^/\\\s\x00-\x1f\x7f-\x9f]+$"
@@ -40,6 +43,15 @@ def clean_text(value: object) -> object:
     """Free-form text as it may be stored and logged: controls become spaces, length capped."""
     if isinstance(value, str):
         return _CONTROLS.sub(" ", value)[:MAX_TEXT_CHARS]
+    return value
+
+
+def _small_json(value: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(value)
+    if len(text) > MAX_JSON_DOC_CHARS:
+        raise ValueError(f"must be at most {MAX_JSON_DOC_CHARS} characters as JSON")
+    if "\\u0000" in text:
+        raise ValueError("must not contain NUL characters")
     return value
 
 
@@ -67,6 +79,7 @@ NonNegInt32 = Annotated[int, Field(ge=0, le=MAX_INT32)]
 PositiveInt32 = Annotated[int, Field(ge=1, le=MAX_INT32)]
 NonNegFloat = Annotated[float, Field(ge=0, le=1e18, allow_inf_nan=False)]
 IdList = Annotated[list[Id], Field(max_length=MAX_LIST_IDS)]
+JsonDoc = Annotated[dict[str, Any], AfterValidator(_small_json)]
 
 # Path and query parameters.
 IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]

@@ -14,7 +14,9 @@ class JobCreate(ApiModel):
     """`POST /jobs`."""
 
     server_type: Id
-    dep_ids: list[Id] = Field(max_length=1000)
+    dep_ids: list[Id] = Field(default_factory=list, max_length=1000)
+    # A ComfyUI workflow (UI or API format): its models' deps are added to depIds.
+    workflow: dict[str, Any] | None = None
     job_id: Id | None = None
 
 
