@@ -86,8 +86,10 @@ def _warn_about_open_doors(settings: ServerSettings) -> None:
         )
 
 
-def _raise_file_limit(wanted: int) -> None:
-    """Let the process hold `wanted` descriptors if the hard limit allows (connections)."""
+def _raise_file_limit(connections: int) -> None:
+    """Let the process hold `connections` sockets (plus files and database connections)
+    if the hard limit allows."""
+    wanted = connections + 256
     try:
         import resource
     except ImportError:  # not on this platform
@@ -99,11 +101,11 @@ def _raise_file_limit(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             target = soft
-    if target < wanted:
+    if target < connections:
         log.warning(
             "open-file limit %d is below max_connections %d: connections past it are refused",
             target,
-            wanted,
+            connections,
         )
 
 
@@ -111,7 +113,7 @@ def serve(settings: ServerSettings) -> None:
     """Migrate, bind, run (in `settings.workers` processes) until SIGTERM/SIGINT."""
     _configure_logging(settings.log_level)
     _warn_about_open_doors(settings)
-    _raise_file_limit(settings.max_connections + 256)
+    _raise_file_limit(settings.max_connections)
     upgrade(settings.database_url)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
