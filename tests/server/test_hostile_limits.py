@@ -105,8 +105,12 @@ def test_oversized_headers_are_refused(control_plane: RunningServer) -> None:
                 sock.sendall(f"X-Pad-{index}: {'p' * 100}\r\n".encode())
         except OSError:
             pass
-        status, _body = read_response(sock)
-    assert status == 400
+        try:
+            status: int | None = read_response(sock)[0]
+        except (OSError, IndexError, ValueError):
+            status = None  # reset while we were still sending: the 400 was lost with it
+    # Refused and closed (the server stopped reading), never answered as a request.
+    assert status in (400, None)
     assert control_plane.request("GET", "/metrics")[0] == 200
 
 
