@@ -405,7 +405,8 @@ def requeue_stale_running(
 ) -> list[QueueItem]:
     """Running items no heartbeat listed as downloading for `timeout_seconds` go back to queued.
 
-    Answers the items that reached `max_attempts` and were failed instead.
+    Answers the items that reached `max_attempts` and were failed instead (and those an
+    operator had cancelled, which end cancelled).
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
@@ -421,7 +422,13 @@ def requeue_stale_running(
     for row in rows:
         row.attempts += 1
         row.updated_at = now
-        if row.attempts >= max_attempts:
+        if row.cancel_reason:
+            # An operator cancelled it and the agent went quiet: it ends cancelled.
+            row.state = ItemState.CANCELLED.value
+            row.error = f"Dependency queue item cancelled: {row.cancel_reason}"[:ERROR_MAX_CHARS]
+            row.finished_at = now
+            failed.append(row)
+        elif row.attempts >= max_attempts:
             row.state = ItemState.FAILED.value
             row.error = (
                 f"no heartbeat listed it as downloading for {timeout_seconds:g}s "
