@@ -48,6 +48,7 @@ class Soak:
     refetch: list[int] = field(default_factory=list)  # per kill that hit a download
     details: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # side or temp files at the end
     jobs_done: int = 0
     downloads: int = 0
     evictions: int = 0
@@ -225,6 +226,11 @@ def run(kills: int, seed: int) -> Soak:
             agent.stop()
             lines.extend(agent.lines)
         check_disk()
+        finals = {Path(r).name for r in rel.values()}
+        for path in (workspace / "ComfyUI" / "models" / "loras").iterdir():
+            if path.name not in finals:
+                soak.leftovers.append(path.name)
+        soak.leftovers += [p.name for p in workspace.glob("*.tmp")]
         soak.downloads = sum(1 for line in lines if " Installed " in line)
         soak.evictions = sum(1 for line in lines if " Evicted dynamic dep " in line)
     soak.seconds = time.time() - started
@@ -234,15 +240,16 @@ def run(kills: int, seed: int) -> Soak:
 def render(soak: Soak, kills: int) -> tuple[ResultTable, list[str]]:
     table = ResultTable("Chaos soak: kill -9 of the agent at random points",
                         ["kills", "by trigger", "corrupt final files", "bad state files",
-                         "lost items", "kills mid-download", "re-fetched per kill: mean",
-                         "max", "allowance", "downloads", "evictions", "jobs done"])
+                         "lost items", "files left over", "kills mid-download",
+                         "re-fetched per kill: mean", "max", "allowance", "downloads",
+                         "evictions", "jobs done"])
     refetch = soak.refetch or [0]
     table.add(kills, ", ".join(f"{k} {v}" for k, v in soak.kills.items()), len(soak.corrupt),
-              soak.bad_state, len(soak.lost), len(soak.refetch),
+              soak.bad_state, len(soak.lost), len(soak.leftovers), len(soak.refetch),
               f"{sum(refetch) / len(refetch) / MIB:.2f} MiB", f"{max(refetch) / MIB:.2f} MiB",
               f"{ALLOWANCE / MIB:.2f} MiB", soak.downloads, soak.evictions, soak.jobs_done)
     holds = (not soak.corrupt and not soak.bad_state and not soak.lost
-             and max(refetch) <= ALLOWANCE)
+             and not soak.leftovers and max(refetch) <= ALLOWANCE)
     notes = [f"{'HOLDS' if holds else 'FAILS'}: 0 corrupt files at final paths, 0 lost items, "
              f"each restart re-fetching at most one save interval per connection "
              f"({CONNECTIONS} connections x {RATE / MIB:g} MiB/s x ({SAVE_SECONDS} s save + "
@@ -251,6 +258,7 @@ def render(soak: Soak, kills: int) -> tuple[ResultTable, list[str]]:
              f"{soak.seconds:.0f} s; 10 files of 3-11 MiB, maxDynamicBytes 24 MiB, jobs of 2 "
              "random deps completed as soon as ready."]
     notes += [f"corrupt: {c}" for c in soak.corrupt] + [f"lost: {x}" for x in soak.lost]
+    notes += [f"left over: {x}" for x in soak.leftovers]
     return table, notes
 
 
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         given = sys.argv[1:] if argv is None else argv
         append_results("Chaos soak", " ".join(["uv run python -m bench.chaos", *given]),
                        [table], notes, args.results)
-    ok = not soak.corrupt and not soak.bad_state and not soak.lost
+    ok = not soak.corrupt and not soak.bad_state and not soak.lost and not soak.leftovers
     return 0 if ok else 1
 
 
