@@ -218,3 +218,15 @@ def test_a_publish_reaches_the_other_replica_s_memos(
     with run_replica(first) as third:  # a replica that starts later reads it from the table
         body = register(third, fleet, agent.instance_id, OLD)
         assert body["agentUpdate"]["sha256"] == build["sha256"]
+
+
+@pytest.mark.server_env(DEPMAN_PUBLIC_URL="https://depman.example.com/")
+def test_download_url_uses_the_public_url(depman_server: RunningServer) -> None:
+    fleet = make_fleet(depman_server)
+    instance_id = fleet.add_instance("pub")
+    data = pyz_with("depman-agent/7.5.0")
+    status, build = publish(depman_server, fleet.server_type, data)
+    assert status == 200, build
+    url = f"https://depman.example.com/agent/builds/{sha256_hex(data)}.pyz"
+    assert build["downloadUrl"] == url
+    assert register(depman_server, fleet, instance_id, OLD)["agentUpdate"]["downloadUrl"] == url
