@@ -235,7 +235,14 @@ def _transition_statements() -> dict[str, Any]:
         .returning(*answer),
         # Accepted after `failed` too: the file did arrive.
         succeeded: base.where(QueueItem.state != succeeded)
-        .values(state=succeeded, error=None, finished_at=now, updated_at=now)
+        .values(
+            state=succeeded,
+            error=None,
+            finished_at=now,
+            updated_at=now,
+            failures=0,
+            next_attempt_at=None,
+        )
         .returning(*answer),
         failed: base.where(QueueItem.state.in_((queued, running)))
         .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
@@ -366,28 +373,6 @@ def requeue_stale_running(
             row.last_progress_at = None
             mark_instance(session, row.instance_id)
     return failed
-
-
-def wake_due_items(*, session: Session, now: datetime | None = None) -> int:
-    """Queued items whose `next_attempt_at` has come: clear it, wake their instances.
-
-    A poll that found only such items was answered empty, and that answer is memo'd;
-    the mark drops the memo so the next poll hands the item out.
-    """
-    now = now or utcnow()
-    rows = session.execute(
-        update(QueueItem)
-        .where(
-            QueueItem.state == ItemState.QUEUED.value,
-            QueueItem.next_attempt_at.is_not(None),
-            QueueItem.next_attempt_at <= now,
-        )
-        .values(next_attempt_at=None)
-        .returning(QueueItem.instance_id)
-    ).all()
-    for (instance_id,) in rows:
-        mark_instance(session, instance_id)
-    return len(rows)
 
 
 def list_items(instance_id: str, *, session: Session) -> list[QueueItem]:

@@ -6,16 +6,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, and_, bindparam, func, not_, update
+from sqlalchemy import BigInteger, Connection, and_, bindparam, func, not_, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
 from depman.core.inventory import SCALAR_COLUMNS
-from depman.core.jobs import on_dep_failed
+from depman.core.jobs import on_dep_failed, refresh_instance_jobs
 from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
+from depman.core.receipts import Receipt, store_receipt
+from depman.core.retries import schedule_retry
 from depman.core.states import ItemState, Op
-from depman.store.models import Instance
+from depman.store.models import Instance, Job, QueueItem
 
 # A heartbeat's figures but the queue depth, in the same order (SCALAR_COLUMNS).
 FIGURES = SCALAR_COLUMNS[:4]
@@ -34,6 +36,7 @@ class StatusReport:
     disk_free_bytes: int | None = None
     disk_used_bytes: int | None = None
     dynamic_bytes_used: int | None = None
+    receipt: Receipt | None = None
 
 
 def _figures_statement() -> Any:
@@ -92,21 +95,88 @@ def apply_status(
     policy: Policy,
     now: datetime | None = None,
 ) -> Transition:
-    """Apply a status report: move the item, keep the disk figures, handle a failed download."""
+    """Apply a status report: move the item, keep the disk figures, and what follows.
+
+    Every path that takes a `succeeded` or `failed` report calls this (the handler,
+    and the quick lane for `succeeded`), so its rules hold whichever path served it.
+    """
     now = now or utcnow()
-    result = record_report(instance_id, report, conn=session.connection(), now=now)
-    if (
-        result.applied
-        and result.state == ItemState.FAILED.value
-        and result.op == Op.DOWNLOAD.value
-        and result.dep_id is not None
-    ):
-        on_dep_failed(
+    conn = session.connection()
+    if report.state == ItemState.SUCCEEDED.value:
+        # Instance row first, then the item: the lock order of heartbeats, which
+        # also write both (a receipt may add an inventory row and clear the digest).
+        conn.execute(
+            select(Instance.instance_id)
+            .where(Instance.instance_id == instance_id)
+            .with_for_update()
+        )
+    result = record_report(instance_id, report, conn=conn, now=now)
+    if not result.applied or result.dep_id is None:
+        return result
+    if result.state == ItemState.SUCCEEDED.value:
+        on_item_succeeded(
+            instance_id, result.dep_id, report.item_id, report.receipt, session=session, now=now
+        )
+    elif result.state == ItemState.FAILED.value:
+        on_item_failed(
             instance_id,
             result.dep_id,
+            result.op,
             result.error or "failed",
             session=session,
             policy=policy,
             now=now,
         )
     return result
+
+
+def on_item_succeeded(
+    instance_id: str,
+    dep_id: str,
+    item_id: str,
+    receipt: Receipt | None,
+    *,
+    session: Session,
+    now: datetime,
+) -> list[Job]:
+    """An item succeeded: keep its receipt; jobs whose last unproven dep this was go ready.
+
+    A matching receipt marks the dep installed at once (`store_receipt`); without
+    one (a v1 agent) the dep counts once a heartbeat lists it. Either way a `touch`
+    that succeeded now lets its dep count (`refresh_instance_jobs`).
+    """
+    if receipt is not None:
+        store_receipt(instance_id, dep_id, item_id, receipt, session=session, now=now)
+    return refresh_instance_jobs(instance_id, None, session=session, now=now, dep_id=dep_id)
+
+
+def on_item_failed(
+    instance_id: str,
+    dep_id: str,
+    op: str | None,
+    error: str,
+    *,
+    session: Session,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """An item failed: waiting jobs move or fail (download), re-download (touch), retry later.
+
+    A failed touch means the agent did not find the file: the jobs that wait for it
+    get the download queued again. A failed static or prefetch download is queued
+    again after a backoff (`schedule_retry`).
+    """
+    if op == Op.TOUCH.value:
+        refresh_instance_jobs(instance_id, None, session=session, now=now, dep_id=dep_id)
+        return
+    on_dep_failed(instance_id, dep_id, error, session=session, policy=policy, now=now)
+    item = session.scalar(
+        select(QueueItem).where(QueueItem.instance_id == instance_id, QueueItem.dep_id == dep_id)
+    )
+    if item is not None and item.state == ItemState.FAILED.value:
+        schedule_retry(
+            item,
+            base=policy.retry_backoff_seconds,
+            ceiling=policy.retry_backoff_max_seconds,
+            now=now,
+        )

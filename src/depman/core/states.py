@@ -12,6 +12,8 @@ class ItemState(str, Enum):  # noqa: UP042 - mirrors the agent's enums
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Final: an operator cancelled it (the agent confirms with a `cancelled` report).
+    CANCELLED = "cancelled"
 
 
 class Op(str, Enum):  # noqa: UP042

@@ -22,9 +22,13 @@ def poll_answer(poll: QueuePoll) -> bytes:
     return encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
 
 
-def heartbeat_answer(pinned_dep_ids: list[str]) -> bytes:
-    """`POST /dependencies/heartbeat`: ok, and the pins (extension)."""
-    return encode({"ok": True, "pinnedDepIds": pinned_dep_ids})
+def heartbeat_answer(pinned_dep_ids: list[str], static_dep_ids: list[str]) -> bytes:
+    """`POST /dependencies/heartbeat`: ok, the pins and the profile's static deps (extensions).
+
+    `staticDepIds` is the profile's list now: a dep the agent holds as static but
+    not in it has become dynamic (evictable).
+    """
+    return encode({"ok": True, "pinnedDepIds": pinned_dep_ids, "staticDepIds": static_dep_ids})
 
 
 def status_answer(result: Transition) -> bytes:

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from depman.core.instances import hash_token, register
 from depman.core.inventory import apply_heartbeat
 from depman.core.pins import compute_pins
+from depman.core.profiles import static_dep_ids_of_type
 from depman.core.queue import QueuePoll, poll_queue
 from depman.core.reports import apply_status
 from depman.core.scheduler import place_pending_jobs
@@ -154,12 +155,13 @@ def post_status(
 def post_heartbeat(
     body: HeartbeatRequest, session: SessionDep, state: StateDep, token: BearerDep
 ) -> Response:
-    """Record the inventory (a diff) and scalars; answer the pins."""
+    """Record the inventory (a diff) and scalars; answer the pins and the static deps."""
     hints = state.hub.hints
     seen = hints.epoch(body.instance_id)  # before any read the memo below relies on
     check_agent(state, body.instance_id, token, session=session)
     hb = body.to_core()
     result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
+    static = static_dep_ids_of_type(result.server_type, conn=session.connection())
     if not result.changed and state.db.dialect == "postgresql":
         session.execute(ASYNC_COMMIT)  # only liveness and scalars were written
     session.commit()
@@ -180,7 +182,7 @@ def post_heartbeat(
         if placed:
             pins = compute_pins(body.instance_id, session=session)
             session.commit()
-    answer = heartbeat_answer(pins)
+    answer = heartbeat_answer(pins, static)
     # The next heartbeat like this one is answered by the fast lane (server/fastlane.py).
     remember_heartbeat(state, body, hb, result.digest, answer, seen)
     return Response(answer, media_type="application/json")
