@@ -23,11 +23,8 @@ class DiskStats:
     used_bytes: int
 
     def to_json(self) -> dict[str, int]:
-        return {
-            "totalBytes": self.total_bytes,
-            "freeBytes": self.free_bytes,
-            "usedBytes": self.used_bytes,
-        }
+        return {"totalBytes": self.total_bytes, "freeBytes": self.free_bytes,
+                "usedBytes": self.used_bytes}
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -41,11 +38,8 @@ def existing_ancestor(path: Path) -> Path:
 def statvfs_stats(path: Path) -> DiskStats:
     """Usage of the filesystem holding ``path`` (not of ``/``: models often sit on a volume)."""
     st = os.statvfs(existing_ancestor(path))
-    return DiskStats(
-        total_bytes=st.f_blocks * st.f_frsize,
-        free_bytes=st.f_bavail * st.f_frsize,
-        used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
-    )
+    return DiskStats(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize,
+                     used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize)
 
 
 def safe_relative_path(rel: str) -> PurePosixPath:
@@ -65,14 +59,9 @@ def safe_relative_path(rel: str) -> PurePosixPath:
 class Cache:
     """Thread-safe view of ``AgentState``; every change is saved before it is reported."""
 
-    def __init__(
-        self,
-        comfyui_dir: Path,
-        store: StateStore,
-        *,
-        stats: Callable[[Path], DiskStats] = statvfs_stats,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, comfyui_dir: Path, store: StateStore, *,
+                 stats: Callable[[Path], DiskStats] = statvfs_stats,
+                 clock: Callable[[], float] = time.time) -> None:
         self.comfyui_dir = comfyui_dir
         self.store = store
         self.stats_of = stats
@@ -97,11 +86,8 @@ class Cache:
                 except (OSError, UnsafePath):
                     size = -1
                 if size != record.size_bytes:
-                    log.info(
-                        "Dep %s is no longer on disk as recorded (%s); forgetting it",
-                        dep_id,
-                        record.dest_relative_path,
-                    )
+                    log.info("Dep %s is no longer on disk as recorded (%s); forgetting it",
+                             dep_id, record.dest_relative_path)
                     del self.state.deps[dep_id]
             self.save()
 
@@ -136,29 +122,14 @@ class Cache:
             return False
 
     # -- changes (each saved at once) ------------------------------------
-    def mark_installed(
-        self,
-        dep_id: str,
-        kind: str,
-        rel: str,
-        size: int,
-        sha256: str | None,
-        *,
-        verified: bool = True,
-    ) -> DepRecord:
+    def mark_installed(self, dep_id: str, kind: str, rel: str, size: int,
+                       sha256: str | None, *, verified: bool = True) -> DepRecord:
         now = self.clock()
         with self.lock:
             old = self.state.deps.get(dep_id)
-            record = DepRecord(
-                dep_id,
-                kind,
-                rel,
-                size,
-                sha256,
-                installed_at=old.installed_at if old else now,
-                last_used_at=now,
-                verified=verified,
-            )
+            record = DepRecord(dep_id, kind, rel, size, sha256,
+                               installed_at=old.installed_at if old else now,
+                               last_used_at=now, verified=verified)
             self.state.deps[dep_id] = record
             self.state.failed.pop(dep_id, None)
             self.state.inflight.pop(dep_id, None)

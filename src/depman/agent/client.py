@@ -52,10 +52,8 @@ class ControlPlaneClient:
 
     # -- the four calls ---------------------------------------------------
     def register(self) -> Registration:
-        body: dict[str, Any] = {
-            "serverType": self.config.server_type,
-            "agentVersion": p.AGENT_VERSION,
-        }
+        body: dict[str, Any] = {"serverType": self.config.server_type,
+                                "agentVersion": p.AGENT_VERSION}
         if self.config.instance_id:
             body["instanceId"] = self.config.instance_id
         if self.config.instance_ip:
@@ -66,12 +64,8 @@ class ControlPlaneClient:
             try:
                 data = self._request("POST", p.REGISTER_PATH, body, headers=headers)
                 instance_id, token = data.get("instanceId"), data.get("agentToken")
-                if (
-                    not isinstance(instance_id, str)
-                    or not instance_id
-                    or not isinstance(token, str)
-                    or not token
-                ):
+                if not isinstance(instance_id, str) or not instance_id or \
+                        not isinstance(token, str) or not token:
                     raise ServerError("Register response lacks instanceId or agentToken")
             except ServerError as exc:
                 delay = policy.next_delay(exc.retry_after) or 0.0
@@ -95,27 +89,19 @@ class ControlPlaneClient:
         query: dict[str, Any] = {"instanceId": reg.instance_id, "limit": limit}
         if wait_seconds > 0 and reg.long_poll:
             query["waitSeconds"] = int(min(wait_seconds, p.LONG_POLL_MAX_SECONDS))
-        data = self.call(
-            "GET", p.QUEUE_PATH, None, query=query, timeout=p.HTTP_TIMEOUT_SECONDS + wait_seconds
-        )
+        data = self.call("GET", p.QUEUE_PATH, None, query=query,
+                         timeout=p.HTTP_TIMEOUT_SECONDS + wait_seconds)
         items = [i for i in data.get("items", []) if isinstance(i, dict)]
         return QueueAnswer(items, _pinned(data))
 
     def status(self, body: dict[str, Any], *, attempts: int | None = None) -> None:
-        self.call(
-            "POST",
-            p.STATUS_PATH,
-            {"instanceId": self._registered().instance_id, **body},
-            attempts=attempts,
-        )
+        self.call("POST", p.STATUS_PATH, {"instanceId": self._registered().instance_id, **body},
+                  attempts=attempts)
 
     def heartbeat(self, body: dict[str, Any], *, attempts: int | None = None) -> set[str] | None:
-        data = self.call(
-            "POST",
-            p.HEARTBEAT_PATH,
-            {"instanceId": self._registered().instance_id, **body},
-            attempts=attempts,
-        )
+        data = self.call("POST", p.HEARTBEAT_PATH,
+                         {"instanceId": self._registered().instance_id, **body},
+                         attempts=attempts)
         return _pinned(data)
 
     def abort(self) -> None:
@@ -132,29 +118,16 @@ class ControlPlaneClient:
     def _registered(self) -> Registration:
         return self.registration or self.register()
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        *,
-        query: Mapping[str, Any] | None = None,
-        timeout: float = p.HTTP_TIMEOUT_SECONDS,
-        attempts: int | None = None,
-    ) -> dict[str, Any]:
+    def call(self, method: str, path: str, body: dict[str, Any] | None, *,
+             query: Mapping[str, Any] | None = None, timeout: float = p.HTTP_TIMEOUT_SECONDS,
+             attempts: int | None = None) -> dict[str, Any]:
         """An authenticated call, retried until it succeeds, ``attempts`` run out or stop."""
         policy = RetryPolicy(max_attempts=attempts, base_delay=1.0, max_delay=60.0)
         while True:
             reg = self._registered()
             try:
-                return self._request(
-                    method,
-                    path,
-                    body,
-                    query=query,
-                    timeout=timeout,
-                    headers={"Authorization": f"Bearer {reg.agent_token}"},
-                )
+                return self._request(method, path, body, query=query, timeout=timeout,
+                                     headers={"Authorization": f"Bearer {reg.agent_token}"})
             except Unauthorized as exc:
                 log.warning("%s %s answered %s; registering again", method, path, exc.status)
                 self.registration = None
@@ -168,20 +141,14 @@ class ControlPlaneClient:
             delay = policy.next_delay(error.retry_after)
             if delay is None:
                 raise error
-            log.warning("%s %s failed: %s; retrying in %.1f s", method, path, error.message, delay)
+            log.warning("%s %s failed: %s; retrying in %.1f s", method, path, error.message,
+                        delay)
             if self.stop.wait(delay) and attempts is None:
                 raise Stopping(f"stopped during {method} {path}") from error
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        *,
-        query: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = p.HTTP_TIMEOUT_SECONDS,
-    ) -> dict[str, Any]:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, *,
+                 query: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                 timeout: float = p.HTTP_TIMEOUT_SECONDS) -> dict[str, Any]:
         url = self.config.api_base_url + path + (f"?{urlencode(query)}" if query else "")
         all_headers = {"Accept": "application/json", **(headers or {})}
         payload = None
@@ -189,14 +156,8 @@ class ControlPlaneClient:
             payload = json.dumps(body).encode()
             all_headers["Content-Type"] = "application/json"
         try:
-            response = send(
-                method,
-                url,
-                headers=all_headers,
-                body=payload,
-                timeout=timeout,
-                on_connection=self._track,
-            )
+            response = send(method, url, headers=all_headers, body=payload, timeout=timeout,
+                            on_connection=self._track)
             with response:
                 raw = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -207,11 +168,8 @@ class ControlPlaneClient:
         if status in (401, 403):
             raise Unauthorized(f"HTTP {status}", status=status)
         if status >= 300:
-            raise ServerError(
-                f"HTTP {status}: {_error_text(raw)}",
-                status=status,
-                retry_after=parse_retry_after(response.header("Retry-After")),
-            )
+            raise ServerError(f"HTTP {status}: {_error_text(raw)}", status=status,
+                              retry_after=parse_retry_after(response.header("Retry-After")))
         try:
             data = json.loads(raw or b"{}")
         except ValueError as exc:

@@ -16,23 +16,12 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 _UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1024,
-    "kib": 1024,
-    "m": 1024**2,
-    "mb": 1024**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gb": 1024**3,
-    "gib": 1024**3,
-    "t": 1024**4,
-    "tb": 1024**4,
-    "tib": 1024**4,
-    "p": 1024**5,
-    "pb": 1024**5,
-    "pib": 1024**5,
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1024, "kib": 1024,
+    "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
+    "p": 1024**5, "pb": 1024**5, "pib": 1024**5,
 }
 # The field agent's pattern had a stray escaped backslash and rejected "10GB".
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -118,9 +107,8 @@ class AgentConfig:
         if not parts.path.endswith("/api"):
             raise ConfigError("FCS_API_BASE_URL", f"must end with /api: {base_url!r}")
         workspace = Path(reader.text("WORKSPACE") or p.DEFAULT_WORKSPACE)
-        parallel = reader.get(
-            "MAX_PARALLEL_DOWNLOADS", _parse_int, p.DEFAULT_MAX_PARALLEL_DOWNLOADS
-        )
+        parallel = reader.get("MAX_PARALLEL_DOWNLOADS", _parse_int,
+                              p.DEFAULT_MAX_PARALLEL_DOWNLOADS)
         return cls(
             api_base_url=base_url,
             server_type=reader.required("SERVER_TYPE"),
@@ -133,12 +121,12 @@ class AgentConfig:
             comfyui_dir=Path(reader.text("DM_COMFYUI_DIR") or workspace / p.COMFYUI_SUBDIR),
             state_path=Path(reader.text("DM_STATE_PATH") or workspace / p.STATE_FILENAME),
             poll_seconds=reader.positive("DM_POLL_SECONDS", p.DEFAULT_POLL_SECONDS),
-            heartbeat_seconds=reader.positive("DM_HEARTBEAT_SECONDS", p.DEFAULT_HEARTBEAT_SECONDS),
+            heartbeat_seconds=reader.positive("DM_HEARTBEAT_SECONDS",
+                                              p.DEFAULT_HEARTBEAT_SECONDS),
             max_parallel_downloads=max(1, min(p.MAX_PARALLEL_DOWNLOADS_LIMIT, parallel)),
             verbose_progress=reader.get("DM_VERBOSE_PROGRESS", parse_bool, False),
-            allowed_domains=reader.get(
-                "DM_ALLOWED_DOMAINS", _parse_domains, p.DEFAULT_ALLOWED_DOMAINS
-            ),
+            allowed_domains=reader.get("DM_ALLOWED_DOMAINS", _parse_domains,
+                                       p.DEFAULT_ALLOWED_DOMAINS),
             dynamic_eviction_enabled=reader.get("DM_DYNAMIC_EVICTION_ENABLED", parse_bool, None),
             dynamic_min_free_bytes=reader.get("DM_DYNAMIC_MIN_FREE_BYTES", parse_byte_size, None),
             dynamic_max_bytes=reader.get("DM_DYNAMIC_MAX_BYTES", parse_byte_size, None),
@@ -146,18 +134,14 @@ class AgentConfig:
             pin_ttl_seconds=reader.at_least("DM_PIN_TTL_SECONDS", 0),
             download_connections=reader.at_least("DM_DOWNLOAD_CONNECTIONS", 1)
             or p.DEFAULT_DOWNLOAD_CONNECTIONS,
-            min_segment_bytes=reader.get(
-                "DM_MIN_SEGMENT_BYTES", parse_byte_size, p.DEFAULT_MIN_SEGMENT_BYTES
-            )
-            or 1,
+            min_segment_bytes=reader.get("DM_MIN_SEGMENT_BYTES", parse_byte_size,
+                                         p.DEFAULT_MIN_SEGMENT_BYTES) or 1,
             progress_seconds=reader.positive("DM_PROGRESS_SECONDS", p.DEFAULT_PROGRESS_SECONDS),
-            long_poll_seconds=min(
-                float(p.LONG_POLL_MAX_SECONDS),
-                reader.get("DM_LONG_POLL_SECONDS", _parse_seconds, p.DEFAULT_LONG_POLL_SECONDS),
-            ),
-            item_retry_seconds=reader.get(
-                "DM_ITEM_RETRY_SECONDS", _parse_seconds, p.DEFAULT_ITEM_RETRY_SECONDS
-            ),
+            long_poll_seconds=min(float(p.LONG_POLL_MAX_SECONDS),
+                                  reader.get("DM_LONG_POLL_SECONDS", _parse_seconds,
+                                             p.DEFAULT_LONG_POLL_SECONDS)),
+            item_retry_seconds=reader.get("DM_ITEM_RETRY_SECONDS", _parse_seconds,
+                                          p.DEFAULT_ITEM_RETRY_SECONDS),
         )
 
     def redacted(self) -> dict[str, object]:

@@ -57,9 +57,8 @@ class DownloadOptions:
     ensure_space: Callable[[int], None] | None = None
 
     def new_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            max_attempts=self.max_attempts, base_delay=self.base_delay, max_delay=self.max_delay
-        )
+        return RetryPolicy(max_attempts=self.max_attempts, base_delay=self.base_delay,
+                           max_delay=self.max_delay)
 
 
 @dataclass(frozen=True)
@@ -151,16 +150,11 @@ class _Download:
                     self.policy.reset()
                 delay = self.policy.next_delay(exc.retry_after)
                 if delay is None:
-                    raise DownloadError(
-                        f"{exc.message} (gave up after {self.policy.failures} attempts)",
-                        retryable=False,
-                    ) from exc
-                log.warning(
-                    "Download %s: %s; retrying in %.1f s",
-                    redact_url(self.spec.url),
-                    exc.message,
-                    delay,
-                )
+                    raise DownloadError(f"{exc.message} (gave up after "
+                                        f"{self.policy.failures} attempts)",
+                                        retryable=False) from exc
+                log.warning("Download %s: %s; retrying in %.1f s",
+                            redact_url(self.spec.url), exc.message, delay)
                 if self.options.stop.wait(delay):
                     raise DownloadInterrupted() from exc
 
@@ -171,18 +165,11 @@ class _Download:
         for path in (self.partial, self.sidecar.path):
             path.unlink(missing_ok=True)
 
-    def open(
-        self, url: str, headers: dict[str, str], pool: ConnectionPool | None = None
-    ) -> Response:
-        return open_url(
-            url,
-            headers=headers,
-            authorization=self.spec.authorization,
-            catalog_url=self.spec.url,
-            allowed_domains=self.options.allowed_domains,
-            timeout=self.options.timeout,
-            pool=pool,
-        )
+    def open(self, url: str, headers: dict[str, str],
+             pool: ConnectionPool | None = None) -> Response:
+        return open_url(url, headers=headers, authorization=self.spec.authorization,
+                        catalog_url=self.spec.url, allowed_domains=self.options.allowed_domains,
+                        timeout=self.options.timeout, pool=pool)
 
     def _attempt(self, force_single: bool) -> DownloadResult:
         try:
@@ -206,12 +193,9 @@ class _Download:
             meta, offset = None, 0
         if meta is not None and meta.get("mode") in SEGMENTED_MODES:
             return self._segmented(meta)
-        wants_segments = (
-            not force_single
-            and opts.connections > 1
-            and offset == 0
-            and (spec.expected_size is None or spec.expected_size >= 2 * opts.min_segment_bytes)
-        )
+        wants_segments = (not force_single and opts.connections > 1 and offset == 0 and
+                          (spec.expected_size is None
+                           or spec.expected_size >= 2 * opts.min_segment_bytes))
         if not wants_segments:
             return self._single(offset, meta)
         probe = self.probe()
@@ -225,9 +209,8 @@ class _Download:
         """Ask the catalog URL for byte 0: learns ranges, total, ETag and the CDN URL."""
         response = self.open(self.spec.url, {"Range": "bytes=0-0"})
         if response.status == 200:
-            return ProbeResult(
-                url=response.url, total=None, etag=response.header("ETag"), response=response
-            )
+            return ProbeResult(url=response.url, total=None, etag=response.header("ETag"),
+                               response=response)
         try:
             if response.status != 206:
                 raise classify_status(response)
@@ -243,15 +226,12 @@ class _Download:
     def check_total(self, total: int | None) -> None:
         expected = self.spec.expected_size
         if total is not None and expected is not None and total != expected:
-            raise VerificationError(
-                f"Size mismatch: origin has {total} bytes, catalog expects {expected}",
-                retryable=False,
-            )
+            raise VerificationError(f"Size mismatch: origin has {total} bytes, catalog "
+                                    f"expects {expected}", retryable=False)
 
     # -- single stream --------------------------------------------------
-    def _single(
-        self, offset: int, meta: dict[str, object] | None, response: Response | None = None
-    ) -> DownloadResult:
+    def _single(self, offset: int, meta: dict[str, object] | None,
+                response: Response | None = None) -> DownloadResult:
         spec = self.spec
         validator = meta.get("etag") if meta else None
         headers: dict[str, str] = {}
@@ -276,16 +256,13 @@ class _Download:
                 changed = isinstance(validator, str) and etag is not None and etag != validator
                 if span is None or span[0] != offset or changed:
                     self.discard()
-                    raise DownloadError(
-                        "Origin answered the range request inconsistently; restarting from zero"
-                    )
+                    raise DownloadError("Origin answered the range request inconsistently; "
+                                        "restarting from zero")
                 total = span[2]
             else:
                 if offset:
-                    log.info(
-                        "Origin answered 200 to a range request; restarting %s from zero",
-                        spec.dest.name,
-                    )
+                    log.info("Origin answered 200 to a range request; restarting %s from zero",
+                             spec.dest.name)
                 offset = 0
                 length = response.header("Content-Length")
                 total = int(length) if length and length.isdigit() else None
@@ -338,9 +315,8 @@ class _Download:
         return self.finalize(size, hash_file(self.partial, self.options.chunk_bytes), False)
 
     # -- segmented ------------------------------------------------------
-    def _segmented(
-        self, meta: dict[str, object] | None, probe: ProbeResult | None = None
-    ) -> DownloadResult:
+    def _segmented(self, meta: dict[str, object] | None,
+                   probe: ProbeResult | None = None) -> DownloadResult:
         if probe is None:
             probe = self.probe()
             if probe.response is not None:
@@ -348,8 +324,7 @@ class _Download:
                 return self._single(0, None, probe.response)
             assert meta is not None
             if probe.total != meta.get("total") or (
-                meta.get("etag") and probe.etag and probe.etag != meta.get("etag")
-            ):
+                    meta.get("etag") and probe.etag and probe.etag != meta.get("etag")):
                 log.info("%s changed at the origin; restarting from zero", self.spec.dest.name)
                 self.discard()
                 meta = None
@@ -358,9 +333,8 @@ class _Download:
         if have and _size(self.partial) != probe.total:
             have = None  # the .partial is gone or was cut: its ranges are not on disk
         if have is None:
-            log.warning(
-                "Cannot trust the resume data of %s; restarting from zero", self.spec.dest.name
-            )
+            log.warning("Cannot trust the resume data of %s; restarting from zero",
+                        self.spec.dest.name)
             self.discard()
             meta, have = None, []
         etag = probe.etag
@@ -379,17 +353,13 @@ class _Download:
         spec = self.spec
         if spec.expected_size is not None and size != spec.expected_size:
             self.discard()
-            raise VerificationError(
-                f"Size mismatch: got {size} bytes, expected {spec.expected_size}", retryable=False
-            )
+            raise VerificationError(f"Size mismatch: got {size} bytes, expected "
+                                    f"{spec.expected_size}", retryable=False)
         if spec.sha256 and digest != spec.sha256.lower():
             self.discard()
             error = _SegmentedMismatch if segmented else VerificationError
-            raise error(
-                f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
-                f"got {digest}",
-                retryable=False,
-            )
+            raise error(f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
+                        f"got {digest}", retryable=False)
         os.replace(self.partial, spec.dest)
         fsync_dir(spec.dest.parent)
         self.sidecar.path.unlink(missing_ok=True)

@@ -1,17 +1,17 @@
 """Agent exceptions, each with a stable ``code``.
 
-AgentError
-├── ConfigError              a bad env value; start-up stops
-├── UnsafePath               destRelativePath absolute or escaping the ComfyUI folder
-├── ServerError              the control plane answered an error or could not be reached
-│   └── Unauthorized         401/403: register again
-├── Stopping                 the agent was asked to stop while waiting
-└── DownloadError            a dependency could not be fetched (see ``retryable``)
-    ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
-    ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
-    ├── InsufficientDiskSpace
-    ├── VerificationError    size or sha256 mismatch
-    └── DownloadInterrupted  stopped at a resumable point (the .partial is kept)
+    AgentError
+    ├── ConfigError              a bad env value; start-up stops
+    ├── UnsafePath               destRelativePath absolute or escaping the ComfyUI folder
+    ├── ServerError              the control plane answered an error or could not be reached
+    │   └── Unauthorized         401/403: register again
+    ├── Stopping                 the agent was asked to stop while waiting
+    └── DownloadError            a dependency could not be fetched (see ``retryable``)
+        ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
+        ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
+        ├── InsufficientDiskSpace
+        ├── VerificationError    size or sha256 mismatch
+        └── DownloadInterrupted  stopped at a resumable point (the .partial is kept)
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ class ServerError(AgentError):
 
     code = "server_error"
 
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
@@ -77,9 +76,8 @@ class DownloadError(AgentError):
 
     code = "download_failed"
 
-    def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after

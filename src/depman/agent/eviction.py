@@ -31,9 +31,8 @@ class EvictionPolicy:
     pin_ttl_seconds: int = p.DEFAULT_PIN_TTL_SECONDS
 
     @classmethod
-    def resolve(
-        cls, profile_policy: Mapping[str, Any] | None, config: AgentConfig
-    ) -> EvictionPolicy:
+    def resolve(cls, profile_policy: Mapping[str, Any] | None,
+                config: AgentConfig) -> EvictionPolicy:
         prof = dict(profile_policy or {})
 
         def pick(env_value: Any, key: str) -> Any:
@@ -46,13 +45,10 @@ class EvictionPolicy:
         cap = pick(config.dynamic_max_bytes, "maxDynamicBytes")
         batch = pick(config.eviction_batch_max, "evictionBatchMax")
         ttl = pick(config.pin_ttl_seconds, "pinTtlSeconds")
-        return cls(
-            enabled=enabled,
-            min_free_bytes=int(floor),
-            max_dynamic_bytes=int(cap) if cap else None,
-            batch_max=int(batch) if batch else p.DEFAULT_EVICTION_BATCH_MAX,
-            pin_ttl_seconds=int(ttl) if ttl is not None else p.DEFAULT_PIN_TTL_SECONDS,
-        )
+        return cls(enabled=enabled, min_free_bytes=int(floor),
+                   max_dynamic_bytes=int(cap) if cap else None,
+                   batch_max=int(batch) if batch else p.DEFAULT_EVICTION_BATCH_MAX,
+                   pin_ttl_seconds=int(ttl) if ttl is not None else p.DEFAULT_PIN_TTL_SECONDS)
 
 
 def open_paths(proc: Path = Path("/proc")) -> set[str]:
@@ -76,32 +72,18 @@ def open_paths(proc: Path = Path("/proc")) -> set[str]:
     return paths
 
 
-def select_evictions(
-    records: Iterable[DepRecord],
-    *,
-    now: float,
-    free_bytes: int,
-    need_free_bytes: int,
-    dynamic_bytes: int,
-    max_dynamic_bytes: int | None,
-    batch_max: int,
-    pin_ttl_seconds: float,
-    protected: Collection[str],
-    in_use: Collection[str],
-    path_of: Any,
-) -> list[DepRecord]:
+def select_evictions(records: Iterable[DepRecord], *, now: float, free_bytes: int,
+                     need_free_bytes: int, dynamic_bytes: int, max_dynamic_bytes: int | None,
+                     batch_max: int, pin_ttl_seconds: float, protected: Collection[str],
+                     in_use: Collection[str], path_of: Any) -> list[DepRecord]:
     """Least recently used dynamic deps to delete until the floor and the cap hold."""
     candidates = sorted(
-        (
-            r
-            for r in records
-            if r.kind == p.DepKind.DYNAMIC.value
-            and r.dep_id not in protected
-            and now - r.last_used_at >= pin_ttl_seconds
-            and str(path_of(r)) not in in_use
-        ),
-        key=lambda r: (r.last_used_at, r.dep_id),
-    )
+        (r for r in records
+         if r.kind == p.DepKind.DYNAMIC.value
+         and r.dep_id not in protected
+         and now - r.last_used_at >= pin_ttl_seconds
+         and str(path_of(r)) not in in_use),
+        key=lambda r: (r.last_used_at, r.dep_id))
     chosen: list[DepRecord] = []
     for record in candidates:
         over_cap = max_dynamic_bytes is not None and dynamic_bytes > max_dynamic_bytes
@@ -120,32 +102,20 @@ class Evictor:
         self.cache = cache
         self.policy = policy
 
-    def evict(
-        self,
-        *,
-        need_free_bytes: int,
-        protected: Collection[str],
-        folder: Path | None = None,
-        enforce_cap: bool = True,
-    ) -> list[str]:
+    def evict(self, *, need_free_bytes: int, protected: Collection[str],
+              folder: Path | None = None, enforce_cap: bool = True) -> list[str]:
         """One pass of at most ``batch_max`` deletions; returns the evicted dep ids."""
         if not self.policy.enabled:
             return []
         cache = self.cache
         stats = cache.disk_stats(folder)
         chosen = select_evictions(
-            cache.records(),
-            now=cache.clock(),
-            free_bytes=stats.free_bytes,
-            need_free_bytes=need_free_bytes,
-            dynamic_bytes=cache.dynamic_bytes(),
+            cache.records(), now=cache.clock(), free_bytes=stats.free_bytes,
+            need_free_bytes=need_free_bytes, dynamic_bytes=cache.dynamic_bytes(),
             max_dynamic_bytes=self.policy.max_dynamic_bytes if enforce_cap else None,
-            batch_max=self.policy.batch_max,
-            pin_ttl_seconds=self.policy.pin_ttl_seconds,
-            protected=protected,
-            in_use=open_paths(),
-            path_of=lambda r: cache.path_for(r.dest_relative_path),
-        )
+            batch_max=self.policy.batch_max, pin_ttl_seconds=self.policy.pin_ttl_seconds,
+            protected=protected, in_use=open_paths(),
+            path_of=lambda r: cache.path_for(r.dest_relative_path))
         evicted = []
         for record in chosen:
             path = cache.path_for(record.dest_relative_path)
@@ -156,37 +126,27 @@ class Evictor:
             except OSError as exc:
                 log.warning("Could not evict %s (%s): %s", record.dep_id, path, exc)
                 continue
-            log.info(
-                "Evicted dynamic dep %s (%s, last used %.0f s ago)",
-                record.dep_id,
-                format_bytes(record.size_bytes),
-                time.time() - record.last_used_at,
-            )
+            log.info("Evicted dynamic dep %s (%s, last used %.0f s ago)", record.dep_id,
+                     format_bytes(record.size_bytes), time.time() - record.last_used_at)
             evicted.append(record.dep_id)
         return evicted
 
-    def ensure_space(
-        self, need_bytes: int, *, folder: Path, protected: Collection[str]
-    ) -> list[str]:
+    def ensure_space(self, need_bytes: int, *, folder: Path,
+                     protected: Collection[str]) -> list[str]:
         """Make room for ``need_bytes`` plus the floor, or raise InsufficientDiskSpace."""
         floor = self.policy.min_free_bytes
         required = need_bytes + floor
         evicted: list[str] = []
         free = self.cache.disk_stats(folder).free_bytes
         if free < required:
-            evicted = self.evict(
-                need_free_bytes=required, protected=protected, folder=folder, enforce_cap=False
-            )
+            evicted = self.evict(need_free_bytes=required, protected=protected, folder=folder,
+                                 enforce_cap=False)
             free = self.cache.disk_stats(folder).free_bytes
         if free < required:
-            hint = (
-                ""
-                if self.policy.enabled
-                else "; dynamic eviction is off (enable it in the profile's dynamicPolicy "
-                "or with DM_DYNAMIC_EVICTION_ENABLED=1)"
-            )
+            hint = ("" if self.policy.enabled else
+                    "; dynamic eviction is off (enable it in the profile's dynamicPolicy "
+                    "or with DM_DYNAMIC_EVICTION_ENABLED=1)")
             raise InsufficientDiskSpace(
                 f"need {format_bytes(need_bytes)} plus a {format_bytes(floor)} floor in "
-                f"{folder}, only {format_bytes(free)} free{hint}"
-            )
+                f"{folder}, only {format_bytes(free)} free{hint}")
         return evicted

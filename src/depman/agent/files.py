@@ -70,20 +70,11 @@ class Sidecar:
         return data if isinstance(data, dict) else None
 
     def save(self, meta: dict[str, Any], spec: _SpecLike) -> None:
-        atomic_write_json(
-            self.path,
-            {
-                **meta,
-                "source": source_key(spec.url),
-                "sha256": spec.sha256,
-                "expectedSize": spec.expected_size,
-            },
-        )
+        atomic_write_json(self.path, {**meta, "source": source_key(spec.url),
+                                      "sha256": spec.sha256, "expectedSize": spec.expected_size})
 
     @staticmethod
     def matches(meta: dict[str, Any], spec: _SpecLike) -> bool:
-        return (
-            meta.get("source") == source_key(spec.url)
-            and meta.get("sha256") == spec.sha256
-            and meta.get("expectedSize") == spec.expected_size
-        )
+        return (meta.get("source") == source_key(spec.url)
+                and meta.get("sha256") == spec.sha256
+                and meta.get("expectedSize") == spec.expected_size)

@@ -120,9 +120,8 @@ class Response:
         # Only a body read to its last byte leaves the connection at a request
         # boundary (read1 counts ``length`` down to 0 but does not mark it closed).
         raw = self.raw
-        reusable = (
-            self.pool is not None and not raw.will_close and (raw.isclosed() or raw.length == 0)
-        )
+        reusable = (self.pool is not None and not raw.will_close
+                    and (raw.isclosed() or raw.length == 0))
         try:
             self.raw.close()
         finally:
@@ -142,24 +141,17 @@ def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https":
-        return http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=ssl.create_default_context()
-        )
+        return http.client.HTTPSConnection(host, parts.port, timeout=timeout,
+                                           context=ssl.create_default_context())
     if parts.scheme == "http":
         return http.client.HTTPConnection(host, parts.port, timeout=timeout)
     raise DownloadError(f"Unsupported URL scheme: {parts.scheme or '(none)'}", retryable=False)
 
 
-def send(
-    method: str,
-    url: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    body: bytes | None = None,
-    timeout: float = 60.0,
-    on_connection: Callable[[http.client.HTTPConnection], None] | None = None,
-    pool: ConnectionPool | None = None,
-) -> Response:
+def send(method: str, url: str, *, headers: Mapping[str, str] | None = None,
+         body: bytes | None = None, timeout: float = 60.0,
+         on_connection: Callable[[http.client.HTTPConnection], None] | None = None,
+         pool: ConnectionPool | None = None) -> Response:
     """One request, no redirects followed. Network errors propagate as OSError.
 
     ``on_connection`` sees the connection before the request goes out, so another
@@ -185,14 +177,10 @@ def send(
     return Response(raw.status, url, raw, conn, pool)
 
 
-def _exchange(
-    conn: http.client.HTTPConnection,
-    method: str,
-    target: str,
-    body: bytes | None,
-    headers: Mapping[str, str],
-    on_connection: Callable[[http.client.HTTPConnection], None] | None,
-) -> http.client.HTTPResponse:
+def _exchange(conn: http.client.HTTPConnection, method: str, target: str, body: bytes | None,
+              headers: Mapping[str, str],
+              on_connection: Callable[[http.client.HTTPConnection], None] | None,
+              ) -> http.client.HTTPResponse:
     if on_connection is not None:
         on_connection(conn)
     try:
@@ -203,16 +191,10 @@ def _exchange(
         raise
 
 
-def open_url(
-    url: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    authorization: str | None = None,
-    catalog_url: str | None = None,
-    allowed_domains: Sequence[str] | None = None,
-    timeout: float = 60.0,
-    pool: ConnectionPool | None = None,
-) -> Response:
+def open_url(url: str, *, headers: Mapping[str, str] | None = None,
+             authorization: str | None = None, catalog_url: str | None = None,
+             allowed_domains: Sequence[str] | None = None, timeout: float = 60.0,
+             pool: ConnectionPool | None = None) -> Response:
     """GET ``url``, following redirects one hop at a time.
 
     Every hop's host is checked against ``allowed_domains`` before it is
@@ -226,7 +208,8 @@ def open_url(
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(current)
         if parts.scheme not in ("http", "https"):
-            raise DownloadError(f"Unsupported URL scheme in {redact_url(current)}", retryable=False)
+            raise DownloadError(f"Unsupported URL scheme in {redact_url(current)}",
+                                retryable=False)
         host = parts.hostname or ""
         if allowed_domains is not None and not host_allowed(host, allowed_domains):
             raise DomainNotAllowed(host)

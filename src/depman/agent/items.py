@@ -33,14 +33,8 @@ class Outcome:
 class ItemRunner:
     """Executes download items (and touches whose file has gone) for the loop."""
 
-    def __init__(
-        self,
-        config: AgentConfig,
-        cache: Cache,
-        stop: threading.Event,
-        evictor: Callable[[], Evictor],
-        protected: Callable[[], Collection[str]],
-    ) -> None:
+    def __init__(self, config: AgentConfig, cache: Cache, stop: threading.Event,
+                 evictor: Callable[[], Evictor], protected: Callable[[], Collection[str]]) -> None:
         self.config = config
         self.cache = cache
         self.stop = stop
@@ -64,13 +58,8 @@ class ItemRunner:
                     log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, exc.message)
                     return Outcome(ok=False, error=exc.message)
                 delay = self.config.item_retry_seconds * attempt
-                log.warning(
-                    "Item %s attempt %d failed: %s; retrying in %.0f s",
-                    item.get("itemId"),
-                    attempt,
-                    exc.message,
-                    delay,
-                )
+                log.warning("Item %s attempt %d failed: %s; retrying in %.0f s",
+                            item.get("itemId"), attempt, exc.message, delay)
             except Exception as exc:  # a bug must fail the item, not kill the worker
                 log.exception("Item %s (%s) crashed", item.get("itemId"), dep_id)
                 return Outcome(ok=False, error=f"Internal error: {exc.__class__.__name__}: {exc}")
@@ -83,7 +72,7 @@ class ItemRunner:
         rel = str(resolved.get("destRelativePath") or "")
         kind = str(resolved.get("kind") or p.DepKind.DYNAMIC.value)
         dest = self.cache.path_for(rel)  # raises UnsafePath before any network traffic
-        sha = resolved.get("sha256") or None
+        sha = (resolved.get("sha256") or None)
         sha = sha.lower() if isinstance(sha, str) else None
         expected = resolved.get("expectedSizeBytes")
         expected = int(expected) if isinstance(expected, int) and expected >= 0 else None
@@ -96,70 +85,47 @@ class ItemRunner:
         evictor = self.evictor()
 
         def ensure_space(need: int) -> None:
-            evictor.ensure_space(need, folder=dest.parent, protected={dep_id, *self.protected()})
+            evictor.ensure_space(need, folder=dest.parent,
+                                 protected={dep_id, *self.protected()})
 
         if expected is not None:  # check before the first byte; again once the origin says
             self.ensure_dir(dest.parent)
             ensure_space(expected)
         log.info("Downloading %s from %s to %s", dep_id, redact_url(str(url)), rel)
         result = download_file(
-            DownloadSpec(
-                url=str(url),
-                dest=dest,
-                sha256=sha,
-                expected_size=expected,
-                authorization=authorization,
-                label=dep_id,
-            ),
-            DownloadOptions(
-                allowed_domains=self.config.allowed_domains,
-                connections=self.config.download_connections,
-                min_segment_bytes=self.config.min_segment_bytes,
-                stop=self.stop,
-                progress=progress,
-                ensure_space=ensure_space,
-            ),
-        )
+            DownloadSpec(url=str(url), dest=dest, sha256=sha, expected_size=expected,
+                         authorization=authorization, label=dep_id),
+            DownloadOptions(allowed_domains=self.config.allowed_domains,
+                            connections=self.config.download_connections,
+                            min_segment_bytes=self.config.min_segment_bytes,
+                            stop=self.stop, progress=progress, ensure_space=ensure_space))
         self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256)
-        log.info(
-            "Installed %s (%d bytes%s)",
-            dep_id,
-            result.size,
-            ", segmented" if result.segmented else "",
-        )
-        evictor.evict(
-            need_free_bytes=evictor.policy.min_free_bytes,
-            protected=set(self.protected()),
-            folder=dest.parent,
-        )
+        log.info("Installed %s (%d bytes%s)", dep_id, result.size,
+                 ", segmented" if result.segmented else "")
+        evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
+                      protected=set(self.protected()), folder=dest.parent)
 
-    def adopt_existing(
-        self, dep_id: str, kind: str, rel: str, dest: Path, sha: str | None, expected: int | None
-    ) -> bool:
+    def adopt_existing(self, dep_id: str, kind: str, rel: str, dest: Path, sha: str | None,
+                       expected: int | None) -> bool:
         """A file already at the target counts as installed once its size and sha256 match."""
         try:
             size = dest.stat().st_size
         except OSError:
             return False
         if expected is not None and size != expected:
-            log.info("%s exists with %d bytes, expected %d; downloading again", rel, size, expected)
+            log.info("%s exists with %d bytes, expected %d; downloading again", rel, size,
+                     expected)
             return False
         record = self.cache.record(dep_id)
-        if (
-            record is not None
-            and record.verified
-            and record.size_bytes == size
-            and record.sha256 == sha
-            and record.dest_relative_path == rel
-        ):
+        if (record is not None and record.verified and record.size_bytes == size
+                and record.sha256 == sha and record.dest_relative_path == rel):
             self.cache.touch(dep_id)
             return True
         if sha is not None:
             digest = hash_file(dest)
             if digest != sha:
-                log.warning(
-                    "%s exists but its sha256 differs from the catalog; downloading again", rel
-                )
+                log.warning("%s exists but its sha256 differs from the catalog; downloading "
+                            "again", rel)
                 return False
         self.cache.mark_installed(dep_id, kind, rel, size, sha or None, verified=sha is not None)
         log.info("Adopted %s already at %s", dep_id, rel)

@@ -44,10 +44,10 @@ class Agent:
         self.pinned: set[str] = set()
         self.active: dict[str, _Active] = {}
         self.done_items: OrderedDict[str, None] = OrderedDict()
-        self.pool = ThreadPoolExecutor(
-            max_workers=config.max_parallel_downloads, thread_name_prefix="item"
-        )
-        self.runner = ItemRunner(config, self.cache, self.stop, self.evictor, self.protected_ids)
+        self.pool = ThreadPoolExecutor(max_workers=config.max_parallel_downloads,
+                                       thread_name_prefix="item")
+        self.runner = ItemRunner(config, self.cache, self.stop, self.evictor,
+                                 self.protected_ids)
         self.resume_items: list[dict[str, Any]] = []
         self.last_heartbeat = 0.0
         self.heartbeat_early = False
@@ -88,25 +88,17 @@ class Agent:
         if not comfy.is_dir():
             try:
                 comfy.mkdir(parents=True, exist_ok=True)
-                log.warning(
-                    "ComfyUI folder %s did not exist; created it. Set DM_COMFYUI_DIR "
-                    "if ComfyUI lives elsewhere.",
-                    comfy,
-                )
+                log.warning("ComfyUI folder %s did not exist; created it. Set DM_COMFYUI_DIR "
+                            "if ComfyUI lives elsewhere.", comfy)
             except OSError as exc:
-                log.error(
-                    "ComfyUI folder %s does not exist and cannot be created (%s). Set "
-                    "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
-                    "then.",
-                    comfy,
-                    exc,
-                )
+                log.error("ComfyUI folder %s does not exist and cannot be created (%s). Set "
+                          "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
+                          "then.", comfy, exc)
         self.cache.reconcile()
         self.resume_items = [i for i in self.cache.inflight_items() if i.get("itemId")]
         if self.resume_items:
-            log.info(
-                "Resuming %d download(s) interrupted by the last shutdown", len(self.resume_items)
-            )
+            log.info("Resuming %d download(s) interrupted by the last shutdown",
+                     len(self.resume_items))
 
     def register(self) -> None:
         reg = self.client.register()
@@ -184,23 +176,15 @@ class Agent:
         self.last_heartbeat = time.monotonic()
         self.heartbeat_early = False
 
-    def post_status(
-        self,
-        item: dict[str, Any],
-        state: p.ItemState,
-        error: str | None = None,
-        attempts: int | None = None,
-    ) -> None:
+    def post_status(self, item: dict[str, Any], state: p.ItemState, error: str | None = None,
+                    attempts: int | None = None) -> None:
         body: dict[str, Any] = {
-            "itemId": item.get("itemId"),
-            "depId": item.get("depId"),
-            "op": item.get("op"),
-            "state": state.value,
-            "diskStats": self.cache.disk_stats().to_json(),
+            "itemId": item.get("itemId"), "depId": item.get("depId"), "op": item.get("op"),
+            "state": state.value, "diskStats": self.cache.disk_stats().to_json(),
             "dynamicBytesUsed": self.cache.dynamic_bytes(),
         }
         if error is not None:
-            body["error"] = error[: p.ERROR_MAX_CHARS]
+            body["error"] = error[:p.ERROR_MAX_CHARS]
         self.client.status(body, attempts=attempts)
 
     # -- items ------------------------------------------------------------
@@ -244,9 +228,8 @@ class Agent:
             log.info("Touch for %s whose file is missing: downloading it again", dep_id)
             return False
         self.post_status(item, p.ItemState.RUNNING)
-        self.post_status(
-            item, p.ItemState.FAILED, f"File missing for touch: {resolved.get('destRelativePath')}"
-        )
+        self.post_status(item, p.ItemState.FAILED,
+                         f"File missing for touch: {resolved.get('destRelativePath')}")
         self.remember(item["itemId"])
         return True
 
@@ -260,9 +243,8 @@ class Agent:
             self.cache.mark_failed(dep_id, exc.message)
             self.remember(item["itemId"])
             return
-        progress = Progress(
-            dep_id, log_every=self.config.progress_seconds if self.config.verbose_progress else None
-        )
+        progress = Progress(dep_id, log_every=self.config.progress_seconds
+                            if self.config.verbose_progress else None)
         # The download starts first: the first byte should not wait for the status round
         # trip or the state file's fsync (issue 5, dispatch latency). Its outcome is
         # collected on this thread, so the server still sees running before succeeded,

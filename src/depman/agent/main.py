@@ -28,8 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="depman agent",
         description="The depman node agent. Configured by environment variables "
-        "(see docs/agent.md); with no command it runs.",
-    )
+                    "(see docs/agent.md); with no command it runs.")
     parser.add_argument("--version", action="version", version=p.AGENT_VERSION)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the agent (the default)")
@@ -42,17 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--size", type=int, help="expected size in bytes")
     fetch.add_argument("--connections", type=int, default=p.DEFAULT_DOWNLOAD_CONNECTIONS)
     fetch.add_argument("--min-segment", default=str(p.DEFAULT_MIN_SEGMENT_BYTES))
-    fetch.add_argument(
-        "--allow-domain", action="append", help="allowed host (repeatable); default: any host"
-    )
+    fetch.add_argument("--allow-domain", action="append",
+                       help="allowed host (repeatable); default: any host")
     fetch.add_argument("--auth-env", help="env var holding a token sent as Bearer")
     return parser
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
 
 
 def _install_signals(on_first: object) -> None:
@@ -64,10 +61,8 @@ def _install_signals(on_first: object) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         received["count"] += 1
         if received["count"] == 1:
-            log.info(
-                "Received %s: stopping after the current step (send again to stop now)",
-                signal.Signals(signum).name,
-            )
+            log.info("Received %s: stopping after the current step (send again to stop now)",
+                     signal.Signals(signum).name)
             on_first()  # type: ignore[operator]
         else:
             log.warning("Received %s again: stopping now", signal.Signals(signum).name)
@@ -84,26 +79,16 @@ def run_fetch(args: argparse.Namespace) -> int:
     token = os.environ.get(args.auth_env, "") if args.auth_env else ""
     stop = threading.Event()
     _install_signals(stop.set)
-    spec = DownloadSpec(
-        url=args.url,
-        dest=args.dest,
-        sha256=args.sha256,
-        expected_size=args.size,
-        authorization=f"Bearer {token}" if token else None,
-        label=args.dest.name,
-    )
-    options = DownloadOptions(
-        allowed_domains=args.allow_domain,
-        connections=args.connections,
-        min_segment_bytes=parse_byte_size(args.min_segment),
-        stop=stop,
-        progress=Progress(args.dest.name, log_every=2.0),
-    )
+    spec = DownloadSpec(url=args.url, dest=args.dest, sha256=args.sha256,
+                        expected_size=args.size,
+                        authorization=f"Bearer {token}" if token else None,
+                        label=args.dest.name)
+    options = DownloadOptions(allowed_domains=args.allow_domain, connections=args.connections,
+                              min_segment_bytes=parse_byte_size(args.min_segment), stop=stop,
+                              progress=Progress(args.dest.name, log_every=2.0))
     result = download_file(spec, options)
-    print(
-        f"{result.sha256}  {result.path}  {result.size} bytes"
-        f"{' segmented' if result.segmented else ''} resumed_from={result.resumed_from}"
-    )
+    print(f"{result.sha256}  {result.path}  {result.size} bytes"
+          f"{' segmented' if result.segmented else ''} resumed_from={result.resumed_from}")
     return EXIT_OK
 
 
@@ -132,13 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     agent = Agent(config)
     _install_signals(agent.request_stop)
-    log.info(
-        "Starting %s for server type %s, ComfyUI at %s, API %s",
-        p.AGENT_VERSION,
-        config.server_type,
-        config.comfyui_dir,
-        config.api_base_url,
-    )
+    log.info("Starting %s for server type %s, ComfyUI at %s, API %s", p.AGENT_VERSION,
+             config.server_type, config.comfyui_dir, config.api_base_url)
     try:
         return agent.run()
     except Exception:

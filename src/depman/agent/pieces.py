@@ -37,7 +37,6 @@ def _usable_cpus() -> int:
 
 LAGGING_WORKERS = max(1, _usable_cpus() - 1)
 
-
 @dataclass
 class Piece:
     start: int
@@ -56,7 +55,8 @@ class Piece:
         return self.pos >= self.end
 
 
-def plan_pieces(gaps: Iterable[tuple[int, int]], connections: int, min_piece: int) -> list[Piece]:
+def plan_pieces(gaps: Iterable[tuple[int, int]], connections: int,
+                min_piece: int) -> list[Piece]:
     """Pieces covering ``gaps`` in file order.
 
     The first ``connections`` pieces ramp up (1/n, 2/n, ... of the piece size):
@@ -141,9 +141,8 @@ def resume_ranges(meta: Mapping[str, Any], total: int) -> list[tuple[int, int]] 
 class PieceBoard:
     """The pieces of one file: handed out in order, split at the tail; thread-safe."""
 
-    def __init__(
-        self, total: int, have: list[tuple[int, int]], connections: int, min_piece: int
-    ) -> None:
+    def __init__(self, total: int, have: list[tuple[int, int]], connections: int,
+                 min_piece: int) -> None:
         self.total = total
         self.connections = max(1, connections)
         self.min_steal = max(MIN_STEAL_BYTES, min_piece // 4)
@@ -176,7 +175,7 @@ class PieceBoard:
 
     def _split_largest(self) -> Piece | None:
         victim, spare = None, 0
-        for piece in self.pieces[self.frontier :]:
+        for piece in self.pieces[self.frontier:]:
             room = piece.end - max(piece.reserved, piece.pos)
             if piece.owned and room > spare:
                 victim, spare = piece, room
@@ -190,7 +189,8 @@ class PieceBoard:
         self.steals += 1
         return stolen
 
-    def advance(self, piece: Piece, written: int, chunk: int, stopping: Callable[[], bool]) -> int:
+    def advance(self, piece: Piece, written: int, chunk: int,
+                stopping: Callable[[], bool]) -> int:
         """Record ``written`` bytes at the piece's position; answer how much to read next.
 
         0 means the piece is complete (or was cut short by a steal). Waits while
@@ -200,12 +200,9 @@ class PieceBoard:
             piece.done += written
             if written and piece.finished and self.waiting:
                 self.hash_moved.notify_all()  # the frontier may have moved: new leaders
-            while (
-                piece.pos < piece.end
-                and self._contiguous() - self.hashed > MAX_HASH_LAG_BYTES
-                and not self._leading(piece)
-                and not stopping()
-            ):
+            while (piece.pos < piece.end
+                   and self._contiguous() - self.hashed > MAX_HASH_LAG_BYTES
+                   and not self._leading(piece) and not stopping()):
                 self.waiting += 1
                 self.hash_moved.wait(0.05)
                 self.waiting -= 1
@@ -216,7 +213,7 @@ class PieceBoard:
     def _leading(self, piece: Piece) -> bool:
         """Whether ``piece`` is among the first LAGGING_WORKERS pieces in flight."""
         ahead = 0
-        for other in self.pieces[self.frontier :]:
+        for other in self.pieces[self.frontier:]:
             if other is piece:
                 return True
             if other.owned and not other.finished:

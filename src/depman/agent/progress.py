@@ -21,13 +21,8 @@ def format_bytes(n: float) -> str:
 class Progress:
     """Bytes done of one download; ``add`` is cheap and safe from many threads."""
 
-    def __init__(
-        self,
-        dep_id: str,
-        *,
-        log_every: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, dep_id: str, *, log_every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.dep_id = dep_id
         self.bytes_done = 0
         self.bytes_total: int | None = None
@@ -77,9 +72,5 @@ class Progress:
     def snapshot(self) -> dict[str, object]:
         """The heartbeat's ``activeDownloads`` entry."""
         with self._lock:
-            return {
-                "depId": self.dep_id,
-                "bytesDone": self.bytes_done,
-                "bytesTotal": self.bytes_total,
-                "bytesPerSecond": int(self._rate),
-            }
+            return {"depId": self.dep_id, "bytesDone": self.bytes_done,
+                    "bytesTotal": self.bytes_total, "bytesPerSecond": int(self._rate)}

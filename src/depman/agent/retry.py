@@ -15,15 +15,9 @@ class RetryPolicy:
     ``max_attempts=None`` retries forever (the control-plane client).
     """
 
-    def __init__(
-        self,
-        *,
-        max_attempts: int | None = 5,
-        base_delay: float = 1.0,
-        max_delay: float = 60.0,
-        jitter: float = 0.2,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, *, max_attempts: int | None = 5, base_delay: float = 1.0,
+                 max_delay: float = 60.0, jitter: float = 0.2,
+                 rand: Callable[[], float] = random.random) -> None:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

@@ -60,9 +60,8 @@ class PrefixHasher:
     instead of a second full read (the unthrottled benchmark measured that pass at ~25 %).
     """
 
-    def __init__(
-        self, path: str, board: PieceBoard, total: int, abort: threading.Event, chunk_bytes: int
-    ) -> None:
+    def __init__(self, path: str, board: PieceBoard, total: int,
+                 abort: threading.Event, chunk_bytes: int) -> None:
         self.fd = os.open(path, os.O_RDONLY)
         self.board = board
         self.total = total
@@ -133,9 +132,8 @@ class Lane:
 class SegmentedFetch:
     """A fixed pool of piece workers; the first hard error stops the others."""
 
-    def __init__(
-        self, download: _Download, probe: ProbeResult, etag: str | None, have: list[tuple[int, int]]
-    ) -> None:
+    def __init__(self, download: _Download, probe: ProbeResult, etag: str | None,
+                 have: list[tuple[int, int]]) -> None:
         assert probe.total is not None
         self.d = download
         self.total = probe.total
@@ -164,16 +162,12 @@ class SegmentedFetch:
                 os.ftruncate(fd, self.total)  # sparse; pieces fill it in place
             self.save(force=True)
             d.progress.start(self.done_bytes(), self.total)
-            hasher = PrefixHasher(
-                str(d.partial), self.board, self.total, self.abort, d.options.chunk_bytes
-            )
+            hasher = PrefixHasher(str(d.partial), self.board, self.total,
+                                  self.abort, d.options.chunk_bytes)
             try:
-                threads = [
-                    threading.Thread(
-                        target=self.worker, args=(fd,), daemon=True, name=f"piece-worker-{i}"
-                    )
-                    for i in range(self.board.workers())
-                ]
+                threads = [threading.Thread(target=self.worker, args=(fd,), daemon=True,
+                                            name=f"piece-worker-{i}")
+                           for i in range(self.board.workers())]
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -186,14 +180,9 @@ class SegmentedFetch:
                 hasher.close()
         finally:
             os.close(fd)
-        log.debug(
-            "%s: %d pieces, %d requests (%d on a kept-alive connection), %d steals",
-            d.spec.dest.name,
-            len(self.board.pieces),
-            self.requests,
-            self.reused,
-            self.board.steals,
-        )
+        log.debug("%s: %d pieces, %d requests (%d on a kept-alive connection), %d steals",
+                  d.spec.dest.name, len(self.board.pieces), self.requests, self.reused,
+                  self.board.steals)
         if self.error is not None:
             raise self.error
         if d.options.stop.is_set() and self.done_bytes() < self.total:
@@ -207,15 +196,8 @@ class SegmentedFetch:
             return
         try:
             self.last_save = time.monotonic()
-            self.d.sidecar.save(
-                {
-                    "mode": "pieces",
-                    "etag": self.etag,
-                    "total": self.total,
-                    "have": self.board.have(),
-                },
-                self.d.spec,
-            )
+            self.d.sidecar.save({"mode": "pieces", "etag": self.etag, "total": self.total,
+                                 "have": self.board.have()}, self.d.spec)
         finally:
             self.save_lock.release()
 
@@ -250,8 +232,7 @@ class SegmentedFetch:
                 self.fetch_once(piece, start, end - 1, fd, lane)
             except (OSError, http.client.HTTPException, DownloadError) as exc:
                 if isinstance(exc, RangesUnsupported) or (
-                    isinstance(exc, DownloadError) and not exc.retryable
-                ):
+                        isinstance(exc, DownloadError) and not exc.retryable):
                     raise
                 delay = lane.policy.next_delay(getattr(exc, "retry_after", None))
                 if delay is None:
@@ -270,10 +251,8 @@ class SegmentedFetch:
             self.requests += 1
         with self.d.open(url, headers, lane.pool) as response:
             if response.status == 200:
-                raise RangesUnsupported(
-                    "Origin answered a piece with the whole file "
-                    "(ranges ignored or the file changed)"
-                )
+                raise RangesUnsupported("Origin answered a piece with the whole file "
+                                        "(ranges ignored or the file changed)")
             if response.status in (403, 416):
                 self.refresh_url(generation)
                 raise classify_status(response)
@@ -310,7 +289,8 @@ class SegmentedFetch:
             if probe.response is not None:
                 probe.response.close()
                 raise RangesUnsupported("Origin no longer honours ranges")
-            if probe.total != self.total or (self.etag and probe.etag and probe.etag != self.etag):
+            if probe.total != self.total or (self.etag and probe.etag
+                                             and probe.etag != self.etag):
                 raise RangesUnsupported("File changed at the origin during the download")
             self.url = probe.url
             self.generation += 1

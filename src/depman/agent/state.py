@@ -32,28 +32,20 @@ class DepRecord:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         return {
-            "depId": data["dep_id"],
-            "kind": data["kind"],
-            "destRelativePath": data["dest_relative_path"],
-            "sizeBytes": data["size_bytes"],
-            "sha256": data["sha256"],
-            "installedAt": data["installed_at"],
-            "lastUsedAt": data["last_used_at"],
-            "verified": data["verified"],
+            "depId": data["dep_id"], "kind": data["kind"],
+            "destRelativePath": data["dest_relative_path"], "sizeBytes": data["size_bytes"],
+            "sha256": data["sha256"], "installedAt": data["installed_at"],
+            "lastUsedAt": data["last_used_at"], "verified": data["verified"],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DepRecord:
-        return cls(
-            dep_id=str(data["depId"]),
-            kind=str(data["kind"]),
-            dest_relative_path=str(data["destRelativePath"]),
-            size_bytes=int(data["sizeBytes"]),
-            sha256=data.get("sha256"),
-            installed_at=float(data.get("installedAt", 0)),
-            last_used_at=float(data.get("lastUsedAt", 0)),
-            verified=bool(data.get("verified", True)),
-        )
+        return cls(dep_id=str(data["depId"]), kind=str(data["kind"]),
+                   dest_relative_path=str(data["destRelativePath"]),
+                   size_bytes=int(data["sizeBytes"]), sha256=data.get("sha256"),
+                   installed_at=float(data.get("installedAt", 0)),
+                   last_used_at=float(data.get("lastUsedAt", 0)),
+                   verified=bool(data.get("verified", True)))
 
 
 @dataclass
@@ -78,12 +70,8 @@ class StateStore:
             return AgentState()
         except (OSError, ValueError) as exc:
             aside = self.path.with_name(self.path.name + ".corrupt")
-            log.warning(
-                "State file %s unreadable (%s); starting empty, old copy kept at %s",
-                self.path,
-                exc,
-                aside,
-            )
+            log.warning("State file %s unreadable (%s); starting empty, old copy kept at %s",
+                        self.path, exc, aside)
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
             return AgentState()
@@ -95,19 +83,15 @@ class StateStore:
                 continue
             state.deps[record.dep_id] = record
         state.failed = {str(k): str(v) for k, v in raw.get("failed", {}).items()}
-        state.inflight = {
-            str(k): v for k, v in raw.get("inflight", {}).items() if isinstance(v, dict)
-        }
+        state.inflight = {str(k): v for k, v in raw.get("inflight", {}).items()
+                          if isinstance(v, dict)}
         return state
 
     def save(self, state: AgentState) -> None:
-        atomic_write_json(
-            self.path,
-            {
-                "version": STATE_VERSION,
-                "instanceId": state.instance_id,
-                "deps": {dep_id: r.to_json() for dep_id, r in sorted(state.deps.items())},
-                "failed": state.failed,
-                "inflight": state.inflight,
-            },
-        )
+        atomic_write_json(self.path, {
+            "version": STATE_VERSION,
+            "instanceId": state.instance_id,
+            "deps": {dep_id: r.to_json() for dep_id, r in sorted(state.deps.items())},
+            "failed": state.failed,
+            "inflight": state.inflight,
+        })

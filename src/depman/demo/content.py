@@ -28,7 +28,9 @@ def _chunk(seed: str, index: int) -> bytes:
     return base[shift:] + base[:shift]
 
 
-def iter_content(seed: str, size: int, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+def iter_content(
+    seed: str, size: int, start: int = 0, end: int | None = None
+) -> Iterator[bytes]:
     """Yield bytes [start, end) of the file (end defaults to size), in pieces of at most 1 MiB."""
     stop = size if end is None else min(end, size)
     position = max(0, start)

@@ -142,7 +142,7 @@ def _jobs_table(frame: Frame) -> RenderableType:
     table.add_column("time", no_wrap=True, justify="right")
     for record in frame.jobs:
         state = Text(record.state, STATE_STYLES.get(record.state, ""))
-        held = frame.instances.get(record.instance_id or "") or None
+        held = (frame.instances.get(record.instance_id or "") or None)
         deps = Text()
         for i, dep_id in enumerate(record.dep_ids):
             if i:

@@ -66,9 +66,8 @@ class JobPlayer:
             missing = answer.get("missingDepIds")
             record.missing_at_submit = list(missing) if isinstance(missing, list) else None
             self.records.append(record)
-        thread = threading.Thread(
-            target=self._play, args=(record,), name=f"job-{label}", daemon=True
-        )
+        thread = threading.Thread(target=self._play, args=(record,), name=f"job-{label}",
+                                  daemon=True)
         self._threads.append(thread)
         thread.start()
         return record

@@ -34,9 +34,8 @@ def start_origin(log_dir: Path, token: str) -> Service:
     """The model origin on 127.0.0.1, any free port."""
     proc = ChildProcess(
         "origin",
-        python_module_argv(
-            "depman.demo.origin", "--host", "127.0.0.1", "--port", "0", "--token", token
-        ),
+        python_module_argv("depman.demo.origin", "--host", "127.0.0.1", "--port", "0",
+                           "--token", token),
         env=child_env({}),
         log_path=log_dir / "origin.log",
     )

@@ -228,7 +228,9 @@ class Demo:
     def _all_live(self) -> bool:
         assert self.monitor is not None
         views = self.monitor.snapshot()
-        return all(iid in views and views[iid].heartbeat_at for iid in demo_fleet.INSTANCE_IDS)
+        return all(
+            iid in views and views[iid].heartbeat_at for iid in demo_fleet.INSTANCE_IDS
+        )
 
     def _play_jobs(self, live: Live) -> None:
         assert self.api is not None
@@ -236,10 +238,8 @@ class Demo:
         self.player = JobPlayer(self.api, demo_fleet.SERVER_TYPE, self.options.run_seconds)
         for job in demo_fleet.JOBS:
             record = self.player.submit(job.label, job.dep_ids, job_id=f"demo-{job.label}")
-            self._say(
-                f"submitted {record.job_id}: {', '.join(job.dep_ids)} -> {record.state}"
-                + (f" on {record.instance_id}" if record.instance_id else "")
-            )
+            self._say(f"submitted {record.job_id}: {', '.join(job.dep_ids)} -> {record.state}"
+                      + (f" on {record.instance_id}" if record.instance_id else ""))
             self._refresh(live)
         self._set_phase(live, "running jobs")
         deadline = time.monotonic() + self.options.timeout_seconds

@@ -113,26 +113,19 @@ def render_summary(summary: Summary) -> RenderableType:
             table.add_row("", "", Text(job.error[:300], "red"), "", "")
     facts = Table.grid(padding=(0, 2))
     facts.add_row("jobs completed", f"{summary.completed}/{len(summary.jobs)}")
-    facts.add_row(
-        "bytes downloaded", human_bytes(summary.bytes_downloaded) + " (served by the origin)"
-    )
-    facts.add_row(
-        "cache hits",
-        f"{summary.cache_hits} of {summary.dep_requests} job deps were "
-        "already on the instance the job was placed on",
-    )
+    facts.add_row("bytes downloaded", human_bytes(summary.bytes_downloaded)
+                  + " (served by the origin)")
+    facts.add_row("cache hits", f"{summary.cache_hits} of {summary.dep_requests} job deps were "
+                  "already on the instance the job was placed on")
     facts.add_row("installs / evictions", f"{summary.installs} / {summary.evictions}")
     times = [job.seconds for job in summary.jobs if job.seconds is not None]
     if times:
-        facts.add_row(
-            "time per job",
-            f"mean {sum(times) / len(times):.1f}s, max {max(times):.1f}s (submit to complete)",
-        )
+        facts.add_row("time per job", f"mean {sum(times) / len(times):.1f}s, "
+                      f"max {max(times):.1f}s (submit to complete)")
     facts.add_row("wall time", f"{summary.wall_seconds:.1f}s")
     style = "green" if summary.ok else "red"
-    return Panel(
-        Group(facts, Text(""), table), title="summary", title_align="left", border_style=style
-    )
+    return Panel(Group(facts, Text(""), table), title="summary", title_align="left",
+                 border_style=style)
 
 
 def print_summary(console: Console, summary: Summary) -> None:

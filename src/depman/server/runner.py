@@ -136,10 +136,7 @@ def serve_from_flags(
     """Entry point of `depman server`."""
     try:
         settings = build_settings(
-            host=host,
-            port=port,
-            database_url=database_url,
-            log_level=log_level,
+            host=host, port=port, database_url=database_url, log_level=log_level,
             workers=workers,
         )
     except ConfigError as exc:

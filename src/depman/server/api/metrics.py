@@ -72,21 +72,7 @@ class Metrics:
             registry=self.registry,
             # Sub-millisecond buckets: most agent requests are answered from memory.
             buckets=(
-                0.0005,
-                0.001,
-                0.002,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
             ),
         )
         # The share of agent traffic that never reached the database (server/fastlane.py).
