@@ -56,7 +56,16 @@ class ServerSettings(BaseSettings):
         description="A running item no heartbeat lists as downloading for this long is requeued.",
     )
     max_item_attempts: int = Field(
-        5, ge=1, description="A requeued item that reaches this many attempts is failed."
+        5,
+        ge=1,
+        description="An item that reaches this many attempts (stale requeues, `retrying` "
+        "reports) is failed.",
+    )
+    item_retry_window_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="An item whose dep keeps failing (`retrying` reports, heartbeat "
+        "failedDepIds) for this long is failed, whatever its attempt count.",
     )
     job_pending_timeout_seconds: float = Field(
         3600.0, gt=0, description="A job not placed within this time fails."
@@ -115,6 +124,11 @@ class ServerSettings(BaseSettings):
     )
     maintenance_interval_seconds: float = Field(
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."
+    )
+    public_url: str | None = Field(
+        None,
+        description="Root URL agents reach this server at, for agentUpdate.downloadUrl "
+        "(unset: the scheme and Host of each agent's own request).",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     workers: int = Field(

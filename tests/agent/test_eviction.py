@@ -12,6 +12,7 @@ from depman.agent.cache import Cache, DiskStats, safe_relative_path
 from depman.agent.config import AgentConfig
 from depman.agent.errors import InsufficientDiskSpace, UnsafePath
 from depman.agent.eviction import EvictionPolicy, Evictor, open_paths
+from depman.agent.inventory_check import recheck_inventory
 from depman.agent.state import StateStore
 
 GiB = 1024**3
@@ -151,5 +152,5 @@ def test_state_reconcile(tmp_path: Path) -> None:
     cache.state.deps["kept"].size_bytes = kept.stat().st_size
     cache.save()
     fresh = Cache(cache.comfyui_dir, StateStore(tmp_path / "state.json"))
-    fresh.reconcile()
+    recheck_inventory(fresh)
     assert fresh.record("gone") is None and fresh.record("kept") is not None

@@ -62,7 +62,7 @@ def test_server_flag_accepts_the_agents_api_url(applied: RunningServer) -> None:
             deps:
               a:
                 url: https://hf.co/a
-                destRelativePath: models/a.bin
+                destRelativePath: models/checkpoints/a.bin
                 kind: static
                 shaa256: "0000"
             """,
@@ -71,7 +71,7 @@ def test_server_flag_accepts_the_agents_api_url(applied: RunningServer) -> None:
         (
             """\
             deps:
-              a: {url: https://hf.co/a, destRelativePath: models/a.bin, kind: static, sha256: xyz}
+              a: {url: https://hf.co/a, destRelativePath: models/vae/a, kind: static, sha256: xyz}
             """,
             "fleet.yaml:2: deps.a.sha256: not a sha256 (64 hex digits): 'xyz'",
         ),
@@ -141,7 +141,7 @@ def test_server_rejection_names_the_line_and_applies_nothing(
         tmp_path,
         """\
         deps:
-          a: {url: https://hf.co/a, destRelativePath: models/a.bin, kind: static}
+          a: {url: https://hf.co/a, destRelativePath: models/checkpoints/a.bin, kind: static}
         serverTypes:
           t: {modelManagement: {mode: ""}}
         """,

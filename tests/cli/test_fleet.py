@@ -139,7 +139,7 @@ def test_unknown_section_is_reported() -> None:
         ("destRelativePath", "models/./x.bin", "empty or '.' parts"),
         ("destRelativePath", "models//x.bin", "empty or '.' parts"),
         ("expectedSizeBytes", "0", "greater than 0"),
-        ("url", "ftp://hf.co/x", "not an http(s) URL"),
+        ("url", "ftp://hf.co/x", "not an http(s), hf:// or civitai:// URL"),
         ("expectedSizeBytes", "lots", "not a byte size"),
         ("expectedSizeBytes", "-5", "not a byte size"),
         ("auth", "bearer", "'none', 'hf_token' or 'civitai_token'"),

@@ -70,7 +70,8 @@ class ModelFile:
 
     @property
     def dest(self) -> str:
-        return f"models/{self.kind}/{self.dep_id}.safetensors"
+        folder = "checkpoints" if self.kind == "static" else "loras"
+        return f"models/{folder}/{self.dep_id}.safetensors"
 
     @property
     def sha256(self) -> str:

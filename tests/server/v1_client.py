@@ -3,6 +3,10 @@
 It behaves like the field agent: register with the shared secret, heartbeat,
 poll with limit=25, report running then succeeded for what it "downloads"
 (here: it pretends the file arrived), and heartbeat the new inventory.
+
+The optional arguments speak what later field agents (0.3 → 0.10,
+shared/docs/field-agents.md) add: `retrying` and `cancelled` reports, the
+queue-item check, failedDepIds, activeDownloads, disk diagnostics, provider.
 """
 
 from __future__ import annotations
@@ -24,8 +28,15 @@ class V1Error(Exception):
 class V1Client:
     """The four calls of protocol v1, exactly as a v1 agent sends them."""
 
-    def __init__(self, api_base_url: str, server_type: str, shared_secret: str) -> None:
+    def __init__(
+        self,
+        api_base_url: str,
+        server_type: str,
+        shared_secret: str,
+        agent_version: str = "v1-test-client",
+    ) -> None:
         self.base = api_base_url.rstrip("/")
+        self.agent_version = agent_version
         self.server_type = server_type
         self.secret = shared_secret
         self.instance_id = ""
@@ -51,10 +62,16 @@ class V1Client:
         return {"Authorization": f"Bearer {self.token}"}
 
     def register(
-        self, instance_id: str | None = None, instance_ip: str | None = None
+        self,
+        instance_id: str | None = None,
+        instance_ip: str | None = None,
+        agent_version: str | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
-        """POST /dependencies/register."""
-        body: dict[str, Any] = {"serverType": self.server_type, "agentVersion": "v1-test-client"}
+        """POST /dependencies/register (`extra`: later agents' fields, e.g. provider)."""
+        version = agent_version or self.agent_version
+        body: dict[str, Any] = {"serverType": self.server_type, "agentVersion": version}
+        body.update(extra)
         if instance_id:
             body["instanceId"] = instance_id
         if instance_ip:
@@ -69,18 +86,24 @@ class V1Client:
         """Fixed disk figures."""
         return {"totalBytes": 100 * 2**30, "freeBytes": 60 * 2**30, "usedBytes": 40 * 2**30}
 
-    def heartbeat(self, downloading: list[str] | None = None) -> dict[str, Any]:
-        """POST /dependencies/heartbeat."""
-        body = {
+    def heartbeat(
+        self,
+        downloading: list[str] | None = None,
+        failed: list[str] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """POST /dependencies/heartbeat (`extra`: e.g. activeDownloads, diskDiagnostics)."""
+        body: dict[str, Any] = {
             "instanceId": self.instance_id,
             "installedStaticDepIds": self.installed_static,
             "installedDynamicDepIds": self.installed_dynamic,
             "downloadingDepIds": downloading or [],
-            "failedDepIds": [],
+            "failedDepIds": failed or [],
             "diskStats": self.disk(),
             "dynamicBytesUsed": 0,
             "queueDepth": 0,
         }
+        body.update(extra)
         result: dict[str, Any] = self._call("POST", "/dependencies/heartbeat", body, self._auth())
         return result
 
@@ -106,6 +129,12 @@ class V1Client:
         if error:
             body["error"] = error[:500]
         result: dict[str, Any] = self._call("POST", "/dependencies/status", body, self._auth())
+        return result
+
+    def queue_item(self, item_id: str) -> dict[str, Any]:
+        """GET /dependencies/queue-item (0.9.14): the item, or V1Error 404 `exists: false`."""
+        path = f"/dependencies/queue-item?instanceId={self.instance_id}&itemId={item_id}"
+        result: dict[str, Any] = self._call("GET", path, None, self._auth())
         return result
 
     def run_once(self) -> list[str]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import UnsafePath
+from . import receipts
+from .confine import Confinement
+from .errors import DownloadError, UnsafePath
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
@@ -68,28 +71,24 @@ class Cache:
         self.clock = clock
         self.lock = threading.RLock()
         self.state: AgentState = store.load()
+        self.confinement = Confinement(comfyui_dir)
 
-    def path_for(self, rel: str) -> Path:
-        return self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
+    def path_for(self, rel: str, memo: dict[str, bool] | None = None) -> Path:
+        """The final path of ``rel``; UnsafePath when it lies outside the ComfyUI folder."""
+        path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
+        return self.confinement.check(path, rel, memo)
 
     def save(self) -> None:
         with self.lock:
             self.store.save(self.state)
 
-    def reconcile(self) -> None:
-        """Drop records whose file vanished or changed size (state follows the disk)."""
-        with self.lock:
-            for dep_id, record in list(self.state.deps.items()):
-                try:
-                    path = self.path_for(record.dest_relative_path)
-                    size = path.stat().st_size
-                except (OSError, UnsafePath):
-                    size = -1
-                if size != record.size_bytes:
-                    log.info("Dep %s is no longer on disk as recorded (%s); forgetting it",
-                             dep_id, record.dest_relative_path)
-                    del self.state.deps[dep_id]
-            self.save()
+    def lstat_final(self, record: DepRecord, memo: dict[str, bool] | None = None
+                    ) -> os.stat_result | None:
+        """The final file's lstat, or None when it is gone or lies outside the folder."""
+        try:
+            return os.lstat(self.path_for(record.dest_relative_path, memo))
+        except (OSError, UnsafePath):
+            return None
 
     # -- queries ----------------------------------------------------------
     def record(self, dep_id: str) -> DepRecord | None:
@@ -116,20 +115,31 @@ class Cache:
         return self.stats_of(path or self.comfyui_dir)
 
     def file_matches(self, record: DepRecord) -> bool:
-        try:
-            return self.path_for(record.dest_relative_path).stat().st_size == record.size_bytes
-        except (OSError, UnsafePath):
-            return False
+        """The file is present and still the one its receipt names."""
+        st = self.lstat_final(record)
+        return st is not None and receipts.matches(record, st)
+
+    def kinds(self) -> dict[str, str]:
+        with self.lock:
+            return {r.dep_id: r.kind for r in self.state.deps.values()}
 
     # -- changes (each saved at once) ------------------------------------
     def mark_installed(self, dep_id: str, kind: str, rel: str, size: int,
                        sha256: str | None, *, verified: bool = True) -> DepRecord:
+        """Record a verified final file with its receipt (taken from the file now)."""
+        try:
+            st = os.lstat(self.path_for(rel))
+        except OSError as exc:
+            raise DownloadError(f"{rel} vanished right after it was verified: {exc}") from exc
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            raise DownloadError(f"{rel} changed right after it was verified")
         now = self.clock()
         with self.lock:
             old = self.state.deps.get(dep_id)
             record = DepRecord(dep_id, kind, rel, size, sha256,
                                installed_at=old.installed_at if old else now,
                                last_used_at=now, verified=verified)
+            receipts.stamp(record, st)
             self.state.deps[dep_id] = record
             self.state.failed.pop(dep_id, None)
             self.state.inflight.pop(dep_id, None)
@@ -147,6 +157,26 @@ class Cache:
         with self.lock:
             if self.state.deps.pop(dep_id, None) is not None:
                 self.save()
+
+    def set_kind(self, dep_id: str, kind: str) -> None:
+        with self.lock:
+            record = self.state.deps.get(dep_id)
+            if record is not None and record.kind != kind:
+                record.kind = kind
+                self.save()
+
+    def apply_static_ids(self, static_ids: set[str]) -> list[tuple[str, str]]:
+        """Follow the profile's static deps now: returns the (depId, new kind) changes."""
+        changes = []
+        with self.lock:
+            for record in self.state.deps.values():
+                kind = "static" if record.dep_id in static_ids else "dynamic"
+                if record.kind != kind:
+                    record.kind = kind
+                    changes.append((record.dep_id, kind))
+            if changes:
+                self.save()
+        return changes
 
     def mark_failed(self, dep_id: str, error: str) -> None:
         with self.lock:

@@ -36,6 +36,13 @@ class Registration:
 class QueueAnswer:
     items: list[dict[str, Any]]
     pinned: set[str] | None  # None: the server did not send pinnedDepIds
+    static_ids: set[str] | None = None  # None: the server did not send staticDepIds
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    pinned: set[str] | None
+    static_ids: set[str] | None = None
 
 
 class ControlPlaneClient:
@@ -92,17 +99,18 @@ class ControlPlaneClient:
         data = self.call("GET", p.QUEUE_PATH, None, query=query,
                          timeout=p.HTTP_TIMEOUT_SECONDS + wait_seconds)
         items = [i for i in data.get("items", []) if isinstance(i, dict)]
-        return QueueAnswer(items, _pinned(data))
+        return QueueAnswer(items, _pinned(data), static_dep_ids(data))
 
     def status(self, body: dict[str, Any], *, attempts: int | None = None) -> None:
         self.call("POST", p.STATUS_PATH, {"instanceId": self._registered().instance_id, **body},
                   attempts=attempts)
 
-    def heartbeat(self, body: dict[str, Any], *, attempts: int | None = None) -> set[str] | None:
+    def heartbeat(self, body: dict[str, Any], *,
+                  attempts: int | None = None) -> HeartbeatAnswer:
         data = self.call("POST", p.HEARTBEAT_PATH,
                          {"instanceId": self._registered().instance_id, **body},
                          attempts=attempts)
-        return _pinned(data)
+        return HeartbeatAnswer(_pinned(data), static_dep_ids(data))
 
     def abort(self) -> None:
         """Unblock a call in flight (a long-poll) from another thread or a signal handler."""
@@ -180,6 +188,14 @@ class ControlPlaneClient:
 def _pinned(data: Mapping[str, Any]) -> set[str] | None:
     pinned = data.get("pinnedDepIds")
     return {str(d) for d in pinned} if isinstance(pinned, list) else None
+
+
+def static_dep_ids(data: Mapping[str, Any]) -> set[str] | None:
+    """``staticDepIds`` (the profile's static deps now), None when absent or malformed."""
+    ids = data.get("staticDepIds")
+    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+        return None
+    return set(ids)
 
 
 def _error_text(raw: bytes) -> str:

@@ -95,6 +95,7 @@ class AgentConfig:
     progress_seconds: float = p.DEFAULT_PROGRESS_SECONDS
     long_poll_seconds: float = p.DEFAULT_LONG_POLL_SECONDS
     item_retry_seconds: float = p.DEFAULT_ITEM_RETRY_SECONDS
+    adopt_stable_seconds: float = p.ADOPT_STABLE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AgentConfig:
@@ -142,6 +143,8 @@ class AgentConfig:
                                              p.DEFAULT_LONG_POLL_SECONDS)),
             item_retry_seconds=reader.get("DM_ITEM_RETRY_SECONDS", _parse_seconds,
                                           p.DEFAULT_ITEM_RETRY_SECONDS),
+            adopt_stable_seconds=reader.get("DM_ADOPT_STABLE_SECONDS", _parse_seconds,
+                                            p.ADOPT_STABLE_SECONDS),
         )
 
     def redacted(self) -> dict[str, object]:

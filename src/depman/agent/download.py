@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import protocol as p
 from .errors import DownloadError, DownloadInterrupted, VerificationError
-from .files import Sidecar, fsync_dir
+from .files import NOFOLLOW, Sidecar, fsync_dir, open_partial, regular_size
 from .http import ConnectionPool, Response, open_url, parse_retry_after, redact_url
 from .pieces import resume_ranges
 from .progress import Progress
@@ -183,7 +183,10 @@ class _Download:
         if force_single or (meta is not None and not self.sidecar.matches(meta, spec)):
             self.discard()
             meta = None
-        offset = self.partial.stat().st_size if self.partial.exists() else 0
+        offset = regular_size(self.partial)
+        if offset is None:
+            self.discard()  # nothing there, or not a regular file (a planted symlink)
+            offset = 0
         if meta is None and offset:
             self.discard()  # a .partial without its sidecar: unknown origin, start over
             offset = 0
@@ -276,7 +279,7 @@ class _Download:
     def _stream(self, response: Response, offset: int, total: int | None) -> DownloadResult:
         hasher = hashlib.sha256()
         self.resumed_from = offset
-        with open(self.partial, "r+b" if offset else "wb") as out:
+        with os.fdopen(open_partial(self.partial, fresh=not offset), "r+b") as out:
             if offset:  # re-hash the prefix we kept, so no second pass at the end
                 remaining = offset
                 while remaining:
@@ -330,7 +333,7 @@ class _Download:
                 meta = None
         assert probe.total is not None
         have = resume_ranges(meta, probe.total) if meta is not None else []
-        if have and _size(self.partial) != probe.total:
+        if have and regular_size(self.partial) != probe.total:
             have = None  # the .partial is gone or was cut: its ranges are not on disk
         if have is None:
             log.warning("Cannot trust the resume data of %s; restarting from zero",
@@ -366,16 +369,10 @@ class _Download:
         return DownloadResult(spec.dest, size, digest, segmented, self.resumed_from)
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
-
-
 def hash_file(path: Path, chunk_bytes: int = p.CHUNK_BYTES) -> str:
+    """sha256 of the regular file at ``path`` (a symlink there is not followed: ELOOP)."""
     hasher = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb") as f:
         while block := f.read(chunk_bytes):
             hasher.update(block)
     return hasher.hexdigest()

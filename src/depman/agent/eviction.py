@@ -1,11 +1,10 @@
-"""Dynamic-cache eviction: LRU, never pinned, recently touched, downloading or open files."""
+"""Dynamic-cache eviction: LRU, never pinned, recently touched, downloading or in-use files."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ from typing import Any
 from . import protocol as p
 from .cache import Cache
 from .config import AgentConfig
-from .errors import InsufficientDiskSpace
+from .errors import InsufficientDiskSpace, UnsafePath
+from .in_use import paths_in_use, real_path
 from .progress import format_bytes
 from .state import DepRecord
 
@@ -51,39 +51,36 @@ class EvictionPolicy:
                    pin_ttl_seconds=int(ttl) if ttl is not None else p.DEFAULT_PIN_TTL_SECONDS)
 
 
-def open_paths(proc: Path = Path("/proc")) -> set[str]:
-    """Every file some process on the machine has open (ComfyUI holding a model)."""
-    paths: set[str] = set()
+# Kept under its old name: open or memory-mapped, by real path.
+open_paths = paths_in_use
+
+
+def _real_path_or_none(path_of: Callable[[DepRecord], Path], record: DepRecord) -> str | None:
     try:
-        pids = [e for e in os.listdir(proc) if e.isdigit()]
-    except OSError:
-        return paths
-    for pid in pids:
-        fd_dir = proc / pid / "fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue  # gone, or another user's process
-        for fd in fds:
-            try:
-                paths.add(os.readlink(fd_dir / fd))
-            except OSError:
-                continue
-    return paths
+        return real_path(path_of(record))
+    except UnsafePath:
+        return None  # outside the ComfyUI folder now (a symlink): never deleted
 
 
 def select_evictions(records: Iterable[DepRecord], *, now: float, free_bytes: int,
                      need_free_bytes: int, dynamic_bytes: int, max_dynamic_bytes: int | None,
                      batch_max: int, pin_ttl_seconds: float, protected: Collection[str],
-                     in_use: Collection[str], path_of: Any) -> list[DepRecord]:
-    """Least recently used dynamic deps to delete until the floor and the cap hold."""
-    candidates = sorted(
-        (r for r in records
-         if r.kind == p.DepKind.DYNAMIC.value
-         and r.dep_id not in protected
-         and now - r.last_used_at >= pin_ttl_seconds
-         and str(path_of(r)) not in in_use),
-        key=lambda r: (r.last_used_at, r.dep_id))
+                     in_use: Collection[str],
+                     path_of: Callable[[DepRecord], Path]) -> list[DepRecord]:
+    """Least recently used dynamic deps to delete until the floor and the cap hold.
+
+    Never a file adopted on its size alone (``verified`` false): with no sha256 the agent
+    cannot tell it from the operator's own file.
+    """
+    def evictable(r: DepRecord) -> bool:
+        if (r.kind != p.DepKind.DYNAMIC.value or not r.verified or r.dep_id in protected
+                or now - r.last_used_at < pin_ttl_seconds):
+            return False
+        real = _real_path_or_none(path_of, r)
+        return real is not None and real not in in_use
+
+    candidates = sorted((r for r in records if evictable(r)),
+                        key=lambda r: (r.last_used_at, r.dep_id))
     chosen: list[DepRecord] = []
     for record in candidates:
         over_cap = max_dynamic_bytes is not None and dynamic_bytes > max_dynamic_bytes
@@ -118,11 +115,15 @@ class Evictor:
             path_of=lambda r: cache.path_for(r.dest_relative_path))
         evicted = []
         for record in chosen:
-            path = cache.path_for(record.dest_relative_path)
             # Forget first: the state never claims a file that may be half gone.
             cache.forget(record.dep_id)
             try:
+                # Confined again right before the delete; unlink removes a link, not its target.
+                path = cache.path_for(record.dest_relative_path)
                 path.unlink(missing_ok=True)
+            except UnsafePath as exc:
+                log.warning("Not evicting %s: %s", record.dep_id, exc.message)
+                continue
             except OSError as exc:
                 log.warning("Could not evict %s (%s): %s", record.dep_id, path, exc)
                 continue

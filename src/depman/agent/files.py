@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,36 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# Never follow a link planted at a partial's name (it could point outside the ComfyUI
+# folder); 0 where the platform has no such flag.
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def open_partial(path: Path, *, fresh: bool) -> int:
+    """Open ``<dest>.partial`` read-write without following a symlink.
+
+    ``fresh``: remove whatever entry has the name (a stale partial, a dangling link) and
+    create a new file exclusively; otherwise open the existing regular file (ELOOP for a
+    link, which the caller treats as a partial to discard).
+    """
+    flags = os.O_RDWR | NOFOLLOW | CLOEXEC
+    if fresh:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+    return os.open(path, flags)
+
+
+def regular_size(path: Path) -> int | None:
+    """Size of the regular file at ``path`` (lstat: a link is not followed), else None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

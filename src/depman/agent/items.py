@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol as p
+from .adoption import Adopter, Wanted
 from .cache import Cache
 from .config import AgentConfig
-from .download import DownloadOptions, DownloadSpec, download_file, hash_file
+from .download import DownloadOptions, DownloadSpec, download_file
 from .errors import AgentError, DownloadError, DownloadInterrupted, MissingToken
 from .eviction import Evictor
 from .http import redact_url
@@ -40,6 +41,7 @@ class ItemRunner:
         self.stop = stop
         self.evictor = evictor
         self.protected = protected
+        self.adopter = Adopter(cache, stop, config.adopt_stable_seconds)
 
     def run(self, item: dict[str, Any], progress: Progress) -> Outcome:
         """v1 semantics: up to three attempts, waiting item_retry_seconds * 1, then * 2."""
@@ -76,7 +78,7 @@ class ItemRunner:
         sha = sha.lower() if isinstance(sha, str) else None
         expected = resolved.get("expectedSizeBytes")
         expected = int(expected) if isinstance(expected, int) and expected >= 0 else None
-        if self.adopt_existing(dep_id, kind, rel, dest, sha, expected):
+        if self.adopter.adopt(Wanted(dep_id, kind, rel, dest, sha, expected)):
             return
         url = resolved.get("url")
         if not url:
@@ -104,32 +106,6 @@ class ItemRunner:
                  ", segmented" if result.segmented else "")
         evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
                       protected=set(self.protected()), folder=dest.parent)
-
-    def adopt_existing(self, dep_id: str, kind: str, rel: str, dest: Path, sha: str | None,
-                       expected: int | None) -> bool:
-        """A file already at the target counts as installed once its size and sha256 match."""
-        try:
-            size = dest.stat().st_size
-        except OSError:
-            return False
-        if expected is not None and size != expected:
-            log.info("%s exists with %d bytes, expected %d; downloading again", rel, size,
-                     expected)
-            return False
-        record = self.cache.record(dep_id)
-        if (record is not None and record.verified and record.size_bytes == size
-                and record.sha256 == sha and record.dest_relative_path == rel):
-            self.cache.touch(dep_id)
-            return True
-        if sha is not None:
-            digest = hash_file(dest)
-            if digest != sha:
-                log.warning("%s exists but its sha256 differs from the catalog; downloading "
-                            "again", rel)
-                return False
-        self.cache.mark_installed(dep_id, kind, rel, size, sha or None, verified=sha is not None)
-        log.info("Adopted %s already at %s", dep_id, rel)
-        return True
 
     def authorization(self, auth: str) -> str | None:
         if auth == p.AuthKind.HF_TOKEN.value:

@@ -13,12 +13,14 @@ from typing import Any
 
 from . import protocol as p
 from .cache import Cache
-from .client import ControlPlaneClient
+from .client import ControlPlaneClient, static_dep_ids
 from .config import AgentConfig
 from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
+from .inventory_check import recheck_inventory
 from .items import ItemRunner, Outcome
 from .progress import Progress
+from .receipts import verification
 from .state import StateStore
 
 log = logging.getLogger("depman.agent")
@@ -94,7 +96,7 @@ class Agent:
                 log.error("ComfyUI folder %s does not exist and cannot be created (%s). Set "
                           "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
                           "then.", comfy, exc)
-        self.cache.reconcile()
+        recheck_inventory(self.cache)
         self.resume_items = [i for i in self.cache.inflight_items() if i.get("itemId")]
         if self.resume_items:
             log.info("Resuming %d download(s) interrupted by the last shutdown",
@@ -104,6 +106,7 @@ class Agent:
         reg = self.client.register()
         profile = reg.profile or {}
         self.policy = EvictionPolicy.resolve(profile.get("dynamicPolicy"), self.config)
+        self.apply_static_ids(static_dep_ids(profile))
         self.cache.state.instance_id = reg.instance_id
         self.cache.save()
         self.send_heartbeat()  # v1: the first heartbeat goes before the first queue poll
@@ -130,6 +133,7 @@ class Agent:
         answer = self.client.queue(p.QUEUE_LIMIT, wait if wait >= 1 else 0)
         if answer.pinned is not None:
             self.pinned = answer.pinned
+        self.apply_static_ids(answer.static_ids)
         self.queue_depth = len(answer.items)
         started = self.dispatch(answer.items)
         if not long_poll or (answer.items and not started):
@@ -170,11 +174,22 @@ class Agent:
         }
 
     def send_heartbeat(self, attempts: int | None = None) -> None:
-        pinned = self.client.heartbeat(self.heartbeat_body(), attempts=attempts)
-        if pinned is not None:
-            self.pinned = pinned
+        # Report only files that are still what was verified (an rm behind our back).
+        recheck_inventory(self.cache, skip=set(self.active))
+        answer = self.client.heartbeat(self.heartbeat_body(), attempts=attempts)
+        if answer.pinned is not None:
+            self.pinned = answer.pinned
+        self.apply_static_ids(answer.static_ids)
         self.last_heartbeat = time.monotonic()
         self.heartbeat_early = False
+
+    def apply_static_ids(self, static_ids: set[str] | None) -> None:
+        """The profile's static deps now: one no longer listed becomes evictable."""
+        if static_ids is None:
+            return
+        for dep_id, kind in self.cache.apply_static_ids(static_ids):
+            log.info("Dep %s is now %s (the profile's static deps changed)", dep_id, kind)
+            self.heartbeat_early = True
 
     def post_status(self, item: dict[str, Any], state: p.ItemState, error: str | None = None,
                     attempts: int | None = None) -> None:
@@ -185,6 +200,10 @@ class Agent:
         }
         if error is not None:
             body["error"] = error[:p.ERROR_MAX_CHARS]
+        if state is p.ItemState.SUCCEEDED:
+            record = self.cache.record(str(item.get("depId")))
+            if record is not None:  # the receipt of the final file, as later field agents send
+                body["verification"] = verification(record)
         self.client.status(body, attempts=attempts)
 
     # -- items ------------------------------------------------------------
@@ -211,7 +230,7 @@ class Agent:
         return started
 
     def touch_in_place(self, item: dict[str, Any]) -> bool:
-        """A touch of a file we hold refreshes its last use; else it becomes a download."""
+        """A touch succeeds only for a file still matching its receipt; else it downloads."""
         dep_id = item["depId"]
         record = self.cache.record(dep_id)
         if record is not None and self.cache.file_matches(record):
@@ -221,15 +240,18 @@ class Agent:
             self.remember(item["itemId"])
             return True
         if record is not None:
-            self.cache.forget(dep_id)  # the file is gone: never report it installed
+            # Gone or changed: never report it installed; the download below proves it
+            # again (a changed file whose sha256 still matches is adopted, not fetched).
+            self.cache.forget(dep_id)
             self.heartbeat_early = True
         resolved = item.get("resolved") or {}
         if resolved.get("url"):
-            log.info("Touch for %s whose file is missing: downloading it again", dep_id)
+            log.info("Touch for %s whose file is missing or changed: fetching it again",
+                     dep_id)
             return False
         self.post_status(item, p.ItemState.RUNNING)
         self.post_status(item, p.ItemState.FAILED,
-                         f"File missing for touch: {resolved.get('destRelativePath')}")
+                         f"File missing or changed for touch: {resolved.get('destRelativePath')}")
         self.remember(item["itemId"])
         return True
 

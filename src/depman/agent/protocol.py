@@ -69,6 +69,9 @@ DEFAULT_PROGRESS_SECONDS = 5.0
 DEFAULT_LONG_POLL_SECONDS = 25.0
 DEFAULT_ITEM_RETRY_SECONDS = 5.0
 ITEM_ATTEMPTS = 3
+# A file found at a destination with no sha256 in the catalog is adopted on its size only
+# once it has not changed for this long (a copy in progress keeps changing).
+ADOPT_STABLE_SECONDS = 10.0
 EARLY_HEARTBEAT_MIN_SECONDS = 2.0
 CHUNK_BYTES = 1024 * 1024
 HTTP_TIMEOUT_SECONDS = 60.0

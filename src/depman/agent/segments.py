@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import DownloadError, DownloadInterrupted
+from .files import NOFOLLOW, open_partial
 from .http import ConnectionPool, Response
 from .pieces import Piece, PieceBoard
 
@@ -62,7 +63,7 @@ class PrefixHasher:
 
     def __init__(self, path: str, board: PieceBoard, total: int,
                  abort: threading.Event, chunk_bytes: int) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(path, os.O_RDONLY | NOFOLLOW)
         self.board = board
         self.total = total
         self.abort = abort
@@ -156,7 +157,7 @@ class SegmentedFetch:
 
     def run(self) -> None:
         d = self.d
-        fd = os.open(d.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_partial(d.partial, fresh=not self.board.done_bytes())
         try:
             if os.fstat(fd).st_size != self.total:
                 os.ftruncate(fd, self.total)  # sparse; pieces fill it in place

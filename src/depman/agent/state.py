@@ -27,7 +27,13 @@ class DepRecord:
     sha256: str | None
     installed_at: float
     last_used_at: float
+    # True when the sha256 was computed from the file's bytes; False for a file adopted on
+    # its size alone (an operator's own file: never evicted).
     verified: bool = True
+    # The receipt: the final file's identity when it was verified (see receipts.py).
+    mtime_ns: int | None = None
+    inode: int | None = None
+    verified_at_ms: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -36,6 +42,8 @@ class DepRecord:
             "destRelativePath": data["dest_relative_path"], "sizeBytes": data["size_bytes"],
             "sha256": data["sha256"], "installedAt": data["installed_at"],
             "lastUsedAt": data["last_used_at"], "verified": data["verified"],
+            "mtimeNs": None if self.mtime_ns is None else str(self.mtime_ns),
+            "inode": self.inode, "verifiedAtMs": self.verified_at_ms,
         }
 
     @classmethod
@@ -45,7 +53,17 @@ class DepRecord:
                    size_bytes=int(data["sizeBytes"]), sha256=data.get("sha256"),
                    installed_at=float(data.get("installedAt", 0)),
                    last_used_at=float(data.get("lastUsedAt", 0)),
-                   verified=bool(data.get("verified", True)))
+                   verified=bool(data.get("verified", True)),
+                   mtime_ns=_optional_int(data.get("mtimeNs")),
+                   inode=_optional_int(data.get("inode")),
+                   verified_at_ms=_optional_int(data.get("verifiedAtMs")))
+
+
+def _optional_int(value: Any) -> int | None:
+    """An int from the state file (mtimeNs is kept as a string, like on the wire)."""
+    if value is None or isinstance(value, bool):
+        return None
+    return int(value)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -51,8 +52,19 @@ def _check_id(value: str) -> str:
 
 def _check_url(value: str) -> str:
     parts = urlsplit(value)
+    if parts.scheme in ("hf", "civitai") and (parts.netloc or parts.path):
+        return value  # resolved by the server when the entry is put
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {value!r}")
+        raise ValueError(f"not an http(s), hf:// or civitai:// URL: {value!r}")
+    return value
+
+
+def _check_name(value: str) -> str:
+    # A file name inside a model folder: subfolders allowed, nothing that climbs out.
+    if not value or "\0" in value or value.startswith("/"):
+        raise ValueError(f"must be a relative file name, got {value!r}")
+    if any(part in ("", ".", "..") for part in value.replace("\\", "/").split("/")):
+        raise ValueError(f"must not contain '..', '.' or empty parts: {value!r}")
     return value
 
 
@@ -104,15 +116,57 @@ class FleetDoc(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class DepDoc(FleetDoc):
-    """A catalog entry: `deps/{depId}`."""
+class FileDoc(FleetDoc):
+    """One file of a folder model."""
 
+    path: Annotated[str, AfterValidator(_check_name)]
     url: Annotated[str, AfterValidator(_check_url)]
+    sha256: Annotated[str, AfterValidator(_check_sha256)] | None = None
+    size_bytes: PositiveByteSize | None = None
+
+
+class DepDoc(FleetDoc):
+    """A catalog entry: `deps/{depId}`.
+
+    Where it goes: `type` (a ComfyUI model folder) + `filename`, or a v1
+    `destRelativePath`. What it is: `url` (http(s), `hf://`, `civitai://`), or
+    `files` for a folder model. The server checks the type and folder rules.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, frozen=True, populate_by_name=True
+    )
+
+    url: Annotated[str, AfterValidator(_check_url)] | None = None
     auth: Literal["none", "hf_token", "civitai_token"] = "none"
-    dest_relative_path: Annotated[str, AfterValidator(_check_relative_path)]
+    dest_relative_path: Annotated[str, AfterValidator(_check_relative_path)] | None = None
+    model_type: str | None = Field(None, alias="type")
+    filename: Annotated[str, AfterValidator(_check_name)] | None = None
+    root: str | None = None
+    files: list[FileDoc] | None = None
     sha256: Annotated[str, AfterValidator(_check_sha256)] | None = None
     expected_size_bytes: PositiveByteSize | None = None
     kind: Literal["static", "dynamic"]
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> DepDoc:
+        if self.url is None and self.files is None:
+            raise ValueError("give url (a file) or files (a folder model)")
+        # civitai:// knows the type and file name; hf:// the file name.
+        url = self.url or ""
+        if (
+            self.dest_relative_path is None
+            and self.model_type is None
+            and not url.startswith("civitai://")
+        ):
+            raise ValueError("give type and filename, or destRelativePath")
+        if (
+            self.model_type is not None
+            and self.filename is None
+            and not url.startswith(("civitai://", "hf://"))
+        ):
+            raise ValueError("type needs filename (the file's name in that folder)")
+        return self
 
 
 class DynamicPolicy(FleetDoc):
@@ -131,6 +185,7 @@ class ProfileDoc(FleetDoc):
     static_dep_ids: list[Id] = Field(default_factory=list)
     prefetch_on_boot: bool = False
     dynamic_policy: DynamicPolicy = Field(default_factory=DynamicPolicy)
+    root: str | None = None
 
 
 class ModelManagement(FleetDoc):
@@ -342,6 +397,7 @@ def _known_keys() -> list[str]:
     models: list[type[BaseModel]] = [
         Fleet,
         DepDoc,
+        FileDoc,
         DynamicPolicy,
         ProfileDoc,
         ModelManagement,

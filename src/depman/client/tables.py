@@ -76,23 +76,54 @@ def deps_table(deps: list[JsonDoc]) -> Table:
     table = Table(title=f"Deps ({len(deps)})", title_justify="left")
     table.add_column("DEP", no_wrap=True, style="bold")
     table.add_column("KIND", no_wrap=True)
+    table.add_column("TYPE", no_wrap=True)
     table.add_column("AUTH", no_wrap=True)
     table.add_column("SIZE", justify="right", no_wrap=True)
     table.add_column("SHA256", no_wrap=True)
     table.add_column("PATH", overflow="fold")
     table.add_column("SOURCE", overflow="fold")
     for dep in sorted(deps, key=lambda d: str(d.get("depId", ""))):
-        sha = dep.get("sha256")
         table.add_row(
             str(dep.get("depId", "-")),
             str(dep.get("kind", "-")),
+            str(dep.get("type") or "-"),
             str(dep.get("auth", "-")),
             format_bytes(_int(dep.get("expectedSizeBytes"))),
-            f"{sha[:SHA_SHOWN]}…" if isinstance(sha, str) and sha else "-",
-            str(dep.get("destRelativePath", "-")),
-            short_url(str(dep.get("url") or "-")),
+            _sha_cell(dep),
+            _path_cell(dep),
+            _source_cell(dep),
         )
     return table
+
+
+def _sha_cell(dep: JsonDoc) -> str:
+    files = dep.get("files")
+    if isinstance(files, list):
+        return f"{len(files)} files"
+    sha = dep.get("sha256")
+    return f"{sha[:SHA_SHOWN]}…" if isinstance(sha, str) and sha else "-"
+
+
+def _path_cell(dep: JsonDoc) -> str:
+    # A model root (extra_model_paths.yaml section) prefixes the path: `shared:models/...`.
+    path = str(dep.get("destRelativePath") or "-")
+    if isinstance(dep.get("files"), list):
+        path += "/"
+    root = dep.get("root")
+    return f"{root}:{path}" if root else path
+
+
+def _source_cell(dep: JsonDoc) -> str:
+    source = dep.get("source")
+    if source:
+        revision = dep.get("revision")
+        pinned = f" @{str(revision)[:SHA_SHOWN]}" if revision and "@" not in str(source) else ""
+        return f"{source}{pinned}"
+    files = dep.get("files")
+    if isinstance(files, list) and files:
+        first = files[0] if isinstance(files[0], dict) else {}
+        return str(first.get("source") or short_url(str(first.get("url") or "-")))
+    return short_url(str(dep.get("url") or "-"))
 
 
 def jobs_table(jobs: list[JsonDoc], *, now: datetime | None = None) -> Table:

@@ -46,6 +46,8 @@ def live(server_type: str, cutoff: datetime) -> tuple[Any, ...]:
         # A re-registered agent has not yet said what it holds: its inventory rows are
         # from before the restart, and files may have gone meanwhile (e2e crash test).
         or_(Instance.registered_at.is_(None), Instance.last_heartbeat_at >= Instance.registered_at),
+        # An operator drained it: its jobs finish there, no new ones come.
+        Instance.drained.is_(False),
     )
 
 

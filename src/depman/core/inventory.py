@@ -64,6 +64,7 @@ class HeartbeatResult:
     became_live: bool
     server_type: str
     digest: str
+    agent_version: str | None = None  # as registered: decides the agentUpdate offer
 
 
 def inventory(hb: Heartbeat) -> dict[str, str]:
@@ -108,7 +109,7 @@ def _fast_update() -> Any:
             active_downloads=bindparam("p_active", type_=JSON()),
             **keep,
         )
-        .returning(Instance.pinned_dep_ids, Instance.server_type)
+        .returning(Instance.pinned_dep_ids, Instance.server_type, Instance.agent_version)
     )
 
 
@@ -143,6 +144,7 @@ class UnchangedBeat:
     pinned_dep_ids: list[str]
     server_type: str
     digest: str
+    agent_version: str | None = None
 
 
 def record_unchanged_heartbeat(
@@ -177,7 +179,7 @@ def record_unchanged_heartbeat(
         return None
     # Instance row first, queue rows second: the same lock order as status reports.
     mark_downloads_progressing(instance_id, hb.downloading, conn=conn, now=now)
-    return UnchangedBeat(list(row[0] or []), row[1], digest)
+    return UnchangedBeat(list(row[0] or []), row[1], digest, row[2])
 
 
 def apply_heartbeat(
@@ -197,7 +199,9 @@ def apply_heartbeat(
         instance_id, hb, conn=session.connection(), policy=policy, now=now, digest=digest
     )
     if fast is not None:
-        return HeartbeatResult(fast.pinned_dep_ids, False, False, fast.server_type, digest)
+        return HeartbeatResult(
+            fast.pinned_dep_ids, False, False, fast.server_type, digest, fast.agent_version
+        )
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
     row = session.scalar(
         select(Instance).where(Instance.instance_id == instance_id).with_for_update()
@@ -225,7 +229,12 @@ def apply_heartbeat(
     session.flush()
     # Pins are as loaded: the row is locked, and nothing above changes a job's activity.
     return HeartbeatResult(
-        list(row.pinned_dep_ids or []), changed, not was_live, row.server_type, digest
+        list(row.pinned_dep_ids or []),
+        changed,
+        not was_live,
+        row.server_type,
+        digest,
+        row.agent_version,
     )
 
 

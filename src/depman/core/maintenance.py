@@ -1,4 +1,5 @@
-"""The periodic sweep: lost instances, stale running items, retries, job timeouts, pending jobs."""
+"""The periodic sweep: lost instances, stale running items, backoffs, retries, retry windows,
+timeouts, pending jobs."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from depman.core.clock import utcnow
 from depman.core.jobs import expire_jobs
 from depman.core.lost import sweep_lost_instances
 from depman.core.policy import Policy
-from depman.core.queue import requeue_stale_running
+from depman.core.queue import requeue_stale_running, wake_due_items
 from depman.core.reports import on_item_failed
-from depman.core.retries import retry_due_items, wake_due_items
+from depman.core.retries import expire_retry_windows
 from depman.core.scheduler import place_pending_jobs
+from depman.core.static_retries import retry_due_items
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
         max_attempts=policy.max_item_attempts,
         now=now,
     )
+    failed += expire_retry_windows(session=session, policy=policy, now=now)
     for item in failed:
         report.items_failed += 1
         on_item_failed(

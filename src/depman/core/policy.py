@@ -16,6 +16,7 @@ class Policy:
     live_ttl_seconds: float = 90.0
     running_timeout_seconds: float = 300.0
     max_item_attempts: int = 5
+    item_retry_window_seconds: float = 3600.0
     job_pending_timeout_seconds: float = 3600.0
     job_deps_timeout_seconds: float = 6 * 3600.0
     job_max_placements: int = 3
@@ -33,6 +34,7 @@ class Policy:
             live_ttl_seconds=settings.live_ttl,
             running_timeout_seconds=settings.running_timeout_seconds,
             max_item_attempts=settings.max_item_attempts,
+            item_retry_window_seconds=settings.item_retry_window_seconds,
             job_pending_timeout_seconds=settings.job_pending_timeout_seconds,
             job_deps_timeout_seconds=settings.job_deps_timeout_seconds,
             job_max_placements=settings.job_max_placements,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.orm import Session
 
-from depman.core.catalog import missing_dep_ids, validate_id
+from depman.core.catalog import ROOT_RE, missing_dep_ids, validate_id
 from depman.core.clock import utcnow
 from depman.core.reconcile import reconcile_static_deps
 from depman.errors import Conflict, NotFound, ValidationFailed
@@ -25,6 +25,7 @@ class ProfileSpec:
     static_dep_ids: list[str] = field(default_factory=list)
     prefetch_on_boot: bool = False
     dynamic_policy: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
 
 
 def validate_policy(policy: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +54,10 @@ def put_profile(profile_id: str, spec: ProfileSpec, *, session: Session) -> Prof
     if unknown:
         raise ValidationFailed(f"staticDepIds not in the catalog: {', '.join(unknown)}")
     policy = validate_policy(spec.dynamic_policy)
+    if spec.root is not None and not ROOT_RE.match(spec.root):
+        raise ValidationFailed(
+            "root must name a section of extra_model_paths.yaml (letters, digits, '_', '-', '.')"
+        )
     profile = session.get(Profile, profile_id)
     old_static: list[str] = []
     prefetched = False
@@ -64,6 +69,7 @@ def put_profile(profile_id: str, spec: ProfileSpec, *, session: Session) -> Prof
         prefetched = profile.prefetch_on_boot
     profile.prefetch_on_boot = spec.prefetch_on_boot
     profile.dynamic_policy = policy
+    profile.root = spec.root
     profile.updated_at = utcnow()
     session.flush()
     session.execute(delete(ProfileStaticDep).where(ProfileStaticDep.profile_id == profile_id))

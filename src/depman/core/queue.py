@@ -89,7 +89,7 @@ def enqueue(
         return
     row = _lock_item(instance_id, dep_id, session=session)
     assert row is not None  # the conflicting row; items are deleted only with the instance
-    if row.state in OPEN_ITEM_STATES and (row.op == Op.DOWNLOAD.value or op == Op.TOUCH):
+    if row.state in OPEN_ITEM_STATES and _covers(row.op, op):
         # Same or weaker work already pending: only raise its priority.
         if priority < row.priority:
             row.priority = priority
@@ -105,8 +105,23 @@ def enqueue(
     row.started_at = None
     row.finished_at = None
     row.last_progress_at = None
+    row.next_attempt_at = None
+    row.first_failed_at = None
+    row.cancel_reason = None
+    row.force_retry = False
+    row.force_retry_after_ms = None
     row.updated_at = now
     mark_instance(session, instance_id)
+
+
+def _covers(pending_op: str, op: Op) -> bool:
+    """Whether pending work `pending_op` already does what `op` asks.
+
+    A download covers a touch; a delete is never covered by, nor covers, a fetch.
+    """
+    if op == Op.DELETE or pending_op == Op.DELETE.value:
+        return pending_op == op.value
+    return pending_op == Op.DOWNLOAD.value or op == Op.TOUCH
 
 
 @dataclass
@@ -116,6 +131,13 @@ class QueuePoll:
     found: bool
     items: list[dict[str, Any]] = field(default_factory=list)
     pinned_dep_ids: list[str] = field(default_factory=list)
+
+
+def folder_model_url(dep_id: str) -> str:
+    """The `url` a folder model's items carry: a v1 agent, which cannot install a
+    folder, fails it at its domain check ("Download domain not allowed") instead of
+    writing one file where the folder belongs; depman's agent reads `files`."""
+    return f"https://folder-model.invalid/{dep_id}"
 
 
 def _poll_statement() -> Select[Any]:
@@ -130,6 +152,8 @@ def _poll_statement() -> Select[Any]:
             QueueItem.priority,
             QueueItem.enqueued_at,
             QueueItem.id,
+            QueueItem.force_retry,
+            QueueItem.force_retry_after_ms,
         )
         .where(
             QueueItem.instance_id == bindparam("p_instance_id"),
@@ -155,6 +179,10 @@ def _poll_statement() -> Select[Any]:
             Dep.sha256,
             Dep.expected_size_bytes,
             Dep.kind,
+            Dep.root,
+            Dep.files,
+            sub.c.force_retry,
+            sub.c.force_retry_after_ms,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -165,6 +193,37 @@ def _poll_statement() -> Select[Any]:
 
 
 POLL_STATEMENT = _poll_statement()
+
+
+def resolved_document(
+    dep_id: str,
+    url: str,
+    auth: str,
+    dest: str,
+    sha: str | None,
+    size: int | None,
+    kind: str,
+    root: str | None,
+    files: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Where a dep comes from and where it goes, as the queue and the item check hand it out."""
+    resolved: dict[str, Any] = {
+        "url": url if files is None else folder_model_url(dep_id),
+        "auth": auth,
+        "destRelativePath": dest,
+        "kind": kind,
+    }
+    if sha:
+        resolved["sha256"] = sha
+    if size is not None:
+        resolved["expectedSizeBytes"] = size
+    # depman extensions (v1 agents ignore unknown fields): the model root of
+    # extra_model_paths.yaml to install into, and the files of a folder model.
+    if root:
+        resolved["root"] = root
+    if files is not None:
+        resolved["files"] = files
+    return resolved
 
 
 def poll_queue(
@@ -180,22 +239,23 @@ def poll_queue(
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
-    for _pins, dep_id, gen, op, url, auth, dest, sha, size, kind in rows:
+    for row in rows:
+        _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after = row
         if dep_id is None or url is None:
             continue
-        resolved: dict[str, Any] = {
-            "url": url,
-            "auth": auth,
-            "destRelativePath": dest,
-            "kind": kind,
+        resolved = resolved_document(dep_id, url, auth, dest, sha, size, kind, root, files)
+        item: dict[str, Any] = {
+            "itemId": format_item_id(dep_id, gen),
+            "depId": dep_id,
+            "op": op,
+            "resolved": resolved,
         }
-        if sha:
-            resolved["sha256"] = sha
-        if size is not None:
-            resolved["expectedSizeBytes"] = size
-        poll.items.append(
-            {"itemId": format_item_id(dep_id, gen), "depId": dep_id, "op": op, "resolved": resolved}
-        )
+        if force:
+            # Field agents 0.9.18+: retry now (or after N ms) despite a local backoff.
+            item["forceRetry"] = True
+            if after:
+                item["forceRetryAfterMs"] = after
+        poll.items.append(item)
     return poll
 
 
@@ -209,6 +269,8 @@ class Transition:
     dep_id: str | None = None
     error: str | None = None
     reason: str = ""
+    # Tell the agent to forget its local failure of the dep: the server queued it again.
+    clear_failed: bool = False
 
 
 def _transition_statements() -> dict[str, Any]:
@@ -218,6 +280,7 @@ def _transition_statements() -> dict[str, Any]:
     now = bindparam("p_now", type_=UtcDateTime())
     queued, running = ItemState.QUEUED.value, ItemState.RUNNING.value
     succeeded, failed = ItemState.SUCCEEDED.value, ItemState.FAILED.value
+    cancelled = ItemState.CANCELLED.value
     base = update(QueueItem).where(
         QueueItem.instance_id == bindparam("p_instance_id"),
         QueueItem.dep_id == bindparam("p_dep_id"),
@@ -230,6 +293,9 @@ def _transition_statements() -> dict[str, Any]:
             state=running,
             started_at=case((QueueItem.state == queued, now), else_=QueueItem.started_at),
             last_progress_at=now,
+            # The agent took it: a backoff is over, a forced retry done.
+            next_attempt_at=None,
+            force_retry=False,
             updated_at=now,
         )
         .returning(*answer),
@@ -246,6 +312,9 @@ def _transition_statements() -> dict[str, Any]:
         .returning(*answer),
         failed: base.where(QueueItem.state.in_((queued, running)))
         .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
+        .returning(*answer),
+        cancelled: base.where(QueueItem.state.in_((queued, running)))
+        .values(state=cancelled, error=bindparam("p_error"), finished_at=now, updated_at=now)
         .returning(*answer),
     }
 
@@ -373,6 +442,28 @@ def requeue_stale_running(
             row.last_progress_at = None
             mark_instance(session, row.instance_id)
     return failed
+
+
+def wake_due_items(*, session: Session, now: datetime | None = None) -> int:
+    """Queued items whose `next_attempt_at` has come: clear it, wake their instances.
+
+    A poll that found only such items was answered empty, and that answer is memo'd;
+    the mark drops the memo so the next poll hands the item out.
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        update(QueueItem)
+        .where(
+            QueueItem.state == ItemState.QUEUED.value,
+            QueueItem.next_attempt_at.is_not(None),
+            QueueItem.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=None)
+        .returning(QueueItem.instance_id)
+    ).all()
+    for (instance_id,) in rows:
+        mark_instance(session, instance_id)
+    return len(rows)
 
 
 def list_items(instance_id: str, *, session: Session) -> list[QueueItem]:

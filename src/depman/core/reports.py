@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +15,9 @@ from depman.core.jobs import on_dep_failed, refresh_instance_jobs
 from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
 from depman.core.receipts import Receipt, store_receipt
-from depman.core.retries import schedule_retry
-from depman.core.states import ItemState, Op
+from depman.core.retries import apply_retrying
+from depman.core.states import REPORT_RETRYING, ItemState, Op
+from depman.core.static_retries import schedule_retry
 from depman.store.models import Instance, Job, QueueItem
 
 # A heartbeat's figures but the queue depth, in the same order (SCALAR_COLUMNS).
@@ -75,16 +76,27 @@ def record_report(
     result = apply_item_state(
         instance_id, report.item_id, report.state, report.error, conn=conn, now=now or utcnow()
     )
+    record_figures(instance_id, report, conn=conn, stored_figures=stored_figures)
+    return result
+
+
+def record_figures(
+    instance_id: str,
+    report: StatusReport,
+    *,
+    conn: Connection,
+    stored_figures: tuple[int | None, ...] | None = None,
+) -> None:
+    """Keep the disk figures a report carries (nothing written when they are the stored ones)."""
     values = [getattr(report, name) for name in FIGURES]
     if stored_figures is not None and all(
         new is None or new == old for new, old in zip(values, stored_figures, strict=True)
     ):
-        return result
+        return
     params: dict[str, Any] = {f"p_{name}": v for name, v in zip(FIGURES, values, strict=True)}
     if any(value is not None for value in values):
         params["p_instance_id"] = instance_id
         conn.execute(FIGURES_STATEMENT, params)
-    return result
 
 
 def apply_status(
@@ -97,8 +109,10 @@ def apply_status(
 ) -> Transition:
     """Apply a status report: move the item, keep the disk figures, and what follows.
 
-    Every path that takes a `succeeded` or `failed` report calls this (the handler,
-    and the quick lane for `succeeded`), so its rules hold whichever path served it.
+    Every path that answers a status report ends here for `succeeded` (the quick
+    lane hands it here too), `failed`, `retrying` and `cancelled`, so their rules
+    live in one place: a receipt proving the dep installed and jobs going ready
+    (`on_item_succeeded`), jobs moving or failing and retries (`on_item_failed`).
     """
     now = now or utcnow()
     conn = session.connection()
@@ -110,14 +124,28 @@ def apply_status(
             .where(Instance.instance_id == instance_id)
             .with_for_update()
         )
-    result = record_report(instance_id, report, conn=conn, now=now)
+    if report.state == REPORT_RETRYING:
+        result = apply_retrying(
+            instance_id, report.item_id, report.error, session=session, policy=policy, now=now
+        )
+        record_figures(instance_id, report, conn=conn)
+    else:
+        result = record_report(instance_id, report, conn=conn, now=now)
+        if (
+            not result.applied
+            and result.reason == "old generation"
+            and report.state in (ItemState.FAILED.value, ItemState.CANCELLED.value)
+            and result.state == ItemState.QUEUED.value
+        ):
+            # A failure of a generation the server has since queued again.
+            result = replace(result, clear_failed=True)
     if not result.applied or result.dep_id is None:
         return result
     if result.state == ItemState.SUCCEEDED.value:
         on_item_succeeded(
             instance_id, result.dep_id, report.item_id, report.receipt, session=session, now=now
         )
-    elif result.state == ItemState.FAILED.value:
+    elif result.state in (ItemState.FAILED.value, ItemState.CANCELLED.value):
         on_item_failed(
             instance_id,
             result.dep_id,
@@ -168,6 +196,8 @@ def on_item_failed(
     """
     if op == Op.TOUCH.value:
         refresh_instance_jobs(instance_id, None, session=session, now=now, dep_id=dep_id)
+        return
+    if op != Op.DOWNLOAD.value:
         return
     on_dep_failed(instance_id, dep_id, error, session=session, policy=policy, now=now)
     item = session.scalar(

@@ -8,8 +8,10 @@ other replica with `pg_notify`.
 Payloads: `i:<instanceId>` items queued (wake its long-polls, drop its memos),
 `p:<instanceId>` its row changed (pins, inventory, server type: drop its memos),
 `t:<instanceId>` its agent token changed (drop the cached token hash),
-`j:<jobId>` a job changed, `x:` drop every memo (a replica started: whatever its
-previous run committed and did not get to announce). Each is prefixed with
+`j:<jobId>` a job changed, `u:` an agent build was published or unpublished (re-read
+the builds, drop every memo: heartbeat memos hold `agentUpdate`), `x:` drop every
+memo (a replica started: whatever its previous run committed and did not get to
+announce). Each is prefixed with
 `<origin>/`, the sending process, which skips its own: the commit hook has already
 applied them, and an echo landing after a handler refreshed a memo would drop the
 fresh memo again.
@@ -52,6 +54,7 @@ class Marks:
     changed: set[str] = field(default_factory=set)
     changed_elsewhere: set[str] = field(default_factory=set)
     tokens: set[str] = field(default_factory=set)
+    builds: bool = False
     payloads: list[str] = field(default_factory=list)  # for the other replicas, after commit
 
 
@@ -106,6 +109,14 @@ def mark_changed(session: Session, instance_id: str, *, here: bool = True) -> No
 def mark_token(session: Session, instance_id: str) -> None:
     """The instance's agent token changed or is gone: every replica drops the cached hash."""
     _mark(session, "t", instance_id, _marks(session).tokens)
+
+
+def mark_builds(session: Session) -> None:
+    """An agent build was published or unpublished: every replica re-reads them."""
+    marks = _marks(session)
+    if not marks.builds:
+        marks.builds = True
+        _notify(session, "u:")
 
 
 def mark_pending(session: Session, server_type: str) -> None:

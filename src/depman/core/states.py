@@ -16,11 +16,19 @@ class ItemState(str, Enum):  # noqa: UP042 - mirrors the agent's enums
     CANCELLED = "cancelled"
 
 
+# States an agent may report beyond the item states: `retrying` (a retryable failure,
+# the agent backs off locally) moves the item back to queued with a next attempt time.
+REPORT_RETRYING = "retrying"
+FINAL_ITEM_STATES = (ItemState.SUCCEEDED.value, ItemState.FAILED.value, ItemState.CANCELLED.value)
+
+
 class Op(str, Enum):  # noqa: UP042
     """What a queue item asks the agent to do."""
 
     DOWNLOAD = "download"
     TOUCH = "touch"
+    # Remove the dep's file from the instance (an operator action).
+    DELETE = "delete"
 
 
 class JobState(str, Enum):  # noqa: UP042

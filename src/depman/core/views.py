@@ -20,6 +20,12 @@ def dep_document(dep: Dep) -> dict[str, Any]:
         "sha256": dep.sha256,
         "expectedSizeBytes": dep.expected_size_bytes,
         "kind": dep.kind,
+        "type": dep.model_type,
+        "filename": dep.filename,
+        "root": dep.root,
+        "source": dep.source,
+        "revision": dep.revision,
+        "files": list(dep.files) if dep.files is not None else None,
         "updatedAt": isoformat(dep.updated_at),
     }
 
@@ -31,6 +37,7 @@ def profile_document(profile: Profile, static_dep_ids: list[str]) -> dict[str, A
         "staticDepIds": static_dep_ids,
         "prefetchOnBoot": profile.prefetch_on_boot,
         "dynamicPolicy": dict(profile.dynamic_policy or {}),
+        "root": profile.root,
         "updatedAt": isoformat(profile.updated_at),
     }
 
@@ -121,11 +128,15 @@ def queue_item_document(item: QueueItem) -> dict[str, Any]:
         "priority": item.priority,
         "generation": item.generation,
         "failures": item.failures or 0,
-        "nextAttemptAt": isoformat(item.next_attempt_at),
         "enqueuedAt": isoformat(item.enqueued_at),
         "startedAt": isoformat(item.started_at),
         "finishedAt": isoformat(item.finished_at),
         "updatedAt": isoformat(item.updated_at),
+        "nextAttemptAt": isoformat(item.next_attempt_at),
+        "firstFailedAt": isoformat(item.first_failed_at),
+        "cancelReason": item.cancel_reason,
+        "forceRetry": bool(item.force_retry),
+        "forceRetryAfterMs": item.force_retry_after_ms,
     }
 
 

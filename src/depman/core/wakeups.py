@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import make_url
 
+from depman.core.build_targets import BuildTargets
 from depman.core.hints import InstanceHints
 from depman.core.signals import NOTIFY_CHANNEL, ORIGIN, forget_all_payload, split_origin
 
@@ -34,6 +35,7 @@ class WakeupHub:
         # Server types with pending jobs, as far as this replica knows (refreshed by the sweep).
         self.pending_server_types: set[str] = set()
         self.hints = InstanceHints()
+        self.builds = BuildTargets()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the server's event loop."""
@@ -94,6 +96,9 @@ class WakeupHub:
         if kind == "x":
             self.hints.forget_everything()
             return
+        if kind == "u":
+            self.forget_builds()
+            return
         if not key:
             return
         if kind == "t":
@@ -102,6 +107,11 @@ class WakeupHub:
             self.hints.forget([key])
         if kind in self._tables:
             self.notify(kind, [key])
+
+    def forget_builds(self) -> None:
+        """Agent builds changed: re-read them, and drop the memos whose answers offer them."""
+        self.builds.invalidate()  # first: a memo kept after the next line is built anew
+        self.hints.forget_everything()
 
     def wake_all(self) -> None:
         """Release every waiter (shutdown); safe from a signal handler."""

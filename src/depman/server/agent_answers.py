@@ -22,15 +22,34 @@ def poll_answer(poll: QueuePoll) -> bytes:
     return encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
 
 
-def heartbeat_answer(pinned_dep_ids: list[str], static_dep_ids: list[str]) -> bytes:
-    """`POST /dependencies/heartbeat`: ok, the pins and the profile's static deps (extensions).
+def heartbeat_answer(
+    pinned_dep_ids: list[str],
+    static_dep_ids: list[str],
+    update: dict[str, Any] | None = None,
+) -> bytes:
+    """`POST /dependencies/heartbeat`: ok, the pins, the profile's static deps (extensions),
+    and `agentUpdate` when offered.
 
     `staticDepIds` is the profile's list now: a dep the agent holds as static but
     not in it has become dynamic (evictable).
     """
-    return encode({"ok": True, "pinnedDepIds": pinned_dep_ids, "staticDepIds": static_dep_ids})
+    document: dict[str, Any] = {
+        "ok": True,
+        "pinnedDepIds": pinned_dep_ids,
+        "staticDepIds": static_dep_ids,
+    }
+    if update is not None:
+        document["agentUpdate"] = update
+    return encode(document)
 
 
 def status_answer(result: Transition) -> bytes:
-    """`POST /dependencies/status`: whether the report moved the item, and its state now."""
-    return encode({"ok": True, "applied": result.applied, "itemState": result.state})
+    """`POST /dependencies/status`: whether the report moved the item, and its state now.
+
+    `clearFailedDepId` (read by field agents 0.10.105+): the server queued the dep
+    again, so the agent forgets its local failure and heartbeats.
+    """
+    document: dict[str, Any] = {"ok": True, "applied": result.applied, "itemState": result.state}
+    if result.clear_failed:
+        document["clearFailedDepId"] = True
+    return encode(document)

@@ -19,10 +19,12 @@ from depman.core.signals import notify_statement, take_marks
 from depman.core.wakeups import listen_forever
 from depman.server import dashboard
 from depman.server.api import (
+    admin_agent_builds,
     admin_catalog,
     admin_fleet,
     admin_instances,
     agent_bundle,
+    agent_items,
     agent_protocol,
     jobs,
     metrics,
@@ -55,6 +57,8 @@ def _install_commit_hooks(state: ServerState) -> None:
     def _after_commit(session: Session) -> None:
         marks = take_marks(session)
         hints = state.hub.hints
+        if marks.builds:
+            state.hub.forget_builds()
         if marks.tokens:
             hints.forget_tokens(marks.tokens)
         if marks.instances or marks.changed or marks.tokens:
@@ -119,9 +123,11 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     install_error_handlers(app)
     for module in (
         agent_protocol,
+        agent_items,
         admin_catalog,
         admin_instances,
         admin_fleet,
+        admin_agent_builds,
         jobs,
         metrics,
         agent_bundle,

@@ -117,7 +117,7 @@ class AgentFastLane:
                 headers = _headers(scope)
                 body = await _read_body(headers, receive)
                 if body is not None:
-                    if await self._answer_report(path, headers, body, send, start):
+                    if await self._answer_report(scope, headers, body, send, start):
                         return
                     receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -143,8 +143,9 @@ class AgentFastLane:
         return True
 
     async def _answer_report(
-        self, path: str, headers: dict[bytes, bytes], body: bytes, send: Send, start: float
+        self, scope: Scope, headers: dict[bytes, bytes], body: bytes, send: Send, start: float
     ) -> bool:
+        path = scope["path"]
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type != b"application/json" or b"repeated" in headers:
             return False
@@ -162,8 +163,10 @@ class AgentFastLane:
             except Exception:  # never fail a request the handler could still answer
                 log.exception("fast lane: heartbeat left to the handler")
         if answer is None and token_known(self.state, parsed.instance_id, token):
-            quick = quick_heartbeat if path == HEARTBEAT_PATH else quick_status
-            answer = await self._quick_call(quick, self.state, parsed)
+            if path == HEARTBEAT_PATH:
+                answer = await self._quick_call(quick_heartbeat, self.state, parsed, scope)
+            else:
+                answer = await self._quick_call(quick_status, self.state, parsed)
             counter = self._quick[path]
         if answer is None or counter is None:
             return False

@@ -22,6 +22,8 @@ exactly as the handler does (receipt, inventory row, jobs going ready).
 
 from __future__ import annotations
 
+from starlette.types import Scope
+
 from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
 from depman.core.profiles import static_dep_ids_of_type
@@ -29,6 +31,7 @@ from depman.core.queue import poll_queue
 from depman.core.reports import FIGURES, apply_status, record_report
 from depman.core.states import ItemState
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.agent_updates import update_offer
 from depman.server.memo_answers import remember_heartbeat
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
 from depman.server.state import ServerState
@@ -51,7 +54,7 @@ def quick_poll(state: ServerState, instance_id: str, limit: int) -> bytes | None
     return answer
 
 
-def quick_heartbeat(state: ServerState, body: HeartbeatRequest) -> bytes | None:
+def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes | None:
     """A heartbeat whose inventory the row already holds, of a live instance; memo'd when quiet."""
     seen = state.hub.hints.epoch(body.instance_id)
     hb = body.to_core()
@@ -61,7 +64,15 @@ def quick_heartbeat(state: ServerState, body: HeartbeatRequest) -> bytes | None:
             return None
         # Read after the write, before the memo: a profile change since drops the memo.
         static = static_dep_ids_of_type(beat.server_type, conn=conn)
-    answer = heartbeat_answer(beat.pinned_dep_ids, static)
+        update = update_offer(
+            state,
+            scope,
+            instance_id=body.instance_id,
+            server_type=beat.server_type,
+            agent_version=beat.agent_version,
+            conn=conn,
+        )
+    answer = heartbeat_answer(beat.pinned_dep_ids, static, update)
     remember_heartbeat(state, body, hb, beat.digest, answer, seen)
     return answer
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -82,6 +83,16 @@ class Dep(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     expected_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     kind: Mapped[str] = mapped_column(String(10), default="dynamic")
+    # ComfyUI folder key and file name (given, or read from a models/<folder>/ path).
+    model_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    filename: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Section of the nodes' extra_model_paths.yaml to install into (None: the ComfyUI folder).
+    root: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The hf:// or civitai:// source as written, and the revision it was pinned to.
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A folder model: [{path, url, sha256?, sizeBytes?, source?, revision?}].
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(_tz())
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
@@ -94,6 +105,8 @@ class Profile(Base):
     profile_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     prefetch_on_boot: Mapped[bool] = mapped_column(Boolean, default=False)
     dynamic_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Default model root (extra_model_paths.yaml section) of the profile's instances.
+    root: Mapped[str | None] = mapped_column(String(100), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -151,6 +164,13 @@ class Instance(Base):
     # Union of the deps of this instance's waiting/ready/running jobs, kept by the job
     # transitions so the heartbeat answers its pins from the row it already updates.
     pinned_dep_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A drained instance gets no new jobs; the ones it has finish there.
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Telemetry later field agents send (register, heartbeat), kept for the operator.
+    provider: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    provider_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    disk_stats_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disk_diagnostics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Set by the maintenance sweep when no heartbeat came for `instance_lost_seconds`
     # (its jobs moved, its queue cancelled, its token voided); cleared by register.
     lost_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
@@ -232,7 +252,32 @@ class QueueItem(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     # Failures in a row (reset by a success): the retry backoff doubles with each.
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When this generation first failed retryably: bounds the retry window.
+    first_failed_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Operator actions the agent reads from the queue and the queue-item check.
+    cancel_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    force_retry: Mapped[bool] = mapped_column(Boolean, default=False)
+    force_retry_after_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class OperatorAction(Base):
+    """One operator action: who did what to which instance, dep or job, and when."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (
+        Index("ix_operator_actions_at", "at"),
+        Index("ix_operator_actions_instance_id", "instance_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(_tz())
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    dep_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -270,3 +315,21 @@ class JobDep(Base):
     )
     dep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AgentBuild(Base):
+    """The agent build published for a server type: its bytes, served to the agents it targets.
+
+    Kept in the database (a few hundred KB each, one per server type), so every
+    server process serves it on SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "agent_builds"
+
+    server_type: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rollout_percent: Mapped[int] = mapped_column(Integer, default=100)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    published_at: Mapped[datetime] = mapped_column(_tz())

@@ -30,6 +30,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def dep_spec(body: DepIn) -> catalog.DepSpec:
     """The domain form of a dep document."""
+    files = None
+    if body.files is not None:
+        files = tuple(
+            catalog.FileSpec(path=f.path, url=f.url, sha256=f.sha256, size_bytes=f.size_bytes)
+            for f in body.files
+        )
     return catalog.DepSpec(
         url=body.url,
         auth=body.auth,
@@ -37,6 +43,10 @@ def dep_spec(body: DepIn) -> catalog.DepSpec:
         sha256=body.sha256,
         expected_size_bytes=body.expected_size_bytes,
         kind=body.kind,
+        model_type=body.model_type,
+        filename=body.filename,
+        root=body.root,
+        files=files,
     )
 
 
@@ -46,6 +56,7 @@ def profile_spec(body: ProfileIn) -> profiles.ProfileSpec:
         static_dep_ids=body.static_dep_ids,
         prefetch_on_boot=body.prefetch_on_boot,
         dynamic_policy=body.dynamic_policy.model_dump(by_alias=True, exclude_none=True),
+        root=body.root,
     )
 
 

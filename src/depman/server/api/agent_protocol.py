@@ -19,6 +19,7 @@ from depman.core.scheduler import place_pending_jobs
 from depman.core.views import profile_document
 from depman.errors import NotFound
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.agent_updates import update_offer
 from depman.server.auth import check_agent, check_shared_secret
 from depman.server.deps import BearerDep, SessionDep, StateDep
 from depman.server.memo_answers import empty_poll_answer, remember_heartbeat
@@ -50,6 +51,7 @@ CAPABILITIES = {"longPoll": True, "maxWaitSeconds": 30, "pinnedDepIds": True, "t
 
 @router.post("/register", response_model=RegisterResponse, responses=ERRORS)
 def register_agent(
+    request: Request,
     body: RegisterRequest,
     session: SessionDep,
     state: StateDep,
@@ -66,6 +68,14 @@ def register_agent(
         policy=state.policy,
     )
     instance_id = result.instance.instance_id
+    update = update_offer(
+        state,
+        request.scope,
+        instance_id=instance_id,
+        server_type=result.instance.server_type,
+        agent_version=result.instance.agent_version,
+        conn=session.connection(),
+    )
     session.commit()  # the commit hook drops the old token's memo
     hints = state.hub.hints
     hints.remember_token(instance_id, hash_token(result.token), hints.epoch(instance_id))
@@ -78,14 +88,15 @@ def register_agent(
     profile: dict[str, Any] = {"staticDepIds": [], "prefetchOnBoot": False, "dynamicPolicy": {}}
     if result.profile is not None:
         profile = profile_document(result.profile, result.static_dep_ids)
-    return JSONResponse(
-        {
-            "instanceId": instance_id,
-            "agentToken": result.token,
-            "profile": profile,
-            "capabilities": CAPABILITIES,
-        }
-    )
+    answer: dict[str, Any] = {
+        "instanceId": instance_id,
+        "agentToken": result.token,
+        "profile": profile,
+        "capabilities": CAPABILITIES,
+    }
+    if update is not None:
+        answer["agentUpdate"] = update
+    return JSONResponse(answer)
 
 
 def _poll(
@@ -153,7 +164,7 @@ def post_status(
 
 @router.post("/heartbeat", response_model=HeartbeatResponse, responses=ERRORS)
 def post_heartbeat(
-    body: HeartbeatRequest, session: SessionDep, state: StateDep, token: BearerDep
+    request: Request, body: HeartbeatRequest, session: SessionDep, state: StateDep, token: BearerDep
 ) -> Response:
     """Record the inventory (a diff) and scalars; answer the pins and the static deps."""
     hints = state.hub.hints
@@ -182,7 +193,15 @@ def post_heartbeat(
         if placed:
             pins = compute_pins(body.instance_id, session=session)
             session.commit()
-    answer = heartbeat_answer(pins, static)
+    update = update_offer(
+        state,
+        request.scope,
+        instance_id=body.instance_id,
+        server_type=result.server_type,
+        agent_version=result.agent_version,
+        conn=session.connection(),
+    )
+    answer = heartbeat_answer(pins, static, update)
     # The next heartbeat like this one is answered by the fast lane (server/fastlane.py).
     remember_heartbeat(state, body, hb, result.digest, answer, seen)
     return Response(answer, media_type="application/json")

@@ -9,21 +9,53 @@ from pydantic import Field
 from depman.server.schemas import ApiModel
 
 
-class DepIn(ApiModel):
-    """`PUT /admin/deps/{depId}`."""
+class FileIn(ApiModel):
+    """One file of a folder model."""
 
+    path: str
     url: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+
+
+class FileOut(FileIn):
+    """A file of a folder model as stored (with its resolved source)."""
+
+    source: str | None = None
+    revision: str | None = None
+
+
+class DepIn(ApiModel):
+    """`PUT /admin/deps/{depId}`: `destRelativePath`, or `type` + `filename`."""
+
+    url: str = ""
     auth: str = "none"
-    dest_relative_path: str
+    dest_relative_path: str | None = None
     sha256: str | None = None
     expected_size_bytes: int | None = None
     kind: str = "dynamic"
+    model_type: str | None = Field(None, alias="type")
+    filename: str | None = None
+    root: str | None = None
+    files: list[FileIn] | None = Field(None, max_length=1000)
 
 
-class DepOut(DepIn):
-    """A catalog entry."""
+class DepOut(ApiModel):
+    """A catalog entry (resolved: `source` is the hf:// / civitai:// URL as written)."""
 
     dep_id: str
+    url: str
+    auth: str
+    dest_relative_path: str
+    sha256: str | None = None
+    expected_size_bytes: int | None = None
+    kind: str
+    model_type: str | None = Field(None, alias="type")
+    filename: str | None = None
+    root: str | None = None
+    source: str | None = None
+    revision: str | None = None
+    files: list[FileOut] | None = None
     updated_at: str | None = None
 
 
@@ -49,6 +81,7 @@ class ProfileIn(ApiModel):
     static_dep_ids: list[str] = Field(default_factory=list)
     prefetch_on_boot: bool = False
     dynamic_policy: DynamicPolicy = Field(default_factory=DynamicPolicy)
+    root: str | None = None
 
 
 class ProfileOut(ApiModel):
@@ -58,6 +91,7 @@ class ProfileOut(ApiModel):
     static_dep_ids: list[str]
     prefetch_on_boot: bool
     dynamic_policy: dict[str, Any]
+    root: str | None = None
     updated_at: str | None = None
 
 
@@ -154,11 +188,15 @@ class QueueItemAdmin(ApiModel):
     priority: int
     generation: int
     failures: int = 0
-    next_attempt_at: str | None = None
     enqueued_at: str | None
     started_at: str | None
     finished_at: str | None
     updated_at: str | None
+    next_attempt_at: str | None = None
+    first_failed_at: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
 
 
 class QueueItemsOut(ApiModel):

@@ -29,6 +29,14 @@ class RegisterRequest(ApiModel):
     instance_ip: str | None = Field(None, max_length=64)
 
 
+class AgentUpdate(ApiModel):
+    """A published agent build this agent should run (field agents 0.6.0+, depman's agent)."""
+
+    target_version: str
+    download_url: str
+    sha256: str
+
+
 class RegisterResponse(ApiModel):
     """Register answer; `capabilities` is an extension a v1 agent ignores."""
 
@@ -36,6 +44,7 @@ class RegisterResponse(ApiModel):
     agent_token: str
     profile: dict[str, Any]
     capabilities: dict[str, Any]
+    agent_update: AgentUpdate | None = None
 
 
 class Resolved(ApiModel):
@@ -54,8 +63,10 @@ class QueueItemOut(ApiModel):
 
     item_id: str
     dep_id: str
-    op: Literal["download", "touch"]
+    op: Literal["download", "touch", "delete"]
     resolved: Resolved
+    force_retry: bool | None = None
+    force_retry_after_ms: int | None = None
 
 
 class QueueResponse(ApiModel):
@@ -98,6 +109,28 @@ class Verification(ApiModel):
         )
 
 
+class QueueItemCheck(ApiModel):
+    """One item as the queue-item check answers it (field agents 0.9.14+)."""
+
+    item_id: str
+    dep_id: str
+    op: str
+    state: str
+    attempts: int = 0
+    error: str | None = None
+    cancel_reason: str | None = None
+    force_retry: bool = False
+    force_retry_after_ms: int | None = None
+    next_attempt_at: str | None = None
+    resolved: dict[str, Any]
+
+
+class QueueItemCheckResponse(ApiModel):
+    """`GET /dependencies/queue-item`."""
+
+    item: QueueItemCheck
+
+
 class StatusRequest(ApiModel):
     """`POST /dependencies/status`."""
 
@@ -105,7 +138,8 @@ class StatusRequest(ApiModel):
     item_id: str = Field(min_length=1, max_length=300)
     dep_id: str | None = None
     op: str | None = None
-    state: Literal["running", "succeeded", "failed"]
+    # `retrying` and `cancelled`: field agents 0.3.0+ and 0.9.14+ (docs/agent.md).
+    state: Literal["running", "succeeded", "failed", "retrying", "cancelled"]
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: int | None = None
     error: str | None = None
@@ -134,6 +168,7 @@ class StatusResponse(ApiModel):
     ok: bool = True
     applied: bool
     item_state: str | None = None
+    clear_failed_dep_id: bool | None = None
 
 
 class ActiveDownload(ApiModel):
@@ -189,3 +224,4 @@ class HeartbeatResponse(ApiModel):
         description="The profile's static deps now: one the agent holds as static but not "
         "listed here has become dynamic (evictable).",
     )
+    agent_update: AgentUpdate | None = None

@@ -1,0 +1,156 @@
+"""Catalog entries in ComfyUI terms: type + filename, refused folders, roots, folder models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from depman.core import model_types
+from tests.server.fleet import dep_doc, make_fleet, uid
+from tests.support.server import RunningServer
+
+SHA = "ab" * 32
+
+
+def put(plane: RunningServer, dep_id: str, doc: dict[str, Any]) -> tuple[int, Any]:
+    return plane.admin("PUT", f"/admin/deps/{dep_id}", doc)
+
+
+def typed(**extra: Any) -> dict[str, Any]:
+    doc = {"url": "https://huggingface.co/o/r/resolve/main/x.safetensors", "kind": "dynamic"}
+    doc.update(extra)
+    return doc
+
+
+def test_type_and_filename_derive_the_path(plane: RunningServer) -> None:
+    dep_id = uid("typed")
+    status, body = put(plane, dep_id, typed(type="loras", filename="style/pixel.safetensors"))
+    assert status == 200, body
+    assert body["destRelativePath"] == "models/loras/style/pixel.safetensors"
+    assert (body["type"], body["filename"]) == ("loras", "style/pixel.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("alias", "canonical", "folder"),
+    [("clip", "text_encoders", "text_encoders"), ("unet", "diffusion_models", "diffusion_models")],
+)
+def test_legacy_type_names_are_aliases(
+    plane: RunningServer, alias: str, canonical: str, folder: str
+) -> None:
+    status, body = put(plane, uid("alias"), typed(type=alias, filename="t5.safetensors"))
+    assert status == 200, body
+    assert body["type"] == canonical
+    assert body["destRelativePath"] == f"models/{folder}/t5.safetensors"
+
+
+def test_v1_path_keeps_working_and_is_typed(plane: RunningServer) -> None:
+    # models/clip/ is scanned by ComfyUI for text encoders: the entry stays as written.
+    dep_id = uid("v1")
+    status, body = put(plane, dep_id, dep_doc(dep_id, destRelativePath="models/clip/c.safetensors"))
+    assert status == 200, body
+    assert body["destRelativePath"] == "models/clip/c.safetensors"
+    assert (body["type"], body["filename"]) == ("text_encoders", "c.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            {"destRelativePath": "models/lora/x.safetensors"},
+            "ComfyUI does not scan models/lora/; did you mean models/loras/?",
+        ),
+        (
+            {"destRelativePath": "models/checkpoint/x.safetensors"},
+            "did you mean models/checkpoints/?",
+        ),
+        ({"destRelativePath": "models/x.safetensors"}, "models/<folder>/<file>"),
+        ({"type": "lora", "filename": "x.safetensors"}, "did you mean 'loras'?"),
+        ({"type": "loras"}, "filename is required with type"),
+        ({"type": "loras", "filename": "../x.safetensors"}, "no '..'"),
+        (
+            {"type": "loras", "filename": "x.safetensors", "destRelativePath": "models/vae/x"},
+            "disagrees with type 'loras'",
+        ),
+        ({"type": "diffusers", "filename": "sdxl"}, "folder model"),
+        ({"type": "loras", "filename": "x.bin", "root": "../shared"}, "root must name"),
+    ],
+)
+def test_refused_entries_name_the_problem(
+    plane: RunningServer, doc: dict[str, Any], message: str
+) -> None:
+    dep_id = uid("refused")
+    body_in = typed(**doc)
+    status, body = put(plane, dep_id, body_in)
+    assert status == 422, body
+    assert body["error"]["code"] == "validation_failed"
+    assert message in body["error"]["message"]
+    assert plane.admin("GET", f"/admin/deps/{dep_id}")[0] == 404
+
+
+def test_fleet_refusal_names_the_document(plane: RunningServer) -> None:
+    status, body = plane.admin(
+        "POST",
+        "/admin/fleet",
+        {"deps": {"typo": typed(destRelativePath="models/lora/x.safetensors")}},
+    )
+    assert status == 422
+    assert body["error"]["message"].startswith("deps.typo: ")
+    assert "models/loras/" in body["error"]["message"]
+
+
+def test_folder_model_sums_its_files_and_reaches_the_agent(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=[])
+    dep_id = uid("diffusers")
+    files = [
+        {"path": "model_index.json", "url": "https://hf.co/a/model_index.json", "sizeBytes": 10,
+         "sha256": SHA},
+        {"path": "unet/diffusion_pytorch_model.safetensors", "url": "https://hf.co/a/u",
+         "sizeBytes": 1000, "sha256": SHA.upper()},
+    ]
+    status, body = put(
+        plane, dep_id,
+        {"type": "diffusers", "filename": "sdxl-base", "files": files, "kind": "dynamic",
+         "root": "shared"},
+    )
+    assert status == 200, body
+    assert body["destRelativePath"] == "models/diffusers/sdxl-base"
+    assert body["expectedSizeBytes"] == 1010 and body["sha256"] is None
+    assert body["files"][1]["sha256"] == SHA and body["root"] == "shared"
+    agent = fleet.register(fleet.add_instance("folder"))
+    status, job = plane.admin(
+        "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [dep_id]}
+    )
+    assert status == 200, job
+    status, answer = agent.poll()
+    assert status == 200, answer
+    item = next(i for i in answer["items"] if i["depId"] == dep_id)
+    resolved = item["resolved"]
+    # A v1 agent fails the item at its domain check instead of writing one file there.
+    assert resolved["url"].startswith("https://folder-model.invalid/")
+    assert resolved["root"] == "shared"
+    assert [f["path"] for f in resolved["files"]] == [f["path"] for f in files]
+
+
+def test_profile_root_is_stored_and_sent_on_register(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, static=[])
+    status, body = plane.admin(
+        "PUT", f"/admin/profiles/{fleet.profile_id}", {"staticDepIds": [], "root": "shared"}
+    )
+    assert status == 200 and body["root"] == "shared", body
+    status, answer = plane.request(
+        "POST",
+        "/api/dependencies/register",
+        {"serverType": fleet.server_type, "instanceId": fleet.add_instance("rooted")},
+        {"X-DM-Secret": plane.shared_secret},
+    )
+    assert status == 200, answer
+    assert answer["profile"]["root"] == "shared"
+
+
+def test_every_comfyui_folder_is_accepted_and_nothing_else() -> None:
+    for key, folders in model_types.COMFYUI_FOLDERS.items():
+        for folder in folders:
+            assert model_types.split_models_path(f"models/{folder}/a.bin") == (key, "a.bin")
+    assert model_types.split_models_path("models/lora/a.bin") is None
+    assert model_types.closest("text_encoder", list(model_types.FOLDER_TO_TYPE)) == "text_encoders"
