@@ -6,6 +6,7 @@
     │   └── InstanceNotFound         404 instance_not_found
     ├── Conflict                     409 conflict
     │   └── InvalidTransition        409 invalid_transition
+    ├── SourceUnavailable            502 source_unavailable
     ├── AuthError                    401 unauthorized
     │   └── Forbidden                403 forbidden
     └── ConfigError                  (start-up only) config_error
@@ -61,11 +62,22 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class SourceUnavailable(DepmanError):
+    """The Hugging Face or Civitai API did not answer a source resolution."""
+
+    code = "source_unavailable"
+    status = 502
+
+
 class AuthError(DepmanError):
     """Missing or wrong credentials."""
 
     code = "unauthorized"
     status = 401
+
+
+class MissingCredentials(AuthError):
+    """No credentials offered (or none can be): not a guess, so not counted as one."""
 
 
 class Forbidden(AuthError):

@@ -223,3 +223,69 @@ def test_agent_job_channel_answers_404(plane: RunningServer) -> None:
         )
         assert status == 404
         assert body["error"]["code"] == "not_found"
+
+
+def test_progress_names_and_telemetry_are_kept_and_shown(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    instance_id = fleet.add_instance("tele")
+    client = V1Client(plane.base_url, fleet.server_type, plane.shared_secret)
+    client.register(
+        instance_id=instance_id,
+        agent_version="0.9.20",
+        provider="vast",
+        providerMetadata={"vastContractId": "123456", "machineId": "m-9"},
+    )
+    client.heartbeat()
+    _, job = fleet.submit(["b"])
+    (item,) = client.poll()
+    client.status(item, "running")
+    row = {
+        "depId": item["depId"],
+        "stage": "downloading",
+        "downloadedBytes": 500,
+        "expectedBytes": 2000,
+        "throughputBytesPerSec": 250.0,
+        "startedAtMs": 1_700_000_000_000,
+        "updatedAtMs": 1_700_000_002_000,
+        "tool": "aria2c",
+        "destRelativePath": item["resolved"]["destRelativePath"],
+    }
+    diagnostics = {"mount": "/workspace", "filesystem": "overlay", "deletedOpenBytes": 4096}
+    disk = {**client.disk(), "path": "/workspace/ComfyUI", "statPath": "/workspace"}
+    client.heartbeat(
+        downloading=[item["depId"]],
+        activeDownloads=[row],
+        diskDiagnostics=diagnostics,
+        diskStats=disk,
+    )
+    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    dm = inst["dependencyManager"]
+    assert dm["activeDownloads"] == [row]
+    assert dm["diskDiagnostics"] == diagnostics and dm["diskStats"]["path"] == disk["path"]
+    assert inst["provider"] == "vast" and inst["providerMetadata"]["vastContractId"] == "123456"
+    status, page = plane.request(
+        "GET",
+        f"/instances/{instance_id}",
+        headers={"Authorization": f"Bearer {plane.admin_token}", "Accept": "text/html"},
+    )
+    assert status == 200
+    for shown in ("vast", "vastContractId", "/workspace/ComfyUI", "deletedOpenBytes", "aria2c"):
+        assert shown in page, shown
+    assert 'aria-valuenow="25.0"' in page  # 500 of 2000 bytes, as for depman's own agent
+    # depman's old names are still read, stored in the one vocabulary.
+    old = {"depId": item["depId"], "bytesDone": 1000, "bytesTotal": 2000, "bytesPerSecond": 10}
+    client.heartbeat(downloading=[item["depId"]], activeDownloads=[old])
+    client.heartbeat(downloading=[item["depId"]], activeDownloads=[old])
+    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    dm = inst["dependencyManager"]
+    assert dm["activeDownloads"] == [
+        {
+            "depId": item["depId"],
+            "downloadedBytes": 1000,
+            "expectedBytes": 2000,
+            "throughputBytesPerSec": 10,
+        }
+    ]
+    # Heartbeats without telemetry keep what was reported.
+    assert dm["diskDiagnostics"] == diagnostics and dm["diskStats"]["path"] == disk["path"]
+    assert job_of(plane, job["jobId"])["state"] == "waiting_deps"

@@ -103,15 +103,29 @@ def test_folder_model_sums_its_files_and_reaches_the_agent(plane: RunningServer)
     fleet = make_fleet(plane, static=[])
     dep_id = uid("diffusers")
     files = [
-        {"path": "model_index.json", "url": "https://hf.co/a/model_index.json", "sizeBytes": 10,
-         "sha256": SHA},
-        {"path": "unet/diffusion_pytorch_model.safetensors", "url": "https://hf.co/a/u",
-         "sizeBytes": 1000, "sha256": SHA.upper()},
+        {
+            "path": "model_index.json",
+            "url": "https://hf.co/a/model_index.json",
+            "sizeBytes": 10,
+            "sha256": SHA,
+        },
+        {
+            "path": "unet/diffusion_pytorch_model.safetensors",
+            "url": "https://hf.co/a/u",
+            "sizeBytes": 1000,
+            "sha256": SHA.upper(),
+        },
     ]
     status, body = put(
-        plane, dep_id,
-        {"type": "diffusers", "filename": "sdxl-base", "files": files, "kind": "dynamic",
-         "root": "shared"},
+        plane,
+        dep_id,
+        {
+            "type": "diffusers",
+            "filename": "sdxl-base",
+            "files": files,
+            "kind": "dynamic",
+            "root": "shared",
+        },
     )
     assert status == 200, body
     assert body["destRelativePath"] == "models/diffusers/sdxl-base"

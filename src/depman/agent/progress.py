@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 log = logging.getLogger("depman.agent")
+TOOL = "depman-agent"
 
 
 def format_bytes(n: float) -> str:
@@ -33,6 +34,10 @@ class Progress:
         self._window_bytes = 0
         self._rate = 0.0
         self._last_log = self._window_start
+        # Wall-clock milliseconds, as the field agents send them (startedAtMs, updatedAtMs).
+        self.started_at_ms = int(time.time() * 1000)
+        self._updated_at_ms = self.started_at_ms
+        self.stage = "downloading"
 
     def start(self, done: int, total: int | None) -> None:
         with self._lock:
@@ -43,6 +48,7 @@ class Progress:
         with self._lock:
             self.bytes_done += n
             self._window_bytes += n
+            self._updated_at_ms = int(time.time() * 1000)
             now = self._clock()
             elapsed = now - self._window_start
             if elapsed >= 1.0:
@@ -70,7 +76,12 @@ class Progress:
         return text
 
     def snapshot(self) -> dict[str, object]:
-        """The heartbeat's ``activeDownloads`` entry."""
+        """The heartbeat's ``activeDownloads`` entry, in the field agents' names."""
         with self._lock:
-            return {"depId": self.dep_id, "bytesDone": self.bytes_done,
-                    "bytesTotal": self.bytes_total, "bytesPerSecond": int(self._rate)}
+            row: dict[str, object] = {
+                "depId": self.dep_id, "stage": self.stage, "downloadedBytes": self.bytes_done,
+                "throughputBytesPerSec": int(self._rate), "startedAtMs": self.started_at_ms,
+                "updatedAtMs": self._updated_at_ms, "tool": TOOL}
+            if self.bytes_total is not None:
+                row["expectedBytes"] = self.bytes_total
+            return row

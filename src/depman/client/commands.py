@@ -54,13 +54,13 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def open_client(server_url: str, token: str | None) -> AdminClient:
+def open_client(server_url: str, token: str | None, *, actor: str | None = None) -> AdminClient:
     """An AdminClient, or a ClientError telling how to give the missing token."""
     if not token:
         raise ClientError(
             "no admin token: set DEPMAN_ADMIN_TOKEN (or pass --token)", code="missing_token"
         )
-    return AdminClient(server_url, token)
+    return AdminClient(server_url, token, actor=actor)
 
 
 def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:
@@ -156,11 +156,18 @@ def submit_job(
     wait: bool,
     server_url: str,
     token: str | None,
+    workflow: Path | None = None,
 ) -> None:
     """Submit a job; with `wait`, follow it until it is ready (exit 0) or failed (exit 1)."""
+    from depman.client.workflows import read_workflow
+
     console = make_console()
+    with reported_errors():
+        document = read_workflow(workflow) if workflow is not None else None
+        if document is None and not dep_ids:
+            raise ClientError("give the deps the job needs, or --workflow FILE.json")
     with reported_errors(), open_client(server_url, token) as client:
-        receipt = client.submit_job(server_type, dep_ids, job_id=job_id)
+        receipt = client.submit_job(server_type, dep_ids, job_id=job_id, workflow=document)
         console.print(describe_receipt(receipt))
         if not wait:
             return

@@ -7,6 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -115,8 +116,13 @@ def register(
     session: Session,
     policy: Policy,
     now: datetime | None = None,
+    provider: str | None = None,
+    provider_metadata: dict[str, Any] | None = None,
 ) -> Registration:
-    """Find the instance by id, else by ip; issue a fresh token; queue the boot prefetch."""
+    """Find the instance by id, else by ip; issue a fresh token; queue the boot prefetch.
+
+    `provider`, `provider_metadata` (field agents 0.9.20+) are kept when sent.
+    """
     now = now or utcnow()
     row: Instance | None = None
     if instance_id:
@@ -151,6 +157,10 @@ def register(
         mark_changed(session, row.instance_id)
     if instance_ip and not row.ip:
         row.ip = instance_ip[:64]
+    if provider is not None:
+        row.provider = provider[:100]
+    if provider_metadata is not None:
+        row.provider_metadata = provider_metadata
     stype = session.get(ServerType, row.server_type)
     profile = session.get(Profile, stype.profile_id) if stype and stype.profile_id else None
     static = (

@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Connection,
+    Text,
     bindparam,
     delete,
     func,
@@ -21,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
@@ -53,6 +55,9 @@ class Heartbeat:
     dynamic_bytes_used: int | None = None
     queue_depth: int | None = None
     active_downloads: list[dict[str, Any]] = field(default_factory=list)
+    # Telemetry of later field agents (0.9.16+); None keeps what is stored.
+    disk_stats_path: str | None = None
+    disk_diagnostics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,14 @@ def _fast_update() -> Any:
             downloading_dep_ids=bindparam("p_downloading", type_=JSON()),
             failed_dep_ids=bindparam("p_failed", type_=JSON()),
             active_downloads=bindparam("p_active", type_=JSON()),
+            disk_stats_path=func.coalesce(
+                bindparam("p_disk_path", type_=Text()), Instance.disk_stats_path
+            ),
+            disk_diagnostics=func.coalesce(
+                bindparam("p_disk_diag", type_=JSON(none_as_null=True)),
+                Instance.disk_diagnostics,
+                type_=JSON(),
+            ),
             **keep,
         )
         .returning(Instance.pinned_dep_ids, Instance.server_type, Instance.agent_version)
@@ -130,6 +143,10 @@ def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
         "failed_dep_ids": list(hb.failed),
         "active_downloads": list(hb.active_downloads),
     }
+    if hb.disk_stats_path is not None:
+        values["disk_stats_path"] = hb.disk_stats_path
+    if hb.disk_diagnostics is not None:
+        values["disk_diagnostics"] = hb.disk_diagnostics
     for name in SCALAR_COLUMNS:
         value = getattr(hb, name)
         if value is not None:
@@ -172,6 +189,8 @@ def record_unchanged_heartbeat(
         "p_downloading": list(hb.downloading),
         "p_failed": list(hb.failed),
         "p_active": list(hb.active_downloads),
+        "p_disk_path": hb.disk_stats_path,
+        "p_disk_diag": hb.disk_diagnostics,
     }
     params.update({f"p_{name}": getattr(hb, name) for name in SCALAR_COLUMNS})
     row = conn.execute(FAST_UPDATE, params).first()
@@ -252,10 +271,10 @@ def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now
         for dep_id, kind in held.items()
         if dep_id in current and current[dep_id] != kind
     }
-    if gone:
+    for part in chunks(gone):
         session.execute(
             delete(InstanceDep).where(
-                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(gone)
+                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(part)
             )
         )
     for dep_id, kind in rekind.items():
@@ -310,15 +329,22 @@ def restore_static_deps(
     missing = [dep_id for dep_id in static if dep_id not in held]
     if not missing:
         return []
-    states = dict(
-        session.execute(
-            select(QueueItem.dep_id, QueueItem.state).where(
+    items = {
+        dep_id: (state, op)
+        for dep_id, state, op in session.execute(
+            select(QueueItem.dep_id, QueueItem.state, QueueItem.op).where(
                 QueueItem.instance_id == instance_id, QueueItem.dep_id.in_(missing)
             )
-        ).all()
-    )
+        )
+    }
+    # An operator's delete (forced, for a static dep) is not undone here: the file
+    # comes back with the next register's prefetch or an operator's retry.
+    done = (ItemState.SUCCEEDED.value, Op.DOWNLOAD.value)
     queued = [
-        d for d in missing if states.get(d, ItemState.SUCCEEDED.value) == ItemState.SUCCEEDED.value
+        d
+        for d in missing
+        if items.get(d, done)[0] == ItemState.SUCCEEDED.value
+        and items.get(d, done)[1] != Op.DELETE.value
     ]
     for dep_id in queued:
         enqueue(

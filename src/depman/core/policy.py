@@ -26,6 +26,7 @@ class Policy:
     instance_lost_seconds: float = 90.0
     retry_backoff_seconds: float = 120.0
     retry_backoff_max_seconds: float = 1800.0
+    allow_any_destination: bool = False
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Policy:
@@ -44,4 +45,5 @@ class Policy:
             instance_lost_seconds=settings.instance_lost_seconds,
             retry_backoff_seconds=settings.retry_backoff_seconds,
             retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
+            allow_any_destination=settings.allow_any_destination,
         )

@@ -115,9 +115,14 @@ def _downloads_table(frame: Frame) -> RenderableType:
         # A heartbeat may still list a dep it already reports installed: installed wins.
         for dep_id in [d for d in in_flight if d not in view.installed]:
             item = reported.get(dep_id, {})
-            total = int(item.get("bytesTotal") or frame.dep_sizes.get(dep_id) or 0)
-            done = int(item.get("bytesDone") or 0)
-            speed = item.get("bytesPerSecond")
+            total = int(
+                item.get("expectedBytes")
+                or item.get("bytesTotal")
+                or frame.dep_sizes.get(dep_id)
+                or 0
+            )
+            done = int(item.get("downloadedBytes") or item.get("bytesDone") or 0)
+            speed = item.get("throughputBytesPerSec") or item.get("bytesPerSecond")
             # All bytes in but not installed yet: the sha256 check and the rename.
             verifying = bool(total) and done >= total
             table.add_row(

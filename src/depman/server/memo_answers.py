@@ -14,6 +14,7 @@ Both need the bearer token to match the memo'd hash of the instance's token.
 
 from __future__ import annotations
 
+import json
 import time
 
 from depman.core.beats import PendingBeat
@@ -38,8 +39,15 @@ def empty_poll_answer(state: ServerState, instance_id: str, token: str | None) -
 
 
 def figures(hb: Heartbeat) -> tuple[int | None, ...]:
-    """The scalar figures of a heartbeat (SCALAR_COLUMNS order), as a memo compares them."""
-    return tuple(getattr(hb, name) for name in SCALAR_COLUMNS)
+    """The scalar figures of a heartbeat (SCALAR_COLUMNS order), as a memo compares them.
+
+    A key of the telemetry (disk path and diagnostics) comes last: a beat whose
+    telemetry changed is written, not only acknowledged.
+    """
+    telemetry = None
+    if hb.disk_stats_path is not None or hb.disk_diagnostics is not None:
+        telemetry = hash(json.dumps([hb.disk_stats_path, hb.disk_diagnostics], sort_keys=True))
+    return (*(getattr(hb, name) for name in SCALAR_COLUMNS), telemetry)
 
 
 def unchanged_beat_answer(

@@ -102,7 +102,7 @@ def instance_detail(
         .where(QueueItem.instance_id == instance_id)
         .order_by(QueueItem.enqueued_at.desc(), QueueItem.dep_id)
     ).all()
-    state_order = {"running": 0, "queued": 1, "failed": 2, "succeeded": 3}
+    state_order = {"running": 0, "queued": 1, "failed": 2, "cancelled": 3, "succeeded": 4}
     queue = sorted(
         (
             QueueEntry(
@@ -118,6 +118,7 @@ def instance_detail(
                 finished_at=as_utc(item.finished_at),
                 download=downloads.get(item.dep_id) if item.state == "running" else None,
                 next_attempt_at=as_utc(item.next_attempt_at),
+                cancel_reason=item.cancel_reason,
             )
             for item in items
         ),
@@ -162,4 +163,9 @@ def instance_detail(
         generated_at=now,
         receipts=receipts,
         lost_at=as_utc(inst.lost_at),
+        drained=bool(inst.drained),
+        provider=inst.provider,
+        provider_metadata=dict(inst.provider_metadata or {}),
+        disk_stats_path=inst.disk_stats_path,
+        disk_diagnostics=dict(inst.disk_diagnostics or {}),
     )

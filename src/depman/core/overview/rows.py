@@ -38,6 +38,8 @@ class Download:
     bytes_done: int
     bytes_total: int | None
     bytes_per_second: float | None
+    stage: str | None = None
+    tool: str | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -177,6 +179,7 @@ class QueueEntry:
     finished_at: datetime | None
     download: Download | None
     next_attempt_at: datetime | None = None
+    cancel_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,14 @@ class InstanceDetail:
     generated_at: datetime
     receipts: list[ReceiptEntry] = field(default_factory=list)
     lost_at: datetime | None = None
+    drained: bool = False
+    # Telemetry later field agents send: kept and shown, never dropped.
+    provider: str | None = None
+    provider_metadata: dict[str, Any] = field(default_factory=dict)
+    disk_stats_path: str | None = None
+    disk_diagnostics: dict[str, Any] = field(default_factory=dict)
+    # Recent operator actions on this instance (core/audit.py rows as dicts).
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -303,19 +314,28 @@ def int_or_none(value: Any) -> int | None:
         return None
 
 
+def _first(entry: Mapping[str, Any], name: str, old_name: str) -> Any:
+    value = entry.get(name)
+    return value if value is not None else entry.get(old_name)
+
+
 def parse_downloads(raw: Iterable[Mapping[str, Any]] | None) -> list[Download]:
     """Heartbeat `activeDownloads` entries; malformed ones are skipped, not fatal."""
     out: list[Download] = []
     for entry in raw or []:
         if not isinstance(entry, Mapping) or not entry.get("depId"):
             continue
-        rate = entry.get("bytesPerSecond")
+        # The field agents' names; rows stored before they were adopted use depman's old ones.
+        rate = _first(entry, "throughputBytesPerSec", "bytesPerSecond")
+        stage, tool = entry.get("stage"), entry.get("tool")
         out.append(
             Download(
                 dep_id=str(entry["depId"]),
-                bytes_done=int_or_none(entry.get("bytesDone")) or 0,
-                bytes_total=int_or_none(entry.get("bytesTotal")),
+                bytes_done=int_or_none(_first(entry, "downloadedBytes", "bytesDone")) or 0,
+                bytes_total=int_or_none(_first(entry, "expectedBytes", "bytesTotal")),
                 bytes_per_second=float(rate) if isinstance(rate, int | float) else None,
+                stage=str(stage) if stage else None,
+                tool=str(tool) if tool else None,
             )
         )
     return out

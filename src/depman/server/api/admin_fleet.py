@@ -9,17 +9,28 @@ from fastapi import APIRouter
 from depman.core import catalog, instances, profiles, server_types
 from depman.errors import DepmanError, ValidationFailed
 from depman.server.api.admin_catalog import ERRORS, dep_spec, profile_spec, server_type_spec
-from depman.server.deps import AdminDep, SessionDep
+from depman.server.deps import AdminDep, SessionDep, StateDep
 from depman.server.schemas.admin import FleetIn, FleetOut
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 
 
 @router.post("/fleet", response_model=FleetOut, responses=ERRORS)
-def apply_fleet(body: FleetIn, session: SessionDep) -> dict[str, Any]:
+def apply_fleet(body: FleetIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Upsert deps, then profiles, server types and instances; all or nothing."""
+    any_dest = state.policy.allow_any_destination
     steps: list[tuple[str, dict[str, Any], Any]] = [
-        ("deps", body.deps, lambda k, v: catalog.put_dep(k, dep_spec(v), session=session)),
+        (
+            "deps",
+            body.deps,
+            lambda k, v: catalog.put_dep(
+                k,
+                dep_spec(v),
+                session=session,
+                resolve=state.resolver,
+                allow_any_destination=any_dest,
+            ),
+        ),
         (
             "profiles",
             body.profiles,

@@ -1,0 +1,95 @@
+"""`depman workflow deps|import` and reading workflow files for `depman jobs submit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from depman.client.api import JsonDoc
+from depman.client.commands import make_console, open_client, reported_errors
+from depman.client.errors import ClientError
+
+
+def read_workflow(path: Path) -> JsonDoc:
+    """A workflow file's JSON object; ClientError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"{path}: cannot read: {exc}", code="invalid_workflow") from exc
+    except json.JSONDecodeError as exc:
+        raise ClientError(
+            f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", code="invalid_workflow"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ClientError(f"{path}: a workflow is a JSON object", code="invalid_workflow")
+    return data
+
+
+def models_table(title: str, models: list[JsonDoc]) -> Table:
+    """TYPE, FILE, DEPS (or `unknown`), and where it can be downloaded from."""
+    table = Table(title=title or None, title_justify="left")
+    table.add_column("TYPE", no_wrap=True)
+    table.add_column("FILE", overflow="fold", style="bold")
+    table.add_column("DEP", overflow="fold")
+    table.add_column("URL", overflow="fold")
+    for model in models:
+        deps = model.get("depIds") or []
+        table.add_row(
+            escape(str(model.get("type") or "?")),
+            escape(str(model.get("filename"))),
+            escape(", ".join(map(str, deps))) if deps else "[red]unknown[/]",
+            escape(str(model.get("url") or "-")),
+        )
+    return table
+
+
+def show_workflow_deps(path: Path, *, server_url: str, token: str | None) -> None:
+    """Print the workflow's models and which catalog deps provide them."""
+    console = make_console()
+    with reported_errors():
+        workflow = read_workflow(path)
+        with open_client(server_url, token) as client:
+            answer = client.workflow_deps(workflow)
+    models = list(answer.get("models") or [])
+    unknown = list(answer.get("unknown") or [])
+    console.print(f"{escape(path.name)}: {len(models)} model files")
+    if not models:
+        return
+    console.print(models_table("", models))
+    if unknown:
+        importable = sum(1 for m in unknown if m.get("url") and m.get("type"))
+        console.print(
+            f"{len(unknown)} not in the catalog ({importable} with a url: "
+            f"`depman workflow import {escape(str(path))}` adds them)"
+        )
+    else:
+        console.print("every model is in the catalog")
+
+
+def import_workflow_models(
+    path: Path, *, kind: str, auth: str, server_url: str, token: str | None
+) -> None:
+    """Add catalog entries for the workflow's unknown models; print what was done."""
+    console = make_console()
+    with reported_errors():
+        workflow = read_workflow(path)
+        with open_client(server_url, token) as client:
+            answer = client.import_workflow(workflow, kind=kind, auth=auth)
+    for model in answer.get("created") or []:
+        console.print(
+            f"added [bold]{escape(str(model.get('depId')))}[/]: "
+            f"{escape(str(model.get('type')))}/{escape(str(model.get('filename')))}"
+        )
+    for model in answer.get("skipped") or []:
+        console.print(
+            f"[yellow]skipped[/] {escape(str(model.get('type') or '?'))}/"
+            f"{escape(str(model.get('filename')))}: {escape(str(model.get('reason')))}"
+        )
+    known = len(answer.get("known") or [])
+    console.print(
+        f"{len(answer.get('created') or [])} added, {len(answer.get('skipped') or [])} skipped, "
+        f"{known} already in the catalog"
+    )
