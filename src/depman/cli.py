@@ -21,6 +21,10 @@ workflow_app = typer.Typer(
 app.add_typer(agent_app, name="agent")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(workflow_app, name="workflow")
+queue_app = typer.Typer(help="Operator actions on queue items.", no_args_is_help=True)
+instance_app = typer.Typer(help="Operator actions on instances.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+app.add_typer(instance_app, name="instance")
 
 ServerOpt = Annotated[
     str,
@@ -142,6 +146,26 @@ def agent_unpublish(
 
 
 @app.command()
+def onstart(
+    server_type: Annotated[str, typer.Option("--server-type", help="This template's server type.")],
+    server_url: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="DEPMAN_URL",
+            help="Control-plane root URL the instances reach [default: DEPMAN_URL of the "
+            "instance's environment].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print a Vast.ai on-start script: fetch + sha256-check the agent, run it under restarts."""
+    from depman.client.onstart import onstart_script
+
+    typer.echo(onstart_script(server_type, server_url), nl=False)
+
+
+@app.command()
 def apply(
     file: Annotated[Path, typer.Option("-f", "--file", help="Fleet YAML file.", exists=True)],
     server_url: ServerOpt = DEFAULT_SERVER_URL,
@@ -157,6 +181,7 @@ class GetWhat(StrEnum):
     """What `depman get` lists."""
 
     instances = "instances"
+    instance = "instance"  # one instance, with its verification receipts
     deps = "deps"
     jobs = "jobs"
     queue = "queue"
@@ -164,14 +189,15 @@ class GetWhat(StrEnum):
 
 @app.command()
 def get(
-    what: Annotated[GetWhat, typer.Argument(help="instances, deps, jobs or queue.")],
+    what: Annotated[GetWhat, typer.Argument(help="instances, instance, deps, jobs or queue.")],
     instance_id: Annotated[
-        str | None, typer.Argument(help="Instance id (for `queue`).", show_default=False)
+        str | None,
+        typer.Argument(help="Instance id (for `instance` and `queue`).", show_default=False),
     ] = None,
     server_url: ServerOpt = DEFAULT_SERVER_URL,
     token: TokenOpt = None,
 ) -> None:
-    """Print a table of instances, deps, jobs, or one instance's queue."""
+    """Print a table of instances, deps, jobs, one instance (with receipts) or its queue."""
     from depman.client.commands import print_listing
 
     print_listing(what.value, instance_id, server_url=server_url, token=token)
@@ -281,6 +307,112 @@ def demo(
     from depman.demo.runner import run_demo
 
     raise typer.Exit(run_demo(keep_running=keep_running, workdir=workdir))
+
+
+InstanceArg = Annotated[str, typer.Argument(help="Instance id.")]
+DepArg = Annotated[str, typer.Argument(help="Dep id.")]
+ReasonOpt = Annotated[
+    str, typer.Option("--reason", help="Why (the agent and the audit log see it).")
+]
+
+
+@queue_app.command("cancel")
+def queue_cancel(
+    instance_id: InstanceArg,
+    dep_id: DepArg,
+    reason: ReasonOpt = "cancelled by operator",
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a queue item (queued: at once; running: when the agent confirms)."""
+    from depman.client.actions import cancel_item
+
+    cancel_item(instance_id, dep_id, reason, server_url=server_url, token=token)
+
+
+@queue_app.command("retry")
+def queue_retry(
+    instance_id: InstanceArg,
+    dep_id: DepArg,
+    after_ms: Annotated[
+        int | None, typer.Option("--after-ms", help="Let the agent wait this long first.")
+    ] = None,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Retry a failed (or backing-off) item now, despite the agent's local backoff."""
+    from depman.client.actions import retry_item
+
+    retry_item(instance_id, dep_id, after_ms, server_url=server_url, token=token)
+
+
+@instance_app.command("delete-dep")
+def instance_delete_dep(
+    instance_id: InstanceArg,
+    dep_id: DepArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also a static dep, or one a job needs.")
+    ] = False,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Remove a dep's file from an instance (the agent deletes it and heartbeats)."""
+    from depman.client.actions import delete_dep
+
+    delete_dep(instance_id, dep_id, force, server_url=server_url, token=token)
+
+
+@instance_app.command("drain")
+def instance_drain(
+    instance_id: InstanceArg,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Place no new jobs on an instance; the ones it has finish there."""
+    from depman.client.actions import drain
+
+    drain(instance_id, True, server_url=server_url, token=token)
+
+
+@instance_app.command("undrain")
+def instance_undrain(
+    instance_id: InstanceArg,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Let an instance take new jobs again."""
+    from depman.client.actions import drain
+
+    drain(instance_id, False, server_url=server_url, token=token)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    reason: ReasonOpt = "cancelled by operator",
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel an open job (it fails with the reason; its instance takes the next one)."""
+    from depman.client.actions import cancel_job
+
+    cancel_job(job_id, reason, server_url=server_url, token=token)
+
+
+@app.command()
+def audit(
+    instance_id: Annotated[
+        str | None, typer.Option("--instance", help="Only actions on this instance.")
+    ] = None,
+    job_id: Annotated[str | None, typer.Option("--job", help="Only actions on this job.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Print the operator audit log: who did what, to what, when."""
+    from depman.client.actions import show_actions
+
+    show_actions(instance_id, job_id, limit, server_url=server_url, token=token)
 
 
 def main() -> None:

@@ -14,9 +14,11 @@ from pathlib import Path, PurePosixPath
 from . import receipts
 from .confine import Confinement
 from .errors import DownloadError, UnsafePath
+from .logonce import problems
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
+JOINED_PATHS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -71,16 +73,45 @@ class Cache:
         self.clock = clock
         self.lock = threading.RLock()
         self.state: AgentState = store.load()
+        self.dirty = False  # a save failed (disk full): the state lives in memory until one works
         self.confinement = Confinement(comfyui_dir)
+        # rel -> (path, its folder): parsing paths was most of a heartbeat's re-check.
+        self._joined: dict[str, tuple[Path, str]] = {}
 
     def path_for(self, rel: str, memo: dict[str, bool] | None = None) -> Path:
         """The final path of ``rel``; UnsafePath when it lies outside the ComfyUI folder."""
-        path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
-        return self.confinement.check(path, rel, memo)
+        joined = self._joined.get(rel)
+        if joined is None:
+            path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
+            joined = (path, str(path.parent))
+            if len(self._joined) < JOINED_PATHS_MAX:
+                self._joined[rel] = joined
+        # Confinement is checked on every call: a folder can become a link at any time.
+        return self.confinement.check(joined[0], rel, memo, folder=joined[1])
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the state file (temp + fsync + rename: never half-written).
+
+        A failed write (disk full, read-only) keeps the state in memory; ``flush``
+        retries it every cycle and the agent keeps serving meanwhile.
+        """
         with self.lock:
-            self.store.save(self.state)
+            try:
+                self.store.save(self.state)
+            except OSError as exc:
+                self.dirty = True
+                problems.warn("state file", "Cannot write the state file %s (%s); keeping the "
+                              "state in memory and retrying", self.store.path,
+                              exc.strerror or exc)
+                return False
+            self.dirty = False
+            problems.ok("state file")
+            return True
+
+    def flush(self) -> None:
+        """Retry a state write that failed earlier."""
+        if self.dirty:
+            self.save()
 
     def lstat_final(self, record: DepRecord, memo: dict[str, bool] | None = None
                     ) -> os.stat_result | None:
@@ -183,6 +214,12 @@ class Cache:
             self.state.failed[dep_id] = error
             self.state.inflight.pop(dep_id, None)
             self.save()
+
+    def clear_failed(self, dep_id: str) -> None:
+        """Forget a dep's local failure (the server queued it again)."""
+        with self.lock:
+            if self.state.failed.pop(dep_id, None) is not None:
+                self.save()
 
     def set_inflight(self, dep_id: str, item: dict[str, object]) -> None:
         with self.lock:

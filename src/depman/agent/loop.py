@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol as p
+from .answers import sanitize_policy
 from .cache import Cache
 from .client import ControlPlaneClient, static_dep_ids
 from .config import AgentConfig
@@ -19,8 +19,20 @@ from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
 from .inventory_check import recheck_inventory
 from .items import ItemRunner, Outcome
+from .logonce import problems
+from .operator_items import (
+    ForcedRetries,
+    ItemStop,
+    cancel_reason,
+    cancelled_error,
+    delete_file,
+)
+from .outbox import StatusOutbox
+from .pacing import QueuePacer
 from .progress import Progress
 from .receipts import verification
+from .redact import redact
+from .retry import RetryPolicy
 from .self_update import SelfUpdater
 from .state import StateStore
 
@@ -32,6 +44,8 @@ class _Active:
     item: dict[str, Any]
     progress: Progress
     future: Future[Outcome]
+    stop: ItemStop | None = None
+    cancel_reason: str | None = None  # set when an operator cancelled it mid-download
 
 
 class Agent:
@@ -43,19 +57,20 @@ class Agent:
         self.wake = threading.Event()
         self.cache = Cache(config.comfyui_dir, StateStore(config.state_path))
         self.client = ControlPlaneClient(config, self.stop)
+        self.outbox = StatusOutbox(self.client)
+        self.pacer = QueuePacer(config)
         self.policy = EvictionPolicy.resolve(None, config)
         self.pinned: set[str] = set()
         self.active: dict[str, _Active] = {}
         self.done_items: OrderedDict[str, None] = OrderedDict()
         self.pool = ThreadPoolExecutor(max_workers=config.max_parallel_downloads,
                                        thread_name_prefix="item")
-        self.runner = ItemRunner(config, self.cache, self.stop, self.evictor,
-                                 self.protected_ids)
         self.resume_items: list[dict[str, Any]] = []
         self.last_heartbeat = 0.0
         self.heartbeat_early = False
         self.queue_depth = 0
         self.updater = SelfUpdater(config)
+        self.forced = ForcedRetries(self.cache)
 
     # -- public -----------------------------------------------------------
     def request_stop(self) -> None:
@@ -65,6 +80,9 @@ class Agent:
         self.client.abort()
 
     def run(self, max_iterations: int | None = None) -> int:
+        """Serve until stopped. Nothing the network, the disk or the server does ends it:
+        a failed cycle is logged once and the next one waits with capped backoff."""
+        backoff = RetryPolicy(max_attempts=None, base_delay=1.0, max_delay=60.0)
         try:
             self.start_up()
             iterations = 0
@@ -72,12 +90,29 @@ class Agent:
                 if max_iterations is not None and iterations >= max_iterations:
                     break
                 iterations += 1
-                self.iterate()
-        except Stopping:
-            pass
+                try:
+                    self.iterate()
+                except Stopping:
+                    break
+                except Exception as exc:  # the agent must keep serving
+                    delay = backoff.next_delay() or 0.0
+                    self.cycle_failed(exc, delay)
+                    self.wait(delay)
+                else:
+                    backoff.reset()
+                    problems.ok("agent cycle")
         finally:
             self.tear_down()
         return 0
+
+    def cycle_failed(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, AgentError):
+            problems.warn("agent cycle", "Agent cycle failed: %s; retrying with backoff "
+                          "(now %.1f s)", exc.message, delay)
+        elif not problems.is_open("agent cycle"):
+            log.exception("Agent cycle failed unexpectedly; retrying with backoff")
+            problems.warn("agent cycle", "Agent cycle failed: %s: %s", exc.__class__.__name__,
+                          exc)
 
     # -- helpers for the item runner -------------------------------------
     def evictor(self) -> Evictor:
@@ -98,7 +133,10 @@ class Agent:
                 log.error("ComfyUI folder %s does not exist and cannot be created (%s). Set "
                           "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
                           "then.", comfy, exc)
-        recheck_inventory(self.cache)
+        try:
+            recheck_inventory(self.cache)
+        except OSError as exc:
+            log.warning("Could not check the files the state file lists: %s", exc)
         self.resume_items = [i for i in self.cache.inflight_items() if i.get("itemId")]
         if self.resume_items:
             log.info("Resuming %d download(s) interrupted by the last shutdown",
@@ -109,7 +147,8 @@ class Agent:
         self.updater.registered()
         self.consider_update(reg.agent_update)
         profile = reg.profile or {}
-        self.policy = EvictionPolicy.resolve(profile.get("dynamicPolicy"), self.config)
+        self.policy = EvictionPolicy.resolve(sanitize_policy(profile.get("dynamicPolicy")),
+                                             self.config)
         self.apply_static_ids(static_dep_ids(profile))
         self.cache.state.instance_id = reg.instance_id
         self.cache.save()
@@ -118,6 +157,8 @@ class Agent:
     def iterate(self) -> None:
         if self.client.registration is None:
             self.register()
+        self.cache.flush()
+        self.outbox.flush()
         self.collect_finished()
         if self.heartbeat_due() <= 0:
             self.send_heartbeat()
@@ -128,22 +169,29 @@ class Agent:
         if free_slots <= 0:
             self.wait(self.heartbeat_due())
             return
+        hold = self.pacer.hold()
+        if hold > 0:  # the last request is not over yet: wait, waking for a finished item
+            self.wait(min(hold, max(0.0, self.heartbeat_due())))
+            return
         reg = self.client.registration
         long_poll = reg is not None and reg.long_poll and self.config.long_poll_seconds > 0
-        wait = 0.0
+        busy = bool(self.active)
+        wait = 0
         if long_poll:
-            cap = 1.0 if self.active else self.config.long_poll_seconds
-            wait = max(0.0, min(cap, self.heartbeat_due()))
-        answer = self.client.queue(p.QUEUE_LIMIT, wait if wait >= 1 else 0)
+            since = time.monotonic() - self.last_heartbeat
+            if self.pacer.heartbeat_first(busy, self.heartbeat_due(), since):
+                self.send_heartbeat()
+            wait = self.pacer.wait_for(busy, self.heartbeat_due())
+        self.pacer.start()
+        answer = self.client.queue(p.QUEUE_LIMIT, wait)
         if answer.pinned is not None:
             self.pinned = answer.pinned
         self.apply_static_ids(answer.static_ids)
         self.queue_depth = len(answer.items)
+        self.reject(answer.rejected)
         started = self.dispatch(answer.items)
-        if not long_poll or (answer.items and not started):
-            # v1 polling, or nothing we could take yet: don't spin on the same answer.
-            jitter = 1 + 0.2 * (2 * random.random() - 1)
-            self.wait(min(self.config.poll_seconds * jitter, max(0.0, self.heartbeat_due())))
+        self.pacer.done(long_poll=long_poll, wait_seconds=wait,
+                        new_work=bool(started or answer.rejected))
 
     def wait(self, seconds: float) -> None:
         if seconds > 0 and self.wake.wait(seconds):
@@ -187,6 +235,28 @@ class Agent:
         self.apply_static_ids(answer.static_ids)
         self.last_heartbeat = time.monotonic()
         self.heartbeat_early = False
+        self.check_cancels()
+
+    def check_cancels(self) -> None:
+        """Ask whether an operator cancelled a running download; stop it if so."""
+        if self.stop.is_set():
+            return
+        for active in list(self.active.values()):
+            if active.cancel_reason is not None or active.future.done():
+                continue
+            try:
+                item = self.client.item_check(str(active.item.get("itemId")))
+            except AgentError as exc:
+                log.info("Queue-item check failed (%s); asking again later", exc.message)
+                return
+            if item is None:
+                continue
+            reason = cancel_reason(item)
+            if reason is not None and active.stop is not None:
+                log.warning("Download of %s cancelled by the operator: %s",
+                            active.item.get("depId"), reason)
+                active.cancel_reason = reason
+                active.stop.set()
 
     def consider_update(self, update: Any) -> None:
         """A new agent build installed: stop like on SIGTERM; main() re-executes into it."""
@@ -209,12 +279,23 @@ class Agent:
             "dynamicBytesUsed": self.cache.dynamic_bytes(),
         }
         if error is not None:
-            body["error"] = error[:p.ERROR_MAX_CHARS]
+            body["error"] = redact(error)[:p.ERROR_MAX_CHARS]
         if state is p.ItemState.SUCCEEDED:
             record = self.cache.record(str(item.get("depId")))
             if record is not None:  # the receipt of the final file, as later field agents send
                 body["verification"] = verification(record)
-        self.client.status(body, attempts=attempts)
+        self.outbox.post(body, attempts=attempts)
+
+    def reject(self, rejected: list[tuple[dict[str, Any], str]]) -> None:
+        """Malformed items are reported failed with the reason; the rest is served."""
+        for item, reason in rejected:
+            item_id = item["itemId"]
+            if item_id in self.done_items or item["depId"] in self.active:
+                continue
+            log.warning("Item %s (%s): %s", item_id, item["depId"], reason)
+            self.post_status(item, p.ItemState.RUNNING)
+            self.post_status(item, p.ItemState.FAILED, reason)
+            self.remember(item_id)
 
     # -- items ------------------------------------------------------------
     def dispatch(self, items: list[dict[str, Any]]) -> int:
@@ -226,10 +307,22 @@ class Agent:
             dep_id, item_id = item.get("depId"), item.get("itemId")
             if not isinstance(dep_id, str) or not isinstance(item_id, str):
                 continue
+            if item.get("forceRetry") and item_id in self.done_items:
+                del self.done_items[item_id]  # the operator asks for it again
             if dep_id in self.active or item_id in self.done_items:
+                continue
+            reason = cancel_reason(item)
+            if reason is not None:
+                self.post_status(item, p.ItemState.CANCELLED, cancelled_error(reason))
+                self.remember(item_id)
+                continue
+            if not self.forced.ready(item):
                 continue
             started += 1
             op = item.get("op")
+            if op == p.Op.DELETE.value:
+                self.delete_in_place(item)
+                continue
             if op == p.Op.TOUCH.value and self.touch_in_place(item):
                 continue
             if op not in (p.Op.DOWNLOAD.value, p.Op.TOUCH.value):
@@ -265,6 +358,18 @@ class Agent:
         self.remember(item["itemId"])
         return True
 
+    def delete_in_place(self, item: dict[str, Any]) -> None:
+        """An operator's delete: remove the file, report, and heartbeat the new inventory."""
+        self.post_status(item, p.ItemState.RUNNING)
+        error = delete_file(self.cache, item)
+        if error is None:
+            self.post_status(item, p.ItemState.SUCCEEDED)
+        else:
+            log.error("Delete of %s failed: %s", item.get("depId"), error)
+            self.post_status(item, p.ItemState.FAILED, error)
+        self.remember(item["itemId"])
+        self.heartbeat_early = True
+
     def start_item(self, item: dict[str, Any]) -> None:
         dep_id = item["depId"]
         try:
@@ -281,8 +386,11 @@ class Agent:
         # trip or the state file's fsync (issue 5, dispatch latency). Its outcome is
         # collected on this thread, so the server still sees running before succeeded,
         # and the in-flight record is written before it can be cleared.
-        future = self.pool.submit(self.runner.run, item, progress)
-        self.active[dep_id] = _Active(item, progress, future)
+        # Its own stop, so an operator's cancel ends this download and no other.
+        stop = ItemStop(self.stop)
+        runner = ItemRunner(self.config, self.cache, stop, self.evictor, self.protected_ids)
+        future = self.pool.submit(runner.run, item, progress)
+        self.active[dep_id] = _Active(item, progress, future, stop)
         self.post_status(item, p.ItemState.RUNNING)
         self.cache.set_inflight(dep_id, item)
         future.add_done_callback(lambda _f: self.wake.set())
@@ -293,6 +401,13 @@ class Agent:
                 continue
             del self.active[dep_id]
             outcome = active.future.result()
+            if active.cancel_reason is not None and not outcome.ok:
+                self.cache.clear_inflight(dep_id)
+                self.post_status(active.item, p.ItemState.CANCELLED,
+                                 cancelled_error(active.cancel_reason), attempts=attempts)
+                self.remember(active.item["itemId"])
+                self.heartbeat_early = True
+                continue
             if outcome.interrupted:
                 continue  # stays in state.inflight; resumed on the next start
             if outcome.ok:

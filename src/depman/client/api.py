@@ -44,11 +44,15 @@ class AdminClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        actor: str | None = None,
     ) -> None:
         self.base_url = root_url(base_url)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if actor:
+            headers["X-Depman-Actor"] = actor  # who acts, for the server's audit log
         self._http = httpx.Client(
             base_url=self.base_url + "/api",
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            headers=headers,
             timeout=timeout,
             transport=transport,
         )
@@ -188,6 +192,24 @@ class AdminClient:
         if error:
             body["error"] = error
         return self._request("POST", f"/jobs/{_segment(job_id)}/complete", json=body)
+
+    # Operator actions ----------------------------------------------------------
+
+    def act(self, path: str, body: JsonDoc) -> JsonDoc:
+        """POST an operator action (`/admin/...`); answers the changed document."""
+        result: JsonDoc = self._request("POST", path, json=body)
+        return result
+
+    def list_actions(
+        self, *, instance_id: str | None = None, job_id: str | None = None, limit: int = 100
+    ) -> list[JsonDoc]:
+        """The audit log, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if instance_id:
+            params["instanceId"] = instance_id
+        if job_id:
+            params["jobId"] = job_id
+        return _items(self._request("GET", "/admin/actions", params=params), "actions")
 
     # Plumbing --------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
@@ -270,10 +271,10 @@ def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now
         for dep_id, kind in held.items()
         if dep_id in current and current[dep_id] != kind
     }
-    if gone:
+    for part in chunks(gone):
         session.execute(
             delete(InstanceDep).where(
-                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(gone)
+                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(part)
             )
         )
     for dep_id, kind in rekind.items():
@@ -328,15 +329,22 @@ def restore_static_deps(
     missing = [dep_id for dep_id in static if dep_id not in held]
     if not missing:
         return []
-    states = dict(
-        session.execute(
-            select(QueueItem.dep_id, QueueItem.state).where(
+    items = {
+        dep_id: (state, op)
+        for dep_id, state, op in session.execute(
+            select(QueueItem.dep_id, QueueItem.state, QueueItem.op).where(
                 QueueItem.instance_id == instance_id, QueueItem.dep_id.in_(missing)
             )
-        ).all()
-    )
+        )
+    }
+    # An operator's delete (forced, for a static dep) is not undone here: the file
+    # comes back with the next register's prefetch or an operator's retry.
+    done = (ItemState.SUCCEEDED.value, Op.DOWNLOAD.value)
     queued = [
-        d for d in missing if states.get(d, ItemState.SUCCEEDED.value) == ItemState.SUCCEEDED.value
+        d
+        for d in missing
+        if items.get(d, done)[0] == ItemState.SUCCEEDED.value
+        and items.get(d, done)[1] != Op.DELETE.value
     ]
     for dep_id in queued:
         enqueue(

@@ -7,8 +7,10 @@ changes; `static/dashboard.js` polls it and swaps it in.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -16,12 +18,17 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from depman.core import overview
+from depman.core.audit import action_document, list_actions
 from depman.core.clock import utcnow
-from depman.errors import NotFound
+from depman.core.sessions import revoke
+from depman.errors import AuthError, NotFound
+from depman.server.auth import attempt
+from depman.server.auth_failures import TooManyFailures
 from depman.server.dashboard import auth
+from depman.server.dashboard.csrf import csrf_token
 from depman.server.dashboard.format import FILTERS
 from depman.server.deps import FreshReadSessionDep as SessionDep
-from depman.server.state import server_state
+from depman.server.state import client_address, server_state
 
 HERE = Path(__file__).parent
 STATIC_PREFIX = "/dashboard/static"
@@ -55,6 +62,8 @@ def _live_ttl(request: Request) -> float:
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    # Every page's action forms carry the session's CSRF token (dashboard/csrf.py).
+    context = {"csrf": csrf_token(request), **context}
     response = templates.TemplateResponse(request, name, context, status_code=status)
     response.headers.update(SECURITY_HEADERS)
     return response
@@ -90,7 +99,17 @@ def _instance(request: Request, session: Session, instance_id: str) -> dict[str,
         )
     except NotFound:
         return None
-    return {"nav": "fleet", "detail": detail, "instance_id": instance_id}
+    actions = [
+        action_document(row)
+        for row in list_actions(session=session, instance_id=instance_id, limit=20)
+    ]
+    return {
+        "nav": "fleet",
+        "detail": detail,
+        "instance_id": instance_id,
+        "actions": actions,
+        "page_path": f"/instances/{quote(instance_id, safe='')}",
+    }
 
 
 @page.get("/instances/{instance_id}", response_class=HTMLResponse)
@@ -141,7 +160,8 @@ StateQuery = Annotated[str | None, Query(max_length=40)]
 def _jobs(session: Session, state: str | None) -> dict[str, Any]:
     wanted = state if state in overview.JOB_STATES else None
     jobs = overview.jobs_overview(session=session, now=utcnow(), state=wanted)
-    return {"nav": "jobs", "jobs": jobs, "states": overview.JOB_STATES}
+    page_path = "/jobs" + (f"?state={quote(wanted)}" if wanted else "")
+    return {"nav": "jobs", "jobs": jobs, "states": overview.JOB_STATES, "page_path": page_path}
 
 
 @page.get("/jobs", response_class=HTMLResponse)
@@ -154,6 +174,26 @@ def jobs_page(request: Request, session: SessionDep, state: StateQuery = None) -
 def jobs_fragment(request: Request, session: SessionDep, state: StateQuery = None) -> Response:
     """The refreshing part of the jobs page."""
     return _render(request, "_jobs.html", _jobs(session, state))
+
+
+# --- audit log ---------------------------------------------------------------
+
+
+def _audit(session: Session) -> dict[str, Any]:
+    rows = list_actions(session=session, limit=200)
+    return {"nav": "audit", "actions": [action_document(row) for row in rows]}
+
+
+@page.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, session: SessionDep) -> Response:
+    """Every operator action: who, what, when."""
+    return _render(request, "audit.html", _audit(session))
+
+
+@fragment.get("/audit", response_class=HTMLResponse)
+def audit_fragment(request: Request, session: SessionDep) -> Response:
+    """The refreshing part of the audit log."""
+    return _render(request, "_audit.html", _audit(session))
 
 
 # --- login -------------------------------------------------------------------
@@ -179,14 +219,20 @@ def login_submit(
 ) -> Response:
     """Check the token; on success set the session cookie (never the token itself)."""
     configured = auth.admin_token(request)
-    if not auth.token_matches(token, configured):
+    state = server_state(request)
+    context = {"next": auth.safe_next(next), "closed": configured is None}
+    try:
+        with attempt(state, "login", client_address(request)):
+            if not auth.token_matches(token, configured):
+                raise AuthError("wrong admin token" if configured else "no admin token configured")
+    except TooManyFailures as exc:
+        error = f"Too many failed attempts from this address; retry in {exc.retry_after} s."
+        response = _render(request, "login.html", {**context, "error": error}, 429)
+        response.headers.update(exc.headers)
+        return response
+    except AuthError:
         error = "Invalid token." if configured else "The server has no admin token configured."
-        return _render(
-            request,
-            "login.html",
-            {"next": auth.safe_next(next), "error": error, "closed": configured is None},
-            401,
-        )
+        return _render(request, "login.html", {**context, "error": error}, 401)
     assert configured is not None
     response = RedirectResponse(auth.safe_next(next), status_code=303)
     response.set_cookie(
@@ -202,8 +248,14 @@ def login_submit(
 
 
 @public.post("/logout")
-def logout() -> Response:
-    """Drop the session cookie."""
+def logout(request: Request) -> Response:
+    """Revoke the session (every server process refuses it from now on); drop the cookie."""
+    cookie = request.cookies.get(auth.COOKIE_NAME)
+    expires = auth.session_expiry(cookie)
+    if cookie is not None and expires is not None and expires > time.time():
+        with server_state(request).db.session() as session:
+            revoke(cookie, expires, session=session)
+            session.commit()
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(auth.COOKIE_NAME, path="/", httponly=True, samesite="strict")
     return response
