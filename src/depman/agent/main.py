@@ -116,8 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc.message)
         return EXIT_FAILED
 
+    from .instance_lock import hold
     from .loop import Agent
 
+    hold(config.state_path)  # before the state file is read
     agent = Agent(config)
     _install_signals(agent.request_stop)
     log.info("Starting %s (pid %d) for server type %s, ComfyUI at %s, API %s",
