@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from . import receipts
 from .confine import Confinement
 from .errors import DownloadError, UnsafePath
+from .model_roots import ModelRoots
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
@@ -72,11 +73,21 @@ class Cache:
         self.lock = threading.RLock()
         self.state: AgentState = store.load()
         self.confinement = Confinement(comfyui_dir)
+        self.roots = ModelRoots()
 
-    def path_for(self, rel: str, memo: dict[str, bool] | None = None) -> Path:
-        """The final path of ``rel``; UnsafePath when it lies outside the ComfyUI folder."""
-        path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
-        return self.confinement.check(path, rel, memo)
+    def path_for(self, rel: str, memo: dict[str, bool] | None = None,
+                 root: str | None = None) -> Path:
+        """The final path of ``rel`` (in model root ``root`` when given); UnsafePath when it
+        lies outside the ComfyUI folder (or that root's folder)."""
+        pure = safe_relative_path(rel)
+        if root is None:
+            return self.confinement.check(self.comfyui_dir.joinpath(*pure.parts), rel, memo)
+        path, folder = self.roots.locate(pure, root)
+        return Confinement(folder).check(path, rel, memo)
+
+    def record_path(self, record: DepRecord, memo: dict[str, bool] | None = None) -> Path:
+        """The final path of an installed dep (file, or folder of a folder model)."""
+        return self.path_for(record.dest_relative_path, memo, record.root)
 
     def save(self) -> None:
         with self.lock:
@@ -86,7 +97,7 @@ class Cache:
                     ) -> os.stat_result | None:
         """The final file's lstat, or None when it is gone or lies outside the folder."""
         try:
-            return os.lstat(self.path_for(record.dest_relative_path, memo))
+            return os.lstat(self.record_path(record, memo))
         except (OSError, UnsafePath):
             return None
 
@@ -116,6 +127,9 @@ class Cache:
 
     def file_matches(self, record: DepRecord) -> bool:
         """The file is present and still the one its receipt names."""
+        if record.files is not None:
+            from .folder_models import folder_matches
+            return folder_matches(self, record)
         st = self.lstat_final(record)
         return st is not None and receipts.matches(record, st)
 
@@ -125,10 +139,11 @@ class Cache:
 
     # -- changes (each saved at once) ------------------------------------
     def mark_installed(self, dep_id: str, kind: str, rel: str, size: int,
-                       sha256: str | None, *, verified: bool = True) -> DepRecord:
+                       sha256: str | None, *, verified: bool = True,
+                       root: str | None = None) -> DepRecord:
         """Record a verified final file with its receipt (taken from the file now)."""
         try:
-            st = os.lstat(self.path_for(rel))
+            st = os.lstat(self.path_for(rel, root=root))
         except OSError as exc:
             raise DownloadError(f"{rel} vanished right after it was verified: {exc}") from exc
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
@@ -138,7 +153,7 @@ class Cache:
             old = self.state.deps.get(dep_id)
             record = DepRecord(dep_id, kind, rel, size, sha256,
                                installed_at=old.installed_at if old else now,
-                               last_used_at=now, verified=verified)
+                               last_used_at=now, verified=verified, root=root)
             receipts.stamp(record, st)
             self.state.deps[dep_id] = record
             self.state.failed.pop(dep_id, None)

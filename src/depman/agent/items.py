@@ -12,10 +12,12 @@ from typing import Any
 from . import protocol as p
 from .adoption import Adopter, Wanted
 from .cache import Cache
+from .comfyui_check import listing_warning
 from .config import AgentConfig
 from .download import DownloadOptions, DownloadSpec, download_file
 from .errors import AgentError, DownloadError, DownloadInterrupted, MissingToken
 from .eviction import Evictor
+from .folder_models import FolderInstall, install_folder
 from .http import redact_url
 from .progress import Progress
 
@@ -29,6 +31,7 @@ class Outcome:
     ok: bool
     error: str | None = None
     interrupted: bool = False
+    warning: str | None = None  # ok, but ComfyUI does not list the file
 
 
 class ItemRunner:
@@ -42,6 +45,8 @@ class ItemRunner:
         self.evictor = evictor
         self.protected = protected
         self.adopter = Adopter(cache, stop, config.adopt_stable_seconds)
+        # The profile's model root (from register): deps without their own root go there.
+        self.default_root: str | None = None
 
     def run(self, item: dict[str, Any], progress: Progress) -> Outcome:
         """v1 semantics: up to three attempts, waiting item_retry_seconds * 1, then * 2."""
@@ -51,7 +56,7 @@ class ItemRunner:
             attempt += 1
             try:
                 self.install(item, progress)
-                return Outcome(ok=True)
+                return Outcome(ok=True, warning=self.comfyui_warning(item))
             except DownloadInterrupted:
                 return Outcome(ok=False, interrupted=True)
             except AgentError as exc:
@@ -73,12 +78,16 @@ class ItemRunner:
         resolved = item.get("resolved") or {}
         rel = str(resolved.get("destRelativePath") or "")
         kind = str(resolved.get("kind") or p.DepKind.DYNAMIC.value)
-        dest = self.cache.path_for(rel)  # raises UnsafePath before any network traffic
+        root = self.root_of(item)
+        dest = self.cache.path_for(rel, root=root)  # UnsafePath before any network traffic
+        if resolved.get("files") is not None:
+            self.install_folder(item, dep_id, kind, rel, root, progress)
+            return
         sha = (resolved.get("sha256") or None)
         sha = sha.lower() if isinstance(sha, str) else None
         expected = resolved.get("expectedSizeBytes")
         expected = int(expected) if isinstance(expected, int) and expected >= 0 else None
-        if self.adopter.adopt(Wanted(dep_id, kind, rel, dest, sha, expected)):
+        if self.adopter.adopt(Wanted(dep_id, kind, rel, dest, sha, expected, root)):
             return
         url = resolved.get("url")
         if not url:
@@ -101,11 +110,51 @@ class ItemRunner:
                             connections=self.config.download_connections,
                             min_segment_bytes=self.config.min_segment_bytes,
                             stop=self.stop, progress=progress, ensure_space=ensure_space))
-        self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256)
+        self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256, root=root)
         log.info("Installed %s (%d bytes%s)", dep_id, result.size,
                  ", segmented" if result.segmented else "")
         evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
                       protected=set(self.protected()), folder=dest.parent)
+
+    def root_of(self, item: dict[str, Any]) -> str | None:
+        """The item's model root, else the profile's; None: the ComfyUI folder."""
+        root = (item.get("resolved") or {}).get("root") or self.default_root
+        return root if isinstance(root, str) and root else None
+
+    def install_folder(self, item: dict[str, Any], dep_id: str, kind: str, rel: str,
+                       root: str | None, progress: Progress) -> None:
+        """A folder model: every file into a staging folder, then one rename."""
+        resolved = item.get("resolved") or {}
+        evictor = self.evictor()
+
+        def ensure_space(need: int, folder: Path) -> None:
+            self.ensure_dir(folder)
+            evictor.ensure_space(need, folder=folder, protected={dep_id, *self.protected()})
+
+        def options(file_space: Callable[[int], None]) -> DownloadOptions:
+            return DownloadOptions(allowed_domains=self.config.allowed_domains,
+                                   connections=self.config.download_connections,
+                                   min_segment_bytes=self.config.min_segment_bytes,
+                                   stop=self.stop, progress=progress, ensure_space=file_space)
+
+        job = FolderInstall(self.cache, self.stop, options, ensure_space,
+                            self.authorization(str(resolved.get("auth") or "none")))
+        record = install_folder(job, dep_id=dep_id, kind=kind, rel=rel, root=root,
+                                raw_files=resolved.get("files"), progress=progress)
+        evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
+                      protected=set(self.protected()),
+                      folder=self.cache.record_path(record).parent)
+
+    def comfyui_warning(self, item: dict[str, Any]) -> str | None:
+        """Ask ComfyUI (DM_COMFYUI_URL) whether it lists the installed file."""
+        resolved = item.get("resolved") or {}
+        if not self.config.comfyui_url or resolved.get("files") is not None:
+            return None  # ComfyUI lists files only, not folder models
+        warning = listing_warning(self.config.comfyui_url,
+                                  str(resolved.get("destRelativePath") or ""))
+        if warning:
+            log.warning("%s: %s", item.get("depId"), warning)
+        return warning
 
     def authorization(self, auth: str) -> str | None:
         if auth == p.AuthKind.HF_TOKEN.value:

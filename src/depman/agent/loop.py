@@ -19,6 +19,7 @@ from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
 from .inventory_check import recheck_inventory
 from .items import ItemRunner, Outcome
+from .model_roots import ModelRoots
 from .progress import Progress
 from .receipts import verification
 from .state import StateStore
@@ -41,6 +42,8 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.cache = Cache(config.comfyui_dir, StateStore(config.state_path))
+        # A DM_EXTRA_MODEL_PATHS that cannot be read stops start-up (ConfigError).
+        self.cache.roots = ModelRoots.load(config.extra_model_paths, config.comfyui_dir)
         self.client = ControlPlaneClient(config, self.stop)
         self.policy = EvictionPolicy.resolve(None, config)
         self.pinned: set[str] = set()
@@ -106,6 +109,8 @@ class Agent:
         reg = self.client.register()
         profile = reg.profile or {}
         self.policy = EvictionPolicy.resolve(profile.get("dynamicPolicy"), self.config)
+        root = profile.get("root")
+        self.runner.default_root = root if isinstance(root, str) and root else None
         self.apply_static_ids(static_dep_ids(profile))
         self.cache.state.instance_id = reg.instance_id
         self.cache.save()
@@ -258,7 +263,8 @@ class Agent:
     def start_item(self, item: dict[str, Any]) -> None:
         dep_id = item["depId"]
         try:
-            self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")))
+            self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")),
+                                root=self.runner.root_of(item))
         except UnsafePath as exc:
             self.post_status(item, p.ItemState.RUNNING)
             self.post_status(item, p.ItemState.FAILED, exc.message)
@@ -287,7 +293,9 @@ class Agent:
                 continue  # stays in state.inflight; resumed on the next start
             if outcome.ok:
                 self.cache.clear_inflight(dep_id)
-                self.post_status(active.item, p.ItemState.SUCCEEDED, attempts=attempts)
+                # A warning (ComfyUI does not list the file) rides on the succeeded status.
+                self.post_status(active.item, p.ItemState.SUCCEEDED, outcome.warning,
+                                 attempts=attempts)
             else:
                 error = outcome.error or "failed"
                 self.cache.mark_failed(dep_id, error)
