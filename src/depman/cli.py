@@ -21,6 +21,10 @@ workflow_app = typer.Typer(
 app.add_typer(agent_app, name="agent")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(workflow_app, name="workflow")
+queue_app = typer.Typer(help="Operator actions on queue items.", no_args_is_help=True)
+instance_app = typer.Typer(help="Operator actions on instances.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+app.add_typer(instance_app, name="instance")
 
 ServerOpt = Annotated[
     str,
@@ -76,6 +80,69 @@ def agent_bundle(
 
     digest = write_bundle(output)
     typer.echo(f"wrote {output} sha256={digest}")
+
+
+@agent_app.command("publish")
+def agent_publish(
+    file: Annotated[Path, typer.Argument(help="The agent file (e.g. depman-agent.pyz).")],
+    server_type: Annotated[str, typer.Option("--server-type", help="Server type to offer it to.")],
+    version: Annotated[
+        str | None,
+        typer.Option(help="Its version [default: read from a depman agent zipapp]."),
+    ] = None,
+    rollout_percent: Annotated[
+        int,
+        typer.Option(
+            "--rollout-percent", min=0, max=100, help="Share of the type's instances offered it."
+        ),
+    ] = 100,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Publish an agent build: agents of the type on another version update to it."""
+    from depman.client.agent_builds import publish_build
+
+    publish_build(
+        file,
+        server_type,
+        version=version,
+        rollout_percent=rollout_percent,
+        server_url=server_url,
+        token=token,
+    )
+
+
+@agent_app.command("builds")
+def agent_builds(server_url: ServerOpt = DEFAULT_SERVER_URL, token: TokenOpt = None) -> None:
+    """List published agent builds and how far each rollout got."""
+    from depman.client.agent_builds import list_builds
+
+    list_builds(server_url=server_url, token=token)
+
+
+@agent_app.command("rollout")
+def agent_rollout(
+    server_type: Annotated[str, typer.Argument(help="Server type whose build to roll out.")],
+    percent: Annotated[int, typer.Argument(min=0, max=100, help="Share of its instances.")],
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Offer the published build to another share of the type's instances."""
+    from depman.client.agent_builds import set_rollout
+
+    set_rollout(server_type, percent, server_url=server_url, token=token)
+
+
+@agent_app.command("unpublish")
+def agent_unpublish(
+    server_type: Annotated[str, typer.Argument(help="Server type whose build to withdraw.")],
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Stop offering a server type's build (agents keep what they run)."""
+    from depman.client.agent_builds import unpublish_build
+
+    unpublish_build(server_type, server_url=server_url, token=token)
 
 
 @app.command()
@@ -218,6 +285,112 @@ def demo(
     from depman.demo.runner import run_demo
 
     raise typer.Exit(run_demo(keep_running=keep_running, workdir=workdir))
+
+
+InstanceArg = Annotated[str, typer.Argument(help="Instance id.")]
+DepArg = Annotated[str, typer.Argument(help="Dep id.")]
+ReasonOpt = Annotated[
+    str, typer.Option("--reason", help="Why (the agent and the audit log see it).")
+]
+
+
+@queue_app.command("cancel")
+def queue_cancel(
+    instance_id: InstanceArg,
+    dep_id: DepArg,
+    reason: ReasonOpt = "cancelled by operator",
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a queue item (queued: at once; running: when the agent confirms)."""
+    from depman.client.actions import cancel_item
+
+    cancel_item(instance_id, dep_id, reason, server_url=server_url, token=token)
+
+
+@queue_app.command("retry")
+def queue_retry(
+    instance_id: InstanceArg,
+    dep_id: DepArg,
+    after_ms: Annotated[
+        int | None, typer.Option("--after-ms", help="Let the agent wait this long first.")
+    ] = None,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Retry a failed (or backing-off) item now, despite the agent's local backoff."""
+    from depman.client.actions import retry_item
+
+    retry_item(instance_id, dep_id, after_ms, server_url=server_url, token=token)
+
+
+@instance_app.command("delete-dep")
+def instance_delete_dep(
+    instance_id: InstanceArg,
+    dep_id: DepArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also a static dep, or one a job needs.")
+    ] = False,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Remove a dep's file from an instance (the agent deletes it and heartbeats)."""
+    from depman.client.actions import delete_dep
+
+    delete_dep(instance_id, dep_id, force, server_url=server_url, token=token)
+
+
+@instance_app.command("drain")
+def instance_drain(
+    instance_id: InstanceArg,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Place no new jobs on an instance; the ones it has finish there."""
+    from depman.client.actions import drain
+
+    drain(instance_id, True, server_url=server_url, token=token)
+
+
+@instance_app.command("undrain")
+def instance_undrain(
+    instance_id: InstanceArg,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Let an instance take new jobs again."""
+    from depman.client.actions import drain
+
+    drain(instance_id, False, server_url=server_url, token=token)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    reason: ReasonOpt = "cancelled by operator",
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel an open job (it fails with the reason; its instance takes the next one)."""
+    from depman.client.actions import cancel_job
+
+    cancel_job(job_id, reason, server_url=server_url, token=token)
+
+
+@app.command()
+def audit(
+    instance_id: Annotated[
+        str | None, typer.Option("--instance", help="Only actions on this instance.")
+    ] = None,
+    job_id: Annotated[str | None, typer.Option("--job", help="Only actions on this job.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Print the operator audit log: who did what, to what, when."""
+    from depman.client.actions import show_actions
+
+    show_actions(instance_id, job_id, limit, server_url=server_url, token=token)
 
 
 def main() -> None:

@@ -46,6 +46,11 @@ def test_fleet_smoke(tmp_path: Path) -> None:
     assert "heartbeat" in text and "queue" in text
 
 
+def test_inventory_check_smoke(tmp_path: Path) -> None:
+    text = run_smoke("inventory_check", tmp_path)
+    assert "recheck_inventory" in text and "os.stat loop" in text
+
+
 def test_dispatch_smoke(tmp_path: Path) -> None:
     text = run_smoke("dispatch", tmp_path)
     assert "long-poll" in text and "v1 polling" in text

@@ -18,6 +18,7 @@ from .model_roots import ModelRoots
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
+JOINED_PATHS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,24 @@ class Cache:
         self.state: AgentState = store.load()
         self.confinement = Confinement(comfyui_dir)
         self.roots = ModelRoots()
+        # rel -> (path, its folder): parsing paths was most of a heartbeat's re-check.
+        self._joined: dict[str, tuple[Path, str]] = {}
 
     def path_for(self, rel: str, memo: dict[str, bool] | None = None,
                  root: str | None = None) -> Path:
         """The final path of ``rel`` (in model root ``root`` when given); UnsafePath when it
         lies outside the ComfyUI folder (or that root's folder)."""
-        pure = safe_relative_path(rel)
-        if root is None:
-            return self.confinement.check(self.comfyui_dir.joinpath(*pure.parts), rel, memo)
-        path, folder = self.roots.locate(pure, root)
-        return Confinement(folder).check(path, rel, memo)
+        if root is not None:
+            path, folder = self.roots.locate(safe_relative_path(rel), root)
+            return Confinement(folder).check(path, rel, memo)
+        joined = self._joined.get(rel)
+        if joined is None:
+            path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
+            joined = (path, str(path.parent))
+            if len(self._joined) < JOINED_PATHS_MAX:
+                self._joined[rel] = joined
+        # Confinement is checked on every call: a folder can become a link at any time.
+        return self.confinement.check(joined[0], rel, memo, folder=joined[1])
 
     def record_path(self, record: DepRecord, memo: dict[str, bool] | None = None) -> Path:
         """The final path of an installed dep (file, or folder of a folder model)."""

@@ -26,6 +26,7 @@ class Registration:
     agent_token: str
     profile: dict[str, Any] = field(default_factory=dict)
     capabilities: dict[str, Any] = field(default_factory=dict)
+    agent_update: Any = None  # the answer's agentUpdate, as sent
 
     @property
     def long_poll(self) -> bool:
@@ -43,6 +44,7 @@ class QueueAnswer:
 class HeartbeatAnswer:
     pinned: set[str] | None
     static_ids: set[str] | None = None
+    agent_update: Any = None  # the answer's agentUpdate, as sent
 
 
 class ControlPlaneClient:
@@ -87,7 +89,8 @@ class ControlPlaneClient:
                 continue
             profile = data.get("profile") if isinstance(data.get("profile"), dict) else {}
             caps = data.get("capabilities") if isinstance(data.get("capabilities"), dict) else {}
-            self.registration = Registration(instance_id, token, profile or {}, caps or {})
+            self.registration = Registration(instance_id, token, profile or {}, caps or {},
+                                             data.get("agentUpdate"))
             log.info("Registered dependency agent: instanceId=%s", instance_id)
             return self.registration
 
@@ -110,7 +113,7 @@ class ControlPlaneClient:
         data = self.call("POST", p.HEARTBEAT_PATH,
                          {"instanceId": self._registered().instance_id, **body},
                          attempts=attempts)
-        return HeartbeatAnswer(_pinned(data), static_dep_ids(data))
+        return HeartbeatAnswer(_pinned(data), static_dep_ids(data), data.get("agentUpdate"))
 
     def abort(self) -> None:
         """Unblock a call in flight (a long-poll) from another thread or a signal handler."""

@@ -31,9 +31,10 @@ class Confinement:
         # Resolved per use: the folder may be created, or re-linked, while the agent runs.
         return os.path.realpath(self.root)
 
-    def check(self, path: Path, rel: str, memo: dict[str, bool] | None = None) -> Path:
+    def check(self, path: Path, rel: str, memo: dict[str, bool] | None = None, *,
+              folder: str | None = None) -> Path:
         """``path`` unchanged when its folder's real path is inside the root; else UnsafePath."""
-        folder = str(path.parent)
+        folder = folder if folder is not None else str(path.parent)
         inside = memo.get(folder) if memo is not None else None
         if inside is None:
             inside = is_inside(os.path.realpath(folder), self.root_real())

@@ -6,6 +6,8 @@
     ├── ServerError              the control plane answered an error or could not be reached
     │   └── Unauthorized         401/403: register again
     ├── Stopping                 the agent was asked to stop while waiting
+    ├── UpdateFailed             an offered agent build could not be fetched (tried again later)
+    │   └── UpdateRefused        an offered build failed its checks (never tried again)
     └── DownloadError            a dependency could not be fetched (see ``retryable``)
         ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
         ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
@@ -69,6 +71,18 @@ class Stopping(AgentError):
     """Raised out of a wait when the agent is shutting down."""
 
     code = "stopping"
+
+
+class UpdateFailed(AgentError):
+    """An offered agent build could not be fetched or installed; tried again later."""
+
+    code = "update_failed"
+
+
+class UpdateRefused(UpdateFailed):
+    """An offered agent build failed its checks (sha256, format); never tried again."""
+
+    code = "update_refused"
 
 
 class DownloadError(AgentError):

@@ -22,6 +22,7 @@ from .items import ItemRunner, Outcome
 from .model_roots import ModelRoots
 from .progress import Progress
 from .receipts import verification
+from .self_update import SelfUpdater
 from .state import StateStore
 
 log = logging.getLogger("depman.agent")
@@ -57,6 +58,7 @@ class Agent:
         self.last_heartbeat = 0.0
         self.heartbeat_early = False
         self.queue_depth = 0
+        self.updater = SelfUpdater(config)
 
     # -- public -----------------------------------------------------------
     def request_stop(self) -> None:
@@ -107,6 +109,8 @@ class Agent:
 
     def register(self) -> None:
         reg = self.client.register()
+        self.updater.registered()
+        self.consider_update(reg.agent_update)
         profile = reg.profile or {}
         self.policy = EvictionPolicy.resolve(profile.get("dynamicPolicy"), self.config)
         root = profile.get("root")
@@ -184,9 +188,15 @@ class Agent:
         answer = self.client.heartbeat(self.heartbeat_body(), attempts=attempts)
         if answer.pinned is not None:
             self.pinned = answer.pinned
+        self.consider_update(answer.agent_update)
         self.apply_static_ids(answer.static_ids)
         self.last_heartbeat = time.monotonic()
         self.heartbeat_early = False
+
+    def consider_update(self, update: Any) -> None:
+        """A new agent build installed: stop like on SIGTERM; main() re-executes into it."""
+        if not self.stop.is_set() and self.updater.offer(update):
+            self.request_stop()
 
     def apply_static_ids(self, static_ids: set[str] | None) -> None:
         """The profile's static deps now: one no longer listed becomes evictable."""

@@ -121,10 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"depman agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     _install_signals(agent.request_stop)
-    log.info("Starting %s for server type %s, ComfyUI at %s, API %s", p.AGENT_VERSION,
-             config.server_type, config.comfyui_dir, config.api_base_url)
+    log.info("Starting %s (pid %d) for server type %s, ComfyUI at %s, API %s",
+             p.AGENT_VERSION, os.getpid(), config.server_type, config.comfyui_dir,
+             config.api_base_url)
     try:
-        return agent.run()
+        code = agent.run()
     except Exception:
         log.exception("Agent crashed")
         return EXIT_FAILED
+    if agent.updater.installed is not None:
+        agent.updater.reexec()  # does not return
+    return code

@@ -78,6 +78,8 @@ ITEM_ATTEMPTS = 3
 # once it has not changed for this long (a copy in progress keeps changing).
 ADOPT_STABLE_SECONDS = 10.0
 EARLY_HEARTBEAT_MIN_SECONDS = 2.0
+# A self-updated build that has not registered within this is rolled back.
+DEFAULT_UPDATE_PROBATION_SECONDS = 60.0
 CHUNK_BYTES = 1024 * 1024
 HTTP_TIMEOUT_SECONDS = 60.0
 PARTIAL_SUFFIX = ".partial"

@@ -44,11 +44,15 @@ class AdminClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        actor: str | None = None,
     ) -> None:
         self.base_url = root_url(base_url)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if actor:
+            headers["X-Depman-Actor"] = actor  # who acts, for the server's audit log
         self._http = httpx.Client(
             base_url=self.base_url + "/api",
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            headers=headers,
             timeout=timeout,
             transport=transport,
         )
@@ -189,7 +193,50 @@ class AdminClient:
             body["error"] = error
         return self._request("POST", f"/jobs/{_segment(job_id)}/complete", json=body)
 
+    # Operator actions ----------------------------------------------------------
+
+    def act(self, path: str, body: JsonDoc) -> JsonDoc:
+        """POST an operator action (`/admin/...`); answers the changed document."""
+        result: JsonDoc = self._request("POST", path, json=body)
+        return result
+
+    def list_actions(
+        self, *, instance_id: str | None = None, job_id: str | None = None, limit: int = 100
+    ) -> list[JsonDoc]:
+        """The audit log, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if instance_id:
+            params["instanceId"] = instance_id
+        if job_id:
+            params["jobId"] = job_id
+        return _items(self._request("GET", "/admin/actions", params=params), "actions")
+
     # Plumbing --------------------------------------------------------------
+
+    # Agent builds ------------------------------------------------------------
+
+    def publish_agent_build(
+        self, server_type: str, data: bytes, *, version: str | None, rollout_percent: int
+    ) -> JsonDoc:
+        """Publish an agent file for a server type (replaces its build)."""
+        params: dict[str, Any] = {"rolloutPercent": rollout_percent}
+        if version:
+            params["version"] = version
+        path = f"/admin/agent-builds/{_segment(server_type)}"
+        return self._request("PUT", path, params=params, content=data)
+
+    def list_agent_builds(self) -> list[JsonDoc]:
+        """Every published agent build."""
+        return _items(self._request("GET", "/admin/agent-builds"), "builds")
+
+    def set_agent_rollout(self, server_type: str, percent: int) -> JsonDoc:
+        """Change the rollout percentage of a published build."""
+        path = f"/admin/agent-builds/{_segment(server_type)}"
+        return self._request("PATCH", path, json={"rolloutPercent": percent})
+
+    def unpublish_agent_build(self, server_type: str) -> None:
+        """Stop offering a server type's build."""
+        self._request("DELETE", f"/admin/agent-builds/{_segment(server_type)}")
 
     def _doc_path(self, section: str, doc_id: str) -> str:
         return f"/admin/{SECTION_PATHS[section]}/{_segment(doc_id)}"
@@ -202,8 +249,11 @@ class AdminClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
+        content: bytes | None = None,
     ) -> Any:
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if content is not None:
+            extra.update(content=content, headers={"Content-Type": "application/octet-stream"})
         try:
             response = self._http.request(method, path, json=json, params=params, **extra)
         except httpx.TimeoutException as exc:

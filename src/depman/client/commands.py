@@ -54,13 +54,13 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def open_client(server_url: str, token: str | None) -> AdminClient:
+def open_client(server_url: str, token: str | None, *, actor: str | None = None) -> AdminClient:
     """An AdminClient, or a ClientError telling how to give the missing token."""
     if not token:
         raise ClientError(
             "no admin token: set DEPMAN_ADMIN_TOKEN (or pass --token)", code="missing_token"
         )
-    return AdminClient(server_url, token)
+    return AdminClient(server_url, token, actor=actor)
 
 
 def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:

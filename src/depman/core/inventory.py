@@ -328,15 +328,22 @@ def restore_static_deps(
     missing = [dep_id for dep_id in static if dep_id not in held]
     if not missing:
         return []
-    states = dict(
-        session.execute(
-            select(QueueItem.dep_id, QueueItem.state).where(
+    items = {
+        dep_id: (state, op)
+        for dep_id, state, op in session.execute(
+            select(QueueItem.dep_id, QueueItem.state, QueueItem.op).where(
                 QueueItem.instance_id == instance_id, QueueItem.dep_id.in_(missing)
             )
-        ).all()
-    )
+        )
+    }
+    # An operator's delete (forced, for a static dep) is not undone here: the file
+    # comes back with the next register's prefetch or an operator's retry.
+    done = (ItemState.SUCCEEDED.value, Op.DOWNLOAD.value)
     queued = [
-        d for d in missing if states.get(d, ItemState.SUCCEEDED.value) == ItemState.SUCCEEDED.value
+        d
+        for d in missing
+        if items.get(d, done)[0] == ItemState.SUCCEEDED.value
+        and items.get(d, done)[1] != Op.DELETE.value
     ]
     for dep_id in queued:
         enqueue(

@@ -19,6 +19,7 @@ from depman.core.signals import notify_statement, take_marks
 from depman.core.wakeups import listen_forever
 from depman.server import dashboard
 from depman.server.api import (
+    admin_actions,
     admin_agent_builds,
     admin_catalog,
     admin_fleet,
@@ -133,6 +134,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         agent_items,
         admin_catalog,
         admin_instances,
+        admin_actions,
         admin_fleet,
         admin_workflows,
         admin_agent_builds,
