@@ -32,6 +32,7 @@ KiB, MiB = 1024, 1024 * 1024
 
 def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Path) -> None:
     small, big, resumed = payload(64 * KiB)[0], payload(3 * MiB)[0], payload(64 * KiB)[0]
+    linked = payload(64 * KiB)[0]
     outside = tmp_path / "outside"
     outside.mkdir()
     victim = outside / "victim.bin"
@@ -42,9 +43,11 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
         origin.add("/m/small.bin", small)
         origin.add("/m/big.bin", big)
         origin.add("/m/resumed.bin", resumed)
+        origin.add("/m/linked.bin", linked)
         deps = {"small": dep(origin, "/m/small.bin", "models/loras/small.bin", small),
                 "big": dep(origin, "/m/big.bin", "models/loras/big.bin", big),
-                "resumed": dep(origin, "/m/resumed.bin", "models/loras/resumed.bin", resumed)}
+                "resumed": dep(origin, "/m/resumed.bin", "models/loras/resumed.bin", resumed),
+                "linked": dep(origin, "/m/linked.bin", "models/loras/linked.bin", linked)}
         # Dangling links where a single-stream and a segmented download put their partials,
         (loras / "small.bin.partial").symlink_to(outside / "planted-small.bin")
         (loras / "big.bin.partial").symlink_to(outside / "planted-big.bin")
@@ -54,13 +57,21 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
             "mode": "single", "etag": None, "total": len(resumed),
             "source": source_key(deps["resumed"]["url"]),
             "sha256": hashlib.sha256(resumed).hexdigest(), "expectedSize": len(resumed)}))
+        # A link at the destination itself, to an outside file with the right bytes: not
+        # adopted through the link; the download replaces the link, not its target.
+        (outside / "twin.bin").write_bytes(linked)
+        (loras / "linked.bin").symlink_to(outside / "twin.bin")
         setup_fleet(depman_server, deps, static=sorted(deps))
         with AgentProcess(agent_env(depman_server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: instance(depman_server).get("installedDepIdsStatic")
                               == sorted(deps), 40), (items(depman_server), agent.log())
             assert agent.stop() == 0
-    for name, data in (("small", small), ("big", big), ("resumed", resumed)):
+        assert origin.requests_for("/m/linked.bin")
+    assert (outside / "twin.bin").read_bytes() == linked
+    (outside / "twin.bin").unlink()
+    for name, data in (("small", small), ("big", big), ("resumed", resumed),
+                       ("linked", linked)):
         assert (loras / f"{name}.bin").read_bytes() == data
         assert not (loras / f"{name}.bin").is_symlink()
         assert not (loras / f"{name}.bin.partial").exists()
@@ -153,3 +164,29 @@ def test_evictor_confines_right_before_deleting(tmp_path: Path) -> None:
                             batch_max=5, pin_ttl_seconds=0)
     assert Evictor(cache, policy).evict(need_free_bytes=0, protected=set()) == []
     assert (outside / "a.bin").exists()
+
+
+def test_folder_relinked_during_a_download(depman_server: Any, tmp_path: Path) -> None:
+    """The folder becomes a link out while bytes flow: the agent stops, writes nothing out."""
+    data = payload(512 * KiB)[0]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    loras = tmp_path / "ws/ComfyUI/models/loras"
+    loras.mkdir(parents=True)
+    with ModelOrigin() as origin:
+        # Slow, and the connection drops once halfway: the retry must not follow the link.
+        origin.add("/m/slow.bin", data, rate=128 * KiB, drop_after=256 * KiB)
+        setup_fleet(depman_server, {"slow": dep(origin, "/m/slow.bin", "models/loras/slow.bin",
+                                                data)}, static=["slow"])
+        env = agent_env(depman_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
+        with AgentProcess(env) as agent:
+            agent.wait_for_line(r"Registered dependency agent")
+            partial = loras / "slow.bin.partial"
+            assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 30)
+            loras.rename(loras.with_name("loras.old"))
+            loras.symlink_to(outside)
+            assert wait_until(lambda: items(depman_server).get("slow", {}).get("state")
+                              == "failed", 30), agent.log()
+            assert "outside the ComfyUI folder" in items(depman_server)["slow"]["error"]
+            assert agent.stop() == 0
+    assert list(outside.iterdir()) == []

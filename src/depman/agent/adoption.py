@@ -97,7 +97,11 @@ class Adopter:
         return True
 
     def _adopt_by_hash(self, want: Wanted, st: os.stat_result) -> bool:
-        digest = hash_file(want.dest)
+        try:
+            digest = hash_file(want.dest)
+        except OSError as exc:
+            raise DownloadError(f"Cannot read {want.rel} to verify it: {exc}",
+                                retryable=False) from exc
         if digest != want.sha256:
             log.warning("%s exists but its sha256 differs from the catalog; downloading again",
                         want.rel)

@@ -55,6 +55,10 @@ class DownloadOptions:
     # Called with the bytes still to be written once the size is known; raises
     # InsufficientDiskSpace when room cannot be made.
     ensure_space: Callable[[int], None] | None = None
+    # Called before every attempt and right before the rename into place; raises
+    # (UnsafePath) when the destination's folder no longer lies where it may (re-linked
+    # while the download ran).
+    check_dest: Callable[[], object] | None = None
 
     def new_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts, base_delay=self.base_delay,
@@ -172,6 +176,8 @@ class _Download:
                         timeout=self.options.timeout, pool=pool)
 
     def _attempt(self, force_single: bool) -> DownloadResult:
+        if self.options.check_dest is not None:  # a retry must not write through a new link
+            self.options.check_dest()
         try:
             return self._attempt_inner(force_single)
         except (OSError, http.client.HTTPException) as exc:
@@ -363,6 +369,8 @@ class _Download:
             error = _SegmentedMismatch if segmented else VerificationError
             raise error(f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
                         f"got {digest}", retryable=False)
+        if self.options.check_dest is not None:
+            self.options.check_dest()
         os.replace(self.partial, spec.dest)
         fsync_dir(spec.dest.parent)
         self.sidecar.path.unlink(missing_ok=True)

@@ -109,7 +109,8 @@ class ItemRunner:
             DownloadOptions(allowed_domains=self.config.allowed_domains,
                             connections=self.config.download_connections,
                             min_segment_bytes=self.config.min_segment_bytes,
-                            stop=self.stop, progress=progress, ensure_space=ensure_space))
+                            stop=self.stop, progress=progress, ensure_space=ensure_space,
+                            check_dest=lambda: self.cache.path_for(rel, root=root)))
         self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256, root=root)
         log.info("Installed %s (%d bytes%s)", dep_id, result.size,
                  ", segmented" if result.segmented else "")
@@ -135,7 +136,9 @@ class ItemRunner:
             return DownloadOptions(allowed_domains=self.config.allowed_domains,
                                    connections=self.config.download_connections,
                                    min_segment_bytes=self.config.min_segment_bytes,
-                                   stop=self.stop, progress=progress, ensure_space=file_space)
+                                   stop=self.stop, progress=progress, ensure_space=file_space,
+                                   # the staging folder sits beside the final one
+                                   check_dest=lambda: self.cache.path_for(rel, root=root))
 
         job = FolderInstall(self.cache, self.stop, options, ensure_space,
                             self.authorization(str(resolved.get("auth") or "none")))

@@ -115,6 +115,8 @@ def instance_detail(
                 started_at=as_utc(item.started_at),
                 finished_at=as_utc(item.finished_at),
                 download=downloads.get(item.dep_id) if item.state == "running" else None,
+                next_attempt_at=as_utc(item.next_attempt_at),
+                cancel_reason=item.cancel_reason,
             )
             for item in items
         ),

@@ -178,6 +178,8 @@ class QueueEntry:
     started_at: datetime | None
     finished_at: datetime | None
     download: Download | None
+    next_attempt_at: datetime | None = None
+    cancel_reason: str | None = None
 
 
 @dataclass(frozen=True)

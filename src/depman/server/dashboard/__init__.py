@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from depman.server.dashboard import auth, routes
+from depman.server.dashboard import actions, auth, routes
 
 __all__ = ["mount"]
 
@@ -34,6 +34,7 @@ def mount(app: FastAPI) -> None:
     app.include_router(routes.public, include_in_schema=False)
     app.include_router(routes.page, include_in_schema=False)
     app.include_router(routes.fragment, include_in_schema=False)
+    app.include_router(actions.router, include_in_schema=False)
     app.mount(
         routes.STATIC_PREFIX,
         StaticFiles(directory=str(routes.HERE / "static")),

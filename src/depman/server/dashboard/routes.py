@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -16,9 +17,11 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from depman.core import overview
+from depman.core.audit import action_document, list_actions
 from depman.core.clock import utcnow
 from depman.errors import NotFound
 from depman.server.dashboard import auth
+from depman.server.dashboard.csrf import csrf_token
 from depman.server.dashboard.format import FILTERS
 from depman.server.deps import FreshReadSessionDep as SessionDep
 from depman.server.state import server_state
@@ -55,6 +58,8 @@ def _live_ttl(request: Request) -> float:
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    # Every page's action forms carry the session's CSRF token (dashboard/csrf.py).
+    context = {"csrf": csrf_token(request), **context}
     response = templates.TemplateResponse(request, name, context, status_code=status)
     response.headers.update(SECURITY_HEADERS)
     return response
@@ -90,7 +95,17 @@ def _instance(request: Request, session: Session, instance_id: str) -> dict[str,
         )
     except NotFound:
         return None
-    return {"nav": "fleet", "detail": detail, "instance_id": instance_id}
+    actions = [
+        action_document(row)
+        for row in list_actions(session=session, instance_id=instance_id, limit=20)
+    ]
+    return {
+        "nav": "fleet",
+        "detail": detail,
+        "instance_id": instance_id,
+        "actions": actions,
+        "page_path": f"/instances/{quote(instance_id, safe='')}",
+    }
 
 
 @page.get("/instances/{instance_id}", response_class=HTMLResponse)
@@ -141,7 +156,8 @@ StateQuery = Annotated[str | None, Query(max_length=40)]
 def _jobs(session: Session, state: str | None) -> dict[str, Any]:
     wanted = state if state in overview.JOB_STATES else None
     jobs = overview.jobs_overview(session=session, now=utcnow(), state=wanted)
-    return {"nav": "jobs", "jobs": jobs, "states": overview.JOB_STATES}
+    page_path = "/jobs" + (f"?state={quote(wanted)}" if wanted else "")
+    return {"nav": "jobs", "jobs": jobs, "states": overview.JOB_STATES, "page_path": page_path}
 
 
 @page.get("/jobs", response_class=HTMLResponse)
@@ -154,6 +170,26 @@ def jobs_page(request: Request, session: SessionDep, state: StateQuery = None) -
 def jobs_fragment(request: Request, session: SessionDep, state: StateQuery = None) -> Response:
     """The refreshing part of the jobs page."""
     return _render(request, "_jobs.html", _jobs(session, state))
+
+
+# --- audit log ---------------------------------------------------------------
+
+
+def _audit(session: Session) -> dict[str, Any]:
+    rows = list_actions(session=session, limit=200)
+    return {"nav": "audit", "actions": [action_document(row) for row in rows]}
+
+
+@page.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, session: SessionDep) -> Response:
+    """Every operator action: who, what, when."""
+    return _render(request, "audit.html", _audit(session))
+
+
+@fragment.get("/audit", response_class=HTMLResponse)
+def audit_fragment(request: Request, session: SessionDep) -> Response:
+    """The refreshing part of the audit log."""
+    return _render(request, "_audit.html", _audit(session))
 
 
 # --- login -------------------------------------------------------------------

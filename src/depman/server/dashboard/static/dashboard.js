@@ -89,7 +89,10 @@
       if (!resp.ok && resp.status !== 404) { throw new Error("HTTP " + resp.status); }
       return resp.text();
     }).then(function (html) {
-      if (html !== self.last) {
+      // Never swap a form away while the operator is typing in it (a cancel reason).
+      var active = document.activeElement;
+      var typing = active && self.el.contains(active) && active.tagName === "INPUT";
+      if (html !== self.last && !typing) {
         self.el.innerHTML = html;
         self.last = html;
         applyAllFilters();
