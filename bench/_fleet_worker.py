@@ -1,4 +1,7 @@
-"""One simulator process: plays a slice of the fleet's v1 agents, prints its stats as JSON.
+"""One simulator process: plays a slice of the fleet's agents, prints its stats as JSON.
+
+`--agent-kind v1` (below) plays field agents; `--agent-kind depman` plays depman's
+own agent (`bench/_fleet_depman.py`: long-poll, early and progress heartbeats).
 
 Started by `bench.fleet`; each agent registers, heartbeats its ~200-dep inventory
 every 30 s, polls its queue every 5 s (±20%), and works the items it gets
@@ -253,7 +256,12 @@ class Sim:
 
     async def main(self) -> dict[str, object]:
         args = self.args
-        agents = [Agent(self, i) for i in range(args.first, args.first + args.count)]
+        kind: type[Agent] = Agent
+        if args.agent_kind == "depman":
+            from bench._fleet_depman import DepmanAgent
+
+            kind = DepmanAgent
+        agents = [kind(self, i) for i in range(args.first, args.first + args.count)]
         rng = random.Random(args.first)
         runs = [asyncio.ensure_future(a.run(args.t0 + rng.uniform(0, args.ramp)))
                 for a in agents]
@@ -306,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-seconds", type=float, default=30.0)
     ap.add_argument("--download-seconds", type=float, default=2.0)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--agent-kind", choices=("v1", "depman"), default="v1")
+    ap.add_argument("--long-poll-seconds", type=float, default=25.0)
     ap.add_argument("--out", help="Write the JSON report here instead of stdout.")
     args = ap.parse_args(argv)
     try:

@@ -1,11 +1,14 @@
-"""Fleet load: N simulated v1 agents (plus job submissions) against one `depman server`.
+"""Fleet load: N simulated agents (plus job submissions) against one `depman server`.
 
     uv run python -m bench.fleet                       # N = 1k, 5k, 10k on SQLite and PostgreSQL
-    uv run python -m bench.fleet --backends postgresql --sizes 10000
-    uv run python -m bench.fleet --smoke               # 40 agents, seconds
+    uv run python -m bench.fleet --backends postgresql --sizes 10000 --agents depman
+    uv run python -m bench.fleet --smoke               # 40 agents of each kind, seconds
 
-Agents speak protocol v1 at the field intervals: register, heartbeat with ~200
-deps every 30 s, queue poll every 5 s (±20%), statuses for the items they get.
+`--agents v1` speak protocol v1 at the field intervals: register, heartbeat with
+~200 deps every 30 s, queue poll every 5 s (±20%), statuses for the items they
+get. `--agents depman` follow depman's own agent (`bench/_fleet_depman.py`):
+long-poll (25 s idle, 1 s while downloading), heartbeats every 30 s idle, every
+5 s while downloading (progress rows) and early after a download.
 A job driver submits jobs (POST /api/jobs), starts the ready ones and completes
 them, so placement, queueing and inventory changes run too. The simulator runs
 in `--workers` processes on the same machine (its CPU is reported, it competes
@@ -76,6 +79,8 @@ class Plan:
     server_workers: list[int] = field(default_factory=lambda: [1])
     server_env: dict[str, str] = field(default_factory=dict)  # more DEPMAN_* settings
     profile_dir: Path | None = None  # py-spy samples of the server over each window
+    agent_kinds: list[str] = field(default_factory=lambda: ["v1", "depman"])
+    long_poll: float = 25.0
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
@@ -83,7 +88,7 @@ FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, d
             static=20, inventory=200, connections=64, workers=None, server_workers=[1, 2])
 SMOKE = Plan([40], ["sqlite"], ramp=1, warmup=2, duration=4, poll=1, heartbeat=2,
              download=0.2, job_rate=2, job_run=0.5, catalog=100, static=5, inventory=20,
-             connections=8, workers=1)
+             connections=8, workers=1, long_poll=2)
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Outcome:
     backend: str
     n: int
     server_workers: int = 1
+    kind: str = "v1"
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     duration: float = 0.0
@@ -335,10 +341,11 @@ def database(backend: str, tmp: Path) -> Iterator[str]:
             yield url
 
 
-def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
+def run_one(plan: Plan, backend: str, n: int, server_workers: int,
+            kind: str = "v1") -> Outcome:
     from tests.support.server import run_server
 
-    out = Outcome(backend, n, server_workers)
+    out = Outcome(backend, n, server_workers, kind)
     with tempfile.TemporaryDirectory(prefix="depman-bench-fleet-") as tmp_name, \
             database(backend, Path(tmp_name)) as url, \
             run_server(url, extra_env={"DEPMAN_LOG_LEVEL": "warning",
@@ -348,7 +355,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
                        cwd=Path(tmp_name)) as server:
         t_setup = time.time()
         setup_fleet(server, plan, n)
-        print(f"  [{backend} N={n}] fleet set up in {time.time() - t_setup:.1f} s")
+        print(f"  [{backend} N={n} {kind}] fleet set up in {time.time() - t_setup:.1f} s")
         port = int(server.root_url.rsplit(":", 1)[1])
         workers = plan.workers or max(1, math.ceil(n / 5000))
         # Boot storms are not the steady state being measured: agents come up at most
@@ -378,6 +385,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
                    "--catalog", str(plan.catalog), "--static", str(plan.static),
                    "--inventory", str(plan.inventory),
                    "--connections", str(max(2, plan.connections // workers)),
+                   "--agent-kind", kind, "--long-poll-seconds", str(plan.long_poll),
                    "--out", str(Path(tmp_name) / f"worker-{w}.json")]
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                           text=True))
@@ -458,19 +466,20 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int) -> Outcome:
 # ---------------------------------------------------------------------------- report
 
 
-ENDPOINTS = ("queue", "heartbeat", "status", "register", "jobs")
+ENDPOINTS = ("queue", "long-poll", "heartbeat", "status", "register", "jobs")
 
 
 def render(outcomes: list[Outcome]) -> list[ResultTable]:
     summary = ResultTable(
-        f"Fleet load, v1 agents against one depman server (p99 target {P99_TARGET * 1000:.0f} ms)",
-        ["backend", "server procs", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors",
+        f"Fleet load, simulated agents against one depman server (p99 target "
+        f"{P99_TARGET * 1000:.0f} ms)",
+        ["agents", "backend", "server procs", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors",
          "server CPU %", "server RSS MiB", "postgres CPU %", "simulator CPU %",
          "inventory row writes", "jobs done", "holds"])
     for o in outcomes:
         lat = o.all_latencies
         boot = f"{o.boot_seconds:.0f}" if o.booted == o.n else f"{o.booted:,} up"
-        summary.add(o.backend, o.server_workers, f"{o.n:,}", boot,
+        summary.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", boot,
                     f"{o.requests / o.duration:.0f}" if o.duration else "—",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{o.p99 * 1000:.1f}",
                     sum(o.errors.values()) if o.failure is None else o.failure,
@@ -480,23 +489,24 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                     else f"{o.inv_writes:,} ({o.downloads_done:,} downloads)",
                     f"{o.jobs_completed}/{o.jobs_submitted}", "yes" if o.holds else "NO")
     per = ResultTable("Latency per endpoint (ms)",
-                      ["backend", "server procs", "N", "endpoint", "requests", "req/s", "p50",
-                       "p99", "max"])
+                      ["agents", "backend", "server procs", "N", "endpoint", "requests", "req/s",
+                       "p50", "p99", "max"])
     for o in outcomes:
         for ep in ENDPOINTS:
             lat = o.latencies.get(ep, [])
             if not lat:
                 continue
-            per.add(o.backend, o.server_workers, f"{o.n:,}", ep, len(lat),
+            per.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", ep, len(lat),
                     f"{len(lat) / o.duration:.1f}",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
                     f"{max(lat) * 1000:.1f}")
     server = ResultTable("Server-side latency (ms), one server process's /metrics histogram",
-                         ["backend", "server procs", "N", "route", "requests", "p50", "p99"])
+                         ["agents", "backend", "server procs", "N", "route", "requests", "p50",
+                          "p99"])
     for o in outcomes:
         for route, count, p50, p99 in o.server_side:
             if count >= 10:
-                server.add(o.backend, o.server_workers, f"{o.n:,}", route, count,
+                server.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", route, count,
                            f"{p50 * 1000:.1f}", f"{p99 * 1000:.1f}")
     return [summary, per, server]
 
@@ -505,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", help="Comma-separated N values (default 1000,5000,10000).")
     parser.add_argument("--backends", help="sqlite,postgresql (default both).")
+    parser.add_argument("--agents", help="v1,depman: which agents to simulate (default both): "
+                        "field v1 agents, or depman's own request pattern.")
     parser.add_argument("--duration", type=float, help="Measured seconds per run.")
     parser.add_argument("--workers", type=int, help="Simulator processes (default N/5000).")
     parser.add_argument("--job-rate", type=float, help="Jobs per second (default N/1000).")
@@ -524,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         plan.sizes = [int(s) for s in args.sizes.split(",")]
     if args.backends:
         plan.backends = args.backends.split(",")
+    if args.agents:
+        plan.agent_kinds = args.agents.split(",")
+        if not set(plan.agent_kinds) <= {"v1", "depman"}:
+            parser.error(f"--agents wants v1 and/or depman, got {args.agents!r}")
     if args.duration:
         plan.duration = args.duration
     if args.workers:
@@ -538,24 +554,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--server-env wants DEPMAN_NAME=VALUE, got {item!r}")
         plan.server_env[name] = value
     outcomes = []
-    for backend in plan.backends:
-        for procs in plan.server_workers if backend == "postgresql" else [1]:
-            for n in plan.sizes:
-                print(f"running {backend} N={n} server processes={procs} ...")
-                try:
-                    outcomes.append(run_one(plan, backend, n, procs))
-                except Exception as exc:  # report the failure in the table, go on
-                    outcomes.append(Outcome(backend, n, procs,
-                                            failure=f"{type(exc).__name__}: {exc}"[:200]))
-                    print(f"  failed: {exc}", file=sys.stderr)
+    for kind in plan.agent_kinds:
+        for backend in plan.backends:
+            for procs in plan.server_workers if backend == "postgresql" else [1]:
+                for n in plan.sizes:
+                    print(f"running {kind} agents, {backend} N={n} server processes={procs} ...")
+                    try:
+                        outcomes.append(run_one(plan, backend, n, procs, kind))
+                    except Exception as exc:  # report the failure in the table, go on
+                        outcomes.append(Outcome(backend, n, procs, kind,
+                                                failure=f"{type(exc).__name__}: {exc}"[:200]))
+                        print(f"  failed: {exc}", file=sys.stderr)
     tables = render(outcomes)
     for t in tables:
         t.print()
     notes = []
-    for backend, procs in dict.fromkeys((o.backend, o.server_workers) for o in outcomes):
-        ok = [o.n for o in outcomes
-              if o.backend == backend and o.server_workers == procs and o.holds]
-        what = f"{backend}, {procs} server process{'es' if procs > 1 else ''}"
+    for kind, backend, procs in dict.fromkeys((o.kind, o.backend, o.server_workers)
+                                              for o in outcomes):
+        ok = [o.n for o in outcomes if o.kind == kind and o.backend == backend
+              and o.server_workers == procs and o.holds]
+        what = f"{kind} agents, {backend}, {procs} server process{'es' if procs > 1 else ''}"
         notes.append(f"{what}: largest N tested with p99 < {P99_TARGET * 1000:.0f} ms and no "
                      f"errors: {max(ok):,}" if ok else f"{what}: no N tested holds the target")
     notes.append(f"Measured {plan.duration:.0f} s per run, from {plan.warmup:.0f} s after every "
@@ -565,11 +583,14 @@ def main(argv: list[str] | None = None) -> int:
                  f"{plan.heartbeat:g} s, {plan.inventory} deps per inventory. Inventory row "
                  "writes (PostgreSQL statistics) should equal the downloads finished in the "
                  "window (each adds one row; a touch of a dep already held adds none), not "
-                 "heartbeats x deps.")
+                 "heartbeats x deps. depman agents long-poll "
+                 f"({plan.long_poll:g} s idle, at least 15 s; 1 s while downloading); a "
+                 "long-poll's latency is how late its answer came past the hold it asked for.")
     for o in outcomes:
         if o.slow:
             seconds = sorted({int(t) for t in o.slow})
-            print(f"{o.backend} {o.server_workers}p N={o.n:,}: {len(o.slow)} agent requests took "
+            print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: {len(o.slow)} agent "
+                  f"requests took "
                   f">= 200 ms, due in these seconds of the window: {seconds}")
     for n in notes:
         print(n)

@@ -146,6 +146,26 @@ def agent_unpublish(
 
 
 @app.command()
+def onstart(
+    server_type: Annotated[str, typer.Option("--server-type", help="This template's server type.")],
+    server_url: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="DEPMAN_URL",
+            help="Control-plane root URL the instances reach [default: DEPMAN_URL of the "
+            "instance's environment].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print a Vast.ai on-start script: fetch + sha256-check the agent, run it under restarts."""
+    from depman.client.onstart import onstart_script
+
+    typer.echo(onstart_script(server_type, server_url), nl=False)
+
+
+@app.command()
 def apply(
     file: Annotated[Path, typer.Option("-f", "--file", help="Fleet YAML file.", exists=True)],
     server_url: ServerOpt = DEFAULT_SERVER_URL,

@@ -29,6 +29,7 @@ class Relay:
         self.active = 0
         self.max_active = 0
         self.sent: dict[int, int] = {}  # connection number -> bytes relayed to the client
+        self.accepted_at: list[float] = []  # time.monotonic() of each accept
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.closing = False
@@ -54,6 +55,7 @@ class Relay:
                 return
             with self.lock:
                 self.accepted += 1
+                self.accepted_at.append(time.monotonic())
                 number = self.accepted
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)

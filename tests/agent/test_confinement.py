@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from depman.agent.files import source_key
+from depman.agent.sidefiles import partial_path, sidecar_path
 from tests.agent.conftest import payload
 from tests.agent.running import AgentProcess, wait_until
 from tests.agent.test_agent_with_server import (
@@ -48,15 +50,20 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
                 "big": dep(origin, "/m/big.bin", "models/loras/big.bin", big),
                 "resumed": dep(origin, "/m/resumed.bin", "models/loras/resumed.bin", resumed),
                 "linked": dep(origin, "/m/linked.bin", "models/loras/linked.bin", linked)}
-        # Dangling links where a single-stream and a segmented download put their partials,
-        (loras / "small.bin.partial").symlink_to(outside / "planted-small.bin")
-        (loras / "big.bin.partial").symlink_to(outside / "planted-big.bin")
+        # Dangling links where a single-stream and a segmented download put their partials
+        # (under today's names and the names of earlier agents),
+        for name in ("small", "big"):
+            for planted in (partial_path(loras / f"{name}.bin"), loras / f"{name}.bin.partial"):
+                planted.symlink_to(outside / f"planted-{name}.bin")
         # and a link to an existing file with a sidecar that invites a resume into it.
-        (loras / "resumed.bin.partial").symlink_to(victim)
-        (loras / "resumed.bin.partial.json").write_text(json.dumps({
+        sidecar = json.dumps({
             "mode": "single", "etag": None, "total": len(resumed),
             "source": source_key(deps["resumed"]["url"]),
-            "sha256": hashlib.sha256(resumed).hexdigest(), "expectedSize": len(resumed)}))
+            "sha256": hashlib.sha256(resumed).hexdigest(), "expectedSize": len(resumed)})
+        partial_path(loras / "resumed.bin").symlink_to(victim)
+        sidecar_path(loras / "resumed.bin").write_text(sidecar)
+        (loras / "resumed.bin.partial").symlink_to(victim)
+        (loras / "resumed.bin.partial.json").write_text(sidecar)
         # A link at the destination itself, to an outside file with the right bytes: not
         # adopted through the link; the download replaces the link, not its target.
         (outside / "twin.bin").write_bytes(linked)
@@ -75,6 +82,7 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
         assert (loras / f"{name}.bin").read_bytes() == data
         assert not (loras / f"{name}.bin").is_symlink()
         assert not (loras / f"{name}.bin.partial").exists()
+        assert not os.path.lexists(partial_path(loras / f"{name}.bin"))
     assert sorted(p.name for p in outside.iterdir()) == ["victim.bin"]
     assert victim.read_bytes() == b"keep me" * 1000
 
@@ -181,7 +189,7 @@ def test_folder_relinked_during_a_download(depman_server: Any, tmp_path: Path) -
         env = agent_env(depman_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            partial = loras / "slow.bin.partial"
+            partial = partial_path(loras / "slow.bin")
             assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 30)
             loras.rename(loras.with_name("loras.old"))
             loras.symlink_to(outside)

@@ -24,6 +24,7 @@ from depman.agent.errors import (
 )
 from depman.agent.files import Sidecar
 from depman.agent.pieces import plan_pieces
+from depman.agent.sidefiles import partial_path, sidecar_path
 from tests.agent.conftest import payload
 from tests.agent.relay import Relay
 from tests.support.origin import ModelOrigin
@@ -47,8 +48,8 @@ def test_single_stream_download_and_verify(origin: ModelOrigin, tmp_path: Path) 
     result = download_file(DownloadSpec(origin.url("/m/a.bin"), dest, sha, len(data)), options())
     assert dest.read_bytes() == data
     assert result.sha256 == sha and not result.segmented
-    assert not dest.with_name("a.bin.partial").exists()
-    assert not dest.with_name("a.bin.partial.json").exists()
+    assert not partial_path(dest.with_name("a.bin")).exists()
+    assert not sidecar_path(dest.with_name("a.bin")).exists()
     assert origin.bytes_served("/m/a.bin") == len(data)
 
 
@@ -130,11 +131,11 @@ def test_killed_download_resumes_piece_by_piece(origin: ModelOrigin, tmp_path: P
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-    sidecar = json.loads(dest.with_name("k.bin.partial.json").read_text())
+    sidecar = json.loads(sidecar_path(dest.with_name("k.bin")).read_text())
     assert sidecar["mode"] == "pieces"
     have = [(s, e) for s, e in sidecar["have"]]
     assert len(have) >= 2  # several pieces were in progress, each recorded on its own
-    on_disk = dest.with_name("k.bin.partial").read_bytes()
+    on_disk = partial_path(dest.with_name("k.bin")).read_bytes()
     assert all(on_disk[s:e] == data[s:e] for s, e in have)  # what it claims is really there
     origin.reset_stats()
     origin.files["/m/k.bin"].rate = None
@@ -159,8 +160,8 @@ def test_old_segment_sidecar_resumes(origin: ModelOrigin, tmp_path: Path) -> Non
     partial = bytearray(len(data))
     for start, _, done in segments:
         partial[start:start + done] = data[start:start + done]
-    dest.with_name("o.bin.partial").write_bytes(bytes(partial))
-    Sidecar(dest.with_name("o.bin.partial.json")).save(
+    partial_path(dest.with_name("o.bin")).write_bytes(bytes(partial))
+    Sidecar(sidecar_path(dest.with_name("o.bin"))).save(
         {"mode": "segmented", "etag": entry.etag, "total": len(data), "segments": segments},
         spec)
     result = download_file(spec, options(connections=4))
@@ -178,8 +179,8 @@ def test_untrustworthy_sidecar_restarts_from_zero(origin: ModelOrigin, tmp_path:
     spec = DownloadSpec(origin.url("/m/g.bin"), dest, sha, len(data))
     have = [[0, 99 * MiB]] if case == "past the end" else [[0, MiB]]
     if case == "past the end":
-        dest.with_name("g.bin.partial").write_bytes(b"\0" * len(data))
-    Sidecar(dest.with_name("g.bin.partial.json")).save(
+        partial_path(dest.with_name("g.bin")).write_bytes(b"\0" * len(data))
+    Sidecar(sidecar_path(dest.with_name("g.bin"))).save(
         {"mode": "pieces", "etag": entry.etag, "total": len(data), "have": have}, spec)
     result = download_file(spec, options(connections=4))
     assert dest.read_bytes() == data and result.resumed_from == 0
@@ -195,7 +196,7 @@ def test_sha_mismatch_fails_without_touching_final_path(origin: ModelOrigin,
     with pytest.raises(VerificationError, match="sha256 mismatch"):
         download_file(DownloadSpec(origin.url("/m/bad.bin"), dest, sha, len(data)), options())
     assert dest.read_bytes() == b"old"
-    assert not dest.with_name("bad.bin.partial").exists()
+    assert not partial_path(dest.with_name("bad.bin")).exists()
 
 
 def test_segmented_mismatch_retries_once_as_single_stream(origin: ModelOrigin,
@@ -252,7 +253,7 @@ def test_partial_larger_than_expected_is_discarded(origin: ModelOrigin, tmp_path
     data, sha = payload(MiB)
     origin.add("/m/p.bin", data)
     dest = tmp_path / "p.bin"
-    dest.with_name("p.bin.partial").write_bytes(b"x" * (2 * MiB))
+    partial_path(dest.with_name("p.bin")).write_bytes(b"x" * (2 * MiB))
     download_file(DownloadSpec(origin.url("/m/p.bin"), dest, sha, len(data)), options())
     assert dest.read_bytes() == data
 
@@ -318,8 +319,7 @@ def test_ensure_space_is_asked_before_writing(origin: ModelOrigin, tmp_path: Pat
     with pytest.raises(InsufficientDiskSpace, match="Insufficient disk space"):
         download_file(DownloadSpec(origin.url("/m/a.bin"), tmp_path / "a.bin"),
                       options(ensure_space=no_room))
-    assert not (tmp_path / "a.bin.partial").exists() or (tmp_path / "a.bin.partial"
-                                                         ).stat().st_size == 0
+    assert not partial_path(tmp_path / "a.bin").exists()
 
 
 def test_stop_interrupts_at_resumable_point_then_resumes(origin: ModelOrigin,
@@ -382,4 +382,4 @@ def test_stop_on_a_slow_link_comes_within_a_read(origin: ModelOrigin, tmp_path: 
     thread.join(10)
     assert time.monotonic() - stopped_at < 2.0
     assert outcome and isinstance(outcome[0], DownloadInterrupted)
-    assert dest.with_name("crawl.bin.partial.json").exists()
+    assert sidecar_path(dest.with_name("crawl.bin")).exists()

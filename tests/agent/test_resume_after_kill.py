@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.support.origin import ModelOrigin
 
@@ -51,7 +52,7 @@ def test_resume_after_kill(origin: ModelOrigin, tmp_path: Path, connections: int
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     assert not dest.exists()
-    assert dest.with_name("big.bin.partial").exists()
+    assert partial_path(dest.with_name("big.bin")).exists()
     origin.files["/m/big.bin"].rate = None
     second = subprocess.run(fetch_cmd(origin, dest, sha, size, connections), env=env,
                             capture_output=True, text=True, timeout=60)

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from . import receipts
 from .confine import Confinement
 from .errors import DownloadError, UnsafePath
+from .logonce import problems
 from .model_roots import ModelRoots
 from .state import AgentState, DepRecord, StateStore
 
@@ -73,6 +74,7 @@ class Cache:
         self.clock = clock
         self.lock = threading.RLock()
         self.state: AgentState = store.load()
+        self.dirty = False  # a save failed (disk full): the state lives in memory until one works
         self.confinement = Confinement(comfyui_dir)
         self.roots = ModelRoots()
         # rel -> (path, its folder): parsing paths was most of a heartbeat's re-check.
@@ -98,9 +100,29 @@ class Cache:
         """The final path of an installed dep (file, or folder of a folder model)."""
         return self.path_for(record.dest_relative_path, memo, record.root)
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the state file (temp + fsync + rename: never half-written).
+
+        A failed write (disk full, read-only) keeps the state in memory; ``flush``
+        retries it every cycle and the agent keeps serving meanwhile.
+        """
         with self.lock:
-            self.store.save(self.state)
+            try:
+                self.store.save(self.state)
+            except OSError as exc:
+                self.dirty = True
+                problems.warn("state file", "Cannot write the state file %s (%s); keeping the "
+                              "state in memory and retrying", self.store.path,
+                              exc.strerror or exc)
+                return False
+            self.dirty = False
+            problems.ok("state file")
+            return True
+
+    def flush(self) -> None:
+        """Retry a state write that failed earlier."""
+        if self.dirty:
+            self.save()
 
     def lstat_final(self, record: DepRecord, memo: dict[str, bool] | None = None
                     ) -> os.stat_result | None:

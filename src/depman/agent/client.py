@@ -12,9 +12,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from . import protocol as p
+from .answers import QueueAnswer, parse_queue, pinned_of, static_dep_ids
 from .config import AgentConfig
 from .errors import ServerError, Stopping, Unauthorized
 from .http import abort_connection, parse_retry_after, send
+from .logonce import problems
+from .redact import redact
 from .retry import RetryPolicy
 
 log = logging.getLogger("depman.agent")
@@ -33,11 +36,10 @@ class Registration:
         return bool(self.capabilities.get("longPoll"))
 
 
-@dataclass(frozen=True)
-class QueueAnswer:
-    items: list[dict[str, Any]]
-    pinned: set[str] | None  # None: the server did not send pinnedDepIds
-    static_ids: set[str] | None = None  # None: the server did not send staticDepIds
+# A 3xx/4xx that is not 401/403 may come from a proxy in a bad minute: a few tries
+# inside the call, then the caller backs off (the loop) or keeps it for later (statuses).
+UNEXPECTED_STATUS_ATTEMPTS = 3
+__all__ = ["QueueAnswer", "static_dep_ids"]  # re-exported for the loop
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,12 @@ class ControlPlaneClient:
                     hint = " (set DM_INSTANCE_ID or DM_INSTANCE_IP to an instance the server knows)"
                 elif exc.status in (401, 403):
                     hint = " (check DEPENDENCY_MANAGER_SHARED_SECRET)"
-                log.warning("Register failed: %s%s; retrying in %.1f s", exc.message, hint, delay)
+                problems.warn("register", "Register failed: %s%s; retrying with backoff "
+                              "(now %.1f s)", exc.message, hint, delay)
                 if self.stop.wait(delay):
                     raise Stopping("stopped while registering") from exc
                 continue
+            problems.ok("register")
             profile = data.get("profile") if isinstance(data.get("profile"), dict) else {}
             caps = data.get("capabilities") if isinstance(data.get("capabilities"), dict) else {}
             self.registration = Registration(instance_id, token, profile or {}, caps or {},
@@ -101,8 +105,7 @@ class ControlPlaneClient:
             query["waitSeconds"] = int(min(wait_seconds, p.LONG_POLL_MAX_SECONDS))
         data = self.call("GET", p.QUEUE_PATH, None, query=query,
                          timeout=p.HTTP_TIMEOUT_SECONDS + wait_seconds)
-        items = [i for i in data.get("items", []) if isinstance(i, dict)]
-        return QueueAnswer(items, _pinned(data), static_dep_ids(data))
+        return parse_queue(data)
 
     def status(self, body: dict[str, Any], *, attempts: int | None = None) -> None:
         self.call("POST", p.STATUS_PATH, {"instanceId": self._registered().instance_id, **body},
@@ -113,7 +116,7 @@ class ControlPlaneClient:
         data = self.call("POST", p.HEARTBEAT_PATH,
                          {"instanceId": self._registered().instance_id, **body},
                          attempts=attempts)
-        return HeartbeatAnswer(_pinned(data), static_dep_ids(data), data.get("agentUpdate"))
+        return HeartbeatAnswer(pinned_of(data), static_dep_ids(data), data.get("agentUpdate"))
 
     def abort(self) -> None:
         """Unblock a call in flight (a long-poll) from another thread or a signal handler."""
@@ -134,10 +137,12 @@ class ControlPlaneClient:
              attempts: int | None = None) -> dict[str, Any]:
         """An authenticated call, retried until it succeeds, ``attempts`` run out or stop."""
         policy = RetryPolicy(max_attempts=attempts, base_delay=1.0, max_delay=60.0)
+        unexpected = 0
+        key = f"{method} {path}"
         while True:
             reg = self._registered()
             try:
-                return self._request(method, path, body, query=query, timeout=timeout,
+                data = self._request(method, path, body, query=query, timeout=timeout,
                                      headers={"Authorization": f"Bearer {reg.agent_token}"})
             except Unauthorized as exc:
                 log.warning("%s %s answered %s; registering again", method, path, exc.status)
@@ -145,15 +150,22 @@ class ControlPlaneClient:
                 error: ServerError = exc
             except ServerError as exc:
                 if not exc.retryable:
-                    raise
+                    unexpected += 1
+                    if unexpected >= UNEXPECTED_STATUS_ATTEMPTS:
+                        problems.warn(key, "%s %s failed: %s; backing off", method, path,
+                                      exc.message)
+                        raise
                 error = exc
+            else:
+                problems.ok(key)
+                return data
             if self.stop.is_set() and attempts is None:
                 raise Stopping(f"stopped during {method} {path}") from error
             delay = policy.next_delay(error.retry_after)
             if delay is None:
                 raise error
-            log.warning("%s %s failed: %s; retrying in %.1f s", method, path, error.message,
-                        delay)
+            problems.warn(key, "%s %s failed: %s; retrying with backoff (now %.1f s)", method,
+                          path, error.message, delay)
             if self.stop.wait(delay) and attempts is None:
                 raise Stopping(f"stopped during {method} {path}") from error
 
@@ -171,34 +183,27 @@ class ControlPlaneClient:
                             on_connection=self._track)
             with response:
                 raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServerError(f"cannot reach the control plane: {exc}") from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise ServerError(redact(f"cannot reach the control plane: "
+                                     f"{exc.__class__.__name__}: {exc}")) from exc
         finally:
             self._conn = None
         status = response.status
         if status in (401, 403):
             raise Unauthorized(f"HTTP {status}", status=status)
         if status >= 300:
-            raise ServerError(f"HTTP {status}: {_error_text(raw)}", status=status,
+            raise ServerError(redact(f"HTTP {status}: {_error_text(raw)}"), status=status,
                               retry_after=parse_retry_after(response.header("Retry-After")))
         try:
             data = json.loads(raw or b"{}")
         except ValueError as exc:
-            raise ServerError(f"{method} {path}: response is not JSON", status=status) from exc
-        return data if isinstance(data, dict) else {}
-
-
-def _pinned(data: Mapping[str, Any]) -> set[str] | None:
-    pinned = data.get("pinnedDepIds")
-    return {str(d) for d in pinned} if isinstance(pinned, list) else None
-
-
-def static_dep_ids(data: Mapping[str, Any]) -> set[str] | None:
-    """``staticDepIds`` (the profile's static deps now), None when absent or malformed."""
-    ids = data.get("staticDepIds")
-    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
-        return None
-    return set(ids)
+            # A proxy's HTML page, a cut body: transient as far as the agent can tell.
+            raise ServerError(f"{method} {path}: response is not JSON") from exc
+        if not isinstance(data, dict):
+            problems.warn(f"{method} {path} shape", "%s %s answered JSON that is not an object; "
+                          "using an empty answer", method, path)
+            return {}
+        return data
 
 
 def _error_text(raw: bytes) -> str:

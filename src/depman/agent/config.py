@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from . import protocol as p
 from .errors import ConfigError
+from .identity import identity_from_env
+from .redact import redact_url, register_secret, register_url
 
 T = TypeVar("T")
 
@@ -80,6 +82,9 @@ class AgentConfig:
     shared_secret: str | None = None
     instance_id: str | None = None
     instance_ip: str | None = None
+    # Which variable gave instance_id / instance_ip (DM_INSTANCE_ID, CONTAINER_ID, ...).
+    instance_id_source: str | None = None
+    instance_ip_source: str | None = None
     hf_token: str | None = None
     civitai_token: str | None = None
     workspace: Path = Path(p.DEFAULT_WORKSPACE)
@@ -115,20 +120,31 @@ class AgentConfig:
         """Build the config; a bad value raises ConfigError naming the variable."""
         reader = _EnvReader(env)
         base_url = reader.required("FCS_API_BASE_URL").rstrip("/")
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError("FCS_API_BASE_URL", f"not an http(s) URL: {base_url!r}")
+        register_url(base_url)  # user:password@ never reaches a log line
+        shown = redact_url(base_url)
+        try:
+            parts = urlsplit(base_url)
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError as exc:
+            raise ConfigError("FCS_API_BASE_URL", f"not a valid URL: {shown}") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("FCS_API_BASE_URL", f"not an http(s) URL: {shown}")
         if not parts.path.endswith("/api"):
-            raise ConfigError("FCS_API_BASE_URL", f"must end with /api: {base_url!r}")
+            raise ConfigError("FCS_API_BASE_URL", f"must end with /api: {shown}")
         workspace = Path(reader.text("WORKSPACE") or p.DEFAULT_WORKSPACE)
         parallel = reader.get("MAX_PARALLEL_DOWNLOADS", _parse_int,
                               p.DEFAULT_MAX_PARALLEL_DOWNLOADS)
+        identity = identity_from_env(env)
+        for secret in ("DEPENDENCY_MANAGER_SHARED_SECRET", "HF_TOKEN", "CIVITAI_TOKEN"):
+            register_secret(reader.text(secret))
         return cls(
             api_base_url=base_url,
             server_type=reader.required("SERVER_TYPE"),
             shared_secret=reader.text("DEPENDENCY_MANAGER_SHARED_SECRET"),
-            instance_id=reader.text("DM_INSTANCE_ID"),
-            instance_ip=reader.text("DM_INSTANCE_IP"),
+            instance_id=identity.instance_id,
+            instance_ip=identity.instance_ip,
+            instance_id_source=identity.instance_id_source,
+            instance_ip_source=identity.instance_ip_source,
             hf_token=reader.text("HF_TOKEN"),
             civitai_token=reader.text("CIVITAI_TOKEN"),
             workspace=workspace,
@@ -169,7 +185,8 @@ class AgentConfig:
         """The settings for a start-up log line, with secrets shown only as set/unset."""
         secret_fields = {"shared_secret", "hf_token", "civitai_token"}
         return {
-            name: ("<set>" if value else "<unset>") if name in secret_fields else str(value)
+            name: ("<set>" if value else "<unset>") if name in secret_fields
+            else redact_url(value) if name == "api_base_url" else str(value)
             for name, value in vars(self).items()
         }
 

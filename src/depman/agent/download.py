@@ -15,13 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import protocol as p
-from .errors import DownloadError, DownloadInterrupted, VerificationError
+from .errors import (
+    SERVER,
+    DiskFull,
+    DownloadError,
+    DownloadInterrupted,
+    InsufficientDiskSpace,
+    SizeCapExceeded,
+    VerificationError,
+)
+from .failures import classify
 from .files import NOFOLLOW, Sidecar, fsync_dir, open_partial, regular_size
-from .http import ConnectionPool, Response, open_url, parse_retry_after, redact_url
+from .http import ConnectionPool, Response, open_url, parse_retry_after
 from .pieces import resume_ranges
 from .progress import Progress
+from .redact import redact_url
 from .retry import RetryPolicy
 from .segments import ProbeResult, RangesUnsupported, SegmentedFetch
+from .sidefiles import adopt_legacy, partial_path, sidecar_path
 
 log = logging.getLogger("depman.agent")
 
@@ -55,6 +66,9 @@ class DownloadOptions:
     # Called with the bytes still to be written once the size is known; raises
     # InsufficientDiskSpace when room cannot be made.
     ensure_space: Callable[[int], None] | None = None
+    # Called before each chunk of a body whose size nobody knows; raises
+    # InsufficientDiskSpace before the write would take the disk under its floor.
+    check_room: Callable[[int], None] | None = None
     # Called before every attempt and right before the rename into place; raises
     # (UnsafePath) when the destination's folder no longer lies where it may (re-linked
     # while the download ran).
@@ -88,11 +102,13 @@ def classify_status(response: Response) -> DownloadError:
     retry_after = parse_retry_after(response.header("Retry-After"))
     if status in (403, 416):
         # Hugging Face / Civitai signed CDN URLs expire: ask the catalog URL again.
-        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)")
+        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)",
+                             category=SERVER)
     if status in (408, 429) or status >= 500:
-        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after)
+        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after,
+                             category=SERVER)
     hint = " (check the token)" if status == 401 else ""
-    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False)
+    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False, category=SERVER)
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
@@ -116,8 +132,8 @@ class _Download:
     def __init__(self, spec: DownloadSpec, options: DownloadOptions) -> None:
         self.spec = spec
         self.options = options
-        self.partial = spec.dest.with_name(spec.dest.name + p.PARTIAL_SUFFIX)
-        self.sidecar = Sidecar(spec.dest.with_name(spec.dest.name + p.SIDECAR_SUFFIX))
+        self.partial = partial_path(spec.dest)
+        self.sidecar = Sidecar(sidecar_path(spec.dest))
         self.policy = options.new_policy()
         self.progress = options.progress or Progress(spec.label or spec.dest.name)
         self.range_refusals = 0
@@ -126,13 +142,20 @@ class _Download:
 
     # -- the retry loop -------------------------------------------------
     def run(self) -> DownloadResult:
-        self.spec.dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.spec.dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise classify(exc, f"creating {self.spec.dest.parent}") from exc
+        adopt_legacy(self.spec.dest)
         force_single = False
         while True:
             if self.options.stop.is_set():
                 raise DownloadInterrupted()
             try:
                 return self._attempt(force_single)
+            except (DiskFull, SizeCapExceeded, InsufficientDiskSpace):
+                self.discard()  # give the space back; these bytes are of no use
+                raise
             except _SegmentedMismatch as exc:
                 if force_single:
                     raise
@@ -167,7 +190,10 @@ class _Download:
 
     def discard(self) -> None:
         for path in (self.partial, self.sidecar.path):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("Could not remove %s: %s", path, exc)
 
     def open(self, url: str, headers: dict[str, str],
              pool: ConnectionPool | None = None) -> Response:
@@ -180,8 +206,8 @@ class _Download:
             self.options.check_dest()
         try:
             return self._attempt_inner(force_single)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DownloadError(f"Connection error: {exc.__class__.__name__}: {exc}") from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise classify(exc, f"writing {self.spec.dest.name}") from exc
 
     def _attempt_inner(self, force_single: bool) -> DownloadResult:
         spec, opts = self.spec, self.options
@@ -297,6 +323,9 @@ class _Download:
                 out.truncate(offset)
             self.progress.start(offset, total)
             written = offset
+            # Without a size from the origin, the catalog's is the cap: one byte past
+            # it fails the download (an endless body must not fill the disk).
+            cap = self.spec.expected_size if total is None else None
             while True:
                 if self.options.stop.is_set():
                     out.flush()
@@ -307,9 +336,16 @@ class _Download:
                     want = min(want, total - written)
                     if want <= 0:
                         break
+                elif cap is not None:
+                    want = min(want, cap + 1 - written)
                 chunk = response.read_some(want)
                 if not chunk:
                     break
+                if cap is not None and written + len(chunk) > cap:
+                    raise SizeCapExceeded(f"{self.spec.dest.name}: the origin sent more than "
+                                          f"the expected {cap} bytes")
+                if total is None and cap is None and self.options.check_room is not None:
+                    self.options.check_room(len(chunk))
                 out.write(chunk)
                 hasher.update(chunk)
                 written += len(chunk)

@@ -12,11 +12,25 @@
         ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
         ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
         ├── InsufficientDiskSpace
+        ├── DiskFull             the disk filled up while writing (ENOSPC / EDQUOT)
+        ├── LocalFileError       any other filesystem refusal (name too long, read-only...)
+        ├── InvalidItem          the server sent an item the agent cannot run
         ├── VerificationError    size or sha256 mismatch
+        │   └── SizeCapExceeded  the body ran past expectedSizeBytes
         └── DownloadInterrupted  stopped at a resumable point (the .partial is kept)
+
+Every DownloadError has a ``category``: ``local`` (this node: disk, files,
+settings, the item's own data), ``network`` (connect, read, timeouts),
+``server`` (an HTTP status from the origin) or ``content`` (the bytes are not
+what the catalog says). Only transient errors are ``retryable``.
 """
 
 from __future__ import annotations
+
+LOCAL = "local"
+NETWORK = "network"
+SERVER = "server"
+CONTENT = "content"
 
 
 class AgentError(Exception):
@@ -89,16 +103,24 @@ class DownloadError(AgentError):
     """A dependency file could not be fetched."""
 
     code = "download_failed"
+    category = NETWORK
 
     def __init__(self, message: str, *, retryable: bool = True,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, category: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        if category is not None:
+            self.category = category
+
+    def report(self) -> str:
+        """The text the server and the log get: the class first, then what happened."""
+        return f"{self.category} error: {self.message}"
 
 
 class DomainNotAllowed(DownloadError):
     code = "domain_not_allowed"
+    category = LOCAL
 
     def __init__(self, host: str) -> None:
         super().__init__(f"Download domain not allowed: {host}", retryable=False)
@@ -107,6 +129,7 @@ class DomainNotAllowed(DownloadError):
 
 class MissingToken(DownloadError):
     code = "missing_token"
+    category = LOCAL
 
     def __init__(self, variable: str) -> None:
         super().__init__(f"Missing {variable}", retryable=False)
@@ -114,13 +137,54 @@ class MissingToken(DownloadError):
 
 class InsufficientDiskSpace(DownloadError):
     code = "insufficient_disk_space"
+    category = LOCAL
 
     def __init__(self, message: str) -> None:
         super().__init__(f"Insufficient disk space: {message}", retryable=False)
 
 
+class DiskFull(DownloadError):
+    """ENOSPC/EDQUOT while writing: the partial is removed, the item fails."""
+
+    code = "disk_full"
+    category = LOCAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Disk full: {message}", retryable=False)
+
+
+class LocalFileError(DownloadError):
+    """The filesystem refused (name too long, read-only, permission): retrying cannot help."""
+
+    code = "local_file_error"
+    category = LOCAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class InvalidItem(DownloadError):
+    """A queue item (or its URL) the agent cannot act on; reported failed with the reason."""
+
+    code = "invalid_item"
+    category = LOCAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class VerificationError(DownloadError):
     code = "verification_failed"
+    category = CONTENT
+
+
+class SizeCapExceeded(VerificationError):
+    """The origin sent more than the catalog's expectedSizeBytes (or than the disk allows)."""
+
+    code = "size_cap_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 class DownloadInterrupted(DownloadError):

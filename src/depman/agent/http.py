@@ -12,20 +12,31 @@ from email.utils import parsedate_to_datetime
 from time import time
 from urllib.parse import urljoin, urlsplit
 
-from .errors import DomainNotAllowed, DownloadError
+from .errors import DomainNotAllowed, DownloadError, InvalidItem
+from .redact import redact_url, register_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 USER_AGENT = "depman-agent"
 
 
-def redact_url(url: str) -> str:
-    """The URL without credentials, query or fragment (Civitai puts tokens in the query)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+__all__ = ["redact_url"]  # re-exported: one redaction for the whole agent
+
+
+def check_url(url: str) -> None:
+    """Refuse, before any traffic, a URL http.client would choke on (and quote whole)."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise InvalidItem(f"Invalid URL (contains a space or a control character): "
+                          f"{redact_url(url)}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise InvalidItem(f"Invalid URL ({exc}): {redact_url(url)}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise InvalidItem(f"Unsupported URL scheme in {redact_url(url)}")
+    if not parts.hostname:
+        raise InvalidItem(f"URL without a host: {redact_url(url)}")
 
 
 def host_allowed(host: str, domains: Sequence[str]) -> bool:
@@ -206,11 +217,9 @@ def open_url(url: str, *, headers: Mapping[str, str] | None = None,
     auth_origin = origin_of(catalog_url or url)
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(current)
-        if parts.scheme not in ("http", "https"):
-            raise DownloadError(f"Unsupported URL scheme in {redact_url(current)}",
-                                retryable=False)
-        host = parts.hostname or ""
+        register_url(current)  # its token never reaches a log line or an error
+        check_url(current)
+        host = urlsplit(current).hostname or ""
         if allowed_domains is not None and not host_allowed(host, allowed_domains):
             raise DomainNotAllowed(host)
         hop_headers = dict(headers or {})

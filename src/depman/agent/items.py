@@ -15,11 +15,23 @@ from .cache import Cache
 from .comfyui_check import listing_warning
 from .config import AgentConfig
 from .download import DownloadOptions, DownloadSpec, download_file
-from .errors import AgentError, DownloadError, DownloadInterrupted, MissingToken
+from .errors import (
+    AgentError,
+    DownloadError,
+    DownloadInterrupted,
+    InsufficientDiskSpace,
+    MissingToken,
+)
 from .eviction import Evictor
+from .failures import classify
 from .folder_models import FolderInstall, install_folder
-from .http import redact_url
-from .progress import Progress
+from .progress import Progress, format_bytes
+from .redact import redact_url, register_url
+from .sidefiles import check_name_length
+
+# With no size from the catalog or the origin, a download stops before the free
+# space falls under the policy floor, and never under this (state file, logs).
+UNKNOWN_SIZE_RESERVE_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("depman.agent")
 
@@ -55,18 +67,22 @@ class ItemRunner:
         while True:
             attempt += 1
             try:
-                self.install(item, progress)
+                try:
+                    self.install(item, progress)
+                except OSError as exc:  # a file operation outside the download engine
+                    raise classify(exc, dep_id) from exc
                 return Outcome(ok=True, warning=self.comfyui_warning(item))
             except DownloadInterrupted:
                 return Outcome(ok=False, interrupted=True)
             except AgentError as exc:
                 retryable = isinstance(exc, DownloadError) and exc.retryable
+                text = exc.report() if isinstance(exc, DownloadError) else exc.message
                 if not retryable or attempt >= p.ITEM_ATTEMPTS:
-                    log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, exc.message)
-                    return Outcome(ok=False, error=exc.message)
+                    log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, text)
+                    return Outcome(ok=False, error=text)
                 delay = self.config.item_retry_seconds * attempt
                 log.warning("Item %s attempt %d failed: %s; retrying in %.0f s",
-                            item.get("itemId"), attempt, exc.message, delay)
+                            item.get("itemId"), attempt, text, delay)
             except Exception as exc:  # a bug must fail the item, not kill the worker
                 log.exception("Item %s (%s) crashed", item.get("itemId"), dep_id)
                 return Outcome(ok=False, error=f"Internal error: {exc.__class__.__name__}: {exc}")
@@ -80,6 +96,7 @@ class ItemRunner:
         kind = str(resolved.get("kind") or p.DepKind.DYNAMIC.value)
         root = self.root_of(item)
         dest = self.cache.path_for(rel, root=root)  # UnsafePath before any network traffic
+        check_name_length(dest)
         if resolved.get("files") is not None:
             self.install_folder(item, dep_id, kind, rel, root, progress)
             return
@@ -91,13 +108,24 @@ class ItemRunner:
             return
         url = resolved.get("url")
         if not url:
-            raise DownloadError(f"No url to download {dep_id} ({rel})", retryable=False)
+            raise DownloadError(f"No url to download {dep_id} ({rel})", retryable=False,
+                                category="local")
+        register_url(str(url))
         authorization = self.authorization(str(resolved.get("auth") or "none"))
         evictor = self.evictor()
 
         def ensure_space(need: int) -> None:
             evictor.ensure_space(need, folder=dest.parent,
                                  protected={dep_id, *self.protected()})
+
+        def check_room(chunk: int) -> None:
+            floor = max(evictor.policy.min_free_bytes, UNKNOWN_SIZE_RESERVE_BYTES)
+            free = self.cache.disk_stats(dest.parent).free_bytes
+            if free - chunk < floor:
+                raise InsufficientDiskSpace(
+                    f"{rel} has no known size and has taken the free space in {dest.parent} "
+                    f"down to {format_bytes(free)}; stopped before it falls under the "
+                    f"{format_bytes(floor)} floor")
 
         if expected is not None:  # check before the first byte; again once the origin says
             self.ensure_dir(dest.parent)
@@ -110,6 +138,7 @@ class ItemRunner:
                             connections=self.config.download_connections,
                             min_segment_bytes=self.config.min_segment_bytes,
                             stop=self.stop, progress=progress, ensure_space=ensure_space,
+                            check_room=check_room,
                             check_dest=lambda: self.cache.path_for(rel, root=root)))
         self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256, root=root)
         log.info("Installed %s (%d bytes%s)", dep_id, result.size,
@@ -126,6 +155,9 @@ class ItemRunner:
                        root: str | None, progress: Progress) -> None:
         """A folder model: every file into a staging folder, then one rename."""
         resolved = item.get("resolved") or {}
+        for entry in resolved.get("files") or []:
+            if isinstance(entry, dict) and entry.get("url"):
+                register_url(str(entry["url"]))  # never logged with its query string
         evictor = self.evictor()
 
         def ensure_space(need: int, folder: Path) -> None:
@@ -175,4 +207,4 @@ class ItemRunner:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DownloadError(f"Cannot create {path}: {exc}", retryable=False) from exc
+            raise classify(exc, f"creating {path}") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol as p
+from .answers import sanitize_policy
 from .cache import Cache
 from .client import ControlPlaneClient, static_dep_ids
 from .config import AgentConfig
@@ -19,9 +19,14 @@ from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
 from .inventory_check import recheck_inventory
 from .items import ItemRunner, Outcome
+from .logonce import problems
 from .model_roots import ModelRoots
+from .outbox import StatusOutbox
+from .pacing import QueuePacer
 from .progress import Progress
 from .receipts import verification
+from .redact import redact
+from .retry import RetryPolicy
 from .self_update import SelfUpdater
 from .state import StateStore
 
@@ -46,6 +51,8 @@ class Agent:
         # A DM_EXTRA_MODEL_PATHS that cannot be read stops start-up (ConfigError).
         self.cache.roots = ModelRoots.load(config.extra_model_paths, config.comfyui_dir)
         self.client = ControlPlaneClient(config, self.stop)
+        self.outbox = StatusOutbox(self.client)
+        self.pacer = QueuePacer(config)
         self.policy = EvictionPolicy.resolve(None, config)
         self.pinned: set[str] = set()
         self.active: dict[str, _Active] = {}
@@ -68,6 +75,9 @@ class Agent:
         self.client.abort()
 
     def run(self, max_iterations: int | None = None) -> int:
+        """Serve until stopped. Nothing the network, the disk or the server does ends it:
+        a failed cycle is logged once and the next one waits with capped backoff."""
+        backoff = RetryPolicy(max_attempts=None, base_delay=1.0, max_delay=60.0)
         try:
             self.start_up()
             iterations = 0
@@ -75,12 +85,29 @@ class Agent:
                 if max_iterations is not None and iterations >= max_iterations:
                     break
                 iterations += 1
-                self.iterate()
-        except Stopping:
-            pass
+                try:
+                    self.iterate()
+                except Stopping:
+                    break
+                except Exception as exc:  # the agent must keep serving
+                    delay = backoff.next_delay() or 0.0
+                    self.cycle_failed(exc, delay)
+                    self.wait(delay)
+                else:
+                    backoff.reset()
+                    problems.ok("agent cycle")
         finally:
             self.tear_down()
         return 0
+
+    def cycle_failed(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, AgentError):
+            problems.warn("agent cycle", "Agent cycle failed: %s; retrying with backoff "
+                          "(now %.1f s)", exc.message, delay)
+        elif not problems.is_open("agent cycle"):
+            log.exception("Agent cycle failed unexpectedly; retrying with backoff")
+            problems.warn("agent cycle", "Agent cycle failed: %s: %s", exc.__class__.__name__,
+                          exc)
 
     # -- helpers for the item runner -------------------------------------
     def evictor(self) -> Evictor:
@@ -101,7 +128,10 @@ class Agent:
                 log.error("ComfyUI folder %s does not exist and cannot be created (%s). Set "
                           "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
                           "then.", comfy, exc)
-        recheck_inventory(self.cache)
+        try:
+            recheck_inventory(self.cache)
+        except OSError as exc:
+            log.warning("Could not check the files the state file lists: %s", exc)
         self.resume_items = [i for i in self.cache.inflight_items() if i.get("itemId")]
         if self.resume_items:
             log.info("Resuming %d download(s) interrupted by the last shutdown",
@@ -112,7 +142,8 @@ class Agent:
         self.updater.registered()
         self.consider_update(reg.agent_update)
         profile = reg.profile or {}
-        self.policy = EvictionPolicy.resolve(profile.get("dynamicPolicy"), self.config)
+        self.policy = EvictionPolicy.resolve(sanitize_policy(profile.get("dynamicPolicy")),
+                                             self.config)
         root = profile.get("root")
         self.runner.default_root = root if isinstance(root, str) and root else None
         self.apply_static_ids(static_dep_ids(profile))
@@ -123,6 +154,8 @@ class Agent:
     def iterate(self) -> None:
         if self.client.registration is None:
             self.register()
+        self.cache.flush()
+        self.outbox.flush()
         self.collect_finished()
         if self.heartbeat_due() <= 0:
             self.send_heartbeat()
@@ -133,22 +166,29 @@ class Agent:
         if free_slots <= 0:
             self.wait(self.heartbeat_due())
             return
+        hold = self.pacer.hold()
+        if hold > 0:  # the last request is not over yet: wait, waking for a finished item
+            self.wait(min(hold, max(0.0, self.heartbeat_due())))
+            return
         reg = self.client.registration
         long_poll = reg is not None and reg.long_poll and self.config.long_poll_seconds > 0
-        wait = 0.0
+        busy = bool(self.active)
+        wait = 0
         if long_poll:
-            cap = 1.0 if self.active else self.config.long_poll_seconds
-            wait = max(0.0, min(cap, self.heartbeat_due()))
-        answer = self.client.queue(p.QUEUE_LIMIT, wait if wait >= 1 else 0)
+            since = time.monotonic() - self.last_heartbeat
+            if self.pacer.heartbeat_first(busy, self.heartbeat_due(), since):
+                self.send_heartbeat()
+            wait = self.pacer.wait_for(busy, self.heartbeat_due())
+        self.pacer.start()
+        answer = self.client.queue(p.QUEUE_LIMIT, wait)
         if answer.pinned is not None:
             self.pinned = answer.pinned
         self.apply_static_ids(answer.static_ids)
         self.queue_depth = len(answer.items)
+        self.reject(answer.rejected)
         started = self.dispatch(answer.items)
-        if not long_poll or (answer.items and not started):
-            # v1 polling, or nothing we could take yet: don't spin on the same answer.
-            jitter = 1 + 0.2 * (2 * random.random() - 1)
-            self.wait(min(self.config.poll_seconds * jitter, max(0.0, self.heartbeat_due())))
+        self.pacer.done(long_poll=long_poll, wait_seconds=wait,
+                        new_work=bool(started or answer.rejected))
 
     def wait(self, seconds: float) -> None:
         if seconds > 0 and self.wake.wait(seconds):
@@ -214,12 +254,23 @@ class Agent:
             "dynamicBytesUsed": self.cache.dynamic_bytes(),
         }
         if error is not None:
-            body["error"] = error[:p.ERROR_MAX_CHARS]
+            body["error"] = redact(error)[:p.ERROR_MAX_CHARS]
         if state is p.ItemState.SUCCEEDED:
             record = self.cache.record(str(item.get("depId")))
             if record is not None:  # the receipt of the final file, as later field agents send
                 body["verification"] = verification(record)
-        self.client.status(body, attempts=attempts)
+        self.outbox.post(body, attempts=attempts)
+
+    def reject(self, rejected: list[tuple[dict[str, Any], str]]) -> None:
+        """Malformed items are reported failed with the reason; the rest is served."""
+        for item, reason in rejected:
+            item_id = item["itemId"]
+            if item_id in self.done_items or item["depId"] in self.active:
+                continue
+            log.warning("Item %s (%s): %s", item_id, item["depId"], reason)
+            self.post_status(item, p.ItemState.RUNNING)
+            self.post_status(item, p.ItemState.FAILED, reason)
+            self.remember(item_id)
 
     # -- items ------------------------------------------------------------
     def dispatch(self, items: list[dict[str, Any]]) -> int:

@@ -15,6 +15,8 @@ from types import FrameType
 from . import protocol as p
 from .config import AgentConfig, parse_byte_size
 from .errors import AgentError, ConfigError
+from .identity import Identity
+from .redact import install_log_redaction, redact, redact_url
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
+    install_log_redaction()
 
 
 def _install_signals(on_first: object) -> None:
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fetch(args)
         config = AgentConfig.from_env(os.environ)
     except ConfigError as exc:
-        print(f"depman agent: configuration error: {exc}", file=sys.stderr)
+        print(f"depman agent: configuration error: {redact(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     except AgentError as exc:
         log.error("%s", exc.message)
@@ -123,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _install_signals(agent.request_stop)
     log.info("Starting %s (pid %d) for server type %s, ComfyUI at %s, API %s",
              p.AGENT_VERSION, os.getpid(), config.server_type, config.comfyui_dir,
-             config.api_base_url)
+             redact_url(config.api_base_url))
+    log.info("Agent identity: %s", Identity(config.instance_id, config.instance_id_source,
+                                            config.instance_ip,
+                                            config.instance_ip_source).describe())
     try:
         code = agent.run()
     except Exception:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import DownloadError, DownloadInterrupted
+from .failures import classify
 from .files import NOFOLLOW, open_partial
 from .http import ConnectionPool, Response
 from .pieces import Piece, PieceBoard
@@ -231,10 +232,12 @@ class SegmentedFetch:
                 return
             try:
                 self.fetch_once(piece, start, end - 1, fd, lane)
-            except (OSError, http.client.HTTPException, DownloadError) as exc:
-                if isinstance(exc, RangesUnsupported) or (
-                        isinstance(exc, DownloadError) and not exc.retryable):
-                    raise
+            except (OSError, http.client.HTTPException, DownloadError, ValueError) as exc:
+                error = classify(exc, f"writing {self.d.spec.dest.name}")
+                if isinstance(error, RangesUnsupported) or not error.retryable:
+                    if error is exc:
+                        raise
+                    raise error from exc
                 delay = lane.policy.next_delay(getattr(exc, "retry_after", None))
                 if delay is None:
                     raise DownloadError(f"Piece at byte {piece.pos} failed: {exc}") from exc

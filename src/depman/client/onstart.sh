@@ -1,0 +1,90 @@
+#!/bin/bash
+# depman on-start script for server type __TYPE_COMMENT__ (printed by `depman onstart`).
+# Paste it as the Vast.ai template's on-start script. It holds no secret: set
+# DEPENDENCY_MANAGER_SHARED_SECRET (and HF_TOKEN / CIVITAI_TOKEN if needed) in the
+# template's environment. The agent takes its identity from DM_INSTANCE_ID, else
+# from Vast's CONTAINER_ID / VAST_CONTAINERLABEL / PUBLIC_IPADDR.
+set -u
+
+DEPMAN_URL="${DEPMAN_URL:-__URL__}"
+DEPMAN_URL="${DEPMAN_URL%/}"
+export SERVER_TYPE="${SERVER_TYPE:-__TYPE__}"
+export WORKSPACE="${WORKSPACE:-/workspace}"
+export FCS_API_BASE_URL="${FCS_API_BASE_URL:-$DEPMAN_URL/api}"
+PYTHON="${DM_PYTHON:-python3}"
+DM_DIR="$WORKSPACE/depman"
+AGENT="$DM_DIR/depman-agent.pyz"
+LOG="$WORKSPACE/depman-agent.log"
+mkdir -p "$DM_DIR"
+
+note() { printf '%s depman-onstart: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >> "$LOG"; }
+
+if [ -z "$DEPMAN_URL" ]; then
+    note "DEPMAN_URL is not set: set it in the template's environment (the depman server's URL)"
+    exit 1
+fi
+if [ -f "$DM_DIR/loop.pid" ] && kill -0 "$(cat "$DM_DIR/loop.pid")" 2>/dev/null; then
+    note "the agent's restart loop is already running (pid $(cat "$DM_DIR/loop.pid"))"
+    exit 0
+fi
+
+fetch() {  # URL FILE
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsSL --connect-timeout 10 --max-time 300 -o "$2" "$1"
+    else
+        "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$1" "$2"
+    fi
+}
+
+sha256_of() {
+    "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
+}
+
+install_agent() {
+    local query want got delay=2
+    query="serverType=$("$PYTHON" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$SERVER_TYPE")"
+    while :; do
+        rm -f "$AGENT.new" "$AGENT.sha256"
+        if fetch "$DEPMAN_URL/agent/depman-agent.pyz?$query" "$AGENT.new" \
+                && fetch "$DEPMAN_URL/agent/depman-agent.pyz.sha256?$query" "$AGENT.sha256"; then
+            want="$(tr -d ' \r\n' < "$AGENT.sha256")"
+            got="$(sha256_of "$AGENT.new")"
+            if [ -n "$want" ] && [ "$want" = "$got" ]; then
+                mv -f "$AGENT.new" "$AGENT"
+                note "installed the agent (sha256 $got)"
+                return 0
+            fi
+            note "REFUSED the downloaded agent: its sha256 is $got, the server publishes ${want:-nothing}"
+        else
+            note "could not download the agent from $DEPMAN_URL"
+        fi
+        rm -f "$AGENT.new"
+        if [ -f "$AGENT" ]; then
+            note "running the agent installed earlier (it was checked when installed)"
+            return 0
+        fi
+        note "trying again in ${delay}s"
+        sleep "$delay"
+        delay=$(( delay < 30 ? delay * 2 : 60 ))
+    done
+}
+
+run_agent_forever() {
+    local delay=1 started code
+    while :; do
+        started=$(date +%s)
+        "$PYTHON" "$AGENT" >> "$LOG" 2>&1 &
+        echo $! > "$DM_DIR/agent.pid"
+        note "agent started (pid $!)"
+        wait $!
+        code=$?
+        if [ $(( $(date +%s) - started )) -ge 60 ]; then delay=1; fi
+        note "agent exited with code $code; restarting in ${delay}s"
+        sleep "$delay"
+        delay=$(( delay < 30 ? delay * 2 : 60 ))
+    done
+}
+
+( install_agent && run_agent_forever ) < /dev/null >> "$LOG" 2>&1 &
+echo $! > "$DM_DIR/loop.pid"
+note "restart loop started (pid $!); agent log: $LOG"

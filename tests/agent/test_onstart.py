@@ -1,0 +1,134 @@
+"""`depman onstart`: the printed script, run for real with bash against a real server.
+
+The script installs the agent (sha256 checked against the server's published
+value), runs it under a restart loop, and a kill -9 of the agent is followed by a
+new agent process. A server publishing the wrong sha256 gets its file refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from depman.agent.bundle import bundle_bytes
+from tests.agent.fakes import _Server
+from tests.agent.running import wait_until
+from tests.agent.test_agent_with_server import setup_fleet
+
+pytest.importorskip("depman.server")
+
+
+def printed_script(server_type: str, server_url: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "depman", "onstart", "--server-type",
+                           server_type, "--server", server_url],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+    return done.stdout
+
+
+@contextlib.contextmanager
+def run_script(script: str, workspace: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    path = workspace.parent / "onstart.sh"
+    path.write_text(script)
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(workspace.parent),
+            "WORKSPACE": str(workspace), "DM_PYTHON": sys.executable, **env}
+    # A session of its own: the restart loop and the agent go with it at the end.
+    proc = subprocess.Popen(["bash", str(path)], env=base, start_new_session=True)
+    try:
+        proc.wait(30)  # the script starts the loop in the background and returns
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child stays a zombie until the loop's wait reaps it.
+    stat = read(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat.split(")")[-1].split()[0] != "Z"
+
+
+def test_onstart_script_installs_and_restarts_a_killed_agent(depman_server: Any,
+                                                             tmp_path: Path) -> None:
+    setup_fleet(depman_server, {}, [])
+    script = printed_script("st", depman_server.root_url)
+    assert "DEPENDENCY_MANAGER_SHARED_SECRET" in script
+    assert depman_server.shared_secret not in script
+    workspace = tmp_path / "workspace"
+    log = workspace / "depman-agent.log"
+    pid_file = workspace / "depman" / "agent.pid"
+    with run_script(script, workspace, CONTAINER_ID="i1", PUBLIC_IPADDR="10.0.0.1",
+                    DEPENDENCY_MANAGER_SHARED_SECRET=depman_server.shared_secret,
+                    DM_ALLOWED_DOMAINS="127.0.0.1") as proc:
+        assert proc.returncode == 0
+        assert wait_until(lambda: "Registered dependency agent: instanceId=i1" in read(log),
+                          60), read(log)
+        text = read(log)
+        assert "installed the agent (sha256 " in text
+        assert "instanceId i1 (from CONTAINER_ID)" in text
+        assert "instanceIp 10.0.0.1 (from PUBLIC_IPADDR)" in text
+        installed = (workspace / "depman" / "depman-agent.pyz").read_bytes()
+        status, published = depman_server.request("GET", "/agent/depman-agent.pyz.sha256"
+                                                  "?serverType=st")
+        assert status == 200
+        assert hashlib.sha256(installed).hexdigest() == str(published).strip()
+
+        first = int(read(pid_file))
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: read(pid_file).strip() not in ("", str(first)), 30), read(log)
+        second = int(read(pid_file))
+        assert wait_until(lambda: read(log).count("Registered dependency agent") >= 2, 60)
+        assert "agent exited with code 137" in read(log)
+        assert alive(second) and not alive(first)
+
+
+def test_onstart_refuses_an_agent_whose_sha256_differs(tmp_path: Path) -> None:
+    bundle = bundle_bytes()
+
+    class Lying(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"0" * 64 + b"\n" if ".sha256" in self.path else bundle
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = _Server(("127.0.0.1", 0), Lying)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        workspace = tmp_path / "workspace"
+        log = workspace / "depman-agent.log"
+        with run_script(printed_script("st", url), workspace):
+            assert wait_until(lambda: read(log).count("REFUSED") >= 2, 30), read(log)
+            assert not (workspace / "depman" / "depman-agent.pyz").exists()
+            assert not (workspace / "depman" / "agent.pid").exists()
+            assert "agent started" not in read(log)
+    finally:
+        server.shutdown()
+        server.server_close()
