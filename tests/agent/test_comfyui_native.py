@@ -17,6 +17,7 @@ import pytest
 
 from depman.agent.errors import UnsafePath
 from depman.agent.model_roots import ModelRoots, parse_roots
+from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.agent.running import AgentProcess, wait_until
 from tests.agent.test_agent_with_server import agent_env, instance, items, setup_fleet
@@ -237,7 +238,7 @@ def test_folder_model_survives_kill_9_and_is_evicted_as_one(
             # The first file is verified and the second on its way: kill -9.
             assert wait_until(
                 lambda: (
-                    (staging / "b/c.safetensors.partial").exists()
+                    partial_path(staging / "b/c.safetensors").exists()
                     and (staging / ".depman-verified.json").exists()
                 ),
                 30,

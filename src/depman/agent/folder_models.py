@@ -179,6 +179,9 @@ def install_folder(job: FolderInstall, *, dep_id: str, kind: str, rel: str, root
         raise DownloadError(f"Cannot create {staging}: {exc}", retryable=False) from exc
     verified = _read_manifest(staging)
     todo = [f for f in files if not _matches(staging / f.path, verified.get(f.path, {}))]
+    # ComfyUI's DiffusersLoader lists any folder holding a model_index.json, staging
+    # folders included: that file comes last, right before the rename.
+    todo.sort(key=lambda f: f.path.rsplit("/", 1)[-1] == "model_index.json")
     remaining = sum(f.size or 0 for f in todo)
     if remaining:
         job.ensure_space(remaining, staging)
