@@ -160,3 +160,27 @@ def test_drain_places_no_new_jobs_and_cancel_job(plane: RunningServer) -> None:
     log = actions_of(plane, instanceId=first.instance_id)
     assert [a["action"] for a in log] == ["undrain", "drain"]
     assert [a["action"] for a in actions_of(plane, jobId=waiting["jobId"])] == ["cancel_job"]
+
+
+@pytest.mark.server_env(
+    DEPMAN_RUNNING_TIMEOUT_SECONDS="1",
+    DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2",
+    DEPMAN_JOB_MAX_PLACEMENTS="1",
+)
+def test_cancelled_running_item_of_a_silent_agent_ends_cancelled(
+    control_plane: RunningServer,
+) -> None:
+    fleet = make_fleet(control_plane)
+    client = field_agent(control_plane, fleet, "quiet", "0.3.0")  # never checks its items
+    _, job = fleet.submit(["b"])
+    (item,) = client.poll()
+    client.status(item, "running")
+    act(
+        control_plane,
+        f"/admin/queues/{client.instance_id}/items/{item['depId']}/cancel",
+        {"reason": "stuck"},
+    )
+    done = job_of(control_plane, job["jobId"], seen="waiting_deps")
+    assert done["state"] == "failed" and "stuck" in done["error"]
+    assert items_of(control_plane, client.instance_id)[item["depId"]]["state"] == "cancelled"
+    assert client.poll() == []  # never handed out again

@@ -230,6 +230,12 @@ class Cache:
             self.state.inflight.pop(dep_id, None)
             self.save()
 
+    def clear_failed(self, dep_id: str) -> None:
+        """Forget a dep's local failure (the server queued it again)."""
+        with self.lock:
+            if self.state.failed.pop(dep_id, None) is not None:
+                self.save()
+
     def set_inflight(self, dep_id: str, item: dict[str, object]) -> None:
         with self.lock:
             self.state.inflight[dep_id] = item

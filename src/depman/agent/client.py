@@ -118,6 +118,22 @@ class ControlPlaneClient:
                          attempts=attempts)
         return HeartbeatAnswer(pinned_of(data), static_dep_ids(data), data.get("agentUpdate"))
 
+    def item_check(self, item_id: str) -> dict[str, Any] | None:
+        """The server's view of one of our items; None when it has none (404).
+
+        One attempt: the answer only refines what the queue already said.
+        """
+        reg = self._registered()
+        try:
+            data = self.call("GET", p.QUEUE_ITEM_PATH, None, attempts=1,
+                             query={"instanceId": reg.instance_id, "itemId": item_id})
+        except ServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        item = data.get("item")
+        return item if isinstance(item, dict) else None
+
     def abort(self) -> None:
         """Unblock a call in flight (a long-poll) from another thread or a signal handler."""
         self.aborted = True

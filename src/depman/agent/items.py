@@ -36,6 +36,12 @@ UNKNOWN_SIZE_RESERVE_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("depman.agent")
 
 
+def item_root(item: dict[str, Any], default_root: str | None) -> str | None:
+    """The item's model root, else the profile's; None: the ComfyUI folder."""
+    root = (item.get("resolved") or {}).get("root") or default_root
+    return root if isinstance(root, str) and root else None
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How an item ended: ``ok``; or failed with ``error``; or ``interrupted`` (resumable)."""
@@ -147,9 +153,7 @@ class ItemRunner:
                       protected=set(self.protected()), folder=dest.parent)
 
     def root_of(self, item: dict[str, Any]) -> str | None:
-        """The item's model root, else the profile's; None: the ComfyUI folder."""
-        root = (item.get("resolved") or {}).get("root") or self.default_root
-        return root if isinstance(root, str) and root else None
+        return item_root(item, self.default_root)
 
     def install_folder(self, item: dict[str, Any], dep_id: str, kind: str, rel: str,
                        root: str | None, progress: Progress) -> None:

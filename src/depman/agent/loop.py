@@ -18,9 +18,16 @@ from .config import AgentConfig
 from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
 from .inventory_check import recheck_inventory
-from .items import ItemRunner, Outcome
+from .items import ItemRunner, Outcome, item_root
 from .logonce import problems
 from .model_roots import ModelRoots
+from .operator_items import (
+    ForcedRetries,
+    ItemStop,
+    cancel_reason,
+    cancelled_error,
+    delete_file,
+)
 from .outbox import StatusOutbox
 from .pacing import QueuePacer
 from .progress import Progress
@@ -38,6 +45,8 @@ class _Active:
     item: dict[str, Any]
     progress: Progress
     future: Future[Outcome]
+    stop: ItemStop | None = None
+    cancel_reason: str | None = None  # set when an operator cancelled it mid-download
 
 
 class Agent:
@@ -55,17 +64,18 @@ class Agent:
         self.pacer = QueuePacer(config)
         self.policy = EvictionPolicy.resolve(None, config)
         self.pinned: set[str] = set()
+        # The profile's model root (register answer): deps without their own go there.
+        self.default_root: str | None = None
         self.active: dict[str, _Active] = {}
         self.done_items: OrderedDict[str, None] = OrderedDict()
         self.pool = ThreadPoolExecutor(max_workers=config.max_parallel_downloads,
                                        thread_name_prefix="item")
-        self.runner = ItemRunner(config, self.cache, self.stop, self.evictor,
-                                 self.protected_ids)
         self.resume_items: list[dict[str, Any]] = []
         self.last_heartbeat = 0.0
         self.heartbeat_early = False
         self.queue_depth = 0
         self.updater = SelfUpdater(config)
+        self.forced = ForcedRetries(self.cache)
 
     # -- public -----------------------------------------------------------
     def request_stop(self) -> None:
@@ -145,7 +155,7 @@ class Agent:
         self.policy = EvictionPolicy.resolve(sanitize_policy(profile.get("dynamicPolicy")),
                                              self.config)
         root = profile.get("root")
-        self.runner.default_root = root if isinstance(root, str) and root else None
+        self.default_root = root if isinstance(root, str) and root else None
         self.apply_static_ids(static_dep_ids(profile))
         self.cache.state.instance_id = reg.instance_id
         self.cache.save()
@@ -232,6 +242,28 @@ class Agent:
         self.apply_static_ids(answer.static_ids)
         self.last_heartbeat = time.monotonic()
         self.heartbeat_early = False
+        self.check_cancels()
+
+    def check_cancels(self) -> None:
+        """Ask whether an operator cancelled a running download; stop it if so."""
+        if self.stop.is_set():
+            return
+        for active in list(self.active.values()):
+            if active.cancel_reason is not None or active.future.done():
+                continue
+            try:
+                item = self.client.item_check(str(active.item.get("itemId")))
+            except AgentError as exc:
+                log.info("Queue-item check failed (%s); asking again later", exc.message)
+                return
+            if item is None:
+                continue
+            reason = cancel_reason(item)
+            if reason is not None and active.stop is not None:
+                log.warning("Download of %s cancelled by the operator: %s",
+                            active.item.get("depId"), reason)
+                active.cancel_reason = reason
+                active.stop.set()
 
     def consider_update(self, update: Any) -> None:
         """A new agent build installed: stop like on SIGTERM; main() re-executes into it."""
@@ -282,10 +314,22 @@ class Agent:
             dep_id, item_id = item.get("depId"), item.get("itemId")
             if not isinstance(dep_id, str) or not isinstance(item_id, str):
                 continue
+            if item.get("forceRetry") and item_id in self.done_items:
+                del self.done_items[item_id]  # the operator asks for it again
             if dep_id in self.active or item_id in self.done_items:
+                continue
+            reason = cancel_reason(item)
+            if reason is not None:
+                self.post_status(item, p.ItemState.CANCELLED, cancelled_error(reason))
+                self.remember(item_id)
+                continue
+            if not self.forced.ready(item):
                 continue
             started += 1
             op = item.get("op")
+            if op == p.Op.DELETE.value:
+                self.delete_in_place(item)
+                continue
             if op == p.Op.TOUCH.value and self.touch_in_place(item):
                 continue
             if op not in (p.Op.DOWNLOAD.value, p.Op.TOUCH.value):
@@ -321,11 +365,23 @@ class Agent:
         self.remember(item["itemId"])
         return True
 
+    def delete_in_place(self, item: dict[str, Any]) -> None:
+        """An operator's delete: remove the file, report, and heartbeat the new inventory."""
+        self.post_status(item, p.ItemState.RUNNING)
+        error = delete_file(self.cache, item)
+        if error is None:
+            self.post_status(item, p.ItemState.SUCCEEDED)
+        else:
+            log.error("Delete of %s failed: %s", item.get("depId"), error)
+            self.post_status(item, p.ItemState.FAILED, error)
+        self.remember(item["itemId"])
+        self.heartbeat_early = True
+
     def start_item(self, item: dict[str, Any]) -> None:
         dep_id = item["depId"]
         try:
             self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")),
-                                root=self.runner.root_of(item))
+                                root=item_root(item, self.default_root))
         except UnsafePath as exc:
             self.post_status(item, p.ItemState.RUNNING)
             self.post_status(item, p.ItemState.FAILED, exc.message)
@@ -338,8 +394,12 @@ class Agent:
         # trip or the state file's fsync (issue 5, dispatch latency). Its outcome is
         # collected on this thread, so the server still sees running before succeeded,
         # and the in-flight record is written before it can be cleared.
-        future = self.pool.submit(self.runner.run, item, progress)
-        self.active[dep_id] = _Active(item, progress, future)
+        # Its own stop, so an operator's cancel ends this download and no other.
+        stop = ItemStop(self.stop)
+        runner = ItemRunner(self.config, self.cache, stop, self.evictor, self.protected_ids)
+        runner.default_root = self.default_root
+        future = self.pool.submit(runner.run, item, progress)
+        self.active[dep_id] = _Active(item, progress, future, stop)
         self.post_status(item, p.ItemState.RUNNING)
         self.cache.set_inflight(dep_id, item)
         future.add_done_callback(lambda _f: self.wake.set())
@@ -350,6 +410,13 @@ class Agent:
                 continue
             del self.active[dep_id]
             outcome = active.future.result()
+            if active.cancel_reason is not None and not outcome.ok:
+                self.cache.clear_inflight(dep_id)
+                self.post_status(active.item, p.ItemState.CANCELLED,
+                                 cancelled_error(active.cancel_reason), attempts=attempts)
+                self.remember(active.item["itemId"])
+                self.heartbeat_early = True
+                continue
             if outcome.interrupted:
                 continue  # stays in state.inflight; resumed on the next start
             if outcome.ok:

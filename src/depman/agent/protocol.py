@@ -12,6 +12,7 @@ REGISTER_PATH = "/dependencies/register"
 QUEUE_PATH = "/dependencies/queue"
 STATUS_PATH = "/dependencies/status"
 HEARTBEAT_PATH = "/dependencies/heartbeat"
+QUEUE_ITEM_PATH = "/dependencies/queue-item"  # the item check (field agents 0.9.14+)
 
 SECRET_HEADER = "X-DM-Secret"
 QUEUE_LIMIT = 25
@@ -25,6 +26,7 @@ class ItemState(str, Enum):  # noqa: UP042
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # the item carried an operator's cancelReason
 
 
 class Op(str, Enum):  # noqa: UP042
@@ -32,6 +34,7 @@ class Op(str, Enum):  # noqa: UP042
 
     DOWNLOAD = "download"
     TOUCH = "touch"
+    DELETE = "delete"  # an operator removes the dep's file from this instance
 
 
 class DepKind(str, Enum):  # noqa: UP042

@@ -21,6 +21,7 @@ class Policy:
     placement_max_wait_seconds: float = 120.0
     placement_bandwidth_bytes_per_second: float = 100 * 1024**2
     placement_default_job_seconds: float = 60.0
+    allow_any_destination: bool = False
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Policy:
@@ -36,4 +37,5 @@ class Policy:
             placement_max_wait_seconds=settings.placement_max_wait_seconds,
             placement_bandwidth_bytes_per_second=settings.placement_bandwidth_bytes_per_second,
             placement_default_job_seconds=settings.placement_default_job_seconds,
+            allow_any_destination=settings.allow_any_destination,
         )

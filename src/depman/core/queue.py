@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
@@ -365,17 +366,16 @@ def mark_downloads_progressing(
     instance_id: str, dep_ids: list[str], *, conn: Connection, now: datetime
 ) -> None:
     """Record that a heartbeat lists these deps as downloading (keeps running items alive)."""
-    if not dep_ids:
-        return
-    conn.execute(
-        update(QueueItem)
-        .where(
-            QueueItem.instance_id == instance_id,
-            QueueItem.state == ItemState.RUNNING.value,
-            QueueItem.dep_id.in_(dep_ids),
+    for part in chunks(dep_ids):
+        conn.execute(
+            update(QueueItem)
+            .where(
+                QueueItem.instance_id == instance_id,
+                QueueItem.state == ItemState.RUNNING.value,
+                QueueItem.dep_id.in_(part),
+            )
+            .values(last_progress_at=now)
         )
-        .values(last_progress_at=now)
-    )
 
 
 def succeed_held_downloads(
@@ -407,7 +407,8 @@ def requeue_stale_running(
 ) -> list[QueueItem]:
     """Running items no heartbeat listed as downloading for `timeout_seconds` go back to queued.
 
-    Answers the items that reached `max_attempts` and were failed instead.
+    Answers the items that reached `max_attempts` and were failed instead (and those an
+    operator had cancelled, which end cancelled).
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
@@ -423,7 +424,13 @@ def requeue_stale_running(
     for row in rows:
         row.attempts += 1
         row.updated_at = now
-        if row.attempts >= max_attempts:
+        if row.cancel_reason:
+            # An operator cancelled it and the agent went quiet: it ends cancelled.
+            row.state = ItemState.CANCELLED.value
+            row.error = f"Dependency queue item cancelled: {row.cancel_reason}"[:ERROR_MAX_CHARS]
+            row.finished_at = now
+            failed.append(row)
+        elif row.attempts >= max_attempts:
             row.state = ItemState.FAILED.value
             row.error = (
                 f"no heartbeat listed it as downloading for {timeout_seconds:g}s "
