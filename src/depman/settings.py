@@ -99,6 +99,22 @@ class ServerSettings(BaseSettings):
         description="How long a job keeps its instance busy, assumed until jobs of its "
         "server type have completed (then the median of recent ones is used).",
     )
+    instance_lost_seconds: float = Field(
+        90.0,
+        gt=0,
+        description="An instance with no heartbeat for this long is lost: its waiting and "
+        "ready jobs are placed elsewhere, a running one fails, its queue is cancelled and its "
+        "agent must register again.",
+    )
+    retry_backoff_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A failed static or prefetch download is queued again after this long, "
+        "doubling with each failure in a row.",
+    )
+    retry_backoff_max_seconds: float = Field(
+        1800.0, gt=0, description="Longest wait between retries of a failed static download."
+    )
     heartbeat_flush_seconds: float = Field(
         1.0,
         ge=0,

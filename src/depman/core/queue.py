@@ -303,7 +303,14 @@ def _transition_statements() -> dict[str, Any]:
         # Accepted after `failed` too: the file did arrive. A `succeeded` report's error
         # text is a warning (ComfyUI does not list the file) kept on the item.
         succeeded: base.where(QueueItem.state != succeeded)
-        .values(state=succeeded, error=bindparam("p_warning"), finished_at=now, updated_at=now)
+        .values(
+            state=succeeded,
+            error=bindparam("p_warning"),
+            finished_at=now,
+            updated_at=now,
+            failures=0,
+            next_attempt_at=None,
+        )
         .returning(*answer),
         failed: base.where(QueueItem.state.in_((queued, running)))
         .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
