@@ -76,6 +76,10 @@ class AuthError(DepmanError):
     status = 401
 
 
+class MissingCredentials(AuthError):
+    """No credentials offered (or none can be): not a guess, so not counted as one."""
+
+
 class Forbidden(AuthError):
     """Valid credentials that may not touch this object."""
 

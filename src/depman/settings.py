@@ -7,12 +7,17 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./depman.db"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
+# Shorter admin tokens and fleet secrets are refused at start: guessable at any rate.
+MIN_SECRET_CHARS = 16
+MIB = 1024 * 1024
 
 
 class ServerSettings(BaseSettings):
@@ -96,6 +101,22 @@ class ServerSettings(BaseSettings):
         description="How long a job keeps its instance busy, assumed until jobs of its "
         "server type have completed (then the median of recent ones is used).",
     )
+    instance_lost_seconds: float = Field(
+        90.0,
+        gt=0,
+        description="An instance with no heartbeat for this long is lost: its waiting and "
+        "ready jobs are placed elsewhere, a running one fails, its queue is cancelled and its "
+        "agent must register again.",
+    )
+    retry_backoff_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A failed static or prefetch download is queued again after this long, "
+        "doubling with each failure in a row.",
+    )
+    retry_backoff_max_seconds: float = Field(
+        1800.0, gt=0, description="Longest wait between retries of a failed static download."
+    )
     heartbeat_flush_seconds: float = Field(
         1.0,
         ge=0,
@@ -155,11 +176,105 @@ class ServerSettings(BaseSettings):
         64, ge=4, description="Threads that run the synchronous request handlers."
     )
 
+    agent_max_body_bytes: int = Field(
+        MIB,
+        ge=1024,
+        le=1024 * MIB,
+        description="Largest request body of the agent routes (/api/dependencies/*); "
+        "larger ones are answered 413 before they are read.",
+    )
+    admin_max_body_bytes: int = Field(
+        8 * MIB,
+        ge=1024,
+        le=1024 * MIB,
+        description="Largest request body of every other route (admin API, jobs, login); "
+        "larger ones are answered 413 before they are read.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A client must send a request's whole header within this time "
+        "(from its first byte, or from connecting); slower ones are disconnected.",
+    )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A client must send a request's whole body within this time after "
+        "its header; slower ones are disconnected.",
+    )
+    keep_alive_seconds: float = Field(
+        65.0,
+        gt=0,
+        description="An idle keep-alive connection is closed after this time.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="Largest request line plus headers; larger requests are refused and "
+        "the connection closed.",
+    )
+    max_connections: int = Field(
+        20_000,
+        ge=16,
+        description="Open connections (and requests in progress) per server process; beyond "
+        "it requests are answered 503. Each long-polling agent holds one connection.",
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses (or *) of reverse proxies whose "
+        "X-Forwarded-For names the client; failed-login backoff is per client address.",
+    )
+    auth_free_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed authentications a client address may make (admin, login, "
+        "register) before it must back off.",
+    )
+    auth_max_backoff_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a client address is refused (429) after repeated failed "
+        "authentications; the wait doubles with each failure up to this.",
+    )
+    allow_any_destination: bool = Field(
+        False,
+        description="Accept catalog destRelativePath outside the model folders (models/). "
+        "Off: a catalog entry cannot place code ComfyUI would execute.",
+    )
+    api_docs: bool = Field(
+        False,
+        description="Serve the interactive API docs at /docs and /redoc (they load scripts "
+        "from a public CDN); /openapi.json is served either way.",
+    )
+
+    @model_validator(mode="after")
+    def _secrets_long_enough(self) -> ServerSettings:
+        for name, secret in (
+            ("DEPMAN_ADMIN_TOKEN", self.admin_token),
+            ("DEPMAN_SUBMIT_TOKEN", self.submit_token),
+            ("DEPENDENCY_MANAGER_SHARED_SECRET", self.shared_secret),
+        ):
+            if secret is not None and 0 < len(secret.get_secret_value()) < MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"{name} must be at least {MIN_SECRET_CHARS} characters (generate one "
+                    "with: python -c 'import secrets; print(secrets.token_urlsafe())')"
+                )
+        return self
+
     @model_validator(mode="after")
     def _workers_need_postgresql(self) -> ServerSettings:
         # Workers are replicas: their memos stay coherent through NOTIFY only.
         if self.workers > 1 and not self.database_url.startswith("postgresql"):
             raise ValueError("workers > 1 needs a PostgreSQL database_url")
+        return self
+
+    @model_validator(mode="after")
+    def _public_url_is_http(self) -> ServerSettings:
+        # Agents fetch agentUpdate.downloadUrl with it: a typo would break every update.
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"public_url must be an http(s) URL, got {self.public_url!r}")
         return self
 
     @property

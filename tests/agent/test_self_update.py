@@ -158,7 +158,6 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
         depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1", DM_UPDATE_PROBATION_SECONDS="2"
     )
     bad = pyz_with("depman-agent/66.0.0", main=main)
-    restarted = 0
     with AgentProcess(env, bundle=pyz) as agent:
         try:
             agent.wait_for_line("Registered dependency agent")
@@ -166,7 +165,6 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
             assert agent.proc is not None
             agent.proc.wait(60)  # the bad build ends the original process
             assert wait_until(lambda: len(STARTED_RE.findall(agent.log())) >= 2, 60), agent.log()
-            restarted = int(STARTED_RE.findall(agent.log())[-1][1])
             assert f"failed: {why}. Rolling back" in agent.log()
             assert wait_until(
                 lambda: "refused earlier: rolled back" in agent.log(), 30
@@ -177,9 +175,10 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
             assert agent_version(depman_server) == p.AGENT_VERSION
             heartbeats_seen(depman_server, 2)  # the previous build runs on, no second try
             assert agent.log().count("offered: downloading") == 1
-        finally:
-            if restarted:
-                stop_pid(restarted)
+        finally:  # the previous build the watchdog started is not the test's child
+            for _version, pid in STARTED_RE.findall(agent.log()):
+                if agent.proc is None or int(pid) != agent.proc.pid:
+                    stop_pid(int(pid))
 
 
 def test_an_agent_run_from_source_or_with_self_update_off_keeps_running(

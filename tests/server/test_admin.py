@@ -11,7 +11,8 @@ from tests.support.server import RunningServer
 
 
 def test_admin_endpoints_require_the_admin_token(plane: RunningServer) -> None:
-    for method, path in [
+    # Each path from its own client address: wrong tokens from one address back off (429).
+    for index, (method, path) in enumerate([
         ("GET", "/api/admin/deps"),
         ("PUT", "/api/admin/deps/x"),
         ("GET", "/api/admin/instances"),
@@ -19,11 +20,12 @@ def test_admin_endpoints_require_the_admin_token(plane: RunningServer) -> None:
         ("POST", "/api/admin/fleet"),
         ("POST", "/api/jobs"),
         ("GET", "/api/jobs"),
-    ]:
+    ]):
+        client = {"X-Forwarded-For": f"192.0.2.{index + 1}"}
         for headers in (
-            {},
-            {"Authorization": "Bearer wrong"},
-            {"Authorization": plane.admin_token},
+            {**client},
+            {**client, "Authorization": "Bearer wrong"},
+            {**client, "Authorization": plane.admin_token},
         ):
             status, body = plane.request(method, path, {} if method != "GET" else None, headers)
             assert status == 401, (method, path, headers)

@@ -147,6 +147,7 @@ def _alive(pid: int) -> bool:
 def start_watchdog(state_path: Path, pending: Pending, probation: float) -> int:
     """Fork the watchdog; answers its pid (recorded in the marker) in the parent."""
     agent_pid = os.getpid()
+    sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the watchdog

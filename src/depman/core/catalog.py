@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from depman.core import model_types
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.states import ACTIVE_JOB_STATES, ItemState, JobState
 from depman.errors import Conflict, NotFound, ValidationFailed
@@ -21,7 +22,11 @@ AUTH_KINDS = ("none", "hf_token", "civitai_token")
 DEP_KINDS = ("static", "dynamic")
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # Ids travel in URL paths and in `<depId>.<gen>` item ids: no slashes, spaces or controls.
-ID_RE = re.compile(r"^[^/\\\s\x00-\x1f\x7f]{1,200}$")
+ID_RE = re.compile(r"^[^/\\\s\x00-\x1f\x7f-\x9f]{1,200}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Where a catalog entry may write, relative to the ComfyUI folder: model files only,
+# unless the server runs with DEPMAN_ALLOW_ANY_DESTINATION (docs/server.md).
+MODEL_ROOTS = ("models/",)
 
 
 # Model roots are names of `extra_model_paths.yaml` sections on the nodes.
@@ -101,10 +106,13 @@ def validate_id(value: str, what: str) -> str:
     return value
 
 
-def validate_dest_path(path: str) -> str:
-    """A path relative to the ComfyUI folder that cannot leave it."""
-    if not path or "\x00" in path:
+def validate_dest_path(path: str, *, allow_any_destination: bool = False) -> str:
+    """A path relative to the ComfyUI folder that cannot leave it, under a model root
+    unless `allow_any_destination` (the one place the destination rule lives)."""
+    if not path:
         raise ValidationFailed("destRelativePath must be a non-empty relative path")
+    if CONTROL_RE.search(path):
+        raise ValidationFailed("destRelativePath must not contain control characters")
     if "\\" in path:
         raise ValidationFailed("destRelativePath must use '/' separators")
     if path.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", path):
@@ -113,6 +121,12 @@ def validate_dest_path(path: str) -> str:
     if any(part in ("", ".", "..") for part in parts):
         raise ValidationFailed(
             "destRelativePath must stay inside the ComfyUI folder (no '..', '.' or empty parts)"
+        )
+    if not allow_any_destination and not (path.startswith(MODEL_ROOTS) and len(parts) > 1):
+        roots = ", ".join(MODEL_ROOTS)
+        raise ValidationFailed(
+            f"destRelativePath must be a file under {roots} (the server refuses other "
+            "destinations unless started with DEPMAN_ALLOW_ANY_DESTINATION=1)"
         )
     return path
 
@@ -138,6 +152,8 @@ def _check_size(size: int | None, what: str = "expectedSizeBytes") -> int | None
 
 
 def _check_filename(name: str, what: str) -> str:
+    if CONTROL_RE.search(name or ""):
+        raise ValidationFailed(f"{what} must not contain control characters")
     name = (name or "").replace("\\", "/")
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
         raise ValidationFailed(f"{what} must be a relative file name (subfolders allowed, no '..')")
@@ -170,7 +186,9 @@ def _files(spec: DepSpec) -> tuple[FileSpec, ...] | None:
     return tuple(out)
 
 
-def _destination(spec: DepSpec) -> tuple[str, str | None, str | None]:
+def _destination(
+    spec: DepSpec, allow_any_destination: bool
+) -> tuple[str, str | None, str | None]:
     """(destRelativePath, type, filename): derived from type + filename, or checked."""
     model_type: str | None
     filename: str | None
@@ -198,12 +216,13 @@ def _destination(spec: DepSpec) -> tuple[str, str | None, str | None]:
         model_type, filename = derived if derived else (None, None)
     else:
         raise ValidationFailed("give type and filename, or destRelativePath")
-    validate_dest_path(dest)
-    model_types.check_models_path(dest)
+    validate_dest_path(dest, allow_any_destination=allow_any_destination)
+    if not allow_any_destination:  # the opt-in also admits custom nodes' own folders
+        model_types.check_models_path(dest)
     return dest, model_type, filename
 
 
-def validate_dep(spec: DepSpec) -> DepSpec:
+def validate_dep(spec: DepSpec, *, allow_any_destination: bool = False) -> DepSpec:
     """Check a resolved catalog entry; answer it normalised (path derived, sha256 lower case).
 
     The one place every destination rule lives: the admin API, `depman apply`
@@ -218,7 +237,7 @@ def validate_dep(spec: DepSpec) -> DepSpec:
         raise ValidationFailed(f"auth must be one of {', '.join(AUTH_KINDS)}")
     if spec.kind not in DEP_KINDS:
         raise ValidationFailed(f"kind must be one of {', '.join(DEP_KINDS)}")
-    dest, model_type, filename = _destination(spec)
+    dest, model_type, filename = _destination(spec, allow_any_destination)
     if files is None and model_type in model_types.FOLDER_TYPES:
         raise ValidationFailed(f"type {model_type!r} is a folder model: list its files")
     if spec.root is not None and not ROOT_RE.match(spec.root):
@@ -246,7 +265,12 @@ def validate_dep(spec: DepSpec) -> DepSpec:
 
 
 def put_dep(
-    dep_id: str, spec: DepSpec, *, session: Session, resolve: SourceResolver | None = None
+    dep_id: str,
+    spec: DepSpec,
+    *,
+    session: Session,
+    resolve: SourceResolver | None = None,
+    allow_any_destination: bool = False,
 ) -> Dep:
     """Create or replace a catalog entry, resolving its hf:// / civitai:// sources first.
 
@@ -258,7 +282,7 @@ def put_dep(
     dep = session.get(Dep, dep_id)
     if needs_resolving(spec):
         spec = _reuse_resolution(spec, dep) or _resolve(spec, resolve)
-    spec = validate_dep(spec)
+    spec = validate_dep(spec, allow_any_destination=allow_any_destination)
     now = utcnow()
     if dep is None:
         dep = Dep(dep_id=dep_id, created_at=now)
@@ -392,7 +416,9 @@ def missing_dep_ids(dep_ids: list[str], *, session: Session) -> list[str]:
     """Those of `dep_ids` that are not in the catalog."""
     if not dep_ids:
         return []
-    known = set(session.scalars(select(Dep.dep_id).where(Dep.dep_id.in_(dep_ids))))
+    known: set[str] = set()
+    for part in chunks(dep_ids):
+        known.update(session.scalars(select(Dep.dep_id).where(Dep.dep_id.in_(part))))
     return [dep_id for dep_id in dep_ids if dep_id not in known]
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
@@ -270,10 +271,10 @@ def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now
         for dep_id, kind in held.items()
         if dep_id in current and current[dep_id] != kind
     }
-    if gone:
+    for part in chunks(gone):
         session.execute(
             delete(InstanceDep).where(
-                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(gone)
+                InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(part)
             )
         )
     for dep_id, kind in rekind.items():

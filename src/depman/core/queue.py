@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
@@ -299,9 +300,17 @@ def _transition_statements() -> dict[str, Any]:
             updated_at=now,
         )
         .returning(*answer),
-        # Accepted after `failed` too: the file did arrive.
+        # Accepted after `failed` too: the file did arrive. A `succeeded` report's error
+        # text is a warning (ComfyUI does not list the file) kept on the item.
         succeeded: base.where(QueueItem.state != succeeded)
-        .values(state=succeeded, error=None, finished_at=now, updated_at=now)
+        .values(
+            state=succeeded,
+            error=bindparam("p_warning"),
+            finished_at=now,
+            updated_at=now,
+            failures=0,
+            next_attempt_at=None,
+        )
         .returning(*answer),
         failed: base.where(QueueItem.state.in_((queued, running)))
         .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
@@ -345,6 +354,7 @@ def apply_item_state(
         "p_generation": gen,
         "p_now": now or utcnow(),
         "p_error": (error or "failed")[:ERROR_MAX_CHARS],
+        "p_warning": f"warning: {error}"[:ERROR_MAX_CHARS] if error else None,
     }
     row = conn.execute(statement, params).first()
     if row is not None:
@@ -363,17 +373,16 @@ def mark_downloads_progressing(
     instance_id: str, dep_ids: list[str], *, conn: Connection, now: datetime
 ) -> None:
     """Record that a heartbeat lists these deps as downloading (keeps running items alive)."""
-    if not dep_ids:
-        return
-    conn.execute(
-        update(QueueItem)
-        .where(
-            QueueItem.instance_id == instance_id,
-            QueueItem.state == ItemState.RUNNING.value,
-            QueueItem.dep_id.in_(dep_ids),
+    for part in chunks(dep_ids):
+        conn.execute(
+            update(QueueItem)
+            .where(
+                QueueItem.instance_id == instance_id,
+                QueueItem.state == ItemState.RUNNING.value,
+                QueueItem.dep_id.in_(part),
+            )
+            .values(last_progress_at=now)
         )
-        .values(last_progress_at=now)
-    )
 
 
 def succeed_held_downloads(

@@ -31,9 +31,11 @@ from depman.server.api import (
     jobs,
     metrics,
 )
+from depman.server.auth_failures import AuthFailures
 from depman.server.beat_flusher import run_beat_flusher
 from depman.server.errors import install_error_handlers
 from depman.server.fastlane import AgentFastLane
+from depman.server.guard import RequestGuard
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
 from depman.settings import ServerSettings
@@ -123,11 +125,21 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         version="1",
         summary="Model dependency manager for fleets of ComfyUI GPU instances.",
         lifespan=_lifespan,
+        # The interactive docs load their scripts from a public CDN: opt-in only.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.depman = state
     app.state.engine = db.engine
     app.state.settings = settings
     app.state.metrics = metrics.Metrics(state)
+    state.auth_failures = AuthFailures(
+        free_failures=settings.auth_free_failures,
+        max_backoff_seconds=settings.auth_max_backoff_seconds,
+    )
+    state.auth_failures.bind_metrics(
+        app.state.metrics.auth_failures, app.state.metrics.auth_throttled
+    )
     install_error_handlers(app)
     for module in (
         agent_protocol,
@@ -149,5 +161,12 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
 
 
 def with_fast_lane(app: FastAPI) -> ASGIApp:
-    """The app as served: the agent fast lane in front of FastAPI (server/fastlane.py)."""
-    return AgentFastLane(app, app.state.depman, app.state.metrics)
+    """The app as served: the request guard (server/guard.py), then the agent fast lane
+    (server/fastlane.py), then FastAPI."""
+    settings: ServerSettings = app.state.settings
+    return RequestGuard(
+        AgentFastLane(app, app.state.depman, app.state.metrics),
+        agent_max=settings.agent_max_body_bytes,
+        other_max=settings.admin_max_body_bytes,
+        refused=app.state.metrics.refused,
+    )

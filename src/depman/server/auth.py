@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from depman.core.instances import hash_token, stored_token_hash, verify_token
-from depman.errors import AuthError
+from depman.errors import AuthError, MissingCredentials
 from depman.server.state import ServerState
+
+
+@contextmanager
+def attempt(state: ServerState, realm: str, client: str) -> Iterator[None]:
+    """Around a credential check: refused while the client backs off, failures recorded.
+
+    See `server/auth_failures.py`: 429 after repeated failures; logged without the
+    offered secret; counted in /metrics.
+    """
+    failures = state.auth_failures
+    failures.check(realm, client)
+    try:
+        yield
+    except MissingCredentials:
+        raise
+    except AuthError as exc:
+        failures.failed(realm, client, exc.message)
+        raise
+    failures.succeeded(realm, client)
 
 
 def same_secret(given: str | None, expected: SecretStr) -> bool:
@@ -39,7 +60,7 @@ def check_agent(
 ) -> None:
     """The bearer token must be `instance_id`'s agent token."""
     if not token:
-        raise AuthError("missing agent token: register first")
+        raise MissingCredentials("missing agent token: register first")
     digest = hash_token(token)
     hints = state.hub.hints
     if hints.token_matches(instance_id, digest):
@@ -54,9 +75,9 @@ def check_admin(state: ServerState, token: str | None, *, allow_submit: bool = F
     """The admin token (or, where allowed, the submit token)."""
     settings = state.settings
     if settings.admin_token is None and (not allow_submit or settings.submit_token is None):
-        raise AuthError("the server has no DEPMAN_ADMIN_TOKEN configured")
+        raise MissingCredentials("the server has no DEPMAN_ADMIN_TOKEN configured")
     if not token:
-        raise AuthError("missing bearer token")
+        raise MissingCredentials("missing bearer token")
     if settings.admin_token is not None and same_secret(token, settings.admin_token):
         return
     if (

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from depman.server.auth import bearer_token, check_admin
+from depman.server.auth import attempt, bearer_token, check_admin
 from depman.server.beat_flusher import flush_beats
-from depman.server.state import ServerState, server_state
+from depman.server.state import ServerState, client_address, server_state
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -51,12 +51,16 @@ async def require_admin(
     request: Request, token: Annotated[str | None, Depends(get_bearer)]
 ) -> None:
     """Admin endpoints: `Authorization: Bearer $DEPMAN_ADMIN_TOKEN`."""
-    check_admin(server_state(request), token)
+    state = server_state(request)
+    with attempt(state, "admin", client_address(request)):
+        check_admin(state, token)
 
 
 async def require_jobs(request: Request, token: Annotated[str | None, Depends(get_bearer)]) -> None:
     """Job endpoints: the admin token or the submit token."""
-    check_admin(server_state(request), token, allow_submit=True)
+    state = server_state(request)
+    with attempt(state, "admin", client_address(request)):
+        check_admin(state, token, allow_submit=True)
 
 
 async def get_state(request: Request) -> ServerState:

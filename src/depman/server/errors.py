@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from depman.errors import DepmanError
@@ -22,6 +22,7 @@ HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    429: "too_many_failures",
     415: "unsupported_media_type",
     422: "validation_failed",
     503: "unavailable",
@@ -53,7 +54,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DepmanError)
     async def _depman(_request: Request, exc: DepmanError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -70,6 +71,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             409, "conflict", "the request conflicts with a concurrent change; retry"
         )
+
+    @app.exception_handler(DataError)
+    async def _data(_request: Request, exc: DataError) -> JSONResponse:
+        # A value the schemas let through but the column refuses: the client's input.
+        log.info("value refused by the database: %s", type(exc.orig).__name__)
+        return error_response(422, "validation_failed", "a value is out of range for the database")
 
     @app.exception_handler(OperationalError)
     async def _operational(_request: Request, exc: OperationalError) -> JSONResponse:

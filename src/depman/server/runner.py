@@ -13,6 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from depman.errors import ConfigError
+from depman.server.logsafe import EscapingFormatter
 from depman.settings import ServerSettings
 from depman.store.migrate import upgrade
 
@@ -45,7 +46,12 @@ def build_settings(**flags: object) -> ServerSettings:
     try:
         return ServerSettings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(f"invalid server settings: {exc}") from exc
+        # Never the input: it holds the secrets.
+        problems = "; ".join(
+            ".".join(str(part) for part in err["loc"]) + (": " if err["loc"] else "") + err["msg"]
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"invalid server settings: {problems}") from None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -60,16 +66,54 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # Messages that quote client input cannot forge lines (server/logsafe.py).
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def _warn_about_open_doors(settings: ServerSettings) -> None:
+    if settings.shared_secret is None or not settings.shared_secret.get_secret_value():
+        log.warning(
+            "REGISTER IS OPEN: no DEPENDENCY_MANAGER_SHARED_SECRET is set, so anyone who can "
+            "reach this server can register an agent and read the catalog's resolved URLs. "
+            "Set a secret of at least 16 characters unless the network is trusted."
+        )
+    if settings.allow_any_destination:
+        log.warning(
+            "DEPMAN_ALLOW_ANY_DESTINATION is on: catalog entries may write outside models/, "
+            "including code ComfyUI executes"
+        )
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Let the process hold `connections` sockets (plus files and database connections)
+    if the hard limit allows."""
+    wanted = connections + 256
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+    if target < connections:
+        log.warning(
+            "open-file limit %d is below max_connections %d: connections past it are refused",
+            target,
+            connections,
+        )
 
 
 def serve(settings: ServerSettings) -> None:
     """Migrate, bind, run (in `settings.workers` processes) until SIGTERM/SIGINT."""
     _configure_logging(settings.log_level)
+    _warn_about_open_doors(settings)
+    _raise_file_limit(settings.max_connections)
     upgrade(settings.database_url)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
@@ -95,17 +139,25 @@ def serve(settings: ServerSettings) -> None:
 def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, announce: bool) -> None:
     """One server process: the app, its pool and memos, uvicorn on the shared socket."""
     from depman.server.app import create_app, with_fast_lane
-    from depman.server.http_protocol import CoalescingHttpToolsProtocol
+    from depman.server.http_protocol import GuardedHttpToolsProtocol
 
     app = create_app(settings)
+    protocol = GuardedHttpToolsProtocol.configured(
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
+    )
     config = uvicorn.Config(
         with_fast_lane(app),
-        http=CoalescingHttpToolsProtocol,
+        http=protocol,
         ws="none",
         log_level=settings.log_level.lower(),
         access_log=False,  # agents poll constantly; the latency histogram covers requests
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        timeout_keep_alive=65,
+        timeout_keep_alive=int(settings.keep_alive_seconds),
+        limit_concurrency=settings.max_connections,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
         server_header=False,
     )
     server = _Server(config, url if announce else "", on_exit=app.state.depman.hub.wake_all)
@@ -136,7 +188,10 @@ def serve_from_flags(
     """Entry point of `depman server`."""
     try:
         settings = build_settings(
-            host=host, port=port, database_url=database_url, log_level=log_level,
+            host=host,
+            port=port,
+            database_url=database_url,
+            log_level=log_level,
             workers=workers,
         )
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from depman.core.beats import BeatBuffer
 from depman.core.catalog import DepSpec
 from depman.core.policy import Policy
 from depman.core.wakeups import WakeupHub
+from depman.server.auth_failures import AuthFailures
 from depman.settings import ServerSettings
 from depman.store.session import Database
 
@@ -24,8 +25,14 @@ class ServerState:
     policy: Policy
     hub: WakeupHub = field(default_factory=WakeupHub)
     beats: BeatBuffer = field(default_factory=BeatBuffer)
+    auth_failures: AuthFailures = field(default_factory=AuthFailures)
     # Resolves hf:// and civitai:// sources when catalog entries are put.
     resolver: Callable[[DepSpec], DepSpec] | None = None
+
+
+def client_address(request: Request) -> str:
+    """The client's address (the proxy's forwarded one when the peer is trusted)."""
+    return request.client.host if request.client else "unknown"
 
 
 def server_state(request: Request) -> ServerState:

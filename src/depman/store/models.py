@@ -333,3 +333,12 @@ class AgentBuild(Base):
     rollout_percent: Mapped[int] = mapped_column(Integer, default=100)
     content: Mapped[bytes] = mapped_column(LargeBinary)
     published_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class RevokedSession(Base):
+    """A dashboard session cookie logged out before its expiry (by its signature's digest)."""
+
+    __tablename__ = "revoked_sessions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(_tz(), index=True)

@@ -70,6 +70,7 @@ def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_size=pool_size,
             max_overflow=pool_size,
+            hide_parameters=True,  # errors never carry request values into logs
         )
         _install_sqlite_pragmas(engine)
         return engine
@@ -82,7 +83,13 @@ def _postgres_engine(url: str, pool_size: int, **options: Any) -> Engine:
     # No pre-ping: a round trip on every checkout; a dead connection is invalidated by
     # the error it raises (503, the agent retries), and recycling bounds idle ones.
     return create_engine(
-        url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=1800, **options
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        pool_recycle=1800,
+        hide_parameters=True,  # errors never carry request values into logs
+        **options,
     )
 
 

@@ -17,6 +17,7 @@ from depman.server.deps import AdminDep, ReadSessionDep, SessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.actions import ActionsOut, CancelIn, DeleteDepIn, DrainIn, RetryIn
 from depman.server.schemas.admin import InstanceOut, QueueItemAdmin
+from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS, NO_CONTROLS_PATTERN, IdPath
 from depman.server.schemas.jobs import JobPublic
 
 router = APIRouter(prefix="/api/admin", tags=["admin: operator actions"], dependencies=[AdminDep])
@@ -28,6 +29,7 @@ ActorHeader = Annotated[
     Header(
         alias="X-Depman-Actor",
         max_length=150,
+        pattern=NO_CONTROLS_PATTERN,
         description="Who acts (the CLI sends user@host); recorded in the audit log.",
     ),
 ]
@@ -45,8 +47,8 @@ def api_actor(request: Request, name: str | None) -> str:
     responses=ERRORS,
 )
 def cancel_item(
-    instance_id: str,
-    dep_id: str,
+    instance_id: IdPath,
+    dep_id: IdPath,
     body: CancelIn,
     request: Request,
     session: SessionDep,
@@ -71,8 +73,8 @@ def cancel_item(
     "/queues/{instance_id}/items/{dep_id}/retry", response_model=QueueItemAdmin, responses=ERRORS
 )
 def retry_item(
-    instance_id: str,
-    dep_id: str,
+    instance_id: IdPath,
+    dep_id: IdPath,
     body: RetryIn,
     request: Request,
     session: SessionDep,
@@ -93,8 +95,8 @@ def retry_item(
     responses=ERRORS,
 )
 def delete_dep(
-    instance_id: str,
-    dep_id: str,
+    instance_id: IdPath,
+    dep_id: IdPath,
     body: DeleteDepIn,
     request: Request,
     session: SessionDep,
@@ -111,7 +113,7 @@ def delete_dep(
 
 @router.post("/instances/{instance_id}/drain", response_model=InstanceOut, responses=ERRORS)
 def drain_instance(
-    instance_id: str,
+    instance_id: IdPath,
     body: DrainIn,
     request: Request,
     session: SessionDep,
@@ -136,7 +138,7 @@ def drain_instance(
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
 def cancel_job(
-    job_id: str,
+    job_id: IdPath,
     body: CancelIn,
     request: Request,
     session: SessionDep,
@@ -159,8 +161,12 @@ def cancel_job(
 @router.get("/actions", response_model=ActionsOut, responses=ERRORS)
 def get_actions(
     session: ReadSessionDep,
-    instance_id: Annotated[str | None, Query(alias="instanceId", max_length=200)] = None,
-    job_id: Annotated[str | None, Query(alias="jobId", max_length=200)] = None,
+    instance_id: Annotated[
+        str | None, Query(alias="instanceId", max_length=MAX_ID_CHARS, pattern=ID_PATTERN)
+    ] = None,
+    job_id: Annotated[
+        str | None, Query(alias="jobId", max_length=MAX_ID_CHARS, pattern=ID_PATTERN)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """The audit log, newest first: who did what, to what, when."""

@@ -15,6 +15,7 @@ from depman.errors import DepmanError, NotFound
 from depman.server.agent_updates import BUILD_PATH, base_url
 from depman.server.deps import AdminDep, ReadSessionDep, SessionDep
 from depman.server.schemas import ApiModel, ErrorResponse
+from depman.server.schemas.bounds import NO_CONTROLS_PATTERN, IdPath
 from depman.server.state import ServerState, server_state
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
@@ -118,9 +119,9 @@ def _publish(
     },
 )
 async def publish_agent_build(
-    server_type: str,
+    server_type: IdPath,
     request: Request,
-    version: Annotated[str | None, Query(max_length=100)] = None,
+    version: Annotated[str | None, Query(max_length=100, pattern=NO_CONTROLS_PATTERN)] = None,
     rollout_percent: Annotated[int, Query(alias="rolloutPercent", ge=0, le=100)] = 100,
 ) -> dict[str, Any]:
     """Publish the request body (the agent file) for `server_type`, replacing its build."""
@@ -139,7 +140,9 @@ def list_agent_builds(request: Request, session: ReadSessionDep) -> dict[str, An
 
 
 @router.get("/agent-builds/{server_type}", response_model=AgentBuildOut, responses=ERRORS)
-def get_agent_build(server_type: str, request: Request, session: ReadSessionDep) -> dict[str, Any]:
+def get_agent_build(
+    server_type: IdPath, request: Request, session: ReadSessionDep
+) -> dict[str, Any]:
     """The build published for `server_type`."""
     status = _status_of(server_type, session)
     return build_document(status.target, base_url(server_state(request), request.scope), status)
@@ -147,7 +150,7 @@ def get_agent_build(server_type: str, request: Request, session: ReadSessionDep)
 
 @router.patch("/agent-builds/{server_type}", response_model=AgentBuildOut, responses=ERRORS)
 def set_rollout(
-    server_type: str, body: RolloutIn, request: Request, session: SessionDep
+    server_type: IdPath, body: RolloutIn, request: Request, session: SessionDep
 ) -> dict[str, Any]:
     """Change the rollout percentage of the published build (no new upload)."""
     agent_builds.set_rollout(server_type, body.rollout_percent, session=session)
@@ -157,7 +160,7 @@ def set_rollout(
 
 
 @router.delete("/agent-builds/{server_type}", status_code=204, responses=ERRORS)
-def unpublish_agent_build(server_type: str, session: SessionDep) -> Response:
+def unpublish_agent_build(server_type: IdPath, session: SessionDep) -> Response:
     """Stop offering the build of `server_type`; agents keep what they run."""
     agent_builds.unpublish_build(server_type, session=session)
     session.commit()

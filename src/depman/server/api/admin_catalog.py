@@ -21,6 +21,7 @@ from depman.server.schemas.admin import (
     ServerTypeOut,
     ServerTypesOut,
 )
+from depman.server.schemas.bounds import IdPath
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -76,21 +77,27 @@ def list_deps(session: ReadSessionDep) -> dict[str, Any]:
 
 
 @router.put("/deps/{dep_id}", response_model=DepOut, responses=ERRORS)
-def put_dep(dep_id: str, body: DepIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
+def put_dep(dep_id: IdPath, body: DepIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Create or replace a catalog entry (validated; hf:// and civitai:// sources resolved)."""
-    dep = catalog.put_dep(dep_id, dep_spec(body), session=session, resolve=state.resolver)
+    dep = catalog.put_dep(
+        dep_id,
+        dep_spec(body),
+        session=session,
+        resolve=state.resolver,
+        allow_any_destination=state.policy.allow_any_destination,
+    )
     session.commit()
     return dep_document(dep)
 
 
 @router.get("/deps/{dep_id}", response_model=DepOut, responses=ERRORS)
-def get_dep(dep_id: str, session: ReadSessionDep) -> dict[str, Any]:
+def get_dep(dep_id: IdPath, session: ReadSessionDep) -> dict[str, Any]:
     """One catalog entry."""
     return dep_document(catalog.get_dep(dep_id, session=session))
 
 
 @router.delete("/deps/{dep_id}", status_code=204, responses=ERRORS)
-def delete_dep(dep_id: str, session: SessionDep) -> Response:
+def delete_dep(dep_id: IdPath, session: SessionDep) -> Response:
     """Remove a catalog entry no profile or open job uses."""
     catalog.delete_dep(dep_id, session=session)
     session.commit()
@@ -106,7 +113,7 @@ def list_profiles(session: ReadSessionDep) -> dict[str, Any]:
 
 
 @router.put("/profiles/{profile_id}", response_model=ProfileOut, responses=ERRORS)
-def put_profile(profile_id: str, body: ProfileIn, session: SessionDep) -> dict[str, Any]:
+def put_profile(profile_id: IdPath, body: ProfileIn, session: SessionDep) -> dict[str, Any]:
     """Create or replace a profile."""
     row = profiles.put_profile(profile_id, profile_spec(body), session=session)
     static = profiles.static_dep_ids([profile_id], session=session)[profile_id]
@@ -115,14 +122,14 @@ def put_profile(profile_id: str, body: ProfileIn, session: SessionDep) -> dict[s
 
 
 @router.get("/profiles/{profile_id}", response_model=ProfileOut, responses=ERRORS)
-def get_profile(profile_id: str, session: ReadSessionDep) -> dict[str, Any]:
+def get_profile(profile_id: IdPath, session: ReadSessionDep) -> dict[str, Any]:
     """One profile."""
     row = profiles.get_profile(profile_id, session=session)
     return profile_document(row, profiles.static_dep_ids([profile_id], session=session)[profile_id])
 
 
 @router.delete("/profiles/{profile_id}", status_code=204, responses=ERRORS)
-def delete_profile(profile_id: str, session: SessionDep) -> Response:
+def delete_profile(profile_id: IdPath, session: SessionDep) -> Response:
     """Remove a profile no server type uses."""
     profiles.delete_profile(profile_id, session=session)
     session.commit()
@@ -137,7 +144,7 @@ def list_server_types(session: ReadSessionDep) -> dict[str, Any]:
 
 
 @router.put("/server-types/{server_type}", response_model=ServerTypeOut, responses=ERRORS)
-def put_server_type(server_type: str, body: ServerTypeIn, session: SessionDep) -> dict[str, Any]:
+def put_server_type(server_type: IdPath, body: ServerTypeIn, session: SessionDep) -> dict[str, Any]:
     """Create or replace a server type."""
     row = server_types.put_server_type(server_type, server_type_spec(body), session=session)
     session.commit()
@@ -145,13 +152,13 @@ def put_server_type(server_type: str, body: ServerTypeIn, session: SessionDep) -
 
 
 @router.get("/server-types/{server_type}", response_model=ServerTypeOut, responses=ERRORS)
-def get_server_type(server_type: str, session: ReadSessionDep) -> dict[str, Any]:
+def get_server_type(server_type: IdPath, session: ReadSessionDep) -> dict[str, Any]:
     """One server type."""
     return server_type_document(server_types.get_server_type(server_type, session=session))
 
 
 @router.delete("/server-types/{server_type}", status_code=204, responses=ERRORS)
-def delete_server_type(server_type: str, session: SessionDep) -> Response:
+def delete_server_type(server_type: IdPath, session: SessionDep) -> Response:
     """Remove a server type no instance has."""
     server_types.delete_server_type(server_type, session=session)
     session.commit()

@@ -18,11 +18,18 @@ router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 @router.post("/fleet", response_model=FleetOut, responses=ERRORS)
 def apply_fleet(body: FleetIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Upsert deps, then profiles, server types and instances; all or nothing."""
+    any_dest = state.policy.allow_any_destination
     steps: list[tuple[str, dict[str, Any], Any]] = [
         (
             "deps",
             body.deps,
-            lambda k, v: catalog.put_dep(k, dep_spec(v), session=session, resolve=state.resolver),
+            lambda k, v: catalog.put_dep(
+                k,
+                dep_spec(v),
+                session=session,
+                resolve=state.resolver,
+                allow_any_destination=any_dest,
+            ),
         ),
         (
             "profiles",

@@ -24,6 +24,7 @@ from fastapi.responses import PlainTextResponse
 
 from depman.core.agent_builds import build_content, build_of_type
 from depman.errors import DepmanError, NotFound
+from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS
 from depman.server.state import server_state
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,12 @@ router = APIRouter(tags=["agent bundle"])
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ServerTypeQuery = Annotated[
     str | None,
-    Query(alias="serverType", max_length=200, description="The build published for this type."),
+    Query(
+        alias="serverType",
+        max_length=MAX_ID_CHARS,
+        pattern=ID_PATTERN,
+        description="The build published for this type.",
+    ),
 ]
 
 

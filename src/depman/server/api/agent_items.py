@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from depman.core.item_check import check_item
-from depman.server.auth import check_agent
+from depman.server.auth import attempt, check_agent
 from depman.server.deps import BearerDep, ReadSessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.agent import QueueItemCheckResponse
+from depman.server.schemas.bounds import ID_PATTERN, MAX_ITEM_ID_CHARS, IdQuery
+from depman.server.state import client_address
 
 router = APIRouter(tags=["agent protocol v1"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -21,17 +23,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/api/dependencies/queue-item", response_model=QueueItemCheckResponse, responses=ERRORS)
 def get_queue_item(
+    request: Request,
     session: ReadSessionDep,
     state: StateDep,
     token: BearerDep,
-    instance_id: Annotated[str, Query(alias="instanceId", min_length=1, max_length=200)],
-    item_id: Annotated[str, Query(alias="itemId", min_length=1, max_length=300)],
+    instance_id: IdQuery,
+    item_id: Annotated[
+        str,
+        Query(alias="itemId", min_length=1, max_length=MAX_ITEM_ID_CHARS, pattern=ID_PATTERN),
+    ],
 ) -> JSONResponse:
     """One of the caller's own items: state, cancelReason, forceRetry, resolved.
 
     A 404 says `"exists": false`: the agent drops its local retry of the item.
     """
-    check_agent(state, instance_id, token, session=session)
+    with attempt(state, "agent", client_address(request)):
+        check_agent(state, instance_id, token, session=session)
     found = check_item(instance_id, item_id, session=session)
     if found.item is None:
         body: dict[str, Any] = {

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from depman.core.instances import hash_token, register
 from depman.core.inventory import apply_heartbeat
 from depman.core.pins import compute_pins
+from depman.core.profiles import static_dep_ids_of_type
 from depman.core.queue import QueuePoll, poll_queue
 from depman.core.reports import apply_status
 from depman.core.scheduler import place_pending_jobs
@@ -19,8 +20,9 @@ from depman.core.views import profile_document
 from depman.errors import NotFound
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
 from depman.server.agent_updates import update_offer
-from depman.server.auth import check_agent, check_shared_secret
+from depman.server.auth import attempt, check_agent, check_shared_secret
 from depman.server.deps import BearerDep, SessionDep, StateDep
+from depman.server.logsafe import quoted
 from depman.server.memo_answers import empty_poll_answer, remember_heartbeat
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.agent import (
@@ -32,7 +34,8 @@ from depman.server.schemas.agent import (
     StatusRequest,
     StatusResponse,
 )
-from depman.server.state import ServerState, server_state
+from depman.server.schemas.bounds import IdQuery
+from depman.server.state import ServerState, client_address, server_state
 from depman.store.session import ASYNC_COMMIT
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ def register_agent(
     x_dm_secret: Annotated[str | None, Header(alias="X-DM-Secret")] = None,
 ) -> JSONResponse:
     """Find the instance, issue its agent token, queue the boot prefetch."""
-    check_shared_secret(state, x_dm_secret)
+    with attempt(state, "register", client_address(request)):
+        check_shared_secret(state, x_dm_secret)
     result = register(
         body.server_type,
         body.agent_version,
@@ -82,8 +86,8 @@ def register_agent(
     hints.remember_token(instance_id, hash_token(result.token), hints.epoch(instance_id))
     log.info(
         "registered agent: instanceId=%s agentVersion=%s prefetch=%d",
-        instance_id,
-        body.agent_version,
+        quoted(instance_id),
+        quoted(body.agent_version),
         len(result.queued),
     )
     profile: dict[str, Any] = {"staticDepIds": [], "prefetchOnBoot": False, "dynamicPolicy": {}}
@@ -101,11 +105,12 @@ def register_agent(
 
 
 def _poll(
-    state: ServerState, instance_id: str, token: str | None, limit: int, check: bool
+    state: ServerState, instance_id: str, token: str | None, limit: int, client: str | None
 ) -> QueuePoll:
     with state.db.read_session() as session:
-        if check:
-            check_agent(state, instance_id, token, session=session)
+        if client is not None:
+            with attempt(state, "agent", client):
+                check_agent(state, instance_id, token, session=session)
         poll = poll_queue(instance_id, limit, conn=session.connection())
     if not poll.found:
         raise NotFound(f"instance {instance_id!r} does not exist")
@@ -113,10 +118,11 @@ def _poll(
 
 
 async def _poll_db(
-    state: ServerState, instance_id: str, token: str | None, limit: int, check: bool
+    state: ServerState, instance_id: str, token: str | None, limit: int, client: str | None
 ) -> tuple[QueuePoll, bytes]:
+    """The queue from the database; `client`: check the token first (failures recorded)."""
     seen = state.hub.hints.epoch(instance_id)
-    poll = await run_in_threadpool(_poll, state, instance_id, token, limit, check)
+    poll = await run_in_threadpool(_poll, state, instance_id, token, limit, client)
     answer = poll_answer(poll)
     if not poll.items:
         state.hub.hints.remember_empty(instance_id, answer, seen)
@@ -127,7 +133,7 @@ async def _poll_db(
 async def get_queue(
     request: Request,
     token: BearerDep,
-    instance_id: Annotated[str, Query(alias="instanceId", min_length=1, max_length=200)],
+    instance_id: IdQuery,
     limit: Annotated[int, Query(ge=1, le=1000)] = 25,
     wait_seconds: Annotated[
         float, Query(alias="waitSeconds", ge=0, le=30, description="Long-poll (extension).")
@@ -141,11 +147,12 @@ async def get_queue(
     try:
         answer = empty_poll_answer(state, instance_id, token)
         if answer is None:
-            poll, answer = await _poll_db(state, instance_id, token, limit, True)
+            client = client_address(request)
+            poll, answer = await _poll_db(state, instance_id, token, limit, client)
             if poll.items:
                 return Response(answer, media_type="application/json")
         if entry is not None and await state.hub.wait(entry, wait):
-            _poll_result, answer = await _poll_db(state, instance_id, token, limit, False)
+            _poll_result, answer = await _poll_db(state, instance_id, token, limit, None)
     finally:
         if entry is not None:
             state.hub.unsubscribe("i", instance_id, entry)
@@ -154,10 +161,11 @@ async def get_queue(
 
 @router.post("/status", response_model=StatusResponse, responses=ERRORS)
 def post_status(
-    body: StatusRequest, session: SessionDep, state: StateDep, token: BearerDep
+    request: Request, body: StatusRequest, session: SessionDep, state: StateDep, token: BearerDep
 ) -> Response:
     """Move an item forward; late or repeated reports are acknowledged and ignored."""
-    check_agent(state, body.instance_id, token, session=session)
+    with attempt(state, "agent", client_address(request)):
+        check_agent(state, body.instance_id, token, session=session)
     result = apply_status(body.instance_id, body.to_core(), session=session, policy=state.policy)
     session.commit()
     return Response(status_answer(result), media_type="application/json")
@@ -165,14 +173,20 @@ def post_status(
 
 @router.post("/heartbeat", response_model=HeartbeatResponse, responses=ERRORS)
 def post_heartbeat(
-    request: Request, body: HeartbeatRequest, session: SessionDep, state: StateDep, token: BearerDep
+    request: Request,
+    body: HeartbeatRequest,
+    session: SessionDep,
+    state: StateDep,
+    token: BearerDep,
 ) -> Response:
-    """Record the inventory (a diff) and scalars; answer the pins."""
+    """Record the inventory (a diff) and scalars; answer the pins and the static deps."""
     hints = state.hub.hints
     seen = hints.epoch(body.instance_id)  # before any read the memo below relies on
-    check_agent(state, body.instance_id, token, session=session)
+    with attempt(state, "agent", client_address(request)):
+        check_agent(state, body.instance_id, token, session=session)
     hb = body.to_core()
     result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
+    static = static_dep_ids_of_type(result.server_type, conn=session.connection())
     if not result.changed and state.db.dialect == "postgresql":
         session.execute(ASYNC_COMMIT)  # only liveness and scalars were written
     session.commit()
@@ -201,7 +215,7 @@ def post_heartbeat(
         agent_version=result.agent_version,
         conn=session.connection(),
     )
-    answer = heartbeat_answer(pins, update)
+    answer = heartbeat_answer(pins, static, update)
     # The next heartbeat like this one is answered by the fast lane (server/fastlane.py).
     remember_heartbeat(state, body, hb, result.digest, answer, seen)
     return Response(answer, media_type="application/json")

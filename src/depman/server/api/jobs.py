@@ -22,6 +22,7 @@ from depman.server.deps import (
     StateDep,
 )
 from depman.server.schemas import ErrorResponse
+from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS, IdPath
 from depman.server.schemas.jobs import JobComplete, JobCreate, JobPublic, JobsPublic
 from depman.server.state import ServerState, server_state
 from depman.store.models import Job
@@ -75,8 +76,12 @@ def create_job(body: JobCreate, session: SessionDep, state: StateDep) -> JSONRes
 @router.get("", response_model=JobsPublic, responses=ERRORS)
 def list_jobs(
     session: ReadSessionDep,
-    state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
-    instance_id: Annotated[str | None, Query(alias="instanceId")] = None,
+    state: Annotated[
+        str | None, Query(max_length=40, description="Only jobs in this state.")
+    ] = None,
+    instance_id: Annotated[
+        str | None, Query(alias="instanceId", max_length=MAX_ID_CHARS, pattern=ID_PATTERN)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> JSONResponse:
     """Jobs, newest first."""
@@ -94,13 +99,17 @@ def _read(state: ServerState, job_id: str) -> dict[str, Any]:
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
 async def get_job(
     request: Request,
-    job_id: str,
+    job_id: IdPath,
     wait_seconds: Annotated[
         float, Query(alias="waitSeconds", ge=0, le=30, description="Wait for a state change.")
     ] = 0,
     seen_state: Annotated[
         str | None,
-        Query(alias="seenState", description="The state the caller last saw (default: current)."),
+        Query(
+            alias="seenState",
+            max_length=40,
+            description="The state the caller last saw (default: current).",
+        ),
     ] = None,
 ) -> JSONResponse:
     """One job; with `waitSeconds`, answer once its state differs from `seenState`."""
@@ -131,7 +140,7 @@ async def get_job(
 
 
 @router.post("/{job_id}/start", response_model=JobPublic, responses=ERRORS)
-def start_job(job_id: str, session: SessionDep) -> JSONResponse:
+def start_job(job_id: IdPath, session: SessionDep) -> JSONResponse:
     """ready → running."""
     job = job_core.start_job(job_id, session=session)
     response = answer(job, session=session)
@@ -141,7 +150,7 @@ def start_job(job_id: str, session: SessionDep) -> JSONResponse:
 
 @router.post("/{job_id}/complete", response_model=JobPublic, responses=ERRORS)
 def complete_job(
-    job_id: str, body: JobComplete, session: SessionDep, state: StateDep
+    job_id: IdPath, body: JobComplete, session: SessionDep, state: StateDep
 ) -> JSONResponse:
     """Finish the job (`ok` true: completed, false: failed) and release its instance."""
     job = job_core.complete_job(job_id, body.ok, body.error, session=session, policy=state.policy)

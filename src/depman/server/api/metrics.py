@@ -90,6 +90,26 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
+        # Hostile or broken clients: what the guard refused before parsing (server/guard.py),
+        # and failed authentications by realm (server/auth_failures.py).
+        self.refused = Counter(
+            "depman_requests_refused",
+            "Requests refused before parsing: oversized bodies, control characters in URLs.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "depman_auth_failures",
+            "Failed authentications (agent, admin, login, register), by realm.",
+            ["realm"],
+            registry=self.registry,
+        )
+        self.auth_throttled = Counter(
+            "depman_auth_throttled",
+            "Requests refused with 429 because their client failed to authenticate too often.",
+            ["realm"],
+            registry=self.registry,
+        )
         self.registry.register(StoreCollector(state))
 
 

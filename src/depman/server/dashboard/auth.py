@@ -2,6 +2,8 @@
 
 The cookie never holds the token: it holds `<expires>.<hmac(token, expires)>`, so
 a leaked cookie dies at its expiry and every cookie dies when the token rotates.
+Logging out records the cookie as revoked in the database (`core/sessions.py`),
+so every server process refuses it from then on.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import time
 
 from fastapi import Request
 
+from depman.core.sessions import is_revoked
 from depman.server.auth import bearer_token
 from depman.server.state import server_state
 
 COOKIE_NAME = "depman_session"
 SESSION_SECONDS = 12 * 3600
+# `<expires>.<64 hex>`: anything longer is not a cookie this server made.
+MAX_COOKIE_CHARS = 100
+MAX_EXPIRES_DIGITS = 12
 _CONTEXT = b"depman-dashboard-session-v1:"
 
 
@@ -52,14 +58,26 @@ def make_session(token: str, now: float | None = None) -> str:
     return f"{expires}.{_signature(token, expires)}"
 
 
-def session_valid(value: str | None, token: str | None, now: float | None = None) -> bool:
-    """The cookie was made with this token and has not expired."""
-    if not value or not token:
-        return False
+def session_expiry(value: str | None) -> int | None:
+    """The expiry a cookie claims, if it is shaped like one this server makes."""
+    if not value or len(value) > MAX_COOKIE_CHARS:
+        return None
     expires_text, _, signature = value.partition(".")
-    if not expires_text.isdigit() or not signature:
+    if not signature or not (
+        expires_text.isascii()
+        and expires_text.isdigit()
+        and len(expires_text) <= MAX_EXPIRES_DIGITS
+    ):
+        return None
+    return int(expires_text)
+
+
+def session_valid(value: str | None, token: str | None, now: float | None = None) -> bool:
+    """The cookie was made with this token and has not expired (revocation aside)."""
+    expires = session_expiry(value)
+    if expires is None or not token or value is None:
         return False
-    expires = int(expires_text)
+    signature = value.partition(".")[2]
     if expires < (now if now is not None else time.time()):
         return False
     return hmac.compare_digest(signature.encode(), _signature(token, expires).encode())
@@ -72,7 +90,12 @@ def is_authenticated(request: Request) -> bool:
         return False
     if token_matches(bearer_token(request.headers.get("authorization")) or "", token):
         return True
-    return session_valid(request.cookies.get(COOKIE_NAME), token)
+    cookie = request.cookies.get(COOKIE_NAME)
+    if not session_valid(cookie, token):
+        return False
+    assert cookie is not None
+    with server_state(request).db.read_session() as session:
+        return not is_revoked(cookie, session=session)
 
 
 def require_page(request: Request) -> None:

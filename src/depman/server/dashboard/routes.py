@@ -7,6 +7,7 @@ changes; `static/dashboard.js` polls it and swaps it in.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -19,12 +20,15 @@ from sqlalchemy.orm import Session
 from depman.core import overview
 from depman.core.audit import action_document, list_actions
 from depman.core.clock import utcnow
-from depman.errors import NotFound
+from depman.core.sessions import revoke
+from depman.errors import AuthError, NotFound
+from depman.server.auth import attempt
+from depman.server.auth_failures import TooManyFailures
 from depman.server.dashboard import auth
 from depman.server.dashboard.csrf import csrf_token
 from depman.server.dashboard.format import FILTERS
 from depman.server.deps import FreshReadSessionDep as SessionDep
-from depman.server.state import server_state
+from depman.server.state import client_address, server_state
 
 HERE = Path(__file__).parent
 STATIC_PREFIX = "/dashboard/static"
@@ -215,14 +219,20 @@ def login_submit(
 ) -> Response:
     """Check the token; on success set the session cookie (never the token itself)."""
     configured = auth.admin_token(request)
-    if not auth.token_matches(token, configured):
+    state = server_state(request)
+    context = {"next": auth.safe_next(next), "closed": configured is None}
+    try:
+        with attempt(state, "login", client_address(request)):
+            if not auth.token_matches(token, configured):
+                raise AuthError("wrong admin token" if configured else "no admin token configured")
+    except TooManyFailures as exc:
+        error = f"Too many failed attempts from this address; retry in {exc.retry_after} s."
+        response = _render(request, "login.html", {**context, "error": error}, 429)
+        response.headers.update(exc.headers)
+        return response
+    except AuthError:
         error = "Invalid token." if configured else "The server has no admin token configured."
-        return _render(
-            request,
-            "login.html",
-            {"next": auth.safe_next(next), "error": error, "closed": configured is None},
-            401,
-        )
+        return _render(request, "login.html", {**context, "error": error}, 401)
     assert configured is not None
     response = RedirectResponse(auth.safe_next(next), status_code=303)
     response.set_cookie(
@@ -238,8 +248,14 @@ def login_submit(
 
 
 @public.post("/logout")
-def logout() -> Response:
-    """Drop the session cookie."""
+def logout(request: Request) -> Response:
+    """Revoke the session (every server process refuses it from now on); drop the cookie."""
+    cookie = request.cookies.get(auth.COOKIE_NAME)
+    expires = auth.session_expiry(cookie)
+    if cookie is not None and expires is not None and expires > time.time():
+        with server_state(request).db.session() as session:
+            revoke(cookie, expires, session=session)
+            session.commit()
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(auth.COOKIE_NAME, path="/", httponly=True, samesite="strict")
     return response

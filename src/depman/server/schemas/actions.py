@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
 from depman.server.schemas import ApiModel
+from depman.server.schemas.bounds import SafeText
 
 
 class CancelIn(ApiModel):
     """Cancel a queue item or a job."""
 
-    reason: str = Field("cancelled by operator", min_length=1, max_length=300)
+    reason: Annotated[SafeText, Field(min_length=1, max_length=300)] = "cancelled by operator"
 
 
 class RetryIn(ApiModel):

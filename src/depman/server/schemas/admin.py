@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
 from depman.server.schemas import ApiModel
+from depman.server.schemas.bounds import (
+    MAX_LIST_IDS,
+    MAX_URL_CHARS,
+    Id,
+    NonNegInt64,
+    PositiveInt32,
+    PositiveInt64,
+    SafeText,
+    ShortText,
+    Url,
+)
 
 
 class FileIn(ApiModel):
     """One file of a folder model."""
 
-    path: str
-    url: str
-    sha256: str | None = None
-    size_bytes: int | None = None
+    path: SafeText
+    url: Url
+    sha256: ShortText | None = None
+    size_bytes: PositiveInt64 | None = None
 
 
 class FileOut(FileIn):
@@ -28,15 +39,15 @@ class FileOut(FileIn):
 class DepIn(ApiModel):
     """`PUT /admin/deps/{depId}`: `destRelativePath`, or `type` + `filename`."""
 
-    url: str = ""
-    auth: str = "none"
-    dest_relative_path: str | None = None
-    sha256: str | None = None
-    expected_size_bytes: int | None = None
-    kind: str = "dynamic"
-    model_type: str | None = Field(None, alias="type")
-    filename: str | None = None
-    root: str | None = None
+    url: Annotated[SafeText, Field(max_length=MAX_URL_CHARS)] = ""
+    auth: ShortText = "none"
+    dest_relative_path: Annotated[SafeText, Field(min_length=1)] | None = None
+    sha256: ShortText | None = None
+    expected_size_bytes: PositiveInt64 | None = None
+    kind: ShortText = "dynamic"
+    model_type: ShortText | None = Field(None, alias="type")
+    filename: SafeText | None = None
+    root: ShortText | None = None
     files: list[FileIn] | None = Field(None, max_length=1000)
 
 
@@ -69,19 +80,21 @@ class DynamicPolicy(ApiModel):
     """A profile's dynamic cache policy."""
 
     enabled: bool | None = None
-    min_free_bytes: int | None = None
-    max_dynamic_bytes: int | None = None
-    eviction_batch_max: int | None = None
-    pin_ttl_seconds: int | None = None
+    min_free_bytes: NonNegInt64 | None = None
+    max_dynamic_bytes: NonNegInt64 | None = None
+    eviction_batch_max: NonNegInt64 | None = None
+    pin_ttl_seconds: NonNegInt64 | None = None
 
 
 class ProfileIn(ApiModel):
     """`PUT /admin/profiles/{profileId}`."""
 
-    static_dep_ids: list[str] = Field(default_factory=list)
+    static_dep_ids: Annotated[list[Id], Field(max_length=MAX_LIST_IDS)] = Field(
+        default_factory=list
+    )
     prefetch_on_boot: bool = False
     dynamic_policy: DynamicPolicy = Field(default_factory=DynamicPolicy)
-    root: str | None = None
+    root: ShortText | None = None
 
 
 class ProfileOut(ApiModel):
@@ -104,15 +117,15 @@ class ProfilesOut(ApiModel):
 class ModelManagement(ApiModel):
     """How a server type's models are managed."""
 
-    mode: str = "dependency_manager_v1"
-    profile_id: str | None = None
+    mode: Annotated[ShortText, Field(max_length=50)] = "dependency_manager_v1"
+    profile_id: Id | None = None
 
 
 class ServerTypeIn(ApiModel):
     """`PUT /admin/server-types/{serverType}`; `maxActiveJobs` is depman's (default 1)."""
 
     model_management: ModelManagement = Field(default_factory=ModelManagement)
-    max_active_jobs: int = Field(1, ge=1)
+    max_active_jobs: PositiveInt32 = 1
 
 
 class ServerTypeOut(ApiModel):
@@ -133,8 +146,8 @@ class ServerTypesOut(ApiModel):
 class InstanceIn(ApiModel):
     """`PUT /admin/instances/{instanceId}`."""
 
-    ip: str | None = Field(None, max_length=64)
-    server_type: str
+    ip: Annotated[ShortText, Field(max_length=64)] | None = None
+    server_type: Id
 
 
 class DependencyManagerOut(ApiModel):
@@ -152,6 +165,9 @@ class DependencyManagerOut(ApiModel):
     agent_version: str | None = None
     active_downloads: list[dict[str, Any]] = Field(default_factory=list)
     pinned_dep_ids: list[str] = Field(default_factory=list)
+    receipts: list[dict[str, Any]] | None = Field(
+        None, description="One instance only: the last verification receipt of each dep."
+    )
 
 
 class InstanceOut(ApiModel):
@@ -161,6 +177,8 @@ class InstanceOut(ApiModel):
     ip: str | None
     server_type: str
     live: bool
+    lost: bool = False
+    lost_at: str | None = None
     heartbeat_age_seconds: float | None
     registered_at: str | None
     drained: bool = False
@@ -186,6 +204,7 @@ class QueueItemAdmin(ApiModel):
     error: str | None
     priority: int
     generation: int
+    failures: int = 0
     enqueued_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -206,10 +225,10 @@ class QueueItemsOut(ApiModel):
 class FleetIn(ApiModel):
     """`POST /admin/fleet`: a whole fleet upserted in one transaction."""
 
-    deps: dict[str, DepIn] = Field(default_factory=dict)
-    profiles: dict[str, ProfileIn] = Field(default_factory=dict)
-    server_types: dict[str, ServerTypeIn] = Field(default_factory=dict)
-    instances: dict[str, InstanceIn] = Field(default_factory=dict)
+    deps: dict[Id, DepIn] = Field(default_factory=dict)
+    profiles: dict[Id, ProfileIn] = Field(default_factory=dict)
+    server_types: dict[Id, ServerTypeIn] = Field(default_factory=dict)
+    instances: dict[Id, InstanceIn] = Field(default_factory=dict)
 
 
 class FleetOut(ApiModel):

@@ -2,36 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from depman.core.inventory import Heartbeat
+from depman.core.receipts import Receipt
 from depman.core.reports import StatusReport
 from depman.server.schemas import ApiModel
+from depman.server.schemas.bounds import (
+    MAX_LIST_IDS,
+    CleanText,
+    Id,
+    IdList,
+    ItemId,
+    JsonDoc,
+    NonNegFloat,
+    NonNegInt32,
+    NonNegInt64,
+    SafeText,
+    ShortText,
+)
 
 
 class DiskStats(ApiModel):
     """Disk figures of the ComfyUI folder's file system."""
 
-    total_bytes: int | None = None
-    free_bytes: int | None = None
-    used_bytes: int | None = None
+    total_bytes: NonNegInt64 | None = None
+    free_bytes: NonNegInt64 | None = None
+    used_bytes: NonNegInt64 | None = None
     # Field agents 0.9.16+: which folder was measured (kept and shown).
-    path: str | None = Field(None, max_length=1000)
-    stat_path: str | None = Field(None, max_length=1000)
+    path: Annotated[SafeText, Field(max_length=1000)] | None = None
+    stat_path: Annotated[SafeText, Field(max_length=1000)] | None = None
 
 
 class RegisterRequest(ApiModel):
     """`POST /dependencies/register`."""
 
-    server_type: str = Field(min_length=1, max_length=200)
-    agent_version: str = Field("", max_length=200)
-    instance_id: str | None = Field(None, max_length=200)
-    instance_ip: str | None = Field(None, max_length=64)
+    server_type: Id
+    agent_version: Annotated[ShortText, Field(max_length=100)] = ""
+    instance_id: Id | None = None
+    instance_ip: Annotated[ShortText, Field(max_length=64)] | None = None
     # Field agents 0.9.20+: the cloud provider and its ids for the instance.
-    provider: str | None = Field(None, max_length=100)
-    provider_metadata: dict[str, Any] | None = None
+    provider: Annotated[ShortText, Field(max_length=100)] | None = None
+    provider_metadata: JsonDoc | None = None
 
 
 class AgentUpdate(ApiModel):
@@ -81,6 +95,39 @@ class QueueResponse(ApiModel):
     pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
+class Verification(ApiModel):
+    """The receipt of a `succeeded` report (the shape later field agents send).
+
+    Lenient on purpose: a receipt the server cannot use proves nothing, but the
+    report it came with still moves its item.
+    """
+
+    algorithm: str = Field("", max_length=20)
+    sha256: str | None = Field(None, max_length=128)
+    size_bytes: int | None = Field(None, ge=0, le=2**62)
+    mtime_ns: str | int | None = None
+    verified_at_ms: int | None = Field(None, ge=0, le=2**53)
+    dest_relative_path: str | None = Field(None, max_length=1000)
+    final_path_verified: bool = False
+    agent_version: str | None = Field(None, max_length=200)
+
+    def to_core(self) -> Receipt:
+        """The receipt as the core keeps it (an mtime that is no integer is dropped)."""
+        mtime = self.mtime_ns
+        if isinstance(mtime, str):
+            mtime = int(mtime) if mtime.isascii() and mtime.isdigit() and len(mtime) <= 19 else None
+        return Receipt(
+            algorithm=self.algorithm,
+            sha256=self.sha256,
+            size_bytes=self.size_bytes,
+            mtime_ns=mtime if mtime is not None and 0 <= mtime < 2**63 else None,
+            verified_at_ms=self.verified_at_ms,
+            dest_relative_path=self.dest_relative_path,
+            final_path_verified=self.final_path_verified,
+            agent_version=self.agent_version,
+        )
+
+
 class QueueItemCheck(ApiModel):
     """One item as the queue-item check answers it (field agents 0.9.14+)."""
 
@@ -106,15 +153,16 @@ class QueueItemCheckResponse(ApiModel):
 class StatusRequest(ApiModel):
     """`POST /dependencies/status`."""
 
-    instance_id: str = Field(min_length=1, max_length=200)
-    item_id: str = Field(min_length=1, max_length=300)
-    dep_id: str | None = None
-    op: str | None = None
+    instance_id: Id
+    item_id: ItemId
+    dep_id: Id | None = None
+    op: ShortText | None = None
     # `retrying` and `cancelled`: field agents 0.3.0+ and 0.9.14+ (docs/agent.md).
     state: Literal["running", "succeeded", "failed", "retrying", "cancelled"]
     disk_stats: DiskStats | None = None
-    dynamic_bytes_used: int | None = None
-    error: str | None = None
+    dynamic_bytes_used: NonNegInt64 | None = None
+    error: CleanText | None = None
+    verification: Verification | None = None
 
     def to_core(self) -> StatusReport:
         """The report as the core applies it."""
@@ -129,6 +177,7 @@ class StatusRequest(ApiModel):
             disk_free_bytes=disk.free_bytes if disk else None,
             disk_used_bytes=disk.used_bytes if disk else None,
             dynamic_bytes_used=self.dynamic_bytes_used,
+            receipt=self.verification.to_core() if self.verification else None,
         )
 
 
@@ -148,18 +197,18 @@ class ActiveDownload(ApiModel):
     they are still read, and stored under the field agents' names.
     """
 
-    dep_id: str = Field(max_length=200)
-    stage: str | None = Field(None, max_length=50)
-    downloaded_bytes: int | None = None
-    expected_bytes: int | None = None
-    throughput_bytes_per_sec: float | None = None
-    started_at_ms: int | None = None
-    updated_at_ms: int | None = None
-    tool: str | None = Field(None, max_length=100)
-    dest_relative_path: str | None = Field(None, max_length=1000)
-    bytes_done: int | None = None
-    bytes_total: int | None = None
-    bytes_per_second: float | None = None
+    dep_id: Id
+    stage: Annotated[ShortText, Field(max_length=50)] | None = None
+    downloaded_bytes: NonNegInt64 | None = None
+    expected_bytes: NonNegInt64 | None = None
+    throughput_bytes_per_sec: NonNegFloat | None = None
+    started_at_ms: NonNegInt64 | None = None
+    updated_at_ms: NonNegInt64 | None = None
+    tool: Annotated[ShortText, Field(max_length=100)] | None = None
+    dest_relative_path: Annotated[SafeText, Field(max_length=1000)] | None = None
+    bytes_done: NonNegInt64 | None = None
+    bytes_total: NonNegInt64 | None = None
+    bytes_per_second: NonNegFloat | None = None
 
     def stored(self) -> dict[str, Any]:
         """The row as kept and shown: one vocabulary, absent fields left out."""
@@ -184,16 +233,18 @@ def _first(value: Any, fallback: Any) -> Any:
 class HeartbeatRequest(ApiModel):
     """`POST /dependencies/heartbeat`."""
 
-    instance_id: str = Field(min_length=1, max_length=200)
-    installed_static_dep_ids: list[str] = Field(default_factory=list)
-    installed_dynamic_dep_ids: list[str] = Field(default_factory=list)
-    downloading_dep_ids: list[str] = Field(default_factory=list)
-    failed_dep_ids: list[str] = Field(default_factory=list)
+    instance_id: Id
+    installed_static_dep_ids: IdList = Field(default_factory=list)
+    installed_dynamic_dep_ids: IdList = Field(default_factory=list)
+    downloading_dep_ids: IdList = Field(default_factory=list)
+    failed_dep_ids: IdList = Field(default_factory=list)
     disk_stats: DiskStats | None = None
-    dynamic_bytes_used: int | None = None
-    queue_depth: int | None = None
-    active_downloads: list[ActiveDownload] = Field(default_factory=list)
-    disk_diagnostics: dict[str, Any] | None = None
+    dynamic_bytes_used: NonNegInt64 | None = None
+    queue_depth: NonNegInt32 | None = None
+    active_downloads: Annotated[list[ActiveDownload], Field(max_length=MAX_LIST_IDS)] = Field(
+        default_factory=list
+    )
+    disk_diagnostics: JsonDoc | None = None
 
     def lists_key(self) -> int:
         """A cheap in-process key of the installed lists as sent (see `BeatMemo.lists_key`)."""
@@ -219,8 +270,13 @@ class HeartbeatRequest(ApiModel):
 
 
 class HeartbeatResponse(ApiModel):
-    """Heartbeat answer; `pinnedDepIds` is an extension."""
+    """Heartbeat answer; `pinnedDepIds` and `staticDepIds` are extensions."""
 
     ok: bool = True
     pinned_dep_ids: list[str] = Field(default_factory=list)
+    static_dep_ids: list[str] = Field(
+        default_factory=list,
+        description="The profile's static deps now: one the agent holds as static but not "
+        "listed here has become dynamic (evictable).",
+    )
     agent_update: AgentUpdate | None = None

@@ -7,23 +7,24 @@ from typing import Any
 from pydantic import Field
 
 from depman.server.schemas import ApiModel
+from depman.server.schemas.bounds import CleanText, Id
 
 
 class JobCreate(ApiModel):
     """`POST /jobs`."""
 
-    server_type: str = Field(min_length=1, max_length=200)
-    dep_ids: list[str] = Field(default_factory=list, max_length=1000)
+    server_type: Id
+    dep_ids: list[Id] = Field(default_factory=list, max_length=1000)
     # A ComfyUI workflow (UI or API format): its models' deps are added to depIds.
     workflow: dict[str, Any] | None = None
-    job_id: str | None = Field(None, max_length=200)
+    job_id: Id | None = None
 
 
 class JobComplete(ApiModel):
     """`POST /jobs/{jobId}/complete`."""
 
     ok: bool
-    error: str | None = Field(None, max_length=5000)
+    error: CleanText | None = None
 
 
 class JobPublic(ApiModel):

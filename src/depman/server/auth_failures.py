@@ -1,0 +1,126 @@
+"""Failed authentications: logged (never with what was offered), counted, and slowed down.
+
+Each realm (`admin`, `login`, `register`, `agent`) keeps, per client address, the
+failures of the last `WINDOW_SECONDS`. A client may fail `free_failures` times;
+after that every further request of that realm is answered 429 for 1, 2, 4, …
+seconds (at most `max_backoff_seconds`), right or wrong credentials alike, so a
+guesser gets a handful of tries a minute instead of hundreds a second. A success
+clears the client's record. The `agent` realm is logged and counted only: agent
+tokens are 256-bit random values, and one address may front many agents.
+
+The records live in this process (with several server processes a guesser gets
+that many times the budget); they are bounded to `MAX_CLIENTS` addresses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from depman.errors import DepmanError
+from depman.server.logsafe import quoted
+
+log = logging.getLogger("depman.server.auth")
+WINDOW_SECONDS = 15 * 60
+LOG_EVERY_SECONDS = 60.0
+MAX_CLIENTS = 50_000
+BACKOFF_REALMS = frozenset({"admin", "login", "register"})
+
+
+class TooManyFailures(DepmanError):
+    """The client failed to authenticate too often: wait `retry_after` seconds."""
+
+    code = "too_many_failures"
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed authentications from this address; retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+@dataclass
+class _Record:
+    failures: int = 0
+    last_failure: float = 0.0
+    blocked_until: float = 0.0
+    logged_at: float = 0.0
+    unlogged: int = 0
+
+
+class AuthFailures:
+    """Per-(realm, client) failure records of one server process."""
+
+    def __init__(self, *, free_failures: int = 5, max_backoff_seconds: float = 300.0) -> None:
+        self.free_failures = free_failures
+        self.max_backoff_seconds = max_backoff_seconds
+        self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
+        self._lock = threading.Lock()
+        self._failed_counter: Any = None
+        self._throttled_counter: Any = None
+
+    def bind_metrics(self, failed: Any, throttled: Any) -> None:
+        """Count into these Prometheus counters (labelled by realm)."""
+        self._failed_counter = failed
+        self._throttled_counter = throttled
+
+    def check(self, realm: str, client: str) -> None:
+        """Raise TooManyFailures while the client is backing off in this realm."""
+        if realm not in BACKOFF_REALMS:
+            return
+        now = time.monotonic()
+        with self._lock:
+            record = self._records.get((realm, client))
+            wait = record.blocked_until - now if record is not None else 0.0
+        if wait > 0:
+            if self._throttled_counter is not None:
+                self._throttled_counter.labels(realm).inc()
+            raise TooManyFailures(max(1, math.ceil(wait)))
+
+    def failed(self, realm: str, client: str, reason: str) -> None:
+        """Record, count and (at most once a minute per client) log a failure."""
+        now = time.monotonic()
+        with self._lock:
+            key = (realm, client)
+            record = self._records.pop(key, None) or _Record()
+            if now - record.last_failure > WINDOW_SECONDS:
+                record.failures = 0
+            record.failures += 1
+            record.last_failure = now
+            over = record.failures - self.free_failures
+            if realm in BACKOFF_REALMS and over >= 0:
+                delay = min(self.max_backoff_seconds, 2.0 ** min(over, 30))
+                record.blocked_until = now + delay
+            self._records[key] = record
+            while len(self._records) > MAX_CLIENTS:
+                self._records.popitem(last=False)
+            record.unlogged += 1
+            due = now - record.logged_at >= LOG_EVERY_SECONDS
+            if due:
+                record.logged_at = now
+                count, record.unlogged = record.unlogged, 0
+        if self._failed_counter is not None:
+            self._failed_counter.labels(realm).inc()
+        if due:
+            log.warning(
+                "authentication failed: realm=%s client=%s reason=%s failures=%d%s",
+                realm,
+                quoted(client),
+                reason,
+                record.failures,
+                f" ({count} since the last line)" if count > 1 else "",
+            )
+
+    def succeeded(self, realm: str, client: str) -> None:
+        """A client that authenticated starts afresh."""
+        if realm not in BACKOFF_REALMS:
+            return
+        with self._lock:
+            self._records.pop((realm, client), None)
