@@ -60,6 +60,22 @@ def test_out_of_range_and_control_characters_are_refused(control_plane: RunningS
         agent.auth,
     )
     _expect_4xx(status, body, "status diskStats 1e20")
+    big = "9" * 5000  # past Python's 4,300-digit int() limit
+    for path in (
+        f"/api/dependencies/queue?instanceId={agent.instance_id}&limit={big}",
+        f"/api/dependencies/queue?instanceId={agent.instance_id}&waitSeconds={big}",
+    ):
+        status, _headers, body = exchange(control_plane, "GET", path, headers=agent.auth)
+        _expect_4xx(status, body, "5000-digit query number")
+    raw = f'{{"instanceId": "{agent.instance_id}", "dynamicBytesUsed": {big}}}'.encode()
+    status, _headers, body = exchange(
+        control_plane,
+        "POST",
+        "/api/dependencies/heartbeat",
+        body=raw,
+        headers={**agent.auth, **AGENT_JSON},
+    )
+    _expect_4xx(status, body, "5000-digit JSON number")
     assert "Traceback" not in control_plane.logs()
 
 

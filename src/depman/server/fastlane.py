@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,6 +35,7 @@ from depman.server.auth import bearer_token
 from depman.server.memo_answers import empty_poll_answer, token_known, unchanged_beat_answer
 from depman.server.quick_lane import quick_heartbeat, quick_poll, quick_status
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
+from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS
 from depman.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ HEARTBEAT_PATH = "/api/dependencies/heartbeat"
 STATUS_PATH = "/api/dependencies/status"
 # Bigger heartbeats (tens of thousands of deps) are left to FastAPI's own limits.
 MAX_BODY_BYTES = 2 * 1024 * 1024
-MAX_ID_CHARS = 200
+# The handler's bounds (server/schemas/bounds.py); anything else goes to FastAPI.
+ID_RE = re.compile(f"{ID_PATTERN[:-2]}{{1,{MAX_ID_CHARS}}}$")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 25  # the handler's default
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -55,11 +58,11 @@ def plain_poll(query_string: bytes) -> tuple[str, int] | None:
     if len(args) != len(params):
         return None
     instance_id = args.get("instanceId")
-    if not instance_id or len(instance_id) > MAX_ID_CHARS:
+    if not instance_id or not ID_RE.match(instance_id):
         return None
     limit = args.get("limit")
     if limit is not None and not (
-        limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT
+        limit.isascii() and limit.isdigit() and len(limit) <= 4 and 1 <= int(limit) <= MAX_LIMIT
     ):
         return None
     wait = args.get("waitSeconds")
