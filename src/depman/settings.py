@@ -7,6 +7,8 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -264,6 +266,15 @@ class ServerSettings(BaseSettings):
         # Workers are replicas: their memos stay coherent through NOTIFY only.
         if self.workers > 1 and not self.database_url.startswith("postgresql"):
             raise ValueError("workers > 1 needs a PostgreSQL database_url")
+        return self
+
+    @model_validator(mode="after")
+    def _public_url_is_http(self) -> ServerSettings:
+        # Agents fetch agentUpdate.downloadUrl with it: a typo would break every update.
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"public_url must be an http(s) URL, got {self.public_url!r}")
         return self
 
     @property
