@@ -181,6 +181,7 @@ class GetWhat(StrEnum):
     """What `depman get` lists."""
 
     instances = "instances"
+    instance = "instance"  # one instance, with its verification receipts
     deps = "deps"
     jobs = "jobs"
     queue = "queue"
@@ -188,14 +189,15 @@ class GetWhat(StrEnum):
 
 @app.command()
 def get(
-    what: Annotated[GetWhat, typer.Argument(help="instances, deps, jobs or queue.")],
+    what: Annotated[GetWhat, typer.Argument(help="instances, instance, deps, jobs or queue.")],
     instance_id: Annotated[
-        str | None, typer.Argument(help="Instance id (for `queue`).", show_default=False)
+        str | None,
+        typer.Argument(help="Instance id (for `instance` and `queue`).", show_default=False),
     ] = None,
     server_url: ServerOpt = DEFAULT_SERVER_URL,
     token: TokenOpt = None,
 ) -> None:
-    """Print a table of instances, deps, jobs, or one instance's queue."""
+    """Print a table of instances, deps, jobs, one instance (with receipts) or its queue."""
     from depman.client.commands import print_listing
 
     print_listing(what.value, instance_id, server_url=server_url, token=token)

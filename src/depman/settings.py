@@ -7,6 +7,8 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -98,6 +100,22 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="How long a job keeps its instance busy, assumed until jobs of its "
         "server type have completed (then the median of recent ones is used).",
+    )
+    instance_lost_seconds: float = Field(
+        90.0,
+        gt=0,
+        description="An instance with no heartbeat for this long is lost: its waiting and "
+        "ready jobs are placed elsewhere, a running one fails, its queue is cancelled and its "
+        "agent must register again.",
+    )
+    retry_backoff_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A failed static or prefetch download is queued again after this long, "
+        "doubling with each failure in a row.",
+    )
+    retry_backoff_max_seconds: float = Field(
+        1800.0, gt=0, description="Longest wait between retries of a failed static download."
     )
     heartbeat_flush_seconds: float = Field(
         1.0,
@@ -248,6 +266,15 @@ class ServerSettings(BaseSettings):
         # Workers are replicas: their memos stay coherent through NOTIFY only.
         if self.workers > 1 and not self.database_url.startswith("postgresql"):
             raise ValueError("workers > 1 needs a PostgreSQL database_url")
+        return self
+
+    @model_validator(mode="after")
+    def _public_url_is_http(self) -> ServerSettings:
+        # Agents fetch agentUpdate.downloadUrl with it: a typo would break every update.
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"public_url must be an http(s) URL, got {self.public_url!r}")
         return self
 
     @property

@@ -27,7 +27,10 @@ def test_defaults_match_the_runbook() -> None:
     assert config.state_path == Path("/workspace/dependency_agent_state.json")
     assert config.poll_seconds == 5 and config.heartbeat_seconds == 30
     assert config.max_parallel_downloads == 1
-    assert config.allowed_domains == ("huggingface.co", "hf.co", "civitai.com")
+    # The runbook's three, plus the storage host Civitai's downloads redirect to.
+    assert config.allowed_domains[:3] == ("huggingface.co", "hf.co", "civitai.com")
+    assert config.allowed_domains[3].startswith("civitai-delivery-worker-prod.")
+    assert config.allowed_domains[3].endswith(".r2.cloudflarestorage.com")
     assert config.verbose_progress is False
     assert config.pin_ttl_seconds is None  # the profile's value, else 1800
     assert config.download_connections == 8

@@ -20,10 +20,19 @@ SDXL_TYPE = "sdxl-standard-v8"
 def test_apply_example_fleet_creates_every_document(applied: RunningServer) -> None:
     status, dep = applied.admin("GET", "/admin/deps/sdxl-base-1.0")
     assert status == 200, dep
-    assert dep["sha256"] == "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"
-    assert dep["expectedSizeBytes"] == 6938078334
+    # Resolved by the (loopback fake) Hub: pinned commit, hash and size filled in.
+    assert dep["source"] == "hf://stabilityai/stable-diffusion-xl-base-1.0/sd_xl_base_1.0.safetensors"
+    assert dep["destRelativePath"] == "models/checkpoints/sd_xl_base_1.0.safetensors"
+    assert len(dep["sha256"]) == 64 and dep["expectedSizeBytes"] and dep["revision"]
+    assert f"/resolve/{dep['revision']}/" in dep["url"]
     _, dep = applied.admin("GET", "/admin/deps/flux1-dev")
-    assert dep["expectedSizeBytes"] == round(22.2 * GIB) and dep["auth"] == "hf_token"
+    assert dep["type"] == "diffusion_models" and dep["auth"] == "hf_token"
+    _, dep = applied.admin("GET", "/admin/deps/juggernaut-xl-v9")
+    assert dep["expectedSizeBytes"] == round(6.6 * GIB) and dep["source"] is None
+    _, dep = applied.admin("GET", "/admin/deps/lora-detail-tweaker-xl")
+    assert (dep["type"], dep["source"]) == ("loras", "civitai://135867")
+    _, dep = applied.admin("GET", "/admin/deps/sdxl-base-diffusers")
+    assert dep["destRelativePath"] == "models/diffusers/sdxl-base-unet" and dep["files"]
     _, profile = applied.admin("GET", "/admin/profiles/sdxl-core")
     assert profile["staticDepIds"] == ["sdxl-base-1.0", "sdxl-vae-fp16-fix"]
     assert profile["prefetchOnBoot"] is True
@@ -38,7 +47,7 @@ def test_apply_again_changes_nothing_and_says_what_it_did(applied: RunningServer
     _, before = applied.admin("GET", "/admin/deps")
     result = run_cli(applied, "apply", "-f", str(EXAMPLE))
     assert result.exit_code == 0, result.output
-    assert "9 deps, 2 profiles, 2 server types, 3 instances." in result.stdout
+    assert "10 deps, 2 profiles, 2 server types, 3 instances." in result.stdout
     assert f"to {applied.root_url}" in result.stdout
     _, after = applied.admin("GET", "/admin/deps")
     strip = [{k: v for k, v in d.items() if k != "updatedAt"} for d in before["deps"]]

@@ -126,9 +126,16 @@ def test_file_lost_while_the_agent_was_down_is_reported_and_fetched_for_a_job(
 ) -> None:
     lost, kept = ModelFile("lost", 2 * MIB, kind="static"), ModelFile("kept", 3 * MIB, "static")
     _lose_a_file_while_down(fleet, lost, kept)
-    # The restarted agent's heartbeat reports what is really on disk...
-    wait_until(lambda: fleet.inventory("node-1") == {"kept"}, 15, "the lost dep to drop out")
-    # ...so a job that needs it has it queued again, and becomes ready once it is back.
+    # The restarted agent's heartbeat reports what is really on disk, so the server
+    # queues the static dep again (generation 2); its receipt puts it back in the
+    # inventory within milliseconds, too fast to catch the inventory without it.
+    def requeued() -> bool:
+        status, body = fleet.server.admin("GET", "/admin/queues/node-1/items")
+        assert status == 200, body
+        return any(i["itemId"] == "lost.2" for i in body["items"])
+
+    wait_until(requeued, 15, "the lost dep to be queued again")
+    # A job that needs it becomes ready once it is back, with the right bytes.
     fleet.submit_job(["lost", "kept"], job_id="job-heal")
     job = fleet.wait_job("job-heal", {"ready", "failed"}, timeout=30)
     assert job["state"] == "ready", fleet.logs()

@@ -117,15 +117,18 @@ def test_agent_update_is_the_same_on_every_answer_path(plane: RunningServer) -> 
         "downloadUrl": build["downloadUrl"],
         "sha256": sha256_hex(data),
     }
-    # The publish dropped every memo: the handler answers first, then the memo; new
-    # disk figures with the same inventory take the quick lane.
+    # The publish dropped the heartbeat memos: the quick lane answers, then the memo; a
+    # new inventory goes to the handler; new disk figures alone to the quick lane.
     paths = []
-    for free in (10**12, 10**12, 10**12 - 1, 10**12 - 1):
-        agent.free_bytes = free
+    for step in ("same", "same", "inventory", "same", "figures"):
+        if step == "inventory":
+            agent.installed_dynamic = [fleet.deps["b"]]
+        elif step == "figures":
+            agent.free_bytes -= 1
         how, (status, body) = served_by(plane, "heartbeat", agent.heartbeat)
         assert status == 200 and body["agentUpdate"] == expected, (how, body)
         paths.append(how)
-    assert paths == ["handler", "memo", "quick", "memo"], paths
+    assert paths == ["quick", "memo", "handler", "memo", "quick"], paths
     assert register(plane, fleet, agent.instance_id, OLD)["agentUpdate"] == expected
 
     # An agent on the target version is offered nothing, on any path.
@@ -218,3 +221,15 @@ def test_a_publish_reaches_the_other_replica_s_memos(
     with run_replica(first) as third:  # a replica that starts later reads it from the table
         body = register(third, fleet, agent.instance_id, OLD)
         assert body["agentUpdate"]["sha256"] == build["sha256"]
+
+
+@pytest.mark.server_env(DEPMAN_PUBLIC_URL="https://depman.example.com/")
+def test_download_url_uses_the_public_url(depman_server: RunningServer) -> None:
+    fleet = make_fleet(depman_server)
+    instance_id = fleet.add_instance("pub")
+    data = pyz_with("depman-agent/7.5.0")
+    status, build = publish(depman_server, fleet.server_type, data)
+    assert status == 200, build
+    url = f"https://depman.example.com/agent/builds/{sha256_hex(data)}.pyz"
+    assert build["downloadUrl"] == url
+    assert register(depman_server, fleet, instance_id, OLD)["agentUpdate"]["downloadUrl"] == url

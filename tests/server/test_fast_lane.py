@@ -42,7 +42,7 @@ def test_unchanged_heartbeat_and_empty_poll_come_from_memory(plane: RunningServe
     assert served_from_memory(plane, "heartbeat", agent.heartbeat)
     assert served_from_memory(plane, "queue", agent.poll)
     # What the fast lane answers is what the handler answers.
-    assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": []})
+    assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": [], "staticDepIds": []})
     assert agent.poll() == (200, {"items": [], "pinnedDepIds": []})
 
 
@@ -132,13 +132,15 @@ def test_pins_reach_the_next_heartbeat_from_memory(plane: RunningServer) -> None
     warm(agent)
     status, job = fleet.submit(["b"])
     assert status == 200 and job["instanceId"] == agent.instance_id
-    assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": [fleet.deps["b"]]})
+    pinned = {"ok": True, "pinnedDepIds": [fleet.deps["b"]], "staticDepIds": []}
+    assert agent.heartbeat() == (200, pinned)
     assert served_from_memory(plane, "heartbeat", agent.heartbeat)
+    assert agent.status(agent.poll()[1]["items"][0], "succeeded")[0] == 200  # the touch
     status, _ = plane.admin("POST", f"/jobs/{job['jobId']}/start", {})
     assert status == 200
     status, _ = plane.admin("POST", f"/jobs/{job['jobId']}/complete", {"ok": True})
     assert status == 200
-    assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": []})
+    assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": [], "staticDepIds": []})
 
 
 def test_an_instance_that_went_stale_is_not_kept_live_by_memory(tmp_path: Path) -> None:

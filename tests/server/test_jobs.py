@@ -23,7 +23,8 @@ def test_placement_prefers_held_bytes_then_queued_bytes_then_free_disk(
     status, job = fleet.submit(["small", "big"])
     assert status == 200, job
     assert job["instanceId"] == holder.instance_id
-    assert job["missingDepIds"] == [d["small"]]
+    # small is downloaded; big is held but counts only once its touch succeeded.
+    assert job["missingDepIds"] == [d["small"], d["big"]]
     assert job["state"] == "waiting_deps"
     # The holder is now busy (one slot); then: least queued bytes, then most free disk.
     fleet2 = make_fleet(plane, sizes={"x": (100, "dynamic"), "y": (5_000, "dynamic")})
@@ -48,7 +49,7 @@ def test_job_lifecycle_pins_and_touch(plane: RunningServer) -> None:
     status, job = fleet.submit(["b", "c"], jobId=f"job-{agent.instance_id}")
     assert status == 200
     assert set(job) >= {"jobId", "instanceId", "state", "missingDepIds"}
-    assert job["jobId"] == f"job-{agent.instance_id}" and job["missingDepIds"] == [d["b"]]
+    assert job["jobId"] == f"job-{agent.instance_id}" and job["missingDepIds"] == [d["b"], d["c"]]
     # Same id and spec again: the same job; another spec: 409.
     assert fleet.submit(["b", "c"], jobId=job["jobId"])[1]["instanceId"] == agent.instance_id
     assert fleet.submit(["b"], jobId=job["jobId"])[0] == 409
@@ -60,6 +61,11 @@ def test_job_lifecycle_pins_and_touch(plane: RunningServer) -> None:
     assert plane.admin("POST", f"/jobs/{job['jobId']}/start")[0] == 409  # not ready yet
     agent.installed_dynamic = [d["b"], d["c"]]
     agent.heartbeat()
+    # The inventory lists both, but c was queued as a touch: not proven until it succeeded.
+    _, waiting = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert waiting["state"] == "waiting_deps" and waiting["missingDepIds"] == [d["c"]]
+    touch = next(i for i in items["items"] if i["op"] == "touch")
+    assert agent.status(touch, "succeeded")[0] == 200
     _, ready = plane.admin("GET", f"/jobs/{job['jobId']}")
     assert ready["state"] == "ready" and ready["missingDepIds"] == []
     status, running = plane.admin("POST", f"/jobs/{job['jobId']}/start")
@@ -89,11 +95,17 @@ def test_completing_a_job_places_the_next_pending_one(plane: RunningServer) -> N
     agent = fleet.register(fleet.add_instance("slot"), dynamic=[fleet.deps["b"]])
     first = fleet.submit(["b"])[1]
     second = fleet.submit(["b"])[1]
-    assert first["state"] == "ready" and second["state"] == "pending"
+    assert first["state"] == "waiting_deps" and second["state"] == "pending"
+    touch = agent.poll()[1]["items"][0]
+    assert touch["op"] == "touch"
+    agent.status(touch, "succeeded")
     plane.admin("POST", f"/jobs/{first['jobId']}/start")
     plane.admin("POST", f"/jobs/{first['jobId']}/complete", {"ok": True})
     _, after = plane.admin("GET", f"/jobs/{second['jobId']}")
-    assert after["state"] == "ready" and after["instanceId"] == agent.instance_id
+    assert after["state"] == "waiting_deps" and after["instanceId"] == agent.instance_id
+    agent.status(agent.poll()[1]["items"][0], "succeeded")  # its own touch
+    _, after = plane.admin("GET", f"/jobs/{second['jobId']}")
+    assert after["state"] == "ready"
 
 
 def test_dep_failure_replaces_the_job_then_fails_with_the_agent_error(plane: RunningServer) -> None:

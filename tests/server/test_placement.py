@@ -183,7 +183,9 @@ def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> Non
     plane.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": False, "error": "cancel"})
     _, placed = plane.admin("GET", f"/jobs/{job['jobId']}")
     assert placed["instanceId"] == holder.instance_id
-    assert placed["missingDepIds"] == [fleet.deps["lora"]]
+    # video is held there (touched, not yet proven); lora is downloaded.
+    assert placed["missingDepIds"] == [fleet.deps["video"], fleet.deps["lora"]]
+    assert placed["history"][-1]["missingDepIds"] == [fleet.deps["lora"]]
     assert events(placed)[-3:] == ["submitted", "waiting", "placed"]
     assert placed["history"][-1]["waitedSeconds"] >= 0
 

@@ -67,6 +67,7 @@ def test_a_job_s_agent_traffic_takes_the_quick_lane(plane: RunningServer) -> Non
     assert how == "quick"
     assert answer == (200, {"ok": True, "applied": True, "itemState": "running"})
     how, answer = served_by(plane, "status", lambda: agent.status(download, "succeeded"))
+    assert how == "quick"
     assert answer == (200, {"ok": True, "applied": True, "itemState": "succeeded"})
     # Late and repeated reports are acknowledged and change nothing.
     how, answer = served_by(plane, "status", lambda: agent.status(download, "running"))
@@ -86,7 +87,8 @@ def test_a_job_s_agent_traffic_takes_the_quick_lane(plane: RunningServer) -> Non
     # The pins changed: the memo went; an unchanged inventory is one UPDATE.
     how, answer = served_by(plane, "heartbeat", agent.heartbeat)
     assert how == "quick"
-    assert answer == (200, {"ok": True, "pinnedDepIds": sorted([fleet.deps["a"], fleet.deps["b"]])})
+    pins = sorted([fleet.deps["a"], fleet.deps["b"]])
+    assert answer == (200, {"ok": True, "pinnedDepIds": pins, "staticDepIds": []})
     how, _ = served_by(plane, "heartbeat", agent.heartbeat)
     assert how == "memo"
 

@@ -111,7 +111,7 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
         fleet = make_fleet(server)
         agent = fleet.register(fleet.add_instance("worker"), dynamic=[fleet.deps["b"]])
         for _ in range(4):  # both processes come to remember this instance
-            assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": []})
+            assert agent.heartbeat() == (200, {"ok": True, "pinnedDepIds": [], "staticDepIds": []})
             assert agent.poll() == (200, {"items": [], "pinnedDepIds": []})
         status, job = fleet.submit(["b", "c"])
         assert status == 200 and job["instanceId"] == agent.instance_id

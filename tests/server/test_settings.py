@@ -40,3 +40,9 @@ def test_workers_need_postgresql() -> None:
     with pytest.raises(ConfigError, match="workers > 1 needs a PostgreSQL"):
         build_settings(workers=2, database_url="sqlite:///x.db")
     assert build_settings(workers=2, database_url="postgresql+psycopg://h/db").workers == 2
+
+
+def test_public_url_must_be_http() -> None:
+    with pytest.raises(ConfigError, match="public_url must be an http"):
+        build_settings(public_url="depman.example.com")
+    assert build_settings(public_url="https://depman.example.com").public_url

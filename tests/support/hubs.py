@@ -226,6 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _civitai_version(self, version: str) -> None:
         found = self.hubs.versions.get(version)
+        if found is None and self.hubs.auto and version.isdigit():
+            data = content_of(f"civitai/{version}")
+            found = CivitaiVersion("LORA", [(f"model-{version}.safetensors", data, "Model", True)])
         if found is None:
             return self._send(404, {"error": f"No model with id {version}"})
         base = f"http://{self.headers.get('Host')}"
@@ -263,6 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _civitai_storage(self, version: str, index: str) -> None:
         found = self.hubs.versions.get(version)
+        if found is None and self.hubs.auto and version.isdigit():
+            found = CivitaiVersion("LORA", [("m", content_of(f"civitai/{version}"), "Model", True)])
         if found is None or not index.isdigit() or int(index) >= len(found.files):
             return self._send(404, b"")
         self._send(200, found.files[int(index)][1], {"Content-Type": "application/octet-stream"})

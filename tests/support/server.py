@@ -20,6 +20,8 @@ from typing import Any
 
 import psycopg
 
+from tests.support.hubs import FakeHubs
+
 PG_ADMIN_URL = os.environ.get("DEPMAN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 LISTEN_RE = re.compile(r"listening on (http://[\d.]+:\d+)")
 START_TIMEOUT = 60.0
@@ -89,6 +91,16 @@ def _pump(stream: Any, sink: list[str], ready: threading.Event, found: list[str]
     ready.set()
 
 
+_SHARED_HUBS: list[FakeHubs] = []
+
+
+def shared_fake_hubs() -> FakeHubs:
+    """One auto-serving fake of the Hugging Face and Civitai APIs for the test process."""
+    if not _SHARED_HUBS:
+        _SHARED_HUBS.append(FakeHubs(auto=True).__enter__())
+    return _SHARED_HUBS[0]
+
+
 @contextmanager
 def run_server(
     database_url: str,
@@ -108,6 +120,9 @@ def run_server(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # hf:// and civitai:// sources resolve against a loopback fake, never the network.
+    hubs_url = shared_fake_hubs().url
+    env.update({"DEPMAN_HF_ENDPOINT": hubs_url, "DEPMAN_CIVITAI_ENDPOINT": hubs_url})
     env.update(extra_env or {})
     cmd = [sys.executable, "-m", "depman", "server", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.Popen(

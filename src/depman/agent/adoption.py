@@ -42,6 +42,7 @@ class Wanted:
     dest: Path
     sha256: str | None
     expected_size: int | None
+    root: str | None = None  # model root (extra_model_paths.yaml section), None: ComfyUI
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -87,7 +88,7 @@ class Adopter:
     def _already_ours(self, want: Wanted, st: os.stat_result) -> bool:
         record = self.cache.record(want.dep_id)
         if (record is None or record.dest_relative_path != want.rel
-                or not receipts.matches(record, st)):
+                or record.root != want.root or not receipts.matches(record, st)):
             return False
         if want.sha256 is not None and record.sha256 != want.sha256:
             return False  # the catalog changed the file it wants
@@ -105,7 +106,8 @@ class Adopter:
             log.warning("%s exists but its sha256 differs from the catalog; downloading again",
                         want.rel)
             return False
-        self.cache.mark_installed(want.dep_id, want.kind, want.rel, st.st_size, digest)
+        self.cache.mark_installed(want.dep_id, want.kind, want.rel, st.st_size, digest,
+                                  root=want.root)
         log.info("Adopted %s already at %s (sha256 matches)", want.dep_id, want.rel)
         return True
 
@@ -123,7 +125,7 @@ class Adopter:
                 log.info("%s changed while waiting to adopt it; downloading over it", want.rel)
                 return False
         self.cache.mark_installed(want.dep_id, want.kind, want.rel, st.st_size, None,
-                                  verified=False)
+                                  verified=False, root=want.root)
         log.info("Adopted %s already at %s on its size (no sha256 in the catalog; it will "
                  "never be evicted)", want.dep_id, want.rel)
         return True

@@ -15,6 +15,7 @@ from . import receipts
 from .confine import Confinement
 from .errors import DownloadError, UnsafePath
 from .logonce import problems
+from .model_roots import ModelRoots
 from .state import AgentState, DepRecord, StateStore
 
 log = logging.getLogger("depman.agent")
@@ -75,11 +76,17 @@ class Cache:
         self.state: AgentState = store.load()
         self.dirty = False  # a save failed (disk full): the state lives in memory until one works
         self.confinement = Confinement(comfyui_dir)
+        self.roots = ModelRoots()
         # rel -> (path, its folder): parsing paths was most of a heartbeat's re-check.
         self._joined: dict[str, tuple[Path, str]] = {}
 
-    def path_for(self, rel: str, memo: dict[str, bool] | None = None) -> Path:
-        """The final path of ``rel``; UnsafePath when it lies outside the ComfyUI folder."""
+    def path_for(self, rel: str, memo: dict[str, bool] | None = None,
+                 root: str | None = None) -> Path:
+        """The final path of ``rel`` (in model root ``root`` when given); UnsafePath when it
+        lies outside the ComfyUI folder (or that root's folder)."""
+        if root is not None:
+            path, folder = self.roots.locate(safe_relative_path(rel), root)
+            return Confinement(folder).check(path, rel, memo)
         joined = self._joined.get(rel)
         if joined is None:
             path = self.comfyui_dir.joinpath(*safe_relative_path(rel).parts)
@@ -88,6 +95,10 @@ class Cache:
                 self._joined[rel] = joined
         # Confinement is checked on every call: a folder can become a link at any time.
         return self.confinement.check(joined[0], rel, memo, folder=joined[1])
+
+    def record_path(self, record: DepRecord, memo: dict[str, bool] | None = None) -> Path:
+        """The final path of an installed dep (file, or folder of a folder model)."""
+        return self.path_for(record.dest_relative_path, memo, record.root)
 
     def save(self) -> bool:
         """Write the state file (temp + fsync + rename: never half-written).
@@ -117,7 +128,7 @@ class Cache:
                     ) -> os.stat_result | None:
         """The final file's lstat, or None when it is gone or lies outside the folder."""
         try:
-            return os.lstat(self.path_for(record.dest_relative_path, memo))
+            return os.lstat(self.record_path(record, memo))
         except (OSError, UnsafePath):
             return None
 
@@ -147,6 +158,9 @@ class Cache:
 
     def file_matches(self, record: DepRecord) -> bool:
         """The file is present and still the one its receipt names."""
+        if record.files is not None:
+            from .folder_models import folder_matches
+            return folder_matches(self, record)
         st = self.lstat_final(record)
         return st is not None and receipts.matches(record, st)
 
@@ -156,10 +170,11 @@ class Cache:
 
     # -- changes (each saved at once) ------------------------------------
     def mark_installed(self, dep_id: str, kind: str, rel: str, size: int,
-                       sha256: str | None, *, verified: bool = True) -> DepRecord:
+                       sha256: str | None, *, verified: bool = True,
+                       root: str | None = None) -> DepRecord:
         """Record a verified final file with its receipt (taken from the file now)."""
         try:
-            st = os.lstat(self.path_for(rel))
+            st = os.lstat(self.path_for(rel, root=root))
         except OSError as exc:
             raise DownloadError(f"{rel} vanished right after it was verified: {exc}") from exc
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
@@ -169,7 +184,7 @@ class Cache:
             old = self.state.deps.get(dep_id)
             record = DepRecord(dep_id, kind, rel, size, sha256,
                                installed_at=old.installed_at if old else now,
-                               last_used_at=now, verified=verified)
+                               last_used_at=now, verified=verified, root=root)
             receipts.stamp(record, st)
             self.state.deps[dep_id] = record
             self.state.failed.pop(dep_id, None)

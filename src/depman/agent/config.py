@@ -59,6 +59,13 @@ def _parse_seconds(text: str) -> float:
     return value
 
 
+def _parse_http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    return text.strip().rstrip("/")
+
+
 def _parse_domains(text: str) -> tuple[str, ...]:
     domains = tuple(d.strip().lower().lstrip(".") for d in text.split(",") if d.strip())
     if not domains:
@@ -103,6 +110,10 @@ class AgentConfig:
     self_update: bool = True
     update_probation_seconds: float = p.DEFAULT_UPDATE_PROBATION_SECONDS
     adopt_stable_seconds: float = p.ADOPT_STABLE_SECONDS
+    # ComfyUI integration: extra_model_paths.yaml (default: the ComfyUI folder's) and
+    # a ComfyUI to ask whether it lists an installed file.
+    extra_model_paths: Path | None = None
+    comfyui_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AgentConfig:
@@ -166,6 +177,8 @@ class AgentConfig:
                                                      p.DEFAULT_UPDATE_PROBATION_SECONDS),
             adopt_stable_seconds=reader.get("DM_ADOPT_STABLE_SECONDS", _parse_seconds,
                                             p.ADOPT_STABLE_SECONDS),
+            extra_model_paths=reader.get("DM_EXTRA_MODEL_PATHS", Path, None),
+            comfyui_url=reader.get("DM_COMFYUI_URL", _parse_http_url, None),
         )
 
     def redacted(self) -> dict[str, object]:

@@ -13,7 +13,9 @@ from . import protocol as p
 from .cache import Cache
 from .config import AgentConfig
 from .errors import InsufficientDiskSpace, UnsafePath
+from .folder_models import in_use_under, remove_folder
 from .in_use import paths_in_use, real_path
+from .model_roots import same_filesystem
 from .progress import format_bytes
 from .state import DepRecord
 
@@ -77,7 +79,7 @@ def select_evictions(records: Iterable[DepRecord], *, now: float, free_bytes: in
                 or now - r.last_used_at < pin_ttl_seconds):
             return False
         real = _real_path_or_none(path_of, r)
-        return real is not None and real not in in_use
+        return real is not None and not in_use_under(real, r, in_use)
 
     candidates = sorted((r for r in records if evictable(r)),
                         key=lambda r: (r.last_used_at, r.dep_id))
@@ -106,21 +108,30 @@ class Evictor:
             return []
         cache = self.cache
         stats = cache.disk_stats(folder)
+        records = cache.records()
+        cap = self.policy.max_dynamic_bytes
+        if folder is not None and not (enforce_cap and cap and cache.dynamic_bytes() > cap):
+            # Room is made on the folder's filesystem: deps in other model roots (another
+            # volume) free nothing there.
+            records = [r for r in records if same_filesystem(cache, r, folder)]
         chosen = select_evictions(
-            cache.records(), now=cache.clock(), free_bytes=stats.free_bytes,
+            records, now=cache.clock(), free_bytes=stats.free_bytes,
             need_free_bytes=need_free_bytes, dynamic_bytes=cache.dynamic_bytes(),
             max_dynamic_bytes=self.policy.max_dynamic_bytes if enforce_cap else None,
             batch_max=self.policy.batch_max, pin_ttl_seconds=self.policy.pin_ttl_seconds,
             protected=protected, in_use=open_paths(),
-            path_of=lambda r: cache.path_for(r.dest_relative_path))
+            path_of=cache.record_path)
         evicted = []
         for record in chosen:
             # Forget first: the state never claims a file that may be half gone.
             cache.forget(record.dep_id)
             try:
                 # Confined again right before the delete; unlink removes a link, not its target.
-                path = cache.path_for(record.dest_relative_path)
-                path.unlink(missing_ok=True)
+                path = cache.record_path(record)
+                if record.files is not None:
+                    remove_folder(path)  # a folder model goes as one unit
+                else:
+                    path.unlink(missing_ok=True)
             except UnsafePath as exc:
                 log.warning("Not evicting %s: %s", record.dep_id, exc.message)
                 continue

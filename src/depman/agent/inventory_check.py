@@ -25,6 +25,7 @@ from . import receipts
 from .cache import Cache
 from .download import hash_file
 from .errors import UnsafePath
+from .folder_models import folder_problem
 from .state import DepRecord
 
 log = logging.getLogger("depman.agent")
@@ -55,8 +56,14 @@ def recheck_inventory(cache: Cache, *, skip: Collection[str] = (),
                 continue  # being downloaded or replaced by a worker right now
             path: Path | None = None
             st: os.stat_result | None = None
+            if record.files is not None:  # a folder model: every file checked
+                why = folder_problem(cache, record, memo)
+                if why is not None:
+                    del cache.state.deps[record.dep_id]
+                    result.dropped[record.dep_id] = why
+                continue
             with contextlib.suppress(OSError, UnsafePath):
-                path = cache.path_for(record.dest_relative_path, memo)
+                path = cache.record_path(record, memo)
                 st = os.lstat(path)
             if st is not None and receipts.matches(record, st):
                 continue

@@ -12,6 +12,7 @@ from typing import Any
 from . import protocol as p
 from .adoption import Adopter, Wanted
 from .cache import Cache
+from .comfyui_check import listing_warning
 from .config import AgentConfig
 from .download import DownloadOptions, DownloadSpec, download_file
 from .errors import (
@@ -23,6 +24,7 @@ from .errors import (
 )
 from .eviction import Evictor
 from .failures import classify
+from .folder_models import FolderInstall, install_folder
 from .progress import Progress, format_bytes
 from .redact import redact_url, register_url
 from .sidefiles import check_name_length
@@ -34,6 +36,12 @@ UNKNOWN_SIZE_RESERVE_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("depman.agent")
 
 
+def item_root(item: dict[str, Any], default_root: str | None) -> str | None:
+    """The item's model root, else the profile's; None: the ComfyUI folder."""
+    root = (item.get("resolved") or {}).get("root") or default_root
+    return root if isinstance(root, str) and root else None
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How an item ended: ``ok``; or failed with ``error``; or ``interrupted`` (resumable)."""
@@ -41,6 +49,7 @@ class Outcome:
     ok: bool
     error: str | None = None
     interrupted: bool = False
+    warning: str | None = None  # ok, but ComfyUI does not list the file
 
 
 class ItemRunner:
@@ -54,6 +63,8 @@ class ItemRunner:
         self.evictor = evictor
         self.protected = protected
         self.adopter = Adopter(cache, stop, config.adopt_stable_seconds)
+        # The profile's model root (from register): deps without their own root go there.
+        self.default_root: str | None = None
 
     def run(self, item: dict[str, Any], progress: Progress) -> Outcome:
         """v1 semantics: up to three attempts, waiting item_retry_seconds * 1, then * 2."""
@@ -66,7 +77,7 @@ class ItemRunner:
                     self.install(item, progress)
                 except OSError as exc:  # a file operation outside the download engine
                     raise classify(exc, dep_id) from exc
-                return Outcome(ok=True)
+                return Outcome(ok=True, warning=self.comfyui_warning(item))
             except DownloadInterrupted:
                 return Outcome(ok=False, interrupted=True)
             except AgentError as exc:
@@ -89,13 +100,17 @@ class ItemRunner:
         resolved = item.get("resolved") or {}
         rel = str(resolved.get("destRelativePath") or "")
         kind = str(resolved.get("kind") or p.DepKind.DYNAMIC.value)
-        dest = self.cache.path_for(rel)  # raises UnsafePath before any network traffic
+        root = self.root_of(item)
+        dest = self.cache.path_for(rel, root=root)  # UnsafePath before any network traffic
         check_name_length(dest)
+        if resolved.get("files") is not None:
+            self.install_folder(item, dep_id, kind, rel, root, progress)
+            return
         sha = (resolved.get("sha256") or None)
         sha = sha.lower() if isinstance(sha, str) else None
         expected = resolved.get("expectedSizeBytes")
         expected = int(expected) if isinstance(expected, int) and expected >= 0 else None
-        if self.adopter.adopt(Wanted(dep_id, kind, rel, dest, sha, expected)):
+        if self.adopter.adopt(Wanted(dep_id, kind, rel, dest, sha, expected, root)):
             return
         url = resolved.get("url")
         if not url:
@@ -130,12 +145,55 @@ class ItemRunner:
                             min_segment_bytes=self.config.min_segment_bytes,
                             stop=self.stop, progress=progress, ensure_space=ensure_space,
                             check_room=check_room,
-                            check_dest=lambda: self.cache.path_for(rel)))
-        self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256)
+                            check_dest=lambda: self.cache.path_for(rel, root=root)))
+        self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256, root=root)
         log.info("Installed %s (%d bytes%s)", dep_id, result.size,
                  ", segmented" if result.segmented else "")
         evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
                       protected=set(self.protected()), folder=dest.parent)
+
+    def root_of(self, item: dict[str, Any]) -> str | None:
+        return item_root(item, self.default_root)
+
+    def install_folder(self, item: dict[str, Any], dep_id: str, kind: str, rel: str,
+                       root: str | None, progress: Progress) -> None:
+        """A folder model: every file into a staging folder, then one rename."""
+        resolved = item.get("resolved") or {}
+        for entry in resolved.get("files") or []:
+            if isinstance(entry, dict) and entry.get("url"):
+                register_url(str(entry["url"]))  # never logged with its query string
+        evictor = self.evictor()
+
+        def ensure_space(need: int, folder: Path) -> None:
+            self.ensure_dir(folder)
+            evictor.ensure_space(need, folder=folder, protected={dep_id, *self.protected()})
+
+        def options(file_space: Callable[[int], None]) -> DownloadOptions:
+            return DownloadOptions(allowed_domains=self.config.allowed_domains,
+                                   connections=self.config.download_connections,
+                                   min_segment_bytes=self.config.min_segment_bytes,
+                                   stop=self.stop, progress=progress, ensure_space=file_space,
+                                   # the staging folder sits beside the final one
+                                   check_dest=lambda: self.cache.path_for(rel, root=root))
+
+        job = FolderInstall(self.cache, self.stop, options, ensure_space,
+                            self.authorization(str(resolved.get("auth") or "none")))
+        record = install_folder(job, dep_id=dep_id, kind=kind, rel=rel, root=root,
+                                raw_files=resolved.get("files"), progress=progress)
+        evictor.evict(need_free_bytes=evictor.policy.min_free_bytes,
+                      protected=set(self.protected()),
+                      folder=self.cache.record_path(record).parent)
+
+    def comfyui_warning(self, item: dict[str, Any]) -> str | None:
+        """Ask ComfyUI (DM_COMFYUI_URL) whether it lists the installed file."""
+        resolved = item.get("resolved") or {}
+        if not self.config.comfyui_url or resolved.get("files") is not None:
+            return None  # ComfyUI lists files only, not folder models
+        warning = listing_warning(self.config.comfyui_url,
+                                  str(resolved.get("destRelativePath") or ""))
+        if warning:
+            log.warning("%s: %s", item.get("depId"), warning)
+        return warning
 
     def authorization(self, auth: str) -> str | None:
         if auth == p.AuthKind.HF_TOKEN.value:

@@ -18,8 +18,9 @@ from .config import AgentConfig
 from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
 from .inventory_check import recheck_inventory
-from .items import ItemRunner, Outcome
+from .items import ItemRunner, Outcome, item_root
 from .logonce import problems
+from .model_roots import ModelRoots
 from .operator_items import (
     ForcedRetries,
     ItemStop,
@@ -56,11 +57,15 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.cache = Cache(config.comfyui_dir, StateStore(config.state_path))
+        # A DM_EXTRA_MODEL_PATHS that cannot be read stops start-up (ConfigError).
+        self.cache.roots = ModelRoots.load(config.extra_model_paths, config.comfyui_dir)
         self.client = ControlPlaneClient(config, self.stop)
         self.outbox = StatusOutbox(self.client)
         self.pacer = QueuePacer(config)
         self.policy = EvictionPolicy.resolve(None, config)
         self.pinned: set[str] = set()
+        # The profile's model root (register answer): deps without their own go there.
+        self.default_root: str | None = None
         self.active: dict[str, _Active] = {}
         self.done_items: OrderedDict[str, None] = OrderedDict()
         self.pool = ThreadPoolExecutor(max_workers=config.max_parallel_downloads,
@@ -149,6 +154,8 @@ class Agent:
         profile = reg.profile or {}
         self.policy = EvictionPolicy.resolve(sanitize_policy(profile.get("dynamicPolicy")),
                                              self.config)
+        root = profile.get("root")
+        self.default_root = root if isinstance(root, str) and root else None
         self.apply_static_ids(static_dep_ids(profile))
         self.cache.state.instance_id = reg.instance_id
         self.cache.save()
@@ -373,7 +380,8 @@ class Agent:
     def start_item(self, item: dict[str, Any]) -> None:
         dep_id = item["depId"]
         try:
-            self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")))
+            self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")),
+                                root=item_root(item, self.default_root))
         except UnsafePath as exc:
             self.post_status(item, p.ItemState.RUNNING)
             self.post_status(item, p.ItemState.FAILED, exc.message)
@@ -389,6 +397,7 @@ class Agent:
         # Its own stop, so an operator's cancel ends this download and no other.
         stop = ItemStop(self.stop)
         runner = ItemRunner(self.config, self.cache, stop, self.evictor, self.protected_ids)
+        runner.default_root = self.default_root
         future = self.pool.submit(runner.run, item, progress)
         self.active[dep_id] = _Active(item, progress, future, stop)
         self.post_status(item, p.ItemState.RUNNING)
@@ -412,7 +421,9 @@ class Agent:
                 continue  # stays in state.inflight; resumed on the next start
             if outcome.ok:
                 self.cache.clear_inflight(dep_id)
-                self.post_status(active.item, p.ItemState.SUCCEEDED, attempts=attempts)
+                # A warning (ComfyUI does not list the file) rides on the succeeded status.
+                self.post_status(active.item, p.ItemState.SUCCEEDED, outcome.warning,
+                                 attempts=attempts)
             else:
                 error = outcome.error or "failed"
                 self.cache.mark_failed(dep_id, error)

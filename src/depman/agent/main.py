@@ -116,9 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc.message)
         return EXIT_FAILED
 
+    from .instance_lock import hold
     from .loop import Agent
 
-    agent = Agent(config)
+    hold(config.state_path)  # before the state file is read
+    try:
+        agent = Agent(config)
+    except ConfigError as exc:
+        print(f"depman agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     _install_signals(agent.request_stop)
     log.info("Starting %s (pid %d) for server type %s, ComfyUI at %s, API %s",
              p.AGENT_VERSION, os.getpid(), config.server_type, config.comfyui_dir,

@@ -17,6 +17,7 @@ from typing import Any
 from . import protocol as p
 from .cache import Cache
 from .errors import AgentError, UnsafePath
+from .folder_models import remove_folder
 
 log = logging.getLogger("depman.agent")
 CANCELLED_PREFIX = "Dependency queue item cancelled: "
@@ -84,12 +85,18 @@ def delete_file(cache: Cache, item: dict[str, Any]) -> str | None:
     """Remove the dep's file (inside the ComfyUI folder only); None, or the error."""
     dep_id = str(item.get("depId"))
     rel = str((item.get("resolved") or {}).get("destRelativePath") or "")
+    record = cache.record(dep_id)
+    root = (item.get("resolved") or {}).get("root")
     try:
-        path = cache.path_for(rel)
+        # Where the agent put it (a model root), else where the item says.
+        path = (cache.record_path(record) if record is not None
+                else cache.path_for(rel, root=root if isinstance(root, str) else None))
     except UnsafePath as exc:
         return exc.message
     try:
-        if path.is_dir() and not path.is_symlink():
+        if record is not None and record.files is not None:
+            remove_folder(path)  # a folder model goes as one unit
+        elif path.is_dir() and not path.is_symlink():
             return f"Refusing to delete a folder: {rel}"
         path.unlink(missing_ok=True)  # already gone: the wanted outcome
     except OSError as exc:

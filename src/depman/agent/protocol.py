@@ -60,7 +60,12 @@ DEFAULT_POLL_SECONDS = 5.0
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_MAX_PARALLEL_DOWNLOADS = 1
 MAX_PARALLEL_DOWNLOADS_LIMIT = 4
-DEFAULT_ALLOWED_DOMAINS = ("huggingface.co", "hf.co", "civitai.com")
+# Civitai's /api/download answers a redirect to b2.civitai.com or to a presigned URL of
+# its Cloudflare R2 bucket (this exact host, not every R2 bucket); Hugging Face's go to
+# cdn-lfs.huggingface.co / *.hf.co. Authorization is never sent past the first host.
+CIVITAI_R2_HOST = ("civitai-delivery-worker-prod.5ac0637cfd0766c97916cefa3764fbdf"
+                   ".r2.cloudflarestorage.com")
+DEFAULT_ALLOWED_DOMAINS = ("huggingface.co", "hf.co", "civitai.com", CIVITAI_R2_HOST)
 DEFAULT_PIN_TTL_SECONDS = 1800
 DEFAULT_EVICTION_BATCH_MAX = 20
 DEFAULT_MIN_FREE_BYTES_WHEN_ENABLED = 5 * 1024**3

@@ -34,10 +34,20 @@ class DepRecord:
     mtime_ns: int | None = None
     inode: int | None = None
     verified_at_ms: int | None = None
+    # The extra_model_paths.yaml section the file lives in (None: the ComfyUI folder).
+    root: str | None = None
+    # A folder model: [{path, sizeBytes, sha256, mtimeNs, inode}] of the files inside.
+    files: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        extra: dict[str, Any] = {}
+        if self.root is not None:
+            extra["root"] = self.root
+        if self.files is not None:
+            extra["files"] = self.files
         return {
+            **extra,
             "depId": data["dep_id"], "kind": data["kind"],
             "destRelativePath": data["dest_relative_path"], "sizeBytes": data["size_bytes"],
             "sha256": data["sha256"], "installedAt": data["installed_at"],
@@ -56,7 +66,9 @@ class DepRecord:
                    verified=bool(data.get("verified", True)),
                    mtime_ns=_optional_int(data.get("mtimeNs")),
                    inode=_optional_int(data.get("inode")),
-                   verified_at_ms=_optional_int(data.get("verifiedAtMs")))
+                   verified_at_ms=_optional_int(data.get("verifiedAtMs")),
+                   root=data.get("root") if isinstance(data.get("root"), str) else None,
+                   files=data.get("files") if isinstance(data.get("files"), list) else None)
 
 
 def _optional_int(value: Any) -> int | None:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import instance_lock
 from . import protocol as p
 from .files import atomic_write_json, fsync_dir
 
@@ -147,11 +148,13 @@ def _alive(pid: int) -> bool:
 def start_watchdog(state_path: Path, pending: Pending, probation: float) -> int:
     """Fork the watchdog; answers its pid (recorded in the marker) in the parent."""
     agent_pid = os.getpid()
+    sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the watchdog
         code = 1
         try:
+            instance_lock.forget_in_child()  # the new build takes the lock after the exec
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _watch(state_path, pending, agent_pid, probation)

@@ -115,6 +115,12 @@ def print_listing(
 ) -> None:
     """Print a table of instances, deps, jobs (of one instance, if given) or one queue."""
     console = make_console()
+    if what == "instance" and not instance_id:
+        raise typer.BadParameter(
+            "`depman get instance` needs an INSTANCE_ID", param_hint="INSTANCE_ID"
+        )
+    if what == "instance":
+        what = "instances"
     if what == "queue" and not instance_id:
         raise typer.BadParameter(
             "`depman get queue` needs an INSTANCE_ID", param_hint="INSTANCE_ID"
@@ -127,10 +133,10 @@ def print_listing(
                 instance = client.get_instance(instance_id)
                 if instance is None:
                     raise ClientError(f"instance {instance_id!r} does not exist", status=404)
-                instances = [instance]
+                console.print(tables.instances_table([instance]))
+                console.print(tables.receipts_table(instance))
             else:
-                instances = client.list_instances()
-            console.print(tables.instances_table(instances))
+                console.print(tables.instances_table(client.list_instances()))
         elif what == "deps":
             console.print(tables.deps_table(client.list_deps()))
         elif what == "jobs":

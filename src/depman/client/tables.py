@@ -33,6 +33,7 @@ LIVENESS_LABELS = {
     "live": ("live", "green"),
     "stale": ("stale", "bold red"),
     "never": ("never seen", "dim"),
+    "lost": ("lost", "bold red"),
 }
 
 
@@ -55,7 +56,9 @@ def instances_table(instances: list[JsonDoc], *, now: datetime | None = None) ->
         table.add_row(
             str(inst.get("instanceId", "-")),
             str(inst.get("serverType", "-")),
-            _liveness(inst, heartbeat_age),
+            _liveness(inst, heartbeat_age).append(
+                " drained" if inst.get("drained") else "", "yellow"
+            ),
             format_age(heartbeat_age),
             disk_bar(
                 _int(disk.get("usedBytes")),
@@ -154,6 +157,7 @@ def queue_table(instance_id: str, items: list[JsonDoc]) -> Table:
     table.add_column("OP", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
     table.add_column("ATTEMPTS", justify="right")
+    table.add_column("NEXT ATTEMPT", no_wrap=True)
     table.add_column("ERROR", overflow="fold")
     for item in items:
         error = item.get("error")
@@ -163,7 +167,37 @@ def queue_table(instance_id: str, items: list[JsonDoc]) -> Table:
             str(item.get("op", "-")),
             state_text(item.get("state")),
             _or_dash(item.get("attempts")),
+            _or_dash(item.get("nextAttemptAt")),
             _shorten(str(error)) if error else "-",
+        )
+    return table
+
+
+def receipts_table(instance: JsonDoc) -> Table:
+    """The verification receipts of one instance: what its agent proved of each file."""
+    receipts = _list(_dict(instance.get("dependencyManager")).get("receipts"))
+    title = f"Receipts of {instance.get('instanceId', '?')} ({len(receipts)})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("DEP", no_wrap=True, style="bold")
+    table.add_column("CHECK", no_wrap=True)
+    table.add_column("SHA256", no_wrap=True)
+    table.add_column("SIZE", justify="right", no_wrap=True)
+    table.add_column("PATH", overflow="fold")
+    table.add_column("AGENT", no_wrap=True)
+    table.add_column("CATALOG", no_wrap=True)
+    table.add_column("VERIFIED", no_wrap=True)
+    for receipt in map(_dict, receipts):
+        sha = receipt.get("sha256")
+        matches = receipt.get("matchesCatalog") is True
+        table.add_row(
+            str(receipt.get("depId", "-")),
+            str(receipt.get("algorithm") or "-"),
+            f"{sha[:SHA_SHOWN]}…" if isinstance(sha, str) and sha else "-",
+            format_bytes(_int(receipt.get("sizeBytes"))),
+            str(receipt.get("destRelativePath") or "-"),
+            str(receipt.get("agentVersion") or "-"),
+            Text("matches", "green") if matches else Text("differs", "yellow"),
+            str(receipt.get("verifiedAt") or receipt.get("receivedAt") or "-"),
         )
     return table
 
@@ -243,6 +277,8 @@ def _heartbeat_age(inst: JsonDoc, dm: JsonDoc, now: datetime | None) -> float | 
 
 
 def _liveness(inst: JsonDoc, heartbeat_age: float | None) -> Text:
+    if inst.get("lost") is True:
+        return Text(*LIVENESS_LABELS["lost"])
     status = inst.get("status")
     if status in ("live", "stale", "never"):
         return Text(*LIVENESS_LABELS[status])

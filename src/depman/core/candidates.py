@@ -42,6 +42,7 @@ def live(server_type: str, cutoff: datetime) -> tuple[Any, ...]:
     return (
         Instance.server_type == server_type,
         Instance.last_heartbeat_at >= cutoff,
+        Instance.lost_at.is_(None),  # swept as lost: it must register again first
         # A re-registered agent has not yet said what it holds: its inventory rows are
         # from before the restart, and files may have gone meanwhile (e2e crash test).
         or_(Instance.registered_at.is_(None), Instance.last_heartbeat_at >= Instance.registered_at),

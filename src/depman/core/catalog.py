@@ -217,7 +217,8 @@ def _destination(
     else:
         raise ValidationFailed("give type and filename, or destRelativePath")
     validate_dest_path(dest, allow_any_destination=allow_any_destination)
-    model_types.check_models_path(dest)
+    if not allow_any_destination:  # the opt-in also admits custom nodes' own folders
+        model_types.check_models_path(dest)
     return dest, model_type, filename
 
 

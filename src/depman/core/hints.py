@@ -157,6 +157,13 @@ class InstanceHints:
                 self._empty.pop(instance_id, None)
                 self._beats.pop(instance_id, None)
 
+    def forget_all_beats(self) -> None:
+        """Drop every heartbeat memo (their answers changed for many instances at once);
+        the tokens and empty polls stay. Reads that started before do not leave theirs."""
+        with self._lock:
+            self._generation += 1
+            self._beats.clear()
+
     def set_enabled(self, enabled: bool) -> None:
         """Turn memos on or off; either way every memo is dropped."""
         with self._lock:

@@ -147,6 +147,7 @@ def register(
     mark_token(session, row.instance_id)  # other replicas must stop accepting the old one
     row.agent_version = (agent_version or "")[:100] or None
     row.registered_at = now
+    row.lost_at = None  # a lost instance comes back clean: its jobs and queue went already
     # The first heartbeat after a (re)start takes the full diff path and counts as
     # becoming live, so pending jobs get a chance at once.
     row.inventory_digest = None

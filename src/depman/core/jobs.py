@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, exists, func, literal, select
+from sqlalchemy import ColumnElement, and_, exists, func, literal, not_, or_, select
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -26,6 +26,7 @@ from depman.core.states import (
     OPEN_ITEM_STATES,
     PRIORITY_JOB,
     TERMINAL_JOB_STATES,
+    ItemState,
     JobState,
     Op,
 )
@@ -69,11 +70,26 @@ def deps_of_jobs(job_ids: Collection[str], *, session: Session) -> dict[str, lis
     return result
 
 
-def deps_and_missing(job: Job, *, session: Session) -> tuple[list[str], list[str]]:
-    """One job's deps in order, and those of them its instance lacks (one query).
+def _unproven_item() -> ColumnElement[bool]:
+    """An item of (job's instance, dep) that keeps a held dep from counting toward readiness:
+    an open download or touch, or a failed touch (the agent did not find the file)."""
+    return exists().where(
+        QueueItem.instance_id == Job.instance_id,
+        QueueItem.dep_id == JobDep.dep_id,
+        or_(
+            QueueItem.state.in_(OPEN_ITEM_STATES),
+            and_(QueueItem.op == Op.TOUCH.value, QueueItem.state == ItemState.FAILED.value),
+        ),
+    )
 
-    `missing_of_jobs` for a single job: a pending job lacks them all, a finished
-    one nothing.
+
+def deps_and_missing(job: Job, *, session: Session) -> tuple[list[str], list[str]]:
+    """One job's deps in order, and those of them not yet proven on its instance (one query).
+
+    A waiting job lacks a dep its instance does not hold, or holds with a download
+    or `touch` still open (a touch proves presence; the inventory alone does not).
+    A ready or running job lacks what its instance no longer holds; a pending job
+    lacks them all, a finished one nothing (`missing_of_jobs` for many jobs).
     """
     held: ColumnElement[bool]
     if job.state == JobState.PENDING.value:
@@ -82,21 +98,47 @@ def deps_and_missing(job: Job, *, session: Session) -> tuple[list[str], list[str
         held = exists().where(
             InstanceDep.instance_id == job.instance_id, InstanceDep.dep_id == JobDep.dep_id
         )
+        if job.state == JobState.WAITING_DEPS.value:
+            held = and_(held, not_(_unproven_item()))
     else:
         held = literal(True)
     rows = session.connection().execute(
-        select(JobDep.dep_id, held).where(JobDep.job_id == job.job_id).order_by(JobDep.position)
+        select(JobDep.dep_id, held)
+        .join(Job, Job.job_id == JobDep.job_id)
+        .where(JobDep.job_id == job.job_id)
+        .order_by(JobDep.position)
     ).all()
     return [dep_id for dep_id, _ in rows], [dep_id for dep_id, have in rows if not have]
+
+
+def _blocking_items(
+    instance_ids: Collection[str], dep_ids: Collection[str], *, session: Session
+) -> dict[str, set[str]]:
+    """instance id → deps whose item there keeps them from counting (see `_unproven_item`)."""
+    result: dict[str, set[str]] = {}
+    if not instance_ids or not dep_ids:
+        return result
+    for instance_id, dep_id in session.execute(
+        select(QueueItem.instance_id, QueueItem.dep_id).where(
+            QueueItem.instance_id.in_(list(instance_ids)),
+            QueueItem.dep_id.in_(list(dep_ids)),
+            or_(
+                QueueItem.state.in_(OPEN_ITEM_STATES),
+                and_(QueueItem.op == Op.TOUCH.value, QueueItem.state == ItemState.FAILED.value),
+            ),
+        )
+    ):
+        result.setdefault(instance_id, set()).add(dep_id)
+    return result
 
 
 def missing_of_jobs(
     jobs: Collection[Job], deps: dict[str, list[str]], *, session: Session
 ) -> dict[str, list[str]]:
-    """For each placed, unfinished job, its deps its instance does not hold (one query)."""
+    """For each placed, unfinished job, its deps not yet proven on its instance (two queries)."""
     placed = [j for j in jobs if j.instance_id and j.state not in TERMINAL_JOB_STATES]
     held: dict[str, set[str]] = {}
-    instance_ids = {j.instance_id for j in placed}
+    instance_ids = {j.instance_id for j in placed if j.instance_id}
     all_deps = {d for j in placed for d in deps.get(j.job_id, [])}
     if placed and all_deps:
         for instance_id, dep_id in session.execute(
@@ -105,6 +147,8 @@ def missing_of_jobs(
             )
         ):
             held.setdefault(instance_id, set()).add(dep_id)
+    waiting = {j.instance_id for j in placed if j.state == JobState.WAITING_DEPS.value}
+    blocked = _blocking_items({i for i in waiting if i}, all_deps, session=session)
     result: dict[str, list[str]] = {}
     for job in jobs:
         job_deps = deps.get(job.job_id, [])
@@ -112,6 +156,8 @@ def missing_of_jobs(
             result[job.job_id] = list(job_deps)
         elif job in placed:
             have = held.get(job.instance_id or "", set())
+            if job.state == JobState.WAITING_DEPS.value:
+                have = have - blocked.get(job.instance_id or "", set())
             result[job.job_id] = [d for d in job_deps if d not in have]
         else:
             result[job.job_id] = []
@@ -230,48 +276,75 @@ def on_dep_failed(
 
 
 def refresh_instance_jobs(
-    instance_id: str, held: set[str], *, session: Session, now: datetime
-) -> None:
-    """After an inventory change: waiting jobs whose deps are all held become ready.
+    instance_id: str,
+    held: set[str] | None,
+    *,
+    session: Session,
+    now: datetime,
+    dep_id: str | None = None,
+) -> list[Job]:
+    """Waiting jobs of an instance whose deps are all proven there become ready.
 
-    A waiting job's dep that is neither held nor being downloaded (a touched file
-    that turned out gone) is queued for download again.
+    A dep is proven when the instance holds it (`held`: the inventory, None to read
+    the rows) and no item of it there is open or a failed `touch`: a job whose dep
+    was queued as a touch waits for that touch to succeed. A dep the heartbeat
+    (`held` given) does not list and no download is open for, or whose touch failed
+    (the file is gone), is queued for download again. `dep_id`: only the jobs that
+    need it (a report about one dep). Answers the jobs that became ready.
     """
-    jobs = session.scalars(
-        select(Job).where(Job.instance_id == instance_id, Job.state == JobState.WAITING_DEPS.value)
-    ).all()
+    stmt = select(Job).where(
+        Job.instance_id == instance_id, Job.state == JobState.WAITING_DEPS.value
+    )
+    if dep_id is not None:
+        stmt = stmt.where(exists().where(JobDep.job_id == Job.job_id, JobDep.dep_id == dep_id))
+    jobs = session.scalars(stmt.with_for_update()).all()
     if not jobs:
-        return
+        return []
     deps = deps_of_jobs([j.job_id for j in jobs], session=session)
-    open_downloads = set(
-        session.scalars(
-            select(QueueItem.dep_id).where(
-                QueueItem.instance_id == instance_id,
-                QueueItem.state.in_(OPEN_ITEM_STATES),
-                QueueItem.op == Op.DOWNLOAD.value,
+    needed = {d for ds in deps.values() for d in ds}
+    from_inventory = held is not None
+    if held is None:
+        held = set(
+            session.scalars(
+                select(InstanceDep.dep_id).where(
+                    InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(needed)
+                )
             )
         )
-    )
+    items: dict[str, tuple[str, str]] = {
+        d: (op, state)
+        for d, op, state in session.execute(
+            select(QueueItem.dep_id, QueueItem.op, QueueItem.state).where(
+                QueueItem.instance_id == instance_id, QueueItem.dep_id.in_(needed)
+            )
+        )
+    }
+    ready: list[Job] = []
     for job in jobs:
-        missing = [d for d in deps[job.job_id] if d not in held]
-        if not missing:
+        unproven = False
+        for dep in deps[job.job_id]:
+            op, state = items.get(dep, ("", ""))
+            is_open = state in OPEN_ITEM_STATES
+            touch_failed = op == Op.TOUCH.value and state == ItemState.FAILED.value
+            if dep in held and not is_open and not touch_failed:
+                continue
+            unproven = True
+            # Gone: a touch that failed, or a heartbeat that does not list it (a report
+            # about a download leaves the listing to the next heartbeat).
+            gone = touch_failed or (from_inventory and dep not in held)
+            if gone and not (is_open and op == Op.DOWNLOAD.value):
+                enqueue(
+                    instance_id, dep, Op.DOWNLOAD, priority=PRIORITY_JOB, session=session, now=now
+                )
+                items[dep] = (Op.DOWNLOAD.value, ItemState.QUEUED.value)
+        if not unproven:
             job.state = JobState.READY.value
             job.ready_at = now
             job.updated_at = now
             record(job, "ready", now, instance_id)
             mark_job(session, job.job_id)
-            continue
-        for dep_id in missing:
-            if dep_id not in open_downloads:
-                enqueue(
-                    instance_id,
-                    dep_id,
-                    Op.DOWNLOAD,
-                    priority=PRIORITY_JOB,
-                    session=session,
-                    now=now,
-                )
-                open_downloads.add(dep_id)
+            ready.append(job)
+    return ready
 
 
 def expire_jobs(*, session: Session, policy: Policy, now: datetime | None = None) -> int:

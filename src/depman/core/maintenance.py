@@ -1,4 +1,5 @@
-"""The periodic sweep: stale running items, backoffs, retry windows, timeouts, pending jobs."""
+"""The periodic sweep: lost instances, stale running items, backoffs, retries, retry windows,
+timeouts, pending jobs."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
-from depman.core.jobs import expire_jobs, on_dep_failed
+from depman.core.jobs import expire_jobs
+from depman.core.lost import sweep_lost_instances
 from depman.core.policy import Policy
 from depman.core.queue import requeue_stale_running, wake_due_items
+from depman.core.reports import on_item_failed
 from depman.core.retries import expire_retry_windows
 from depman.core.scheduler import place_pending_jobs
-from depman.core.states import Op
+from depman.core.static_retries import retry_due_items
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 class SweepReport:
     """What one sweep did."""
 
+    instances_lost: list[str] = field(default_factory=list)
+    items_retried: int = 0
     items_failed: int = 0
     jobs_expired: int = 0
     jobs_placed: int = 0
@@ -33,6 +38,7 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
     """One maintenance pass in one transaction (the caller commits)."""
     now = now or utcnow()
     report = SweepReport()
+    report.instances_lost = sweep_lost_instances(session=session, policy=policy, now=now)
     failed = requeue_stale_running(
         session=session,
         timeout_seconds=policy.running_timeout_seconds,
@@ -42,15 +48,16 @@ def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> S
     failed += expire_retry_windows(session=session, policy=policy, now=now)
     for item in failed:
         report.items_failed += 1
-        if item.op == Op.DOWNLOAD.value:
-            on_dep_failed(
-                item.instance_id,
-                item.dep_id,
-                item.error or "stale",
-                session=session,
-                policy=policy,
-                now=now,
-            )
+        on_item_failed(
+            item.instance_id,
+            item.dep_id,
+            item.op,
+            item.error or "stale",
+            session=session,
+            policy=policy,
+            now=now,
+        )
+    report.items_retried = retry_due_items(session=session, now=now)
     wake_due_items(session=session, now=now)
     report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
     report.jobs_placed, report.pending_server_types = place_pending_jobs(

@@ -11,6 +11,8 @@ from depman.settings import ServerSettings
 class Policy:
     """Timeouts and limits of liveness, queue items, jobs and placement."""
 
+    # Field order is the constructor's: keep new fields last.
+
     live_ttl_seconds: float = 90.0
     running_timeout_seconds: float = 300.0
     max_item_attempts: int = 5
@@ -21,6 +23,9 @@ class Policy:
     placement_max_wait_seconds: float = 120.0
     placement_bandwidth_bytes_per_second: float = 100 * 1024**2
     placement_default_job_seconds: float = 60.0
+    instance_lost_seconds: float = 90.0
+    retry_backoff_seconds: float = 120.0
+    retry_backoff_max_seconds: float = 1800.0
     allow_any_destination: bool = False
 
     @classmethod
@@ -37,5 +42,8 @@ class Policy:
             placement_max_wait_seconds=settings.placement_max_wait_seconds,
             placement_bandwidth_bytes_per_second=settings.placement_bandwidth_bytes_per_second,
             placement_default_job_seconds=settings.placement_default_job_seconds,
+            instance_lost_seconds=settings.instance_lost_seconds,
+            retry_backoff_seconds=settings.retry_backoff_seconds,
+            retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
             allow_any_destination=settings.allow_any_destination,
         )

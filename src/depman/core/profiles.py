@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from depman.core.catalog import ROOT_RE, missing_dep_ids, validate_id
 from depman.core.clock import utcnow
+from depman.core.reconcile import reconcile_static_deps
 from depman.errors import Conflict, NotFound, ValidationFailed
 from depman.store.models import Profile, ProfileStaticDep, ServerType
 
@@ -58,9 +59,14 @@ def put_profile(profile_id: str, spec: ProfileSpec, *, session: Session) -> Prof
             "root must name a section of extra_model_paths.yaml (letters, digits, '_', '-', '.')"
         )
     profile = session.get(Profile, profile_id)
+    old_static: list[str] = []
+    prefetched = False
     if profile is None:
         profile = Profile(profile_id=profile_id)
         session.add(profile)
+    else:
+        old_static = static_dep_ids([profile_id], session=session)[profile_id]
+        prefetched = profile.prefetch_on_boot
     profile.prefetch_on_boot = spec.prefetch_on_boot
     profile.dynamic_policy = policy
     profile.root = spec.root
@@ -72,6 +78,15 @@ def put_profile(profile_id: str, spec: ProfileSpec, *, session: Session) -> Prof
         for pos, dep_id in enumerate(static)
     )
     session.flush()
+    # Running instances follow (the added deps are queued where the profile prefetches).
+    added = [d for d in static if d not in old_static or not prefetched]
+    if set(static) != set(old_static) or (added and spec.prefetch_on_boot):
+        users = session.scalars(
+            select(ServerType.server_type).where(ServerType.profile_id == profile_id)
+        ).all()
+        reconcile_static_deps(
+            users, added if spec.prefetch_on_boot else [], session=session, now=profile.updated_at
+        )
     return profile
 
 
@@ -101,6 +116,19 @@ def static_dep_ids(profile_ids: list[str], *, session: Session) -> dict[str, lis
     for profile_id, dep_id in rows:
         result[profile_id].append(dep_id)
     return result
+
+
+STATIC_OF_TYPE = (
+    select(ProfileStaticDep.dep_id)
+    .join(ServerType, ServerType.profile_id == ProfileStaticDep.profile_id)
+    .where(ServerType.server_type == bindparam("p_server_type"))
+    .order_by(ProfileStaticDep.position)
+)
+
+
+def static_dep_ids_of_type(server_type: str, *, conn: Connection) -> list[str]:
+    """The static deps of a server type's profile now (none without a profile)."""
+    return list(conn.execute(STATIC_OF_TYPE, {"p_server_type": server_type}).scalars())
 
 
 def delete_profile(profile_id: str, *, session: Session) -> None:

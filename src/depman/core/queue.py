@@ -300,9 +300,17 @@ def _transition_statements() -> dict[str, Any]:
             updated_at=now,
         )
         .returning(*answer),
-        # Accepted after `failed` too: the file did arrive.
+        # Accepted after `failed` too: the file did arrive. A `succeeded` report's error
+        # text is a warning (ComfyUI does not list the file) kept on the item.
         succeeded: base.where(QueueItem.state != succeeded)
-        .values(state=succeeded, error=None, finished_at=now, updated_at=now)
+        .values(
+            state=succeeded,
+            error=bindparam("p_warning"),
+            finished_at=now,
+            updated_at=now,
+            failures=0,
+            next_attempt_at=None,
+        )
         .returning(*answer),
         failed: base.where(QueueItem.state.in_((queued, running)))
         .values(state=failed, error=bindparam("p_error"), finished_at=now, updated_at=now)
@@ -346,6 +354,7 @@ def apply_item_state(
         "p_generation": gen,
         "p_now": now or utcnow(),
         "p_error": (error or "failed")[:ERROR_MAX_CHARS],
+        "p_warning": f"warning: {error}"[:ERROR_MAX_CHARS] if error else None,
     }
     row = conn.execute(statement, params).first()
     if row is not None:

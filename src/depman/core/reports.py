@@ -6,17 +6,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, and_, bindparam, func, not_, update
+from sqlalchemy import BigInteger, Connection, and_, bindparam, func, not_, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
 from depman.core.inventory import SCALAR_COLUMNS
-from depman.core.jobs import on_dep_failed
+from depman.core.jobs import on_dep_failed, refresh_instance_jobs
 from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
+from depman.core.receipts import Receipt, store_receipt
 from depman.core.retries import apply_retrying
 from depman.core.states import REPORT_RETRYING, ItemState, Op
-from depman.store.models import Instance
+from depman.core.static_retries import schedule_retry
+from depman.store.models import Instance, Job, QueueItem
 
 # A heartbeat's figures but the queue depth, in the same order (SCALAR_COLUMNS).
 FIGURES = SCALAR_COLUMNS[:4]
@@ -35,6 +37,7 @@ class StatusReport:
     disk_free_bytes: int | None = None
     disk_used_bytes: int | None = None
     dynamic_bytes_used: int | None = None
+    receipt: Receipt | None = None
 
 
 def _figures_statement() -> Any:
@@ -104,20 +107,30 @@ def apply_status(
     policy: Policy,
     now: datetime | None = None,
 ) -> Transition:
-    """Apply a status report: move the item, keep the disk figures, handle a failed download.
+    """Apply a status report: move the item, keep the disk figures, and what follows.
 
-    Every path that answers a status report ends here for `failed`, `retrying` and
-    `cancelled` (the quick lane takes only `running` and `succeeded`), so their rules
-    live in one place.
+    Every path that answers a status report ends here for `succeeded` (the quick
+    lane hands it here too), `failed`, `retrying` and `cancelled`, so their rules
+    live in one place: a receipt proving the dep installed and jobs going ready
+    (`on_item_succeeded`), jobs moving or failing and retries (`on_item_failed`).
     """
     now = now or utcnow()
+    conn = session.connection()
+    if report.state == ItemState.SUCCEEDED.value:
+        # Instance row first, then the item: the lock order of heartbeats, which
+        # also write both (a receipt may add an inventory row and clear the digest).
+        conn.execute(
+            select(Instance.instance_id)
+            .where(Instance.instance_id == instance_id)
+            .with_for_update()
+        )
     if report.state == REPORT_RETRYING:
         result = apply_retrying(
             instance_id, report.item_id, report.error, session=session, policy=policy, now=now
         )
-        record_figures(instance_id, report, conn=session.connection())
+        record_figures(instance_id, report, conn=conn)
     else:
-        result = record_report(instance_id, report, conn=session.connection(), now=now)
+        result = record_report(instance_id, report, conn=conn, now=now)
         if (
             not result.applied
             and result.reason == "old generation"
@@ -126,18 +139,74 @@ def apply_status(
         ):
             # A failure of a generation the server has since queued again.
             result = replace(result, clear_failed=True)
-    if (
-        result.applied
-        and result.state in (ItemState.FAILED.value, ItemState.CANCELLED.value)
-        and result.op == Op.DOWNLOAD.value
-        and result.dep_id is not None
-    ):
-        on_dep_failed(
+    if not result.applied or result.dep_id is None:
+        return result
+    if result.state == ItemState.SUCCEEDED.value:
+        on_item_succeeded(
+            instance_id, result.dep_id, report.item_id, report.receipt, session=session, now=now
+        )
+    elif result.state in (ItemState.FAILED.value, ItemState.CANCELLED.value):
+        on_item_failed(
             instance_id,
             result.dep_id,
+            result.op,
             result.error or "failed",
             session=session,
             policy=policy,
             now=now,
         )
     return result
+
+
+def on_item_succeeded(
+    instance_id: str,
+    dep_id: str,
+    item_id: str,
+    receipt: Receipt | None,
+    *,
+    session: Session,
+    now: datetime,
+) -> list[Job]:
+    """An item succeeded: keep its receipt; jobs whose last unproven dep this was go ready.
+
+    A matching receipt marks the dep installed at once (`store_receipt`); without
+    one (a v1 agent) the dep counts once a heartbeat lists it. Either way a `touch`
+    that succeeded now lets its dep count (`refresh_instance_jobs`).
+    """
+    if receipt is not None:
+        store_receipt(instance_id, dep_id, item_id, receipt, session=session, now=now)
+    return refresh_instance_jobs(instance_id, None, session=session, now=now, dep_id=dep_id)
+
+
+def on_item_failed(
+    instance_id: str,
+    dep_id: str,
+    op: str | None,
+    error: str,
+    *,
+    session: Session,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """An item failed: waiting jobs move or fail (download), re-download (touch), retry later.
+
+    A failed touch means the agent did not find the file: the jobs that wait for it
+    get the download queued again. A failed static or prefetch download is queued
+    again after a backoff (`schedule_retry`).
+    """
+    if op == Op.TOUCH.value:
+        refresh_instance_jobs(instance_id, None, session=session, now=now, dep_id=dep_id)
+        return
+    if op != Op.DOWNLOAD.value:
+        return
+    on_dep_failed(instance_id, dep_id, error, session=session, policy=policy, now=now)
+    item = session.scalar(
+        select(QueueItem).where(QueueItem.instance_id == instance_id, QueueItem.dep_id == dep_id)
+    )
+    if item is not None and item.state == ItemState.FAILED.value:
+        schedule_retry(
+            item,
+            base=policy.retry_backoff_seconds,
+            ceiling=policy.retry_backoff_max_seconds,
+            now=now,
+        )

@@ -254,26 +254,31 @@ def try_place(
         enqueue(
             chosen.instance_id, dep_id, Op.DOWNLOAD, priority=PRIORITY_JOB, session=session, now=now
         )
-    for dep_id in dep_ids:
-        if dep_id not in missing and needs.is_dynamic(dep_id):
-            enqueue(
-                chosen.instance_id,
-                dep_id,
-                Op.TOUCH,
-                priority=PRIORITY_JOB,
-                session=session,
-                now=now,
-            )
+    # A held dynamic dep is touched, and counts only once the touch succeeded: the
+    # inventory may be a heartbeat old, and the file gone since.
+    touched = [d for d in dep_ids if d not in missing and needs.is_dynamic(d)]
+    for dep_id in touched:
+        enqueue(
+            chosen.instance_id, dep_id, Op.TOUCH, priority=PRIORITY_JOB, session=session, now=now
+        )
     job.instance_id = chosen.instance_id
     job.placements += 1
     job.placed_at = now
-    job.state = JobState.WAITING_DEPS.value if missing else JobState.READY.value
-    if not missing:
+    job.state = JobState.WAITING_DEPS.value if missing or touched else JobState.READY.value
+    if job.state == JobState.READY.value:
         job.ready_at = now
     job.updated_at = now
     since = _waiting_since(job)
     waited = round((now - since).total_seconds(), 1) if since else None
-    record(job, "placed", now, chosen.instance_id, missingDepIds=missing, waitedSeconds=waited)
+    record(
+        job,
+        "placed",
+        now,
+        chosen.instance_id,
+        missingDepIds=missing,
+        touchDepIds=touched or None,
+        waitedSeconds=waited,
+    )
     add_pins(chosen.instance_id, pins, dep_ids, session=session)
     mark_job(session, job.job_id)
     return Outcome.PLACED
@@ -364,7 +369,10 @@ def submit_job(
         mark_pending(session, server_type)
     mark_job(session, job.job_id)
     placed = next((h for h in reversed(job.history) if h["event"] == "placed"), None)
-    missing = list(placed.get("missingDepIds") or []) if placed else list(dep_ids)
+    missing = list(dep_ids)
+    if placed is not None:
+        unproven = set(placed.get("missingDepIds") or []) | set(placed.get("touchDepIds") or [])
+        missing = [d for d in dep_ids if d in unproven]
     return Submitted(job, True, dep_ids, missing)
 
 

@@ -9,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from depman.core.catalog import validate_id
 from depman.core.clock import utcnow
+from depman.core.profiles import static_dep_ids
+from depman.core.reconcile import reconcile_static_deps
 from depman.errors import Conflict, NotFound, ValidationFailed
 from depman.store.models import Instance, Profile, ServerType
 
@@ -34,6 +36,7 @@ def put_server_type(server_type: str, spec: ServerTypeSpec, *, session: Session)
     if spec.profile_id is not None and session.get(Profile, spec.profile_id) is None:
         raise ValidationFailed(f"modelManagement.profileId {spec.profile_id!r} does not exist")
     row = session.get(ServerType, server_type)
+    old_profile = row.profile_id if row is not None else None
     if row is None:
         row = ServerType(server_type=server_type)
         session.add(row)
@@ -42,6 +45,13 @@ def put_server_type(server_type: str, spec: ServerTypeSpec, *, session: Session)
     row.max_active_jobs = spec.max_active_jobs
     row.updated_at = utcnow()
     session.flush()
+    if spec.profile_id != old_profile:
+        # Its running instances follow their new profile (`depman.core.reconcile`).
+        profile = session.get(Profile, spec.profile_id) if spec.profile_id else None
+        added: list[str] = []
+        if profile is not None and profile.prefetch_on_boot:
+            added = static_dep_ids([profile.profile_id], session=session)[profile.profile_id]
+        reconcile_static_deps([server_type], added, session=session, now=row.updated_at)
     return row
 
 

@@ -9,7 +9,7 @@ Payloads: `i:<instanceId>` items queued (wake its long-polls, drop its memos),
 `p:<instanceId>` its row changed (pins, inventory, server type: drop its memos),
 `t:<instanceId>` its agent token changed (drop the cached token hash),
 `j:<jobId>` a job changed, `u:` an agent build was published or unpublished (re-read
-the builds, drop every memo: heartbeat memos hold `agentUpdate`), `x:` drop every
+the builds, drop every heartbeat memo: they hold `agentUpdate`), `x:` drop every
 memo (a replica started: whatever its previous run committed and did not get to
 announce). Each is prefixed with
 `<origin>/`, the sending process, which skips its own: the commit hook has already

@@ -7,7 +7,7 @@ from typing import Any
 
 from depman.core.clock import isoformat
 from depman.core.queue import format_item_id
-from depman.store.models import Dep, Instance, Job, Profile, QueueItem, ServerType
+from depman.store.models import Dep, DepReceipt, Instance, Job, Profile, QueueItem, ServerType
 
 
 def dep_document(dep: Dep) -> dict[str, Any]:
@@ -52,16 +52,47 @@ def server_type_document(row: ServerType) -> dict[str, Any]:
     }
 
 
+def receipt_document(receipt: DepReceipt) -> dict[str, Any]:
+    """A verification receipt as the admin API shows it (the agent's names)."""
+    return {
+        "depId": receipt.dep_id,
+        "algorithm": receipt.algorithm,
+        "sha256": receipt.sha256,
+        "sizeBytes": receipt.size_bytes,
+        "mtimeNs": str(receipt.mtime_ns) if receipt.mtime_ns is not None else None,
+        "verifiedAt": isoformat(receipt.verified_at),
+        "destRelativePath": receipt.dest_relative_path,
+        "finalPathVerified": receipt.final_path_verified,
+        "agentVersion": receipt.agent_version,
+        "itemId": receipt.item_id,
+        "matchesCatalog": receipt.matches_catalog,
+        "receivedAt": isoformat(receipt.received_at),
+    }
+
+
 def instance_document(
-    row: Instance, held: dict[str, str], *, now: datetime, live_ttl_seconds: float
+    row: Instance,
+    held: dict[str, str],
+    *,
+    now: datetime,
+    live_ttl_seconds: float,
+    receipts: list[DepReceipt] | None = None,
 ) -> dict[str, Any]:
-    """An instance with its `dependencyManager` inventory, heartbeat age and liveness."""
+    """An instance with its `dependencyManager` inventory, heartbeat age and liveness.
+
+    `receipts`: shown for one instance (the list of all instances leaves them out).
+    """
     age = (now - row.last_heartbeat_at).total_seconds() if row.last_heartbeat_at else None
+    manager: dict[str, Any] = {}
+    if receipts is not None:
+        manager["receipts"] = [receipt_document(r) for r in receipts]
     return {
         "instanceId": row.instance_id,
         "ip": row.ip,
         "serverType": row.server_type,
-        "live": age is not None and age <= live_ttl_seconds,
+        "live": row.lost_at is None and age is not None and age <= live_ttl_seconds,
+        "lost": row.lost_at is not None,
+        "lostAt": isoformat(row.lost_at),
         "heartbeatAgeSeconds": round(age, 3) if age is not None else None,
         "registeredAt": isoformat(row.registered_at),
         "drained": bool(row.drained),
@@ -85,6 +116,7 @@ def instance_document(
             "agentVersion": row.agent_version,
             "activeDownloads": list(row.active_downloads or []),
             "pinnedDepIds": list(row.pinned_dep_ids or []),
+            **manager,
         },
     }
 
@@ -100,6 +132,7 @@ def queue_item_document(item: QueueItem) -> dict[str, Any]:
         "error": item.error,
         "priority": item.priority,
         "generation": item.generation,
+        "failures": item.failures or 0,
         "enqueuedAt": isoformat(item.enqueued_at),
         "startedAt": isoformat(item.started_at),
         "finishedAt": isoformat(item.finished_at),

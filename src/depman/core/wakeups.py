@@ -109,9 +109,9 @@ class WakeupHub:
             self.notify(kind, [key])
 
     def forget_builds(self) -> None:
-        """Agent builds changed: re-read them, and drop the memos whose answers offer them."""
+        """Agent builds changed: re-read them, drop the heartbeat memos (they hold the offer)."""
         self.builds.invalidate()  # first: a memo kept after the next line is built anew
-        self.hints.forget_everything()
+        self.hints.forget_all_beats()
 
     def wake_all(self) -> None:
         """Release every waiter (shutdown); safe from a signal handler."""

@@ -232,9 +232,12 @@ def _walk_ui(workflow: dict[str, Any], out: _Collector) -> None:
                 _ui_node(node, subgraphs, out)
 
 
-def _graphs(document: Any) -> Iterator[tuple[str, Any]]:
+MAX_WRAPPING = 4  # {"prompt": {"workflow": ...}}: a few levels, never unbounded recursion
+
+
+def _graphs(document: Any, depth: int = 0) -> Iterator[tuple[str, Any]]:
     """("ui" | "api", graph) for a workflow file, also when wrapped as `prompt`/`workflow`."""
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or depth > MAX_WRAPPING:
         raise ValidationFailed("a workflow must be a JSON object (UI or API format)")
     if isinstance(document.get("nodes"), list):
         yield "ui", document
@@ -243,7 +246,7 @@ def _graphs(document: Any) -> Iterator[tuple[str, Any]]:
     for key in ("workflow", "prompt"):
         if isinstance(document.get(key), dict):
             wrapped = True
-            yield from _graphs(document[key])
+            yield from _graphs(document[key], depth + 1)
     if wrapped:
         return
     if document and all(isinstance(v, dict) and "class_type" in v for v in document.values()):

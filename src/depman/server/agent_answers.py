@@ -22,9 +22,22 @@ def poll_answer(poll: QueuePoll) -> bytes:
     return encode({"items": poll.items, "pinnedDepIds": poll.pinned_dep_ids})
 
 
-def heartbeat_answer(pinned_dep_ids: list[str], update: dict[str, Any] | None = None) -> bytes:
-    """`POST /dependencies/heartbeat`: ok, the pins (extension), `agentUpdate` when offered."""
-    document: dict[str, Any] = {"ok": True, "pinnedDepIds": pinned_dep_ids}
+def heartbeat_answer(
+    pinned_dep_ids: list[str],
+    static_dep_ids: list[str],
+    update: dict[str, Any] | None = None,
+) -> bytes:
+    """`POST /dependencies/heartbeat`: ok, the pins, the profile's static deps (extensions),
+    and `agentUpdate` when offered.
+
+    `staticDepIds` is the profile's list now: a dep the agent holds as static but
+    not in it has become dynamic (evictable).
+    """
+    document: dict[str, Any] = {
+        "ok": True,
+        "pinnedDepIds": pinned_dep_ids,
+        "staticDepIds": static_dep_ids,
+    }
     if update is not None:
         document["agentUpdate"] = update
     return encode(document)

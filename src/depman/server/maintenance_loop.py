@@ -30,6 +30,12 @@ async def run_maintenance(state: ServerState) -> None:
     while True:
         try:
             report = await run_in_threadpool(sweep_once, state)
+            if report.instances_lost:
+                log.warning(
+                    "sweep: instances lost (no heartbeat for %gs): %s",
+                    state.policy.instance_lost_seconds,
+                    ", ".join(report.instances_lost),
+                )
             if report.items_failed or report.jobs_expired or report.jobs_placed:
                 log.info(
                     "sweep: %d items failed, %d jobs expired, %d jobs placed",

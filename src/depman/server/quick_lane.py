@@ -15,6 +15,9 @@ the request then goes to FastAPI unchanged:
   handler applies the diff, places pending jobs, marks new jobs ready);
 - a `failed` report (the handler re-places or fails the jobs waiting for the dep,
   in one transaction with the item).
+
+A `succeeded` report is taken here but applied by `apply_status` in a session,
+exactly as the handler does (receipt, inventory row, jobs going ready).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from starlette.types import Scope
 
 from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
+from depman.core.profiles import static_dep_ids_of_type
 from depman.core.queue import poll_queue
-from depman.core.reports import FIGURES, record_report
+from depman.core.reports import FIGURES, apply_status, record_report
 from depman.core.states import ItemState
 from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
 from depman.server.agent_updates import update_offer
@@ -58,6 +62,8 @@ def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) ->
         beat = record_unchanged_heartbeat(body.instance_id, hb, conn=conn, policy=state.policy)
         if beat is None:
             return None
+        # Read after the write, before the memo: a profile change since drops the memo.
+        static = static_dep_ids_of_type(beat.server_type, conn=conn)
         update = update_offer(
             state,
             scope,
@@ -66,20 +72,31 @@ def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) ->
             agent_version=beat.agent_version,
             conn=conn,
         )
-    answer = heartbeat_answer(beat.pinned_dep_ids, update)
+    answer = heartbeat_answer(beat.pinned_dep_ids, static, update)
     remember_heartbeat(state, body, hb, beat.digest, answer, seen)
     return answer
 
 
 def quick_status(state: ServerState, body: StatusRequest) -> bytes | None:
-    """A `running` or `succeeded` report: the item moves (or not), the disk figures are kept."""
+    """A `running` or `succeeded` report: the item moves (or not), the disk figures are kept.
+
+    A `succeeded` one may prove a dep installed and make jobs ready: it goes through
+    `apply_status`, the handler's function, in one transaction; a `running` one only
+    moves its item, one statement on the quick connection.
+    """
     if body.state not in QUICK_REPORT_STATES:
         return None
+    report = body.to_core()
+    if body.state == ItemState.SUCCEEDED.value:
+        with state.db.session() as session:
+            result = apply_status(body.instance_id, report, session=session, policy=state.policy)
+            session.commit()
+        return status_answer(result)
     memo = state.hub.hints.beat_memo(body.instance_id)
     with state.db.quick(write=True) as conn:
         result = record_report(
             body.instance_id,
-            body.to_core(),
+            report,
             conn=conn,
             now=utcnow(),
             # The row holds what the last heartbeat wrote (the memo's figures, FIGURES first).

@@ -49,7 +49,7 @@ def parse(url: str) -> tuple[str, str | None]:
     """(version id, file name or None)."""
     rest = url[len("civitai://") :]
     version, _, name = rest.partition("/")
-    if not version.isdigit():
+    if not version.isdigit() or len(version) > 18 or any(ord(c) < 32 for c in name):
         raise ValidationFailed(
             f"not a civitai:// source: {url!r} (use civitai://MODEL_VERSION_ID[/FILE_NAME])"
         )
@@ -88,7 +88,7 @@ def resolve(http: httpx.Client, endpoint: str, token: str | None, url: str) -> C
         response = http.get(
             f"{endpoint.rstrip('/')}/api/v1/model-versions/{version}", headers=headers
         )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise SourceUnavailable(f"Civitai did not answer for {what}: {exc}") from exc
     if response.status_code == 404:
         raise ValidationFailed(f"{what} does not exist")

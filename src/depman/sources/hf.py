@@ -13,6 +13,7 @@ only a git blob id; they are fetched once and hashed here.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,10 @@ import httpx
 
 from depman.errors import SourceUnavailable, ValidationFailed
 
+# Hub repo ids: an owner and a name of letters, digits, '-', '_' and '.'.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+REVISION_RE = re.compile(r"^[A-Za-z0-9_./-]{1,200}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Files outside LFS are small by construction (the Hub refuses large ones there).
 MAX_GIT_FILE_BYTES = 16 * 1024 * 1024
 
@@ -59,7 +64,9 @@ def parse(url: str) -> HfSource:
     if len(parts) < 2 or not parts[0] or not parts[1] or not revision:
         raise ValidationFailed(f"not an hf:// source: {url!r} (use hf://ORG/REPO/PATH[@REVISION])")
     path = "/".join(parts[2:])
-    if any(p in (".", "..") for p in path.split("/")):
+    if not (NAME_RE.match(parts[0]) and NAME_RE.match(parts[1]) and REVISION_RE.match(revision)):
+        raise ValidationFailed(f"not an hf:// source: {url!r} (use hf://ORG/REPO/PATH[@REVISION])")
+    if any(p in (".", "..") for p in path.split("/")) or CONTROL_RE.search(path):
         raise ValidationFailed(f"hf:// path must not contain '.' or '..': {url!r}")
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path=path, revision=revision)
 
@@ -77,7 +84,7 @@ class HfClient:
             response = self.http.request(
                 kw.pop("method", "GET"), self.endpoint + path, headers=self.headers, **kw
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise SourceUnavailable(f"Hugging Face did not answer for {what}: {exc}") from exc
         if response.status_code in (401, 403):
             raise ValidationFailed(

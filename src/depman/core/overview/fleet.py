@@ -92,7 +92,7 @@ def instance_row(
         server_type=inst.server_type,
         ip=inst.ip,
         agent_version=inst.agent_version,
-        status=liveness(last, now, live_ttl),
+        status=liveness(last, now, live_ttl, lost=inst.lost_at is not None),
         last_heartbeat_at=last,
         heartbeat_age=seconds_between(last, now),
         disk_total=inst.disk_total_bytes,
@@ -109,6 +109,7 @@ def instance_row(
         downloads=parse_downloads(inst.active_downloads),
         active_jobs=active_jobs,
         failed_dep_ids=list(inst.failed_dep_ids or []),
+        drained=bool(inst.drained),
     )
 
 

@@ -21,10 +21,12 @@ from depman.core.overview.rows import (
     InventoryEntry,
     PinnedDep,
     QueueEntry,
+    ReceiptEntry,
     as_utc,
     int_or_none,
 )
 from depman.core.queue import format_item_id
+from depman.core.receipts import receipts_of
 from depman.errors import NotFound
 from depman.store.models import (
     Dep,
@@ -130,6 +132,20 @@ def instance_detail(
             .limit(jobs_limit)
         ).all()
     )
+    receipts = [
+        ReceiptEntry(
+            dep_id=r.dep_id,
+            algorithm=r.algorithm,
+            sha256=r.sha256,
+            size_bytes=r.size_bytes,
+            verified_at=as_utc(r.verified_at),
+            dest_relative_path=r.dest_relative_path,
+            agent_version=r.agent_version,
+            matches_catalog=r.matches_catalog,
+            received_at=as_utc(r.received_at),
+        )
+        for r in receipts_of(instance_id, session=session)
+    ]
     return InstanceDetail(
         row=row,
         profile_id=profile.profile_id if profile else None,
@@ -145,6 +161,8 @@ def instance_detail(
         queue=queue,
         jobs=job_rows(session, jobs, now),
         generated_at=now,
+        receipts=receipts,
+        lost_at=as_utc(inst.lost_at),
         drained=bool(inst.drained),
         provider=inst.provider,
         provider_metadata=dict(inst.provider_metadata or {}),

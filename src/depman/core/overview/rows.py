@@ -64,7 +64,7 @@ class InstanceRow:
     server_type: str
     ip: str | None
     agent_version: str | None
-    status: str  # "live", "stale" or "never" (no heartbeat yet)
+    status: str  # "live", "stale", "lost" (swept: must register again) or "never"
     last_heartbeat_at: datetime | None
     heartbeat_age: float | None
     disk_total: int | None
@@ -81,6 +81,7 @@ class InstanceRow:
     downloads: list[Download]
     active_jobs: int
     failed_dep_ids: list[str]
+    drained: bool = False  # an operator stopped new jobs here
 
     @property
     def live(self) -> bool:
@@ -247,6 +248,21 @@ class JobsOverview:
 
 
 @dataclass(frozen=True)
+class ReceiptEntry:
+    """The last verification receipt the agent sent for a dep."""
+
+    dep_id: str
+    algorithm: str
+    sha256: str | None
+    size_bytes: int | None
+    verified_at: datetime | None
+    dest_relative_path: str | None
+    agent_version: str | None
+    matches_catalog: bool
+    received_at: datetime | None
+
+
+@dataclass(frozen=True)
 class InstanceDetail:
     """The instance page."""
 
@@ -261,6 +277,8 @@ class InstanceDetail:
     queue: list[QueueEntry]
     jobs: list[JobRow]
     generated_at: datetime
+    receipts: list[ReceiptEntry] = field(default_factory=list)
+    lost_at: datetime | None = None
     drained: bool = False
     # Telemetry later field agents send: kept and shown, never dropped.
     provider: str | None = None
@@ -324,7 +342,11 @@ def parse_downloads(raw: Iterable[Mapping[str, Any]] | None) -> list[Download]:
     return out
 
 
-def liveness(last_heartbeat_at: datetime | None, now: datetime, live_ttl: float) -> str:
+def liveness(
+    last_heartbeat_at: datetime | None, now: datetime, live_ttl: float, lost: bool = False
+) -> str:
+    if lost:
+        return "lost"  # the sweep moved its jobs away; the agent must register again
     age = seconds_between(last_heartbeat_at, now)
     if age is None:
         return "never"

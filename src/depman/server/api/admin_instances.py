@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from depman.core import instances, queue
 from depman.core.clock import utcnow
 from depman.core.inventory import held_by_instances
+from depman.core.receipts import receipts_of
 from depman.core.views import instance_document, queue_item_document
 from depman.server.deps import AdminDep, FreshReadSessionDep, ReadSessionDep, SessionDep, StateDep
 from depman.server.schemas import ErrorResponse
@@ -21,9 +22,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _document(state: StateDep, row: Any, held: dict[str, str]) -> dict[str, Any]:
+def _document(
+    state: StateDep, row: Any, held: dict[str, str], receipts: list[Any] | None = None
+) -> dict[str, Any]:
     return instance_document(
-        row, held, now=utcnow(), live_ttl_seconds=state.policy.live_ttl_seconds
+        row, held, now=utcnow(), live_ttl_seconds=state.policy.live_ttl_seconds, receipts=receipts
     )
 
 
@@ -49,9 +52,10 @@ def put_instance(
 def get_instance(
     instance_id: IdPath, session: FreshReadSessionDep, state: StateDep
 ) -> dict[str, Any]:
-    """One instance with its `dependencyManager` inventory."""
+    """One instance with its `dependencyManager` inventory and verification receipts."""
     row = instances.get_instance(instance_id, session=session)
-    return _document(state, row, held_by_instances([instance_id], session=session)[instance_id])
+    held = held_by_instances([instance_id], session=session)[instance_id]
+    return _document(state, row, held, receipts_of(instance_id, session=session))
 
 
 @router.delete("/instances/{instance_id}", status_code=204, responses=ERRORS)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from depman.core.instances import hash_token, register
 from depman.core.inventory import apply_heartbeat
 from depman.core.pins import compute_pins
+from depman.core.profiles import static_dep_ids_of_type
 from depman.core.queue import QueuePoll, poll_queue
 from depman.core.reports import apply_status
 from depman.core.scheduler import place_pending_jobs
@@ -178,13 +179,14 @@ def post_heartbeat(
     state: StateDep,
     token: BearerDep,
 ) -> Response:
-    """Record the inventory (a diff) and scalars; answer the pins."""
+    """Record the inventory (a diff) and scalars; answer the pins and the static deps."""
     hints = state.hub.hints
     seen = hints.epoch(body.instance_id)  # before any read the memo below relies on
     with attempt(state, "agent", client_address(request)):
         check_agent(state, body.instance_id, token, session=session)
     hb = body.to_core()
     result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
+    static = static_dep_ids_of_type(result.server_type, conn=session.connection())
     if not result.changed and state.db.dialect == "postgresql":
         session.execute(ASYNC_COMMIT)  # only liveness and scalars were written
     session.commit()
@@ -213,7 +215,7 @@ def post_heartbeat(
         agent_version=result.agent_version,
         conn=session.connection(),
     )
-    answer = heartbeat_answer(pins, update)
+    answer = heartbeat_answer(pins, static, update)
     # The next heartbeat like this one is answered by the fast lane (server/fastlane.py).
     remember_heartbeat(state, body, hb, result.digest, answer, seen)
     return Response(answer, media_type="application/json")

@@ -165,6 +165,9 @@ class DependencyManagerOut(ApiModel):
     agent_version: str | None = None
     active_downloads: list[dict[str, Any]] = Field(default_factory=list)
     pinned_dep_ids: list[str] = Field(default_factory=list)
+    receipts: list[dict[str, Any]] | None = Field(
+        None, description="One instance only: the last verification receipt of each dep."
+    )
 
 
 class InstanceOut(ApiModel):
@@ -174,6 +177,8 @@ class InstanceOut(ApiModel):
     ip: str | None
     server_type: str
     live: bool
+    lost: bool = False
+    lost_at: str | None = None
     heartbeat_age_seconds: float | None
     registered_at: str | None
     drained: bool = False
@@ -199,6 +204,7 @@ class QueueItemAdmin(ApiModel):
     error: str | None
     priority: int
     generation: int
+    failures: int = 0
     enqueued_at: str | None
     started_at: str | None
     finished_at: str | None

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from depman.core.inventory import Heartbeat
+from depman.core.receipts import Receipt
 from depman.core.reports import StatusReport
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
@@ -94,6 +95,39 @@ class QueueResponse(ApiModel):
     pinned_dep_ids: list[str] = Field(default_factory=list)
 
 
+class Verification(ApiModel):
+    """The receipt of a `succeeded` report (the shape later field agents send).
+
+    Lenient on purpose: a receipt the server cannot use proves nothing, but the
+    report it came with still moves its item.
+    """
+
+    algorithm: str = Field("", max_length=20)
+    sha256: str | None = Field(None, max_length=128)
+    size_bytes: int | None = Field(None, ge=0, le=2**62)
+    mtime_ns: str | int | None = None
+    verified_at_ms: int | None = Field(None, ge=0, le=2**53)
+    dest_relative_path: str | None = Field(None, max_length=1000)
+    final_path_verified: bool = False
+    agent_version: str | None = Field(None, max_length=200)
+
+    def to_core(self) -> Receipt:
+        """The receipt as the core keeps it (an mtime that is no integer is dropped)."""
+        mtime = self.mtime_ns
+        if isinstance(mtime, str):
+            mtime = int(mtime) if mtime.isascii() and mtime.isdigit() and len(mtime) <= 19 else None
+        return Receipt(
+            algorithm=self.algorithm,
+            sha256=self.sha256,
+            size_bytes=self.size_bytes,
+            mtime_ns=mtime if mtime is not None and 0 <= mtime < 2**63 else None,
+            verified_at_ms=self.verified_at_ms,
+            dest_relative_path=self.dest_relative_path,
+            final_path_verified=self.final_path_verified,
+            agent_version=self.agent_version,
+        )
+
+
 class QueueItemCheck(ApiModel):
     """One item as the queue-item check answers it (field agents 0.9.14+)."""
 
@@ -128,6 +162,7 @@ class StatusRequest(ApiModel):
     disk_stats: DiskStats | None = None
     dynamic_bytes_used: NonNegInt64 | None = None
     error: CleanText | None = None
+    verification: Verification | None = None
 
     def to_core(self) -> StatusReport:
         """The report as the core applies it."""
@@ -142,6 +177,7 @@ class StatusRequest(ApiModel):
             disk_free_bytes=disk.free_bytes if disk else None,
             disk_used_bytes=disk.used_bytes if disk else None,
             dynamic_bytes_used=self.dynamic_bytes_used,
+            receipt=self.verification.to_core() if self.verification else None,
         )
 
 
@@ -234,8 +270,13 @@ class HeartbeatRequest(ApiModel):
 
 
 class HeartbeatResponse(ApiModel):
-    """Heartbeat answer; `pinnedDepIds` is an extension."""
+    """Heartbeat answer; `pinnedDepIds` and `staticDepIds` are extensions."""
 
     ok: bool = True
     pinned_dep_ids: list[str] = Field(default_factory=list)
+    static_dep_ids: list[str] = Field(
+        default_factory=list,
+        description="The profile's static deps now: one the agent holds as static but not "
+        "listed here has become dynamic (evictable).",
+    )
     agent_update: AgentUpdate | None = None

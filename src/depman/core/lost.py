@@ -1,0 +1,108 @@
+"""Lost instances: an agent silent for `instance_lost_seconds` gives up what it held.
+
+An instance whose agent died (a crashed container, a reclaimed GPU) would keep
+its reserved jobs waiting for hours while other instances of its type are free.
+The maintenance sweep marks it `lost` instead, in one transaction per sweep:
+
+- its `waiting_deps` and `ready` jobs are placed again on the best live instance
+  of their type (or go back to pending), with a history entry saying why;
+- a `running` job fails with `instance lost` (the caller decides to resubmit);
+- its open queue items are cancelled and its pins released;
+- its agent token is voided, so an agent that comes back gets a 401, registers
+  again (which clears `lost_at`) and starts clean.
+
+Liveness is the heartbeat time on the instance row: every agent heartbeats at
+least every `heartbeat_seconds`, and a heartbeat answered from memory reaches the
+row within `heartbeat_flush_seconds`. Rows are taken with SKIP LOCKED and
+re-checked under the lock, so two server processes never apply one loss twice,
+and a heartbeat that commits first keeps its instance.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from depman.core.jobs import fail_job
+from depman.core.pins import refresh_pins
+from depman.core.policy import Policy
+from depman.core.scheduler import place_job, record
+from depman.core.signals import mark_changed, mark_instance, mark_job, mark_pending, mark_token
+from depman.core.states import ACTIVE_JOB_STATES, OPEN_ITEM_STATES, ItemState, JobState
+from depman.store.models import Instance, Job, QueueItem
+
+LOST_ERROR = "instance lost"
+CANCEL_REASON = "cancelled: instance lost"
+
+
+def sweep_lost_instances(*, session: Session, policy: Policy, now: datetime) -> list[str]:
+    """Mark the silent instances lost and move their work away; answers their ids."""
+    cutoff = now - timedelta(seconds=policy.instance_lost_seconds)
+    last_sign = func.coalesce(Instance.last_heartbeat_at, Instance.registered_at)
+    rows = session.scalars(
+        select(Instance)
+        .where(
+            Instance.lost_at.is_(None),
+            Instance.agent_token_hash.is_not(None),  # never registered: nothing to lose
+            last_sign < cutoff,
+        )
+        .order_by(Instance.instance_id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        lose_instance(row, session=session, policy=policy, now=now)
+    return [row.instance_id for row in rows]
+
+
+def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datetime) -> None:
+    """Apply the loss of one instance whose row the caller holds locked."""
+    instance_id = row.instance_id
+    silent = policy.instance_lost_seconds
+    row.lost_at = now
+    row.agent_token_hash = None
+    row.inventory_digest = None
+    row.downloading_dep_ids = []
+    row.active_downloads = []
+    mark_token(session, instance_id)
+    mark_changed(session, instance_id)
+    cancelled = session.execute(
+        update(QueueItem)
+        .where(QueueItem.instance_id == instance_id, QueueItem.state.in_(OPEN_ITEM_STATES))
+        .values(
+            state=ItemState.CANCELLED.value,
+            error=CANCEL_REASON,
+            finished_at=now,
+            updated_at=now,
+            next_attempt_at=None,
+        )
+        .returning(QueueItem.id)
+    ).all()
+    if cancelled:
+        mark_instance(session, instance_id)
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
+        .order_by(Job.created_at, Job.job_id)
+        .with_for_update()
+    ).all()
+    reason = f"instance {instance_id} lost: no heartbeat for {silent:g}s"
+    moving = []
+    for job in jobs:
+        if job.state == JobState.RUNNING.value:
+            fail_job(job, LOST_ERROR, session=session, policy=policy, now=now)
+            continue
+        record(job, "instance_lost", now, instance_id, reason=reason)
+        job.state = JobState.PENDING.value
+        job.instance_id = None
+        job.ready_at = None
+        job.updated_at = now
+        mark_job(session, job.job_id)
+        moving.append(job)
+    refresh_pins(instance_id, session=session)
+    for job in moving:
+        # Not its fault: a move after a loss never fails a job for its placement budget.
+        if not place_job(job, session=session, policy=policy, now=now, exclude={instance_id}):
+            record(job, "pending", now, reason="no live instance of this type has a free slot")
+            mark_pending(session, job.server_type)
