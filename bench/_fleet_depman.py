@@ -49,6 +49,13 @@ class DepmanAgent(Agent):
         self.long_poll = False
         self.queue_conn = Pool(sim.args.host, sim.args.port, 1, timeout=60.0)
         self.started_ms: dict[str, int] = {}
+        # When the heartbeat interval last shortened (a download started): a progress
+        # heartbeat is due from then, not from last_hb + 5 s, which may lie in the past
+        # (the agent sends it at once; counting from the past would be simulator lateness).
+        self.busy_since = 0.0
+        # A heartbeat that fell due during the agent's own long-poll goes when the poll
+        # ends (the agent is sequential, as depman's is): its latency counts from then.
+        self.free_at = 0.0
 
     async def register(self) -> bool:
         body = {"serverType": self.sim.args.server_type, "agentVersion": AGENT_VERSION,
@@ -109,6 +116,7 @@ class DepmanAgent(Agent):
         return started > 0
 
     async def work(self, item: dict[str, object]) -> None:
+        self.busy_since = time.time()
         self.started_ms[str(item["depId"])] = int(time.time() * 1000)
         try:
             await super().work(item)
@@ -145,12 +153,14 @@ class DepmanAgent(Agent):
                     await self.register()
                 interval = PROGRESS_SECONDS if self.downloading else args.heartbeat_seconds
                 hb_due = self.last_hb + interval
+                if self.downloading:
+                    hb_due = max(hb_due, self.busy_since)
                 if self.early_hb:
                     hb_due = min(hb_due, max(self.early_hb,
                                              self.last_hb + EARLY_HEARTBEAT_MIN_SECONDS))
                 now = time.time()
                 if now >= hb_due:
-                    await self.heartbeat(hb_due)
+                    await self.heartbeat(max(hb_due, self.free_at))
                     continue
                 if len(self.downloading) >= MAX_PARALLEL or now < next_poll:
                     until = hb_due if len(self.downloading) >= MAX_PARALLEL else \
@@ -171,6 +181,7 @@ class DepmanAgent(Agent):
                 wait = max(1, int(min(want, max(hb_due - time.time(), 1.0))))
                 sent = time.time()
                 got_work = await self.long_poll_queue(wait)
+                self.free_at = time.time()
                 next_poll = sent if got_work else sent + wait
         finally:
             self.queue_conn.close()
