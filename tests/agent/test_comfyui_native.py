@@ -20,7 +20,7 @@ from depman.agent.model_roots import ModelRoots, parse_roots
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.agent.running import AgentProcess, wait_until
-from tests.agent.test_agent_with_server import agent_env, instance, items, setup_fleet
+from tests.agent.test_agent_with_server import agent_env, instance, items, put, setup_fleet
 from tests.support.origin import ModelOrigin
 
 pytest.importorskip("depman.server")
@@ -154,7 +154,15 @@ def test_roots_folder_models_and_the_comfyui_check(depman_server: Any, tmp_path:
                 ],
             },
         }
+        t5, _ = payload(MiB // 2, seed=7)
+        origin.add("/t5.bin", t5)
+        # No root of its own: the profile's root (below) applies.
+        deps["t5-profile-root"] = {"url": origin.url("/t5.bin"), "type": "clip",
+                                   "filename": "t5.safetensors", "kind": "static",
+                                   "sha256": hashlib.sha256(t5).hexdigest()}
         setup_fleet(depman_server, deps, static=list(deps))
+        put(depman_server, "/admin/profiles/p1", {"staticDepIds": list(deps),
+                                                  "prefetchOnBoot": True, "root": "shared"})
         # This ComfyUI scans the shared loras but not the shared checkpoints folder.
         scanned = {
             "loras": [comfy / "models/loras", shared / "loras"],
@@ -179,6 +187,7 @@ def test_roots_folder_models_and_the_comfyui_check(depman_server: Any, tmp_path:
             assert agent.stop() == 0
     assert (shared / "loras/style/px.safetensors").read_bytes() == lora
     assert (shared / "ckpts/base.safetensors").read_bytes() == ckpt
+    assert (shared / "text/t5.safetensors").read_bytes() == t5
     assert not (comfy / "models/loras").exists()
     folder = comfy / "models/diffusers/sdxl"
     assert (folder / "model_index.json").read_bytes() == index
