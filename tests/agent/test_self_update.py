@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,41 @@ def test_an_agent_run_from_source_or_with_self_update_off_keeps_running(
         heartbeats_seen(depman_server, 2)
         assert pyz.read_bytes() == old and "downloading" not in agent.log()
         assert agent.stop() == 0
+
+
+def test_under_a_restart_loop_a_rollback_leaves_one_agent_running(
+    depman_server: Any, tmp_path: Path
+) -> None:
+    """`depman onstart` restarts an agent that exits; the watchdog restarts it too."""
+    pyz, old = install_zipapp(tmp_path)
+    setup_fleet(depman_server, {}, [])
+    env = {
+        "PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", "PY": sys.executable,
+        "PYZ": str(pyz),
+        **agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+                    DM_UPDATE_PROBATION_SECONDS="2"),
+    }
+    log_path = tmp_path / "agent.log"
+    loop = 'while :; do "$PY" -I -S "$PYZ"; sleep 1; done'
+    with log_path.open("w") as log_file:
+        supervisor = subprocess.Popen(["bash", "-c", loop], env=env, stdout=log_file,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def log() -> str:
+            return log_path.read_text()
+
+        assert wait_until(lambda: "Registered dependency agent" in log(), 30), log()
+        bad = pyz_with("depman-agent/66.1.0", main="raise SystemExit(3)\n")
+        publish(depman_server, tmp_path, bad)
+        assert wait_until(lambda: "waiting until it stops" in log(), 60), log()
+        assert wait_until(lambda: log().count("Registered dependency agent") == 2, 30), log()
+        heartbeats_seen(depman_server, 3)
+        text = log()
+        assert text.count("Registered dependency agent") == 2  # one agent runs, one waits
+        assert text.count("waiting until it stops") == 1 and "Rolling back" in text
+        assert pyz.read_bytes() == old
+        assert agent_version(depman_server) == p.AGENT_VERSION
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(10)

@@ -34,6 +34,7 @@ def test_operator_actions_from_the_cli(depman_server: RunningServer) -> None:
     assert items_of(server, iid)[fleet.deps["a"]]["op"] == "delete"
 
     assert run_cli(server, "instance", "drain", iid).exit_code == 0
+    assert "drained" in row_of(run_cli(server, "get", "instances").stdout, iid)
     _, pending = fleet.submit(["c"])
     assert pending["state"] == "pending"
     gone = run_cli(server, "jobs", "cancel", pending["jobId"], "--reason", "no longer needed")

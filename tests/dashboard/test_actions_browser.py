@@ -108,6 +108,9 @@ def test_operator_buttons_reach_the_agent_the_job_and_the_audit_log(
     )
     assert status == 200 and blocked["instanceId"] != "gpu-a100-01", blocked
 
+    page.goto(server.root_url + "/")
+    assert "drained" in page.locator('tr[data-instance="gpu-a100-01"]').inner_text()
+
     # Retry the failed prefetch on the other instance: handed out with forceRetry.
     page.goto(server.root_url + "/instances/gpu-a100-02")
     page.locator('[data-item-actions="clip-vit-l"] button[data-action="retry-item"]').click()

@@ -68,6 +68,9 @@ def test_cancel_queued_item_ends_it_at_once(plane: RunningServer) -> None:
     status, doc = act(plane, f"/admin/queues/{owner.instance_id}/items/{dep}/cancel", {})
     assert status == 200 and doc["state"] == "cancelled"
     assert owner.poll() == []
+    # An agent backing off on it learns from its check before retrying: it drops it.
+    check = owner.queue_item(doc["itemId"])["item"]
+    assert check["state"] == "cancelled" and check["cancelReason"] == "cancelled by operator"
     moved = job_of(plane, job["jobId"])  # the failure policy ran: placed on the other one
     assert moved["instanceId"] != owner.instance_id and moved["state"] == "waiting_deps"
     status, body = act(plane, f"/admin/queues/{owner.instance_id}/items/{dep}/cancel", {})

@@ -116,8 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc.message)
         return EXIT_FAILED
 
+    from .instance_lock import hold
     from .loop import Agent
 
+    hold(config.state_path)  # before the state file is read
     try:
         agent = Agent(config)
     except ConfigError as exc:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import instance_lock
 from . import protocol as p
 from .files import atomic_write_json, fsync_dir
 
@@ -153,6 +154,7 @@ def start_watchdog(state_path: Path, pending: Pending, probation: float) -> int:
     if pid == 0:  # the watchdog
         code = 1
         try:
+            instance_lock.forget_in_child()  # the new build takes the lock after the exec
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _watch(state_path, pending, agent_pid, probation)

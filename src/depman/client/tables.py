@@ -56,7 +56,9 @@ def instances_table(instances: list[JsonDoc], *, now: datetime | None = None) ->
         table.add_row(
             str(inst.get("instanceId", "-")),
             str(inst.get("serverType", "-")),
-            _liveness(inst, heartbeat_age),
+            _liveness(inst, heartbeat_age).append(
+                " drained" if inst.get("drained") else "", "yellow"
+            ),
             format_age(heartbeat_age),
             disk_bar(
                 _int(disk.get("usedBytes")),

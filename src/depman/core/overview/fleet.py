@@ -109,6 +109,7 @@ def instance_row(
         downloads=parse_downloads(inst.active_downloads),
         active_jobs=active_jobs,
         failed_dep_ids=list(inst.failed_dep_ids or []),
+        drained=bool(inst.drained),
     )
 
 

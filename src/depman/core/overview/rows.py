@@ -81,6 +81,7 @@ class InstanceRow:
     downloads: list[Download]
     active_jobs: int
     failed_dep_ids: list[str]
+    drained: bool = False  # an operator stopped new jobs here
 
     @property
     def live(self) -> bool:
