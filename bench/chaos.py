@@ -33,7 +33,7 @@ from pathlib import Path
 from bench.common import MIB, ResultTable, append_results, base_parser, should_record
 
 CONNECTIONS = 4
-RATE = 2 * MIB  # bytes per second per connection (the origin's throttle)
+RATE = MIB  # bytes per second per connection (the origin's throttle)
 SAVE_SECONDS = 0.2  # depman.agent.segments.SAVE_EVERY_SECONDS
 READ_SECONDS = 0.25  # depman.agent.segments.READ_SECONDS
 ALLOWANCE = CONNECTIONS * RATE * (SAVE_SECONDS + READ_SECONDS) + CONNECTIONS * 64 * 1024
@@ -46,7 +46,9 @@ class Soak:
     corrupt: list[str] = field(default_factory=list)
     bad_state: int = 0
     refetch: list[int] = field(default_factory=list)  # per kill that hit a download
+    details: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # side or temp files at the end
     jobs_done: int = 0
     downloads: int = 0
     evictions: int = 0
@@ -117,7 +119,6 @@ def run(kills: int, seed: int) -> Soak:
                "DM_DOWNLOAD_CONNECTIONS": str(CONNECTIONS), "DM_ITEM_RETRY_SECONDS": "0.5",
                "DM_HEARTBEAT_SECONDS": "5", "DM_PROGRESS_SECONDS": "1"}
         lines: list[str] = []  # every incarnation's log
-        waste: dict[str, int] = dict.fromkeys(files, 0)
         jobs: dict[str, str] = {}  # job id -> state seen
 
         def drive_jobs(submit: bool = True) -> None:
@@ -150,33 +151,50 @@ def run(kills: int, seed: int) -> Soak:
             except (OSError, ValueError):
                 soak.bad_state += 1
 
-        def account(agent_lines: list[str]) -> None:
-            """Bytes of the in-flight download that the restart will fetch again."""
-            seen = lines + agent_lines
+        def on_disk(dep: str) -> tuple[bool, int]:
+            final = workspace / "ComfyUI" / rel[dep]
+            partial = partial_path(final)
+            return partial.exists(), kept_bytes(partial, sidecar_path(final))
+
+        def snapshot() -> dict[str, tuple[int, int]]:
+            """Per file: bytes the origin has sent, bytes a partial keeps (at a start)."""
+            return {dep: (origin.bytes_served(f"/m/{dep}.bin"), on_disk(dep)[1])
+                    for dep in files}
+
+        def account(start: dict[str, tuple[int, int]], agent_lines: list[str]) -> None:
+            """Per file in flight at the kill: bytes this run fetched that nothing keeps."""
             for dep in files:
-                final = workspace / "ComfyUI" / rel[dep]
-                partial, sidecar = partial_path(final), sidecar_path(final)
-                if not partial.exists():
+                in_flight, kept = on_disk(dep)
+                if not in_flight:
                     continue
-                done = log_count(seen, "Installed", dep) + log_count(seen, "Adopted", dep)
-                fetched = origin.bytes_served(f"/m/{dep}.bin") - done * len(files[dep])
-                lost_now = max(0, fetched - waste[dep] - kept_bytes(partial, sidecar))
-                waste[dep] += lost_now
+                served0, kept0 = start[dep]
+                installed = log_count(agent_lines, "Installed", dep)
+                fetched = origin.bytes_served(f"/m/{dep}.bin") - served0
+                if installed:  # finished once in this run, then started again
+                    kept0 = 0
+                    fetched -= installed * len(files[dep])
+                lost_now = max(0, fetched - (kept - kept0))
                 soak.refetch.append(lost_now)
+                soak.details.append(f"{dep}: this run fetched {fetched}, the partial keeps "
+                                    f"{kept} (was {kept0}) of {len(files[dep])}")
 
         for number in range(kills):
             trigger = TRIGGERS[number % len(TRIGGERS)] if number < len(TRIGGERS) \
                 else rng.choice(TRIGGERS)
+            start = snapshot()
             with AgentProcess(env) as agent:
                 agent.wait_for_line("Registered dependency agent", timeout=60)
                 deadline = time.time() + 30
                 pattern = {"download": " Downloading ", "eviction": " Evicted dynamic dep ",
                            "state write": " Installed "}.get(trigger)
                 if pattern is not None:
-                    wait_until(lambda p=pattern, n=len(agent.lines), a=agent: drive_jobs() or any(
-                        p in line for line in a.lines[n:]), deadline - time.time(), step=0.02)
+                    hit = wait_until(lambda p=pattern, n=len(agent.lines), a=agent: drive_jobs()
+                                     or any(p in line for line in a.lines[n:]),
+                                     deadline - time.time(), step=0.02)
+                    if not hit:
+                        trigger = "moment"  # the event did not come: a plain random moment
                     if trigger == "download":
-                        time.sleep(rng.uniform(0.2, 3.0))
+                        time.sleep(rng.uniform(0.1, 2.0))
                 else:
                     end = time.time() + rng.uniform(0.3, 5.0)
                     while time.time() < end:
@@ -187,7 +205,7 @@ def run(kills: int, seed: int) -> Soak:
                 agent.proc.wait(10)
                 soak.kills[trigger] += 1
                 check_disk()
-                account(list(agent.lines))
+                account(start, list(agent.lines))
                 lines.extend(agent.lines)
         # No more kills: let every item finish, then look at every item.
         with AgentProcess(env) as agent:
@@ -208,6 +226,11 @@ def run(kills: int, seed: int) -> Soak:
             agent.stop()
             lines.extend(agent.lines)
         check_disk()
+        finals = {Path(r).name for r in rel.values()}
+        for path in (workspace / "ComfyUI" / "models" / "loras").iterdir():
+            if path.name not in finals:
+                soak.leftovers.append(path.name)
+        soak.leftovers += [p.name for p in workspace.glob("*.tmp")]
         soak.downloads = sum(1 for line in lines if " Installed " in line)
         soak.evictions = sum(1 for line in lines if " Evicted dynamic dep " in line)
     soak.seconds = time.time() - started
@@ -217,15 +240,16 @@ def run(kills: int, seed: int) -> Soak:
 def render(soak: Soak, kills: int) -> tuple[ResultTable, list[str]]:
     table = ResultTable("Chaos soak: kill -9 of the agent at random points",
                         ["kills", "by trigger", "corrupt final files", "bad state files",
-                         "lost items", "kills mid-download", "re-fetched per kill: mean",
-                         "max", "allowance", "downloads", "evictions", "jobs done"])
+                         "lost items", "files left over", "kills mid-download",
+                         "re-fetched per kill: mean", "max", "allowance", "downloads",
+                         "evictions", "jobs done"])
     refetch = soak.refetch or [0]
     table.add(kills, ", ".join(f"{k} {v}" for k, v in soak.kills.items()), len(soak.corrupt),
-              soak.bad_state, len(soak.lost), len(soak.refetch),
+              soak.bad_state, len(soak.lost), len(soak.leftovers), len(soak.refetch),
               f"{sum(refetch) / len(refetch) / MIB:.2f} MiB", f"{max(refetch) / MIB:.2f} MiB",
               f"{ALLOWANCE / MIB:.2f} MiB", soak.downloads, soak.evictions, soak.jobs_done)
     holds = (not soak.corrupt and not soak.bad_state and not soak.lost
-             and max(refetch) <= ALLOWANCE)
+             and not soak.leftovers and max(refetch) <= ALLOWANCE)
     notes = [f"{'HOLDS' if holds else 'FAILS'}: 0 corrupt files at final paths, 0 lost items, "
              f"each restart re-fetching at most one save interval per connection "
              f"({CONNECTIONS} connections x {RATE / MIB:g} MiB/s x ({SAVE_SECONDS} s save + "
@@ -234,6 +258,7 @@ def render(soak: Soak, kills: int) -> tuple[ResultTable, list[str]]:
              f"{soak.seconds:.0f} s; 10 files of 3-11 MiB, maxDynamicBytes 24 MiB, jobs of 2 "
              "random deps completed as soon as ready."]
     notes += [f"corrupt: {c}" for c in soak.corrupt] + [f"lost: {x}" for x in soak.lost]
+    notes += [f"left over: {x}" for x in soak.leftovers]
     return table, notes
 
 
@@ -246,13 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     soak = run(kills, args.seed)
     table, notes = render(soak, kills)
     table.print()
+    for line in soak.details:
+        print("  re-fetch:", line)
     for note in notes:
         print(note)
     if should_record(args):
         given = sys.argv[1:] if argv is None else argv
         append_results("Chaos soak", " ".join(["uv run python -m bench.chaos", *given]),
                        [table], notes, args.results)
-    ok = not soak.corrupt and not soak.bad_state and not soak.lost
+    ok = not soak.corrupt and not soak.bad_state and not soak.lost and not soak.leftovers
     return 0 if ok else 1
 
 

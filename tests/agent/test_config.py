@@ -89,3 +89,28 @@ def test_redacted_hides_secrets() -> None:
                                    "DEPENDENCY_MANAGER_SHARED_SECRET": "sec-XYZ"})
     text = str(config.redacted())
     assert "hf_xyz" not in text and "sec-XYZ" not in text
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"DM_INSTANCE_ID": "mine", "CONTAINER_ID": "123", "PUBLIC_IPADDR": "1.2.3.4"},
+     ("mine", "DM_INSTANCE_ID", "1.2.3.4", "PUBLIC_IPADDR")),
+    ({"CONTAINER_ID": "123", "VAST_CONTAINERLABEL": "C.999"},
+     ("123", "CONTAINER_ID", None, None)),
+    ({"VAST_CONTAINERLABEL": "C.999", "DM_INSTANCE_IP": "5.6.7.8", "PUBLIC_IPADDR": "1.1.1.1"},
+     ("999", "VAST_CONTAINERLABEL", "5.6.7.8", "DM_INSTANCE_IP")),
+    ({}, (None, None, None, None)),
+])
+def test_identity_from_own_settings_else_vast_environment(
+        env: dict[str, str], expected: tuple[str | None, ...]) -> None:
+    config = AgentConfig.from_env({**BASE, **env})
+    assert (config.instance_id, config.instance_id_source, config.instance_ip,
+            config.instance_ip_source) == expected
+
+
+def test_api_url_credentials_never_reach_an_error_or_the_settings_line() -> None:
+    url = "http://admin:hunter2-secret@127.0.0.1:8787/nope"
+    with pytest.raises(ConfigError) as caught:
+        AgentConfig.from_env({**BASE, "FCS_API_BASE_URL": url})
+    assert "hunter2" not in str(caught.value) and "admin" not in str(caught.value)
+    config = AgentConfig.from_env({**BASE, "FCS_API_BASE_URL": url.replace("/nope", "/api")})
+    assert "hunter2" not in str(config.redacted())

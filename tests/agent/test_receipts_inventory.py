@@ -6,6 +6,7 @@ test can read what the agent sent, and add ``staticDepIds`` to answers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -70,8 +71,12 @@ def test_receipt_sent_on_succeeded_and_kept(depman_server: Any, recorder: Record
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: succeeded(recorder, "a"), 30), agent.log()
             assert wait_until(lambda: static_held(depman_server) == ["a"], 20)
+            shown = instance(depman_server).get("receipts") or []
             assert agent.stop() == 0
     st = os.stat(tmp_path / "ws/ComfyUI/models/vae/a.bin")
+    # The server keeps and shows what the agent proved.
+    assert [(r["depId"], r["algorithm"], r["sha256"], r["sizeBytes"], r["mtimeNs"])
+            for r in shown] == [("a", "sha256", sha, len(data), str(st.st_mtime_ns))]
     receipt = succeeded(recorder, "a")[0]["verification"]
     assert receipt == {
         "algorithm": "sha256", "sha256": sha, "sizeBytes": len(data),
@@ -210,4 +215,39 @@ def test_static_ids_from_answers_demote_held_deps(depman_server: Any, recorder: 
             agent.wait_for_line(r"Evicted dynamic dep s2")
             assert not (tmp_path / "ws/ComfyUI/models/loras/s2.bin").exists()
             assert (tmp_path / "ws/ComfyUI/models/loras/s1.bin").exists()
+            assert agent.stop() == 0
+
+
+def test_job_needing_a_deleted_file_waits_for_it(depman_server: Any, tmp_path: Path) -> None:
+    """Deleted behind the agent's back: a job is ready only once the file is back, verified."""
+    data, sha = payload(MiB)
+    with ModelOrigin() as origin:
+        # Slow enough that a job made ready from the stale inventory would be seen.
+        origin.add("/m/d1.bin", data, rate=512 * 1024)
+        setup_fleet(depman_server, {"d1": dep(origin, "/m/d1.bin", "models/loras/d1.bin",
+                                              data, kind="dynamic")},
+                    static=[], policy={"enabled": False})
+        env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="30")
+        target = tmp_path / "ws/ComfyUI/models/loras/d1.bin"
+        with AgentProcess(env) as agent:
+            agent.wait_for_line(r"Registered dependency agent")
+            run_job(depman_server, ["d1"], "j1")
+            finish_job(depman_server, "j1")
+            wait_dynamic(depman_server, ["d1"])
+            fetched = len(origin.requests_for("/m/d1.bin"))
+            target.unlink()
+            # Submitted before any heartbeat could tell the server: it still lists d1.
+            run_job(depman_server, ["d1"], "j2")
+
+            def ready_with_file() -> bool:
+                if depman_server.admin("GET", "/jobs/j2")[1]["state"] != "ready":
+                    return False
+                # The moment it is ready, the file must be there with the right bytes.
+                assert target.exists(), "job ready while its file is missing"
+                assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+                return True
+
+            assert wait_until(ready_with_file, 60), agent.log()
+            assert len(origin.requests_for("/m/d1.bin")) > fetched
+            finish_job(depman_server, "j2")
             assert agent.stop() == 0

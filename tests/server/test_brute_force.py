@@ -69,6 +69,11 @@ def test_admin_api_and_register_back_off(control_plane: RunningServer) -> None:
     assert status == 429
     assert "wrong-secret-123" not in control_plane.logs()
     assert control_plane.admin("GET", "/admin/deps")[0] == 200  # other addresses unaffected
+    # The dashboard takes the admin token as a bearer header too: guesses there count.
+    dashboard = {"X-Forwarded-For": "203.0.113.10", "Authorization": "Bearer guess-1234567890"}
+    for _ in range(5):
+        assert exchange(control_plane, "GET", "/fragments/fleet", headers=dashboard)[0] == 401
+    assert exchange(control_plane, "GET", "/fragments/fleet", headers=dashboard)[0] == 429
 
 
 def test_logout_revokes_the_session_on_every_replica(

@@ -82,7 +82,7 @@ def parse_queue(data: Mapping[str, Any]) -> QueueAnswer:
         if reason is None:
             items.append(entry)
         else:
-            rejected.append((entry, f"Malformed queue item: {reason}"))
+            rejected.append((entry, f"local error: Malformed queue item: {reason}"))
     return QueueAnswer(items, pinned_of(data), rejected, static_dep_ids(data))
 
 

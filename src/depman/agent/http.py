@@ -217,7 +217,9 @@ def open_url(url: str, *, headers: Mapping[str, str] | None = None,
     auth_origin = origin_of(catalog_url or url)
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        register_url(current)  # its token never reaches a log line or an error
+        # Its token never reaches a log line or an error (a redirect's signature only
+        # needs to be cut for a while: there is a new one on every download).
+        register_url(current, lasting=current == url)
         check_url(current)
         host = urlsplit(current).hostname or ""
         if allowed_domains is not None and not host_allowed(host, allowed_domains):

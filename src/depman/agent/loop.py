@@ -35,6 +35,7 @@ from .receipts import verification
 from .redact import redact
 from .retry import RetryPolicy
 from .self_update import SelfUpdater
+from .sidefiles import remove_write_leftovers
 from .state import StateStore
 
 log = logging.getLogger("depman.agent")
@@ -138,6 +139,8 @@ class Agent:
                 log.error("ComfyUI folder %s does not exist and cannot be created (%s). Set "
                           "DM_COMFYUI_DIR to the ComfyUI folder; downloads will fail until "
                           "then.", comfy, exc)
+        if remove_write_leftovers(self.config.state_path):
+            log.info("Removed temp files of state writes cut short by an earlier kill")
         try:
             recheck_inventory(self.cache)
         except OSError as exc:
@@ -381,7 +384,7 @@ class Agent:
         dep_id = item["depId"]
         try:
             self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")),
-                                root=item_root(item, self.default_root))
+                                root=item_root(item, self.default_root, self.cache.roots))
         except UnsafePath as exc:
             self.post_status(item, p.ItemState.RUNNING)
             self.post_status(item, p.ItemState.FAILED, exc.message)

@@ -22,8 +22,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Shorter strings would cut ordinary words out of messages.
 _MIN_SECRET_CHARS = 6
 
+# Every signed CDN redirect adds one: the oldest of those go first past this many.
+MAX_PASSING_SECRETS = 4096
+
 _lock = threading.Lock()
-_secrets: set[str] = set()
+_lasting: set[str] = set()  # tokens, the shared secret, catalog and API URL parts
+_passing: dict[str, None] = {}  # redirect targets' signatures: insertion-ordered, bounded
 
 
 def _escape_controls(text: str) -> str:
@@ -51,14 +55,20 @@ def redact_url(url: object) -> str:
     return _escape_controls(_cut_secrets(stripped))
 
 
-def register_secret(value: str | None) -> None:
-    """Cut ``value`` out of every later log line and error."""
+def register_secret(value: str | None, *, lasting: bool = True) -> None:
+    """Cut ``value`` out of every later log line and error (``lasting=False``: for a while)."""
     if value and len(value) >= _MIN_SECRET_CHARS:
         with _lock:
-            _secrets.add(value)
+            if lasting:
+                _lasting.add(value)
+                return
+            _passing.pop(value, None)
+            _passing[value] = None
+            while len(_passing) > MAX_PASSING_SECRETS:
+                del _passing[next(iter(_passing))]
 
 
-def register_url(url: str | None) -> None:
+def register_url(url: str | None, *, lasting: bool = True) -> None:
     """Cut the userinfo, query and fragment of ``url`` wherever they appear later."""
     if not url:
         return
@@ -67,20 +77,20 @@ def register_url(url: str | None) -> None:
     authority = rest.partition("/")[0]
     if "@" in authority:
         userinfo = authority.rpartition("@")[0]
-        register_secret(userinfo)
+        register_secret(userinfo, lasting=lasting)
         for part in userinfo.split(":"):
-            register_secret(part)
+            register_secret(part, lasting=lasting)
     for mark in ("?", "#"):
         if mark in rest:
             tail = rest.partition(mark)[2]
-            register_secret(tail)
+            register_secret(tail, lasting=lasting)
             for piece in re.split(r"[&;#?\s]", tail):
-                register_secret(piece.partition("=")[2])
+                register_secret(piece.partition("=")[2], lasting=lasting)
 
 
 def _cut_secrets(text: str) -> str:
     with _lock:
-        known = sorted(_secrets, key=len, reverse=True)
+        known = sorted((*_lasting, *_passing), key=len, reverse=True)
     for secret in known:
         if secret in text:
             text = text.replace(secret, MASK)

@@ -10,6 +10,7 @@ hidden, beside the target, and never listed by ComfyUI (not a model extension).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -54,6 +55,21 @@ def check_name_length(dest: Path) -> None:
                              f"{limit} ({dest.name[:40]}...)")
 
 
+def remove_write_leftovers(path: Path) -> int:
+    """Delete temp files an atomic write of ``path`` left when the agent was killed mid-write.
+
+    ``atomic_write_json`` writes ``<name>.<random>.tmp`` and renames it; a kill -9
+    between the two leaves the temp file behind, one per kill, forever.
+    """
+    removed = 0
+    pattern = str(path.parent / (glob.escape(path.name) + ".*.tmp"))
+    for leftover in glob.glob(pattern):
+        with contextlib.suppress(OSError):
+            os.unlink(leftover)  # unlink never follows a link
+            removed += 1
+    return removed
+
+
 def is_side_file(name: str) -> bool:
     return name.startswith(PREFIX) and name.endswith((PARTIAL_SUFFIX, SIDECAR_SUFFIX))
 
@@ -61,8 +77,10 @@ def is_side_file(name: str) -> bool:
 def adopt_legacy(dest: Path) -> None:
     """Carry a partial left by an agent that named it ``<name>.partial`` over to the new name.
 
-    The download then resumes it instead of fetching those bytes again.
+    The download then resumes it instead of fetching those bytes again. Temp files
+    of sidecar writes cut short by a kill are removed.
     """
+    remove_write_leftovers(sidecar_path(dest))
     pairs = ((dest.name + LEGACY_PARTIAL_SUFFIX, partial_path(dest)),
              (dest.name + LEGACY_SIDECAR_SUFFIX, sidecar_path(dest)))
     for legacy_name, new in pairs:

@@ -72,6 +72,10 @@ install_agent() {
 run_agent_forever() {
     local delay=1 started code
     while :; do
+        # Keep the log bounded on instances that run for months: one old copy at 50 MiB.
+        if [ "$(wc -c < "$LOG" 2>/dev/null || echo 0)" -gt 52428800 ]; then
+            mv -f "$LOG" "$LOG.1"
+        fi
         started=$(date +%s)
         "$PYTHON" "$AGENT" >> "$LOG" 2>&1 &
         echo $! > "$DM_DIR/agent.pid"

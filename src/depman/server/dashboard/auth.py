@@ -15,8 +15,9 @@ import time
 from fastapi import Request
 
 from depman.core.sessions import is_revoked
-from depman.server.auth import bearer_token
-from depman.server.state import server_state
+from depman.errors import AuthError
+from depman.server.auth import attempt, bearer_token
+from depman.server.state import client_address, server_state
 
 COOKIE_NAME = "depman_session"
 SESSION_SECONDS = 12 * 3600
@@ -88,7 +89,16 @@ def is_authenticated(request: Request) -> bool:
     token = admin_token(request)
     if token is None:
         return False
-    if token_matches(bearer_token(request.headers.get("authorization")) or "", token):
+    offered = bearer_token(request.headers.get("authorization"))
+    if offered is not None:
+        # A bearer guess here counts (and backs off) like one on the admin API.
+        state = server_state(request)
+        try:
+            with attempt(state, "admin", client_address(request)):
+                if not token_matches(offered, token):
+                    raise AuthError("wrong bearer token")
+        except AuthError:
+            return False
         return True
     cookie = request.cookies.get(COOKIE_NAME)
     if not session_valid(cookie, token):

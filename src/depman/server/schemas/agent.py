@@ -102,14 +102,15 @@ class Verification(ApiModel):
     report it came with still moves its item.
     """
 
-    algorithm: str = Field("", max_length=20)
-    sha256: str | None = Field(None, max_length=128)
+    # Text is cleaned of control characters rather than refused (see CleanText).
+    algorithm: Annotated[CleanText, Field(max_length=20)] = ""
+    sha256: Annotated[CleanText, Field(max_length=128)] | None = None
     size_bytes: int | None = Field(None, ge=0, le=2**62)
-    mtime_ns: str | int | None = None
+    mtime_ns: Annotated[CleanText, Field(max_length=40)] | int | None = None
     verified_at_ms: int | None = Field(None, ge=0, le=2**53)
-    dest_relative_path: str | None = Field(None, max_length=1000)
+    dest_relative_path: Annotated[CleanText, Field(max_length=1000)] | None = None
     final_path_verified: bool = False
-    agent_version: str | None = Field(None, max_length=200)
+    agent_version: Annotated[CleanText, Field(max_length=200)] | None = None
 
     def to_core(self) -> Receipt:
         """The receipt as the core keeps it (an mtime that is no integer is dropped)."""
