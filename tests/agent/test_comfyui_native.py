@@ -20,8 +20,10 @@ from depman.agent.model_roots import ModelRoots, parse_roots
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.agent.running import AgentProcess, wait_until
-from tests.agent.test_agent_with_server import agent_env, instance, items, setup_fleet
+from tests.agent.test_agent_with_server import agent_env, instance, items, put, setup_fleet
+from tests.support.hubs import CivitaiVersion
 from tests.support.origin import ModelOrigin
+from tests.support.server import shared_fake_hubs
 
 pytest.importorskip("depman.server")
 
@@ -154,7 +156,15 @@ def test_roots_folder_models_and_the_comfyui_check(depman_server: Any, tmp_path:
                 ],
             },
         }
+        t5, _ = payload(MiB // 2, seed=7)
+        origin.add("/t5.bin", t5)
+        # No root of its own: the profile's root (below) applies.
+        deps["t5-profile-root"] = {"url": origin.url("/t5.bin"), "type": "clip",
+                                   "filename": "t5.safetensors", "kind": "static",
+                                   "sha256": hashlib.sha256(t5).hexdigest()}
         setup_fleet(depman_server, deps, static=list(deps))
+        put(depman_server, "/admin/profiles/p1", {"staticDepIds": list(deps),
+                                                  "prefetchOnBoot": True, "root": "shared"})
         # This ComfyUI scans the shared loras but not the shared checkpoints folder.
         scanned = {
             "loras": [comfy / "models/loras", shared / "loras"],
@@ -179,6 +189,7 @@ def test_roots_folder_models_and_the_comfyui_check(depman_server: Any, tmp_path:
             assert agent.stop() == 0
     assert (shared / "loras/style/px.safetensors").read_bytes() == lora
     assert (shared / "ckpts/base.safetensors").read_bytes() == ckpt
+    assert (shared / "text/t5.safetensors").read_bytes() == t5
     assert not (comfy / "models/loras").exists()
     folder = comfy / "models/diffusers/sdxl"
     assert (folder / "model_index.json").read_bytes() == index
@@ -275,3 +286,31 @@ def test_folder_model_survives_kill_9_and_is_evicted_as_one(
     state = json.loads((tmp_path / "ws/dependency_agent_state.json").read_text())
     assert set(state.get("deps", {})) == {"other"}
     assert os.path.exists(comfy / "models/loras/o.bin")
+
+
+def test_civitai_source_downloads_through_its_storage_redirect(
+    depman_server: Any, tmp_path: Path
+) -> None:
+    """civitai:// resolved by the server; the agent follows the redirect to the storage
+    host (another host name) with the token sent to the catalog host only."""
+    data, digest = payload(MiB, seed=8)
+    hubs = shared_fake_hubs()
+    version = str(900000 + os.getpid() % 99999)
+    hubs.versions[version] = CivitaiVersion(
+        "LORA", [("civ.safetensors", data, "Model", True)], storage_host="localhost"
+    )
+    setup_fleet(depman_server, {"civ": {"url": f"civitai://{version}", "auth": "civitai_token",
+                                        "kind": "static"}}, static=["civ"])
+    status, dep = depman_server.admin("GET", "/admin/deps/civ")
+    assert status == 200 and dep["sha256"] == digest, dep
+    env = agent_env(depman_server, tmp_path, CIVITAI_TOKEN="civ-secret-token")
+    with AgentProcess(env) as agent:
+        assert wait_until(lambda: instance(depman_server).get("installedDepIdsStatic")
+                          == ["civ"], 30), instance(depman_server)
+        assert agent.stop() == 0
+    assert (tmp_path / "ws/ComfyUI/models/loras/civ.safetensors").read_bytes() == data
+    seen = [(p, a) for p, a in hubs.authorizations if version in p]
+    assert ("/api/download/models/" + version, "Bearer civ-secret-token") in seen
+    storage = [a for p, a in seen if p.startswith("/storage/")]
+    assert storage and all(a is None for a in storage)
+    assert "civ-secret-token" not in agent.log()

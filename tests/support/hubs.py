@@ -60,6 +60,8 @@ class CivitaiVersion:
 
     model_type: str
     files: list[tuple[str, bytes, str, bool]]
+    # Host name the download redirects to (Civitai's storage is another host), else this one.
+    storage_host: str | None = None
 
 
 class FakeHubs:
@@ -70,6 +72,7 @@ class FakeHubs:
         self.repos: dict[str, Repo] = {}
         self.versions: dict[str, CivitaiVersion] = {}
         self.requests: list[str] = []
+        self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization)
         self.lock = threading.Lock()
         hubs = self
 
@@ -163,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(parts.path)
         with self.hubs.lock:
             self.hubs.requests.append(f"GET {path}")
+            self.hubs.authorizations.append((path, self.headers.get("Authorization")))
         segs = path.strip("/").split("/")
         if path.startswith("/api/v1/model-versions/"):
             return self._civitai_version(segs[-1])
@@ -262,7 +266,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _civitai_download(self, version: str, query: dict[str, list[str]]) -> None:
         index = query.get("file", ["0"])[0]
-        self._send(307, b"", {"Location": f"/storage/{version}/{index}"})
+        found = self.hubs.versions.get(version)
+        location = f"/storage/{version}/{index}"
+        if found is not None and found.storage_host:
+            location = f"http://{found.storage_host}:{self.server.server_address[1]}{location}"
+        self._send(307, b"", {"Location": location})
 
     def _civitai_storage(self, version: str, index: str) -> None:
         found = self.hubs.versions.get(version)

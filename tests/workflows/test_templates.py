@@ -126,3 +126,40 @@ def test_api_format_and_unknown_models(server: RunningServer, tmp_path: Path) ->
     assert status == 422 and "catalog does not have" in body["error"]["message"]
     status, body = server.admin("POST", "/admin/workflows/deps", {"workflow": {"x": 1}})
     assert status == 422 and "not a ComfyUI workflow" in body["error"]["message"]
+
+
+def test_import_skips_what_it_cannot_add_and_keeps_the_rest(server: RunningServer) -> None:
+    hf = "https://huggingface.co/Org/Repo/resolve/main/split/{}?download=true"
+    workflow = {
+        "nodes": [
+            {
+                "id": 1,
+                "type": "UNETLoader",
+                "widgets_values": ["good-unet.safetensors", "default"],
+                "properties": {
+                    "models": [
+                        {
+                            "name": "good-unet.safetensors",
+                            "url": hf.format("good-unet.safetensors"),
+                            "directory": "diffusion_models",
+                        },
+                        {
+                            "name": "odd.safetensors",
+                            "url": hf.format("odd.safetensors"),
+                            "directory": "not_a_folder",
+                        },
+                        {"name": "nourl.safetensors", "directory": "loras"},
+                    ]
+                },
+            }
+        ]
+    }
+    status, body = server.admin("POST", "/admin/workflows/import", {"workflow": workflow})
+    assert status == 200, body
+    assert [m["filename"] for m in body["created"]] == ["good-unet.safetensors"]
+    reasons = {m["filename"]: m["reason"] for m in body["skipped"]}
+    assert "not a ComfyUI model folder" in reasons["odd.safetensors"]
+    assert "no url" in reasons["nourl.safetensors"]
+    dep_id = body["created"][0]["depId"]
+    status, dep = server.admin("GET", f"/admin/deps/{dep_id}")
+    assert status == 200 and dep["source"] == "hf://Org/Repo/split/good-unet.safetensors@main"

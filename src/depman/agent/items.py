@@ -25,6 +25,7 @@ from .errors import (
 from .eviction import Evictor
 from .failures import classify
 from .folder_models import FolderInstall, install_folder
+from .model_roots import ModelRoots
 from .progress import Progress, format_bytes
 from .redact import redact_url, register_url
 from .sidefiles import check_name_length
@@ -36,10 +37,17 @@ UNKNOWN_SIZE_RESERVE_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("depman.agent")
 
 
-def item_root(item: dict[str, Any], default_root: str | None) -> str | None:
-    """The item's model root, else the profile's; None: the ComfyUI folder."""
-    root = (item.get("resolved") or {}).get("root") or default_root
-    return root if isinstance(root, str) and root else None
+def item_root(item: dict[str, Any], default_root: str | None, roots: ModelRoots) -> str | None:
+    """The item's model root; else the profile's, when that root has a folder for the
+    file's type (a shared volume listing only checkpoints leaves the rest in ComfyUI's
+    folder); None: the ComfyUI folder."""
+    resolved = item.get("resolved") or {}
+    root = resolved.get("root")
+    if isinstance(root, str) and root:
+        return root
+    if default_root and roots.has_folder(default_root, str(resolved.get("destRelativePath"))):
+        return default_root
+    return None
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ class ItemRunner:
                       protected=set(self.protected()), folder=dest.parent)
 
     def root_of(self, item: dict[str, Any]) -> str | None:
-        return item_root(item, self.default_root)
+        return item_root(item, self.default_root, self.cache.roots)
 
     def install_folder(self, item: dict[str, Any], dep_id: str, kind: str, rel: str,
                        root: str | None, progress: Progress) -> None:

@@ -384,7 +384,7 @@ class Agent:
         dep_id = item["depId"]
         try:
             self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")),
-                                root=item_root(item, self.default_root))
+                                root=item_root(item, self.default_root, self.cache.roots))
         except UnsafePath as exc:
             self.post_status(item, p.ItemState.RUNNING)
             self.post_status(item, p.ItemState.FAILED, exc.message)

@@ -168,6 +168,14 @@ class ModelRoots:
     def names(self) -> list[str]:
         return sorted(self.roots)
 
+    def has_folder(self, root_name: str, rel: str) -> bool:
+        """Whether ``root_name`` exists and lists a folder for the type of ``rel``."""
+        root = self.roots.get(root_name)
+        parts = rel.split("/")
+        if root is None or len(parts) < 3 or parts[0] != "models":
+            return False
+        return root.folder_for(FOLDER_KEYS.get(parts[1], parts[1])) is not None
+
     def locate(self, rel: PurePosixPath, root_name: str) -> tuple[Path, Path]:
         """(the file's path, the root folder it must stay inside) for ``models/<folder>/...``."""
         root = self.roots.get(root_name)

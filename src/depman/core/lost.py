@@ -102,7 +102,9 @@ def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datet
         moving.append(job)
     refresh_pins(instance_id, session=session)
     for job in moving:
-        # Not its fault: a move after a loss never fails a job for its placement budget.
+        if job.state != JobState.PENDING.value:
+            continue  # a slot freed above (the failed running job) already placed it
+        # Not its fault: a move after a loss is not limited by the placement budget.
         if not place_job(job, session=session, policy=policy, now=now, exclude={instance_id}):
             record(job, "pending", now, reason="no live instance of this type has a free slot")
             mark_pending(session, job.server_type)

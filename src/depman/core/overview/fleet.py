@@ -144,6 +144,12 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
     )
 
 
+def _shown_path(dep: Dep) -> str:
+    """`root:models/...`, with a trailing '/' for a folder model."""
+    path = dep.dest_relative_path + ("/" if dep.files is not None else "")
+    return f"{dep.root}:{path}" if dep.root else path
+
+
 def catalog_overview(*, session: Session, now: datetime, live_ttl: float) -> list[CatalogRow]:
     """Every dep with how many live and known instances hold it and its queue items."""
     # One grouped query, not every inventory row: the fleet may hold tens of thousands.
@@ -180,8 +186,9 @@ def catalog_overview(*, session: Session, now: datetime, live_ttl: float) -> lis
                 dep_id=dep.dep_id,
                 kind=dep.kind,
                 auth=dep.auth,
-                url_host=urlsplit(dep.url).hostname or dep.url,
-                dest_relative_path=dep.dest_relative_path,
+                # The hf:// / civitai:// source as written, or the URL's host.
+                url_host=dep.source or urlsplit(dep.url).hostname or dep.url,
+                dest_relative_path=_shown_path(dep),
                 sha256=dep.sha256,
                 size_bytes=dep.expected_size_bytes,
                 holders_live=holders_live,
