@@ -26,7 +26,7 @@ from depman.core.policy import Policy
 from depman.core.profiles import static_dep_ids
 from depman.core.queue import ERROR_MAX_CHARS, enqueue
 from depman.core.scheduler import record
-from depman.core.signals import mark_instance
+from depman.core.signals import mark_instance, mark_pending
 from depman.core.states import PRIORITY_JOB, TERMINAL_JOB_STATES, ItemState, Op
 from depman.errors import Conflict, InvalidTransition, NotFound
 from depman.store.models import Dep, Instance, InstanceDep, Job, QueueItem, ServerType
@@ -215,6 +215,8 @@ def set_drained(
     if row is None:
         raise NotFound(f"instance {instance_id!r} does not exist")
     row.drained = drained
+    if not drained:
+        mark_pending(session, row.server_type)  # its slots count again for waiting jobs
     record_action(
         actor,
         "drain" if drained else "undrain",

@@ -131,8 +131,6 @@ def drain_instance(
         live_ttl_seconds=state.policy.live_ttl_seconds,
     )
     session.commit()
-    if not body.drained:
-        state.hub.pending_server_types.add(row.server_type)  # its slots count again
     return document
 
 

@@ -137,16 +137,15 @@ def drain_instance(
     back: BackField = "/",
 ) -> Response:
     """Drain or reopen an instance."""
-    state = server_state(request)
-
-    def work(actor: str) -> object:
-        row = operator.set_drained(instance_id, drained, actor=actor, session=session)
-        if not drained:
-            state.hub.pending_server_types.add(row.server_type)
-        return row
-
     done = f"{instance_id} {'drained' if drained else 'reopened'}."
-    return _run(request, session, csrf, back, done, work)
+    return _run(
+        request,
+        session,
+        csrf,
+        back,
+        done,
+        lambda actor: operator.set_drained(instance_id, drained, actor=actor, session=session),
+    )
 
 
 @router.post("/jobs/cancel")
