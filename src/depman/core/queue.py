@@ -96,10 +96,15 @@ def enqueue(
             row.priority = priority
             row.updated_at = now
         return
-    row.generation += 1
     row.op = op.value
-    row.state = ItemState.QUEUED.value
     row.priority = priority
+    start_generation(row, session=session, now=now)
+
+
+def start_generation(row: QueueItem, *, session: Session, now: datetime) -> None:
+    """Queue the item's work again as a new generation, clean of the last one's outcome."""
+    row.generation += 1
+    row.state = ItemState.QUEUED.value
     row.attempts = 0
     row.error = None
     row.enqueued_at = now
@@ -112,7 +117,7 @@ def enqueue(
     row.force_retry = False
     row.force_retry_after_ms = None
     row.updated_at = now
-    mark_instance(session, instance_id)
+    mark_instance(session, row.instance_id)
 
 
 def _covers(pending_op: str, op: Op) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
 from depman.core.profiles import static_dep_ids_of_type
-from depman.core.signals import mark_instance
+from depman.core.queue import start_generation
 from depman.core.states import PRIORITY_PREFETCH, ItemState, Op
 from depman.store.models import Instance, InstanceDep, QueueItem
 
@@ -71,15 +71,6 @@ def retry_due_items(*, session: Session, now: datetime | None = None) -> int:
         item.next_attempt_at = None
         if item.dep_id not in static[server_type] or held is not None:
             continue  # no longer wanted, or there after all
-        item.generation += 1
-        item.state = ItemState.QUEUED.value
-        item.attempts = 0
-        item.error = None
-        item.enqueued_at = now
-        item.started_at = None
-        item.finished_at = None
-        item.last_progress_at = None
-        item.updated_at = now
-        mark_instance(session, item.instance_id)
+        start_generation(item, session=session, now=now)
         retried += 1
     return retried
