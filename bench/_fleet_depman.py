@@ -58,16 +58,9 @@ class DepmanAgent(Agent):
         self.free_at = 0.0
 
     async def register(self) -> bool:
-        body = {"serverType": self.sim.args.server_type, "agentVersion": AGENT_VERSION,
-                "instanceId": self.instance_id}
-        hdr = b"X-DM-Secret: %s\r\n" % self.sim.args.secret.encode()
-        got = await self.call("register", "POST", "/api/dependencies/register", body,
-                              time.time(), hdr)
-        if not got or got[0] != 200:
+        if not await super().register():
             return False
-        data = json.loads(got[1])
-        self.auth = b"Authorization: Bearer %s\r\n" % data["agentToken"].encode()
-        caps = data.get("capabilities") or {}
+        caps = self.register_answer.get("capabilities") or {}
         self.long_poll = bool(caps.get("longPoll")) and self.sim.args.long_poll_seconds > 0
         return True
 

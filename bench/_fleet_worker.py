@@ -24,6 +24,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.fleetclient import HttpError, Pool
 
@@ -71,6 +72,7 @@ class Agent:
         self.dynamic = inventory(index, sim.args.catalog, sim.args.static, sim.args.inventory)
         self.downloading: set[str] = set()
         self.auth = b""
+        self.register_answer: dict[str, Any] = {}
         self.hb_body: bytes | None = None
         self.poll_path = f"/api/dependencies/queue?instanceId={self.instance_id}&limit=25"
         self.handled: set[str] = set()
@@ -102,8 +104,8 @@ class Agent:
                               time.time(), hdr)
         if not got or got[0] != 200:
             return False
-        token = json.loads(got[1])["agentToken"]
-        self.auth = b"Authorization: Bearer %s\r\n" % token.encode()
+        self.register_answer = json.loads(got[1])
+        self.auth = b"Authorization: Bearer %s\r\n" % self.register_answer["agentToken"].encode()
         return True
 
     def heartbeat_body(self) -> bytes:
