@@ -29,9 +29,10 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from depman.server.auth import bearer_token
+from depman.server.guard import replay_body
 from depman.server.memo_answers import empty_poll_answer, token_known, unchanged_beat_answer
 from depman.server.quick_lane import quick_heartbeat, quick_poll, quick_status
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
@@ -122,7 +123,7 @@ class AgentFastLane:
                 if body is not None:
                     if await self._answer_report(scope, headers, body, send, start):
                         return
-                    receive = _replay(body, receive)
+                    receive = replay_body(body, receive)
         await self.app(scope, receive, send)
 
     async def _answer_poll(self, scope: Scope, send: Send) -> bool:
@@ -201,20 +202,6 @@ async def _read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes | N
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the app the body already read, then the real channel."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _reply(send: Send, answer: bytes) -> None:

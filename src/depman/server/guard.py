@@ -109,7 +109,7 @@ class RequestGuard:
             if body is None:
                 await self._refuse(send, limit)
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self.app(scope, receive, send)
 
     async def _refuse(self, send: Send, limit: int) -> None:
@@ -144,7 +144,7 @@ async def _drain(receive: Receive) -> None:
             return
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the app the body already read, then the real channel."""
     sent = False
 
