@@ -101,7 +101,7 @@ class DepmanAgent(Agent):
         if stats.t_start <= sent < stats.t_end:
             if 200 <= status < 300:
                 late = 0.0 if started else max(0.0, time.time() - sent - wait)
-                stats.latencies["long-poll"].append(late)
+                stats.measured("long-poll", sent, late)
             else:
                 stats.errors["long-poll"] += 1
         if status in (401, 403):

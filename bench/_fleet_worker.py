@@ -50,16 +50,22 @@ class Stats:
     # (a job's dep already held) add none, so they are not counted.
     downloads_done: int = 0
     slow: list[float] = field(default_factory=list)  # when each slow request was due
+    # Agent requests per second of the window (by due time): the per-second view.
+    per_second: dict[int, int] = field(default_factory=lambda: defaultdict(int))
 
     def record(self, endpoint: str, scheduled: float, ok: bool) -> None:
         if self.t_start <= scheduled < self.t_end:
             if ok:
-                latency = time.time() - scheduled
-                self.latencies[endpoint].append(latency)
-                if latency >= SLOW_SECONDS:
-                    self.slow.append(scheduled)
+                self.measured(endpoint, scheduled, time.time() - scheduled)
             else:
                 self.errors[endpoint] += 1
+
+    def measured(self, endpoint: str, scheduled: float, latency: float) -> None:
+        """A request of the window that succeeded, `latency` seconds late."""
+        self.latencies[endpoint].append(latency)
+        self.per_second[int(scheduled - self.t_start)] += 1
+        if latency >= SLOW_SECONDS:
+            self.slow.append(scheduled)
 
 
 class Agent:
@@ -288,6 +294,7 @@ class Sim:
         return {
             "latencies": {k: [round(v, 6) for v in vs] for k, vs in self.stats.latencies.items()},
             "slow": [round(t, 3) for t in self.stats.slow],
+            "per_second": dict(self.stats.per_second),
             "errors": dict(self.stats.errors),
             "cpu_seconds": cpu,
             "downloads_done": self.stats.downloads_done,

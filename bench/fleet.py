@@ -54,6 +54,7 @@ from bench.server_latency import ServerLatency
 SERVER_TYPE = "bench"
 PROFILE = "bench-profile"
 P99_TARGET = 0.200
+STALL_SHARE = 0.01  # a second with more than this share of requests over 200 ms is a stall
 REGISTER_RATE = 50.0  # agents booting per second during the ramp
 BOOT_TIMEOUT = 600.0  # longest wait, past the ramp, for every agent to be up
 
@@ -114,6 +115,23 @@ class Outcome:
     booted: int = 0
     window_start: float = 0.0
     slow: list[float] = field(default_factory=list)  # seconds into the window, per slow request
+    per_second: dict[int, int] = field(default_factory=dict)  # agent requests per second due
+
+    def seconds_view(self) -> list[tuple[int, int, int]]:
+        """(second of the window, agent requests due in it, of those >= 200 ms), every second."""
+        slow: dict[int, int] = {}
+        for t in self.slow:
+            slow[int(t)] = slow.get(int(t), 0) + 1
+        return [(s, self.per_second.get(s, 0), slow.get(s, 0))
+                for s in range(int(self.duration) or len(self.per_second))]
+
+    def stalled_seconds(self, share: float = STALL_SHARE) -> list[tuple[int, int, int]]:
+        """The seconds in which more than `share` of the agent requests took >= 200 ms."""
+        return [row for row in self.seconds_view() if row[2] > share * max(1, row[1])]
+
+    def worst_second(self) -> float:
+        """The largest share of slow agent requests in any one second of the window."""
+        return max((slow / max(1, count) for _s, count, slow in self.seconds_view()), default=0.0)
     server_side: list[tuple[str, int, float, float]] = field(default_factory=list)
 
     @property
@@ -450,6 +468,8 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
             for k, v in res["latencies"].items():
                 out.latencies.setdefault(k, []).extend(v)
             out.slow.extend(t - out.window_start for t in res.get("slow", []))
+            for second, count in res.get("per_second", {}).items():
+                out.per_second[int(second)] = out.per_second.get(int(second), 0) + count
             for k, v in res["errors"].items():
                 out.errors[k] = out.errors.get(k, 0) + v
             sim_cpu += res["cpu_seconds"]
@@ -475,7 +495,8 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
         f"{P99_TARGET * 1000:.0f} ms)",
         ["agents", "backend", "server procs", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors",
          "server CPU %", "server RSS MiB", "postgres CPU %", "simulator CPU %",
-         "inventory row writes", "jobs done", "holds"])
+         "inventory row writes", "jobs done", "worst second % ≥ 200 ms", "seconds > 1 %",
+         "holds"])
     for o in outcomes:
         lat = o.all_latencies
         boot = f"{o.boot_seconds:.0f}" if o.booted == o.n else f"{o.booted:,} up"
@@ -487,7 +508,8 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                     "—" if o.pg_cpu is None else f"{o.pg_cpu:.0f}", f"{o.sim_cpu:.0f}",
                     "—" if o.inv_writes is None
                     else f"{o.inv_writes:,} ({o.downloads_done:,} downloads)",
-                    f"{o.jobs_completed}/{o.jobs_submitted}", "yes" if o.holds else "NO")
+                    f"{o.jobs_completed}/{o.jobs_submitted}", f"{100 * o.worst_second():.1f}",
+                    len(o.stalled_seconds()), "yes" if o.holds else "NO")
     per = ResultTable("Latency per endpoint (ms)",
                       ["agents", "backend", "server procs", "N", "endpoint", "requests", "req/s",
                        "p50", "p99", "max"])
@@ -508,7 +530,15 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
             if count >= 10:
                 server.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", route, count,
                            f"{p50 * 1000:.1f}", f"{p99 * 1000:.1f}")
-    return [summary, per, server]
+    stalls = ResultTable("Stalled seconds: more than 1 % of the agent requests due in the "
+                         "second took ≥ 200 ms",
+                         ["agents", "backend", "server procs", "N", "second of window",
+                          "requests", "≥ 200 ms", "%"])
+    for o in outcomes:
+        for second, count, slow in o.stalled_seconds():
+            stalls.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", second, count, slow,
+                       f"{100 * slow / max(1, count):.1f}")
+    return [summary, per, server, *([stalls] if stalls.rows else [])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -588,10 +618,9 @@ def main(argv: list[str] | None = None) -> int:
                  "long-poll's latency is how late its answer came past the hold it asked for.")
     for o in outcomes:
         if o.slow:
-            seconds = sorted({int(t) for t in o.slow})
-            print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: {len(o.slow)} agent "
-                  f"requests took "
-                  f">= 200 ms, due in these seconds of the window: {seconds}")
+            view = " ".join(f"{s}:{count}/{slow}" for s, count, slow in o.seconds_view())
+            print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: per second of the "
+                  f"window, agent requests / those >= 200 ms: {view}")
     for n in notes:
         print(n)
     if should_record(args):
