@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,8 @@ class Outcome:
         """The largest share of slow agent requests in any one second of the window."""
         return max((slow / max(1, count) for _s, count, slow in self.seconds_view()), default=0.0)
     server_side: list[tuple[str, int, float, float]] = field(default_factory=list)
+    # The server's warnings of the window (pauses, slow periodic tasks): (second, line).
+    server_warnings: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -242,6 +245,21 @@ def postgres_cpu() -> dict[int, float]:
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU used between two snapshots; backends that exited in between are not counted."""
     return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in after.items())
+
+
+def window_warnings(logs: str, window_start: float, seconds: float) -> list[tuple[float, str]]:
+    """The server's WARNING lines logged in the window, by second of the window."""
+    found = []
+    for line in logs.splitlines():
+        if " WARNING " not in line:
+            continue
+        try:
+            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if 0 <= at - window_start < seconds:
+            found.append((at - window_start, line[24:]))
+    return found
 
 
 # ---------------------------------------------------------------------------- job driver
@@ -475,6 +493,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
             sim_cpu += res["cpu_seconds"]
             out.loop_lag = max(out.loop_lag, res["loop_lag_p99"])
             out.downloads_done += res["downloads_done"]
+        out.server_warnings = window_warnings(server.logs(), out.window_start, wall)
         out.latencies["jobs"] = driver.latencies
         if driver.errors:
             out.errors["jobs"] = driver.errors
@@ -621,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
             view = " ".join(f"{s}:{count}/{slow}" for s, count, slow in o.seconds_view())
             print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: per second of the "
                   f"window, agent requests / those >= 200 ms: {view}")
+    for o in outcomes:
+        for at, line in o.server_warnings:
+            print(f"  server, second {at:5.1f} of the window: {line}")
     for n in notes:
         print(n)
     if should_record(args):

@@ -130,6 +130,12 @@ class ServerSettings(BaseSettings):
     maintenance_interval_seconds: float = Field(
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."
     )
+    pause_warning_seconds: float = Field(
+        0.25,
+        gt=0,
+        description="Log a warning when the event loop, a garbage collection or a periodic "
+        "task holds a server process this long (at most once a minute per kind).",
+    )
     public_url: str | None = Field(
         None,
         description="Root URL agents reach this server at, for agentUpdate.downloadUrl "

@@ -85,11 +85,16 @@ def _install_commit_hooks(state: ServerState) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.depman
+    pauses = app.state.metrics.pauses
     state.hub.bind(asyncio.get_running_loop())
     anyio.to_thread.current_default_thread_limiter().total_tokens = state.settings.worker_threads
-    tasks = [asyncio.create_task(run_maintenance(state), name="depman-maintenance")]
+    pauses.install_gc_callback()
+    tasks = [
+        asyncio.create_task(run_maintenance(state, pauses), name="depman-maintenance"),
+        asyncio.create_task(pauses.watch_loop(), name="depman-loop-lag"),
+    ]
     if state.settings.heartbeat_flush_seconds > 0:
-        tasks.append(asyncio.create_task(run_beat_flusher(state), name="depman-beats"))
+        tasks.append(asyncio.create_task(run_beat_flusher(state, pauses), name="depman-beats"))
     if state.db.dialect == "postgresql":
         # Poll hints wait for the listener: another replica's enqueue must be able to clear them.
         state.hub.hints.set_enabled(False)
@@ -107,6 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        pauses.remove_gc_callback()
         state.db.dispose()
 
 

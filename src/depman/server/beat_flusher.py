@@ -9,6 +9,7 @@ import threading
 from starlette.concurrency import run_in_threadpool
 
 from depman.core.beats import write_beats
+from depman.server.pauses import PauseWatch
 from depman.server.state import ServerState
 from depman.store.session import ASYNC_COMMIT
 
@@ -40,7 +41,12 @@ def flush_beats(state: ServerState) -> int:
         return len(beats) - len(outcome.skipped)
 
 
-async def run_beat_flusher(state: ServerState) -> None:
+def _timed_flush(state: ServerState, pauses: PauseWatch) -> int:
+    with pauses.timed("write-behind"):
+        return flush_beats(state)
+
+
+async def run_beat_flusher(state: ServerState, pauses: PauseWatch) -> None:
     """Flush every `heartbeat_flush_seconds` until cancelled, then once more."""
     interval = state.settings.heartbeat_flush_seconds
     try:
@@ -48,7 +54,7 @@ async def run_beat_flusher(state: ServerState) -> None:
             await asyncio.sleep(interval)
             if len(state.beats):
                 try:
-                    await run_in_threadpool(flush_beats, state)
+                    await run_in_threadpool(_timed_flush, state, pauses)
                 except Exception:
                     log.exception("writing batched heartbeats failed; retrying next interval")
     finally:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.concurrency import run_in_threadpool
 
 from depman.core.jobs import pending_server_types
 from depman.core.maintenance import SweepReport, sweep
+from depman.server.pauses import PauseWatch
 from depman.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -18,18 +20,26 @@ def sweep_once(state: ServerState) -> SweepReport:
     """One sweep in its own transaction; refreshes the replica's pending hint."""
     with state.db.session() as session:
         report = sweep(session=session, policy=state.policy)
-        session.commit()
-    with state.db.read_session() as session:
+        with report.step("commit"):
+            session.commit()
+    with state.db.read_session() as session, report.step("pending_hint"):
         state.hub.pending_server_types = pending_server_types(session=session)
     return report
 
 
-async def run_maintenance(state: ServerState) -> None:
+def _timed_sweep(state: ServerState, pauses: PauseWatch) -> SweepReport:
+    started = time.perf_counter()
+    report = sweep_once(state)
+    pauses.observe_task("sweep", time.perf_counter() - started, report.step_seconds)
+    return report
+
+
+async def run_maintenance(state: ServerState, pauses: PauseWatch) -> None:
     """Sweep every `maintenance_interval_seconds` until cancelled."""
     interval = state.settings.maintenance_interval_seconds
     while True:
         try:
-            report = await run_in_threadpool(sweep_once, state)
+            report = await run_in_threadpool(_timed_sweep, state, pauses)
             if report.instances_lost:
                 log.warning(
                     "sweep: instances lost (no heartbeat for %gs): %s",

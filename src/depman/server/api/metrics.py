@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from depman.core import jobs, queue
 from depman.core.clock import utcnow
 from depman.core.states import ItemState, JobState
+from depman.server.pauses import PauseWatch
 from depman.server.state import ServerState
 from depman.store.models import Instance
 
@@ -109,6 +110,10 @@ class Metrics:
             "Requests refused with 429 because their client failed to authenticate too often.",
             ["realm"],
             registry=self.registry,
+        )
+        # Event-loop lag, GC pauses and periodic tasks: what makes every request wait.
+        self.pauses = PauseWatch(
+            self.registry, warn_seconds=state.settings.pause_warning_seconds
         )
         self.registry.register(StoreCollector(state))
 

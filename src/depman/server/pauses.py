@@ -1,0 +1,125 @@
+"""What makes one server process wait: event-loop lag, garbage-collector pauses, periodic tasks.
+
+Every agent request of a process is answered on its one event loop, so anything
+that holds the loop or the GIL for a few hundred milliseconds (a full garbage
+collection over a large heap, a periodic task doing Python work) delays every
+request in flight at once: a stall, not saturation. Each is measured into
+`/metrics` histograms, and one that lasts longer than `warn_seconds` is logged as
+a warning (at most one line per kind a minute), so an operator can tell which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+
+log = logging.getLogger(__name__)
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LAG_SAMPLE_SECONDS = 0.1
+WARN_EVERY_SECONDS = 60.0
+
+
+class PauseWatch:
+    """Histograms of one process's pauses, and rate-limited warnings for long ones."""
+
+    def __init__(self, registry: CollectorRegistry, *, warn_seconds: float = 0.25) -> None:
+        self.warn_seconds = warn_seconds
+        self.loop_lag = Histogram(
+            "depman_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 100 ms): time every "
+            "request in flight waited.",
+            registry=registry,
+            buckets=BUCKETS,
+        )
+        self.gc_pause = Histogram(
+            "depman_gc_pause_seconds",
+            "Garbage collections of this process, by generation.",
+            ["generation"],
+            registry=registry,
+            buckets=BUCKETS,
+        )
+        self.task_duration = Histogram(
+            "depman_periodic_task_seconds",
+            "Runs of the periodic tasks (maintenance sweep, heartbeat write-behind).",
+            ["task"],
+            registry=registry,
+            buckets=BUCKETS,
+        )
+        self._gc_started = 0.0
+        self._last_warning: dict[str, float] = {}
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -WARN_EVERY_SECONDS) >= WARN_EVERY_SECONDS:
+            self._last_warning[kind] = now
+            log.warning(message, *args)
+
+    # -- garbage collector
+
+    def install_gc_callback(self) -> None:
+        """Time every collection of this process (idempotent)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def remove_gc_callback(self) -> None:
+        """Stop timing collections (the app is shutting down)."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._gc_started
+        generation = info.get("generation", 0)
+        self.gc_pause.labels(str(generation)).observe(seconds)
+        if seconds >= self.warn_seconds:
+            self._warn(
+                "gc",
+                "garbage collection (generation %d) paused the process for %.0f ms "
+                "(%d objects freed)",
+                generation,
+                seconds * 1000,
+                info.get("collected", 0),
+            )
+
+    # -- the event loop
+
+    async def watch_loop(self) -> None:
+        """Sample the event loop's lag until cancelled."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            lag = max(0.0, time.perf_counter() - started - LAG_SAMPLE_SECONDS)
+            self.loop_lag.observe(lag)
+            if lag >= self.warn_seconds:
+                self._warn("loop", "the event loop was held for %.0f ms", lag * 1000)
+
+    # -- periodic tasks
+
+    @contextmanager
+    def timed(self, task: str) -> Iterator[None]:
+        """Time one run of a periodic task."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe_task(task, time.perf_counter() - started)
+
+    def observe_task(
+        self, task: str, seconds: float, steps: dict[str, float] | None = None
+    ) -> None:
+        """One run of a periodic task took `seconds` (`steps`: where, by step)."""
+        self.task_duration.labels(task).observe(seconds)
+        if seconds >= self.warn_seconds:
+            where = ""
+            if steps:
+                where = " (" + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()) + ")"
+            self._warn(task, "periodic task %s took %.0f ms%s", task, seconds * 1000, where)
