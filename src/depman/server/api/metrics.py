@@ -24,6 +24,7 @@ from depman.core import jobs, queue
 from depman.core.clock import utcnow
 from depman.core.states import ItemState, JobState
 from depman.server.pauses import PauseWatch
+from depman.server.schemas.telemetry import TRIMMED
 from depman.server.state import ServerState
 from depman.store.models import Instance
 
@@ -115,6 +116,8 @@ class Metrics:
         self.pauses = PauseWatch(
             self.registry, warn_seconds=state.settings.pause_warning_seconds
         )
+        # Agent telemetry trimmed instead of refused (server/schemas/telemetry.py).
+        self.registry.register(TRIMMED)
         self.registry.register(StoreCollector(state))
 
 

@@ -9,6 +9,7 @@ from pydantic import Field
 from depman.core.inventory import Heartbeat
 from depman.core.receipts import Receipt
 from depman.core.reports import StatusReport
+from depman.server.logsafe import quoted
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
     MAX_LIST_IDS,
@@ -16,13 +17,24 @@ from depman.server.schemas.bounds import (
     Id,
     IdList,
     ItemId,
-    JsonDoc,
     NonNegFloat,
     NonNegInt32,
     NonNegInt64,
     SafeText,
     ShortText,
+    TelemetryDoc,
+    TelemetryText,
 )
+from depman.server.schemas.telemetry import TelemetryCarrier
+
+# Telemetry: trimmed, never refused (see bounds.py). The caps are the columns' widths.
+ProviderText = Annotated[str, TelemetryText("provider", 100)]
+ProviderMetadata = Annotated[dict[str, Any] | None, TelemetryDoc("providerMetadata")]
+DiskPathText = Annotated[str, TelemetryText("diskStats.path", 1000)]
+DiskStatPathText = Annotated[str, TelemetryText("diskStats.statPath", 1000)]
+DiskDiagnostics = Annotated[dict[str, Any] | None, TelemetryDoc("diskDiagnostics")]
+StageText = Annotated[str, TelemetryText("activeDownloads.stage", 50)]
+ToolText = Annotated[str, TelemetryText("activeDownloads.tool", 100)]
 
 
 class DiskStats(ApiModel):
@@ -32,11 +44,11 @@ class DiskStats(ApiModel):
     free_bytes: NonNegInt64 | None = None
     used_bytes: NonNegInt64 | None = None
     # Field agents 0.9.16+: which folder was measured (kept and shown).
-    path: Annotated[SafeText, Field(max_length=1000)] | None = None
-    stat_path: Annotated[SafeText, Field(max_length=1000)] | None = None
+    path: DiskPathText | None = None
+    stat_path: DiskStatPathText | None = None
 
 
-class RegisterRequest(ApiModel):
+class RegisterRequest(TelemetryCarrier):
     """`POST /dependencies/register`."""
 
     server_type: Id
@@ -44,8 +56,16 @@ class RegisterRequest(ApiModel):
     instance_id: Id | None = None
     instance_ip: Annotated[ShortText, Field(max_length=64)] | None = None
     # Field agents 0.9.20+: the cloud provider and its ids for the instance.
-    provider: Annotated[ShortText, Field(max_length=100)] | None = None
-    provider_metadata: JsonDoc | None = None
+    provider: ProviderText | None = None
+    provider_metadata: ProviderMetadata = None
+
+    def telemetry_source(self) -> str:
+        """The instance by its id, else by its address, else its server type."""
+        if self.instance_id:
+            return super().telemetry_source()
+        if self.instance_ip:
+            return f"instanceIp={quoted(self.instance_ip)}"
+        return f"serverType={quoted(self.server_type)}"
 
 
 class AgentUpdate(ApiModel):
@@ -151,7 +171,7 @@ class QueueItemCheckResponse(ApiModel):
     item: QueueItemCheck
 
 
-class StatusRequest(ApiModel):
+class StatusRequest(TelemetryCarrier):
     """`POST /dependencies/status`."""
 
     instance_id: Id
@@ -199,13 +219,13 @@ class ActiveDownload(ApiModel):
     """
 
     dep_id: Id
-    stage: Annotated[ShortText, Field(max_length=50)] | None = None
+    stage: StageText | None = None
     downloaded_bytes: NonNegInt64 | None = None
     expected_bytes: NonNegInt64 | None = None
     throughput_bytes_per_sec: NonNegFloat | None = None
     started_at_ms: NonNegInt64 | None = None
     updated_at_ms: NonNegInt64 | None = None
-    tool: Annotated[ShortText, Field(max_length=100)] | None = None
+    tool: ToolText | None = None
     dest_relative_path: Annotated[SafeText, Field(max_length=1000)] | None = None
     bytes_done: NonNegInt64 | None = None
     bytes_total: NonNegInt64 | None = None
@@ -231,7 +251,7 @@ def _first(value: Any, fallback: Any) -> Any:
     return value if value is not None else fallback
 
 
-class HeartbeatRequest(ApiModel):
+class HeartbeatRequest(TelemetryCarrier):
     """`POST /dependencies/heartbeat`."""
 
     instance_id: Id
@@ -245,7 +265,7 @@ class HeartbeatRequest(ApiModel):
     active_downloads: Annotated[list[ActiveDownload], Field(max_length=MAX_LIST_IDS)] = Field(
         default_factory=list
     )
-    disk_diagnostics: JsonDoc | None = None
+    disk_diagnostics: DiskDiagnostics = None
 
     def lists_key(self) -> int:
         """A cheap in-process key of the installed lists as sent (see `BeatMemo.lists_key`)."""
