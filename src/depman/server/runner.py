@@ -162,6 +162,7 @@ def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, annou
     )
     server = _Server(config, url if announce else "", on_exit=app.state.depman.hub.wake_all)
     _tune_gc()
+    sys.setswitchinterval(settings.gil_switch_interval_seconds)
     server.run(sockets=[sock])
 
 
