@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from depman.core.maintenance import SWEEP_LOCK_KEY
 from tests.server.fleet import make_fleet
-from tests.support.server import RunningServer, postgres_database, run_server
+from tests.support.server import RunningServer, postgres_database, run_replica, run_server
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -89,3 +92,27 @@ def test_submit_token_reaches_jobs_only(control_plane: RunningServer) -> None:
     assert status == 200, job
     assert control_plane.request("GET", f"/api/jobs/{job['jobId']}", headers=submit)[0] == 200
     assert control_plane.request("GET", "/api/admin/deps", headers=submit)[0] == 401
+
+
+@pytest.mark.postgres
+def test_one_process_sweeps_at_a_time(tmp_path: Path) -> None:
+    """While another holder has the sweep's lock, no replica sweeps; after, one does."""
+    with (
+        postgres_database() as url,
+        run_server(url, extra_env=SWEEP_ENV, cwd=tmp_path) as first,
+        run_replica(first, cwd=tmp_path),
+    ):
+        fleet = make_fleet(first)
+        plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(plain, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK_KEY,))
+            job = fleet.submit(["b"])[1]
+            time.sleep(1.5)  # three times the pending timeout, many sweep intervals
+            status, body = first.admin("GET", f"/jobs/{job['jobId']}")
+            assert (status, body["state"]) == (200, "pending")
+            holder.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_KEY,))
+        failed = wait_for(
+            lambda: (b := first.admin("GET", f"/jobs/{job['jobId']}")[1])["state"] == "failed"
+            and b
+        )
+        assert "no instance became free" in failed["error"]

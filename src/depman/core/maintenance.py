@@ -1,15 +1,24 @@
 """The periodic sweep: lost instances, stale running items, backoffs, retries, retry windows,
-timeouts, pending jobs."""
+timeouts, pending jobs.
+
+The sweep is a list of steps, each run in a transaction of its own (`run_sweep`):
+a step's row locks are held for that step only, so an agent request that writes
+one of those rows waits for one short step, never for the whole sweep. Of
+several server processes sharing a PostgreSQL database, one sweeps at a time
+(a transaction-level advisory lock): the others would redo the same work and
+contend for the same rows.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -23,6 +32,8 @@ from depman.core.scheduler import place_pending_jobs
 from depman.core.static_retries import retry_due_items
 
 log = logging.getLogger(__name__)
+# pg_try_advisory_xact_lock key of the sweep ("depman-sweep" as an integer).
+SWEEP_LOCK_KEY = 0x6465706D616E
 
 
 @dataclass
@@ -35,6 +46,8 @@ class SweepReport:
     jobs_expired: int = 0
     jobs_placed: int = 0
     pending_server_types: set[str] = field(default_factory=set)
+    # Another server process was sweeping: this one left the steps to it.
+    skipped: bool = False
     # Seconds each step took, in order: where a slow sweep spent its time.
     step_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -48,39 +61,89 @@ class SweepReport:
             self.step_seconds[name] = time.perf_counter() - started
 
 
-def sweep(*, session: Session, policy: Policy, now: datetime | None = None) -> SweepReport:
-    """One maintenance pass in one transaction (the caller commits)."""
-    now = now or utcnow()
-    report = SweepReport()
-    with report.step("lost"):
-        report.instances_lost = sweep_lost_instances(session=session, policy=policy, now=now)
-    with report.step("stale"):
-        failed = requeue_stale_running(
+Step = Callable[[Session, Policy, datetime, SweepReport], None]
+
+
+def _lost(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+    report.instances_lost = sweep_lost_instances(session=session, policy=policy, now=now)
+
+
+def _failed_items(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+    failed = requeue_stale_running(
+        session=session,
+        timeout_seconds=policy.running_timeout_seconds,
+        max_attempts=policy.max_item_attempts,
+        now=now,
+    )
+    failed += expire_retry_windows(session=session, policy=policy, now=now)
+    for item in failed:
+        report.items_failed += 1
+        on_item_failed(
+            item.instance_id,
+            item.dep_id,
+            item.op,
+            item.error or "stale",
             session=session,
-            timeout_seconds=policy.running_timeout_seconds,
-            max_attempts=policy.max_item_attempts,
+            policy=policy,
             now=now,
         )
-    with report.step("retry_windows"):
-        failed += expire_retry_windows(session=session, policy=policy, now=now)
-        for item in failed:
-            report.items_failed += 1
-            on_item_failed(
-                item.instance_id,
-                item.dep_id,
-                item.op,
-                item.error or "stale",
-                session=session,
-                policy=policy,
-                now=now,
-            )
-    with report.step("retries"):
-        report.items_retried = retry_due_items(session=session, now=now)
-        wake_due_items(session=session, now=now)
-    with report.step("expiry"):
-        report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
-    with report.step("placement"):
-        report.jobs_placed, report.pending_server_types = place_pending_jobs(
-            session=session, policy=policy, now=now
-        )
+
+
+def _retries(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+    report.items_retried = retry_due_items(session=session, now=now)
+    wake_due_items(session=session, now=now)
+
+
+def _expiry(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+    report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
+
+
+def _placement(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+    report.jobs_placed, report.pending_server_types = place_pending_jobs(
+        session=session, policy=policy, now=now
+    )
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("lost", _lost),
+    ("failed_items", _failed_items),
+    ("retries", _retries),
+    ("expiry", _expiry),
+    ("placement", _placement),
+)
+
+
+def claim_sweep(session: Session) -> bool:
+    """Whether this transaction may sweep: on PostgreSQL, no other process is sweeping."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True  # SQLite: one server process
+    return bool(
+        session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK_KEY})
+        .scalar()
+    )
+
+
+def run_sweep(
+    open_session: Callable[[], AbstractContextManager[Session]],
+    *,
+    policy: Policy,
+    now: datetime | None = None,
+) -> SweepReport:
+    """One sweep, each step in a transaction of its own from `open_session`.
+
+    A first transaction holds the sweep's advisory lock until the last step has
+    committed; the steps run on other connections.
+    """
+    now = now or utcnow()
+    report = SweepReport()
+    with open_session() as guard:
+        if not claim_sweep(guard):
+            report.skipped = True
+            guard.rollback()
+            return report
+        for name, step in STEPS:
+            with report.step(name), open_session() as session:
+                step(session, policy, now, report)
+                session.commit()
+        guard.commit()  # releases the lock
     return report

@@ -9,7 +9,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from depman.core.jobs import pending_server_types
-from depman.core.maintenance import SweepReport, sweep
+from depman.core.maintenance import SweepReport, run_sweep
 from depman.server.pauses import PauseWatch
 from depman.server.state import ServerState
 
@@ -17,11 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def sweep_once(state: ServerState) -> SweepReport:
-    """One sweep in its own transaction; refreshes the replica's pending hint."""
-    with state.db.session() as session:
-        report = sweep(session=session, policy=state.policy)
-        with report.step("commit"):
-            session.commit()
+    """One sweep, step by step (`core.maintenance`); refreshes the replica's pending hint."""
+    report = run_sweep(state.db.session, policy=state.policy)
     with state.db.read_session() as session, report.step("pending_hint"):
         state.hub.pending_server_types = pending_server_types(session=session)
     return report
@@ -30,7 +27,8 @@ def sweep_once(state: ServerState) -> SweepReport:
 def _timed_sweep(state: ServerState, pauses: PauseWatch) -> SweepReport:
     started = time.perf_counter()
     report = sweep_once(state)
-    pauses.observe_task("sweep", time.perf_counter() - started, report.step_seconds)
+    if not report.skipped:
+        pauses.observe_task("sweep", time.perf_counter() - started, report.step_seconds)
     return report
 
 
