@@ -83,6 +83,8 @@ class Plan:
     profile_dir: Path | None = None  # py-spy samples of the server over each window
     agent_kinds: list[str] = field(default_factory=lambda: ["v1", "depman"])
     long_poll: float = 25.0
+    # PostgreSQL: the job driver talks to a process of its own (`depman server --api-port`).
+    api_process: bool = False
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
@@ -99,6 +101,7 @@ class Outcome:
     n: int
     server_workers: int = 1
     kind: str = "v1"
+    api_process: bool = False  # the job driver used the job and admin API's own process
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     duration: float = 0.0
@@ -382,13 +385,15 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
     from tests.support.server import run_server
 
     out = Outcome(backend, n, server_workers, kind)
+    api_process = plan.api_process and backend == "postgresql"
+    out.api_process = api_process
+    env = {"DEPMAN_LOG_LEVEL": "warning", "DEPMAN_HEARTBEAT_SECONDS": str(plan.heartbeat),
+           "DEPMAN_WORKERS": str(server_workers), **plan.server_env}
+    if api_process:
+        env["DEPMAN_API_PORT"] = "0"
     with tempfile.TemporaryDirectory(prefix="depman-bench-fleet-") as tmp_name, \
             database(backend, Path(tmp_name)) as url, \
-            run_server(url, extra_env={"DEPMAN_LOG_LEVEL": "warning",
-                                       "DEPMAN_HEARTBEAT_SECONDS": str(plan.heartbeat),
-                                       "DEPMAN_WORKERS": str(server_workers),
-                                       **plan.server_env},
-                       cwd=Path(tmp_name)) as server:
+            run_server(url, extra_env=env, cwd=Path(tmp_name)) as server:
         t_setup = time.time()
         setup_fleet(server, plan, n)
         print(f"  [{backend} N={n} {kind}] fleet set up in {time.time() - t_setup:.1f} s")
@@ -430,7 +435,10 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
         with ProcessSampler(server.process.pid, interval=0.5) as sampler:
 
             async def drive() -> tuple[float, float, int | None]:
-                driver.pool = Pool("127.0.0.1", port, 8)
+                api_port = port
+                if api_process:
+                    api_port = int(server.on_api_port().root_url.rsplit(":", 1)[1])
+                driver.pool = Pool("127.0.0.1", api_port, 8)
                 out.boot_seconds, out.booted = await wait_for_boot(booted_files, t0,
                                                                    t0 + boot_cap)
                 print(f"  [{backend} N={n}] {out.booted:,} agents booted in "
@@ -445,6 +453,9 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
                 scraper = ServerLatency("127.0.0.1", port)
                 await scraper.start()
+                api_scraper = ServerLatency("127.0.0.1", api_port) if api_port != port else None
+                if api_scraper is not None:
+                    await api_scraper.start()
                 sampler.mark()
                 spy = start_py_spy(plan, server.process.pid, f"{backend}-{server_workers}p-{n}")
                 # In threads: the job driver shares this event loop, and a blocking read
@@ -456,6 +467,10 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 usage = sampler.usage()
                 await scraper.stop()
                 out.server_side = scraper.rows()
+                if api_scraper is not None:
+                    await api_scraper.stop()
+                    out.server_side += [(f"{route} (API process)", *rest)
+                                        for route, *rest in api_scraper.rows()]
                 if spy is not None:
                     await asyncio.to_thread(spy.wait, 120)
                 out.server_cpu, out.server_rss = usage.cpu_percent, usage.rss_peak
@@ -505,6 +520,11 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
 # ---------------------------------------------------------------------------- report
 
 
+def procs_label(o: Outcome) -> str:
+    """The server processes of a run: agents' (--workers), plus the API's own when used."""
+    return f"{o.server_workers} + API" if o.api_process else str(o.server_workers)
+
+
 ENDPOINTS = ("queue", "long-poll", "heartbeat", "status", "register", "jobs")
 
 
@@ -519,7 +539,7 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
     for o in outcomes:
         lat = o.all_latencies
         boot = f"{o.boot_seconds:.0f}" if o.booted == o.n else f"{o.booted:,} up"
-        summary.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", boot,
+        summary.add(o.kind, o.backend, procs_label(o), f"{o.n:,}", boot,
                     f"{o.requests / o.duration:.0f}" if o.duration else "—",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{o.p99 * 1000:.1f}",
                     sum(o.errors.values()) if o.failure is None else o.failure,
@@ -537,7 +557,7 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
             lat = o.latencies.get(ep, [])
             if not lat:
                 continue
-            per.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", ep, len(lat),
+            per.add(o.kind, o.backend, procs_label(o), f"{o.n:,}", ep, len(lat),
                     f"{len(lat) / o.duration:.1f}",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
                     f"{max(lat) * 1000:.1f}")
@@ -547,7 +567,7 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
     for o in outcomes:
         for route, count, p50, p99 in o.server_side:
             if count >= 10:
-                server.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", route, count,
+                server.add(o.kind, o.backend, procs_label(o), f"{o.n:,}", route, count,
                            f"{p50 * 1000:.1f}", f"{p99 * 1000:.1f}")
     stalls = ResultTable("Stalled seconds: more than 1 % of the agent requests due in the "
                          "second took ≥ 200 ms",
@@ -555,7 +575,7 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                           "requests", "≥ 200 ms", "%"])
     for o in outcomes:
         for second, count, slow in o.stalled_seconds():
-            stalls.add(o.kind, o.backend, o.server_workers, f"{o.n:,}", second, count, slow,
+            stalls.add(o.kind, o.backend, procs_label(o), f"{o.n:,}", second, count, slow,
                        f"{100 * slow / max(1, count):.1f}")
     return [summary, per, server, *([stalls] if stalls.rows else [])]
 
@@ -574,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-workers",
                         help="Comma-separated `depman server --workers` values for the "
                         "PostgreSQL runs (default 1,2; smoke 1).")
+    parser.add_argument("--api-process", action="store_true",
+                        help="PostgreSQL: start the server with --api-port and send the job "
+                        "driver there (a process of its own for the job API).")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="Record py-spy samples of the server over each measured window "
                         "into DIR (fleet-<backend>-<procs>p-<N>.folded: collapsed stacks, "
@@ -581,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     plan.profile_dir = args.py_spy
+    plan.api_process = args.api_process
     if args.sizes:
         plan.sizes = [int(s) for s in args.sizes.split(",")]
     if args.backends:

@@ -51,12 +51,24 @@ def server(
     workers: Annotated[
         int | None, typer.Option(help="Server processes, PostgreSQL only [default 1].")
     ] = None,
+    api_port: Annotated[
+        int | None,
+        typer.Option(
+            help="A second port with a process of its own for job runners, operators and "
+            "the dashboard (agents stay on --port); PostgreSQL only."
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane (HTTP API, dashboard, scheduler)."""
     from depman.server.runner import serve_from_flags
 
     serve_from_flags(
-        host=host, port=port, database_url=database_url, log_level=log_level, workers=workers
+        host=host,
+        port=port,
+        database_url=database_url,
+        log_level=log_level,
+        workers=workers,
+        api_port=api_port,
     )
 
 

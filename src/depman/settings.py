@@ -29,6 +29,13 @@ class ServerSettings(BaseSettings):
 
     host: str = Field(DEFAULT_HOST, description="Address the HTTP server binds to.")
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    api_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A second TCP port, served by a process of its own, for job runners, "
+        "operators and the dashboard (agents stay on `port`); needs PostgreSQL.",
+    )
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg://user@host/db.",
@@ -279,6 +286,8 @@ class ServerSettings(BaseSettings):
         # Workers are replicas: their memos stay coherent through NOTIFY only.
         if self.workers > 1 and not self.database_url.startswith("postgresql"):
             raise ValueError("workers > 1 needs a PostgreSQL database_url")
+        if self.api_port is not None and not self.database_url.startswith("postgresql"):
+            raise ValueError("api_port needs a PostgreSQL database_url (its process is a replica)")
         return self
 
     @model_validator(mode="after")

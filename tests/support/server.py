@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -24,6 +26,7 @@ from tests.support.hubs import FakeHubs
 
 PG_ADMIN_URL = os.environ.get("DEPMAN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 LISTEN_RE = re.compile(r"listening on (http://[\d.]+:\d+)")
+API_RE = re.compile(r"job and admin API on (http://[\d.]+:\d+)")
 START_TIMEOUT = 60.0
 
 
@@ -78,6 +81,18 @@ class RunningServer:
     def logs(self) -> str:
         """Everything the server printed so far."""
         return "".join(self.log_lines)
+
+    def on_api_port(self, timeout: float = START_TIMEOUT) -> RunningServer:
+        """The same server as seen on its `DEPMAN_API_PORT` (the job and admin API process)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.log_lines):
+                match = API_RE.search(line)
+                if match:
+                    return dataclasses.replace(self, root_url=match.group(1))
+            if time.monotonic() > deadline:
+                raise RuntimeError("no job and admin API announced:\n" + self.logs())
+            time.sleep(0.05)
 
 
 def _pump(stream: Any, sink: list[str], ready: threading.Event, found: list[str]) -> None:

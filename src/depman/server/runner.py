@@ -24,9 +24,9 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 class _Server(uvicorn.Server):
     """Announces the URL once uvicorn accepts connections on the bound socket."""
 
-    def __init__(self, config: uvicorn.Config, url: str, on_exit: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, banner: str, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
-        self._url = url
+        self._banner = banner
         self._on_exit = on_exit
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -36,8 +36,8 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self.started and self._url:
-            print(f"depman server listening on {self._url}", flush=True)
+        if self.started and self._banner:
+            print(self._banner, flush=True)
 
 
 def build_settings(**flags: object) -> ServerSettings:
@@ -116,10 +116,9 @@ def serve(settings: ServerSettings) -> None:
     _raise_file_limit(settings.max_connections)
     upgrade(settings.database_url)
     sock = bind_socket(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}"
-    if settings.workers == 1:
+    url = _url_of(sock)
+    api_sock = None if settings.api_port is None else bind_socket(settings.host, settings.api_port)
+    if settings.workers == 1 and api_sock is None:
         try:
             _serve_one(settings, sock, url, announce=True)
         finally:
@@ -127,17 +126,41 @@ def serve(settings: ServerSettings) -> None:
         return
     from depman.server.workers import serve_workers
 
-    log.info("starting %d server workers", settings.workers)
-    code = serve_workers(
-        settings.workers,
-        sock,
-        lambda index: _serve_one(settings, sock, url, announce=index == 0),
-    )
+    def run_worker(index: int) -> None:
+        if index < settings.workers:
+            _serve_one(settings, sock, url, announce=index == 0)
+        else:
+            assert api_sock is not None
+            _serve_one(settings, api_sock, _url_of(api_sock), announce=True, role="api")
+
+    processes = settings.workers + (api_sock is not None)
+    log.info("starting %d server workers", processes)
+    try:
+        code = serve_workers(processes, sock, run_worker)
+    finally:
+        if api_sock is not None:
+            api_sock.close()
     raise SystemExit(code)
 
 
-def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, announce: bool) -> None:
-    """One server process: the app, its pool and memos, uvicorn on the shared socket."""
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _serve_one(
+    settings: ServerSettings,
+    sock: socket.socket,
+    url: str,
+    *,
+    announce: bool,
+    role: str = "agents",
+) -> None:
+    """One server process: the app, its pool and memos, uvicorn on the shared socket.
+
+    `role` "api": the process of `api_port`, announced as the job and admin API.
+    """
     from depman.server.app import create_app, with_fast_lane
     from depman.server.http_protocol import GuardedHttpToolsProtocol
 
@@ -160,7 +183,10 @@ def _serve_one(settings: ServerSettings, sock: socket.socket, url: str, *, annou
         forwarded_allow_ips=settings.trusted_proxies,
         server_header=False,
     )
-    server = _Server(config, url if announce else "", on_exit=app.state.depman.hub.wake_all)
+    banner = "job and admin API on" if role == "api" else "depman server listening on"
+    server = _Server(
+        config, f"{banner} {url}" if announce else "", on_exit=app.state.depman.hub.wake_all
+    )
     _tune_gc()
     sys.setswitchinterval(settings.gil_switch_interval_seconds)
     server.run(sockets=[sock])
@@ -185,6 +211,7 @@ def serve_from_flags(
     database_url: str | None = None,
     log_level: str | None = None,
     workers: int | None = None,
+    api_port: int | None = None,
 ) -> None:
     """Entry point of `depman server`."""
     try:
@@ -194,6 +221,7 @@ def serve_from_flags(
             database_url=database_url,
             log_level=log_level,
             workers=workers,
+            api_port=api_port,
         )
     except ConfigError as exc:
         print(f"depman server: {exc.message}", file=sys.stderr)
