@@ -25,6 +25,8 @@ from tests.support.server import RunningServer, postgres_database, run_server
 
 EXAMPLES = int(os.environ.get("DEPMAN_FUZZ_EXAMPLES", "4"))
 AGENT_PREFIX = "/api/dependencies/"
+# Generated `waitSeconds` go up to 30: long-polls still wait, but briefly.
+SERVER_ENV = {"DEPMAN_MAX_LONG_POLL_SECONDS": "0.2"}
 
 
 class Target:
@@ -49,11 +51,11 @@ def fuzz_target(
 ) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("fuzz")
     if request.param == "sqlite":
-        with run_server(f"sqlite:///{tmp / 'depman.db'}", cwd=tmp) as server:
+        with run_server(f"sqlite:///{tmp / 'depman.db'}", extra_env=SERVER_ENV, cwd=tmp) as server:
             yield _target(server)
             _no_tracebacks(server)
     else:
-        with postgres_database() as url, run_server(url, cwd=tmp) as server:
+        with postgres_database() as url, run_server(url, extra_env=SERVER_ENV, cwd=tmp) as server:
             yield _target(server)
             _no_tracebacks(server)
 

@@ -20,10 +20,10 @@ def _rss(server: RunningServer) -> int:
     return int(psutil.Process(server.process.pid).memory_info().rss)
 
 
-def test_a_100_mb_body_is_refused_before_it_is_read(control_plane: RunningServer) -> None:
-    before = _rss(control_plane)
+def test_a_100_mb_body_is_refused_before_it_is_read(plane: RunningServer) -> None:
+    before = _rss(plane)
     total = 100 * MIB
-    with socket.create_connection(address(control_plane), timeout=30) as sock:
+    with socket.create_connection(address(plane), timeout=30) as sock:
         sock.sendall(
             b"POST /api/dependencies/heartbeat HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\n"
@@ -41,12 +41,12 @@ def test_a_100_mb_body_is_refused_before_it_is_read(control_plane: RunningServer
     answer = json.loads(body)
     assert_error_shape(answer)
     assert answer["error"]["code"] == "too_large"
-    assert _rss(control_plane) - before < 8 * MIB
+    assert _rss(plane) - before < 8 * MIB
 
 
-def test_a_chunked_body_is_cut_off_at_the_limit(control_plane: RunningServer) -> None:
-    before = _rss(control_plane)
-    with socket.create_connection(address(control_plane), timeout=30) as sock:
+def test_a_chunked_body_is_cut_off_at_the_limit(plane: RunningServer) -> None:
+    before = _rss(plane)
+    with socket.create_connection(address(plane), timeout=30) as sock:
         sock.sendall(
             b"POST /api/admin/fleet HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -60,8 +60,8 @@ def test_a_chunked_body_is_cut_off_at_the_limit(control_plane: RunningServer) ->
         status, body = read_response(sock)
     assert status == 413
     assert json.loads(body)["error"]["code"] == "too_large"
-    assert _rss(control_plane) - before < 24 * MIB  # the limit once, with parser slack
-    status, metrics = control_plane.request("GET", "/metrics")
+    assert _rss(plane) - before < 24 * MIB  # the limit once, with parser slack
+    status, metrics = plane.request("GET", "/metrics")
     assert 'depman_requests_refused_total{reason="body_too_large"}' in metrics
 
 
@@ -97,8 +97,8 @@ def test_slow_clients_are_dropped(control_plane: RunningServer) -> None:
     assert control_plane.request("GET", "/metrics")[0] == 200
 
 
-def test_oversized_headers_are_refused(control_plane: RunningServer) -> None:
-    with socket.create_connection(address(control_plane), timeout=30) as sock:
+def test_oversized_headers_are_refused(plane: RunningServer) -> None:
+    with socket.create_connection(address(plane), timeout=30) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         try:
             for index in range(2000):
@@ -111,7 +111,7 @@ def test_oversized_headers_are_refused(control_plane: RunningServer) -> None:
             status = None  # reset while we were still sending: the 400 was lost with it
     # Refused and closed (the server stopped reading), never answered as a request.
     assert status in (400, None)
-    assert control_plane.request("GET", "/metrics")[0] == 200
+    assert plane.request("GET", "/metrics")[0] == 200
 
 
 @pytest.mark.server_env(DEPMAN_AGENT_MAX_BODY_BYTES=str(64 * MIB))
@@ -136,9 +136,9 @@ def test_a_huge_inventory_cannot_wedge_an_instance(control_plane: RunningServer)
 
 
 def test_the_default_agent_limit_refuses_a_400000_id_heartbeat(
-    control_plane: RunningServer,
+    plane: RunningServer,
 ) -> None:
-    fleet = make_fleet(control_plane)
+    fleet = make_fleet(plane)
     agent = fleet.register(fleet.add_instance("big"))
     status, body = agent.heartbeat(installedDynamicDepIds=[f"u{i}" for i in range(400_000)])
     assert status == 413, body
