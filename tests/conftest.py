@@ -15,7 +15,7 @@ BACKENDS = ["sqlite", "postgresql"]
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's DEPMAN_* / DM_* settings."""
+    """No test sees the developer's DEPMAN_* / DM_* settings, secrets or terminal size."""
     for key in list(os.environ):
         if key.startswith(("DEPMAN_", "DM_")) and key != "DEPMAN_TEST_PG_URL":
             monkeypatch.delenv(key, raising=False)
@@ -24,6 +24,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "HF_TOKEN",
         "CIVITAI_TOKEN",
         "FCS_API_BASE_URL",
+        # The terminal's size reshapes the CLI's tables (pytest-xdist workers set 80x24).
+        "COLUMNS",
+        "LINES",
     ):
         monkeypatch.delenv(key, raising=False)
 

@@ -111,6 +111,9 @@ def test_size_adoption_waits_for_a_still_file(depman_server: Any, tmp_path: Path
         env = agent_env(depman_server, tmp_path, DM_ADOPT_STABLE_SECONDS="5")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
+            # The copy is still being written: its last write is now, not when the test
+            # began (a slow start would otherwise have let the file sit still long enough).
+            os.utime(growing)
             run_job(depman_server, ["growing"], "j1")
             # The agent is waiting for the file to stay still; the copy goes on meanwhile.
             assert wait_until(lambda: items(depman_server).get("growing", {}).get("state")
