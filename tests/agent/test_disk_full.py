@@ -104,6 +104,8 @@ def test_disk_full_fails_the_item_and_the_agent_keeps_serving(
     # A restart on the full disk must not exit: it registers and serves.
     with AgentProcess(env) as again:
         again.wait_for_line("Registered dependency agent", timeout=60)
+        # Its first state write (right after register) fails; only then is there room again.
+        again.wait_for_line("Cannot write the state file", timeout=60)
         assert again.proc is not None and again.proc.poll() is None
         os.unlink(filler)
         again.wait_for_line("Recovered: state file", timeout=90)

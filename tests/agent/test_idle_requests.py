@@ -28,6 +28,7 @@ def busiest_minute(times: list[float]) -> int:
     return max((sum(1 for u in times if t <= u < t + 60) for t in times), default=0)
 
 
+@pytest.mark.slow
 def test_idle_agent_sends_at_most_ten_requests_a_minute(depman_server: Any,
                                                         tmp_path: Path) -> None:
     setup_fleet(depman_server, {}, [])

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.agent.fakes import EndlessOrigin, FakeControlPlane, answer
@@ -44,6 +46,7 @@ def final_state(plane: FakeControlPlane, item_id: str) -> dict[str, Any] | None:
     return None
 
 
+@pytest.mark.slow  # the agent backs off after each failed cycle: 1, 2, 4, ... s
 def test_unexpected_answers_are_logged_once_and_never_fatal(tmp_path: Path,
                                                             origin: ModelOrigin) -> None:
     data, sha = payload(64 * 1024)

@@ -72,6 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             yield running
 
 
+@pytest.mark.slow  # 500+ templates through the CLI and the server
 def test_workflow_deps_runs_on_every_template(server: RunningServer) -> None:
     for path in template_paths():
         result = run_cli(server, "workflow", "deps", str(path))
