@@ -18,6 +18,9 @@ from depman.core.policy import Policy
 from depman.core.signals import notify_statement, take_marks
 from depman.core.wakeups import listen_forever
 from depman.server import dashboard
+from depman.server.agent_gateway.asgi import AgentGateway
+from depman.server.agent_gateway.pipeline import Pipeline
+from depman.server.agent_gateway.write_behind import run_beat_flusher
 from depman.server.api import (
     admin_actions,
     admin_agent_builds,
@@ -32,9 +35,7 @@ from depman.server.api import (
     metrics,
 )
 from depman.server.auth_failures import AuthFailures
-from depman.server.beat_flusher import run_beat_flusher
 from depman.server.errors import install_error_handlers
-from depman.server.fastlane import AgentFastLane
 from depman.server.guard import RequestGuard
 from depman.server.maintenance_loop import run_maintenance
 from depman.server.state import ServerState
@@ -139,6 +140,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     app.state.engine = db.engine
     app.state.settings = settings
     app.state.metrics = metrics.Metrics(state)
+    app.state.agent_pipeline = Pipeline(state, app.state.metrics)
     state.auth_failures = AuthFailures(
         free_failures=settings.auth_free_failures,
         max_backoff_seconds=settings.auth_max_backoff_seconds,
@@ -166,12 +168,12 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     return app
 
 
-def with_fast_lane(app: FastAPI) -> ASGIApp:
-    """The app as served: the request guard (server/guard.py), then the agent fast lane
-    (server/fastlane.py), then FastAPI."""
+def served_app(app: FastAPI) -> ASGIApp:
+    """The app as served: the request guard (server/guard.py), then the agent gateway's
+    front (server/agent_gateway/asgi.py), then FastAPI."""
     settings: ServerSettings = app.state.settings
     return RequestGuard(
-        AgentFastLane(app, app.state.depman, app.state.metrics),
+        AgentGateway(app, app.state.agent_pipeline, app.state.metrics),
         agent_max=settings.agent_max_body_bytes,
         other_max=settings.admin_max_body_bytes,
         refused=app.state.metrics.refused,

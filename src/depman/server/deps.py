@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from depman.server.agent_gateway.pipeline import Pipeline
+from depman.server.agent_gateway.write_behind import flush_beats
 from depman.server.auth import attempt, bearer_token, check_admin
-from depman.server.beat_flusher import flush_beats
 from depman.server.state import ServerState, client_address, server_state
 
 
@@ -26,7 +27,7 @@ def get_read_session(request: Request) -> Iterator[Session]:
 
 
 def _see_acknowledged_beats(request: Request) -> None:
-    # The write-behind batch (server/beat_flusher.py) would otherwise lag by up to a
+    # The write-behind batch (server/agent_gateway/write_behind.py) would otherwise lag by up to a
     # second: what this process acknowledged, its own admin reads see.
     state = server_state(request)
     if len(state.beats):
@@ -68,10 +69,17 @@ async def get_state(request: Request) -> ServerState:
     return server_state(request)
 
 
+async def get_pipeline(request: Request) -> Pipeline:
+    """The process's agent pipeline (server/agent_gateway/pipeline.py)."""
+    pipeline: Pipeline = request.app.state.agent_pipeline
+    return pipeline
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 FreshReadSessionDep = Annotated[Session, Depends(get_fresh_read_session)]
 StateDep = Annotated[ServerState, Depends(get_state)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 BearerDep = Annotated[str | None, Depends(get_bearer)]
 AdminDep = Depends(require_admin)
 JobsAuthDep = Depends(require_jobs)

@@ -49,12 +49,29 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def response_for(exc: Exception) -> JSONResponse:
+    """The answer to an exception raised while answering a request (a route or the agent
+    gateway): a `DepmanError` by its code and status, database errors by their kind."""
+    if isinstance(exc, DepmanError):
+        return error_response(exc.status, exc.code, exc.message, getattr(exc, "headers", None))
+    if isinstance(exc, IntegrityError):
+        log.info("integrity conflict: %s", type(exc.orig).__name__)
+        return error_response(
+            409, "conflict", "the request conflicts with a concurrent change; retry"
+        )
+    if isinstance(exc, DataError):
+        # A value the schemas let through but the column refuses: the client's input.
+        log.info("value refused by the database: %s", type(exc.orig).__name__)
+        return error_response(422, "validation_failed", "a value is out of range for the database")
+    if isinstance(exc, OperationalError):
+        log.warning("database unavailable: %s", type(exc.orig).__name__)
+        return error_response(503, "unavailable", "the database is busy or unavailable; retry")
+    log.error("unexpected error", exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on `app`."""
-
-    @app.exception_handler(DepmanError)
-    async def _depman(_request: Request, exc: DepmanError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -65,25 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(IntegrityError)
-    async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
-        log.info("integrity conflict: %s", type(exc.orig).__name__)
-        return error_response(
-            409, "conflict", "the request conflicts with a concurrent change; retry"
-        )
+    async def _raised(_request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
 
-    @app.exception_handler(DataError)
-    async def _data(_request: Request, exc: DataError) -> JSONResponse:
-        # A value the schemas let through but the column refuses: the client's input.
-        log.info("value refused by the database: %s", type(exc.orig).__name__)
-        return error_response(422, "validation_failed", "a value is out of range for the database")
-
-    @app.exception_handler(OperationalError)
-    async def _operational(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.warning("database unavailable: %s", type(exc.orig).__name__)
-        return error_response(503, "unavailable", "the database is busy or unavailable; retry")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return error_response(500, "internal", "internal server error")
+    for raised in (DepmanError, IntegrityError, DataError, OperationalError, Exception):
+        app.add_exception_handler(raised, _raised)

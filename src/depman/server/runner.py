@@ -161,7 +161,7 @@ def _serve_one(
 
     `role` "api": the process of `api_port`, announced as the job and admin API.
     """
-    from depman.server.app import create_app, with_fast_lane
+    from depman.server.app import create_app, served_app
     from depman.server.http_protocol import GuardedHttpToolsProtocol
 
     app = create_app(settings)
@@ -171,7 +171,7 @@ def _serve_one(
         max_header_bytes=settings.max_header_bytes,
     )
     config = uvicorn.Config(
-        with_fast_lane(app),
+        served_app(app),
         http=protocol,
         ws="none",
         log_level=settings.log_level.lower(),

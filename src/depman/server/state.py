@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from starlette.types import Scope
 
 from depman.core.beats import BeatBuffer
 from depman.core.catalog import DepSpec
@@ -32,7 +33,13 @@ class ServerState:
 
 def client_address(request: Request) -> str:
     """The client's address (the proxy's forwarded one when the peer is trusted)."""
-    return request.client.host if request.client else "unknown"
+    return scope_client(request.scope)
+
+
+def scope_client(scope: Scope) -> str:
+    """The client's address of an ASGI scope (uvicorn puts the forwarded one there)."""
+    client = scope.get("client")
+    return str(client[0]) if client is not None else "unknown"
 
 
 def server_state(request: Request) -> ServerState:

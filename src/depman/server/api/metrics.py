@@ -77,18 +77,30 @@ class Metrics:
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
             ),
         )
-        # The share of agent traffic that never reached the database (server/fastlane.py).
+        # Which stage of the agent gateway answered (server/agent_gateway/pipeline.py):
+        # memos (no database), quick statements, or the full domain call in a session.
         self.memo_answers = Counter(
             "depman_agent_memo_answers",
             "Agent requests answered from this process's memos, without the database.",
             ["endpoint"],
             registry=self.registry,
         )
-        # Agent requests answered with one or two statements outside FastAPI
-        # (server/quick_lane.py).
         self.quick_answers = Counter(
             "depman_agent_quick_answers",
-            "Agent requests answered by the quick lane: one or two statements, no FastAPI.",
+            "Agent requests answered by one or two statements on a quick connection.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.full_answers = Counter(
+            "depman_agent_full_answers",
+            "Agent requests answered by the full domain call in a database session.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.left_to_fastapi = Counter(
+            "depman_agent_left_to_fastapi",
+            "Agent requests the gateway's front left to FastAPI to parse "
+            "(another content type, invalid input).",
             ["endpoint"],
             registry=self.registry,
         )

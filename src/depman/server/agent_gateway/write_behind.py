@@ -1,4 +1,11 @@
-"""Writes the heartbeats answered from memory (`depman.core.beats`), in a worker thread."""
+"""Write-behind of the heartbeats the memo stage answered (`depman.core.beats`).
+
+The memo stage (`memo.py`) acknowledges an unchanged heartbeat and leaves it in
+`ServerState.beats`; this writes them all in one batch every
+`heartbeat_flush_seconds`, in a worker thread, and once more at shutdown. Admin
+reads and the dashboard of the same process flush first (`server/deps.py`), so
+what this process acknowledged, its own pages show.
+"""
 
 from __future__ import annotations
 

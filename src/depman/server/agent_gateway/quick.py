@@ -1,26 +1,27 @@
-"""Agent requests the memos cannot answer but one or two Core statements can.
+"""The quick stage: what the memos cannot answer but one or two Core statements can.
 
-At 10,000 agents every job brings about ten agent requests the memos cannot answer:
-the poll that finds its items, the `running` and `succeeded` reports, the heartbeats
-after its pins changed (issue 5). Through FastAPI and an ORM session each cost
-3-5 ms of CPU on a 2-core machine, more than the statements themselves. The fast
-lane (`server/fastlane.py`) hands them here instead, once the bearer token matched
-the memo'd hash; each function runs in a worker thread on a quick connection
-(`Database.quick`: on PostgreSQL, autocommit with asynchronous commit) and answers
-the same bytes as the handler. A function answers None for what it does not take;
-the request then goes to FastAPI unchanged:
+At 10,000 agents every job brings about ten agent requests the memos cannot
+answer: the poll that finds its items, the `running` reports, the heartbeats
+after its pins changed. In a session each costs more CPU than the statements
+themselves. Here each runs in a worker thread on a quick connection
+(`Database.quick`: on PostgreSQL, autocommit with asynchronous commit), only
+where every statement stands alone and losing the last ones in a crash is
+harmless (the agent repeats the report, or its next heartbeat restates it).
 
-- a poll of an instance that does not exist (the handler answers 404);
+A function answers None for what it does not take, and the full stage
+(`full.py`) answers instead:
+
+- a poll of an instance that does not exist (the full stage answers 404);
 - a heartbeat whose inventory changed, or of an instance that was not live (the
-  handler applies the diff, places pending jobs, marks new jobs ready);
-- a `failed` report (the handler re-places or fails the jobs waiting for the dep,
-  in one transaction with the item).
-
-A `succeeded` report is taken here but applied by `apply_status` in a session,
-exactly as the handler does (receipt, inventory row, jobs going ready).
+  full stage applies the diff, places pending jobs, marks new jobs ready);
+- any report but `running`: a `succeeded` one may prove a dep installed and make
+  jobs ready, a `failed` one re-places the jobs waiting for the dep, each in one
+  transaction with its item.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from starlette.types import Scope
 
@@ -28,19 +29,24 @@ from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
 from depman.core.profiles import static_dep_ids_of_type
 from depman.core.queue import poll_queue
-from depman.core.reports import FIGURES, apply_status, record_report
+from depman.core.reports import FIGURES, record_report
 from depman.core.states import ItemState
-from depman.server.agent_answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.agent_gateway.answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.agent_gateway.memo import remember_heartbeat
 from depman.server.agent_updates import update_offer
-from depman.server.memo_answers import remember_heartbeat
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
 from depman.server.state import ServerState
 
-# Reports that only move their item: `failed` also re-places jobs (the handler's work).
-QUICK_REPORT_STATES = (ItemState.RUNNING.value, ItemState.SUCCEEDED.value)
+
+@dataclass(frozen=True, slots=True)
+class PollRead:
+    """A poll's answer, and whether it hands out items (a long-poll waits when it does not)."""
+
+    body: bytes
+    has_items: bool
 
 
-def quick_poll(state: ServerState, instance_id: str, limit: int) -> bytes | None:
+def quick_poll(state: ServerState, instance_id: str, limit: int) -> PollRead | None:
     """The queue of an instance, read on a quick connection; memo'd when empty."""
     hints = state.hub.hints
     seen = hints.epoch(instance_id)  # before the read the memo relies on
@@ -51,7 +57,7 @@ def quick_poll(state: ServerState, instance_id: str, limit: int) -> bytes | None
     answer = poll_answer(poll)
     if not poll.items:
         hints.remember_empty(instance_id, answer, seen)
-    return answer
+    return PollRead(answer, bool(poll.items))
 
 
 def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes | None:
@@ -78,25 +84,15 @@ def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) ->
 
 
 def quick_status(state: ServerState, body: StatusRequest) -> bytes | None:
-    """A `running` or `succeeded` report: the item moves (or not), the disk figures are kept.
-
-    A `succeeded` one may prove a dep installed and make jobs ready: it goes through
-    `apply_status`, the handler's function, in one transaction; a `running` one only
-    moves its item, one statement on the quick connection.
-    """
-    if body.state not in QUICK_REPORT_STATES:
+    """A `running` report: the item moves (or not) and the disk figures are kept, each in
+    one statement."""
+    if body.state != ItemState.RUNNING.value:
         return None
-    report = body.to_core()
-    if body.state == ItemState.SUCCEEDED.value:
-        with state.db.session() as session:
-            result = apply_status(body.instance_id, report, session=session, policy=state.policy)
-            session.commit()
-        return status_answer(result)
     memo = state.hub.hints.beat_memo(body.instance_id)
     with state.db.quick(write=True) as conn:
         result = record_report(
             body.instance_id,
-            report,
+            body.to_core(),
             conn=conn,
             now=utcnow(),
             # The row holds what the last heartbeat wrote (the memo's figures, FIGURES first).

@@ -1,15 +1,17 @@
-"""Agent requests answered from this replica's memos (`depman.core.hints`), without the database.
+"""The memo stage: agent requests answered from this replica's memos (`depman.core.hints`),
+without the database.
 
 - an empty poll of an instance known to have nothing queued;
 - a heartbeat whose inventory, failed list and figures are those of the memo of
   a live instance with nothing downloading: only its time is new, so it goes to
-  the write-behind buffer (`depman.core.beats`). Such a beat changes nothing a
+  the write-behind buffer (`write_behind.py`). Such a beat changes nothing a
   pending job could use, and nothing placement reads but the liveness time, which
   the buffer writes within `heartbeat_flush_seconds`; a beat with new disk
-  figures is written before it is answered (the quick lane), so placement ranks
+  figures is written before it is answered (the quick stage), so placement ranks
   on the free disk every acknowledged heartbeat reported.
 
-Both need the bearer token to match the memo'd hash of the instance's token.
+The caller's token has been checked before (`credentials.py`). Memos are set only
+by the database stages, after a read or write that no invalidation raced.
 """
 
 from __future__ import annotations
@@ -30,12 +32,9 @@ def token_known(state: ServerState, instance_id: str, token: str | None) -> bool
     return bool(token) and state.hub.hints.token_matches(instance_id, hash_token(token or ""))
 
 
-def empty_poll_answer(state: ServerState, instance_id: str, token: str | None) -> bytes | None:
-    """The memo answer when the instance has nothing queued and the token is known good."""
-    answer = state.hub.hints.empty_answer(instance_id)
-    if answer is None or not token_known(state, instance_id, token):
-        return None
-    return answer
+def empty_poll_answer(state: ServerState, instance_id: str) -> bytes | None:
+    """The memo'd answer of a poll of an instance known to have nothing queued."""
+    return state.hub.hints.empty_answer(instance_id)
 
 
 def figures(hb: Heartbeat) -> tuple[int | None, ...]:
@@ -50,9 +49,7 @@ def figures(hb: Heartbeat) -> tuple[int | None, ...]:
     return (*(getattr(hb, name) for name in SCALAR_COLUMNS), telemetry)
 
 
-def unchanged_beat_answer(
-    state: ServerState, body: HeartbeatRequest, token: str | None
-) -> bytes | None:
+def unchanged_beat_answer(state: ServerState, body: HeartbeatRequest) -> bytes | None:
     """Take an unchanged heartbeat of a live instance into the buffer; None: not one."""
     if state.settings.heartbeat_flush_seconds <= 0:
         return None
@@ -65,7 +62,6 @@ def unchanged_beat_answer(
         memo is None
         or memo.live_until <= time.monotonic()
         or tuple(body.failed_dep_ids) != memo.failed
-        or not token_known(state, instance_id, token)
     ):
         return None
     hb = body.to_core()
