@@ -9,7 +9,7 @@ import pytest
 
 from depman.core.agent_builds import in_rollout
 from tests.server.fleet import Agent, Fleet, make_fleet, uid
-from tests.server.test_quick_lane import served_by
+from tests.server.test_agent_gateway import served_by
 from tests.server.v1_client import V1Client
 from tests.support.agent_builds import pyz_with, sha256_hex
 from tests.support.server import RunningServer, run_replica
@@ -117,8 +117,8 @@ def test_agent_update_is_the_same_on_every_answer_path(plane: RunningServer) -> 
         "downloadUrl": build["downloadUrl"],
         "sha256": sha256_hex(data),
     }
-    # The publish dropped the heartbeat memos: the quick lane answers, then the memo; a
-    # new inventory goes to the handler; new disk figures alone to the quick lane.
+    # The publish dropped the heartbeat memos: the quick stage answers, then the memo; a
+    # new inventory goes to the full stage; new disk figures alone to the quick stage.
     paths = []
     for step in ("same", "same", "inventory", "same", "figures"):
         if step == "inventory":
@@ -128,7 +128,7 @@ def test_agent_update_is_the_same_on_every_answer_path(plane: RunningServer) -> 
         how, (status, body) = served_by(plane, "heartbeat", agent.heartbeat)
         assert status == 200 and body["agentUpdate"] == expected, (how, body)
         paths.append(how)
-    assert paths == ["quick", "memo", "handler", "memo", "quick"], paths
+    assert paths == ["quick", "memo", "full", "memo", "quick"], paths
     assert register(plane, fleet, agent.instance_id, OLD)["agentUpdate"] == expected
 
     # An agent on the target version is offered nothing, on any path.

@@ -239,7 +239,7 @@ def apply_heartbeat(
     if changed:
         row.inventory_digest = digest  # set before the diff's first query flushes the row
         _apply_diff(instance_id, held, session=session, now=now)
-        # Other replicas' heartbeat memos hold the old digest; the handler renews ours.
+        # Other replicas' heartbeat memos hold the old digest; the caller renews ours.
         mark_changed(session, instance_id, here=False)
         held_ids = set(held)
         succeed_held_downloads(instance_id, held_ids, session=session, now=now)

@@ -109,9 +109,9 @@ def apply_status(
 ) -> Transition:
     """Apply a status report: move the item, keep the disk figures, and what follows.
 
-    Every path that answers a status report ends here for `succeeded` (the quick
-    lane hands it here too), `failed`, `retrying` and `cancelled`, so their rules
-    live in one place: a receipt proving the dep installed and jobs going ready
+    Every `succeeded`, `failed`, `retrying` and `cancelled` report ends here (a
+    `running` one only moves its item: `record_report`), so their rules live in
+    one place: a receipt proving the dep installed and jobs going ready
     (`on_item_succeeded`), jobs moving or failing and retries (`on_item_failed`).
     """
     now = now or utcnow()

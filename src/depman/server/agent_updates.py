@@ -1,10 +1,10 @@
-"""`agentUpdate` in register and heartbeat answers: one function every answer path calls.
+"""`agentUpdate` in register and heartbeat answers: one function every stage calls.
 
-The handlers (`server/api/agent_protocol.py`) and the quick lane
-(`server/quick_lane.py`) ask `update_offer` with the instance's server type and
-agent version as their one statement read them; the memo answers
-(`server/memo_answers.py`) replay bytes built here, and are dropped whenever a
-build is published or unpublished (`WakeupHub.forget_builds`).
+The agent gateway's quick and full stages (`server/agent_gateway/quick.py`,
+`full.py`) ask `update_offer` with the instance's server type and agent version
+as their statements read them; the memo stage replays answers built with it,
+and those memos are dropped whenever a build is published or unpublished
+(`WakeupHub.forget_builds`). The admin API's build documents use `base_url` too.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The outermost ASGI layer: refuse oversized bodies and control characters in URLs.
 
-It runs before the fast lane, FastAPI, parsing and authentication, so an
+It runs before the agent gateway, FastAPI, parsing and authentication, so an
 anonymous client cannot make the server buffer or parse more than a route's
 limit (agent routes `agent_max_body_bytes`, the rest `admin_max_body_bytes`):
 

@@ -1,7 +1,7 @@
 """Several server processes on one listening socket: fork after bind, then supervise.
 
-One Python process is bound to one core by the GIL; at 10,000 agents the fast lane,
-job placement and status reports together need more (issue 5). The parent binds
+One Python process is bound to one core by the GIL; at 10,000 agents the agent
+gateway, job placement and status reports together need more. The parent binds
 and migrates, forks `workers` children before any thread or database connection
 exists, and each child builds its own app, pool and memos: to each other they are
 replicas, kept coherent by PostgreSQL NOTIFY, which is why SQLite refuses this.

@@ -97,6 +97,9 @@ def remember_heartbeat(
     if state.settings.heartbeat_flush_seconds <= 0:
         return
     if body.downloading_dep_ids or body.active_downloads:
+        # The row now lists these downloads: an older memo would acknowledge the next
+        # idle beat without clearing them (a cancelled download stayed shown as running).
+        state.hub.hints.forget_beats([body.instance_id])
         return
     state.hub.hints.remember_beat(
         body.instance_id,
