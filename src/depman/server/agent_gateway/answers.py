@@ -14,10 +14,10 @@ from typing import Any
 from starlette.responses import Response
 
 from depman.core.queue import QueuePoll, Transition
+from depman.server.agent_gateway.requests import MAX_WAIT_SECONDS
 
 JSON_TYPE = "application/json"
-# What register advertises; `maxWaitSeconds` is the bound of the queue's `waitSeconds`.
-MAX_WAIT_SECONDS = 30
+# What register advertises (extensions a v1 agent ignores).
 CAPABILITIES = {
     "longPoll": True,
     "maxWaitSeconds": MAX_WAIT_SECONDS,

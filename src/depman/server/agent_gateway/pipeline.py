@@ -47,7 +47,12 @@ if TYPE_CHECKING:
     from depman.server.api.metrics import Metrics
 
 log = logging.getLogger(__name__)
-ENDPOINTS = ("register", "queue", "heartbeat", "status", "queue_item")
+# The endpoints each stage answers (the metrics' `endpoint` labels).
+STAGES = {
+    "memo": ("queue", "heartbeat"),
+    "quick": ("queue", "heartbeat", "status"),
+    "full": ("register", "queue", "heartbeat", "status", "queue_item"),
+}
 T = TypeVar("T")
 
 
@@ -56,14 +61,15 @@ class Pipeline:
 
     def __init__(self, state: ServerState, metrics: Metrics) -> None:
         self.state = state
+        counters = {
+            "memo": metrics.memo_answers,
+            "quick": metrics.quick_answers,
+            "full": metrics.full_answers,
+        }
         self._answered = {
-            (stage, endpoint): counter.labels(endpoint)
-            for stage, counter in (
-                ("memo", metrics.memo_answers),
-                ("quick", metrics.quick_answers),
-                ("full", metrics.full_answers),
-            )
-            for endpoint in ENDPOINTS
+            (stage, endpoint): counters[stage].labels(endpoint)
+            for stage, endpoints in STAGES.items()
+            for endpoint in endpoints
         }
 
     async def register(self, caller: Caller, body: RegisterRequest) -> Answer:

@@ -20,15 +20,15 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Scope
 
-from depman.server.agent_gateway.answers import MAX_WAIT_SECONDS
 from depman.server.auth import bearer_token
 from depman.server.schemas.bounds import Id, ItemId
 from depman.server.state import scope_client
 
 MAX_POLL_LIMIT = 1000
 DEFAULT_POLL_LIMIT = 25
-Query = TypeVar("Query", bound=BaseModel)
-Body = TypeVar("Body", bound=BaseModel)
+MAX_WAIT_SECONDS = 30  # register's capabilities advertise it as `maxWaitSeconds`
+QueryModel = TypeVar("QueryModel", bound=BaseModel)
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 
 class PollQuery(BaseModel):
@@ -93,7 +93,7 @@ def read_front(scope: Scope) -> FrontRequest:
     return FrontRequest(caller, media_type == b"application/json")
 
 
-def parse_query(model: type[Query], query_string: bytes) -> Query | None:
+def parse_query(model: type[QueryModel], query_string: bytes) -> QueryModel | None:
     """The query as `model`, from the same key/value pairs FastAPI reads; None: not valid."""
     pairs = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     try:
@@ -102,7 +102,7 @@ def parse_query(model: type[Query], query_string: bytes) -> Query | None:
         return None
 
 
-def parse_body(model: type[Body], body: bytes) -> Body | None:
+def parse_body(model: type[BodyModel], body: bytes) -> BodyModel | None:
     """A JSON body as `model`; None: not valid (FastAPI answers why)."""
     try:
         return model.model_validate_json(body)
