@@ -7,6 +7,8 @@ parsed the request or left it to FastAPI.
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import threading
 import time
@@ -20,6 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.server.fleet import Agent, Fleet, make_fleet
+from tests.server.hostile import address
 from tests.support.server import RunningServer, run_replica, run_server
 
 STAGE_RE = re.compile(
@@ -427,6 +430,38 @@ def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None
     # A body over the agent routes' limit never reaches the gateway.
     status, body = agent.heartbeat(installedDynamicDepIds=[f"u{i}" for i in range(200_000)])
     assert status == 413 and body["error"]["code"] == "too_large"
+
+
+def test_the_front_reads_repeated_parameters_as_fastapi_does(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    agent = fleet.register(fleet.add_instance("repeated"))
+    queue = f"/api/dependencies/queue?instanceId={agent.instance_id}"
+    # The last of a repeated query parameter counts.
+    last_valid = partial(plane.request, "GET", queue + "&limit=5000&limit=5", headers=agent.auth)
+    served = observe(plane, "queue", last_valid)
+    assert (served.status, served.body, served.fastapi) == (200, EMPTY_QUEUE, False)
+    last_invalid = partial(plane.request, "GET", queue + "&limit=5&limit=5000", headers=agent.auth)
+    served = observe(plane, "queue", last_invalid)
+    assert (served.status, served.fastapi) == (422, True)
+    # The first of a repeated header counts.
+    wrong = "Bearer not-a-token"
+
+    def twice(first: str, second: str) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection(*address(plane), timeout=30)
+        try:
+            conn.putrequest("GET", queue)
+            conn.putheader("Authorization", first)
+            conn.putheader("Authorization", second)
+            conn.endheaders()
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    served = observe(plane, "queue", lambda: twice(agent.auth["Authorization"], wrong))
+    assert (served.status, served.body, served.fastapi) == (200, EMPTY_QUEUE, False)
+    served = observe(plane, "queue", lambda: twice(wrong, agent.auth["Authorization"]))
+    assert (served.status, served.body, served.fastapi) == (401, WRONG_TOKEN, False)
 
 
 def test_what_only_fastapi_parses_reaches_the_same_pipeline(plane: RunningServer) -> None:
