@@ -606,6 +606,7 @@ def test_pins_reach_the_next_heartbeat_from_memory(plane: RunningServer) -> None
     assert agent.heartbeat() == (200, QUIET_BEAT)
 
 
+@pytest.mark.slow
 def test_an_instance_that_went_stale_is_not_kept_live_by_memory(tmp_path: Path) -> None:
     env = {"DEPMAN_LIVE_TTL_SECONDS": "1"}
     with run_server(f"sqlite:///{tmp_path / 'ttl.db'}", cwd=tmp_path, extra_env=env) as server:
@@ -629,6 +630,7 @@ def test_write_behind_off_writes_every_heartbeat(tmp_path: Path) -> None:
         assert served_by(server, "queue", agent.poll)[0] == "memo"
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_replicas_follow_each_other_s_changes_and_wake_each_other_s_long_polls(
     replicas: tuple[RunningServer, RunningServer],
@@ -677,6 +679,7 @@ def test_replicas_follow_each_other_s_changes_and_wake_each_other_s_long_polls(
     assert agent.poll() == (401, WRONG_TOKEN)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_replica_that_starts_makes_the_others_forget(
     replicas: tuple[RunningServer, RunningServer], tmp_path: Path
