@@ -188,13 +188,6 @@ class ServerSettings(BaseSettings):
     worker_threads: int = Field(
         64, ge=4, description="Threads that run the synchronous request handlers."
     )
-    gil_switch_interval_seconds: float = Field(
-        0.005,
-        gt=0,
-        le=0.1,
-        description="How long a busy thread keeps Python's interpreter lock before another "
-        "that waits for it gets a turn (sys.setswitchinterval).",
-    )
 
     agent_max_body_bytes: int = Field(
         MIB,

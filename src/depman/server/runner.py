@@ -188,7 +188,6 @@ def _serve_one(
         config, f"{banner} {url}" if announce else "", on_exit=app.state.depman.hub.wake_all
     )
     _tune_gc()
-    sys.setswitchinterval(settings.gil_switch_interval_seconds)
     server.run(sockets=[sock])
 
 
