@@ -165,10 +165,6 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def fmt_ms(seconds: float) -> str:
-    return "—" if seconds != seconds else f"{seconds * 1000:.1f}"
-
-
 def fmt_bytes(n: float) -> str:
     for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
         if abs(n) >= size:
