@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,11 +16,28 @@ from .config import AgentConfig
 from .errors import InsufficientDiskSpace, UnsafePath
 from .folder_models import in_use_under, remove_folder
 from .in_use import paths_in_use, real_path
-from .model_roots import same_filesystem
 from .progress import format_bytes
 from .state import DepRecord
 
 log = logging.getLogger("depman.agent")
+
+
+def _device(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except OSError:
+            continue
+    return None
+
+
+def same_filesystem(cache: Cache, record: DepRecord, folder: Path) -> bool:
+    """Whether deleting ``record`` frees space on ``folder``'s filesystem."""
+    try:
+        path = cache.record_path(record)
+    except UnsafePath:
+        return False
+    return _device(path.parent) == _device(folder)
 
 
 @dataclass(frozen=True)
