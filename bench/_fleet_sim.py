@@ -1,11 +1,9 @@
-"""One simulator process: plays a slice of the fleet's agents, prints its stats as JSON.
+"""The fleet simulator: the v1 agent, the stats it keeps, and the loop that runs a slice of agents.
 
-`--agent-kind v1` (below) plays field agents; `--agent-kind depman` plays depman's
-own agent (`bench/_fleet_depman.py`: long-poll, early and progress heartbeats).
-
-Started by `bench.fleet`; each agent registers, heartbeats its ~200-dep inventory
-every 30 s, polls its queue every 5 s (±20%), and works the items it gets
-(`running`, then `succeeded` after a simulated download, then an early heartbeat).
+`Agent` plays a field agent; `bench/_fleet_depman.py` derives depman's own agent
+from it. Each agent registers, heartbeats its ~200-dep inventory every 30 s,
+polls its queue every 5 s (±20%), and works the items it gets (`running`, then
+`succeeded` after a simulated download, then an early heartbeat).
 
 Handshake with `bench.fleet`: once every agent of this process has registered and
 sent its first heartbeat, the process writes `--booted-file` (the time); the
@@ -20,7 +18,6 @@ import asyncio
 import json
 import os
 import random
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -165,7 +162,7 @@ class Agent:
             stats.downloads_done += 1
         # The field agent heartbeats early (at most every 2 s) after a download.
         self.early_hb = max(time.time(), self.last_hb + 2.0)
-        _resolve(self.wake)
+        resolve_waiter(self.wake)
 
     async def run(self, start: float) -> None:
         args = self.sim.args
@@ -191,7 +188,7 @@ class Agent:
             if delay > 0:
                 loop = asyncio.get_running_loop()
                 self.wake = loop.create_future()
-                timer = loop.call_later(delay, _resolve, self.wake, False)
+                timer = loop.call_later(delay, resolve_waiter, self.wake, False)
                 try:
                     woken = await self.wake
                 finally:
@@ -210,7 +207,8 @@ class Agent:
                 await self.poll(due)
 
 
-def _resolve(waiter: asyncio.Future[bool] | None, woken: bool = True) -> None:
+def resolve_waiter(waiter: asyncio.Future[bool] | None, woken: bool = True) -> None:
+    """Wake a sleeping agent (``woken``) or end its sleep on time (not ``woken``)."""
     if waiter is not None and not waiter.done():
         waiter.set_result(woken)
 
@@ -230,8 +228,11 @@ async def sleep_until(t: float) -> None:
 
 
 class Sim:
-    def __init__(self, args: argparse.Namespace) -> None:
+    """A slice of the fleet's agents, all of one class, sharing one connection pool."""
+
+    def __init__(self, args: argparse.Namespace, agent_class: type[Agent] = Agent) -> None:
         self.args = args
+        self.agent_class = agent_class
         # Until the window is known: nothing is recorded, agents run up to the cap.
         self.t_measure = float("inf")
         self.t_stop = args.t0 + args.max_seconds
@@ -264,12 +265,7 @@ class Sim:
 
     async def main(self) -> dict[str, object]:
         args = self.args
-        kind: type[Agent] = Agent
-        if args.agent_kind == "depman":
-            from bench._fleet_depman import DepmanAgent
-
-            kind = DepmanAgent
-        agents = [kind(self, i) for i in range(args.first, args.first + args.count)]
+        agents = [self.agent_class(self, i) for i in range(args.first, args.first + args.count)]
         rng = random.Random(args.first)
         runs = [asyncio.ensure_future(a.run(args.t0 + rng.uniform(0, args.ramp)))
                 for a in agents]
@@ -300,49 +296,3 @@ class Sim:
             "downloads_done": self.stats.downloads_done,
             "loop_lag_p99": lag_samples[int(len(lag_samples) * 0.99)] if lag_samples else 0.0,
         }
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--secret", default="")
-    ap.add_argument("--server-type", default="bench")
-    ap.add_argument("--first", type=int, default=0)
-    ap.add_argument("--count", type=int, required=True)
-    ap.add_argument("--catalog", type=int, default=2000)
-    ap.add_argument("--static", type=int, default=20)
-    ap.add_argument("--inventory", type=int, default=200)
-    ap.add_argument("--t0", type=float, required=True)
-    ap.add_argument("--ramp", type=float, default=30)
-    ap.add_argument("--max-seconds", type=float, default=3600,
-                    help="Stop after this long whatever the window.")
-    ap.add_argument("--booted-file", required=True)
-    ap.add_argument("--window-file", required=True)
-    ap.add_argument("--poll-seconds", type=float, default=5.0)
-    ap.add_argument("--heartbeat-seconds", type=float, default=30.0)
-    ap.add_argument("--download-seconds", type=float, default=2.0)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--agent-kind", choices=("v1", "depman"), default="v1")
-    ap.add_argument("--long-poll-seconds", type=float, default=25.0)
-    ap.add_argument("--out", help="Write the JSON report here instead of stdout.")
-    args = ap.parse_args(argv)
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.install()
-    except ImportError:
-        pass
-    result = asyncio.run(Sim(args).main())
-    report = json.dumps(result) + "\n"
-    if args.out:
-        # A file, not stdout: reports past 64 KiB came back cut at the pipe buffer.
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(report)
-    else:
-        sys.stdout.write(report)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

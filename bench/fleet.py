@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from bench._fleet_worker import write_atomic
+from bench._fleet_sim import write_atomic
 from bench.common import (
     MIB,
     REPO_ROOT,
