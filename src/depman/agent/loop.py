@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol as p
-from .answers import sanitize_policy
+from .answer_checks import sanitize_policy
 from .cache import Cache
 from .client import ControlPlaneClient, static_dep_ids
 from .config import AgentConfig
