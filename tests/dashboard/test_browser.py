@@ -246,9 +246,9 @@ def progress_of(page: Any, dep_id: str) -> float:
 
 @pytest.mark.server_env(DEPMAN_HEARTBEAT_SECONDS="30")
 def test_dashboard_shows_a_live_fleet_and_moving_progress(
-    depman_server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
+    fresh_server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
 ) -> None:
-    server, page, screenshot = depman_server, browser_page, screenshots
+    server, page, screenshot = fresh_server, browser_page, screenshots
     describe_fleet(server)
     agents = {iid: FakeAgent(server, iid) for iid in list(INSTANCES)[:3]}
     for iid, agent in agents.items():

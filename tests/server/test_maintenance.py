@@ -37,7 +37,7 @@ SWEEP_ENV = {
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def control_plane(
+def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A server with short timeouts and a fast sweep, on both backends."""
@@ -50,8 +50,8 @@ def control_plane(
             yield server
 
 
-def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_stale_running_is_requeued_then_failed(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("stale"))
     job = fleet.submit(["b", "c"])[1]
     dep_b, dep_c = fleet.deps["b"], fleet.deps["c"]
@@ -70,28 +70,28 @@ def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> 
     agent.status(items[dep_b], "running")
     failed = wait_for(lambda: agent.items()[dep_b]["state"] == "failed" and agent.items()[dep_b])
     assert failed["attempts"] == 2 and "downloading" in failed["error"]
-    _, after = control_plane.admin("GET", f"/jobs/{job['jobId']}")
+    _, after = server.admin("GET", f"/jobs/{job['jobId']}")
     assert after["state"] == "failed" and dep_b in after["error"]
 
 
-def test_pending_job_times_out(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_pending_job_times_out(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     job = fleet.submit(["b"])[1]
     assert job["state"] == "pending"
     done = wait_for(
-        lambda: control_plane.admin("GET", f"/jobs/{job['jobId']}")[1]["state"] == "failed"
+        lambda: server.admin("GET", f"/jobs/{job['jobId']}")[1]["state"] == "failed"
     )
     assert done
 
 
-def test_submit_token_reaches_jobs_only(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_submit_token_reaches_jobs_only(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     submit = {"Authorization": "Bearer submit-only-token"}
     body = {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
-    status, job = control_plane.request("POST", "/api/jobs", body, submit)
+    status, job = server.request("POST", "/api/jobs", body, submit)
     assert status == 200, job
-    assert control_plane.request("GET", f"/api/jobs/{job['jobId']}", headers=submit)[0] == 200
-    assert control_plane.request("GET", "/api/admin/deps", headers=submit)[0] == 401
+    assert server.request("GET", f"/api/jobs/{job['jobId']}", headers=submit)[0] == 200
+    assert server.request("GET", "/api/admin/deps", headers=submit)[0] == 401
 
 
 @pytest.mark.postgres

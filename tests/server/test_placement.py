@@ -165,8 +165,8 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> None:
-    fleet, holder, running, spare = busy_holder(plane, holds="video")
+def test_a_job_waits_for_a_busy_holder_of_a_big_dep(server: RunningServer) -> None:
+    fleet, holder, running, spare = busy_holder(server, holds="video")
     status, job = fleet.submit(["video", "lora"])
     assert status == 200, job
     assert job["state"] == "pending" and job["instanceId"] is None
@@ -178,10 +178,10 @@ def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> Non
     # and the waiting job notes its wait only once.
     other = fleet.submit(["lora"])[1]
     assert other["instanceId"] == spare.instance_id
-    assert events(plane.admin("GET", f"/jobs/{job['jobId']}")[1]).count("waiting") == 1
+    assert events(server.admin("GET", f"/jobs/{job['jobId']}")[1]).count("waiting") == 1
     # The holder finishes its job: the waiting job goes there, with its dep already held.
-    plane.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": False, "error": "cancel"})
-    _, placed = plane.admin("GET", f"/jobs/{job['jobId']}")
+    server.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": False, "error": "cancel"})
+    _, placed = server.admin("GET", f"/jobs/{job['jobId']}")
     assert placed["instanceId"] == holder.instance_id
     # video is held there (touched, not yet proven); lora is downloaded.
     assert placed["missingDepIds"] == [fleet.deps["video"], fleet.deps["lora"]]
@@ -190,8 +190,8 @@ def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> Non
     assert placed["history"][-1]["waitedSeconds"] >= 0
 
 
-def test_a_job_does_not_wait_when_the_saving_is_small(plane: RunningServer) -> None:
-    fleet, _holder, _running, spare = busy_holder(plane, holds="lora")
+def test_a_job_does_not_wait_when_the_saving_is_small(server: RunningServer) -> None:
+    fleet, _holder, _running, spare = busy_holder(server, holds="lora")
     job = fleet.submit(["lora"])[1]
     assert job["instanceId"] == spare.instance_id and job["state"] == "waiting_deps"
     assert "waiting" not in events(job)
