@@ -11,7 +11,7 @@ import pytest
 
 from tests.agent.conftest import payload
 from tests.agent.recorder import Recorder
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import (
     agent_env,
     dep,
@@ -22,6 +22,7 @@ from tests.agent.test_agent_with_server import (
     setup_fleet,
 )
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

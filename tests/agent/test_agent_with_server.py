@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

@@ -19,11 +19,12 @@ from depman.agent.errors import UnsafePath
 from depman.agent.model_roots import ModelRoots, parse_roots
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, instance, items, put, setup_fleet
 from tests.support.hubs import CivitaiVersion
 from tests.support.origin import ModelOrigin
 from tests.support.server import shared_fake_hubs
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

@@ -14,7 +14,7 @@ import pytest
 from depman.agent.files import source_key
 from depman.agent.sidefiles import partial_path, sidecar_path
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import (
     agent_env,
     dep,
@@ -26,6 +26,7 @@ from tests.agent.test_agent_with_server import (
     wait_dynamic,
 )
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

@@ -18,9 +18,10 @@ import pytest
 
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, dep, items, setup_fleet
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

@@ -23,8 +23,8 @@ import pytest
 
 from depman.agent.bundle import bundle_bytes
 from tests.agent.fakes import _Server
-from tests.agent.running import wait_until
 from tests.agent.test_agent_with_server import setup_fleet
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

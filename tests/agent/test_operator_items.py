@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, dep, instance, items, setup_fleet
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

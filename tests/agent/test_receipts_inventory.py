@@ -18,7 +18,7 @@ import pytest
 from depman.agent import protocol as p
 from tests.agent.conftest import payload
 from tests.agent.recorder import Recorder
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import (
     agent_env,
     dep,
@@ -30,6 +30,7 @@ from tests.agent.test_agent_with_server import (
     wait_dynamic,
 )
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

@@ -22,10 +22,11 @@ import pytest
 
 from depman.agent import protocol as p
 from depman.agent.bundle import bundle_bytes
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, instance, setup_fleet
 from tests.cli.helpers import run_cli
 from tests.support.agent_builds import pyz_with, sha256_hex
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 

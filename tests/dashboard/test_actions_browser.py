@@ -17,9 +17,9 @@ from tests.dashboard.test_browser import (
     FakeAgent,
     browser_page,  # noqa: F401 - the fixture
     describe_fleet,
-    wait_until,
 )
 from tests.support.server import RunningServer
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -14,8 +13,8 @@ from depman.demo.processes import ChildProcess
 from tests.e2e.conftest import ModelFile
 from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer
+from tests.support.wait import wait_until
 
-T = TypeVar("T")
 # Lost after 3 s of silence, swept every 0.3 s; live (for placement) the same 3 s.
 LOST_ENV = {
     "DEPMAN_INSTANCE_LOST_SECONDS": "3",
@@ -23,17 +22,6 @@ LOST_ENV = {
     "DEPMAN_HEARTBEAT_SECONDS": "1",
     "DEPMAN_MAINTENANCE_INTERVAL_SECONDS": "0.3",
 }
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def job(server: RunningServer, job_id: str) -> dict[str, Any]:
@@ -58,12 +46,12 @@ def test_a_silent_instance_is_lost_and_its_jobs_move(fresh_server: RunningServer
     assert server.admin("POST", f"/jobs/{running['jobId']}/start")[0] == 200
     spare = fleet.register(fleet.add_instance("spare"))
     # The silent one stops talking; the spare keeps heartbeating.
-    moved = wait_for(
+    moved = wait_until(
         lambda: (
             spare.heartbeat()[0] == 200
             and job(server, waiting["jobId"])["instanceId"] == spare.instance_id
         ),
-        "the waiting job to move to the spare instance",
+        30, "the waiting job to move to the spare instance",
     )
     assert moved
     after = job(server, waiting["jobId"])
@@ -127,31 +115,31 @@ def test_killing_an_agent_moves_its_waiting_job_to_the_other_live_instance(
 
     try:
         start("node-1")
-        wait_for(lambda: instance(server, "node-1")["live"], "node-1 to be live")
+        wait_until(lambda: instance(server, "node-1")["live"], 30, "node-1 to be live")
         status, submitted = server.admin(
             "POST", "/jobs", {"serverType": "lost-type", "depIds": ["big"]}
         )
         assert status == 200 and submitted["instanceId"] == "node-1", submitted
         start("node-2")
-        wait_for(lambda: instance(server, "node-2")["live"], "node-2 to be live")
+        wait_until(lambda: instance(server, "node-2")["live"], 30, "node-2 to be live")
         assert job(server, submitted["jobId"])["state"] == "waiting_deps"
         agents["node-1"].kill()  # SIGKILL: no goodbye
-        moved = wait_for(
+        moved = wait_until(
             lambda: job(server, submitted["jobId"])["instanceId"] == "node-2",
-            "the waiting job to move to node-2",
+            30, "the waiting job to move to node-2",
         )
         assert moved
         history = job(server, submitted["jobId"])["history"]
         assert [h["event"] for h in history][-2:] == ["instance_lost", "placed"]
         assert instance(server, "node-1")["lost"] is True
         # The job completes its download on node-2.
-        done = wait_for(
-            lambda: job(server, submitted["jobId"])["state"] == "ready", "the job to be ready", 60
+        done = wait_until(
+            lambda: job(server, submitted["jobId"])["state"] == "ready", 60, "the job to be ready"
         )
         assert done
         # node-1 comes back: it registers again and is live, not lost.
         start("node-1")
-        wait_for(lambda: instance(server, "node-1")["live"], "node-1 to be live again")
+        wait_until(lambda: instance(server, "node-1")["live"], 30, "node-1 to be live again")
         assert instance(server, "node-1")["lost"] is False
     finally:
         for agent in agents.values():
