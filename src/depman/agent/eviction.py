@@ -71,10 +71,6 @@ class EvictionPolicy:
                    pin_ttl_seconds=int(ttl) if ttl is not None else p.DEFAULT_PIN_TTL_SECONDS)
 
 
-# Kept under its old name: open or memory-mapped, by real path.
-open_paths = paths_in_use
-
-
 def _real_path_or_none(path_of: Callable[[DepRecord], Path], record: DepRecord) -> str | None:
     try:
         return real_path(path_of(record))
@@ -137,7 +133,7 @@ class Evictor:
             need_free_bytes=need_free_bytes, dynamic_bytes=cache.dynamic_bytes(),
             max_dynamic_bytes=self.policy.max_dynamic_bytes if enforce_cap else None,
             batch_max=self.policy.batch_max, pin_ttl_seconds=self.policy.pin_ttl_seconds,
-            protected=protected, in_use=open_paths(),
+            protected=protected, in_use=paths_in_use(),
             path_of=cache.record_path)
         evicted = []
         for record in chosen:
