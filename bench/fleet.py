@@ -680,10 +680,12 @@ def main(argv: list[str] | None = None) -> int:
     if should_record(args):
         given = sys.argv[1:] if argv is None else argv
         cmd = " ".join(["uv run python -m bench.fleet", *given])
-        kinds = ", ".join(f"{kind} agents" for kind in plan.agent_kinds)
-        backends = ", ".join(BACKEND_NAMES.get(b, b) for b in plan.backends)
-        record_results(f"Fleet load, {kinds}, {backends}", cmd, tables, notes, args.results,
-                       history="fleet")
+        # One section per agent kind and backend: each is its own benchmark in RESULTS.md.
+        for kind, backend in dict.fromkeys((o.kind, o.backend) for o in outcomes):
+            group = [o for o in outcomes if o.kind == kind and o.backend == backend]
+            own = [n for n in notes[:-1] if n.startswith(f"{kind} agents, {backend},")]
+            record_results(f"Fleet load, {kind} agents, {BACKEND_NAMES.get(backend, backend)}",
+                           cmd, render(group), [*own, notes[-1]], args.results, history="fleet")
     return 1 if any(o.failure for o in outcomes) else 0
 
 
