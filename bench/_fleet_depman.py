@@ -1,6 +1,6 @@
 """Simulated agents that follow depman's own agent request pattern (`bench.fleet --agents depman`).
 
-The v1 agents of `_fleet_worker` poll every 5 s; depman's agent does not, and the
+The v1 agents of `_fleet_sim` poll every 5 s; depman's agent does not, and the
 fleet bench never saw what it does instead (an idle agent once sent thousands of
 requests a minute). This one copies `depman.agent.loop` and `depman.agent.pacing`:
 
@@ -28,12 +28,11 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from bench._fleet_sim import Agent, resolve_waiter
 from bench.fleetclient import HttpError, Pool
 
 if TYPE_CHECKING:
-    from bench._fleet_worker import Sim
-
-from bench._fleet_worker import Agent, _resolve
+    from bench._fleet_sim import Sim
 
 AGENT_VERSION = "depman-agent/0.1.0 (bench)"
 IDLE_LONG_POLL_MIN_SECONDS = 15
@@ -123,7 +122,7 @@ class DepmanAgent(Agent):
             return False
         loop = asyncio.get_running_loop()
         self.wake = loop.create_future()
-        timer = loop.call_later(delay, _resolve, self.wake, False)
+        timer = loop.call_later(delay, resolve_waiter, self.wake, False)
         try:
             return await self.wake
         finally:

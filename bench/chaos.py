@@ -1,7 +1,7 @@
 """Chaos soak: kill -9 the agent at random points of random downloads, then check the damage.
 
     uv run python -m bench.chaos                 # 50 kills (a few minutes), prints the result
-    uv run python -m bench.chaos --record        # and appends it to bench/RESULTS.md
+    uv run python -m bench.chaos --record        # and records it in bench/RESULTS.md
     uv run python -m bench.chaos --smoke         # 5 kills
 
 A real `depman server` (SQLite) and a real agent process on a throttled origin
@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import MIB, ResultTable, append_results, base_parser, should_record
+from bench.common import MIB, ResultTable, base_parser, record_results, should_record
 
 CONNECTIONS = 4
 RATE = MIB  # bytes per second per connection (the origin's throttle)
@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     if should_record(args):
         given = sys.argv[1:] if argv is None else argv
-        append_results("Chaos soak", " ".join(["uv run python -m bench.chaos", *given]),
-                       [table], notes, args.results)
+        record_results("Chaos soak", " ".join(["uv run python -m bench.chaos", *given]),
+                       [table], notes, args.results, history="chaos")
     ok = not soak.corrupt and not soak.bad_state and not soak.lost and not soak.leftovers
     return 0 if ok else 1
 

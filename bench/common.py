@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -99,14 +100,42 @@ class ResultTable:
         return "\n".join([f"**{self.title}**", "", head, rule, *body])
 
 
-def append_results(
+RESULTS_HEADER = (
+    "# Benchmark results\n\nThe latest recorded run of each benchmark, one section each; a new "
+    "run takes its section's place and the older one moves to `history/<benchmark>.md`.\n\n"
+)
+HISTORY_HEADER = (
+    "# {title}: earlier runs\n\nOlder runs of `bench/{benchmark}.py`, moved out of "
+    "bench/RESULTS.md when a newer one was recorded (newest last).\n\n"
+)
+
+
+def split_sections(text: str) -> tuple[str, list[str]]:
+    """The text before the first `## ` heading, and each `## ` section (heading included)."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    return parts[0], [part for part in parts[1:] if part]
+
+
+def section_name(section: str) -> str:
+    """`## Fleet load, v1 agents, PostgreSQL — 2026-12-04 04:57 UTC` -> the name before the date."""
+    heading = section.split("\n", 1)[0].removeprefix("## ")
+    return heading.split(" — ", 1)[0].strip()
+
+
+def record_results(
     name: str,
     command: str,
     tables: Sequence[ResultTable],
     notes: Iterable[str] = (),
     path: Path = RESULTS_PATH,
+    *,
+    history: str,
 ) -> None:
-    """Append one run of one benchmark as a Markdown section of RESULTS.md."""
+    """Record one run of benchmark `name` in RESULTS.md, in place of its previous run.
+
+    The previous run moves to `history/<history>.md` beside the results file (newest
+    last), so RESULTS.md always reads as the latest figure of each benchmark.
+    """
     machine = machine_info()
     parts = [
         f"## {name} — {machine.date}",
@@ -120,13 +149,25 @@ def append_results(
     notes = list(notes)
     if notes:
         parts += [f"- {n}" for n in notes] + [""]
-    if not path.exists():
-        path.write_text(
-            "# Benchmark results\n\nEach section is appended by one run of a `bench/` command.\n\n"
-        )
-    with path.open("a") as fh:
-        fh.write("\n".join(parts) + "\n")
-    console.print(f"[green]appended to {path}[/green]")
+    section = "\n".join(parts) + "\n"
+    preamble, sections = split_sections(path.read_text() if path.exists() else RESULTS_HEADER)
+    older = [s for s in sections if section_name(s) == name]
+    if older:
+        sections[sections.index(older[0])] = section
+        sections = [s for s in sections if s not in older[1:]]
+        history_path = path.parent / "history" / f"{history}.md"
+        history_path.parent.mkdir(parents=True, exist_ok=True)
+        if not history_path.exists():
+            history_path.write_text(HISTORY_HEADER.format(title=name, benchmark=history))
+        with history_path.open("a") as fh:
+            for old in older:
+                fh.write("\n" + old.rstrip("\n") + "\n")
+    else:
+        sections.append(section)
+    text = preamble + "".join(s if s.endswith("\n\n") else s.rstrip("\n") + "\n\n"
+                              for s in sections)
+    path.write_text(text.rstrip("\n") + "\n")
+    console.print(f"[green]recorded in {path}[/green]")
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -141,7 +182,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     rec.add_argument("--no-record", dest="record", action="store_false",
                      help="Print only.")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH,
-                        help="Which results file to append to.")
+                        help="Which results file to record in.")
     return parser
 
 
@@ -163,10 +204,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def fmt_ms(seconds: float) -> str:
-    return "—" if seconds != seconds else f"{seconds * 1000:.1f}"
 
 
 def fmt_bytes(n: float) -> str:

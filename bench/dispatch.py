@@ -33,10 +33,10 @@ from typing import Any
 
 from bench.common import (
     ResultTable,
-    append_results,
     base_parser,
     median,
     percentile,
+    record_results,
     should_record,
 )
 
@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.mode}: {f}", file=sys.stderr)
     if should_record(args):
         cmd = "uv run python -m bench.dispatch" + (" --smoke" if args.smoke else "")
-        append_results("Dispatch latency", cmd, [table], notes, args.results)
+        record_results("Dispatch latency", cmd, [table], notes, args.results,
+                       history="dispatch")
     return 1 if any(r.failures for r in results) else 0
 
 

@@ -30,9 +30,9 @@ from bench.common import (
     MIB,
     REPO_ROOT,
     ResultTable,
-    append_results,
     base_parser,
     median,
+    record_results,
     run_timed,
     should_record,
 )
@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in fast + slow if r.error and not r.error.startswith("missing")]
     if should_record(args):
         cmd = "uv run python -m bench.download" + (" --smoke" if args.smoke else "")
-        append_results("Download engine", cmd, tables, notes, args.results)
+        record_results("Download engine", cmd, tables, notes, args.results,
+                       history="download")
     return 1 if failed else 0
 
 

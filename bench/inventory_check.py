@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import ResultTable, append_results, base_parser, median, should_record
+from bench.common import ResultTable, base_parser, median, record_results, should_record
 from depman.agent import receipts
 from depman.agent.cache import Cache
 from depman.agent.inventory_check import recheck_inventory
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                  "(realpath once per folder) and the cache lock; the state file is written "
                  "only when something changed (not in these passes).")
     if should_record(args):
-        append_results("Inventory re-check", "uv run python -m bench.inventory_check",
-                       [table], notes, path=args.results)
+        record_results("Inventory re-check", "uv run python -m bench.inventory_check",
+                       [table], notes, path=args.results, history="inventory_check")
     return 0
 
 

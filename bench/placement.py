@@ -29,11 +29,11 @@ from bench.common import (
     GIB,
     MIB,
     ResultTable,
-    append_results,
     base_parser,
     fmt_bytes,
     median,
     percentile,
+    record_results,
     should_record,
 )
 from depman.core.placement import (
@@ -507,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         print(n)
     if should_record(args):
         cmd = "uv run python -m bench.placement" + (" --smoke" if args.smoke else "")
-        append_results("Placement and cache quality", cmd, [table, belady], notes, args.results)
+        record_results("Placement and cache quality", cmd, [table, belady], notes,
+                       args.results, history="placement")
     return 0
 
 

@@ -1,7 +1,10 @@
-"""Run the four full benchmarks in sequence, each appending its section to bench/RESULTS.md.
+"""Run the five recorded benchmarks in sequence, each recording its section in bench/RESULTS.md.
 
     uv run python -m bench.run_all            # the recording run (~70 min; quiet machine)
-    uv run python -m bench.run_all --smoke    # all four smoke modes, records nothing
+    uv run python -m bench.run_all --smoke    # all five smoke modes, records nothing
+
+The chaos soak (`bench.chaos --record`) and the API fuzz run (`bench.fuzz_api`, which
+records nothing) are run on their own.
 """
 
 from __future__ import annotations

@@ -52,22 +52,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from _database_url(request.param, tmp_path)
 
 
-@pytest.fixture(params=BACKENDS)
-def control_plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
-    """A live `depman server` on loopback, once on SQLite and once on PostgreSQL.
+@pytest.fixture
+def fresh_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    """A live `depman server` of this test's own, on a SQLite file.
 
+    Live servers have two names: `fresh_server`, started for one test, and `server`,
+    shared by a module or package (tests/server/conftest.py, tests/cli/conftest.py);
+    tests/server/ runs `fresh_server` on PostgreSQL too.
     `@pytest.mark.server_env(DEPMAN_RUNNING_TIMEOUT_SECONDS="1")` sets server env vars.
     """
-    marker = request.node.get_closest_marker("server_env")
-    extra = dict(marker.kwargs) if marker else {}
-    for url in _database_url(request.param, tmp_path):
-        with run_server(url, extra_env=extra, cwd=tmp_path) as server:
-            yield server
-
-
-@pytest.fixture
-def depman_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
-    """A live `depman server` on a SQLite file (for agent and end-to-end tests)."""
     marker = request.node.get_closest_marker("server_env")
     extra = dict(marker.kwargs) if marker else {}
     with run_server(f"sqlite:///{tmp_path / 'depman.db'}", extra_env=extra, cwd=tmp_path) as server:

@@ -8,7 +8,11 @@
     │   └── InvalidTransition        409 invalid_transition
     ├── SourceUnavailable            502 source_unavailable
     ├── AuthError                    401 unauthorized
+    │   ├── MissingCredentials       401 unauthorized (not counted as a failed guess)
     │   └── Forbidden                403 forbidden
+    ├── TooManyFailures              429 too_many_failures (with Retry-After)
+    ├── BuildTooLarge                413 too_large
+    ├── BundleUnavailable            503 unavailable
     └── ConfigError                  (start-up only) config_error
 
 The API renders each as `{"error": {"code", "message"}}` with its status.
@@ -85,6 +89,34 @@ class Forbidden(AuthError):
 
     code = "forbidden"
     status = 403
+
+
+class TooManyFailures(DepmanError):
+    """The client failed to authenticate too often: wait `retry_after` seconds."""
+
+    code = "too_many_failures"
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed authentications from this address; retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class BuildTooLarge(DepmanError):
+    """An uploaded agent build over `MAX_BUILD_BYTES`."""
+
+    code = "too_large"
+    status = 413
+
+
+class BundleUnavailable(DepmanError):
+    """The agent bundle cannot be built in this installation."""
+
+    code = "unavailable"
+    status = 503
 
 
 class ConfigError(DepmanError):

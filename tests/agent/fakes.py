@@ -57,10 +57,6 @@ class FakeControlPlane:
         with self.lock:
             self.scripts.setdefault(path, deque()).extend(answers)
 
-    def scripted_left(self, path: str) -> int:
-        with self.lock:
-            return len(self.scripts.get(path, ()))
-
     def count(self, path: str) -> int:
         with self.lock:
             return sum(1 for _, p, _ in self.requests if p == path)

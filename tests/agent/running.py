@@ -8,25 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (no fixed sleeps in asserts)."""
-    pause = threading.Event()
-    waited = 0.0
-    while waited < timeout:
-        value = predicate()
-        if value:
-            return value
-        pause.wait(step)
-        waited += step
-    return predicate()
 
 
 class AgentProcess:

@@ -14,7 +14,7 @@ import pytest
 from depman.agent.files import source_key
 from depman.agent.sidefiles import partial_path, sidecar_path
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import (
     agent_env,
     dep,
@@ -26,13 +26,14 @@ from tests.agent.test_agent_with_server import (
     wait_dynamic,
 )
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 
 KiB, MiB = 1024, 1024 * 1024
 
 
-def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Path) -> None:
+def test_planted_partial_links_are_not_followed(fresh_server: Any, tmp_path: Path) -> None:
     small, big, resumed = payload(64 * KiB)[0], payload(3 * MiB)[0], payload(64 * KiB)[0]
     linked = payload(64 * KiB)[0]
     outside = tmp_path / "outside"
@@ -68,11 +69,11 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
         # adopted through the link; the download replaces the link, not its target.
         (outside / "twin.bin").write_bytes(linked)
         (loras / "linked.bin").symlink_to(outside / "twin.bin")
-        setup_fleet(depman_server, deps, static=sorted(deps))
-        with AgentProcess(agent_env(depman_server, tmp_path)) as agent:
+        setup_fleet(fresh_server, deps, static=sorted(deps))
+        with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            assert wait_until(lambda: instance(depman_server).get("installedDepIdsStatic")
-                              == sorted(deps), 40), (items(depman_server), agent.log())
+            assert wait_until(lambda: instance(fresh_server).get("installedDepIdsStatic")
+                              == sorted(deps), 40), (items(fresh_server), agent.log())
             assert agent.stop() == 0
         assert origin.requests_for("/m/linked.bin")
     assert (outside / "twin.bin").read_bytes() == linked
@@ -87,7 +88,7 @@ def test_planted_partial_links_are_not_followed(depman_server: Any, tmp_path: Pa
     assert victim.read_bytes() == b"keep me" * 1000
 
 
-def test_linked_folder_leading_out_is_refused(depman_server: Any, tmp_path: Path) -> None:
+def test_linked_folder_leading_out_is_refused(fresh_server: Any, tmp_path: Path) -> None:
     data = payload(64 * KiB)[0]
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -97,16 +98,16 @@ def test_linked_folder_leading_out_is_refused(depman_server: Any, tmp_path: Path
     (models / "vae").symlink_to(tmp_path / "nowhere")
     with ModelOrigin() as origin:
         origin.add("/m/x.bin", data)
-        setup_fleet(depman_server, {
+        setup_fleet(fresh_server, {
             "linked": dep(origin, "/m/x.bin", "models/loras/x.bin", data),
             "dangling": dep(origin, "/m/x.bin", "models/vae/sub/x.bin", data),
         }, static=["linked", "dangling"])
-        with AgentProcess(agent_env(depman_server, tmp_path)) as agent:
+        with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: all(i["state"] == "failed"
-                                          for i in items(depman_server).values())
-                              and len(items(depman_server)) == 2, 30), items(depman_server)
-            for item in items(depman_server).values():
+                                          for i in items(fresh_server).values())
+                              and len(items(fresh_server)) == 2, 30), items(fresh_server)
+            for item in items(fresh_server).values():
                 assert "outside the ComfyUI folder" in item["error"], item
             assert agent.stop() == 0
     assert list(outside.iterdir()) == []
@@ -114,7 +115,7 @@ def test_linked_folder_leading_out_is_refused(depman_server: Any, tmp_path: Path
     assert not list(origin.requests)  # refused before any network traffic
 
 
-def test_eviction_never_deletes_through_a_link(depman_server: Any, tmp_path: Path) -> None:
+def test_eviction_never_deletes_through_a_link(fresh_server: Any, tmp_path: Path) -> None:
     blobs = {name: payload(64 * KiB)[0] for name in ("e1", "e2")}
     outside = tmp_path / "outside"
     folder = tmp_path / "ws/ComfyUI/models/vae"
@@ -124,30 +125,30 @@ def test_eviction_never_deletes_through_a_link(depman_server: Any, tmp_path: Pat
             origin.add(f"/m/{name}.bin", data)
             deps[name] = dep(origin, f"/m/{name}.bin", f"models/vae/{name}.bin", data,
                              kind="dynamic")
-        setup_fleet(depman_server, deps, static=[], policy={
+        setup_fleet(fresh_server, deps, static=[], policy={
             "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 1,
             "evictionBatchMax": 5, "pinTtlSeconds": 0})
-        env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+        env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            run_job(depman_server, ["e1"], "j1")
-            finish_job(depman_server, "j1")
-            wait_dynamic(depman_server, ["e1"])
+            run_job(fresh_server, ["e1"], "j1")
+            finish_job(fresh_server, "j1")
+            wait_dynamic(fresh_server, ["e1"])
             # The folder is swapped for a link to an identical copy outside the ComfyUI folder.
             shutil.copytree(folder, outside, copy_function=shutil.copy2)
             shutil.rmtree(folder)
             folder.symlink_to(outside)
-            wait_dynamic(depman_server, [])
+            wait_dynamic(fresh_server, [])
             agent.wait_for_line(r"Dep e1 is no longer reported as installed: .*outside")
             # A download with the cap at one byte would evict e1 if the agent still held it.
-            setup_fleet(depman_server, {"e2": {**deps["e2"],
+            setup_fleet(fresh_server, {"e2": {**deps["e2"],
                                                "destRelativePath": "models/loras/e2.bin"}},
                         static=[], policy={"enabled": True, "minFreeBytes": 0,
                                            "maxDynamicBytes": 1, "evictionBatchMax": 5,
                                            "pinTtlSeconds": 0})
-            run_job(depman_server, ["e2"], "j2")
-            finish_job(depman_server, "j2")
-            wait_dynamic(depman_server, ["e2"])
+            run_job(fresh_server, ["e2"], "j2")
+            finish_job(fresh_server, "j2")
+            wait_dynamic(fresh_server, ["e2"])
             assert agent.stop() == 0
     assert (outside / "e1.bin").read_bytes() == blobs["e1"]
 
@@ -174,7 +175,7 @@ def test_evictor_confines_right_before_deleting(tmp_path: Path) -> None:
     assert (outside / "a.bin").exists()
 
 
-def test_folder_relinked_during_a_download(depman_server: Any, tmp_path: Path) -> None:
+def test_folder_relinked_during_a_download(fresh_server: Any, tmp_path: Path) -> None:
     """The folder becomes a link out while bytes flow: the agent stops, writes nothing out."""
     data = payload(512 * KiB)[0]
     outside = tmp_path / "outside"
@@ -184,17 +185,17 @@ def test_folder_relinked_during_a_download(depman_server: Any, tmp_path: Path) -
     with ModelOrigin() as origin:
         # Slow, and the connection drops once halfway: the retry must not follow the link.
         origin.add("/m/slow.bin", data, rate=128 * KiB, drop_after=256 * KiB)
-        setup_fleet(depman_server, {"slow": dep(origin, "/m/slow.bin", "models/loras/slow.bin",
+        setup_fleet(fresh_server, {"slow": dep(origin, "/m/slow.bin", "models/loras/slow.bin",
                                                 data)}, static=["slow"])
-        env = agent_env(depman_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
+        env = agent_env(fresh_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             partial = partial_path(loras / "slow.bin")
             assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 30)
             loras.rename(loras.with_name("loras.old"))
             loras.symlink_to(outside)
-            assert wait_until(lambda: items(depman_server).get("slow", {}).get("state")
+            assert wait_until(lambda: items(fresh_server).get("slow", {}).get("state")
                               == "failed", 30), agent.log()
-            assert "outside the ComfyUI folder" in items(depman_server)["slow"]["error"]
+            assert "outside the ComfyUI folder" in items(fresh_server)["slow"]["error"]
             assert agent.stop() == 0
     assert list(outside.iterdir()) == []

@@ -330,10 +330,6 @@ def test_stop_interrupts_at_resumable_point_then_resumes(origin: ModelOrigin,
     stop = threading.Event()
     seen = threading.Event()
 
-    class Watch:
-        def __init__(self) -> None:
-            self.done = 0
-
     from depman.agent.progress import Progress
 
     class StopHalfway(Progress):

@@ -11,7 +11,8 @@ import pytest
 from depman.agent.cache import Cache, DiskStats, safe_relative_path
 from depman.agent.config import AgentConfig
 from depman.agent.errors import InsufficientDiskSpace, UnsafePath
-from depman.agent.eviction import EvictionPolicy, Evictor, open_paths
+from depman.agent.eviction import EvictionPolicy, Evictor
+from depman.agent.in_use import paths_in_use
 from depman.agent.inventory_check import recheck_inventory
 from depman.agent.state import StateStore
 
@@ -77,7 +78,7 @@ def test_pin_rules(tmp_path: Path) -> None:
     install(cache, "old", 2 * GiB, 5000)
     evictor = Evictor(cache, policy())
     with opened.open("rb"):  # a process holds it: /proc/*/fd shows it
-        assert str(opened) in open_paths()
+        assert str(opened) in paths_in_use()
         with pytest.raises(InsufficientDiskSpace, match="Insufficient disk space"):
             evictor.ensure_space(10 * GiB, folder=cache.comfyui_dir,
                                  protected={"pinned", "downloading"})
@@ -130,7 +131,7 @@ def test_unsafe_paths_refused(rel: str) -> None:
         safe_relative_path(rel)
 
 
-def test_open_paths_sees_other_processes(tmp_path: Path) -> None:
+def test_paths_in_use_sees_other_processes(tmp_path: Path) -> None:
     target = tmp_path / "held.bin"
     target.write_bytes(b"x")
     code = f"f = open({str(target)!r}); print('ready', flush=True); import sys; sys.stdin.read()"
@@ -138,10 +139,10 @@ def test_open_paths_sees_other_processes(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        assert str(target) in open_paths()
+        assert str(target) in paths_in_use()
     finally:
         holder.communicate("")
-    assert str(target) not in open_paths()
+    assert str(target) not in paths_in_use()
 
 
 def test_state_reconcile(tmp_path: Path) -> None:

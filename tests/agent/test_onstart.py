@@ -23,8 +23,8 @@ import pytest
 
 from depman.agent.bundle import bundle_bytes
 from tests.agent.fakes import _Server
-from tests.agent.running import wait_until
 from tests.agent.test_agent_with_server import setup_fleet
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 
@@ -70,17 +70,17 @@ def alive(pid: int) -> bool:
     return bool(stat) and stat.split(")")[-1].split()[0] != "Z"
 
 
-def test_onstart_script_installs_and_restarts_a_killed_agent(depman_server: Any,
+def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
                                                              tmp_path: Path) -> None:
-    setup_fleet(depman_server, {}, [])
-    script = printed_script("st", depman_server.root_url)
+    setup_fleet(fresh_server, {}, [])
+    script = printed_script("st", fresh_server.root_url)
     assert "DEPENDENCY_MANAGER_SHARED_SECRET" in script
-    assert depman_server.shared_secret not in script
+    assert fresh_server.shared_secret not in script
     workspace = tmp_path / "workspace"
     log = workspace / "depman-agent.log"
     pid_file = workspace / "depman" / "agent.pid"
     with run_script(script, workspace, CONTAINER_ID="i1", PUBLIC_IPADDR="10.0.0.1",
-                    DEPENDENCY_MANAGER_SHARED_SECRET=depman_server.shared_secret,
+                    DEPENDENCY_MANAGER_SHARED_SECRET=fresh_server.shared_secret,
                     DM_ALLOWED_DOMAINS="127.0.0.1") as proc:
         assert proc.returncode == 0
         assert wait_until(lambda: "Registered dependency agent: instanceId=i1" in read(log),
@@ -90,7 +90,7 @@ def test_onstart_script_installs_and_restarts_a_killed_agent(depman_server: Any,
         assert "instanceId i1 (from CONTAINER_ID)" in text
         assert "instanceIp 10.0.0.1 (from PUBLIC_IPADDR)" in text
         installed = (workspace / "depman" / "depman-agent.pyz").read_bytes()
-        status, published = depman_server.request("GET", "/agent/depman-agent.pyz.sha256"
+        status, published = fresh_server.request("GET", "/agent/depman-agent.pyz.sha256"
                                                   "?serverType=st")
         assert status == 200
         assert hashlib.sha256(installed).hexdigest() == str(published).strip()

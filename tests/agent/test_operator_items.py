@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import payload
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, dep, instance, items, setup_fleet
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 
@@ -27,9 +28,9 @@ def act(server: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.server_env(DEPMAN_JOB_MAX_PLACEMENTS="1")
 def test_agent_cancels_retries_and_deletes_as_the_operator_asks(
-    depman_server: Any, tmp_path: Path
+    fresh_server: Any, tmp_path: Path
 ) -> None:
-    server = depman_server
+    server = fresh_server
     keep, _ = payload(64 * 1024)
     good, _ = payload(96 * 1024)
     slow, _ = payload(8 * MiB)

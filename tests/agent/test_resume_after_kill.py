@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 MiB = 1024 * 1024
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -23,17 +23,6 @@ def fetch_cmd(origin: ModelOrigin, dest: Path, sha: str, size: int, connections:
     return [sys.executable, "-m", "depman.agent", "fetch", origin.url("/m/big.bin"), str(dest),
             "--sha256", sha, "--size", str(size), "--connections", str(connections),
             "--min-segment", "1MiB", "--allow-domain", "127.0.0.1"]
-
-
-def wait_for(predicate: object, timeout: float) -> bool:
-    done = threading.Event()
-    deadline = timeout
-    while deadline > 0:
-        if predicate():  # type: ignore[operator]
-            return True
-        done.wait(0.02)
-        deadline -= 0.02
-    return False
 
 
 @pytest.mark.parametrize("connections", [1, 4])
@@ -47,7 +36,7 @@ def test_resume_after_kill(origin: ModelOrigin, tmp_path: Path, connections: int
     first = subprocess.Popen(fetch_cmd(origin, dest, sha, size, connections), env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert wait_for(lambda: origin.bytes_served("/m/big.bin") >= 3 * MiB, 30)
+        assert wait_until(lambda: origin.bytes_served("/m/big.bin") >= 3 * MiB, 30)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)

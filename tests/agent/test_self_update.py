@@ -22,10 +22,11 @@ import pytest
 
 from depman.agent import protocol as p
 from depman.agent.bundle import bundle_bytes
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, instance, setup_fleet
 from tests.cli.helpers import run_cli
 from tests.support.agent_builds import pyz_with, sha256_hex
+from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
 
@@ -89,17 +90,17 @@ def stop_pid(pid: int) -> None:
 
 
 def test_agent_updates_itself_and_registers_as_the_new_version(
-    depman_server: Any, tmp_path: Path
+    fresh_server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(depman_server, {}, [])
-    env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    setup_fleet(fresh_server, {}, [])
+    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
     with AgentProcess(env, bundle=pyz) as agent:
         agent.wait_for_line("Registered dependency agent")
-        assert agent_version(depman_server) == p.AGENT_VERSION
+        assert agent_version(fresh_server) == p.AGENT_VERSION
         new = pyz_with(NEW)
-        publish(depman_server, tmp_path, new)
-        assert wait_until(lambda: agent_version(depman_server) == NEW, 60), agent.log()
+        publish(fresh_server, tmp_path, new)
+        assert wait_until(lambda: agent_version(fresh_server) == NEW, 60), agent.log()
         agent.wait_for_line("confirmed: registered")
         assert agent.proc is not None and agent.proc.poll() is None  # same process, re-executed
         starts = STARTED_RE.findall(agent.log())
@@ -109,32 +110,32 @@ def test_agent_updates_itself_and_registers_as_the_new_version(
         assert pyz.with_name(pyz.name + ".previous").read_bytes() == old
         assert not marker(tmp_path).exists()
         # Registered on the target version, it is offered nothing more.
-        heartbeats_seen(depman_server, 2)
+        heartbeats_seen(fresh_server, 2)
         assert agent.log().count("offered: downloading") == 1
         assert agent.stop() == 0
 
 
 def test_a_build_whose_bytes_do_not_match_its_sha256_is_refused_for_good(
-    depman_server: Any, tmp_path: Path
+    fresh_server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(depman_server, {}, [])
+    setup_fleet(fresh_server, {}, [])
     good = pyz_with(NEW)
-    publish(depman_server, tmp_path, good)
+    publish(fresh_server, tmp_path, good)
     # The stored bytes change under the published sha256 (a corrupted store or mirror).
-    db_path = depman_server.database_url.removeprefix("sqlite:///")
+    db_path = fresh_server.database_url.removeprefix("sqlite:///")
     with contextlib.closing(sqlite3.connect(db_path)) as db, db:
         db.execute("UPDATE agent_builds SET content = ?", (pyz_with("depman-agent/6.6.6"),))
-    env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
     with AgentProcess(env, bundle=pyz) as agent:
         line = agent.wait_for_line(r"Refusing agent build .*sha256 mismatch.*")
         assert sha256_hex(good) in line.group(0)
         assert set(refused(tmp_path)) == {sha256_hex(good)}
-        heartbeats_seen(depman_server, 3)  # offered again each time: not fetched again
+        heartbeats_seen(fresh_server, 3)  # offered again each time: not fetched again
         log = agent.log()
         assert log.count("offered: downloading") == 1 and log.count("Refusing") == 1
         assert pyz.read_bytes() == old
-        assert agent_version(depman_server) == p.AGENT_VERSION
+        assert agent_version(fresh_server) == p.AGENT_VERSION
         assert not list(pyz.parent.glob("*.download")) and not marker(tmp_path).exists()
         assert agent.stop() == 0
     # A restart remembers the refusal.
@@ -152,18 +153,18 @@ def test_a_build_whose_bytes_do_not_match_its_sha256_is_refused_for_good(
     ids=["exits-at-once", "never-registers"],
 )
 def test_a_new_build_that_does_not_register_is_rolled_back(
-    depman_server: Any, tmp_path: Path, main: str, why: str
+    fresh_server: Any, tmp_path: Path, main: str, why: str
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(depman_server, {}, [])
+    setup_fleet(fresh_server, {}, [])
     env = agent_env(
-        depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1", DM_UPDATE_PROBATION_SECONDS="2"
+        fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1", DM_UPDATE_PROBATION_SECONDS="2"
     )
     bad = pyz_with("depman-agent/66.0.0", main=main)
     with AgentProcess(env, bundle=pyz) as agent:
         try:
             agent.wait_for_line("Registered dependency agent")
-            publish(depman_server, tmp_path, bad)
+            publish(fresh_server, tmp_path, bad)
             assert agent.proc is not None
             agent.proc.wait(60)  # the bad build ends the original process
             assert wait_until(lambda: len(STARTED_RE.findall(agent.log())) >= 2, 60), agent.log()
@@ -174,8 +175,8 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
             assert pyz.read_bytes() == old
             assert set(refused(tmp_path)) == {sha256_hex(bad)}
             assert not marker(tmp_path).exists()
-            assert agent_version(depman_server) == p.AGENT_VERSION
-            heartbeats_seen(depman_server, 2)  # the previous build runs on, no second try
+            assert agent_version(fresh_server) == p.AGENT_VERSION
+            heartbeats_seen(fresh_server, 2)  # the previous build runs on, no second try
             assert agent.log().count("offered: downloading") == 1
         finally:  # the previous build the watchdog started is not the test's child
             for _version, pid in STARTED_RE.findall(agent.log()):
@@ -184,35 +185,35 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
 
 
 def test_an_agent_run_from_source_or_with_self_update_off_keeps_running(
-    depman_server: Any, tmp_path: Path
+    fresh_server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(depman_server, {}, [])
-    publish(depman_server, tmp_path, pyz_with(NEW))
-    env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    setup_fleet(fresh_server, {}, [])
+    publish(fresh_server, tmp_path, pyz_with(NEW))
+    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
     with AgentProcess(env) as agent:  # python -m depman.agent: nothing of its own to replace
         agent.wait_for_line("runs from an installed package, not depman-agent.pyz")
-        heartbeats_seen(depman_server, 2)
+        heartbeats_seen(fresh_server, 2)
         assert agent.log().count("runs from an installed package") == 1
-        assert agent_version(depman_server) == p.AGENT_VERSION
+        assert agent_version(fresh_server) == p.AGENT_VERSION
         assert agent.stop() == 0
     with AgentProcess({**env, "DM_SELF_UPDATE": "off"}, bundle=pyz) as agent:
         agent.wait_for_line(r"not installing it \(DM_SELF_UPDATE is off\)")
-        heartbeats_seen(depman_server, 2)
+        heartbeats_seen(fresh_server, 2)
         assert pyz.read_bytes() == old and "downloading" not in agent.log()
         assert agent.stop() == 0
 
 
 def test_under_a_restart_loop_a_rollback_leaves_one_agent_running(
-    depman_server: Any, tmp_path: Path
+    fresh_server: Any, tmp_path: Path
 ) -> None:
     """`depman onstart` restarts an agent that exits; the watchdog restarts it too."""
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(depman_server, {}, [])
+    setup_fleet(fresh_server, {}, [])
     env = {
         "PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", "PY": sys.executable,
         "PYZ": str(pyz),
-        **agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+        **agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
                     DM_UPDATE_PROBATION_SECONDS="2"),
     }
     log_path = tmp_path / "agent.log"
@@ -226,15 +227,15 @@ def test_under_a_restart_loop_a_rollback_leaves_one_agent_running(
 
         assert wait_until(lambda: "Registered dependency agent" in log(), 30), log()
         bad = pyz_with("depman-agent/66.1.0", main="raise SystemExit(3)\n")
-        publish(depman_server, tmp_path, bad)
+        publish(fresh_server, tmp_path, bad)
         assert wait_until(lambda: "waiting until it stops" in log(), 60), log()
         assert wait_until(lambda: log().count("Registered dependency agent") == 2, 30), log()
-        heartbeats_seen(depman_server, 3)
+        heartbeats_seen(fresh_server, 3)
         text = log()
         assert text.count("Registered dependency agent") == 2  # one agent runs, one waits
         assert text.count("waiting until it stops") == 1 and "Rolling back" in text
         assert pyz.read_bytes() == old
-        assert agent_version(depman_server) == p.AGENT_VERSION
+        assert agent_version(fresh_server) == p.AGENT_VERSION
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(supervisor.pid, signal.SIGKILL)

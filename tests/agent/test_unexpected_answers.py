@@ -18,8 +18,9 @@ import pytest
 from depman.agent.sidefiles import partial_path
 from tests.agent.conftest import payload
 from tests.agent.fakes import EndlessOrigin, FakeControlPlane, answer
-from tests.agent.running import AgentProcess, wait_until
+from tests.agent.running import AgentProcess
 from tests.support.origin import ModelOrigin
+from tests.support.wait import wait_until
 
 QUEUE = "/api/dependencies/queue"
 STATUS = "/api/dependencies/status"

@@ -11,7 +11,7 @@ from tests.support.server import RunningServer, run_server
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A live server on SQLite shared by a module (a server start costs seconds)."""
     tmp = tmp_path_factory.mktemp("depman")
     with run_server(f"sqlite:///{tmp / 'depman.db'}", cwd=tmp) as server:
@@ -19,8 +19,8 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
 
 
 @pytest.fixture(scope="module")
-def applied(shared_server: RunningServer) -> RunningServer:
+def applied(server: RunningServer) -> RunningServer:
     """The shared server, holding the example fleet."""
-    result = run_cli(shared_server, "apply", "-f", str(EXAMPLE))
+    result = run_cli(server, "apply", "-f", str(EXAMPLE))
     assert result.exit_code == 0, result.output
-    return shared_server
+    return server

@@ -8,8 +8,8 @@ from tests.server.test_field_agents import field_agent, items_of, job_of
 from tests.support.server import RunningServer
 
 
-def test_operator_actions_from_the_cli(depman_server: RunningServer) -> None:
-    server = depman_server
+def test_operator_actions_from_the_cli(fresh_server: RunningServer) -> None:
+    server = fresh_server
     fleet = make_fleet(server, static=["a"])
     client = field_agent(server, fleet, "cli", "0.9.18")
     iid = client.instance_id

@@ -96,26 +96,26 @@ def test_server_flag_accepts_the_agents_api_url(applied: RunningServer) -> None:
     ids=["bad-key", "bad-sha", "dotdot-path", "bad-yaml"],
 )
 def test_bad_fleet_file_is_a_clear_error(
-    shared_server: RunningServer, tmp_path: Path, fleet: str, message: str
+    server: RunningServer, tmp_path: Path, fleet: str, message: str
 ) -> None:
     path = write_fleet(tmp_path, fleet)
-    result = run_cli(shared_server, "apply", "-f", str(path))
+    result = run_cli(server, "apply", "-f", str(path))
     assert_clean_failure(result, message.replace("fleet.yaml", str(path)))
-    status, _ = shared_server.admin("GET", "/admin/deps/a")
+    status, _ = server.admin("GET", "/admin/deps/a")
     assert status == 404
 
 
-def test_missing_file_is_a_usage_error(shared_server: RunningServer, tmp_path: Path) -> None:
-    result = run_cli(shared_server, "apply", "-f", str(tmp_path / "nope.yaml"))
+def test_missing_file_is_a_usage_error(server: RunningServer, tmp_path: Path) -> None:
+    result = run_cli(server, "apply", "-f", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2
     assert "does not exist" in result.output
 
 
 def test_reference_to_a_document_nowhere_is_an_error(
-    shared_server: RunningServer, tmp_path: Path
+    server: RunningServer, tmp_path: Path
 ) -> None:
     path = write_fleet(tmp_path, "instances:\n  i-1: {ip: 10.0.0.1, serverType: ghost}\n")
-    result = run_cli(shared_server, "apply", "-f", str(path))
+    result = run_cli(server, "apply", "-f", str(path))
     assert_clean_failure(
         result,
         f"{path}:2: instances.i-1.serverType: server type 'ghost' is neither in this file "
@@ -143,7 +143,7 @@ def test_reference_to_a_document_on_the_server_is_fine(
 
 
 def test_server_rejection_names_the_line_and_applies_nothing(
-    shared_server: RunningServer, tmp_path: Path
+    server: RunningServer, tmp_path: Path
 ) -> None:
     # Which modes exist is the server's business: the client passes `mode` through.
     path = write_fleet(
@@ -155,14 +155,14 @@ def test_server_rejection_names_the_line_and_applies_nothing(
           t: {modelManagement: {mode: ""}}
         """,
     )
-    result = run_cli(shared_server, "apply", "-f", str(path))
+    result = run_cli(server, "apply", "-f", str(path))
     assert_clean_failure(
         result,
         f"{path}:4: serverTypes.t: modelManagement.mode must be a non-empty string",
         "422 validation_failed",
         "nothing was applied",
     )
-    status, _ = shared_server.admin("GET", "/admin/deps/a")
+    status, _ = server.admin("GET", "/admin/deps/a")
     assert status == 404
 
 
@@ -175,9 +175,9 @@ def test_wrong_token_is_refused_without_showing_it(applied: RunningServer) -> No
         assert applied.admin_token not in result.output
 
 
-def test_missing_token(shared_server: RunningServer) -> None:
+def test_missing_token(server: RunningServer) -> None:
     result = CliRunner().invoke(
-        app, ["get", "deps", "--server", shared_server.root_url], env={"DEPMAN_ADMIN_TOKEN": ""}
+        app, ["get", "deps", "--server", server.root_url], env={"DEPMAN_ADMIN_TOKEN": ""}
     )
     assert_clean_failure(result, "no admin token: set DEPMAN_ADMIN_TOKEN")
 
@@ -190,13 +190,13 @@ def test_unreachable_server() -> None:
 
 
 def test_bad_file_in_a_real_process_has_no_traceback(
-    shared_server: RunningServer, tmp_path: Path
+    server: RunningServer, tmp_path: Path
 ) -> None:
     path = write_fleet(
         tmp_path, "deps:\n  a: {url: https://hf.co/a, destRelativePath: ../a, kind: x}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPMAN_", "DM_"))}
-    env["DEPMAN_ADMIN_TOKEN"] = shared_server.admin_token
+    env["DEPMAN_ADMIN_TOKEN"] = server.admin_token
     proc = subprocess.run(
         [
             sys.executable,
@@ -206,7 +206,7 @@ def test_bad_file_in_a_real_process_has_no_traceback(
             "-f",
             str(path),
             "--server",
-            shared_server.root_url,
+            server.root_url,
         ],
         env=env,
         capture_output=True,
@@ -217,4 +217,4 @@ def test_bad_file_in_a_real_process_has_no_traceback(
     assert "Traceback" not in proc.stderr
     assert "2 problems" in proc.stderr
     assert "deps.a.destRelativePath" in proc.stderr and "deps.a.kind" in proc.stderr
-    assert shared_server.admin_token not in proc.stdout + proc.stderr
+    assert server.admin_token not in proc.stdout + proc.stderr

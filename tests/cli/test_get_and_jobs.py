@@ -16,8 +16,8 @@ SDXL_TYPE = "sdxl-standard-v8"
 FIRST, SECOND, FLUX = "vast-14620331", "vast-14620388", "vast-14701205"
 
 
-def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
-    server = depman_server
+def test_fleet_tables_and_jobs(fresh_server: RunningServer) -> None:
+    server = fresh_server
     assert run_cli(server, "apply", "-f", str(EXAMPLE)).exit_code == 0
     token = register(server, FIRST, SDXL_TYPE)
     heartbeat(server, token, FIRST, static=["sdxl-base-1.0"])
@@ -102,8 +102,8 @@ def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
     assert "failed" in row_of(run_cli(server, "get", "queue", FIRST).stdout, "lora-pixel-art-xl")
 
 
-def test_usage_and_not_found_errors(depman_server: RunningServer) -> None:
-    server = depman_server
+def test_usage_and_not_found_errors(fresh_server: RunningServer) -> None:
+    server = fresh_server
     no_instance = run_cli(server, "get", "queue")
     assert no_instance.exit_code == 2 and "INSTANCE_ID" in no_instance.output
     assert_clean_failure(

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from depman.ages import format_age
 from depman.client.units import (
     age_since,
-    format_age,
     format_bytes,
     parse_byte_size,
     parse_timestamp,

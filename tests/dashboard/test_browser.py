@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.support.server import RunningServer
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -59,21 +59,6 @@ INSTANCES: dict[str, tuple[str, list[str], int]] = {
     "gpu-4090-04": ("10.8.0.14", [], 0),
 }
 DISK_TOTAL = 200 * GiB
-
-T = TypeVar("T")
-
-
-def wait_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll until `probe` answers something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
 
 class FakeAgent:
     """Speaks protocol v1 (+ activeDownloads) for one instance, without downloading."""
@@ -246,9 +231,9 @@ def progress_of(page: Any, dep_id: str) -> float:
 
 @pytest.mark.server_env(DEPMAN_HEARTBEAT_SECONDS="30")
 def test_dashboard_shows_a_live_fleet_and_moving_progress(
-    depman_server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
+    fresh_server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
 ) -> None:
-    server, page, screenshot = depman_server, browser_page, screenshots
+    server, page, screenshot = fresh_server, browser_page, screenshots
     describe_fleet(server)
     agents = {iid: FakeAgent(server, iid) for iid in list(INSTANCES)[:3]}
     for iid, agent in agents.items():

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from depman.server.dashboard.format import (
-    format_age,
     format_ago,
     format_bytes,
     format_duration,
     format_percent,
     format_rate,
+    format_seconds_ago,
 )
 
 
@@ -39,14 +39,14 @@ def test_bytes(value: int | None, text: str) -> None:
         (None, "never"),
         (0.4, "0s ago"),
         (12.9, "12s ago"),
-        (125, "2m ago"),
-        (7300, "2h ago"),
-        (3 * 86400, "3d ago"),
+        (125, "2m05s ago"),
+        (7300, "2h01m ago"),
+        (3 * 86400, "3d00h ago"),
         (-5, "0s ago"),
     ],
 )
 def test_age(seconds: float | None, text: str) -> None:
-    assert format_age(seconds) == text
+    assert format_seconds_ago(seconds) == text
 
 
 @pytest.mark.parametrize(

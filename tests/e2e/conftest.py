@@ -1,13 +1,13 @@
-"""End-to-end fixtures: the demo origin and agents as real processes beside `depman_server`."""
+"""End-to-end fixtures: the demo origin and agents as real processes beside `fresh_server`."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -27,22 +27,6 @@ SERVER_TYPE = "e2e-sdxl"
 PROFILE_ID = "e2e-profile"
 ORIGIN_TOKEN = "hf_e2e_token"
 MIB = 1024 * 1024
-
-T = TypeVar("T")
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
-) -> T:
-    """Poll `probe` until it answers something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def file_sha256(path: Path) -> str:
@@ -215,9 +199,9 @@ def origin(tmp_path: Path) -> Iterator[Service]:
 
 
 @pytest.fixture
-def fleet(depman_server: RunningServer, origin: Service, tmp_path: Path) -> Iterator[Fleet]:
+def fleet(fresh_server: RunningServer, origin: Service, tmp_path: Path) -> Iterator[Fleet]:
     """Server + origin; tests add files, instances and agents. Agents stop first."""
-    running = Fleet(depman_server, origin, tmp_path)
+    running = Fleet(fresh_server, origin, tmp_path)
     try:
         yield running
     finally:

@@ -11,8 +11,8 @@ from tests.e2e.conftest import (
     Fleet,
     ModelFile,
     file_sha256,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.server_env(**E2E_SERVER_ENV)]
 

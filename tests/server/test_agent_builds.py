@@ -49,41 +49,41 @@ def register(server: RunningServer, fleet: Fleet, instance_id: str, version: str
     return body
 
 
-def test_publish_reads_the_version_stores_and_serves_the_build(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_publish_reads_the_version_stores_and_serves_the_build(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     data = pyz_with("depman-agent/7.0.0")
-    status, build = publish(plane, fleet.server_type, data, "?rolloutPercent=40")
+    status, build = publish(server, fleet.server_type, data, "?rolloutPercent=40")
     assert status == 200, build
     assert build["version"] == "depman-agent/7.0.0"
     assert build["sha256"] == sha256_hex(data)
     assert (build["sizeBytes"], build["rolloutPercent"]) == (len(data), 40)
-    assert build["downloadUrl"] == f"{plane.root_url}/agent/builds/{sha256_hex(data)}.pyz"
+    assert build["downloadUrl"] == f"{server.root_url}/agent/builds/{sha256_hex(data)}.pyz"
     assert fetch(build["downloadUrl"]) == (data, sha256_hex(data))
     # The onstart path: the type's build and its sha256; other types get the built-in one.
     query = f"?serverType={fleet.server_type}"
-    assert fetch(f"{plane.root_url}/agent/depman-agent.pyz{query}") == (data, sha256_hex(data))
-    status, text = plane.request("GET", f"/agent/depman-agent.pyz.sha256{query}")
+    assert fetch(f"{server.root_url}/agent/depman-agent.pyz{query}") == (data, sha256_hex(data))
+    status, text = server.request("GET", f"/agent/depman-agent.pyz.sha256{query}")
     assert (status, text.strip()) == (200, sha256_hex(data))
-    built_in, digest = fetch(f"{plane.root_url}/agent/depman-agent.pyz?serverType=other")
+    built_in, digest = fetch(f"{server.root_url}/agent/depman-agent.pyz?serverType=other")
     assert digest == sha256_hex(built_in) != sha256_hex(data)
-    status, text = plane.request("GET", "/agent/depman-agent.pyz.sha256")
+    status, text = server.request("GET", "/agent/depman-agent.pyz.sha256")
     assert text.strip() == digest
 
-    status, listing = plane.admin("GET", "/admin/agent-builds")
+    status, listing = server.admin("GET", "/admin/agent-builds")
     assert status == 200
     mine = [b for b in listing["builds"] if b["serverType"] == fleet.server_type]
     assert mine and mine[0]["sha256"] == build["sha256"]
 
-    assert plane.admin("DELETE", f"/admin/agent-builds/{fleet.server_type}")[0] == 204
-    assert plane.admin("GET", f"/admin/agent-builds/{fleet.server_type}")[0] == 404
-    assert plane.request("GET", f"/agent/builds/{sha256_hex(data)}.pyz")[0] == 404
-    assert fetch(f"{plane.root_url}/agent/depman-agent.pyz{query}")[1] == digest
-    status, body = plane.admin("DELETE", f"/admin/agent-builds/{fleet.server_type}")
+    assert server.admin("DELETE", f"/admin/agent-builds/{fleet.server_type}")[0] == 204
+    assert server.admin("GET", f"/admin/agent-builds/{fleet.server_type}")[0] == 404
+    assert server.request("GET", f"/agent/builds/{sha256_hex(data)}.pyz")[0] == 404
+    assert fetch(f"{server.root_url}/agent/depman-agent.pyz{query}")[1] == digest
+    status, body = server.admin("DELETE", f"/admin/agent-builds/{fleet.server_type}")
     assert status == 404 and body["error"]["code"] == "not_found"
 
 
-def test_bad_builds_are_refused_with_a_clear_error(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_bad_builds_are_refused_with_a_clear_error(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     pyz = pyz_with("depman-agent/7.1.0")
     cases = [
         (fleet.server_type, b"", "", 422, "empty"),
@@ -93,24 +93,24 @@ def test_bad_builds_are_refused_with_a_clear_error(plane: RunningServer) -> None
         (uid("no-such-type"), pyz, "", 404, "does not exist"),
     ]
     for server_type, data, query, code, words in cases:
-        status, body = publish(plane, server_type, data, query)
+        status, body = publish(server, server_type, data, query)
         assert status == code, (query, body)
         assert words in body["error"]["message"] or words in str(body), body
-    status, body = publish(plane, fleet.server_type, b"x" * (32 * 1024**2 + 1))
+    status, body = publish(server, fleet.server_type, b"x" * (32 * 1024**2 + 1))
     assert status == 413 and body["error"]["code"] == "too_large"
     # A field agent's script: not a zipapp, so its version is given.
-    status, body = publish(plane, fleet.server_type, b"print('agent')\n", "?version=0.10.2")
+    status, body = publish(server, fleet.server_type, b"print('agent')\n", "?version=0.10.2")
     assert (status, body["version"]) == (200, "0.10.2")
     for path in ("/agent/builds/nothex.pyz", f"/agent/builds/{'0' * 64}.pyz"):
-        status, body = plane.request("GET", path)
+        status, body = server.request("GET", path)
         assert status == 404 and body["error"]["code"] == "not_found"
 
 
-def test_agent_update_is_the_same_on_every_answer_path(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_agent_update_is_the_same_on_every_answer_path(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("upd"))
     data = pyz_with("depman-agent/7.2.0")
-    status, build = publish(plane, fleet.server_type, data)
+    status, build = publish(server, fleet.server_type, data)
     assert status == 200, build
     expected = {
         "targetVersion": "depman-agent/7.2.0",
@@ -125,35 +125,35 @@ def test_agent_update_is_the_same_on_every_answer_path(plane: RunningServer) -> 
             agent.installed_dynamic = [fleet.deps["b"]]
         elif step == "figures":
             agent.free_bytes -= 1
-        how, (status, body) = served_by(plane, "heartbeat", agent.heartbeat)
+        how, (status, body) = served_by(server, "heartbeat", agent.heartbeat)
         assert status == 200 and body["agentUpdate"] == expected, (how, body)
         paths.append(how)
     assert paths == ["quick", "memo", "full", "memo", "quick"], paths
-    assert register(plane, fleet, agent.instance_id, OLD)["agentUpdate"] == expected
+    assert register(server, fleet, agent.instance_id, OLD)["agentUpdate"] == expected
 
     # An agent on the target version is offered nothing, on any path.
-    body = register(plane, fleet, agent.instance_id, "depman-agent/7.2.0")
+    body = register(server, fleet, agent.instance_id, "depman-agent/7.2.0")
     assert "agentUpdate" not in body
-    updated = Agent(plane, agent.instance_id, body["agentToken"])
+    updated = Agent(server, agent.instance_id, body["agentToken"])
     for _ in range(3):
-        how, (status, answer) = served_by(plane, "heartbeat", updated.heartbeat)
+        how, (status, answer) = served_by(server, "heartbeat", updated.heartbeat)
         assert status == 200 and "agentUpdate" not in answer, (how, answer)
 
     # Unpublishing takes the offer out of the memo'd answers at once.
     old = fleet.register(fleet.add_instance("old"))
     for _ in range(3):
         assert "agentUpdate" in old.heartbeat()[1]
-    assert plane.admin("DELETE", f"/admin/agent-builds/{fleet.server_type}")[0] == 204
+    assert server.admin("DELETE", f"/admin/agent-builds/{fleet.server_type}")[0] == 204
     for _ in range(3):
-        how, (status, answer) = served_by(plane, "heartbeat", old.heartbeat)
+        how, (status, answer) = served_by(server, "heartbeat", old.heartbeat)
         assert status == 200 and "agentUpdate" not in answer, (how, answer)
 
 
-def test_rollout_percentage_picks_a_stable_share_of_the_type(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_rollout_percentage_picks_a_stable_share_of_the_type(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agents = [fleet.register(fleet.add_instance(f"roll{i}")) for i in range(12)]
     data = pyz_with("depman-agent/7.3.0")
-    status, build = publish(plane, fleet.server_type, data, "?rolloutPercent=0")
+    status, build = publish(server, fleet.server_type, data, "?rolloutPercent=0")
     assert status == 200, build
     assert build["instances"] == 12 and build["offered"] == 0
 
@@ -167,31 +167,31 @@ def test_rollout_percentage_picks_a_stable_share_of_the_type(plane: RunningServe
         return chosen
 
     assert offered() == set()
-    status, body = plane.admin(
+    status, body = server.admin(
         "PATCH", f"/admin/agent-builds/{fleet.server_type}", {"rolloutPercent": 50}
     )
     assert status == 200 and body["rolloutPercent"] == 50
     half = offered()
     assert half == {a.instance_id for a in agents if in_rollout(a.instance_id, 50)}
     assert body["offered"] == len(half)
-    status, body = plane.admin(
+    status, body = server.admin(
         "PATCH", f"/admin/agent-builds/{fleet.server_type}", {"rolloutPercent": 100}
     )
     assert offered() == {a.instance_id for a in agents}
     assert body["offered"] == 12 and body["onTarget"] == 0
-    status, body = plane.admin(
+    status, body = server.admin(
         "PATCH", f"/admin/agent-builds/{fleet.server_type}", {"rolloutPercent": -1}
     )
     assert status == 422
 
 
-def test_a_field_agent_sees_agent_update_and_fetches_it(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_a_field_agent_sees_agent_update_and_fetches_it(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("field")
     script = b"#!/usr/bin/env python3\nprint('field agent 0.10.3')\n"
-    status, build = publish(plane, fleet.server_type, script, "?version=0.10.3")
+    status, build = publish(server, fleet.server_type, script, "?version=0.10.3")
     assert status == 200, build
-    client = V1Client(plane.base_url, fleet.server_type, plane.shared_secret, "0.6.0")
+    client = V1Client(server.base_url, fleet.server_type, server.shared_secret, "0.6.0")
     update = client.register(instance_id=instance_id)["agentUpdate"]
     assert update["targetVersion"] == "0.10.3"
     assert client.heartbeat()["agentUpdate"] == update
@@ -224,12 +224,12 @@ def test_a_publish_reaches_the_other_replica_s_memos(
 
 
 @pytest.mark.server_env(DEPMAN_PUBLIC_URL="https://depman.example.com/")
-def test_download_url_uses_the_public_url(depman_server: RunningServer) -> None:
-    fleet = make_fleet(depman_server)
+def test_download_url_uses_the_public_url(fresh_server: RunningServer) -> None:
+    fleet = make_fleet(fresh_server)
     instance_id = fleet.add_instance("pub")
     data = pyz_with("depman-agent/7.5.0")
-    status, build = publish(depman_server, fleet.server_type, data)
+    status, build = publish(fresh_server, fleet.server_type, data)
     assert status == 200, build
     url = f"https://depman.example.com/agent/builds/{sha256_hex(data)}.pyz"
     assert build["downloadUrl"] == url
-    assert register(depman_server, fleet, instance_id, OLD)["agentUpdate"]["downloadUrl"] == url
+    assert register(fresh_server, fleet, instance_id, OLD)["agentUpdate"]["downloadUrl"] == url

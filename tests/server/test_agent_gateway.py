@@ -120,9 +120,9 @@ def via_fastapi(agent: Agent) -> Sender:
     return sent_with(agent, {**agent.auth, "Content-Type": OTHER_JSON})
 
 
-def placed_agent(plane: RunningServer) -> tuple[Fleet, Agent, dict[str, Any]]:
+def placed_agent(server: RunningServer) -> tuple[Fleet, Agent, dict[str, Any]]:
     """An agent holding b, its memos set, with a job needing a and b placed on it."""
-    fleet = make_fleet(plane)
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("placed"), dynamic=[fleet.deps["b"]])
     assert agent.heartbeat()[0] == 200
     assert agent.poll()[0] == 200
@@ -147,20 +147,20 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> Non
         time.sleep(0.05)
 
 
-def test_which_stage_answers_a_heartbeat(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_which_stage_answers_a_heartbeat(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     a, b, c = fleet.deps["a"], fleet.deps["b"], fleet.deps["c"]
     agent = fleet.register(fleet.add_instance("beats"), dynamic=[b])  # first beat: full
 
     def stage(**extra: Any) -> str:
-        how, answer = served_by(plane, "heartbeat", partial(agent.heartbeat, **extra))
+        how, answer = served_by(server, "heartbeat", partial(agent.heartbeat, **extra))
         assert answer == (200, QUIET_BEAT), (how, answer)
         return how
 
     assert stage() == "memo"  # nothing new but the time
     agent.free_bytes = 123_456
     assert stage() == "quick"  # new disk figures are written before the answer
-    assert instance_doc(plane, agent.instance_id)["diskStats"]["freeBytes"] == 123_456
+    assert instance_doc(server, agent.instance_id)["diskStats"]["freeBytes"] == 123_456
     assert stage() == "memo"
     assert stage(downloadingDepIds=[a]) == "quick"  # its items need the database now
     assert stage() == "quick"  # the row listed the download: this beat clears it
@@ -168,41 +168,41 @@ def test_which_stage_answers_a_heartbeat(plane: RunningServer) -> None:
     assert stage(failedDepIds=[a]) == "quick"
     assert stage(failedDepIds=[a]) == "memo"
     assert stage() == "quick"
-    doc = instance_doc(plane, agent.instance_id)
+    doc = instance_doc(server, agent.instance_id)
     assert doc["downloadingDepIds"] == [] and doc["failedDepIds"] == []
     agent.installed_dynamic = [b, c]
     assert stage() == "full"  # a changed inventory: the diff
     assert stage() == "memo"
-    assert instance_doc(plane, agent.instance_id)["installedDepIdsDynamic"] == sorted([b, c])
+    assert instance_doc(server, agent.instance_id)["installedDepIdsDynamic"] == sorted([b, c])
 
 
-def test_which_stage_answers_a_poll(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_which_stage_answers_a_poll(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("polls"), dynamic=[fleet.deps["b"]])
-    assert served_by(plane, "queue", agent.poll) == ("quick", (200, EMPTY_QUEUE))
-    assert served_by(plane, "queue", agent.poll) == ("memo", (200, EMPTY_QUEUE))
+    assert served_by(server, "queue", agent.poll) == ("quick", (200, EMPTY_QUEUE))
+    assert served_by(server, "queue", agent.poll) == ("memo", (200, EMPTY_QUEUE))
     # A long-poll of an empty queue: the memo's answer once the wait is over.
-    assert served_by(plane, "queue", lambda: agent.poll(wait=0.2)) == ("memo", (200, EMPTY_QUEUE))
+    assert served_by(server, "queue", lambda: agent.poll(wait=0.2)) == ("memo", (200, EMPTY_QUEUE))
     status, job = fleet.submit(["a", "b"])
     assert status == 200 and job["instanceId"] == agent.instance_id, job
     # The enqueue dropped the memo: the quick stage reads the queue.
-    stage, (status, body) = served_by(plane, "queue", agent.poll)
+    stage, (status, body) = served_by(server, "queue", agent.poll)
     assert (stage, status) == ("quick", 200)
     items = {item["depId"]: item for item in body["items"]}
     assert set(items) == {fleet.deps["a"], fleet.deps["b"]}
     assert items[fleet.deps["b"]]["op"] == "touch"
     assert body["pinnedDepIds"] == sorted([fleet.deps["a"], fleet.deps["b"]])
     # A long-poll that finds items answers with them, from the same read.
-    assert served_by(plane, "queue", lambda: agent.poll(wait=20)) == ("quick", (200, body))
+    assert served_by(server, "queue", lambda: agent.poll(wait=20)) == ("quick", (200, body))
 
 
-def test_a_long_poll_is_woken_by_an_enqueue_without_fastapi(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_a_long_poll_is_woken_by_an_enqueue_without_fastapi(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("woken"))
     assert agent.poll() == (200, EMPTY_QUEUE)  # the empty queue is memo'd
     result: list[Served] = []
     waiting = threading.Thread(
-        target=lambda: result.append(observe(plane, "queue", lambda: agent.poll(wait=25)))
+        target=lambda: result.append(observe(server, "queue", lambda: agent.poll(wait=25)))
     )
     waiting.start()
     time.sleep(0.5)  # the poll is waiting on its instance by now
@@ -216,27 +216,27 @@ def test_a_long_poll_is_woken_by_an_enqueue_without_fastapi(plane: RunningServer
     assert served.body["pinnedDepIds"] == [fleet.deps["b"]]
 
 
-def test_a_job_s_reports_take_the_quick_and_the_full_stage(plane: RunningServer) -> None:
-    fleet, agent, _job = placed_agent(plane)
+def test_a_job_s_reports_take_the_quick_and_the_full_stage(server: RunningServer) -> None:
+    fleet, agent, _job = placed_agent(server)
     items = {item["depId"]: item for item in agent.poll()[1]["items"]}
     download = items[fleet.deps["a"]]
     running = {"ok": True, "applied": True, "itemState": "running"}
     agent.free_bytes = 777_777
-    assert served_by(plane, "status", lambda: agent.status(download, "running")) == (
+    assert served_by(server, "status", lambda: agent.status(download, "running")) == (
         "quick",
         (200, running),
     )
     # The report's disk figures are kept with the item's move.
-    assert instance_doc(plane, agent.instance_id)["diskStats"]["freeBytes"] == 777_777
+    assert instance_doc(server, agent.instance_id)["diskStats"]["freeBytes"] == 777_777
     # A success may prove the dep installed and make the job ready: one transaction.
     succeeded = {"ok": True, "applied": True, "itemState": "succeeded"}
-    assert served_by(plane, "status", lambda: agent.status(download, "succeeded")) == (
+    assert served_by(server, "status", lambda: agent.status(download, "succeeded")) == (
         "full",
         (200, succeeded),
     )
     # Late and repeated reports are acknowledged and change nothing.
     ignored = {"ok": True, "applied": False, "itemState": "succeeded"}
-    assert served_by(plane, "status", lambda: agent.status(download, "running")) == (
+    assert served_by(server, "status", lambda: agent.status(download, "running")) == (
         "quick",
         (200, ignored),
     )
@@ -253,46 +253,46 @@ def test_a_job_s_reports_take_the_quick_and_the_full_stage(plane: RunningServer)
     agent.free_bytes = 10**12
     pins = sorted([fleet.deps["a"], fleet.deps["b"]])
     pinned = {"ok": True, "pinnedDepIds": pins, "staticDepIds": []}
-    assert served_by(plane, "heartbeat", agent.heartbeat) == ("quick", (200, pinned))
-    assert served_by(plane, "heartbeat", agent.heartbeat) == ("memo", (200, pinned))
+    assert served_by(server, "heartbeat", agent.heartbeat) == ("quick", (200, pinned))
+    assert served_by(server, "heartbeat", agent.heartbeat) == ("memo", (200, pinned))
 
 
-def test_a_failed_report_moves_its_job_in_the_full_stage(plane: RunningServer) -> None:
-    fleet, agent, job = placed_agent(plane)
+def test_a_failed_report_moves_its_job_in_the_full_stage(server: RunningServer) -> None:
+    fleet, agent, job = placed_agent(server)
     items = {item["depId"]: item for item in agent.poll()[1]["items"]}
     stage, (status, body) = served_by(
-        plane, "status", lambda: agent.status(items[fleet.deps["a"]], "failed", error="disk full")
+        server, "status", lambda: agent.status(items[fleet.deps["a"]], "failed", error="disk full")
     )
     assert (stage, status, body["applied"]) == ("full", 200, True)
-    status, after = plane.admin("GET", f"/jobs/{job['jobId']}")
+    status, after = server.admin("GET", f"/jobs/{job['jobId']}")
     assert status == 200 and after["history"][-1]["event"] in ("failed", "dep_failed")
 
 
-def test_register_and_the_queue_item_check_take_the_full_stage(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=True)
+def test_register_and_the_queue_item_check_take_the_full_stage(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=True)
     instance_id = fleet.add_instance("items")
     document = {"serverType": fleet.server_type, "agentVersion": "t", "instanceId": instance_id}
     stage, (status, body) = served_by(
-        plane,
+        server,
         "register",
-        lambda: plane.request(
-            "POST", "/api/dependencies/register", document, {"X-DM-Secret": plane.shared_secret}
+        lambda: server.request(
+            "POST", "/api/dependencies/register", document, {"X-DM-Secret": server.shared_secret}
         ),
     )
     assert (stage, status, body["instanceId"]) == ("full", 200, instance_id), body
     assert body["capabilities"]["maxWaitSeconds"] == 30
-    agent = Agent(plane, instance_id, body["agentToken"])
+    agent = Agent(server, instance_id, body["agentToken"])
     (item,) = agent.poll()[1]["items"]
 
     def check(item_id: str) -> tuple[int, Any]:
         path = f"/api/dependencies/queue-item?instanceId={instance_id}&itemId={item_id}"
-        return plane.request("GET", path, headers=agent.auth)
+        return server.request("GET", path, headers=agent.auth)
 
-    stage, (status, body) = served_by(plane, "queue_item", lambda: check(item["itemId"]))
+    stage, (status, body) = served_by(server, "queue_item", lambda: check(item["itemId"]))
     assert (stage, status) == ("full", 200)
     assert body["item"]["itemId"] == item["itemId"] and body["item"]["state"] == "queued"
     dep = item["depId"]
-    assert served_by(plane, "queue_item", lambda: check(f"{dep}.7")) == (
+    assert served_by(server, "queue_item", lambda: check(f"{dep}.7")) == (
         "full",
         (
             404,
@@ -308,18 +308,18 @@ def test_register_and_the_queue_item_check_take_the_full_stage(plane: RunningSer
     assert status == 404 and body["exists"] is False and "currentItemId" not in body
 
 
-def test_errors_are_the_same_whatever_stage_would_have_answered(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_errors_are_the_same_whatever_stage_would_have_answered(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     warm = fleet.register(fleet.add_instance("warm"), dynamic=[fleet.deps["b"]])
     assert warm.poll()[0] == 200 and warm.poll()[0] == 200  # the memos would answer
-    prefetching = make_fleet(plane, static=["a"], prefetch=True)
+    prefetching = make_fleet(server, static=["a"], prefetch=True)
     busy = prefetching.register(prefetching.add_instance("busy"))  # items queued
     (item,) = busy.poll()[1]["items"]
     stranger = fleet.register(fleet.add_instance("stranger"))
 
     def check_item(agent: Agent) -> tuple[int, Any]:
         query = f"instanceId={agent.instance_id}&itemId={item['itemId']}"
-        return plane.request("GET", f"/api/dependencies/queue-item?{query}", headers=agent.auth)
+        return server.request("GET", f"/api/dependencies/queue-item?{query}", headers=agent.auth)
 
     def new_inventory(agent: Agent) -> tuple[int, Any]:
         return agent.heartbeat(installedDynamicDepIds=["x"])
@@ -343,27 +343,27 @@ def test_errors_are_the_same_whatever_stage_would_have_answered(plane: RunningSe
     for endpoint, owner, would, send, has_body in situations:
         # A body the front does not parse is FastAPI's to parse: the same answers.
         fronts = [{}, {"Content-Type": OTHER_JSON}] if has_body else [{}]
-        failures = agent_failures(plane)
+        failures = agent_failures(server)
         for headers, expected in credentials:
             for front in fronts:
                 impostor = sent_with(owner, {**headers, **front})
-                served = observe(plane, endpoint, partial(send, impostor))
+                served = observe(server, endpoint, partial(send, impostor))
                 assert (served.status, served.body) == expected, (endpoint, would, headers)
                 assert served.stage == "none", (endpoint, would, served)
                 assert served.fastapi is bool(front), (endpoint, would, served)
         # Guesses are counted (a missing token is none), whatever would have answered.
-        assert agent_failures(plane) == failures + 2 * len(fronts), (endpoint, would)
+        assert agent_failures(server) == failures + 2 * len(fronts), (endpoint, would)
     # None of it changed what the owners see.
     assert warm.heartbeat() == (200, QUIET_BEAT)
     assert busy.items()[item["depId"]]["state"] == "queued"
 
 
-def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_invalid_requests_get_fastapi_s_own_errors(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("invalid"), dynamic=[fleet.deps["b"]])
     assert agent.poll()[0] == 200 and agent.heartbeat()[0] == 200  # memos would answer
     queue = f"/api/dependencies/queue?instanceId={agent.instance_id}"
-    secret = {"X-DM-Secret": plane.shared_secret}
+    secret = {"X-DM-Secret": server.shared_secret}
     cases: list[tuple[str, Callable[[], tuple[int, Any]], str]] = [
         (
             "heartbeat",
@@ -372,7 +372,7 @@ def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None
         ),
         (
             "heartbeat",
-            lambda: plane.request(
+            lambda: server.request(
                 "POST",
                 "/api/dependencies/heartbeat",
                 raw_body=b"{not json",
@@ -382,7 +382,7 @@ def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None
         ),
         (
             "status",
-            lambda: plane.request(
+            lambda: server.request(
                 "POST",
                 "/api/dependencies/status",
                 {"instanceId": agent.instance_id, "itemId": "x.1"},
@@ -392,29 +392,29 @@ def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None
         ),
         (
             "register",
-            lambda: plane.request(
+            lambda: server.request(
                 "POST", "/api/dependencies/register", {"agentVersion": "1"}, secret
             ),
             "serverType: Field required",
         ),
         (
             "queue",
-            lambda: plane.request("GET", queue + "&limit=5000", headers=agent.auth),
+            lambda: server.request("GET", queue + "&limit=5000", headers=agent.auth),
             "query.limit: Input should be less than or equal to 1000",
         ),
         (
             "queue",
-            lambda: plane.request("GET", queue + "&waitSeconds=31", headers=agent.auth),
+            lambda: server.request("GET", queue + "&waitSeconds=31", headers=agent.auth),
             "query.waitSeconds: Input should be less than or equal to 30",
         ),
         (
             "queue",
-            lambda: plane.request("GET", "/api/dependencies/queue?limit=5", headers=agent.auth),
+            lambda: server.request("GET", "/api/dependencies/queue?limit=5", headers=agent.auth),
             "query.instanceId: Field required",
         ),
         (
             "queue_item",
-            lambda: plane.request(
+            lambda: server.request(
                 "GET",
                 f"/api/dependencies/queue-item?instanceId={agent.instance_id}",
                 headers=agent.auth,
@@ -423,7 +423,7 @@ def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None
         ),
     ]
     for endpoint, call, message in cases:
-        served = observe(plane, endpoint, call)
+        served = observe(server, endpoint, call)
         assert served.status == 422, (message, served)
         assert served.body == {"error": {"code": "validation_failed", "message": message}}
         assert (served.stage, served.fastapi) == ("none", True), (message, served)
@@ -432,22 +432,22 @@ def test_invalid_requests_get_fastapi_s_own_errors(plane: RunningServer) -> None
     assert status == 413 and body["error"]["code"] == "too_large"
 
 
-def test_the_front_reads_repeated_parameters_as_fastapi_does(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_the_front_reads_repeated_parameters_as_fastapi_does(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("repeated"))
     queue = f"/api/dependencies/queue?instanceId={agent.instance_id}"
     # The last of a repeated query parameter counts.
-    last_valid = partial(plane.request, "GET", queue + "&limit=5000&limit=5", headers=agent.auth)
-    served = observe(plane, "queue", last_valid)
+    last_valid = partial(server.request, "GET", queue + "&limit=5000&limit=5", headers=agent.auth)
+    served = observe(server, "queue", last_valid)
     assert (served.status, served.body, served.fastapi) == (200, EMPTY_QUEUE, False)
-    last_invalid = partial(plane.request, "GET", queue + "&limit=5&limit=5000", headers=agent.auth)
-    served = observe(plane, "queue", last_invalid)
+    last_invalid = partial(server.request, "GET", queue + "&limit=5&limit=5000", headers=agent.auth)
+    served = observe(server, "queue", last_invalid)
     assert (served.status, served.fastapi) == (422, True)
     # The first of a repeated header counts.
     wrong = "Bearer not-a-token"
 
     def twice(first: str, second: str) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(*address(plane), timeout=30)
+        conn = http.client.HTTPConnection(*address(server), timeout=30)
         try:
             conn.putrequest("GET", queue)
             conn.putheader("Authorization", first)
@@ -458,28 +458,28 @@ def test_the_front_reads_repeated_parameters_as_fastapi_does(plane: RunningServe
         finally:
             conn.close()
 
-    served = observe(plane, "queue", lambda: twice(agent.auth["Authorization"], wrong))
+    served = observe(server, "queue", lambda: twice(agent.auth["Authorization"], wrong))
     assert (served.status, served.body, served.fastapi) == (200, EMPTY_QUEUE, False)
-    served = observe(plane, "queue", lambda: twice(wrong, agent.auth["Authorization"]))
+    served = observe(server, "queue", lambda: twice(wrong, agent.auth["Authorization"]))
     assert (served.status, served.body, served.fastapi) == (401, WRONG_TOKEN, False)
 
 
-def test_what_only_fastapi_parses_reaches_the_same_pipeline(plane: RunningServer) -> None:
-    fleet, agent, _job = placed_agent(plane)
+def test_what_only_fastapi_parses_reaches_the_same_pipeline(server: RunningServer) -> None:
+    fleet, agent, _job = placed_agent(server)
     routed = via_fastapi(agent)
     items = {item["depId"]: item for item in agent.poll()[1]["items"]}
     pins = sorted([fleet.deps["a"], fleet.deps["b"]])
     pinned = {"ok": True, "pinnedDepIds": pins, "staticDepIds": []}
     for stage in ("quick", "memo"):
-        served = observe(plane, "heartbeat", routed.heartbeat)
+        served = observe(server, "heartbeat", routed.heartbeat)
         assert (served.stage, served.fastapi, served.status) == (stage, True, 200)
         assert served.body == pinned
-    served = observe(plane, "status", lambda: routed.status(items[fleet.deps["a"]], "running"))
+    served = observe(server, "status", lambda: routed.status(items[fleet.deps["a"]], "running"))
     assert (served.stage, served.fastapi, served.body["itemState"]) == ("quick", True, "running")
     served = observe(
-        plane,
+        server,
         "register",
-        lambda: plane.request(
+        lambda: server.request(
             "POST",
             "/api/dependencies/register",
             {
@@ -487,7 +487,7 @@ def test_what_only_fastapi_parses_reaches_the_same_pipeline(plane: RunningServer
                 "agentVersion": "t",
                 "instanceId": agent.instance_id,
             },
-            {"X-DM-Secret": plane.shared_secret, "Content-Type": OTHER_JSON},
+            {"X-DM-Secret": server.shared_secret, "Content-Type": OTHER_JSON},
         ),
     )
     assert (served.stage, served.fastapi, served.status) == ("full", True, 200)
@@ -495,7 +495,7 @@ def test_what_only_fastapi_parses_reaches_the_same_pipeline(plane: RunningServer
     assert routed.heartbeat()[0] == 401  # the new token voided this one, on either front
 
 
-def test_the_job_channel_is_refused_at_once(plane: RunningServer) -> None:
+def test_the_job_channel_is_refused_at_once(server: RunningServer) -> None:
     expected = {
         "error": {
             "code": "not_found",
@@ -504,11 +504,11 @@ def test_the_job_channel_is_refused_at_once(plane: RunningServer) -> None:
         }
     }
     for method in ("GET", "POST", "DELETE"):
-        assert plane.request(method, "/api/agent/jobs/next") == (404, expected)
+        assert server.request(method, "/api/agent/jobs/next") == (404, expected)
 
 
-def test_the_openapi_document_describes_the_agent_endpoints(plane: RunningServer) -> None:
-    status, spec = plane.request("GET", "/openapi.json")
+def test_the_openapi_document_describes_the_agent_endpoints(server: RunningServer) -> None:
+    status, spec = server.request("GET", "/openapi.json")
     assert status == 200
     paths = spec["paths"]
     queue = paths["/api/dependencies/queue"]["get"]
@@ -546,10 +546,10 @@ def test_the_openapi_document_describes_the_agent_endpoints(plane: RunningServer
     assert not [path for path in paths if path.startswith("/api/agent/")]
 
 
-def test_heartbeats_from_memory_are_written_behind(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_heartbeats_from_memory_are_written_behind(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("behind"), dynamic=[fleet.deps["b"]])
-    engine = create_engine(plane.database_url)
+    engine = create_engine(server.database_url)
     query = text("SELECT last_heartbeat_at FROM instances WHERE instance_id = :id")
 
     def stored() -> Any:
@@ -559,49 +559,49 @@ def test_heartbeats_from_memory_are_written_behind(plane: RunningServer) -> None
     try:
         first = stored()
         time.sleep(0.01)  # a later time than the row's
-        assert served_by(plane, "heartbeat", agent.heartbeat)[0] == "memo"
+        assert served_by(server, "heartbeat", agent.heartbeat)[0] == "memo"
         # Acknowledged at once, written by the flusher within heartbeat_flush_seconds.
         wait_for(lambda: stored() != first, "the acknowledged beat was never written")
     finally:
         engine.dispose()
-    later = instance_doc(plane, agent.instance_id)["lastHeartbeatAt"]
+    later = instance_doc(server, agent.instance_id)["lastHeartbeatAt"]
     time.sleep(0.01)
-    assert served_by(plane, "heartbeat", agent.heartbeat)[0] == "memo"
+    assert served_by(server, "heartbeat", agent.heartbeat)[0] == "memo"
     # An admin read of the same process flushes first: it sees the beat it acknowledged.
-    doc = instance_doc(plane, agent.instance_id)
+    doc = instance_doc(server, agent.instance_id)
     assert doc["lastHeartbeatAt"] > later
     assert doc["installedDepIdsDynamic"] == [fleet.deps["b"]]
 
 
-def test_reregister_voids_the_old_token_and_the_memos(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_reregister_voids_the_old_token_and_the_memos(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("rotated")
     old = fleet.register(instance_id, dynamic=[fleet.deps["b"]])
     assert old.poll()[0] == 200
-    assert served_by(plane, "heartbeat", old.heartbeat)[0] == "memo"
-    assert served_by(plane, "queue", old.poll)[0] == "memo"
+    assert served_by(server, "heartbeat", old.heartbeat)[0] == "memo"
+    assert served_by(server, "queue", old.poll)[0] == "memo"
     new = fleet.register(instance_id, dynamic=[fleet.deps["b"]])
-    assert served_by(plane, "heartbeat", old.heartbeat) == ("none", (401, WRONG_TOKEN))
-    assert served_by(plane, "queue", old.poll) == ("none", (401, WRONG_TOKEN))
-    assert served_by(plane, "queue", new.poll) == ("quick", (200, EMPTY_QUEUE))
+    assert served_by(server, "heartbeat", old.heartbeat) == ("none", (401, WRONG_TOKEN))
+    assert served_by(server, "queue", old.poll) == ("none", (401, WRONG_TOKEN))
+    assert served_by(server, "queue", new.poll) == ("quick", (200, EMPTY_QUEUE))
     # Deleted: the memo'd token goes with it, on every path.
-    assert plane.admin("DELETE", f"/admin/instances/{instance_id}")[0] == 204
+    assert server.admin("DELETE", f"/admin/instances/{instance_id}")[0] == 204
     assert new.poll()[0] == 401 and new.heartbeat()[0] == 401
 
 
-def test_pins_reach_the_next_heartbeat_from_memory(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_pins_reach_the_next_heartbeat_from_memory(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("pinned"), dynamic=[fleet.deps["b"]])
-    assert served_by(plane, "heartbeat", agent.heartbeat)[0] == "memo"
+    assert served_by(server, "heartbeat", agent.heartbeat)[0] == "memo"
     status, job = fleet.submit(["b"])
     assert status == 200 and job["instanceId"] == agent.instance_id
     pinned = {"ok": True, "pinnedDepIds": [fleet.deps["b"]], "staticDepIds": []}
-    assert served_by(plane, "heartbeat", agent.heartbeat) == ("quick", (200, pinned))
-    assert served_by(plane, "heartbeat", agent.heartbeat) == ("memo", (200, pinned))
+    assert served_by(server, "heartbeat", agent.heartbeat) == ("quick", (200, pinned))
+    assert served_by(server, "heartbeat", agent.heartbeat) == ("memo", (200, pinned))
     assert agent.status(agent.poll()[1]["items"][0], "succeeded")[0] == 200  # the touch
-    status, _ = plane.admin("POST", f"/jobs/{job['jobId']}/start", {})
+    status, _ = server.admin("POST", f"/jobs/{job['jobId']}/start", {})
     assert status == 200
-    status, _ = plane.admin("POST", f"/jobs/{job['jobId']}/complete", {"ok": True})
+    status, _ = server.admin("POST", f"/jobs/{job['jobId']}/complete", {"ok": True})
     assert status == 200
     assert agent.heartbeat() == (200, QUIET_BEAT)
 

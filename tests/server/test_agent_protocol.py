@@ -9,14 +9,14 @@ from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer
 
 
-def test_register_by_id_and_ip_answers_token_profile_capabilities(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=False)
+def test_register_by_id_and_ip_answers_token_profile_capabilities(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=False)
     instance_id = fleet.add_instance("reg", ip="10.9.8.7")
-    status, body = plane.request(
+    status, body = server.request(
         "POST",
         "/api/dependencies/register",
         {"serverType": fleet.server_type, "agentVersion": "v1", "instanceIp": "10.9.8.7"},
-        {"X-DM-Secret": plane.shared_secret},
+        {"X-DM-Secret": server.shared_secret},
     )
     assert status == 200, body
     assert body["instanceId"] == instance_id
@@ -26,12 +26,12 @@ def test_register_by_id_and_ip_answers_token_profile_capabilities(plane: Running
     assert body["capabilities"]["longPoll"] is True
 
 
-def test_register_unknown_instance_is_404_naming_the_env_vars(plane: RunningServer) -> None:
-    status, body = plane.request(
+def test_register_unknown_instance_is_404_naming_the_env_vars(server: RunningServer) -> None:
+    status, body = server.request(
         "POST",
         "/api/dependencies/register",
         {"serverType": "x", "agentVersion": "v1", "instanceId": "nope-404"},
-        {"X-DM-Secret": plane.shared_secret},
+        {"X-DM-Secret": server.shared_secret},
     )
     assert status == 404
     assert body["error"]["code"] == "instance_not_found"
@@ -39,51 +39,51 @@ def test_register_unknown_instance_is_404_naming_the_env_vars(plane: RunningServ
     assert "DM_INSTANCE_IP" in body["error"]["message"]
 
 
-def test_register_with_wrong_or_missing_secret_is_401(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_register_with_wrong_or_missing_secret_is_401(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("sec")
     body = {"serverType": fleet.server_type, "agentVersion": "v1", "instanceId": instance_id}
     for headers in ({"X-DM-Secret": "wrong"}, {}):
-        status, answer = plane.request("POST", "/api/dependencies/register", body, headers)
+        status, answer = server.request("POST", "/api/dependencies/register", body, headers)
         assert status == 401
         assert answer["error"]["code"] == "unauthorized"
 
 
-def test_token_of_instance_a_cannot_touch_instance_b(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_token_of_instance_a_cannot_touch_instance_b(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent_a = fleet.register(fleet.add_instance("a"))
     agent_b = fleet.register(fleet.add_instance("b"))
-    status, _ = plane.request(
+    status, _ = server.request(
         "GET",
         f"/api/dependencies/queue?instanceId={agent_b.instance_id}&limit=25",
         headers=agent_a.auth,
     )
     assert status == 403
     hb = {"instanceId": agent_b.instance_id, "installedStaticDepIds": []}
-    status, body = plane.request("POST", "/api/dependencies/heartbeat", hb, agent_a.auth)
+    status, body = server.request("POST", "/api/dependencies/heartbeat", hb, agent_a.auth)
     assert status == 403
     assert body["error"]["code"] == "forbidden"
     st = {"instanceId": agent_b.instance_id, "itemId": "x.1", "state": "running"}
-    status, _ = plane.request("POST", "/api/dependencies/status", st, agent_a.auth)
+    status, _ = server.request("POST", "/api/dependencies/status", st, agent_a.auth)
     assert status == 403
 
 
-def test_unknown_or_missing_token_is_401_and_reregister_rotates(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_unknown_or_missing_token_is_401_and_reregister_rotates(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("tok")
     agent = fleet.register(instance_id)
     path = f"/api/dependencies/queue?instanceId={instance_id}&limit=25"
-    assert plane.request("GET", path)[0] == 401
-    assert plane.request("GET", path, headers={"Authorization": "Bearer nope"})[0] == 401
-    assert plane.request("GET", path, headers={"Authorization": "Basic abc"})[0] == 401
+    assert server.request("GET", path)[0] == 401
+    assert server.request("GET", path, headers={"Authorization": "Bearer nope"})[0] == 401
+    assert server.request("GET", path, headers={"Authorization": "Basic abc"})[0] == 401
     old = agent.token
     fresh = fleet.register(instance_id)
     assert fresh.token != old
-    assert plane.request("GET", path, headers=fresh.auth)[0] == 200
+    assert server.request("GET", path, headers=fresh.auth)[0] == 200
 
 
-def test_prefetch_on_boot_queues_missing_static_deps(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a", "b"], prefetch=True)
+def test_prefetch_on_boot_queues_missing_static_deps(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a", "b"], prefetch=True)
     agent = fleet.register(fleet.add_instance("pre"))
     status, body = agent.poll()
     assert status == 200
@@ -109,8 +109,8 @@ def test_prefetch_on_boot_queues_missing_static_deps(plane: RunningServer) -> No
     assert items[b]["state"] == "queued" and items[b]["generation"] == 1
 
 
-def test_status_is_idempotent_and_monotonic(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=True)
+def test_status_is_idempotent_and_monotonic(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=True)
     agent = fleet.register(fleet.add_instance("mono"))
     item = agent.poll()[1]["items"][0]
     dep = item["depId"]
@@ -132,8 +132,8 @@ def test_status_is_idempotent_and_monotonic(plane: RunningServer) -> None:
     assert agent.status(dict(item, itemId="garbage"), "running")[0] == 200
 
 
-def test_succeeded_after_failed_is_accepted(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=True)
+def test_succeeded_after_failed_is_accepted(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=True)
     agent = fleet.register(fleet.add_instance("saf"))
     item = agent.poll()[1]["items"][0]
     agent.status(item, "running")
@@ -145,9 +145,9 @@ def test_succeeded_after_failed_is_accepted(plane: RunningServer) -> None:
 
 
 def test_heartbeat_inventory_completes_queued_download_and_shows_in_admin(
-    plane: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(plane, static=["a", "b"], prefetch=True)
+    fleet = make_fleet(server, static=["a", "b"], prefetch=True)
     agent = fleet.register(fleet.add_instance("inv"))
     agent.installed_static = [fleet.deps["a"]]
     agent.installed_dynamic = ["unknown-to-catalog"]
@@ -156,7 +156,7 @@ def test_heartbeat_inventory_completes_queued_download_and_shows_in_admin(
     items = agent.items()
     assert items[fleet.deps["a"]]["state"] == "succeeded"
     assert items[fleet.deps["b"]]["state"] == "queued"
-    status, inst = plane.admin("GET", f"/admin/instances/{agent.instance_id}")
+    status, inst = server.admin("GET", f"/admin/instances/{agent.instance_id}")
     dm = inst["dependencyManager"]
     assert dm["installedDepIdsStatic"] == [fleet.deps["a"]]
     assert dm["installedDepIdsDynamic"] == ["unknown-to-catalog"]
@@ -168,15 +168,15 @@ def test_heartbeat_inventory_completes_queued_download_and_shows_in_admin(
     agent.heartbeat()
     agent.installed_dynamic = []
     agent.heartbeat()
-    _, inst = plane.admin("GET", f"/admin/instances/{agent.instance_id}")
+    _, inst = server.admin("GET", f"/admin/instances/{agent.instance_id}")
     assert inst["dependencyManager"]["installedDepIdsDynamic"] == []
-    _, listing = plane.admin("GET", "/admin/instances")
+    _, listing = server.admin("GET", "/admin/instances")
     mine = [i for i in listing["instances"] if i["instanceId"] == agent.instance_id]
     assert mine and mine[0]["dependencyManager"]["installedDepIdsStatic"] == [fleet.deps["a"]]
 
 
-def test_long_poll_wakes_when_an_item_is_queued(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_long_poll_wakes_when_an_item_is_queued(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("lp"))
     result: dict[str, object] = {}
 
@@ -198,8 +198,8 @@ def test_long_poll_wakes_when_an_item_is_queued(plane: RunningServer) -> None:
     assert body["pinnedDepIds"] == [fleet.deps["b"]]
 
 
-def test_long_poll_times_out_empty_and_rejects_out_of_range(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_long_poll_times_out_empty_and_rejects_out_of_range(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("lpt"))
     start = time.monotonic()
     status, body = agent.poll(wait=0.5)
@@ -209,8 +209,8 @@ def test_long_poll_times_out_empty_and_rejects_out_of_range(plane: RunningServer
     assert agent.poll(wait=-1)[0] == 422
 
 
-def test_static_dep_gone_from_the_inventory_is_prefetched_again(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a", "b"], prefetch=True)
+def test_static_dep_gone_from_the_inventory_is_prefetched_again(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a", "b"], prefetch=True)
     a, b = fleet.deps["a"], fleet.deps["b"]
     agent = fleet.register(fleet.add_instance("gone"), static=[a, b])
     assert {i["state"] for i in agent.items().values()} == {"succeeded"}
@@ -230,10 +230,10 @@ def test_static_dep_gone_from_the_inventory_is_prefetched_again(plane: RunningSe
 
 
 def test_empty_polls_answered_from_memory_still_see_new_items_and_pins(
-    plane: RunningServer,
+    server: RunningServer,
 ) -> None:
     """An empty poll is remembered in memory (issue 5); an enqueue or pin change ends that."""
-    fleet = make_fleet(plane)
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("hinted"))
     for _ in range(3):  # the first asks the database, the next ones are answered from memory
         status, body = agent.poll()
@@ -244,6 +244,6 @@ def test_empty_polls_answered_from_memory_still_see_new_items_and_pins(
     assert status == 200
     assert [i["depId"] for i in body["items"]] == [fleet.deps["b"]]
     assert body["pinnedDepIds"] == [fleet.deps["b"]]
-    status, body = plane.admin("DELETE", f"/admin/instances/{agent.instance_id}")
+    status, body = server.admin("DELETE", f"/admin/instances/{agent.instance_id}")
     assert status == 204
     assert agent.poll()[0] in (401, 404)

@@ -28,31 +28,31 @@ def _login(server: RunningServer, token: str, client: str) -> tuple[int, dict[st
     return status, headers
 
 
-def test_login_backs_off_after_repeated_failures(control_plane: RunningServer) -> None:
+def test_login_backs_off_after_repeated_failures(fresh_server: RunningServer) -> None:
     guess = "guess-" + uid("x")
     for _ in range(5):
-        assert _login(control_plane, guess, "198.51.100.7")[0] == 401
-    status, headers = _login(control_plane, guess, "198.51.100.7")
+        assert _login(fresh_server, guess, "198.51.100.7")[0] == 401
+    status, headers = _login(fresh_server, guess, "198.51.100.7")
     assert status == 429 and int(headers["retry-after"]) >= 1
     # Backing off means the right token waits too; another address is not affected.
-    assert _login(control_plane, control_plane.admin_token, "198.51.100.7")[0] == 429
-    status, headers = _login(control_plane, control_plane.admin_token, "198.51.100.8")
+    assert _login(fresh_server, fresh_server.admin_token, "198.51.100.7")[0] == 429
+    status, headers = _login(fresh_server, fresh_server.admin_token, "198.51.100.8")
     assert status == 303 and "depman_session=" in headers["set-cookie"]
-    logs = control_plane.logs()
+    logs = fresh_server.logs()
     assert "authentication failed: realm=login client=198.51.100.7" in logs
     assert guess not in logs
-    _status, metrics = control_plane.request("GET", "/metrics")
+    _status, metrics = fresh_server.request("GET", "/metrics")
     assert 'depman_auth_failures_total{realm="login"} 5.0' in metrics
     assert 'depman_auth_throttled_total{realm="login"}' in metrics
 
 
-def test_admin_api_and_register_back_off(control_plane: RunningServer) -> None:
+def test_admin_api_and_register_back_off(fresh_server: RunningServer) -> None:
     client = {"X-Forwarded-For": "203.0.113.9"}
     wrong = {**client, "Authorization": "Bearer wrong-" + uid("t")}
     for _ in range(5):
-        status, _h, body = exchange(control_plane, "GET", "/api/admin/deps", headers=wrong)
+        status, _h, body = exchange(fresh_server, "GET", "/api/admin/deps", headers=wrong)
         assert status == 401
-    status, headers, body = exchange(control_plane, "GET", "/api/admin/deps", headers=wrong)
+    status, headers, body = exchange(fresh_server, "GET", "/api/admin/deps", headers=wrong)
     assert status == 429 and headers["retry-after"]
     assert_error_shape(body)
     assert body["error"]["code"] == "too_many_failures"
@@ -60,20 +60,20 @@ def test_admin_api_and_register_back_off(control_plane: RunningServer) -> None:
     doc = b'{"serverType": "st", "instanceId": "i1"}'
     for _ in range(5):
         status, _h, _b = exchange(
-            control_plane, "POST", "/api/dependencies/register", body=doc, headers=register
+            fresh_server, "POST", "/api/dependencies/register", body=doc, headers=register
         )
         assert status == 401
     status, _h, body = exchange(
-        control_plane, "POST", "/api/dependencies/register", body=doc, headers=register
+        fresh_server, "POST", "/api/dependencies/register", body=doc, headers=register
     )
     assert status == 429
-    assert "wrong-secret-123" not in control_plane.logs()
-    assert control_plane.admin("GET", "/admin/deps")[0] == 200  # other addresses unaffected
+    assert "wrong-secret-123" not in fresh_server.logs()
+    assert fresh_server.admin("GET", "/admin/deps")[0] == 200  # other addresses unaffected
     # The dashboard takes the admin token as a bearer header too: guesses there count.
     dashboard = {"X-Forwarded-For": "203.0.113.10", "Authorization": "Bearer guess-1234567890"}
     for _ in range(5):
-        assert exchange(control_plane, "GET", "/fragments/fleet", headers=dashboard)[0] == 401
-    assert exchange(control_plane, "GET", "/fragments/fleet", headers=dashboard)[0] == 429
+        assert exchange(fresh_server, "GET", "/fragments/fleet", headers=dashboard)[0] == 401
+    assert exchange(fresh_server, "GET", "/fragments/fleet", headers=dashboard)[0] == 429
 
 
 def test_logout_revokes_the_session_on_every_replica(
@@ -123,11 +123,11 @@ def test_short_secrets_refuse_to_start(name: str, value: str, tmp_path: Path) ->
 
 
 @pytest.mark.server_env(DEPENDENCY_MANAGER_SHARED_SECRET="", DEPMAN_ALLOW_ANY_DESTINATION="1")
-def test_open_register_and_any_destination_are_announced(control_plane: RunningServer) -> None:
-    logs = control_plane.logs()
+def test_open_register_and_any_destination_are_announced(fresh_server: RunningServer) -> None:
+    logs = fresh_server.logs()
     assert "REGISTER IS OPEN" in logs
     assert "DEPMAN_ALLOW_ANY_DESTINATION is on" in logs
-    status, body = control_plane.admin(
+    status, body = fresh_server.admin(
         "PUT", f"/admin/deps/{uid('node')}", dep_doc("x", destRelativePath="custom_nodes/x/a.py")
     )
     assert status == 200, body

@@ -52,14 +52,14 @@ def fail_attempt(client: V1Client, item: dict[str, Any], seconds: int = 120) -> 
 
 @pytest.mark.server_env(DEPMAN_MAX_ITEM_ATTEMPTS="2", DEPMAN_JOB_MAX_PLACEMENTS="2")
 def test_retrying_counts_attempts_then_replaces_then_fails_the_job(
-    control_plane: RunningServer,
+    fresh_server: RunningServer,
 ) -> None:
-    fleet = make_fleet(control_plane)
+    fleet = make_fleet(fresh_server)
     agents = {
         c.instance_id: c
         for c in (
-            field_agent(control_plane, fleet, "fa1", "0.3.0"),
-            field_agent(control_plane, fleet, "fa2", "0.9.20"),
+            field_agent(fresh_server, fleet, "fa1", "0.3.0"),
+            field_agent(fresh_server, fleet, "fa2", "0.9.20"),
         )
     }
     status, job = fleet.submit(["b"])
@@ -69,24 +69,24 @@ def test_retrying_counts_attempts_then_replaces_then_fails_the_job(
     (item,) = first.poll()
     answer = fail_attempt(first, item)
     assert answer["applied"] is True and "clearFailedDepId" not in answer
-    seen = items_of(control_plane, first.instance_id)[dep]
+    seen = items_of(fresh_server, first.instance_id)[dep]
     assert seen["state"] == "queued" and seen["attempts"] == 1
     assert "HTTP 503" in seen["error"] and seen["nextAttemptAt"]
     assert first.poll() == []  # backing off: not handed out again on every poll
-    assert job_of(control_plane, job["jobId"])["state"] == "waiting_deps"
+    assert job_of(fresh_server, job["jobId"])["state"] == "waiting_deps"
     # Its local retry: the check says queued, then the attempt fails again.
     assert first.queue_item(item["itemId"])["item"]["state"] == "queued"
     fail_attempt(first, item)
-    moved = job_of(control_plane, job["jobId"])
+    moved = job_of(fresh_server, job["jobId"])
     assert moved["state"] == "waiting_deps" and moved["instanceId"] != first.instance_id
     assert [h["event"] for h in moved["history"]].count("dep_failed") == 1
-    assert items_of(control_plane, first.instance_id)[dep]["state"] == "failed"
+    assert items_of(fresh_server, first.instance_id)[dep]["state"] == "failed"
     second = agents[moved["instanceId"]]
     (item2,) = second.poll()
     fail_attempt(second, item2)
     second.queue_item(item2["itemId"])
     fail_attempt(second, item2, seconds=240)
-    done = job_of(control_plane, job["jobId"])
+    done = job_of(fresh_server, job["jobId"])
     assert done["state"] == "failed"
     assert dep in done["error"] and "HTTP 503" in done["error"]
 
@@ -96,31 +96,31 @@ def test_retrying_counts_attempts_then_replaces_then_fails_the_job(
     DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2",
     DEPMAN_JOB_MAX_PLACEMENTS="1",
 )
-def test_dep_failing_past_the_retry_window_fails_the_job(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
-    client = field_agent(control_plane, fleet, "win", "0.5.0")
+def test_dep_failing_past_the_retry_window_fails_the_job(fresh_server: RunningServer) -> None:
+    fleet = make_fleet(fresh_server)
+    client = field_agent(fresh_server, fleet, "win", "0.5.0")
     _, job = fleet.submit(["c"])
     (item,) = client.poll()
     fail_attempt(client, item, seconds=600)
     client.heartbeat(failed=[item["depId"]])  # it keeps failing, listed in every heartbeat
-    done = job_of(control_plane, job["jobId"], seen="waiting_deps")
+    done = job_of(fresh_server, job["jobId"], seen="waiting_deps")
     assert done["state"] == "failed"
     assert "HTTP 503" in done["error"]
-    assert items_of(control_plane, client.instance_id)[item["depId"]]["state"] == "failed"
+    assert items_of(fresh_server, client.instance_id)[item["depId"]]["state"] == "failed"
 
 
 @pytest.mark.server_env(DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2")
 def test_backoff_ends_at_the_announced_time_and_the_item_comes_back(
-    control_plane: RunningServer,
+    fresh_server: RunningServer,
 ) -> None:
-    fleet = make_fleet(control_plane)
-    client = field_agent(control_plane, fleet, "bo", "0.3.0")
+    fleet = make_fleet(fresh_server)
+    client = field_agent(fresh_server, fleet, "bo", "0.3.0")
     fleet.submit(["b"])
     (item,) = client.poll()
     fail_attempt(client, item, seconds=1)
     assert client.poll() == []
     path = f"/api/dependencies/queue?instanceId={client.instance_id}&limit=25&waitSeconds=20"
-    status, body = control_plane.request(
+    status, body = fresh_server.request(
         "GET", path, headers={"Authorization": f"Bearer {client.token}"}
     )
     assert status == 200 and [i["itemId"] for i in body["items"]] == [item["itemId"]]
@@ -129,42 +129,42 @@ def test_backoff_ends_at_the_announced_time_and_the_item_comes_back(
     client.installed_dynamic.append(item["depId"])
     client.status(item, "succeeded")
     client.heartbeat()
-    assert items_of(control_plane, client.instance_id)[item["depId"]]["state"] == "succeeded"
+    assert items_of(fresh_server, client.instance_id)[item["depId"]]["state"] == "succeeded"
 
 
 @pytest.mark.server_env(DEPMAN_JOB_MAX_PLACEMENTS="1")
 def test_cancelled_report_is_accepted_and_runs_the_failure_policy(
-    control_plane: RunningServer,
+    fresh_server: RunningServer,
 ) -> None:
-    fleet = make_fleet(control_plane)
-    client = field_agent(control_plane, fleet, "can", "0.9.14")
+    fleet = make_fleet(fresh_server)
+    client = field_agent(fresh_server, fleet, "can", "0.9.14")
     _, job = fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     answer = client.status(item, "cancelled", "Dependency queue item cancelled: operator")
     assert answer["applied"] is True and answer["itemState"] == "cancelled"
-    done = job_of(control_plane, job["jobId"])
+    done = job_of(fresh_server, job["jobId"])
     assert done["state"] == "failed" and "cancelled" in done["error"]
 
 
 def test_agent_backing_off_on_a_fresh_item_is_told_to_clear_its_failure(
-    plane: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(plane)
-    client = field_agent(plane, fleet, "clr", "0.10.105")
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "clr", "0.10.105")
     fleet.submit(["b"])
     (item,) = client.poll()
     # Still in its local backoff from an earlier failure: it does not even start.
     answer = client.status(item, "retrying", BACKOFF_ERROR.format(dep=item["depId"], seconds=90))
     assert answer["clearFailedDepId"] is True
-    seen = items_of(plane, client.instance_id)[item["depId"]]
+    seen = items_of(server, client.instance_id)[item["depId"]]
     assert seen["state"] == "queued" and seen["attempts"] == 0
     assert [i["itemId"] for i in client.poll()] == [item["itemId"]]
 
 
-def test_late_failure_of_a_requeued_dep_answers_clear_failed(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
-    client = field_agent(plane, fleet, "late", "0.10.105")
+def test_late_failure_of_a_requeued_dep_answers_clear_failed(server: RunningServer) -> None:
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "late", "0.10.105")
     fleet.submit(["c"])
     (item,) = client.poll()
     client.status(item, "running")
@@ -176,10 +176,10 @@ def test_late_failure_of_a_requeued_dep_answers_clear_failed(plane: RunningServe
     assert answer["applied"] is False and answer["clearFailedDepId"] is True
 
 
-def test_queue_item_check_answers_own_items_and_404_exists_false(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
-    client = field_agent(plane, fleet, "qi", "0.9.14")
-    other = field_agent(plane, fleet, "qi-other", "0.9.14")
+def test_queue_item_check_answers_own_items_and_404_exists_false(server: RunningServer) -> None:
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "qi", "0.9.14")
+    other = field_agent(server, fleet, "qi-other", "0.9.14")
     _, job = fleet.submit(["b"])
     owner, stranger = (
         (client, other) if job["instanceId"] == client.instance_id else (other, client)
@@ -213,22 +213,22 @@ def test_queue_item_check_answers_own_items_and_404_exists_false(plane: RunningS
     assert caught.value.status == 401
 
 
-def test_agent_job_channel_answers_404(plane: RunningServer) -> None:
+def test_agent_job_channel_answers_404(server: RunningServer) -> None:
     for method in ("POST", "GET"):
-        status, body = plane.request(
+        status, body = server.request(
             method,
             "/api/agent/register",
             {"instanceId": "x", "agentVersion": "0.10.147"} if method == "POST" else None,
-            {"X-DM-Secret": plane.shared_secret},
+            {"X-DM-Secret": server.shared_secret},
         )
         assert status == 404
         assert body["error"]["code"] == "not_found"
 
 
-def test_progress_names_and_telemetry_are_kept_and_shown(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_progress_names_and_telemetry_are_kept_and_shown(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("tele")
-    client = V1Client(plane.base_url, fleet.server_type, plane.shared_secret)
+    client = V1Client(server.base_url, fleet.server_type, server.shared_secret)
     client.register(
         instance_id=instance_id,
         agent_version="0.9.20",
@@ -258,15 +258,15 @@ def test_progress_names_and_telemetry_are_kept_and_shown(plane: RunningServer) -
         diskDiagnostics=diagnostics,
         diskStats=disk,
     )
-    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    _, inst = server.admin("GET", f"/admin/instances/{instance_id}")
     dm = inst["dependencyManager"]
     assert dm["activeDownloads"] == [row]
     assert dm["diskDiagnostics"] == diagnostics and dm["diskStats"]["path"] == disk["path"]
     assert inst["provider"] == "vast" and inst["providerMetadata"]["vastContractId"] == "123456"
-    status, page = plane.request(
+    status, page = server.request(
         "GET",
         f"/instances/{instance_id}",
-        headers={"Authorization": f"Bearer {plane.admin_token}", "Accept": "text/html"},
+        headers={"Authorization": f"Bearer {server.admin_token}", "Accept": "text/html"},
     )
     assert status == 200
     for shown in ("vast", "vastContractId", "/workspace/ComfyUI", "deletedOpenBytes", "aria2c"):
@@ -276,7 +276,7 @@ def test_progress_names_and_telemetry_are_kept_and_shown(plane: RunningServer) -
     old = {"depId": item["depId"], "bytesDone": 1000, "bytesTotal": 2000, "bytesPerSecond": 10}
     client.heartbeat(downloading=[item["depId"]], activeDownloads=[old])
     client.heartbeat(downloading=[item["depId"]], activeDownloads=[old])
-    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    _, inst = server.admin("GET", f"/admin/instances/{instance_id}")
     dm = inst["dependencyManager"]
     assert dm["activeDownloads"] == [
         {
@@ -288,4 +288,4 @@ def test_progress_names_and_telemetry_are_kept_and_shown(plane: RunningServer) -
     ]
     # Heartbeats without telemetry keep what was reported.
     assert dm["diskDiagnostics"] == diagnostics and dm["diskStats"]["path"] == disk["path"]
-    assert job_of(plane, job["jobId"])["state"] == "waiting_deps"
+    assert job_of(server, job["jobId"])["state"] == "waiting_deps"

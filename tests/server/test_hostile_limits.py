@@ -20,10 +20,10 @@ def _rss(server: RunningServer) -> int:
     return int(psutil.Process(server.process.pid).memory_info().rss)
 
 
-def test_a_100_mb_body_is_refused_before_it_is_read(plane: RunningServer) -> None:
-    before = _rss(plane)
+def test_a_100_mb_body_is_refused_before_it_is_read(server: RunningServer) -> None:
+    before = _rss(server)
     total = 100 * MIB
-    with socket.create_connection(address(plane), timeout=30) as sock:
+    with socket.create_connection(address(server), timeout=30) as sock:
         sock.sendall(
             b"POST /api/dependencies/heartbeat HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\n"
@@ -41,12 +41,12 @@ def test_a_100_mb_body_is_refused_before_it_is_read(plane: RunningServer) -> Non
     answer = json.loads(body)
     assert_error_shape(answer)
     assert answer["error"]["code"] == "too_large"
-    assert _rss(plane) - before < 8 * MIB
+    assert _rss(server) - before < 8 * MIB
 
 
-def test_a_chunked_body_is_cut_off_at_the_limit(plane: RunningServer) -> None:
-    before = _rss(plane)
-    with socket.create_connection(address(plane), timeout=30) as sock:
+def test_a_chunked_body_is_cut_off_at_the_limit(server: RunningServer) -> None:
+    before = _rss(server)
+    with socket.create_connection(address(server), timeout=30) as sock:
         sock.sendall(
             b"POST /api/admin/fleet HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -60,16 +60,16 @@ def test_a_chunked_body_is_cut_off_at_the_limit(plane: RunningServer) -> None:
         status, body = read_response(sock)
     assert status == 413
     assert json.loads(body)["error"]["code"] == "too_large"
-    assert _rss(plane) - before < 24 * MIB  # the limit once, with parser slack
-    status, metrics = plane.request("GET", "/metrics")
+    assert _rss(server) - before < 24 * MIB  # the limit once, with parser slack
+    status, metrics = server.request("GET", "/metrics")
     assert 'depman_requests_refused_total{reason="body_too_large"}' in metrics
 
 
 @pytest.mark.server_env(DEPMAN_HEADER_TIMEOUT_SECONDS="1", DEPMAN_BODY_TIMEOUT_SECONDS="1")
-def test_slow_clients_are_dropped(control_plane: RunningServer) -> None:
-    silent = [socket.create_connection(address(control_plane)) for _ in range(20)]
-    dripping = [socket.create_connection(address(control_plane)) for _ in range(20)]
-    slow_body = [socket.create_connection(address(control_plane)) for _ in range(10)]
+def test_slow_clients_are_dropped(fresh_server: RunningServer) -> None:
+    silent = [socket.create_connection(address(fresh_server)) for _ in range(20)]
+    dripping = [socket.create_connection(address(fresh_server)) for _ in range(20)]
+    slow_body = [socket.create_connection(address(fresh_server)) for _ in range(10)]
     for sock in dripping:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
     for sock in slow_body:
@@ -94,11 +94,11 @@ def test_slow_clients_are_dropped(control_plane: RunningServer) -> None:
     for sock in silent + dripping + slow_body:
         sock.close()
     assert not open_, f"{len(open_)} slow connections still held"
-    assert control_plane.request("GET", "/metrics")[0] == 200
+    assert fresh_server.request("GET", "/metrics")[0] == 200
 
 
-def test_oversized_headers_are_refused(plane: RunningServer) -> None:
-    with socket.create_connection(address(plane), timeout=30) as sock:
+def test_oversized_headers_are_refused(server: RunningServer) -> None:
+    with socket.create_connection(address(server), timeout=30) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         try:
             for index in range(2000):
@@ -111,12 +111,12 @@ def test_oversized_headers_are_refused(plane: RunningServer) -> None:
             status = None  # reset while we were still sending: the 400 was lost with it
     # Refused and closed (the server stopped reading), never answered as a request.
     assert status in (400, None)
-    assert plane.request("GET", "/metrics")[0] == 200
+    assert server.request("GET", "/metrics")[0] == 200
 
 
 @pytest.mark.server_env(DEPMAN_AGENT_MAX_BODY_BYTES=str(64 * MIB))
-def test_a_huge_inventory_cannot_wedge_an_instance(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_a_huge_inventory_cannot_wedge_an_instance(fresh_server: RunningServer) -> None:
+    fleet = make_fleet(fresh_server)
     agent = fleet.register(fleet.add_instance("wedge"))
     # 400,000 ids fit in this server's raised body limit: the list bound refuses them.
     status, body = agent.heartbeat(installedDynamicDepIds=[f"u{i}" for i in range(400_000)])
@@ -131,14 +131,14 @@ def test_a_huge_inventory_cannot_wedge_an_instance(control_plane: RunningServer)
     for _ in range(2):
         status, body = agent.heartbeat()
         assert status == 200, body
-    status, doc = control_plane.admin("GET", f"/admin/instances/{agent.instance_id}")
+    status, doc = fresh_server.admin("GET", f"/admin/instances/{agent.instance_id}")
     assert doc["dependencyManager"]["installedDepIdsDynamic"] == [fleet.deps["b"]]
 
 
 def test_the_default_agent_limit_refuses_a_400000_id_heartbeat(
-    plane: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(plane)
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("big"))
     status, body = agent.heartbeat(installedDynamicDepIds=[f"u{i}" for i in range(400_000)])
     assert status == 413, body

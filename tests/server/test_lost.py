@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -14,8 +13,8 @@ from depman.demo.processes import ChildProcess
 from tests.e2e.conftest import ModelFile
 from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer
+from tests.support.wait import wait_until
 
-T = TypeVar("T")
 # Lost after 3 s of silence, swept every 0.3 s; live (for placement) the same 3 s.
 LOST_ENV = {
     "DEPMAN_INSTANCE_LOST_SECONDS": "3",
@@ -25,27 +24,16 @@ LOST_ENV = {
 }
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def job(plane: RunningServer, job_id: str) -> dict[str, Any]:
-    status, body = plane.admin("GET", f"/jobs/{job_id}")
+def job(server: RunningServer, job_id: str) -> dict[str, Any]:
+    status, body = server.admin("GET", f"/jobs/{job_id}")
     assert status == 200, body
     return dict(body)
 
 
 @pytest.mark.server_env(**LOST_ENV)
-def test_a_silent_instance_is_lost_and_its_jobs_move(control_plane: RunningServer) -> None:
-    plane = control_plane
-    fleet = make_fleet(plane, max_active_jobs=3)
+def test_a_silent_instance_is_lost_and_its_jobs_move(fresh_server: RunningServer) -> None:
+    server = fresh_server
+    fleet = make_fleet(server, max_active_jobs=3)
     b = fleet.deps["b"]
     silent = fleet.register(fleet.add_instance("silent"), static=[fleet.deps["a"]])
     waiting = fleet.submit(["b"])[1]
@@ -54,36 +42,36 @@ def test_a_silent_instance_is_lost_and_its_jobs_move(control_plane: RunningServe
     assert {waiting["instanceId"], ready["instanceId"], running["instanceId"]} == {
         silent.instance_id
     }
-    assert job(plane, ready["jobId"])["state"] == "ready"
-    assert plane.admin("POST", f"/jobs/{running['jobId']}/start")[0] == 200
+    assert job(server, ready["jobId"])["state"] == "ready"
+    assert server.admin("POST", f"/jobs/{running['jobId']}/start")[0] == 200
     spare = fleet.register(fleet.add_instance("spare"))
     # The silent one stops talking; the spare keeps heartbeating.
-    moved = wait_for(
+    moved = wait_until(
         lambda: (
             spare.heartbeat()[0] == 200
-            and job(plane, waiting["jobId"])["instanceId"] == spare.instance_id
+            and job(server, waiting["jobId"])["instanceId"] == spare.instance_id
         ),
-        "the waiting job to move to the spare instance",
+        30, "the waiting job to move to the spare instance",
     )
     assert moved
-    after = job(plane, waiting["jobId"])
+    after = job(server, waiting["jobId"])
     assert after["state"] == "waiting_deps" and after["missingDepIds"] == [b]
     lost_entry = next(h for h in after["history"] if h["event"] == "instance_lost")
     assert lost_entry["instanceId"] == silent.instance_id
     assert "no heartbeat for 3s" in lost_entry["reason"]
-    assert job(plane, ready["jobId"])["instanceId"] == spare.instance_id
-    failed = job(plane, running["jobId"])
+    assert job(server, ready["jobId"])["instanceId"] == spare.instance_id
+    failed = job(server, running["jobId"])
     assert failed["state"] == "failed" and failed["error"] == "instance lost"
     # Its open items were cancelled, its pins released; the views say lost.
     assert silent.items()[b]["state"] == "cancelled"
-    status, doc = plane.admin("GET", f"/admin/instances/{silent.instance_id}")
+    status, doc = server.admin("GET", f"/admin/instances/{silent.instance_id}")
     assert status == 200 and doc["lost"] is True and doc["live"] is False
     assert doc["dependencyManager"]["pinnedDepIds"] == []
     # The agent comes back: its old token is void; it registers and starts clean.
     assert silent.heartbeat()[0] == 401
     back = fleet.register(silent.instance_id, static=[fleet.deps["a"]])
     assert back.poll()[1]["items"] == []
-    status, doc = plane.admin("GET", f"/admin/instances/{silent.instance_id}")
+    status, doc = server.admin("GET", f"/admin/instances/{silent.instance_id}")
     assert doc["lost"] is False and doc["live"] is True
 
 
@@ -99,27 +87,27 @@ def origin(tmp_path: Path) -> Iterator[Service]:
 @pytest.mark.slow
 @pytest.mark.server_env(**LOST_ENV)
 def test_killing_an_agent_moves_its_waiting_job_to_the_other_live_instance(
-    control_plane: RunningServer, origin: Service, tmp_path: Path
+    fresh_server: RunningServer, origin: Service, tmp_path: Path
 ) -> None:
-    plane = control_plane
+    server = fresh_server
     # Throttled, so the job is still waiting for it when its agent dies.
     big = ModelFile("big", 8 * 1024 * 1024, bps=256 * 1024)
-    assert plane.admin("PUT", "/admin/deps/big", big.catalog_entry(origin.url))[0] == 200
+    assert server.admin("PUT", "/admin/deps/big", big.catalog_entry(origin.url))[0] == 200
     profile = {"staticDepIds": [], "prefetchOnBoot": False, "dynamicPolicy": {"enabled": False}}
-    assert plane.admin("PUT", "/admin/profiles/lost", profile)[0] == 200
+    assert server.admin("PUT", "/admin/profiles/lost", profile)[0] == 200
     doc = {"modelManagement": {"mode": "dependency_manager_v1", "profileId": "lost"}}
-    assert plane.admin("PUT", "/admin/server-types/lost-type", doc)[0] == 200
+    assert server.admin("PUT", "/admin/server-types/lost-type", doc)[0] == 200
     for iid in ("node-1", "node-2"):
         body = {"ip": "127.0.0.1", "serverType": "lost-type"}
-        assert plane.admin("PUT", f"/admin/instances/{iid}", body)[0] == 200
+        assert server.admin("PUT", f"/admin/instances/{iid}", body)[0] == 200
     agents: dict[str, ChildProcess] = {}
 
     def start(iid: str) -> None:
         spec = AgentSpec(
             instance_id=iid,
             server_type="lost-type",
-            api_base_url=plane.base_url,
-            shared_secret=plane.shared_secret,
+            api_base_url=server.base_url,
+            shared_secret=server.shared_secret,
             workspace=tmp_path / "instances" / iid,
             heartbeat_seconds=1,
         )
@@ -127,38 +115,38 @@ def test_killing_an_agent_moves_its_waiting_job_to_the_other_live_instance(
 
     try:
         start("node-1")
-        wait_for(lambda: instance(plane, "node-1")["live"], "node-1 to be live")
-        status, submitted = plane.admin(
+        wait_until(lambda: instance(server, "node-1")["live"], 30, "node-1 to be live")
+        status, submitted = server.admin(
             "POST", "/jobs", {"serverType": "lost-type", "depIds": ["big"]}
         )
         assert status == 200 and submitted["instanceId"] == "node-1", submitted
         start("node-2")
-        wait_for(lambda: instance(plane, "node-2")["live"], "node-2 to be live")
-        assert job(plane, submitted["jobId"])["state"] == "waiting_deps"
+        wait_until(lambda: instance(server, "node-2")["live"], 30, "node-2 to be live")
+        assert job(server, submitted["jobId"])["state"] == "waiting_deps"
         agents["node-1"].kill()  # SIGKILL: no goodbye
-        moved = wait_for(
-            lambda: job(plane, submitted["jobId"])["instanceId"] == "node-2",
-            "the waiting job to move to node-2",
+        moved = wait_until(
+            lambda: job(server, submitted["jobId"])["instanceId"] == "node-2",
+            30, "the waiting job to move to node-2",
         )
         assert moved
-        history = job(plane, submitted["jobId"])["history"]
+        history = job(server, submitted["jobId"])["history"]
         assert [h["event"] for h in history][-2:] == ["instance_lost", "placed"]
-        assert instance(plane, "node-1")["lost"] is True
+        assert instance(server, "node-1")["lost"] is True
         # The job completes its download on node-2.
-        done = wait_for(
-            lambda: job(plane, submitted["jobId"])["state"] == "ready", "the job to be ready", 60
+        done = wait_until(
+            lambda: job(server, submitted["jobId"])["state"] == "ready", 60, "the job to be ready"
         )
         assert done
         # node-1 comes back: it registers again and is live, not lost.
         start("node-1")
-        wait_for(lambda: instance(plane, "node-1")["live"], "node-1 to be live again")
-        assert instance(plane, "node-1")["lost"] is False
+        wait_until(lambda: instance(server, "node-1")["live"], 30, "node-1 to be live again")
+        assert instance(server, "node-1")["lost"] is False
     finally:
         for agent in agents.values():
             agent.stop()
 
 
-def instance(plane: RunningServer, instance_id: str) -> dict[str, Any]:
-    status, body = plane.admin("GET", f"/admin/instances/{instance_id}")
+def instance(server: RunningServer, instance_id: str) -> dict[str, Any]:
+    status, body = server.admin("GET", f"/admin/instances/{instance_id}")
     assert status == 200, body
     return dict(body)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -13,18 +12,7 @@ import pytest
 from depman.core.maintenance import SWEEP_LOCK_KEY
 from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer, postgres_database, run_replica, run_server
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll `check` until it answers something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
+from tests.support.wait import wait_until
 
 SWEEP_ENV = {
     "DEPMAN_RUNNING_TIMEOUT_SECONDS": "1",
@@ -37,7 +25,7 @@ SWEEP_ENV = {
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def control_plane(
+def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A server with short timeouts and a fast sweep, on both backends."""
@@ -50,8 +38,8 @@ def control_plane(
             yield server
 
 
-def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_stale_running_is_requeued_then_failed(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("stale"))
     job = fleet.submit(["b", "c"])[1]
     dep_b, dep_c = fleet.deps["b"], fleet.deps["c"]
@@ -68,30 +56,32 @@ def test_stale_running_is_requeued_then_failed(control_plane: RunningServer) -> 
     assert state[dep_b]["state"] == "queued" and state[dep_b]["attempts"] == 1
     # Running again without progress: attempts reach the maximum, the item and the job fail.
     agent.status(items[dep_b], "running")
-    failed = wait_for(lambda: agent.items()[dep_b]["state"] == "failed" and agent.items()[dep_b])
+    failed = wait_until(lambda: agent.items()[dep_b]["state"] == "failed" and agent.items()[dep_b],
+                        15, "the item to fail")
     assert failed["attempts"] == 2 and "downloading" in failed["error"]
-    _, after = control_plane.admin("GET", f"/jobs/{job['jobId']}")
+    _, after = server.admin("GET", f"/jobs/{job['jobId']}")
     assert after["state"] == "failed" and dep_b in after["error"]
 
 
-def test_pending_job_times_out(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_pending_job_times_out(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     job = fleet.submit(["b"])[1]
     assert job["state"] == "pending"
-    done = wait_for(
-        lambda: control_plane.admin("GET", f"/jobs/{job['jobId']}")[1]["state"] == "failed"
+    done = wait_until(
+        lambda: server.admin("GET", f"/jobs/{job['jobId']}")[1]["state"] == "failed",
+        15, "the job to fail",
     )
     assert done
 
 
-def test_submit_token_reaches_jobs_only(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane)
+def test_submit_token_reaches_jobs_only(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     submit = {"Authorization": "Bearer submit-only-token"}
     body = {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
-    status, job = control_plane.request("POST", "/api/jobs", body, submit)
+    status, job = server.request("POST", "/api/jobs", body, submit)
     assert status == 200, job
-    assert control_plane.request("GET", f"/api/jobs/{job['jobId']}", headers=submit)[0] == 200
-    assert control_plane.request("GET", "/api/admin/deps", headers=submit)[0] == 401
+    assert server.request("GET", f"/api/jobs/{job['jobId']}", headers=submit)[0] == 200
+    assert server.request("GET", "/api/admin/deps", headers=submit)[0] == 401
 
 
 @pytest.mark.postgres
@@ -111,8 +101,9 @@ def test_one_process_sweeps_at_a_time(tmp_path: Path) -> None:
             status, body = first.admin("GET", f"/jobs/{job['jobId']}")
             assert (status, body["state"]) == (200, "pending")
             holder.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_KEY,))
-        failed = wait_for(
+        failed = wait_until(
             lambda: (b := first.admin("GET", f"/jobs/{job['jobId']}")[1])["state"] == "failed"
-            and b
+            and b,
+            15, "the job to fail",
         )
         assert "no instance became free" in failed["error"]

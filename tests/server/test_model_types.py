@@ -13,8 +13,8 @@ from tests.support.server import RunningServer
 SHA = "ab" * 32
 
 
-def put(plane: RunningServer, dep_id: str, doc: dict[str, Any]) -> tuple[int, Any]:
-    return plane.admin("PUT", f"/admin/deps/{dep_id}", doc)
+def put(server: RunningServer, dep_id: str, doc: dict[str, Any]) -> tuple[int, Any]:
+    return server.admin("PUT", f"/admin/deps/{dep_id}", doc)
 
 
 def typed(**extra: Any) -> dict[str, Any]:
@@ -23,9 +23,9 @@ def typed(**extra: Any) -> dict[str, Any]:
     return doc
 
 
-def test_type_and_filename_derive_the_path(plane: RunningServer) -> None:
+def test_type_and_filename_derive_the_path(server: RunningServer) -> None:
     dep_id = uid("typed")
-    status, body = put(plane, dep_id, typed(type="loras", filename="style/pixel.safetensors"))
+    status, body = put(server, dep_id, typed(type="loras", filename="style/pixel.safetensors"))
     assert status == 200, body
     assert body["destRelativePath"] == "models/loras/style/pixel.safetensors"
     assert (body["type"], body["filename"]) == ("loras", "style/pixel.safetensors")
@@ -36,18 +36,19 @@ def test_type_and_filename_derive_the_path(plane: RunningServer) -> None:
     [("clip", "text_encoders", "text_encoders"), ("unet", "diffusion_models", "diffusion_models")],
 )
 def test_legacy_type_names_are_aliases(
-    plane: RunningServer, alias: str, canonical: str, folder: str
+    server: RunningServer, alias: str, canonical: str, folder: str
 ) -> None:
-    status, body = put(plane, uid("alias"), typed(type=alias, filename="t5.safetensors"))
+    status, body = put(server, uid("alias"), typed(type=alias, filename="t5.safetensors"))
     assert status == 200, body
     assert body["type"] == canonical
     assert body["destRelativePath"] == f"models/{folder}/t5.safetensors"
 
 
-def test_v1_path_keeps_working_and_is_typed(plane: RunningServer) -> None:
+def test_v1_path_keeps_working_and_is_typed(server: RunningServer) -> None:
     # models/clip/ is scanned by ComfyUI for text encoders: the entry stays as written.
     dep_id = uid("v1")
-    status, body = put(plane, dep_id, dep_doc(dep_id, destRelativePath="models/clip/c.safetensors"))
+    status, body = put(server, dep_id,
+                       dep_doc(dep_id, destRelativePath="models/clip/c.safetensors"))
     assert status == 200, body
     assert body["destRelativePath"] == "models/clip/c.safetensors"
     assert (body["type"], body["filename"]) == ("text_encoders", "c.safetensors")
@@ -77,19 +78,19 @@ def test_v1_path_keeps_working_and_is_typed(plane: RunningServer) -> None:
     ],
 )
 def test_refused_entries_name_the_problem(
-    plane: RunningServer, doc: dict[str, Any], message: str
+    server: RunningServer, doc: dict[str, Any], message: str
 ) -> None:
     dep_id = uid("refused")
     body_in = typed(**doc)
-    status, body = put(plane, dep_id, body_in)
+    status, body = put(server, dep_id, body_in)
     assert status == 422, body
     assert body["error"]["code"] == "validation_failed"
     assert message in body["error"]["message"]
-    assert plane.admin("GET", f"/admin/deps/{dep_id}")[0] == 404
+    assert server.admin("GET", f"/admin/deps/{dep_id}")[0] == 404
 
 
-def test_fleet_refusal_names_the_document(plane: RunningServer) -> None:
-    status, body = plane.admin(
+def test_fleet_refusal_names_the_document(server: RunningServer) -> None:
+    status, body = server.admin(
         "POST",
         "/admin/fleet",
         {"deps": {"typo": typed(destRelativePath="models/lora/x.safetensors")}},
@@ -99,8 +100,8 @@ def test_fleet_refusal_names_the_document(plane: RunningServer) -> None:
     assert "models/loras/" in body["error"]["message"]
 
 
-def test_folder_model_sums_its_files_and_reaches_the_agent(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=[])
+def test_folder_model_sums_its_files_and_reaches_the_agent(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=[])
     dep_id = uid("diffusers")
     files = [
         {
@@ -117,7 +118,7 @@ def test_folder_model_sums_its_files_and_reaches_the_agent(plane: RunningServer)
         },
     ]
     status, body = put(
-        plane,
+        server,
         dep_id,
         {
             "type": "diffusers",
@@ -132,7 +133,7 @@ def test_folder_model_sums_its_files_and_reaches_the_agent(plane: RunningServer)
     assert body["expectedSizeBytes"] == 1010 and body["sha256"] is None
     assert body["files"][1]["sha256"] == SHA and body["root"] == "shared"
     agent = fleet.register(fleet.add_instance("folder"))
-    status, job = plane.admin(
+    status, job = server.admin(
         "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [dep_id]}
     )
     assert status == 200, job
@@ -146,17 +147,17 @@ def test_folder_model_sums_its_files_and_reaches_the_agent(plane: RunningServer)
     assert [f["path"] for f in resolved["files"]] == [f["path"] for f in files]
 
 
-def test_profile_root_is_stored_and_sent_on_register(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=[])
-    status, body = plane.admin(
+def test_profile_root_is_stored_and_sent_on_register(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=[])
+    status, body = server.admin(
         "PUT", f"/admin/profiles/{fleet.profile_id}", {"staticDepIds": [], "root": "shared"}
     )
     assert status == 200 and body["root"] == "shared", body
-    status, answer = plane.request(
+    status, answer = server.request(
         "POST",
         "/api/dependencies/register",
         {"serverType": fleet.server_type, "instanceId": fleet.add_instance("rooted")},
-        {"X-DM-Secret": plane.shared_secret},
+        {"X-DM-Secret": server.shared_secret},
     )
     assert status == 200, answer
     assert answer["profile"]["root"] == "shared"

@@ -32,15 +32,15 @@ def actions_of(server: RunningServer, **query: str) -> list[dict[str, Any]]:
 
 @pytest.mark.server_env(DEPMAN_JOB_MAX_PLACEMENTS="1")
 def test_cancel_running_item_reaches_the_agent_which_reports_cancelled(
-    control_plane: RunningServer,
+    fresh_server: RunningServer,
 ) -> None:
-    fleet = make_fleet(control_plane)
-    client = field_agent(control_plane, fleet, "cx", "0.9.14")
+    fleet = make_fleet(fresh_server)
+    client = field_agent(fresh_server, fleet, "cx", "0.9.14")
     _, job = fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     status, doc = act(
-        control_plane,
+        fresh_server,
         f"/admin/queues/{client.instance_id}/items/{item['depId']}/cancel",
         {"reason": "wrong model"},
     )
@@ -51,43 +51,43 @@ def test_cancel_running_item_reaches_the_agent_which_reports_cancelled(
         item, "cancelled", f"Dependency queue item cancelled: {check['cancelReason']}"
     )
     assert answer["itemState"] == "cancelled"
-    done = job_of(control_plane, job["jobId"])
+    done = job_of(fresh_server, job["jobId"])
     assert done["state"] == "failed" and "wrong model" in done["error"]
-    (entry,) = actions_of(control_plane, instanceId=client.instance_id)
+    (entry,) = actions_of(fresh_server, instanceId=client.instance_id)
     assert entry["action"] == "cancel_item" and entry["actor"] == "api:alice@laptop"
     assert entry["depId"] == item["depId"] and entry["detail"]["reason"] == "wrong model"
 
 
-def test_cancel_queued_item_ends_it_at_once(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
-    client = field_agent(plane, fleet, "cq", "0.9.14")
-    other = field_agent(plane, fleet, "cq2", "0.9.14")
+def test_cancel_queued_item_ends_it_at_once(server: RunningServer) -> None:
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "cq", "0.9.14")
+    other = field_agent(server, fleet, "cq2", "0.9.14")
     _, job = fleet.submit(["c"])
     owner = client if job["instanceId"] == client.instance_id else other
     dep = fleet.deps["c"]
-    status, doc = act(plane, f"/admin/queues/{owner.instance_id}/items/{dep}/cancel", {})
+    status, doc = act(server, f"/admin/queues/{owner.instance_id}/items/{dep}/cancel", {})
     assert status == 200 and doc["state"] == "cancelled"
     assert owner.poll() == []
     # An agent backing off on it learns from its check before retrying: it drops it.
     check = owner.queue_item(doc["itemId"])["item"]
     assert check["state"] == "cancelled" and check["cancelReason"] == "cancelled by operator"
-    moved = job_of(plane, job["jobId"])  # the failure policy ran: placed on the other one
+    moved = job_of(server, job["jobId"])  # the failure policy ran: placed on the other one
     assert moved["instanceId"] != owner.instance_id and moved["state"] == "waiting_deps"
-    status, body = act(plane, f"/admin/queues/{owner.instance_id}/items/{dep}/cancel", {})
+    status, body = act(server, f"/admin/queues/{owner.instance_id}/items/{dep}/cancel", {})
     assert status == 409 and body["error"]["code"] == "invalid_transition"
-    status, body = act(plane, f"/admin/queues/{owner.instance_id}/items/nope/cancel", {})
+    status, body = act(server, f"/admin/queues/{owner.instance_id}/items/nope/cancel", {})
     assert status == 404
 
 
-def test_retry_failed_item_now_hands_it_out_with_force_retry(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
-    client = field_agent(plane, fleet, "rt", "0.9.18")
+def test_retry_failed_item_now_hands_it_out_with_force_retry(server: RunningServer) -> None:
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "rt", "0.9.18")
     fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     client.status(item, "failed", "HTTP 403 from origin")
     status, doc = act(
-        plane, f"/admin/queues/{client.instance_id}/items/{item['depId']}/retry", {"afterMs": 500}
+        server, f"/admin/queues/{client.instance_id}/items/{item['depId']}/retry", {"afterMs": 500}
     )
     assert status == 200 and doc["state"] == "queued" and doc["forceRetry"] is True
     (again,) = client.poll()
@@ -98,25 +98,25 @@ def test_retry_failed_item_now_hands_it_out_with_force_retry(plane: RunningServe
     client.status(again, "running")
     client.installed_dynamic.append(again["depId"])
     client.status(again, "succeeded")
-    assert items_of(plane, client.instance_id)[again["depId"]]["forceRetry"] is False
-    status, _ = act(plane, f"/admin/queues/{client.instance_id}/items/{item['depId']}/retry")
+    assert items_of(server, client.instance_id)[again["depId"]]["forceRetry"] is False
+    status, _ = act(server, f"/admin/queues/{client.instance_id}/items/{item['depId']}/retry")
     assert status == 409
 
 
-def test_delete_dep_static_needs_force_and_agent_removes_it(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=True)
+def test_delete_dep_static_needs_force_and_agent_removes_it(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=True)
     instance_id = fleet.add_instance("del")
-    client = V1Client(plane.base_url, fleet.server_type, plane.shared_secret)
+    client = V1Client(server.base_url, fleet.server_type, server.shared_secret)
     client.register(instance_id=instance_id, agent_version="0.9.15")
     client.heartbeat()
     client.run_once()
     fleet.submit(["b"])
     client.run_once()
     static, dynamic = fleet.deps["a"], fleet.deps["b"]
-    status, body = act(plane, f"/admin/instances/{instance_id}/deps/{static}/delete")
+    status, body = act(server, f"/admin/instances/{instance_id}/deps/{static}/delete")
     assert status == 409 and "force" in body["error"]["message"]
     status, doc = act(
-        plane, f"/admin/instances/{instance_id}/deps/{static}/delete", {"force": True}
+        server, f"/admin/instances/{instance_id}/deps/{static}/delete", {"force": True}
     )
     assert status == 200 and doc["op"] == "delete" and doc["state"] == "queued"
     (item,) = client.poll()
@@ -126,43 +126,43 @@ def test_delete_dep_static_needs_force_and_agent_removes_it(plane: RunningServer
     client.installed_static.remove(static)
     client.status(item, "succeeded")
     client.heartbeat()
-    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    _, inst = server.admin("GET", f"/admin/instances/{instance_id}")
     assert inst["dependencyManager"]["installedDepIdsStatic"] == []
     assert client.poll() == []  # the profile's prefetch does not undo the operator's delete
     assert inst["dependencyManager"]["installedDepIdsDynamic"] == [dynamic]
-    logged = [a["action"] for a in actions_of(plane, instanceId=instance_id)]
+    logged = [a["action"] for a in actions_of(server, instanceId=instance_id)]
     assert logged == ["delete_dep"]
 
 
-def test_drain_places_no_new_jobs_and_cancel_job(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
-    first = field_agent(plane, fleet, "dr1", "0.10.0")
+def test_drain_places_no_new_jobs_and_cancel_job(server: RunningServer) -> None:
+    fleet = make_fleet(server)
+    first = field_agent(server, fleet, "dr1", "0.10.0")
     _, running = fleet.submit(["b"])
     assert running["instanceId"] == first.instance_id
-    status, doc = act(plane, f"/admin/instances/{first.instance_id}/drain", {"drained": True})
+    status, doc = act(server, f"/admin/instances/{first.instance_id}/drain", {"drained": True})
     assert status == 200 and doc["drained"] is True
     # Its job finishes there.
     first.run_once()
-    assert job_of(plane, running["jobId"])["state"] == "ready"
-    assert plane.admin("POST", f"/jobs/{running['jobId']}/start", {})[0] == 200
-    assert plane.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": True})[0] == 200
+    assert job_of(server, running["jobId"])["state"] == "ready"
+    assert server.admin("POST", f"/jobs/{running['jobId']}/start", {})[0] == 200
+    assert server.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": True})[0] == 200
     # No new job is placed on it, though it is live and free.
     _, waiting = fleet.submit(["c"])
     assert waiting["state"] == "pending"
     status, cancelled = act(
-        plane, f"/admin/jobs/{waiting['jobId']}/cancel", {"reason": "not needed"}
+        server, f"/admin/jobs/{waiting['jobId']}/cancel", {"reason": "not needed"}
     )
     assert status == 200 and cancelled["state"] == "failed"
     assert "not needed" in cancelled["error"]
     assert cancelled["history"][-2]["event"] == "cancelled"
-    status, _ = act(plane, f"/admin/jobs/{waiting['jobId']}/cancel", {})
+    status, _ = act(server, f"/admin/jobs/{waiting['jobId']}/cancel", {})
     assert status == 409
-    act(plane, f"/admin/instances/{first.instance_id}/drain", {"drained": False})
+    act(server, f"/admin/instances/{first.instance_id}/drain", {"drained": False})
     _, placed = fleet.submit(["c"])
     assert placed["instanceId"] == first.instance_id
-    log = actions_of(plane, instanceId=first.instance_id)
+    log = actions_of(server, instanceId=first.instance_id)
     assert [a["action"] for a in log] == ["undrain", "drain"]
-    assert [a["action"] for a in actions_of(plane, jobId=waiting["jobId"])] == ["cancel_job"]
+    assert [a["action"] for a in actions_of(server, jobId=waiting["jobId"])] == ["cancel_job"]
 
 
 @pytest.mark.server_env(
@@ -171,19 +171,19 @@ def test_drain_places_no_new_jobs_and_cancel_job(plane: RunningServer) -> None:
     DEPMAN_JOB_MAX_PLACEMENTS="1",
 )
 def test_cancelled_running_item_of_a_silent_agent_ends_cancelled(
-    control_plane: RunningServer,
+    fresh_server: RunningServer,
 ) -> None:
-    fleet = make_fleet(control_plane)
-    client = field_agent(control_plane, fleet, "quiet", "0.3.0")  # never checks its items
+    fleet = make_fleet(fresh_server)
+    client = field_agent(fresh_server, fleet, "quiet", "0.3.0")  # never checks its items
     _, job = fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     act(
-        control_plane,
+        fresh_server,
         f"/admin/queues/{client.instance_id}/items/{item['depId']}/cancel",
         {"reason": "stuck"},
     )
-    done = job_of(control_plane, job["jobId"], seen="waiting_deps")
+    done = job_of(fresh_server, job["jobId"], seen="waiting_deps")
     assert done["state"] == "failed" and "stuck" in done["error"]
-    assert items_of(control_plane, client.instance_id)[item["depId"]]["state"] == "cancelled"
+    assert items_of(fresh_server, client.instance_id)[item["depId"]]["state"] == "cancelled"
     assert client.poll() == []  # never handed out again

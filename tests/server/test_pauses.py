@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tests.support.server import RunningServer, run_server
+from tests.support.wait import wait_until
 
 
 def metric(server: RunningServer, name: str) -> float:
@@ -18,13 +19,6 @@ def metric(server: RunningServer, name: str) -> float:
     return sum(float(value) for value in pattern.findall(text))
 
 
-def wait_for(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Path) -> None:
     db_file = tmp_path / "pauses.db"
     env = {
@@ -32,7 +26,8 @@ def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Pa
         "DEPMAN_PAUSE_WARNING_SECONDS": "0.3",
     }
     with run_server(f"sqlite:///{db_file}", cwd=tmp_path, extra_env=env) as server:
-        wait_for(lambda: metric(server, "depman_periodic_task_seconds_count") >= 2)
+        wait_until(lambda: metric(server, "depman_periodic_task_seconds_count") >= 2, 20,
+                   "two sweeps")
         assert "periodic task sweep took" not in server.logs()
         # Another writer holds the database: the sweep's first write waits for it.
         blocker = sqlite3.connect(db_file, timeout=5)
@@ -40,7 +35,7 @@ def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Pa
         time.sleep(1.0)
         blocker.rollback()
         blocker.close()
-        wait_for(lambda: "periodic task sweep took" in server.logs())
+        wait_until(lambda: "periodic task sweep took" in server.logs(), 20, "the pause warning")
         line = next(li for li in server.logs().splitlines() if "periodic task sweep took" in li)
         # The warning says which step waited, so an operator knows where to look.
         steps = r"\(lost \d+ ms, failed_items \d+ ms, .*placement \d+ ms"
@@ -59,7 +54,8 @@ def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Pa
 
 def test_loop_lag_and_gc_pauses_are_in_the_metrics(tmp_path: Path) -> None:
     with run_server(f"sqlite:///{tmp_path / 'gc.db'}", cwd=tmp_path) as server:
-        wait_for(lambda: metric(server, "depman_event_loop_lag_seconds_count") >= 5)
+        wait_until(lambda: metric(server, "depman_event_loop_lag_seconds_count") >= 5, 20,
+                   "five loop-lag samples")
         # Requests allocate: the young generation is collected within a few hundred.
         for _ in range(300):
             server.request("GET", "/metrics")

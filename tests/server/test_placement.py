@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from depman.core.placement import (
 )
 from tests.server.fleet import Agent, Fleet, make_fleet
 from tests.support.server import RunningServer, postgres_database, run_server
+from tests.support.wait import wait_until
 
 
 def ids(ranked: list[Candidate]) -> list[str]:
@@ -154,19 +155,8 @@ def events(job: dict[str, Any]) -> list[str]:
     return [h["event"] for h in job["history"]]
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll `check` until it answers something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
-def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> None:
-    fleet, holder, running, spare = busy_holder(plane, holds="video")
+def test_a_job_waits_for_a_busy_holder_of_a_big_dep(server: RunningServer) -> None:
+    fleet, holder, running, spare = busy_holder(server, holds="video")
     status, job = fleet.submit(["video", "lora"])
     assert status == 200, job
     assert job["state"] == "pending" and job["instanceId"] is None
@@ -178,10 +168,10 @@ def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> Non
     # and the waiting job notes its wait only once.
     other = fleet.submit(["lora"])[1]
     assert other["instanceId"] == spare.instance_id
-    assert events(plane.admin("GET", f"/jobs/{job['jobId']}")[1]).count("waiting") == 1
+    assert events(server.admin("GET", f"/jobs/{job['jobId']}")[1]).count("waiting") == 1
     # The holder finishes its job: the waiting job goes there, with its dep already held.
-    plane.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": False, "error": "cancel"})
-    _, placed = plane.admin("GET", f"/jobs/{job['jobId']}")
+    server.admin("POST", f"/jobs/{running['jobId']}/complete", {"ok": False, "error": "cancel"})
+    _, placed = server.admin("GET", f"/jobs/{job['jobId']}")
     assert placed["instanceId"] == holder.instance_id
     # video is held there (touched, not yet proven); lora is downloaded.
     assert placed["missingDepIds"] == [fleet.deps["video"], fleet.deps["lora"]]
@@ -190,8 +180,8 @@ def test_a_job_waits_for_a_busy_holder_of_a_big_dep(plane: RunningServer) -> Non
     assert placed["history"][-1]["waitedSeconds"] >= 0
 
 
-def test_a_job_does_not_wait_when_the_saving_is_small(plane: RunningServer) -> None:
-    fleet, _holder, _running, spare = busy_holder(plane, holds="lora")
+def test_a_job_does_not_wait_when_the_saving_is_small(server: RunningServer) -> None:
+    fleet, _holder, _running, spare = busy_holder(server, holds="lora")
     job = fleet.submit(["lora"])[1]
     assert job["instanceId"] == spare.instance_id and job["state"] == "waiting_deps"
     assert "waiting" not in events(job)
@@ -245,7 +235,7 @@ def test_a_wait_past_max_goes_to_a_free_instance_and_max_wait_zero_never_waits(
         return body if body["state"] != "pending" else None
 
     # The holder stays busy: once the 1 s allowance is spent, a sweep places it.
-    done = wait_for(placed, timeout=10)
+    done = wait_until(placed, 10, "the job to be placed")
     assert time.monotonic() - submitted >= 0.5
     assert done["instanceId"] == spare.instance_id and done["state"] == "waiting_deps"
     assert events(done).count("waiting") == 1 and events(done)[-1] == "placed"

@@ -12,9 +12,9 @@ from tests.server.fleet import Agent, make_fleet
 from tests.support.server import RunningServer
 
 
-def put_profile(plane: RunningServer, profile_id: str, static: list[str], prefetch: bool) -> None:
+def put_profile(server: RunningServer, profile_id: str, static: list[str], prefetch: bool) -> None:
     body = {"staticDepIds": static, "prefetchOnBoot": prefetch, "dynamicPolicy": {}}
-    status, answer = plane.admin("PUT", f"/admin/profiles/{profile_id}", body)
+    status, answer = server.admin("PUT", f"/admin/profiles/{profile_id}", body)
     assert status == 200, answer
 
 
@@ -27,27 +27,27 @@ def beat_until_memo(agent: Agent) -> dict[str, Any]:
 
 
 def test_a_profile_change_reaches_running_instances_within_one_heartbeat(
-    plane: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=True)
+    fleet = make_fleet(server, static=["a"], prefetch=True)
     a, b, c = fleet.deps["a"], fleet.deps["b"], fleet.deps["c"]
     agent = fleet.register(fleet.add_instance("reconciled"), static=[a])
     assert beat_until_memo(agent)["staticDepIds"] == [a]
     assert agent.poll()[1]["items"] == []
     # Added: queued at prefetch priority on the running instance, and the heartbeat
     # answer (memo'd before the change) names the new list.
-    put_profile(plane, fleet.profile_id, [a, b], prefetch=True)
+    put_profile(server, fleet.profile_id, [a, b], prefetch=True)
     items = agent.poll()[1]["items"]
     assert [(i["depId"], i["op"]) for i in items] == [(b, "download")]
     assert agent.items()[b]["priority"] == 1
     assert agent.heartbeat()[1]["staticDepIds"] == [a, b]
     # Removed: the agent learns it is no longer static (so it may evict it).
-    put_profile(plane, fleet.profile_id, [b], prefetch=True)
+    put_profile(server, fleet.profile_id, [b], prefetch=True)
     assert agent.heartbeat()[1]["staticDepIds"] == [b]
     # A server type moved to another profile follows that one.
     other = f"{fleet.profile_id}-other"
-    put_profile(plane, other, [c], prefetch=True)
-    status, _ = plane.admin(
+    put_profile(server, other, [c], prefetch=True)
+    status, _ = server.admin(
         "PUT",
         f"/admin/server-types/{fleet.server_type}",
         {"modelManagement": {"mode": "dependency_manager_v1", "profileId": other}},
@@ -57,10 +57,10 @@ def test_a_profile_change_reaches_running_instances_within_one_heartbeat(
     assert c in {i["depId"] for i in agent.poll()[1]["items"]}
 
 
-def test_a_profile_that_does_not_prefetch_queues_nothing(plane: RunningServer) -> None:
-    fleet = make_fleet(plane, static=["a"], prefetch=False)
+def test_a_profile_that_does_not_prefetch_queues_nothing(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=False)
     agent = fleet.register(fleet.add_instance("lazy"))
-    put_profile(plane, fleet.profile_id, [fleet.deps["a"], fleet.deps["b"]], prefetch=False)
+    put_profile(server, fleet.profile_id, [fleet.deps["a"], fleet.deps["b"]], prefetch=False)
     assert agent.poll()[1]["items"] == []
     assert agent.heartbeat()[1]["staticDepIds"] == [fleet.deps["a"], fleet.deps["b"]]
 
@@ -77,8 +77,8 @@ RETRY_ENV = {
 
 
 @pytest.mark.server_env(**RETRY_ENV)
-def test_a_failed_static_download_is_retried_with_backoff(control_plane: RunningServer) -> None:
-    fleet = make_fleet(control_plane, static=["a"], prefetch=True)
+def test_a_failed_static_download_is_retried_with_backoff(fresh_server: RunningServer) -> None:
+    fleet = make_fleet(fresh_server, static=["a"], prefetch=True)
     a = fleet.deps["a"]
     agent = fleet.register(fleet.add_instance("retried"))
     delays = []

@@ -23,13 +23,14 @@ AGENT_PATHS = [
     [b"{not json", b"[]", b'"text"', b"null", b"", b"\xff\xfe", b'{"instanceId": 5}', b"{}"],
 )
 def test_malformed_agent_bodies_are_4xx_with_the_error_shape(
-    plane: RunningServer, raw: bytes
+    server: RunningServer, raw: bytes
 ) -> None:
-    fleet = make_fleet(plane)
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("bad"))
-    headers = {"Content-Type": "application/json", "X-DM-Secret": plane.shared_secret, **agent.auth}
+    headers = {"Content-Type": "application/json", "X-DM-Secret": server.shared_secret,
+               **agent.auth}
     for path in AGENT_PATHS:
-        status, body = plane.request("POST", path, raw_body=raw, headers=headers)
+        status, body = server.request("POST", path, raw_body=raw, headers=headers)
         assert 400 <= status < 500, (path, raw, status, body)
         assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
 
@@ -54,35 +55,35 @@ def test_malformed_agent_bodies_are_4xx_with_the_error_shape(
     ],
 )
 def test_malformed_admin_bodies_are_422_naming_the_field(
-    plane: RunningServer, method: str, path: str, payload: Any
+    server: RunningServer, method: str, path: str, payload: Any
 ) -> None:
-    status, body = plane.admin(method, path, payload)
+    status, body = server.admin(method, path, payload)
     assert status in (404, 422), body
     assert body["error"]["code"] in ("validation_failed", "not_found")
     assert body["error"]["message"]
 
 
-def test_wrong_types_in_protocol_bodies(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_wrong_types_in_protocol_bodies(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("types"))
     hb = {"instanceId": agent.instance_id, "installedStaticDepIds": "a", "diskStats": 5}
-    status, body = plane.request("POST", "/api/dependencies/heartbeat", hb, agent.auth)
+    status, body = server.request("POST", "/api/dependencies/heartbeat", hb, agent.auth)
     assert status == 422 and "installedStaticDepIds" in body["error"]["message"]
     st = {"instanceId": agent.instance_id, "itemId": "a.1", "state": "exploded"}
-    status, body = plane.request("POST", "/api/dependencies/status", st, agent.auth)
+    status, body = server.request("POST", "/api/dependencies/status", st, agent.auth)
     assert status == 422 and "state" in body["error"]["message"]
-    status, _ = plane.request("GET", "/api/dependencies/queue?limit=25", headers=agent.auth)
+    status, _ = server.request("GET", "/api/dependencies/queue?limit=25", headers=agent.auth)
     assert status == 422
     path = f"/api/dependencies/queue?instanceId={agent.instance_id}&limit=abc"
-    assert plane.request("GET", path, headers=agent.auth)[0] == 422
-    assert plane.request("GET", "/api/nowhere")[0] == 404
-    assert plane.request("DELETE", "/api/dependencies/register")[0] == 405
+    assert server.request("GET", path, headers=agent.auth)[0] == 422
+    assert server.request("GET", "/api/nowhere")[0] == 404
+    assert server.request("DELETE", "/api/dependencies/register")[0] == 405
 
 
-def test_unknown_fields_are_ignored(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_unknown_fields_are_ignored(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("unk")
-    status, body = plane.request(
+    status, body = server.request(
         "POST",
         "/api/dependencies/register",
         {
@@ -91,34 +92,34 @@ def test_unknown_fields_are_ignored(plane: RunningServer) -> None:
             "instanceId": instance_id,
             "x": {"y": 1},
         },
-        {"X-DM-Secret": plane.shared_secret},
+        {"X-DM-Secret": server.shared_secret},
     )
     assert status == 200, body
 
 
-def test_secrets_never_appear_in_answers_or_logs(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_secrets_never_appear_in_answers_or_logs(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("secret"))
-    plane.request(
+    server.request(
         "POST",
         "/api/dependencies/register",
         {"serverType": fleet.server_type, "agentVersion": "v", "instanceId": agent.instance_id},
-        {"X-DM-Secret": "wrong-" + plane.shared_secret},
+        {"X-DM-Secret": "wrong-" + server.shared_secret},
     )
     answers = [
-        plane.admin("GET", "/admin/instances")[1],
-        plane.admin("GET", f"/admin/instances/{agent.instance_id}")[1],
-        plane.request("GET", "/openapi.json")[1],
-        plane.request("GET", "/metrics")[1],
+        server.admin("GET", "/admin/instances")[1],
+        server.admin("GET", f"/admin/instances/{agent.instance_id}")[1],
+        server.request("GET", "/openapi.json")[1],
+        server.request("GET", "/metrics")[1],
     ]
-    text = repr(answers) + plane.logs()
-    for secret in (plane.admin_token, plane.shared_secret, agent.token):
+    text = repr(answers) + server.logs()
+    for secret in (server.admin_token, server.shared_secret, agent.token):
         assert secret not in text
     assert "agent_token_hash" not in repr(answers) and "agentTokenHash" not in repr(answers)
 
 
-def test_openapi_describes_every_endpoint(plane: RunningServer) -> None:
-    status, spec = plane.request("GET", "/openapi.json")
+def test_openapi_describes_every_endpoint(server: RunningServer) -> None:
+    status, spec = server.request("GET", "/openapi.json")
     assert status == 200
     paths = spec["paths"]
     expected = {
@@ -164,11 +165,11 @@ def test_openapi_describes_every_endpoint(plane: RunningServer) -> None:
     assert "installedStaticDepIds" in props and "downloadingDepIds" in props
 
 
-def test_metrics_in_prometheus_format(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_metrics_in_prometheus_format(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     fleet.register(fleet.add_instance("m"))
     fleet.submit(["b"])
-    status, text = plane.request("GET", "/metrics", headers={"Accept": "text/plain"})
+    status, text = server.request("GET", "/metrics", headers={"Accept": "text/plain"})
     assert status == 200
     assert re.search(r"^depman_instances_live \d", text, re.M)
     assert 'depman_queue_items{state="queued"}' in text
@@ -177,8 +178,8 @@ def test_metrics_in_prometheus_format(plane: RunningServer) -> None:
     assert 'route="/api/dependencies/heartbeat"' in text
 
 
-def test_agent_bundle_is_served_or_unavailable(plane: RunningServer) -> None:
-    status, body = plane.request("GET", "/agent/depman-agent.pyz")
+def test_agent_bundle_is_served_or_unavailable(server: RunningServer) -> None:
+    status, body = server.request("GET", "/agent/depman-agent.pyz")
     assert status in (200, 503)
     if status == 503:
         assert body["error"]["code"] == "unavailable"

@@ -81,12 +81,12 @@ def oversize_heartbeat(client: V1Client, dep_id: str, marker: str) -> dict[str, 
     }
 
 
-def test_oversize_telemetry_is_trimmed_and_the_requests_taken(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_oversize_telemetry_is_trimmed_and_the_requests_taken(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("tele-trim")
     marker = uid("never-logged")
-    before = trimmed_counts(plane)
-    client = V1Client(plane.base_url, fleet.server_type, plane.shared_secret)
+    before = trimmed_counts(server)
+    client = V1Client(server.base_url, fleet.server_type, server.shared_secret)
     provider = f"vast\x07{marker}" + "x" * 120
     client.register(
         instance_id=instance_id,
@@ -117,7 +117,7 @@ def test_oversize_telemetry_is_trimmed_and_the_requests_taken(plane: RunningServ
     )
     assert answer["ok"] is True
 
-    status, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    status, inst = server.admin("GET", f"/admin/instances/{instance_id}")
     assert status == 200, inst
     assert inst["live"] is True
     assert inst["provider"] == (f"vast {marker}" + "x" * 120)[:100]
@@ -134,22 +134,22 @@ def test_oversize_telemetry_is_trimmed_and_the_requests_taken(plane: RunningServ
 
     # A document with a NUL is kept, the NUL replaced (the store cannot take one).
     client.heartbeat(downloading=[item["depId"]], diskDiagnostics={"mount": "/workspace\x00x"})
-    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    _, inst = server.admin("GET", f"/admin/instances/{instance_id}")
     assert inst["dependencyManager"]["diskDiagnostics"] == {"mount": "/workspace x"}
     # NaN parses in Python but no JSON column takes it: the document is dropped.
     raw = f'{{"instanceId": "{instance_id}", "diskDiagnostics": {{"free": NaN}}}}'.encode()
     status, _headers, body = exchange(
-        plane,
+        server,
         "POST",
         "/api/dependencies/heartbeat",
         body=raw,
         headers={**client._auth(), "Content-Type": "application/json"},
     )
     assert status == 200, body
-    _, inst = plane.admin("GET", f"/admin/instances/{instance_id}")
+    _, inst = server.admin("GET", f"/admin/instances/{instance_id}")
     assert inst["dependencyManager"]["diskDiagnostics"] == {"mount": "/workspace x"}
 
-    assert added(before, trimmed_counts(plane)) == {
+    assert added(before, trimmed_counts(server)) == {
         "provider": 1,
         "providerMetadata": 1,
         "activeDownloads.stage": 2,  # two heartbeats, one value each
@@ -158,19 +158,19 @@ def test_oversize_telemetry_is_trimmed_and_the_requests_taken(plane: RunningServ
         "diskStats.statPath": 2,
         "diskDiagnostics": 4,
     }
-    lines = trim_lines(plane, instance_id)
+    lines = trim_lines(server, instance_id)
     assert len(lines) == 1, lines
     (line,) = lines  # one line per instance, however many requests
     assert "request=register" in line
     cut = f"cut to 100 characters from {len(provider)}"
     assert f"provider: control characters replaced, {cut}" in line
     assert "providerMetadata: dropped: nested deeper than 8 levels" in line
-    assert marker not in plane.logs()
-    assert "Traceback" not in plane.logs()
+    assert marker not in server.logs()
+    assert "Traceback" not in server.logs()
 
 
-def test_a_heartbeats_trims_are_logged_once_without_the_values(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_a_heartbeats_trims_are_logged_once_without_the_values(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("tele-log"))
     marker = uid("never-logged")
     for _ in range(3):
@@ -179,19 +179,19 @@ def test_a_heartbeats_trims_are_logged_once_without_the_values(plane: RunningSer
             diskDiagnostics={"x": [f"{marker}"] * 2000},
         )
         assert status == 200, body
-    (line,) = trim_lines(plane, agent.instance_id)
+    (line,) = trim_lines(server, agent.instance_id)
     assert "request=heartbeat" in line
     assert "diskStats.path: control characters replaced" in line
     assert "diskDiagnostics: dropped:" in line and "over 16384" in line
-    assert marker not in plane.logs()  # the forged line's text included
+    assert marker not in server.logs()  # the forged line's text included
 
 
-def test_the_strict_fields_of_the_same_requests_still_refuse(plane: RunningServer) -> None:
-    fleet = make_fleet(plane)
+def test_the_strict_fields_of_the_same_requests_still_refuse(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("tele-strict")
-    client = V1Client(plane.base_url, fleet.server_type, plane.shared_secret)
+    client = V1Client(server.base_url, fleet.server_type, server.shared_secret)
     client.register(instance_id=instance_id, agent_version="0.9.20")
-    before = trimmed_counts(plane)
+    before = trimmed_counts(server)
     extras = oversize_heartbeat(client, "some-dep", uid("m"))
     heartbeat = {
         "instanceId": "i" * 201,
@@ -199,7 +199,7 @@ def test_the_strict_fields_of_the_same_requests_still_refuse(plane: RunningServe
         "installedDynamicDepIds": [],
         **{key: value for key, value in extras.items() if key != "downloading"},
     }
-    status, body = plane.request("POST", "/api/dependencies/heartbeat", heartbeat, client._auth())
+    status, body = server.request("POST", "/api/dependencies/heartbeat", heartbeat, client._auth())
     assert status == 422, body
     assert body["error"]["code"] == "validation_failed"
     for what, doc in [
@@ -212,7 +212,7 @@ def test_the_strict_fields_of_the_same_requests_still_refuse(plane: RunningServe
         ("diskStats.freeBytes 2^63", {"diskStats": {"freeBytes": 2**63, "path": "p" * 2000}}),
         ("diskDiagnostics not an object", {"diskDiagnostics": "not an object"}),
     ]:
-        status, body = plane.request(
+        status, body = server.request(
             "POST",
             "/api/dependencies/heartbeat",
             {"instanceId": instance_id, **doc},
@@ -224,11 +224,11 @@ def test_the_strict_fields_of_the_same_requests_still_refuse(plane: RunningServe
         {"instanceId": instance_id, "agentVersion": "1.0\nforged", "provider": "p" * 200},
         {"instanceId": instance_id, "provider": 7},
     ):
-        status, body = plane.request(
+        status, body = server.request(
             "POST",
             "/api/dependencies/register",
             {"serverType": fleet.server_type, **doc},
-            {"X-DM-Secret": plane.shared_secret},
+            {"X-DM-Secret": server.shared_secret},
         )
         assert status == 422, (doc, body)
     try:
@@ -247,5 +247,5 @@ def test_the_strict_fields_of_the_same_requests_still_refuse(plane: RunningServe
         assert exc.status == 422
     else:
         raise AssertionError("a status report with a bad item id was taken")
-    assert added(before, trimmed_counts(plane)) == {}  # nothing of a refused request was taken
-    assert trim_lines(plane, instance_id, timeout=0) == []
+    assert added(before, trimmed_counts(server)) == {}  # nothing of a refused request was taken
+    assert trim_lines(server, instance_id, timeout=0) == []

@@ -31,10 +31,6 @@ def bundle_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def bundle_sha256() -> str:
-    return hashlib.sha256(bundle_bytes()).hexdigest()
-
-
 def write_bundle(path: Path | str) -> str:
     """Write the zipapp to ``path`` (executable) and return its sha256."""
     data = bundle_bytes()

@@ -159,10 +159,21 @@ class Cache:
     def file_matches(self, record: DepRecord) -> bool:
         """The file is present and still the one its receipt names."""
         if record.files is not None:
-            from .folder_models import folder_matches
-            return folder_matches(self, record)
+            return self.folder_problem(record) is None
         st = self.lstat_final(record)
         return st is not None and receipts.matches(record, st)
+
+    def folder_problem(self, record: DepRecord, memo: dict[str, bool] | None = None
+                       ) -> str | None:
+        """None while every file of an installed folder model is the one verified; else why."""
+        try:
+            folder = self.record_path(record, memo)
+        except UnsafePath as exc:
+            return exc.message
+        for entry in record.files or []:
+            if not receipts.folder_file_matches(folder / str(entry.get("path")), entry):
+                return f"{record.dest_relative_path}/{entry.get('path')} is missing or changed"
+        return None
 
     def kinds(self) -> dict[str, str]:
         with self.lock:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from . import protocol as p
-from .answers import QueueAnswer, parse_queue, pinned_of, static_dep_ids
+from .answer_checks import QueueAnswer, parse_queue, pinned_of, static_dep_ids
 from .config import AgentConfig
 from .errors import ServerError, Stopping, Unauthorized
 from .http import abort_connection, parse_retry_after, send

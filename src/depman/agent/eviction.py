@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,11 +16,28 @@ from .config import AgentConfig
 from .errors import InsufficientDiskSpace, UnsafePath
 from .folder_models import in_use_under, remove_folder
 from .in_use import paths_in_use, real_path
-from .model_roots import same_filesystem
 from .progress import format_bytes
 from .state import DepRecord
 
 log = logging.getLogger("depman.agent")
+
+
+def _device(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except OSError:
+            continue
+    return None
+
+
+def same_filesystem(cache: Cache, record: DepRecord, folder: Path) -> bool:
+    """Whether deleting ``record`` frees space on ``folder``'s filesystem."""
+    try:
+        path = cache.record_path(record)
+    except UnsafePath:
+        return False
+    return _device(path.parent) == _device(folder)
 
 
 @dataclass(frozen=True)
@@ -51,10 +69,6 @@ class EvictionPolicy:
                    max_dynamic_bytes=int(cap) if cap else None,
                    batch_max=int(batch) if batch else p.DEFAULT_EVICTION_BATCH_MAX,
                    pin_ttl_seconds=int(ttl) if ttl is not None else p.DEFAULT_PIN_TTL_SECONDS)
-
-
-# Kept under its old name: open or memory-mapped, by real path.
-open_paths = paths_in_use
 
 
 def _real_path_or_none(path_of: Callable[[DepRecord], Path], record: DepRecord) -> str | None:
@@ -119,7 +133,7 @@ class Evictor:
             need_free_bytes=need_free_bytes, dynamic_bytes=cache.dynamic_bytes(),
             max_dynamic_bytes=self.policy.max_dynamic_bytes if enforce_cap else None,
             batch_max=self.policy.batch_max, pin_ttl_seconds=self.policy.pin_ttl_seconds,
-            protected=protected, in_use=open_paths(),
+            protected=protected, in_use=paths_in_use(),
             path_of=cache.record_path)
         evicted = []
         for record in chosen:

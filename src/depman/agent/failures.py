@@ -24,10 +24,6 @@ LOCAL_ERRNOS = frozenset({
 })
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
-
-
 def classify(exc: BaseException, where: str = "") -> DownloadError:
     """The DownloadError for ``exc`` (returned as is when it already is one)."""
     if isinstance(exc, DownloadError):

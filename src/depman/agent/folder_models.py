@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import receipts
 from .cache import safe_relative_path
 from .download import DownloadOptions, DownloadSpec, download_file, hash_file
-from .errors import DownloadError, DownloadInterrupted, UnsafePath
+from .errors import DownloadError, DownloadInterrupted
 from .files import atomic_write_json
 from .state import DepRecord
 
@@ -67,39 +67,6 @@ def parse_files(raw: Any) -> list[FolderFile]:
             sha256=sha.lower() if isinstance(sha, str) else None,
             size=size if isinstance(size, int) and not isinstance(size, bool) else None))
     return files
-
-
-def _identity(path: Path, rel: str, size: int, sha: str | None) -> dict[str, Any]:
-    st = os.lstat(path)
-    return {"path": rel, "sizeBytes": size, "sha256": sha,
-            "mtimeNs": str(st.st_mtime_ns), "inode": st.st_ino}
-
-
-def _matches(path: Path, entry: dict[str, Any]) -> bool:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return (stat.S_ISREG(st.st_mode) and st.st_size == entry.get("sizeBytes")
-            and str(st.st_mtime_ns) == str(entry.get("mtimeNs"))
-            and st.st_ino == entry.get("inode"))
-
-
-def folder_problem(cache: Cache, record: DepRecord, memo: dict[str, bool] | None = None
-                   ) -> str | None:
-    """None while every file of the installed folder is the one verified; else why not."""
-    try:
-        folder = cache.record_path(record, memo)
-    except UnsafePath as exc:
-        return exc.message
-    for entry in record.files or []:
-        if not _matches(folder / str(entry.get("path")), entry):
-            return f"{record.dest_relative_path}/{entry.get('path')} is missing or changed"
-    return None
-
-
-def folder_matches(cache: Cache, record: DepRecord) -> bool:
-    return folder_problem(cache, record) is None
 
 
 def in_use_under(real: str, record: DepRecord, in_use: Collection[str]) -> bool:
@@ -143,7 +110,7 @@ def _verify_existing(folder: Path, files: list[FolderFile]) -> list[dict[str, An
             return None
         if f.sha256 and hash_file(path) != f.sha256:
             return None
-        out.append(_identity(path, f.path, st.st_size, f.sha256))
+        out.append(receipts.folder_file_receipt(path, f.path, st.st_size, f.sha256))
     return out
 
 
@@ -178,7 +145,8 @@ def install_folder(job: FolderInstall, *, dep_id: str, kind: str, rel: str, root
     except OSError as exc:
         raise DownloadError(f"Cannot create {staging}: {exc}", retryable=False) from exc
     verified = _read_manifest(staging)
-    todo = [f for f in files if not _matches(staging / f.path, verified.get(f.path, {}))]
+    todo = [f for f in files
+            if not receipts.folder_file_matches(staging / f.path, verified.get(f.path, {}))]
     # ComfyUI's DiffusersLoader lists any folder holding a model_index.json, staging
     # folders included: that file comes last, right before the rename.
     todo.sort(key=lambda f: f.path.rsplit("/", 1)[-1] == "model_index.json")
@@ -197,7 +165,7 @@ def install_folder(job: FolderInstall, *, dep_id: str, kind: str, rel: str, root
             DownloadSpec(url=f.url, dest=dest, sha256=f.sha256, expected_size=f.size,
                          authorization=job.authorization, label=f"{dep_id}/{f.path}"),
             job.options(file_space))
-        verified[f.path] = _identity(dest, f.path, result.size, result.sha256)
+        verified[f.path] = receipts.folder_file_receipt(dest, f.path, result.size, result.sha256)
         atomic_write_json(staging / MANIFEST, list(verified.values()))
     entries = [verified[f.path] for f in files]
     with contextlib.suppress(OSError):

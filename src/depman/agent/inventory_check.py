@@ -25,7 +25,6 @@ from . import receipts
 from .cache import Cache
 from .download import hash_file
 from .errors import UnsafePath
-from .folder_models import folder_problem
 from .state import DepRecord
 
 log = logging.getLogger("depman.agent")
@@ -57,7 +56,7 @@ def recheck_inventory(cache: Cache, *, skip: Collection[str] = (),
             path: Path | None = None
             st: os.stat_result | None = None
             if record.files is not None:  # a folder model: every file checked
-                why = folder_problem(cache, record, memo)
+                why = cache.folder_problem(record, memo)
                 if why is not None:
                     del cache.state.deps[record.dep_id]
                     result.dropped[record.dep_id] = why

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol as p
-from .answers import sanitize_policy
+from .answer_checks import sanitize_policy
 from .cache import Cache
 from .client import ControlPlaneClient, static_dep_ids
 from .config import AgentConfig
@@ -394,7 +394,7 @@ class Agent:
         progress = Progress(dep_id, log_every=self.config.progress_seconds
                             if self.config.verbose_progress else None)
         # The download starts first: the first byte should not wait for the status round
-        # trip or the state file's fsync (issue 5, dispatch latency). Its outcome is
+        # trip or the state file's fsync (that wait is dispatch latency). Its outcome is
         # collected on this thread, so the server still sees running before succeeded,
         # and the in-flight record is written before it can be cleared.
         # Its own stop, so an operator's cancel ends this download and no other.

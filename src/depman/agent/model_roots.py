@@ -27,13 +27,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from .errors import ConfigError, UnsafePath
-
-if TYPE_CHECKING:
-    from .cache import Cache
-    from .state import DepRecord
 
 log = logging.getLogger("depman.agent")
 
@@ -195,20 +190,3 @@ class ModelRoots:
             )
         return folder.joinpath(*parts[2:]), folder
 
-
-def _device(path: Path) -> int | None:
-    for candidate in (path, *path.parents):
-        try:
-            return os.stat(candidate).st_dev
-        except OSError:
-            continue
-    return None
-
-
-def same_filesystem(cache: Cache, record: DepRecord, folder: Path) -> bool:
-    """Whether deleting ``record`` frees space on ``folder``'s filesystem."""
-    try:
-        path = cache.record_path(record)
-    except UnsafePath:
-        return False
-    return _device(path.parent) == _device(folder)

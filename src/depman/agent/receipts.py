@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 from . import protocol as p
@@ -47,6 +48,24 @@ def matches(record: DepRecord, st: os.stat_result) -> bool:
             and st.st_size == record.size_bytes
             and st.st_mtime_ns == record.mtime_ns
             and st.st_ino == record.inode)
+
+
+def folder_file_receipt(path: Path, rel: str, size: int, sha: str | None) -> dict[str, Any]:
+    """The receipt of one verified file inside a folder model (an entry of ``record.files``)."""
+    st = os.lstat(path)
+    return {"path": rel, "sizeBytes": size, "sha256": sha,
+            "mtimeNs": str(st.st_mtime_ns), "inode": st.st_ino}
+
+
+def folder_file_matches(path: Path, entry: dict[str, Any]) -> bool:
+    """True when ``path`` is still the file its folder-model receipt ``entry`` names."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and st.st_size == entry.get("sizeBytes")
+            and str(st.st_mtime_ns) == str(entry.get("mtimeNs"))
+            and st.st_ino == entry.get("inode"))
 
 
 def algorithm(record: DepRecord) -> str:

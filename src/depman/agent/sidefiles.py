@@ -70,10 +70,6 @@ def remove_write_leftovers(path: Path) -> int:
     return removed
 
 
-def is_side_file(name: str) -> bool:
-    return name.startswith(PREFIX) and name.endswith((PARTIAL_SUFFIX, SIDECAR_SUFFIX))
-
-
 def adopt_legacy(dest: Path) -> None:
     """Carry a partial left by an agent that named it ``<name>.partial`` over to the new name.
 

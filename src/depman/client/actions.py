@@ -10,7 +10,7 @@ from urllib.parse import quote
 from rich.table import Table
 
 from depman.client.api import AdminClient, JsonDoc
-from depman.client.commands import make_console, open_client, reported_errors
+from depman.client.console import make_console, open_client, reported_errors
 from depman.client.tables import state_text
 
 

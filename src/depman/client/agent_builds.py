@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from depman.client.api import JsonDoc
-from depman.client.commands import make_console, open_client, reported_errors
+from depman.client.console import make_console, open_client, reported_errors
 from depman.client.errors import ClientError
 from depman.client.units import format_bytes
 

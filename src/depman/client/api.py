@@ -87,10 +87,6 @@ class AdminClient:
                 return None
             raise
 
-    def delete_document(self, section: str, doc_id: str) -> None:
-        """Delete one admin document."""
-        self._request("DELETE", self._doc_path(section, doc_id))
-
     def put_dep(self, dep_id: str, body: JsonDoc) -> JsonDoc:
         """Create or replace a catalog entry."""
         return self.put_document("deps", dep_id, body)

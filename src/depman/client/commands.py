@@ -1,28 +1,23 @@
 """What `depman apply`, `depman get` and `depman jobs` do; `depman.cli` only parses flags.
 
-Each command prints a `ClientError` as one clear message on stderr and exits 1;
-a traceback means a bug in depman, never bad input or a refused request.
+Errors are reported through `depman.client.console.reported_errors`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from depman.client import tables
 from depman.client.api import AdminClient, JsonDoc
+from depman.client.console import make_console, open_client, reported_errors
 from depman.client.errors import ClientError, FleetFileError
 from depman.client.fleet import FleetFile, line_of, load_fleet
+from depman.client.workflows import read_workflow
 
-# Rich wraps to 80 columns when not writing to a terminal; tables piped to grep
-# or a file should keep one row per line.
-PIPE_WIDTH = 200
 JOB_WAIT_SECONDS = 25.0
 # A job in one of these states needs no more waiting for `jobs submit --wait`.
 SETTLED_JOB_STATES = frozenset({"ready", "running", "completed", "failed"})
@@ -32,35 +27,6 @@ SECTION_NOUNS = {
     "serverTypes": ("server type", "server types"),
     "instances": ("instance", "instances"),
 }
-
-
-def make_console(*, stderr: bool = False) -> Console:
-    """A Rich console on stdout (or stderr) that does not squeeze tables when piped."""
-    console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, highlight=False, width=PIPE_WIDTH)
-    return console
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Print a ClientError on stderr and exit 1; Ctrl-C exits 130 without a traceback."""
-    try:
-        yield
-    except ClientError as exc:
-        make_console(stderr=True).print(f"[bold red]error:[/] {escape(exc.message)}")
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
-def open_client(server_url: str, token: str | None, *, actor: str | None = None) -> AdminClient:
-    """An AdminClient, or a ClientError telling how to give the missing token."""
-    if not token:
-        raise ClientError(
-            "no admin token: set DEPMAN_ADMIN_TOKEN (or pass --token)", code="missing_token"
-        )
-    return AdminClient(server_url, token, actor=actor)
 
 
 def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:
@@ -159,8 +125,6 @@ def submit_job(
     workflow: Path | None = None,
 ) -> None:
     """Submit a job; with `wait`, follow it until it is ready (exit 0) or failed (exit 1)."""
-    from depman.client.workflows import read_workflow
-
     console = make_console()
     with reported_errors():
         document = read_workflow(workflow) if workflow is not None else None

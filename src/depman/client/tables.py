@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from rich.table import Table
 from rich.text import Text
 
-from depman.client.units import age_since, format_age, format_bytes, parse_timestamp
+from depman.ages import format_age
+from depman.client.units import age_since, format_bytes, parse_timestamp
 
 JsonDoc = dict[str, Any]
 BAR_WIDTH = 10

@@ -1,4 +1,4 @@
-"""Byte sizes and ages: parsing `6.5GiB` in fleet files, printing sizes and ages in tables."""
+"""Byte sizes and timestamps: parsing `6.5GiB` in fleet files, printing sizes in tables."""
 
 from __future__ import annotations
 
@@ -56,20 +56,6 @@ def parse_timestamp(value: object) -> datetime | None:
     except ValueError:
         return None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-
-
-def format_age(seconds: float | None) -> str:
-    """`42s`, `5m`, `3h`, `2d`; `-` for unknown."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
 def age_since(stamp: datetime | None, now: datetime | None = None) -> float | None:

@@ -1,7 +1,7 @@
 """Which instances a job may go to: the best free ones and the busy holders of its deps.
 
-A submit must cost the same at 10 or 10,000 instances (issue 5: loading every
-live instance per job made placement O(N) per submit). Each query here is bounded
+A submit must cost the same at 10 or 10,000 instances (loading every live
+instance per job made placement O(N) per submit). Each query here is bounded
 by the job's deps, the active jobs or the open downloads, never by the fleet, and
 none depends on the planner's row estimates (a single ranked join was planned as
 nested loops over fresh statistics and took 1.8 s at 3,000 instances):
@@ -16,7 +16,7 @@ nested loops over fresh statistics and took 1.8 s at 3,000 instances):
   `placement.rank_candidates` then ranks them exactly.
 
 Each runs as a Core statement on the session's connection: through the ORM's
-execution each cost about twice the Python time, per submit (issue 5).
+execution each cost about twice the Python time, per submit.
 """
 
 from __future__ import annotations

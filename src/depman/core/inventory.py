@@ -290,7 +290,7 @@ def _apply_diff(instance_id: str, held: dict[str, str], *, session: Session, now
     ]
     if added and session.get_bind().dialect.name == "postgresql":
         # One statement with arrays: psycopg's executemany is a pipeline of 200 statements,
-        # 17 ms of CPU per first heartbeat, which capped a 10,000-agent boot (issue 5).
+        # 17 ms of CPU per first heartbeat, which capped a 10,000-agent boot.
         session.connection().execute(
             ADD_ROWS_PG,
             {

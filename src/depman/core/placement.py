@@ -6,8 +6,8 @@ already queued there; most free disk; then instance id, for determinism.
 
 A job goes to the best free instance unless a busy instance of its type holds
 more of its bytes and would save more download time than the job is expected to
-wait for it (docs/server.md, "Placement"; issue 5, benchmark 4: placing only on
-free instances collapses to near-random placement at load 0.7).
+wait for it (docs/server.md, "Placement"; `bench.placement` shows that placing
+only on free instances collapses to near-random placement at load 0.7).
 """
 
 from __future__ import annotations

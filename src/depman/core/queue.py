@@ -282,7 +282,7 @@ class Transition:
 def _transition_statements() -> dict[str, Any]:
     # One UPDATE per reported state, whose WHERE holds the rule "within a generation,
     # states only move forward" (module docstring): a report the rule refuses matches
-    # no row. Built once: the status path only binds parameters (issue 5).
+    # no row. Built once: the status path only binds parameters.
     now = bindparam("p_now", type_=UtcDateTime())
     queued, running = ItemState.QUEUED.value, ItemState.RUNNING.value
     succeeded, failed = ItemState.SUCCEEDED.value, ItemState.FAILED.value

@@ -43,7 +43,7 @@ class StatusReport:
 def _figures_statement() -> Any:
     # Figures the report leaves out keep their stored value, and a row whose figures
     # are already these is not touched at all: no write, no row lock (a status report
-    # otherwise waited behind the batched heartbeat write; issue 5).
+    # otherwise waited behind the batched heartbeat write).
     new = {
         name: func.coalesce(bindparam(f"p_{name}", type_=BigInteger), getattr(Instance, name))
         for name in FIGURES

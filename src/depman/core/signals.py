@@ -21,7 +21,7 @@ autocommit connection with asynchronous commit (`notify_statement`), not inside 
 committing transaction. PostgreSQL serializes the commits of notifying
 transactions on one lock held through their WAL flush; inside the job
 transactions, that lock queued every job transition of the fleet behind one slow
-fsync (100-190 ms waits at 10,000 agents, issue 5). The price is a window between
+fsync (100-190 ms waits at 10,000 agents). The price is a window between
 commit and NOTIFY: a process that dies in it leaves other replicas' memos stale
 until its successor's `x:` or the memo TTL (`depman.core.hints.HINT_SECONDS`).
 """

@@ -80,11 +80,6 @@ def wait_listening(proc: ChildProcess, pattern: re.Pattern[str] = SERVER_LISTEN_
     return Service(proc, proc.wait_for_line(pattern, START_TIMEOUT_SECONDS).group(1))
 
 
-def start_server(log_dir: Path, env: Mapping[str, str], cwd: Path) -> Service:
-    """Spawn the control plane and wait until it listens."""
-    return wait_listening(spawn_server(log_dir, env, cwd))
-
-
 @dataclass(frozen=True)
 class AgentSpec:
     """Where one demo agent lives and how it reaches the control plane."""

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from depman.errors import DepmanError
+from depman.errors import TooManyFailures
 from depman.server.logsafe import quoted
 
 log = logging.getLogger("depman.server.auth")
@@ -30,20 +30,6 @@ WINDOW_SECONDS = 15 * 60
 LOG_EVERY_SECONDS = 60.0
 MAX_CLIENTS = 50_000
 BACKOFF_REALMS = frozenset({"admin", "login", "register"})
-
-
-class TooManyFailures(DepmanError):
-    """The client failed to authenticate too often: wait `retry_after` seconds."""
-
-    code = "too_many_failures"
-    status = 429
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            f"too many failed authentications from this address; retry in {retry_after} s"
-        )
-        self.retry_after = retry_after
-        self.headers = {"Retry-After": str(retry_after)}
 
 
 @dataclass

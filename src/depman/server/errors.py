@@ -32,10 +32,15 @@ HTTP_CODES = {
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The one error shape."""
+    """The one error shape, built here only (`error_body` is its encoded body)."""
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The body of `error_response`, for answers sent below FastAPI (raw ASGI)."""
+    return bytes(error_response(500, code, message).body)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

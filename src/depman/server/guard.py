@@ -17,7 +17,6 @@ limit (agent routes `agent_max_body_bytes`, the rest `admin_max_body_bytes`):
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -25,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from depman.core.agent_builds import MAX_BUILD_BYTES
+from depman.server.errors import error_body
 
 AGENT_PREFIX = "/api/dependencies/"
 BUILD_UPLOAD_PREFIX = "/api/admin/agent-builds/"
@@ -52,7 +52,7 @@ def url_has_controls(path: str, query_string: bytes) -> bool:
 
 async def send_error(send: Send, status: int, code: str, message: str) -> None:
     """The API's error shape, then the connection closes (its body may be unread)."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = error_body(code, message)
     await send(
         {
             "type": "http.response.start",

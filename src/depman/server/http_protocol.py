@@ -4,9 +4,9 @@ uvicorn writes a response's status line and headers when the app sends
 `http.response.start`, and the body when it sends `http.response.body`: two
 `send()` calls and two TCP segments for every agent poll and heartbeat. At 10,000
 agents (~2,400 requests a second) those syscalls were the largest single cost of
-the server process, and of the simulator reading them (issue 5). Here the writes
+the server process, and of the simulator reading them. Here the writes
 of one event-loop iteration are joined and sent when it ends, so a response the
-app produces in one go (every fast-lane answer) goes out in one segment; a
+app produces in one go (every agent gateway answer) goes out in one segment; a
 streamed one is sent as it was produced, one write per iteration.
 """
 

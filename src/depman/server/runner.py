@@ -194,7 +194,7 @@ def _serve_one(
 def _tune_gc() -> None:
     # The ~170,000 objects of the imported modules and the app live as long as the
     # process; frozen, a full collection no longer walks them. Under fleet load the
-    # full collections stopped every request for 120-170 ms each (issue 5).
+    # full collections stopped every request for 120-170 ms each.
     gc.collect()
     gc.freeze()
     # Young collections every 10,000 net allocations instead of 700: a request

@@ -50,7 +50,7 @@ def _quick_engine(url: str, pool_size: int) -> Engine:
     """PostgreSQL connections where each statement is its own transaction, committed
     asynchronously: one round trip per statement, no BEGIN and no COMMIT, no WAL flush wait.
 
-    For agent reports the agent repeats or the next heartbeat restates (issue 5): losing
+    For agent reports the agent repeats or the next heartbeat restates: losing
     the last few hundred milliseconds of them in a crash is harmless, and at 10,000
     agents the BEGIN/COMMIT round trips cost the database more than the statements.
     """
@@ -120,7 +120,7 @@ class Database:
 
         Not ROLLBACK: psycopg forgets every prepared statement of a connection at a
         ROLLBACK, and reads ending that way kept the hot statements from ever being
-        prepared (parsed and planned again on every execution; issue 5).
+        prepared (parsed and planned again on every execution).
         """
         with self.reader() as session:
             yield session

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from depman.core import agent_builds
 from depman.core.agent_builds import MAX_BUILD_BYTES, BuildStatus, BuildTarget
 from depman.core.clock import isoformat
-from depman.errors import DepmanError, NotFound
+from depman.errors import BuildTooLarge, NotFound
 from depman.server.agent_updates import BUILD_PATH, base_url
 from depman.server.deps import AdminDep, ReadSessionDep, SessionDep
 from depman.server.schemas import ApiModel, ErrorResponse
@@ -22,13 +22,6 @@ router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 422)
 }
-
-
-class BuildTooLarge(DepmanError):
-    """An uploaded agent build over `MAX_BUILD_BYTES`."""
-
-    code = "too_large"
-    status = 413
 
 
 class AgentBuildOut(ApiModel):

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from depman.core.agent_builds import build_content, build_of_type
-from depman.errors import DepmanError, NotFound
+from depman.errors import BundleUnavailable, NotFound
 from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS
 from depman.server.state import server_state
 
@@ -39,13 +39,6 @@ ServerTypeQuery = Annotated[
         description="The build published for this type.",
     ),
 ]
-
-
-class BundleUnavailable(DepmanError):
-    """The agent bundle cannot be built in this installation."""
-
-    code = "unavailable"
-    status = 503
 
 
 @lru_cache(maxsize=1)

@@ -8,10 +8,11 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from depman.server.dashboard import actions, auth, routes
+from depman.server.errors import error_response
 
 __all__ = ["mount"]
 
@@ -20,11 +21,8 @@ def _login_required(request: Request, exc: Exception) -> Response:
     """Pages redirect to /login; fragments (polled by JS) answer 401 in the API's error shape."""
     assert isinstance(exc, auth.LoginRequired)
     if exc.fragment:
-        return JSONResponse(
-            {"error": {"code": "unauthorized", "message": "Dashboard login required."}},
-            status_code=401,
-            headers={"Cache-Control": "no-store"},
-        )
+        return error_response(401, "unauthorized", "Dashboard login required.",
+                              {"Cache-Control": "no-store"})
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 

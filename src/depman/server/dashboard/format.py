@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from depman.ages import format_age
+
 BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -47,25 +49,18 @@ def format_duration(seconds: float | None) -> str:
     return f"{days}d {hours:02d}h"
 
 
-def format_age(seconds: float | None) -> str:
-    """`12` -> `12s ago`; None -> `never`."""
+def format_seconds_ago(seconds: float | None) -> str:
+    """`125` -> `2m05s ago`; None -> `never`."""
     if seconds is None:
         return "never"
-    total = max(0, int(seconds))
-    if total < 60:
-        return f"{total}s ago"
-    if total < 3600:
-        return f"{total // 60}m ago"
-    if total < 172800:
-        return f"{total // 3600}h ago"
-    return f"{total // 86400}d ago"
+    return f"{format_age(seconds)} ago"
 
 
 def format_ago(value: datetime | None, now: datetime) -> str:
     """The age of a timestamp at `now`, or `—` when there is none."""
     if value is None:
         return "—"
-    return format_age((now - value).total_seconds())
+    return format_seconds_ago((now - value).total_seconds())
 
 
 def format_percent(fraction: float | None) -> str:
@@ -86,7 +81,7 @@ FILTERS = {
     "bytes": format_bytes,
     "rate": format_rate,
     "duration": format_duration,
-    "age": format_age,
+    "age": format_seconds_ago,
     "ago": format_ago,
     "pct": format_percent,
     "ts": format_timestamp,

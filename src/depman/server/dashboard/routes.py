@@ -21,9 +21,8 @@ from depman.core import overview
 from depman.core.audit import action_document, list_actions
 from depman.core.clock import utcnow
 from depman.core.sessions import revoke
-from depman.errors import AuthError, NotFound
+from depman.errors import AuthError, NotFound, TooManyFailures
 from depman.server.auth import attempt
-from depman.server.auth_failures import TooManyFailures
 from depman.server.dashboard import auth
 from depman.server.dashboard.csrf import csrf_token
 from depman.server.dashboard.format import FILTERS

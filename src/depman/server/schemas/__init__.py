@@ -23,9 +23,3 @@ class ErrorResponse(ApiModel):
     """Every error answer: `{"error": {"code", "message"}}`."""
 
     error: ErrorBody
-
-
-class OkResponse(ApiModel):
-    """A plain acknowledgement."""
-
-    ok: bool = True

@@ -1,4 +1,4 @@
-"""Bounded field types shared by every request model (agent, admin, jobs, fast lane).
+"""Bounded field types shared by every request model (agent, admin, jobs, agent gateway).
 
 Everything a client sends is bounded here, once, so that a value the database or
 the log cannot take is refused with a 422 before any handler runs:

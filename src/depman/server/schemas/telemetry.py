@@ -49,7 +49,7 @@ class Trim(NamedTuple):
 # The trims of the request model being validated (None outside one).
 _pending: ContextVar[list[Trim] | None] = ContextVar("telemetry_pending", default=None)
 # The last report made in this request's context: one request validated twice
-# (the agent fast lane, then the handler) is reported once.
+# (the agent gateway, then the handler) is reported once.
 _reported: ContextVar[tuple[Any, ...] | None] = ContextVar("telemetry_reported", default=None)
 
 

@@ -7,7 +7,7 @@ Create Date: 2026-12-01
 Placement reads the holders of a job's deps (an index-only scan on
 (dep_id, instance_id)) and the live instances with the most free disk (an
 ordered index scan that stops after a few rows), instead of scanning every
-instance per job (issue 5). The free-disk index orders ids as Python does
+instance per job. The free-disk index orders ids as Python does
 (COLLATE "C" on PostgreSQL; SQLite's default BINARY already does).
 """
 

@@ -9,7 +9,7 @@ rows a second). With that column indexed, PostgreSQL could never update the row
 in place (a HOT update): each heartbeat added a new entry to all six indexes of
 the table, and without autovacuum the table and its indexes grew by the
 heartbeat rate. The WAL this wrote filled max_wal_size within minutes, and the
-checkpoints it forced stalled the store for seconds at a time (issue 5). Nothing
+checkpoints it forced stalled the store for seconds at a time. Nothing
 needs the index: liveness is always filtered together with the server type, or
 over the whole (small) table. On PostgreSQL the table also keeps 30% of each page
 free, so a heartbeat's new row version fits beside the old one.
