@@ -69,6 +69,7 @@ INSTANCES = {
     "vast-14701205": "198.51.100.8",
 }
 DISK_TOTAL = 500 * GiB
+RECEIPT_DEP = "lora-pixel-art-xl-nerijs"
 
 
 def register(server: RunningServer, instance_id: str) -> str:
@@ -167,7 +168,8 @@ def build_fleet(server: RunningServer) -> dict[str, str]:
         )
     # Jobs needing every model: they wait on long-named deps; one fails with a long error.
     for n in range(4):
-        job_doc = {"serverType": SERVER_TYPE, "depIds": list(DEPS), "jobId": f"render-0412-{n:04d}"}
+        job_id = f"render-2026-12-07-{n:04d}"
+        job_doc = {"serverType": SERVER_TYPE, "depIds": list(DEPS), "jobId": job_id}
         status, job = server.admin("POST", "/jobs", job_doc)
         assert status == 200, job
     items = agent_call(server, tokens[second], "GET", f"/queue?instanceId={second}&limit=25")
@@ -189,6 +191,37 @@ def build_fleet(server: RunningServer) -> dict[str, str]:
         agent_call(
             server, tokens[second], "POST", "/status", {**report, "state": "failed", "error": error}
         )
+    # A receipt for a file the instance then no longer holds (deleted by hand).
+    first_token = tokens[first]
+    items = agent_call(server, first_token, "GET", f"/queue?instanceId={first}&limit=25")
+    [item] = [i for i in items["items"] if i["depId"] == RECEIPT_DEP]
+    kind, path, size = DEPS[RECEIPT_DEP]
+    report = {
+        "instanceId": first,
+        "itemId": item["itemId"],
+        "depId": RECEIPT_DEP,
+        "op": item["op"],
+        "diskStats": disk(180 * GiB),
+        "dynamicBytesUsed": 12 * GiB,
+    }
+    agent_call(server, first_token, "POST", "/status", {**report, "state": "running"})
+    receipt = {
+        "algorithm": "sha256",
+        "sha256": hashlib.sha256(RECEIPT_DEP.encode()).hexdigest(),
+        "sizeBytes": size,
+        "mtimeNs": "1733550000000000000",
+        "verifiedAtMs": 1733550000000,
+        "destRelativePath": path,
+        "finalPathVerified": True,
+        "agentVersion": "dependency-agent/0.10.147",
+    }
+    agent_call(
+        server,
+        first_token,
+        "POST",
+        "/status",
+        {**report, "state": "succeeded", "verification": receipt},
+    )
     return tokens
 
 
@@ -265,3 +298,57 @@ def test_every_page_fits_1400_px_and_shows_file_names_whole(
     page.goto(server.root_url + "/catalog")
     text = page.locator("#catalog-table").inner_text()
     assert all(p in text for _, p, _ in DEPS.values())
+
+
+def disk_figures(page: Any, scope: str) -> dict[str, str]:
+    cells = page.locator(f"{scope} .disk-meter [data-disk]")
+    return {
+        cells.nth(i).get_attribute("data-disk"): cells.nth(i).inner_text()
+        for i in range(cells.count())
+    }
+
+
+def test_disk_figures_add_up_and_receipts_of_files_gone_do_not_match(
+    depman_server: RunningServer, narrow_page: Any
+) -> None:
+    server, page = depman_server, narrow_page
+    tokens = build_fleet(server)
+    first = next(iter(INSTANCES))
+    page.goto(server.root_url + f"/login?next=/instances/{first}")
+    page.fill("#token", server.admin_token)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**/instances/{first}")
+
+    # The receipt matches the catalog while the file is held...
+    row = page.locator(f'#instance tr:has(td:text-is("{RECEIPT_DEP}"))').last
+    assert "matches" in row.inner_text()
+    # ...and says it holds nothing once a heartbeat no longer lists the file.
+    agent_call(
+        server,
+        tokens[first],
+        "POST",
+        "/heartbeat",
+        {
+            "instanceId": first,
+            "installedStaticDepIds": STATIC,
+            "installedDynamicDepIds": [],
+            "downloadingDepIds": [],
+            "failedDepIds": [],
+            "diskStats": disk(180 * GiB),
+            "dynamicBytesUsed": 0,
+        },
+    )
+    page.reload()
+    row = page.locator(f'#instance tr:has(td:text-is("{RECEIPT_DEP}"))').last
+    assert "not held" in row.inner_text() and "matches" not in row.inner_text()
+
+    # Used, free and the root-reserved rest add up to the total, and each is shown.
+    figures = disk_figures(page, "#instance")
+    assert figures == {
+        "used": "180 GiB used",
+        "free": "295 GiB free",
+        "total": "of 500 GiB",
+        "reserved": "25.0 GiB reserved",
+    }
+    page.goto(server.root_url + "/")
+    assert disk_figures(page, f'tr[data-instance="{first}"]') == figures
