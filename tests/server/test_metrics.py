@@ -48,14 +48,28 @@ def test_scrapes_of_several_workers_never_see_a_counter_go_down(tmp_path: Path) 
     with postgres_database() as url, run_server(url, extra_env=env, cwd=tmp_path) as server:
         fleet = make_fleet(server)
         agent = fleet.register(fleet.add_instance("gpu"))
+        status, job = fleet.submit(["b", "c"])
+        assert status == 200 and job["instanceId"] == agent.instance_id, job
         agent.free_bytes = 123_456_789
-        assert agent.heartbeat()[0] == 200
+        downloads = [
+            {"depId": fleet.deps["b"], "downloadedBytes": 10, "throughputBytesPerSec": 1000.0},
+            {"depId": fleet.deps["c"], "bytesDone": 10, "bytesPerSecond": 500},  # old names
+        ]
+        status, _ = agent.heartbeat(activeDownloads=downloads, dynamicBytesUsed=4096)
+        assert status == 200
         # The fleet gauges come from the database: every process answers them alike.
-        key = f'depman_instance_disk_free_bytes{{instance_id="{agent.instance_id}"}}'
+        label = f'{{instance_id="{agent.instance_id}"}}'
+        key = f"depman_instance_disk_free_bytes{label}"
         assert wait_for_sample(server, key) == 123_456_789
         api = server.on_api_port()
-        assert samples(api)[key] == 123_456_789
-        assert samples(server)[f'depman_instance_live{{instance_id="{agent.instance_id}"}}'] == 1
+        for scrape in (samples(server), samples(api)):
+            assert scrape[key] == 123_456_789
+            assert scrape[f"depman_instance_disk_total_bytes{label}"] == 2 * 10**12
+            assert scrape[f"depman_instance_dynamic_cache_bytes{label}"] == 4096
+            assert scrape[f"depman_instance_queue_depth{label}"] == 2  # the job's two downloads
+            assert scrape[f"depman_instance_download_rate_bytes_per_second{label}"] == 1500
+            assert scrape[f"depman_instance_live{label}"] == 1
+            assert scrape[f"depman_instance_lost{label}"] == 0
 
         previous: dict[str, float] = {}
         for _ in range(12):
