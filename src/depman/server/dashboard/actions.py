@@ -107,7 +107,7 @@ def cancel_item(
 
 
 def _jobs(job_ids: list[str]) -> str:
-    return ("job " if len(job_ids) == 1 else "jobs ") + ", ".join(job_ids)
+    return ("Job " if len(job_ids) == 1 else "Jobs ") + ", ".join(job_ids)
 
 
 @router.post("/items/retry")
