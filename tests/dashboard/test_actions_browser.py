@@ -66,17 +66,51 @@ def test_operator_buttons_reach_the_agent_the_job_and_the_audit_log(
     [big] = wait_until(lambda: [i for i in first.queue() if i["depId"] == BIG_DEP], 10, "item")
     first.status(big, "running")
 
-    # Cancel the running download with a reason: the agent's check sees it.
+    # Cancel the running download a job waits for: the browser asks first, naming the job.
     login(page, server, "/instances/gpu-a100-01")
+    questions: list[str] = []
+    answer = {"accept": False}
+
+    def on_dialog(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if answer["accept"] else dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     row = page.locator(f'#instance [data-item-actions="{BIG_DEP}"]')
     row.locator("input[name=reason]").fill("wrong checkpoint")
     row.locator('button[data-action="cancel-item"]').click()
+    assert len(questions) == 1 and "render-ops-1" in questions[0], questions
+    check_path = f"/queue-item?instanceId=gpu-a100-01&itemId={big['itemId']}"
+    assert first.call("GET", check_path)["item"]["cancelReason"] is None  # declined: nothing
+    # Posted without the confirmation (no script, a stale page), it is refused naming the job.
+    token = page.locator('#instance input[name="csrf"]').first.get_attribute("value")
+    refused = page.request.post(
+        server.root_url + "/actions/items/cancel",
+        form={"csrf": token, "instance_id": "gpu-a100-01", "dep_id": BIG_DEP, "back": "/"},
+        max_redirects=0,
+    )
+    assert refused.status == 303 and "render-ops-1" in refused.headers["location"]
+    assert first.call("GET", check_path)["item"]["cancelReason"] is None
+    answer["accept"] = True
+    row.locator('button[data-action="cancel-item"]').click()
     page.locator("#action-notice").wait_for()
-    check = first.call("GET", f"/queue-item?instanceId=gpu-a100-01&itemId={big['itemId']}")["item"]
+    # The notice says what happened, and the row agrees: cancelling until the agent stops.
+    assert "stops the download at its next check" in page.locator("#action-notice").inner_text()
+    item_row = page.locator(f'#instance tr:has([data-item-actions="{BIG_DEP}"])')
+    assert "cancelling" in item_row.inner_text()
+    assert item_row.locator('button[data-action="cancel-item"]').count() == 0
+    check = first.call("GET", check_path)["item"]
     assert check["cancelReason"] == "wrong checkpoint"
     first.status(big, "cancelled", "Dependency queue item cancelled: wrong checkpoint")
     moved = job_state(server, "render-ops-1")
     assert moved["instanceId"] == "gpu-a100-02" or moved["state"] == "failed"
+    page.wait_for_function(
+        """dep => {
+            const cell = document.querySelector(`#instance [data-item-actions="${dep}"]`);
+            return cell && cell.closest("tr").innerText.includes("cancelled");
+        }""",
+        arg=BIG_DEP,
+    )
     entry = page.locator('#instance-actions tr[data-audit-action="cancel_item"]')
     entry.wait_for()
     assert "dashboard@127.0.0.1" in entry.inner_text() and "wrong checkpoint" in entry.inner_text()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -150,3 +152,26 @@ def test_static_files_are_served(client: TestClient) -> None:
     resp = client.get("/dashboard/static/dashboard.js")
     assert resp.status_code == 200 and "data-refresh" in resp.text
     assert client.get("/dashboard/static/dashboard.css").status_code == 200
+
+
+def test_cancelling_a_download_a_job_waits_for_needs_a_confirmation(authed: TestClient) -> None:
+    html = authed.get("/instances/vast-1001").text
+    token = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert token
+    form = {
+        "csrf": token[1],
+        "instance_id": "vast-1001",
+        "dep_id": "controlnet-canny-sdxl",
+        "back": "/instances/vast-1001",
+    }
+    # The page asks first, naming the job; unconfirmed, the server refuses and says why.
+    assert re.search(r'data-confirm="Job job-a1 waits for controlnet-canny-sdxl', html)
+    resp = authed.post("/actions/items/cancel", data=form)
+    assert resp.status_code == 303
+    refused = parse_qs(urlsplit(resp.headers["location"]).query)["refused"][0]
+    assert refused.startswith("Job job-a1 on vast-1001 waits for controlnet-canny-sdxl")
+    assert "controlnet-canny-sdxl" in authed.get("/instances/vast-1001").text
+    # Confirmed, the queued item ends at once and the notice names the job it moved.
+    resp = authed.post("/actions/items/cancel", data={**form, "confirmed": "true"})
+    notice = parse_qs(urlsplit(resp.headers["location"]).query)["notice"][0]
+    assert notice == "Cancelled controlnet-canny-sdxl. Job job-a1 moved or failed."

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, not_, or_, select
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -238,6 +239,25 @@ def complete_job(
     return job
 
 
+def _waiting_for(instance_id: str, dep_id: str) -> Select[Any]:
+    return (
+        select(Job)
+        .join(JobDep, JobDep.job_id == Job.job_id)
+        .where(
+            Job.instance_id == instance_id,
+            Job.state == JobState.WAITING_DEPS.value,
+            JobDep.dep_id == dep_id,
+        )
+        .order_by(Job.job_id)
+    )
+
+
+def jobs_waiting_for(instance_id: str, dep_id: str, *, session: Session) -> list[str]:
+    """The jobs placed on the instance that wait for the dep there: a failed (or
+    cancelled) download of it moves them elsewhere or fails them."""
+    return [job.job_id for job in session.scalars(_waiting_for(instance_id, dep_id))]
+
+
 def on_dep_failed(
     instance_id: str,
     dep_id: str,
@@ -249,16 +269,7 @@ def on_dep_failed(
 ) -> list[Job]:
     """A download failed on an instance: re-place or fail the jobs waiting for it there."""
     now = now or utcnow()
-    jobs = session.scalars(
-        select(Job)
-        .join(JobDep, JobDep.job_id == Job.job_id)
-        .where(
-            Job.instance_id == instance_id,
-            Job.state == JobState.WAITING_DEPS.value,
-            JobDep.dep_id == dep_id,
-        )
-        .with_for_update()
-    ).all()
+    jobs = session.scalars(_waiting_for(instance_id, dep_id).with_for_update()).all()
     message = f"dependency {dep_id} failed on instance {instance_id}: {error}"
     for job in jobs:
         record(job, "dep_failed", now, instance_id, depId=dep_id, reason=error)

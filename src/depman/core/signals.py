@@ -28,6 +28,7 @@ until its successor's `x:` or the memo TTL (`depman.core.hints.HINT_SECONDS`).
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,22 @@ from sqlalchemy.orm import Session
 
 NOTIFY_CHANNEL = "depman_wake"
 MARKS_KEY = "depman_marks"
-# This process, as the sender of its notifications.
+# This process, as the sender of its notifications: drawn again in a forked child, so
+# workers forked from one parent never take each other's notifications for their own.
 ORIGIN = secrets.token_hex(6)
+
+
+def _new_origin() -> None:
+    global ORIGIN
+    ORIGIN = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_new_origin)
+
+
+def is_own(origin: str | None) -> bool:
+    """Whether a notification's origin is this process."""
+    return origin == ORIGIN
 _NOTIFY_ALL = text(
     "SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS t(p)"
 )

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from depman.core.build_targets import BuildTargets
 from depman.core.hints import InstanceHints
-from depman.core.signals import NOTIFY_CHANNEL, ORIGIN, forget_all_payload, split_origin
+from depman.core.signals import NOTIFY_CHANNEL, forget_all_payload, is_own, split_origin
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class WakeupHub:
     def dispatch(self, payload: str) -> None:
         """Handle one NOTIFY payload (`depman.core.signals` lists them)."""
         origin, payload = split_origin(payload)
-        if origin == ORIGIN:
+        if is_own(origin):
             return  # our own commit hook applied it already
         kind, _, key = payload.partition(":")
         if kind == "x":

@@ -93,6 +93,8 @@ class FleetMonitor:
         self._api = api
         self._instance_ids = instance_ids
         self._lock = threading.Lock()
+        # One poll at a time: a poll that fetched earlier must not diff after a later one.
+        self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
         self._instances: dict[str, InstanceView] = {}
@@ -119,7 +121,14 @@ class FleetMonitor:
             return out
 
     def poll_once(self) -> None:
-        """One poll: fetch, diff against the previous view, record events."""
+        """One poll: fetch, diff against the previous view, record events.
+
+        Safe to call from another thread than the monitor's (the runner does, to see
+        the installs that made a job ready before it logs the job)."""
+        with self._poll_lock:
+            self._poll()
+
+    def _poll(self) -> None:
         try:
             docs = self._api.list_instances()
         except ClientError as exc:

@@ -142,6 +142,7 @@ class Demo:
         self.player: JobPlayer | None = None
         self.phase = "starting"
         self.started_at = time.monotonic()
+        self.last_logged_at = self.started_at
         self.dep_sizes: dict[str, int] = {}
         self.hits: dict[str, int] = {}
 
@@ -259,6 +260,12 @@ class Demo:
     def _note_jobs(self, seen: dict[str, str]) -> None:
         """Log job state changes; count a placed job's cache hits once."""
         assert self.player is not None and self.monitor is not None
+        with self.player.lock:
+            changed = any(seen.get(r.label) != r.state for r in self.player.records)
+        if changed:
+            # A job goes ready once its files are on the instance: take in those
+            # installs first, so the log shows them before the job.
+            self.monitor.poll_once()
         views = self.monitor.snapshot()
         with self.player.lock:
             records = list(self.player.records)
@@ -300,9 +307,8 @@ class Demo:
     def _refresh(self, live: Live) -> None:
         if self.console.is_terminal:
             live.update(render(self._frame()), refresh=True)
-        elif self.monitor is not None:
-            for event in self.monitor.take_new_events():
-                self._say(event.describe(), at=event.at)
+        else:
+            self._print_events()
 
     def _set_phase(self, live: Live, phase: str) -> None:
         self.phase = phase
@@ -311,11 +317,24 @@ class Demo:
         else:
             self._say(phase)
 
-    def _say(self, text: str, at: float | None = None) -> None:
-        """A log line (only when there is no live view to show it)."""
+    def _say(self, text: str) -> None:
+        """A log line (only when there is no live view to show it), after the fleet
+        events seen before it, so the log reads in time order."""
         if self.console.is_terminal:
             return
-        elapsed = (at or time.monotonic()) - self.started_at
+        self._print_events()
+        self._print_line(time.monotonic(), text)
+
+    def _print_events(self) -> None:
+        if self.monitor is not None:
+            for event in self.monitor.take_new_events():
+                self._print_line(event.at, event.describe())
+
+    def _print_line(self, at: float, text: str) -> None:
+        # An event is stamped when the monitor saw it, which can be a moment before a
+        # line already printed: the log never goes back in time.
+        self.last_logged_at = max(at, self.last_logged_at)
+        elapsed = self.last_logged_at - self.started_at
         self.console.print(
             f"[{elapsed:5.1f}s] {text}", markup=False, highlight=False, soft_wrap=True
         )

@@ -38,6 +38,7 @@ from depman.server.auth_failures import AuthFailures
 from depman.server.errors import install_error_handlers
 from depman.server.guard import RequestGuard
 from depman.server.maintenance_loop import run_maintenance
+from depman.server.metrics import LatencyMiddleware, Metrics
 from depman.server.state import ServerState
 from depman.settings import ServerSettings
 from depman.sources import SourceResolver
@@ -139,7 +140,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
     app.state.depman = state
     app.state.engine = db.engine
     app.state.settings = settings
-    app.state.metrics = metrics.Metrics(state)
+    app.state.metrics = Metrics(state)
     app.state.agent_pipeline = Pipeline(state, app.state.metrics)
     state.auth_failures = AuthFailures(
         free_failures=settings.auth_free_failures,
@@ -163,7 +164,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         agent_bundle,
     ):
         app.include_router(module.router)
-    app.add_middleware(metrics.LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     dashboard.mount(app)
     return app
 

@@ -18,40 +18,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)
-BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LAG_SAMPLE_SECONDS = 0.1
 WARN_EVERY_SECONDS = 60.0
 
 
 class PauseWatch:
-    """Histograms of one process's pauses, and rate-limited warnings for long ones."""
+    """Observes one process's pauses into its histograms (declared in server/metrics.py),
+    and warns, rate-limited, of long ones."""
 
-    def __init__(self, registry: CollectorRegistry, *, warn_seconds: float = 0.25) -> None:
+    def __init__(
+        self,
+        *,
+        loop_lag: Histogram,
+        gc_pause: Histogram,
+        task_duration: Histogram,
+        warn_seconds: float = 0.25,
+    ) -> None:
         self.warn_seconds = warn_seconds
-        self.loop_lag = Histogram(
-            "depman_event_loop_lag_seconds",
-            "How late the event loop ran a timer (sampled every 100 ms): time every "
-            "request in flight waited.",
-            registry=registry,
-            buckets=BUCKETS,
-        )
-        self.gc_pause = Histogram(
-            "depman_gc_pause_seconds",
-            "Garbage collections of this process, by generation.",
-            ["generation"],
-            registry=registry,
-            buckets=BUCKETS,
-        )
-        self.task_duration = Histogram(
-            "depman_periodic_task_seconds",
-            "Runs of the periodic tasks (maintenance sweep, heartbeat write-behind).",
-            ["task"],
-            registry=registry,
-            buckets=BUCKETS,
-        )
+        self.loop_lag = loop_lag
+        self.gc_pause = gc_pause
+        self.task_duration = task_duration
         self._gc_started = 0.0
         self._last_warning: dict[str, float] = {}
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from types import FrameType
 
@@ -118,12 +120,15 @@ def serve(settings: ServerSettings) -> None:
     sock = bind_socket(settings.host, settings.port)
     url = _url_of(sock)
     api_sock = None if settings.api_port is None else bind_socket(settings.host, settings.api_port)
-    if settings.workers == 1 and api_sock is None:
+    forked = settings.workers > 1 or api_sock is not None
+    metrics_dir = _prepare_metrics_dir(forked)
+    if not forked:
         try:
             _serve_one(settings, sock, url, announce=True)
         finally:
             sock.close()
         return
+    from depman.server.metrics import process_exited
     from depman.server.workers import serve_workers
 
     def run_worker(index: int) -> None:
@@ -136,11 +141,26 @@ def serve(settings: ServerSettings) -> None:
     processes = settings.workers + (api_sock is not None)
     log.info("starting %d server workers", processes)
     try:
-        code = serve_workers(processes, sock, run_worker)
+        code = serve_workers(processes, sock, run_worker, on_exit=process_exited)
     finally:
         if api_sock is not None:
             api_sock.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     raise SystemExit(code)
+
+
+def _prepare_metrics_dir(forked: bool) -> str | None:
+    """Set up the shared metric files of several processes; the directory to remove at
+    exit when it is this run's own (an operator's PROMETHEUS_MULTIPROC_DIR is kept)."""
+    from depman.server import metrics
+
+    given = metrics.multiprocess_dir()
+    if not forked and given is None:
+        return None
+    path = given or tempfile.mkdtemp(prefix="depman-metrics-")
+    metrics.use_multiprocess_dir(path)
+    return None if given else path
 
 
 def _url_of(sock: socket.socket) -> str:

@@ -6,7 +6,8 @@ and migrates, forks `workers` children before any thread or database connection
 exists, and each child builds its own app, pool and memos: to each other they are
 replicas, kept coherent by PostgreSQL NOTIFY, which is why SQLite refuses this.
 The parent forwards SIGTERM/SIGINT once as SIGTERM, restarts a child that dies
-on its own (after RESTART_DELAY_SECONDS), and exits with the children.
+on its own (after RESTART_DELAY_SECONDS), and exits with the children. The
+workers share their Prometheus counters through files (server/metrics.py).
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ STOP_TIMEOUT_SECONDS = 20.0
 class Supervisor:
     """Forks and watches the worker processes."""
 
-    def __init__(self, count: int, run_worker: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        count: int,
+        run_worker: Callable[[int], None],
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.count = count
         self.run_worker = run_worker
+        self.on_exit = on_exit
         self.children: dict[int, int] = {}  # pid → worker index
         self.stopping = False
 
@@ -84,6 +91,8 @@ class Supervisor:
             if pid not in self.children:
                 continue
             index = self.children.pop(pid)
+            if self.on_exit is not None:
+                self.on_exit(pid)
             if not self.stopping:
                 log.error("server worker %d (pid %d) exited with status %d; restarting",
                           index, pid, os.waitstatus_to_exitcode(status))
@@ -92,9 +101,15 @@ class Supervisor:
         return 0
 
 
-def serve_workers(count: int, sock: socket.socket, run_worker: Callable[[int], None]) -> int:
-    """Run `count` workers on `sock` (already bound and listening) until stopped."""
+def serve_workers(
+    count: int,
+    sock: socket.socket,
+    run_worker: Callable[[int], None],
+    on_exit: Callable[[int], None] | None = None,
+) -> int:
+    """Run `count` workers on `sock` (already bound and listening) until stopped;
+    `on_exit(pid)` is called as each worker process is reaped."""
     try:
-        return Supervisor(count, run_worker).run()
+        return Supervisor(count, run_worker, on_exit).run()
     finally:
         sock.close()

@@ -37,7 +37,7 @@ from depman.server.guard import replay_body
 from depman.server.schemas.agent import HeartbeatRequest, RegisterRequest, StatusRequest
 
 if TYPE_CHECKING:
-    from depman.server.api.metrics import Metrics
+    from depman.server.metrics import Metrics
 
 JOB_CHANNEL_PREFIX = "/api/agent/"
 JOB_CHANNEL_ROUTE = "/api/agent/{rest:path}"  # its FastAPI route, as the latency label

@@ -44,7 +44,7 @@ from depman.server.schemas.agent import HeartbeatRequest, RegisterRequest, Statu
 from depman.server.state import ServerState
 
 if TYPE_CHECKING:
-    from depman.server.api.metrics import Metrics
+    from depman.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 # The endpoints each stage answers (the metrics' `endpoint` labels).

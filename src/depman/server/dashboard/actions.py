@@ -8,7 +8,7 @@ page it came from with a notice (or the refusal) in the query string.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -16,11 +16,14 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from depman.core import operator
-from depman.errors import DepmanError
+from depman.core.jobs import jobs_waiting_for
+from depman.core.states import ItemState
+from depman.errors import Conflict, DepmanError
 from depman.server.dashboard import auth
 from depman.server.dashboard.csrf import FIELD, CsrfRejected, check_csrf
 from depman.server.deps import SessionDep
 from depman.server.state import server_state
+from depman.store.models import QueueItem
 
 router = APIRouter(prefix="/actions", dependencies=[Depends(auth.require_page)])
 IdField = Annotated[str, Form(min_length=1, max_length=300)]
@@ -38,15 +41,16 @@ def _run(
     session: Session,
     token: str,
     back: str,
-    done: str,
+    done: str | Callable[[Any], str],
     work: Callable[[str], object],
 ) -> Response:
+    """Run `work` as the page's operator; `done` is the notice, or makes it from the result."""
     target = auth.safe_next(back)
     try:
         check_csrf(request, token)
-        work(_actor(request))
+        result = work(_actor(request))
         session.commit()
-        query = {"notice": done}
+        query = {"notice": done if isinstance(done, str) else done(result)}
     except CsrfRejected as exc:
         return Response(f"refused: {exc}", status_code=403, media_type="text/plain")
     except DepmanError as exc:
@@ -65,25 +69,45 @@ def cancel_item(
     dep_id: IdField,
     csrf: TokenField = "",
     reason: ReasonField = "",
+    confirmed: Annotated[bool, Form()] = False,
     back: BackField = "/",
 ) -> Response:
-    """Cancel a queue item."""
+    """Cancel a queue item; one that jobs wait for only once the operator confirmed it."""
     policy = server_state(request).policy
-    return _run(
-        request,
-        session,
-        csrf,
-        back,
-        f"Cancelled {dep_id}.",
-        lambda actor: operator.cancel_item(
+    waiting: list[str] = []
+
+    def work(actor: str) -> QueueItem:
+        waiting.extend(jobs_waiting_for(instance_id, dep_id, session=session))
+        if waiting and not confirmed:
+            raise Conflict(
+                f"{_jobs(waiting)} on {instance_id} {'waits' if len(waiting) == 1 else 'wait'} "
+                f"for {dep_id}: cancelling it moves {'it' if len(waiting) == 1 else 'them'} "
+                "to another instance or fails it. Confirm to cancel."
+            )
+        return operator.cancel_item(
             instance_id,
             dep_id,
             reason.strip() or "cancelled from the dashboard",
             actor=actor,
             session=session,
             policy=policy,
-        ),
-    )
+        )
+
+    def done(item: QueueItem) -> str:
+        if item.state == ItemState.RUNNING.value:
+            # The download runs until the agent's next check; the row says "cancelling".
+            return (
+                f"Cancel of {dep_id} sent: the agent stops the download at its next check "
+                "and the item then shows cancelled."
+            )
+        moved = f" {_jobs(waiting)} moved or failed." if waiting else ""
+        return f"Cancelled {dep_id}.{moved}"
+
+    return _run(request, session, csrf, back, done, work)
+
+
+def _jobs(job_ids: list[str]) -> str:
+    return ("Job " if len(job_ids) == 1 else "Jobs ") + ", ".join(job_ids)
 
 
 @router.post("/items/retry")

@@ -19,25 +19,16 @@ from collections import OrderedDict
 from contextvars import ContextVar
 from typing import Any, NamedTuple, Self
 
-from prometheus_client import Counter
 from pydantic import ValidatorFunctionWrapHandler, model_validator
 
 from depman.server.logsafe import quoted
+from depman.server.metrics import TRIMMED
 from depman.server.schemas import ApiModel
 
 log = logging.getLogger("depman.server.telemetry")
 LOG_EVERY_SECONDS = 3600.0
 # Instances whose last line is remembered; the oldest are forgotten past it.
 MAX_SOURCES = 50_000
-
-# Process-wide, like the requests it counts; `api/metrics.py` adds it to the app's registry.
-TRIMMED = Counter(
-    "depman_agent_telemetry_trimmed",
-    "Agent telemetry values cut, cleaned or dropped instead of refusing the request.",
-    ["field"],
-    registry=None,
-)
-
 
 class Trim(NamedTuple):
     """One telemetry value changed on the way in: which field, and what was done."""

@@ -109,7 +109,19 @@
     });
   };
 
+  // A form with data-confirm asks first (cancelling a model a job waits for names the
+  // job); once confirmed it says so, since the server refuses such a cancel otherwise.
+  function confirmSubmit(event) {
+    var form = event.target;
+    var question = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (!question) { return; }
+    if (!window.confirm(question)) { event.preventDefault(); return; }
+    var field = form.querySelector('input[name="confirmed"]');
+    if (field) { field.value = "true"; }
+  }
+
   function start() {
+    document.addEventListener("submit", confirmSubmit);
     var refreshers = [];
     document.querySelectorAll("[data-refresh]").forEach(function (el) {
       var r = new Refresher(el);

@@ -1,0 +1,91 @@
+"""/metrics as Prometheus reads it: counters that never go down across a runner's
+workers, and per-instance gauges from the database."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server.fleet import make_fleet
+from tests.support.server import RunningServer, postgres_database, run_server
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", re.M)
+
+
+def samples(server: RunningServer) -> dict[str, float]:
+    """Every sample of one scrape, keyed by name and labels."""
+    status, text = server.request("GET", "/metrics")
+    assert status == 200
+    return {name + labels: float(value) for name, labels, value in SAMPLE.findall(text)}
+
+
+def monotonic_series(scrape: dict[str, float]) -> dict[str, float]:
+    """The samples of counters and histograms: what Prometheus treats as never falling."""
+    return {
+        key: value
+        for key, value in scrape.items()
+        if re.match(r"[\w:]+_(total|count|sum|bucket)(\{|$)", key)
+        and not key.startswith("depman_instance")  # gauges of the fleet, not counters
+    }
+
+
+def wait_for_sample(server: RunningServer, key: str, timeout: float = 20.0) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        scrape = samples(server)
+        if key in scrape:
+            return scrape[key]
+        assert time.monotonic() < deadline, f"{key} never appeared in /metrics"
+        time.sleep(0.2)
+
+
+@pytest.mark.postgres
+def test_scrapes_of_several_workers_never_see_a_counter_go_down(tmp_path: Path) -> None:
+    env = {"DEPMAN_WORKERS": "2", "DEPMAN_API_PORT": "0", "DEPMAN_HEARTBEAT_FLUSH_SECONDS": "0"}
+    with postgres_database() as url, run_server(url, extra_env=env, cwd=tmp_path) as server:
+        fleet = make_fleet(server)
+        agent = fleet.register(fleet.add_instance("gpu"))
+        status, job = fleet.submit(["b", "c"])
+        assert status == 200 and job["instanceId"] == agent.instance_id, job
+        agent.free_bytes = 123_456_789
+        downloads = [
+            {"depId": fleet.deps["b"], "downloadedBytes": 10, "throughputBytesPerSec": 1000.0},
+            {"depId": fleet.deps["c"], "bytesDone": 10, "bytesPerSecond": 500},  # old names
+        ]
+        status, _ = agent.heartbeat(activeDownloads=downloads, dynamicBytesUsed=4096)
+        assert status == 200
+        # The fleet gauges come from the database: every process answers them alike.
+        label = f'{{instance_id="{agent.instance_id}"}}'
+        key = f"depman_instance_disk_free_bytes{label}"
+        assert wait_for_sample(server, key) == 123_456_789
+        api = server.on_api_port()
+        for scrape in (samples(server), samples(api)):
+            assert scrape[key] == 123_456_789
+            assert scrape[f"depman_instance_disk_total_bytes{label}"] == 2 * 10**12
+            assert scrape[f"depman_instance_dynamic_cache_bytes{label}"] == 4096
+            assert scrape[f"depman_instance_queue_depth{label}"] == 2  # the job's two downloads
+            assert scrape[f"depman_instance_download_rate_bytes_per_second{label}"] == 1500
+            assert scrape[f"depman_instance_live{label}"] == 1
+            assert scrape[f"depman_instance_lost{label}"] == 0
+
+        previous: dict[str, float] = {}
+        for _ in range(12):
+            # Traffic between scrapes lands on either worker and counts there.
+            for _ in range(3):
+                assert agent.heartbeat()[0] == 200
+                assert server.request("GET", "/api/admin/no-such-route")[0] in (401, 404)
+            scrape = monotonic_series(samples(server))
+            for series, value in previous.items():
+                assert scrape.get(series, 0.0) >= value, (series, value, scrape.get(series))
+            previous = scrape
+        # The heartbeats of every worker are in the one sum.
+        heartbeats = sum(
+            value
+            for series, value in previous.items()
+            if series.startswith("depman_http_request_duration_seconds_count")
+            and "heartbeat" in series
+        )
+        assert heartbeats >= 37
