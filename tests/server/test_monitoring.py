@@ -68,9 +68,9 @@ def exposed_names(text: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("plane", ["sqlite"], indirect=True)
-def test_the_dashboard_and_rules_query_metrics_the_server_exposes(plane: RunningServer) -> None:
-    status, text = plane.request("GET", "/metrics")
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_the_dashboard_and_rules_query_metrics_the_server_exposes(server: RunningServer) -> None:
+    status, text = server.request("GET", "/metrics")
     assert status == 200
     exposed = exposed_names(text) | COUNTED_ELSEWHERE
     queried = set(re.findall(r"\bdepman_\w+", DASHBOARD.read_text() + RULES.read_text()))
