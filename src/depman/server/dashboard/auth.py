@@ -22,7 +22,7 @@ from fastapi import Request
 
 from depman.core.sessions import is_revoked
 from depman.errors import AuthError
-from depman.server.auth import attempt, bearer_token
+from depman.server.auth import ADMIN_TOKEN, attempt, bearer_token
 from depman.server.state import client_address, server_state
 
 COOKIE_NAME = "depman_session"
@@ -149,7 +149,7 @@ def is_authenticated(request: Request) -> bool:
         # A bearer guess here counts (and backs off) like one on the admin API.
         state = server_state(request)
         try:
-            with attempt(state, "admin", client_address(request)):
+            with attempt(state, "admin", client_address(request), (ADMIN_TOKEN,)):
                 if not token_matches(offered, token):
                     raise AuthError("wrong bearer token")
         except AuthError:
