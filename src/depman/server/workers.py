@@ -85,12 +85,8 @@ class Supervisor:
                 continue
             index = self.children.pop(pid)
             if not self.stopping:
-                log.error(
-                    "server worker %d (pid %d) exited with status %d; restarting",
-                    index,
-                    pid,
-                    os.waitstatus_to_exitcode(status),
-                )
+                log.error("server worker %d (pid %d) exited with status %d; restarting",
+                          index, pid, os.waitstatus_to_exitcode(status))
                 time.sleep(RESTART_DELAY_SECONDS)
                 self._fork(index)
         return 0

@@ -40,7 +40,9 @@ class PollQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=MAX_POLL_LIMIT)] = DEFAULT_POLL_LIMIT
     wait_seconds: Annotated[
         float,
-        Field(alias="waitSeconds", ge=0, le=MAX_WAIT_SECONDS, description="Long-poll (extension)."),
+        Field(
+            alias="waitSeconds", ge=0, le=MAX_WAIT_SECONDS, description="Long-poll (extension)."
+        ),
     ] = 0
 
 

@@ -70,7 +70,9 @@ def _create_job(state: ServerState, body: JobCreate) -> JSONResponse:
         )
         job = submitted.job
         if submitted.created:  # what placement just decided; nothing to read back
-            response = JSONResponse(job_document(job, submitted.dep_ids, submitted.missing_dep_ids))
+            response = JSONResponse(
+                job_document(job, submitted.dep_ids, submitted.missing_dep_ids)
+            )
         else:
             response = answer(job, session=session)
         session.commit()
