@@ -67,6 +67,18 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
+def holds_operator_token(state: ServerState, authorization: str | None) -> bool:
+    """Whether an `Authorization` header carries the admin or the submit token."""
+    token = bearer_token(authorization)
+    if not token:
+        return False
+    settings = state.settings
+    return any(
+        secret is not None and secret.get_secret_value() and same_secret(token, secret)
+        for secret in (settings.admin_token, settings.submit_token)
+    )
+
+
 def check_shared_secret(state: ServerState, given: str | None) -> None:
     """Register's X-DM-Secret: checked only when the server has a secret."""
     expected = state.settings.shared_secret

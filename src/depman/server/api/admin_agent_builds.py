@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import tempfile
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
@@ -85,20 +86,22 @@ def _status_of(server_type: str, session: Any) -> BuildStatus:
     raise NotFound(f"no agent build is published for server type {server_type!r}")
 
 
-async def _read_limited(request: Request) -> bytes:
-    chunks: list[bytes] = []
+async def _spool(request: Request, spool: BinaryIO) -> None:
+    """The body into `spool`, chunk by chunk: never held in memory whole while it arrives."""
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BUILD_BYTES:
             raise BuildTooLarge(f"the agent build is over {MAX_BUILD_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if chunk:
+            await run_in_threadpool(spool.write, chunk)
 
 
 def _publish(
-    state: ServerState, server_type: str, data: bytes, version: str | None, percent: int
+    state: ServerState, server_type: str, spool: BinaryIO, version: str | None, percent: int
 ) -> BuildStatus:
+    spool.seek(0)
+    data = spool.read()  # the database keeps the bytes: one copy, once the upload is whole
     with state.db.session() as session:
         agent_builds.publish_build(
             server_type, data, version=version, rollout_percent=percent, session=session
@@ -124,10 +127,16 @@ async def publish_agent_build(
     version: Annotated[str | None, Query(max_length=100, pattern=NO_CONTROLS_PATTERN)] = None,
     rollout_percent: Annotated[int, Query(alias="rolloutPercent", ge=0, le=100)] = 100,
 ) -> dict[str, Any]:
-    """Publish the request body (the agent file) for `server_type`, replacing its build."""
+    """Publish the request body (the agent file) for `server_type`, replacing its build.
+
+    The admin token is checked (the router's dependency) before a byte is read.
+    """
     state = server_state(request)
-    data = await _read_limited(request)
-    status = await run_in_threadpool(_publish, state, server_type, data, version, rollout_percent)
+    with tempfile.TemporaryFile(prefix="depman-build-") as spool:
+        await _spool(request, spool)
+        status = await run_in_threadpool(
+            _publish, state, server_type, spool, version, rollout_percent
+        )
     return build_document(status.target, base_url(state, request.scope), status)
 
 
