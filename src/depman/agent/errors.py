@@ -7,7 +7,7 @@
     │   └── Unauthorized         401/403: register again
     ├── Stopping                 the agent was asked to stop while waiting
     ├── UpdateFailed             an offered agent build could not be fetched (tried again later)
-    │   └── UpdateRefused        an offered build failed its checks (never tried again)
+    │   └── UpdateRefused        an offered build failed its checks (tried again after a long backoff)
     └── DownloadError            a dependency could not be fetched (see ``retryable``)
         ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
         ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
@@ -94,9 +94,14 @@ class UpdateFailed(AgentError):
 
 
 class UpdateRefused(UpdateFailed):
-    """An offered agent build failed its checks (sha256, format); never tried again."""
+    """An offered agent build failed its checks (sha256, format): refused, and fetched
+    again only after a backoff (a captive portal's page is not the build)."""
 
     code = "update_refused"
+
+    def __init__(self, message: str, received_sha256: str | None = None) -> None:
+        super().__init__(message)
+        self.received_sha256 = received_sha256
 
 
 class DownloadError(AgentError):

@@ -129,6 +129,8 @@ class Agent:
 
     # -- the cycle --------------------------------------------------------
     def start_up(self) -> None:
+        # A build started again during its probation (a reboot, a kill) watches itself anew.
+        self.updater.at_start()
         comfy = self.config.comfyui_dir
         if not comfy.is_dir():
             try:
