@@ -54,9 +54,15 @@ class ConfigError(AgentError):
 
 
 class UnsafePath(AgentError):
-    """A destination path that would land outside the ComfyUI folder."""
+    """A destination path that would land outside the ComfyUI folder (or its model root),
+    or a model root this agent does not know: a local error, retrying cannot help."""
 
     code = "unsafe_path"
+    category = LOCAL
+
+    def report(self) -> str:
+        """The text the server and the log get: the class first, then what happened."""
+        return f"{self.category} error: {self.message}"
 
 
 class ServerError(AgentError):
