@@ -160,13 +160,13 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802 - the handler's API
+    def do_GET(self) -> None:
         self.send_response(302)
         self.send_header("Location", self.target + self.path)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -7,7 +7,7 @@
     │   └── Unauthorized         401/403: register again
     ├── Stopping                 the agent was asked to stop while waiting
     ├── UpdateFailed             an offered agent build could not be fetched (tried again later)
-    │   └── UpdateRefused        an offered build failed its checks (tried again after a long backoff)
+    │   └── UpdateRefused        an offered build failed its checks (tried again after backoff)
     └── DownloadError            a dependency could not be fetched (see ``retryable``)
         ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
         ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
