@@ -8,6 +8,7 @@ from typing import Annotated, Any, BinaryIO
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from depman.core import agent_builds
 from depman.core.agent_builds import MAX_BUILD_BYTES, BuildStatus, BuildTarget
@@ -30,6 +31,13 @@ class BuildTooLarge(DepmanError):
 
     code = "too_large"
     status = 413
+
+
+class UploadCut(DepmanError):
+    """The upload ended before its last byte (the client left, or the body limit cut it)."""
+
+    code = "bad_request"
+    status = 400
 
 
 class AgentBuildOut(ApiModel):
@@ -89,12 +97,15 @@ def _status_of(server_type: str, session: Any) -> BuildStatus:
 async def _spool(request: Request, spool: BinaryIO) -> None:
     """The body into `spool`, chunk by chunk: never held in memory whole while it arrives."""
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BUILD_BYTES:
-            raise BuildTooLarge(f"the agent build is over {MAX_BUILD_BYTES} bytes")
-        if chunk:
-            await run_in_threadpool(spool.write, chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BUILD_BYTES:
+                raise BuildTooLarge(f"the agent build is over {MAX_BUILD_BYTES} bytes")
+            if chunk:
+                await run_in_threadpool(spool.write, chunk)
+    except ClientDisconnect as exc:
+        raise UploadCut(f"the upload ended after {size} bytes, before its end") from exc
 
 
 def _publish(
