@@ -134,6 +134,7 @@ def test_onstart_refuses_an_agent_whose_sha256_differs(tmp_path: Path) -> None:
         server.server_close()
 
 
+@pytest.mark.slow
 def test_a_stale_loop_pid_of_another_process_does_not_stop_the_agent(
     depman_server: Any, tmp_path: Path
 ) -> None:

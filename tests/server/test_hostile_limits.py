@@ -182,6 +182,7 @@ def _anonymous_chunked_upload(server: RunningServer, path: str, total: int) -> i
         return int(head.split(b" ", 2)[1])
 
 
+@pytest.mark.slow
 def test_anonymous_chunked_build_uploads_are_refused_before_they_are_read(
     plane: RunningServer,
 ) -> None:
