@@ -31,11 +31,11 @@ from tests.support.agent_builds import pyz_with, sha256_hex
 pytest.importorskip("depman.server")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "server.md"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                  else None)
+NGINX = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+)
 OPENSSL = shutil.which("openssl")
-pytestmark = pytest.mark.skipif(NGINX is None or OPENSSL is None,
-                                reason="needs nginx and openssl")
+pytestmark = pytest.mark.skipif(NGINX is None or OPENSSL is None, reason="needs nginx and openssl")
 
 
 def documented_block() -> str:
@@ -60,10 +60,28 @@ def free_port() -> int:
 def self_signed(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     assert OPENSSL is not None
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            OPENSSL,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -75,22 +93,32 @@ def nginx_front(upstream: str, folder: Path) -> Iterator[tuple[str, Path, Path]]
     block = documented_block()
     block = replaced(block, "server 127.0.0.1:8787;", f"server {upstream};")
     block = replaced(block, "listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;")
-    block = replaced(block, "# ssl_certificate ...; ssl_certificate_key ...;",
-                     f"ssl_certificate {cert}; ssl_certificate_key {key};")
+    block = replaced(
+        block,
+        "# ssl_certificate ...; ssl_certificate_key ...;",
+        f"ssl_certificate {cert}; ssl_certificate_key {key};",
+    )
     access = folder / "access.log"
-    temp = "\n".join(f"    {kind}_temp_path {folder / kind};"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(
+        f"    {kind}_temp_path {folder / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     conf = folder / "nginx.conf"
     conf.write_text(
         ("user root;\n" if os.geteuid() == 0 else "")
         + f"daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
         f"error_log {folder / 'error.log'} info;\nevents {{ worker_connections 256; }}\n"
-        f"http {{\n    access_log {access};\n{temp}\n{block}}}\n")
+        f"http {{\n    access_log {access};\n{temp}\n{block}}}\n"
+    )
     assert NGINX is not None
-    proc = subprocess.Popen([NGINX, "-p", str(folder), "-c", str(conf), "-e",
-                             str(folder / "error.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
+
         def listening() -> bool:
             if proc.poll() is not None:
                 raise AssertionError("nginx exited:\n" + (folder / "error.log").read_text())
@@ -118,9 +146,14 @@ def test_an_agent_behind_the_documented_nginx_block_takes_an_update(
     front_dir.mkdir()
     upstream = urlsplit(depman_server.root_url).netloc
     with nginx_front(upstream, front_dir) as (front, cert, access):
-        env = agent_env(depman_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
-                        FCS_API_BASE_URL=f"{front}/api", SSL_CERT_FILE=str(cert),
-                        DM_ALLOWED_DOMAINS="127.0.0.1")
+        env = agent_env(
+            depman_server,
+            tmp_path,
+            DM_HEARTBEAT_SECONDS="1",
+            FCS_API_BASE_URL=f"{front}/api",
+            SSL_CERT_FILE=str(cert),
+            DM_ALLOWED_DOMAINS="127.0.0.1",
+        )
         with AgentProcess(env, bundle=pyz) as agent:
             agent.wait_for_line("Registered dependency agent")
             assert agent_version(depman_server) == p.AGENT_VERSION

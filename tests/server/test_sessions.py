@@ -36,13 +36,9 @@ def _drain(server: RunningServer, cookie: str, instance_id: str, csrf: str) -> t
         "POST",
         "/actions/instances/drain",
         body=urlencode(form).encode(),
-        headers={**FORM, "Cookie": f"depman_session={cookie}", "Origin": _origin(server)},
+        headers={**FORM, "Cookie": f"depman_session={cookie}", "Origin": server.root_url},
     )
     return status, headers.get("location", "")
-
-
-def _origin(server: RunningServer) -> str:
-    return server.root_url
 
 
 def _drained(server: RunningServer, instance_id: str) -> bool:

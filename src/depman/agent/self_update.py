@@ -244,7 +244,13 @@ class SelfUpdater:
 def _retry_time(entry: dict[str, Any]) -> float | None:
     """When a refused build may be fetched again; None for good (a rolled-back build)."""
     value = entry.get("retryAt")
-    return float(value) if isinstance(value, (int, float)) else None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if str(entry.get("reason") or "").startswith("rolled back"):
+        return None
+    # Recorded by an agent that refused downloads for good: due once more now.
+    at = entry.get("at")
+    return float(at) if isinstance(at, (int, float)) else 0.0
 
 
 def _retry_due(entry: dict[str, Any]) -> bool:
