@@ -12,6 +12,7 @@
     │   └── Forbidden                403 forbidden
     ├── TooManyFailures              429 too_many_failures (with Retry-After)
     ├── BuildTooLarge                413 too_large
+    ├── UploadCut                    400 bad_request
     ├── BundleUnavailable            503 unavailable
     └── ConfigError                  (start-up only) config_error
 
@@ -110,6 +111,13 @@ class BuildTooLarge(DepmanError):
 
     code = "too_large"
     status = 413
+
+
+class UploadCut(DepmanError):
+    """The upload ended before its last byte (the client left, or the body limit cut it)."""
+
+    code = "bad_request"
+    status = 400
 
 
 class BundleUnavailable(DepmanError):

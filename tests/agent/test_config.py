@@ -34,6 +34,7 @@ def test_defaults_match_the_runbook() -> None:
     assert config.verbose_progress is False
     assert config.pin_ttl_seconds is None  # the profile's value, else 1800
     assert config.download_connections == 8
+    assert config.update_retry_seconds == 60
 
 
 def test_overrides() -> None:
@@ -58,6 +59,7 @@ def test_overrides() -> None:
     ("MAX_PARALLEL_DOWNLOADS", "two"), ("DM_VERBOSE_PROGRESS", "maybe"),
     ("DM_DYNAMIC_EVICTION_ENABLED", "yesplease"), ("DM_EVICTION_BATCH_MAX", "0"),
     ("DM_PIN_TTL_SECONDS", "1h"), ("DM_DOWNLOAD_CONNECTIONS", "0"),
+    ("DM_UPDATE_RETRY_SECONDS", "0"),
     ("FCS_API_BASE_URL", "http://127.0.0.1:8787/"), ("FCS_API_BASE_URL", "ftp://x/api"),
 ])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -98,17 +98,29 @@ def test_linked_folder_leading_out_is_refused(fresh_server: Any, tmp_path: Path)
     (models / "vae").symlink_to(tmp_path / "nowhere")
     with ModelOrigin() as origin:
         origin.add("/m/x.bin", data)
+        unknown_root = {"url": origin.url("/m/x.bin"), "type": "loras", "filename": "y.bin",
+                        "root": "no-such-volume", "sha256": hashlib.sha256(data).hexdigest(),
+                        "kind": "static"}
         setup_fleet(fresh_server, {
             "linked": dep(origin, "/m/x.bin", "models/loras/x.bin", data),
             "dangling": dep(origin, "/m/x.bin", "models/vae/sub/x.bin", data),
-        }, static=["linked", "dangling"])
+            "unknown-root": unknown_root,
+        }, static=["linked", "dangling", "unknown-root"])
         with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: all(i["state"] == "failed"
                                           for i in items(fresh_server).values())
-                              and len(items(fresh_server)) == 2, 30), items(fresh_server)
-            for item in items(fresh_server).values():
-                assert "outside the ComfyUI folder" in item["error"], item
+                              and len(items(fresh_server)) == 3, 30), items(fresh_server)
+            found = items(fresh_server)
+            for dep_id in ("linked", "dangling"):
+                assert found[dep_id]["error"].startswith("local error: Refusing destRelativePath")
+                assert "outside the ComfyUI folder" in found[dep_id]["error"]
+            assert found["unknown-root"]["error"].startswith(
+                "local error: Unknown model root 'no-such-volume'")
+            # Each refusal is in the agent's own log too, with the same class.
+            for dep_id, item in found.items():
+                agent.wait_for_line(rf"ERROR Item {item['itemId']} \({dep_id}\) failed: "
+                                    r"local error: ")
             assert agent.stop() == 0
     assert list(outside.iterdir()) == []
     assert not (tmp_path / "nowhere").exists()

@@ -132,3 +132,35 @@ def test_onstart_refuses_an_agent_whose_sha256_differs(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_a_stale_loop_pid_of_another_process_does_not_stop_the_agent(
+    fresh_server: Any, tmp_path: Path
+) -> None:
+    """After a reboot loop.pid may name a pid that now belongs to something else."""
+    setup_fleet(fresh_server, {}, [])
+    script = printed_script("st", fresh_server.root_url)
+    workspace = tmp_path / "workspace"
+    log = workspace / "depman-agent.log"
+    loop_pid = workspace / "depman" / "loop.pid"
+    loop_pid.parent.mkdir(parents=True)
+    env = {"DM_INSTANCE_ID": "i1", "DM_ALLOWED_DOMAINS": "127.0.0.1",
+           "DEPENDENCY_MANAGER_SHARED_SECRET": fresh_server.shared_secret}
+    with subprocess.Popen(["sleep", "600"]) as unrelated:
+        try:
+            for stale in (f"{unrelated.pid}\n", f"{unrelated.pid} some-other-boot 12345\n"):
+                loop_pid.write_text(stale)
+                with run_script(script, workspace, **env):
+                    assert wait_until(lambda: "Registered dependency agent" in read(log),
+                                      60), read(log)
+                    assert "already running" not in read(log)
+                    # Its own loop, though, is recognised: a second run starts nothing.
+                    own = loop_pid.read_text().split()[0]
+                    with run_script(script, workspace, **env) as again:
+                        assert again.returncode == 0
+                    assert f"restart loop is already running (pid {own})" in read(log)
+                    assert read(log).count("restart loop started") == 1
+                log.unlink()
+        finally:
+            unrelated.kill()

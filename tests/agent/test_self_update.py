@@ -1,13 +1,16 @@
 """Self-update end to end: a real zipapp agent, a real server, builds published with the CLI.
 
 publish → agentUpdate → download and sha256 check → swap → re-exec → registers as the
-new version; a build whose bytes do not match its sha256 is refused once and for
-all; a build that exits at once, or never registers, is rolled back.
+new version; a build whose bytes do not match its sha256 is refused, then fetched
+again after a backoff and installed once the right bytes are served; the download
+keeps to the allowed hosts, redirects included; a build that exits at once, or
+never registers (also across a kill -9 during its probation), is rolled back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -15,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import agent_env, instance, setup_fleet
 from tests.cli.helpers import run_cli
 from tests.support.agent_builds import pyz_with, sha256_hex
+from tests.support.server import run_server
 from tests.support.wait import wait_until
 
 pytest.importorskip("depman.server")
@@ -115,33 +120,84 @@ def test_agent_updates_itself_and_registers_as_the_new_version(
         assert agent.stop() == 0
 
 
-def test_a_build_whose_bytes_do_not_match_its_sha256_is_refused_for_good(
+def _set_served_bytes(server: Any, data: bytes) -> None:
+    """Change the stored bytes under the published sha256 (a corrupted store, a portal)."""
+    db_path = server.database_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("UPDATE agent_builds SET content = ?", (data,))
+
+
+def test_a_refused_download_is_fetched_again_and_installed_once_the_bytes_are_right(
     fresh_server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
     setup_fleet(fresh_server, {}, [])
     good = pyz_with(NEW)
     publish(fresh_server, tmp_path, good)
-    # The stored bytes change under the published sha256 (a corrupted store or mirror).
-    db_path = fresh_server.database_url.removeprefix("sqlite:///")
-    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
-        db.execute("UPDATE agent_builds SET content = ?", (pyz_with("depman-agent/6.6.6"),))
-    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    portal = b"<html><body>Sign in to the hotel Wi-Fi</body></html>"
+    _set_served_bytes(fresh_server, portal)
+    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+                    DM_UPDATE_RETRY_SECONDS="1")
     with AgentProcess(env, bundle=pyz) as agent:
-        line = agent.wait_for_line(r"Refusing agent build .*sha256 mismatch.*")
+        line = agent.wait_for_line(r"ERROR Refusing agent build .*sha256 mismatch.*")
         assert sha256_hex(good) in line.group(0)
-        assert set(refused(tmp_path)) == {sha256_hex(good)}
-        heartbeats_seen(fresh_server, 3)  # offered again each time: not fetched again
-        log = agent.log()
-        assert log.count("offered: downloading") == 1 and log.count("Refusing") == 1
-        assert pyz.read_bytes() == old
-        assert agent_version(fresh_server) == p.AGENT_VERSION
-        assert not list(pyz.parent.glob("*.download")) and not marker(tmp_path).exists()
+        entry = refused(tmp_path)[sha256_hex(good)]
+        assert entry["received"] == sha256_hex(portal) and entry["retryAt"] > 0
+        # After the backoff it is fetched again; the same page again is no new error.
+        agent.wait_for_line(r"INFO Refusing agent build .*trying again in 2 s")
+        assert agent.log().count("ERROR Refusing") == 1
+        assert pyz.read_bytes() == old and not marker(tmp_path).exists()
+        assert not list(pyz.parent.glob("*.download"))
+        _set_served_bytes(fresh_server, good)  # the portal lets the agent through
+        assert wait_until(lambda: agent_version(fresh_server) == NEW, 60), agent.log()
+        agent.wait_for_line("confirmed: registered")
+        assert pyz.read_bytes() == good
+        assert sha256_hex(good) not in refused(tmp_path)
         assert agent.stop() == 0
-    # A restart remembers the refusal.
-    with AgentProcess(env, bundle=pyz) as agent:
-        agent.wait_for_line("refused earlier: sha256 mismatch")
-        assert "offered: downloading" not in agent.log()
+
+
+class _Redirector(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a redirect to `target` + the same path."""
+
+    target = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_update_download_keeps_to_the_allowed_hosts(tmp_path: Path) -> None:
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    public = f"http://127.0.0.1:{redirector.server_address[1]}"
+    try:
+        with run_server(f"sqlite:///{tmp_path / 'depman.db'}", cwd=tmp_path,
+                        extra_env={"DEPMAN_PUBLIC_URL": public}) as server:
+            # The build is offered at the redirector, which sends agents to `localhost`.
+            _Redirector.target = server.root_url.replace("127.0.0.1", "localhost")
+            pyz, old = install_zipapp(tmp_path)
+            setup_fleet(server, {}, [])
+            publish(server, tmp_path, pyz_with(NEW))
+            env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+                            DM_UPDATE_RETRY_SECONDS="1", DM_ALLOWED_DOMAINS="127.0.0.1")
+            with AgentProcess(env, bundle=pyz) as agent:
+                agent.wait_for_line(r"Agent update to \S+ failed: cannot download .*the host "
+                                    r"'localhost' is neither the control plane's nor in "
+                                    r"DM_ALLOWED_DOMAINS; trying again in 1 s")
+                assert pyz.read_bytes() == old and not refused(tmp_path)
+                assert agent.stop() == 0
+            env["DM_ALLOWED_DOMAINS"] = "127.0.0.1,localhost"
+            with AgentProcess(env, bundle=pyz) as agent:
+                assert wait_until(lambda: agent_version(server) == NEW, 60), agent.log()
+                assert agent.stop() == 0
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
 
 
 @pytest.mark.parametrize(
@@ -178,6 +234,63 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
             assert agent_version(fresh_server) == p.AGENT_VERSION
             heartbeats_seen(fresh_server, 2)  # the previous build runs on, no second try
             assert agent.log().count("offered: downloading") == 1
+        finally:  # the previous build the watchdog started is not the test's child
+            for _version, pid in STARTED_RE.findall(agent.log()):
+                if agent.proc is None or int(pid) != agent.proc.pid:
+                    stop_pid(int(pid))
+
+
+# The real agent, except that it never gets to register (it waits to be stopped).
+NEVER_REGISTERS = """\
+from depman.agent import loop
+from depman.agent.errors import Stopping
+
+
+def never_register(agent):
+    agent.stop.wait()
+    raise Stopping("stopped before registering")
+
+
+loop.Agent.register = never_register
+from depman.agent.main import main
+
+raise SystemExit(main())
+"""
+
+
+def test_a_build_killed_during_probation_rearms_its_watchdog_at_start(
+    fresh_server: Any, tmp_path: Path
+) -> None:
+    """A reboot during probation: agent and watchdog die; the build starts again alone."""
+    pyz, old = install_zipapp(tmp_path)
+    setup_fleet(fresh_server, {}, [])
+    bad = pyz_with("depman-agent/66.2.0", main=NEVER_REGISTERS)
+    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+                    DM_UPDATE_PROBATION_SECONDS="600")
+    with AgentProcess(env, bundle=pyz) as agent:
+        agent.wait_for_line("Registered dependency agent")
+        publish(fresh_server, tmp_path, bad)
+        agent.wait_for_line(r"Starting depman-agent/66\.2\.0 \(pid")
+        pending = json.loads(marker(tmp_path).read_text())
+        assert pending["watchdog_pid"]
+        os.kill(pending["watchdog_pid"], signal.SIGKILL)
+        assert agent.proc is not None
+        agent.proc.kill()
+        agent.proc.wait(30)
+    assert pyz.read_bytes() == bad and marker(tmp_path).exists()
+    # Started again (the machine is back) with a short probation, still unregistered.
+    env["DM_UPDATE_PROBATION_SECONDS"] = "2"
+    with AgentProcess(env, bundle=pyz) as agent:
+        try:
+            agent.wait_for_line("its watchdog is gone; watching again")
+            agent.wait_for_line(
+                r"failed: it did not register within 2 s\. Rolling back", timeout=60
+            )
+            assert wait_until(lambda: agent_version(fresh_server) == p.AGENT_VERSION
+                              and "refused earlier: rolled back" in agent.log(), 60), agent.log()
+            assert pyz.read_bytes() == old
+            assert set(refused(tmp_path)) == {sha256_hex(bad)}
+            assert not marker(tmp_path).exists()
         finally:  # the previous build the watchdog started is not the test's child
             for _version, pid in STARTED_RE.findall(agent.log()):
                 if agent.proc is None or int(pid) != agent.proc.pid:

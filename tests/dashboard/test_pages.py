@@ -83,8 +83,12 @@ def test_session_expires_and_dies_with_the_token() -> None:
     assert not auth.session_valid(value, "rotated", now=1001.0)
     assert not auth.session_valid("123.abc", "tok", now=time.time())
     assert not auth.session_valid("garbage", "tok")
-    forged = f"{10**12}.{value.partition('.')[2]}"
+    expires, session_id, signature = value.split(".")
+    forged = f"{10**12}.{session_id}.{signature}"
     assert not auth.session_valid(forged, "tok", now=1001.0)
+    assert not auth.session_valid(f"{expires}.{'0' * 32}.{signature}", "tok", now=1001.0)
+    assert not auth.session_valid("0" + value, "tok", now=1001.0)
+    assert auth.make_session("tok", now=1000.0) != value
 
 
 def test_no_admin_token_closes_the_dashboard(seeded: Engine) -> None:

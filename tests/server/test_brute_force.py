@@ -15,6 +15,7 @@ from tests.server.hostile import assert_error_shape, exchange
 from tests.support.server import RunningServer
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+SUBMIT = "submit-token-" + uid("backoff")
 
 
 def _login(server: RunningServer, token: str, client: str) -> tuple[int, dict[str, str]]:
@@ -74,6 +75,28 @@ def test_admin_api_and_register_back_off(fresh_server: RunningServer) -> None:
     for _ in range(5):
         assert exchange(fresh_server, "GET", "/fragments/fleet", headers=dashboard)[0] == 401
     assert exchange(fresh_server, "GET", "/fragments/fleet", headers=dashboard)[0] == 429
+
+
+@pytest.mark.server_env(DEPMAN_SUBMIT_TOKEN=SUBMIT)
+def test_a_valid_submit_token_never_resets_admin_token_guessing(
+    fresh_server: RunningServer,
+) -> None:
+    client = {"X-Forwarded-For": "203.0.113.77"}
+    guess = {**client, "Authorization": "Bearer guess-" + uid("adm")}
+    valid = {**client, "Authorization": f"Bearer {SUBMIT}"}
+    statuses: list[int] = []
+    for _ in range(4):
+        for _ in range(4):
+            statuses.append(exchange(fresh_server, "GET", "/api/admin/deps", headers=guess)[0])
+        assert exchange(fresh_server, "GET", "/api/jobs", headers=valid)[0] in (200, 429)
+    assert 429 in statuses, statuses
+    assert statuses[:5] == [401] * 5
+    # Backing off at the admin token covers every door that takes it, the job API too.
+    assert exchange(fresh_server, "GET", "/api/jobs", headers=guess)[0] == 429
+    assert exchange(fresh_server, "GET", "/api/jobs", headers=valid)[0] == 429
+    # Another address with the submit token is untouched.
+    other = {"X-Forwarded-For": "203.0.113.78", "Authorization": f"Bearer {SUBMIT}"}
+    assert exchange(fresh_server, "GET", "/api/jobs", headers=other)[0] == 200
 
 
 def test_logout_revokes_the_session_on_every_replica(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
+import secrets
+import select
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -144,3 +150,86 @@ def test_the_default_agent_limit_refuses_a_400000_id_heartbeat(
     assert status == 413, body
     status, body = agent.heartbeat()
     assert status == 200, body
+
+
+def _anonymous_chunked_upload(server: RunningServer, path: str, total: int) -> int:
+    """Send a chunked body of up to `total` bytes without a token; the status answered."""
+    with socket.create_connection(address(server), timeout=60) as sock:
+        sock.sendall(
+            f"PUT {path} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"\0" * MIB
+        sent = 0
+        try:
+            while sent < total:
+                # Stop sending as soon as the server has answered.
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sent += len(chunk)
+            else:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed while the body was still coming
+        # The status line is enough: the server may keep the connection open a while.
+        head = b""
+        while b"\r\n" not in head:
+            data = sock.recv(4096)
+            if not data:
+                break
+            head += data
+        return int(head.split(b" ", 2)[1])
+
+
+@pytest.mark.slow
+def test_anonymous_chunked_build_uploads_are_refused_before_they_are_read(
+    server: RunningServer,
+) -> None:
+    fleet = make_fleet(server, sizes={})
+    path = f"/api/admin/agent-builds/{fleet.server_type}?version=anonymous"
+    before = _rss(server)
+    peak = before
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss(server))
+            done.wait(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(
+                pool.map(lambda _n: _anonymous_chunked_upload(server, path, 32 * MIB), range(16))
+            )
+    finally:
+        done.set()
+        watcher.join()
+    assert set(statuses) <= {401, 403}, statuses
+    assert peak - before < 64 * MIB, (before, peak)
+    assert server.admin("GET", f"/admin/agent-builds/{fleet.server_type}")[0] == 404
+
+    # With the admin token the same route takes a big chunked upload, streamed to a file.
+    data = secrets.token_bytes(20 * MIB)
+    conn = http.client.HTTPConnection(*address(server), timeout=120)
+    try:
+        conn.request(
+            "PUT",
+            f"/api/admin/agent-builds/{fleet.server_type}?version=big-1",
+            body=(data[i : i + MIB] for i in range(0, len(data), MIB)),
+            headers={
+                "Authorization": f"Bearer {server.admin_token}",
+                "Content-Type": "application/octet-stream",
+            },
+            encode_chunked=True,
+        )
+        resp = conn.getresponse()
+        build = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 200, build
+    assert build["sha256"] == hashlib.sha256(data).hexdigest()
+    assert build["sizeBytes"] == len(data)

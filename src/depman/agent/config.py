@@ -109,6 +109,7 @@ class AgentConfig:
     item_retry_seconds: float = p.DEFAULT_ITEM_RETRY_SECONDS
     self_update: bool = True
     update_probation_seconds: float = p.DEFAULT_UPDATE_PROBATION_SECONDS
+    update_retry_seconds: float = p.DEFAULT_UPDATE_RETRY_SECONDS
     adopt_stable_seconds: float = p.ADOPT_STABLE_SECONDS
     # ComfyUI integration: extra_model_paths.yaml (default: the ComfyUI folder's) and
     # a ComfyUI to ask whether it lists an installed file.
@@ -175,6 +176,8 @@ class AgentConfig:
             self_update=reader.get("DM_SELF_UPDATE", parse_bool, True),
             update_probation_seconds=reader.positive("DM_UPDATE_PROBATION_SECONDS",
                                                      p.DEFAULT_UPDATE_PROBATION_SECONDS),
+            update_retry_seconds=reader.positive("DM_UPDATE_RETRY_SECONDS",
+                                                 p.DEFAULT_UPDATE_RETRY_SECONDS),
             adopt_stable_seconds=reader.get("DM_ADOPT_STABLE_SECONDS", _parse_seconds,
                                             p.ADOPT_STABLE_SECONDS),
             extra_model_paths=reader.get("DM_EXTRA_MODEL_PATHS", Path, None),

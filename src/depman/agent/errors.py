@@ -7,7 +7,7 @@
     │   └── Unauthorized         401/403: register again
     ├── Stopping                 the agent was asked to stop while waiting
     ├── UpdateFailed             an offered agent build could not be fetched (tried again later)
-    │   └── UpdateRefused        an offered build failed its checks (never tried again)
+    │   └── UpdateRefused        an offered build failed its checks (tried again after backoff)
     └── DownloadError            a dependency could not be fetched (see ``retryable``)
         ├── DomainNotAllowed     a URL or redirect hop outside DM_ALLOWED_DOMAINS
         ├── MissingToken         the catalog entry needs HF_TOKEN / CIVITAI_TOKEN
@@ -54,9 +54,15 @@ class ConfigError(AgentError):
 
 
 class UnsafePath(AgentError):
-    """A destination path that would land outside the ComfyUI folder."""
+    """A destination path that would land outside the ComfyUI folder (or its model root),
+    or a model root this agent does not know: a local error, retrying cannot help."""
 
     code = "unsafe_path"
+    category = LOCAL
+
+    def report(self) -> str:
+        """The text the server and the log get: the class first, then what happened."""
+        return f"{self.category} error: {self.message}"
 
 
 class ServerError(AgentError):
@@ -94,9 +100,14 @@ class UpdateFailed(AgentError):
 
 
 class UpdateRefused(UpdateFailed):
-    """An offered agent build failed its checks (sha256, format); never tried again."""
+    """An offered agent build failed its checks (sha256, format): refused, and fetched
+    again only after a backoff (a captive portal's page is not the build)."""
 
     code = "update_refused"
+
+    def __init__(self, message: str, received_sha256: str | None = None) -> None:
+        super().__init__(message)
+        self.received_sha256 = received_sha256
 
 
 class DownloadError(AgentError):

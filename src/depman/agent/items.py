@@ -21,6 +21,7 @@ from .errors import (
     DownloadInterrupted,
     InsufficientDiskSpace,
     MissingToken,
+    UnsafePath,
 )
 from .eviction import Evictor
 from .failures import classify
@@ -90,7 +91,8 @@ class ItemRunner:
                 return Outcome(ok=False, interrupted=True)
             except AgentError as exc:
                 retryable = isinstance(exc, DownloadError) and exc.retryable
-                text = exc.report() if isinstance(exc, DownloadError) else exc.message
+                text = exc.report() if isinstance(exc, (DownloadError, UnsafePath)) \
+                    else exc.message
                 if not retryable or attempt >= p.ITEM_ATTEMPTS:
                     log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, text)
                     return Outcome(ok=False, error=text)

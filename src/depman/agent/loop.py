@@ -129,6 +129,8 @@ class Agent:
 
     # -- the cycle --------------------------------------------------------
     def start_up(self) -> None:
+        # A build started again during its probation (a reboot, a kill) watches itself anew.
+        self.updater.at_start()
         comfy = self.config.comfyui_dir
         if not comfy.is_dir():
             try:
@@ -386,9 +388,11 @@ class Agent:
             self.cache.path_for(str((item.get("resolved") or {}).get("destRelativePath", "")),
                                 root=item_root(item, self.default_root, self.cache.roots))
         except UnsafePath as exc:
+            text = exc.report()
+            log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, text)
             self.post_status(item, p.ItemState.RUNNING)
-            self.post_status(item, p.ItemState.FAILED, exc.message)
-            self.cache.mark_failed(dep_id, exc.message)
+            self.post_status(item, p.ItemState.FAILED, text)
+            self.cache.mark_failed(dep_id, text)
             self.remember(item["itemId"])
             return
         progress = Progress(dep_id, log_every=self.config.progress_seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -61,14 +62,19 @@ def _install_signals(on_first: object) -> None:
         return
     received = {"count": 0}
 
+    # The handler runs between two bytecodes of the main thread, which may be in the
+    # middle of writing a log line: logging from here directly would re-enter stderr.
     def handler(signum: int, frame: FrameType | None) -> None:
         received["count"] += 1
+        name = signal.Signals(signum).name
         if received["count"] == 1:
-            log.info("Received %s: stopping after the current step (send again to stop now)",
-                     signal.Signals(signum).name)
+            threading.Thread(target=log.info, name="signal-log", args=(
+                "Received %s: stopping after the current step (send again to stop now)", name,
+            )).start()
             on_first()  # type: ignore[operator]
         else:
-            log.warning("Received %s again: stopping now", signal.Signals(signum).name)
+            with contextlib.suppress(OSError):
+                os.write(2, f"Received {name} again: stopping now\n".encode())
             os._exit(EXIT_FORCED)
 
     signal.signal(signal.SIGTERM, handler)

@@ -6,8 +6,12 @@ installed package (``depman agent``) does not rewrite the package: it logs the
 offer once and goes on. For a build to be installed, every check must pass:
 
 1. the offer names a version other than ours and a sha256 (required, always);
-2. the sha256 is not one refused before (a mismatch, not a zipapp, or a rollback);
-3. the download (at most ``MAX_BUILD_BYTES``) has exactly that sha256 and is a
+2. the sha256 is not one refused before: a rolled-back build for good; a download
+   refused for its bytes (a mismatch, not a zipapp) until its backoff has passed,
+   because a captive portal or a broken mirror may serve the right bytes later;
+3. every host the download reaches, redirects included, is the control plane's
+   own or in ``DM_ALLOWED_DOMAINS``;
+4. the download (at most ``MAX_BUILD_BYTES``) has exactly that sha256 and is a
    zipapp with a ``__main__.py``.
 
 The new file is written beside the zipapp, the current one is kept as
@@ -31,16 +35,18 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from . import protocol as p
 from .config import AgentConfig
-from .errors import UpdateFailed, UpdateRefused
+from .errors import DomainNotAllowed, UpdateFailed, UpdateRefused
 from .files import fsync_dir
 from .http import open_url, redact_url
 from .update_watchdog import (
     Pending,
     arm_at_start,
     confirm,
+    forget_refused,
     load_refused,
     marker_path,
     remember_refused,
@@ -49,8 +55,7 @@ from .update_watchdog import (
 
 log = logging.getLogger("depman.agent")
 MAX_BUILD_BYTES = 32 * 1024**2  # the server's own limit
-RETRY_BASE_SECONDS = 60.0  # a failed download is tried again after this, doubling
-RETRY_MAX_SECONDS = 1800.0
+RETRY_MAX_SECONDS = 1800.0  # a failed or refused download is tried again, doubling to this
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -127,9 +132,10 @@ class SelfUpdater:
                            "it (DM_SELF_UPDATE is off)")
             return False
         refused = load_refused(self.config.state_path).get(sha256)
-        if refused is not None:
+        if refused is not None and not _retry_due(refused):
             self._say_once(f"refused:{sha256}", f"Not installing agent build {version} "
-                           f"(sha256 {sha256[:12]}…): refused earlier: {refused.get('reason')}")
+                           f"(sha256 {sha256[:12]}…): refused earlier: {refused.get('reason')}"
+                           + ("" if _retry_time(refused) is None else "; trying again later"))
             return False
         if self.zipapp is None:
             self._say_once(f"source:{sha256}", f"Agent update to {version} offered; this agent "
@@ -142,21 +148,48 @@ class SelfUpdater:
             return False
         if time.monotonic() < self._retry_at:
             return False
+        if refused is not None:
+            log.info("Fetching agent build %s (sha256 %s…) again, refused earlier: %s",
+                     version, sha256[:12], refused.get("reason"))
         try:
             self.installed = self.install(version, url, sha256)
         except UpdateRefused as exc:
-            remember_refused(self.config.state_path, sha256, version, exc.message)
-            log.error("Refusing agent build %s from %s: %s; it will not be tried again",
-                      version, redact_url(url), exc.message)
+            self._refuse(version, url, sha256, exc, refused)
             return False
         except UpdateFailed as exc:
             self._failures += 1
-            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (self._failures - 1))
+            delay = self._backoff(self._failures)
             self._retry_at = time.monotonic() + delay
             log.warning("Agent update to %s failed: %s; trying again in %.0f s",
                         version, exc.message, delay)
             return False
+        if refused is not None:
+            forget_refused(self.config.state_path, sha256)
         return True
+
+    def _backoff(self, failures: int) -> float:
+        base = self.config.update_retry_seconds
+        return min(max(base, RETRY_MAX_SECONDS), base * 2 ** min(failures - 1, 30))
+
+    def _refuse(self, version: str, url: str, sha256: str, exc: UpdateRefused,
+                before: dict[str, Any] | None) -> None:
+        """Record a download refused for its bytes; fetched again after a backoff."""
+        failures = int((before or {}).get("failures") or 0) + 1
+        delay = self._backoff(failures)
+        remember_refused(self.config.state_path, sha256, version, exc.message,
+                         retry_at=time.time() + delay, received=exc.received_sha256,
+                         failures=failures)
+        same = before is not None and exc.received_sha256 is not None and \
+            before.get("received") == exc.received_sha256
+        # The same wrong bytes again are no news: one error per distinct answer.
+        (log.info if same else log.error)(
+            "Refusing agent build %s from %s: %s; trying again in %.0f s",
+            version, redact_url(url), exc.message, delay)
+
+    def _allowed_hosts(self) -> tuple[str, ...]:
+        """DM_ALLOWED_DOMAINS and the control plane's own host, which serves builds."""
+        own = (urlsplit(self.config.api_base_url).hostname or "").lower()
+        return (*self.config.allowed_domains, *((own,) if own else ()))
 
     def _say_once(self, key: str, message: str) -> None:
         if key not in self._said:
@@ -179,8 +212,8 @@ class SelfUpdater:
         log.info("Agent update %s -> %s offered: downloading %s", p.AGENT_VERSION, version,
                  redact_url(url))
         try:
-            _download(url, staged, sha256)
-            _check_zipapp(staged)
+            _download(url, staged, sha256, self._allowed_hosts())
+            _check_zipapp(staged, sha256)
             os.chmod(staged, os.stat(target).st_mode & 0o7777)
             _keep_previous(target, previous)
             pending = Pending(from_version=p.AGENT_VERSION, to_version=version, sha256=sha256,
@@ -208,17 +241,36 @@ class SelfUpdater:
         os.execv(command[0], command)
 
 
-def _download(url: str, dest: Path, sha256: str) -> None:
+def _retry_time(entry: dict[str, Any]) -> float | None:
+    """When a refused build may be fetched again; None for good (a rolled-back build)."""
+    value = entry.get("retryAt")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if str(entry.get("reason") or "").startswith("rolled back"):
+        return None
+    # Recorded by an agent that refused downloads for good: due once more now.
+    at = entry.get("at")
+    return float(at) if isinstance(at, (int, float)) else 0.0
+
+
+def _retry_due(entry: dict[str, Any]) -> bool:
+    retry_at = _retry_time(entry)
+    return retry_at is not None and time.time() >= retry_at
+
+
+def _download(url: str, dest: Path, sha256: str, allowed_hosts: tuple[str, ...]) -> None:
     digest = hashlib.sha256()
     size = 0
     try:
-        with open_url(url, timeout=p.HTTP_TIMEOUT_SECONDS) as response, dest.open("wb") as out:
+        with open_url(url, timeout=p.HTTP_TIMEOUT_SECONDS, allowed_domains=allowed_hosts) \
+                as response, dest.open("wb") as out:
             if response.status != 200:
                 raise UpdateFailed(f"HTTP {response.status} from {redact_url(url)}")
             while chunk := response.read_some(p.CHUNK_BYTES):
                 size += len(chunk)
                 if size > MAX_BUILD_BYTES:
-                    raise UpdateRefused(f"the build is over {MAX_BUILD_BYTES} bytes")
+                    raise UpdateRefused(f"the build is over {MAX_BUILD_BYTES} bytes",
+                                        "over-size")
                 digest.update(chunk)
                 out.write(chunk)
             out.flush()
@@ -227,21 +279,24 @@ def _download(url: str, dest: Path, sha256: str) -> None:
         raise UpdateFailed(f"cannot download {redact_url(url)}: {exc}") from exc
     except UpdateFailed:
         raise
+    except DomainNotAllowed as exc:
+        raise UpdateFailed(f"cannot download {redact_url(url)}: the host {exc.host!r} is "
+                           "neither the control plane's nor in DM_ALLOWED_DOMAINS") from exc
     except Exception as exc:  # the agent's DownloadError (bad scheme, redirect loop)
         raise UpdateFailed(f"cannot download {redact_url(url)}: {exc}") from exc
     if digest.hexdigest() != sha256:
         raise UpdateRefused(f"sha256 mismatch: expected {sha256}, got {digest.hexdigest()} "
-                            f"({size} bytes)")
+                            f"({size} bytes)", digest.hexdigest())
 
 
-def _check_zipapp(path: Path) -> None:
+def _check_zipapp(path: Path, sha256: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UpdateRefused(f"not a zipapp: {exc}") from exc
+        raise UpdateRefused(f"not a zipapp: {exc}", sha256) from exc
     if "__main__.py" not in names:
-        raise UpdateRefused("not a zipapp: no __main__.py")
+        raise UpdateRefused("not a zipapp: no __main__.py", sha256)
 
 
 def _keep_previous(target: Path, previous: Path) -> None:

@@ -7,11 +7,18 @@ the marker once it has registered with the control plane. The watchdog, still
 running the old code, waits for that. If the new build exits (its process, the
 watchdog's parent, goes away) or has not registered within the probation
 (``DM_UPDATE_PROBATION_SECONDS``, default 60 s), the watchdog puts the previous
-file back, records the build's sha256 as refused (it is never installed again),
-stops the new build if it still runs, and starts the previous build in its place.
+file back, records the build's sha256 as refused (it is never installed again:
+those bytes were the build, and the build failed), stops the new build if it
+still runs, and starts the previous build in its place.
 
 A build that starts but whose watchdog is gone (the machine rebooted during
-probation) arms a new one at start-up: ``arm_at_start``.
+probation) arms a new one at start-up: ``arm_at_start``. The marker records the
+watchdog's pid with its start time and the boot it ran in, so a pid reused by
+another process after a reboot is not mistaken for the watchdog.
+
+A download refused for its bytes (a sha256 mismatch, not a zipapp) is recorded
+too, with a time to try again: a captive portal or a broken mirror may serve
+the right bytes later.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class Pending:
     previous: str
     command: list[str]  # the command line this agent was started with, run again as is
     watchdog_pid: int | None = None
+    watchdog_identity: str | None = None  # boot id and start time: see `process_identity`
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))
@@ -83,10 +91,27 @@ def load_refused(state_path: Path) -> dict[str, dict[str, Any]]:
         data, dict) else {}
 
 
-def remember_refused(state_path: Path, sha256: str, version: str, reason: str) -> None:
-    """Never install this build again (kept across restarts and rollbacks)."""
+def remember_refused(state_path: Path, sha256: str, version: str, reason: str, *,
+                     retry_at: float | None = None, received: str | None = None,
+                     failures: int = 1) -> None:
+    """Refuse this build (kept across restarts and rollbacks): for good, or until
+    ``retry_at`` (wall-clock seconds) when its download was refused for its bytes."""
     refused = load_refused(state_path)
-    refused[sha256] = {"version": version, "reason": reason[:300], "at": time.time()}
+    entry: dict[str, Any] = {"version": version, "reason": reason[:300], "at": time.time()}
+    if retry_at is not None:
+        entry.update(retryAt=retry_at, received=received, failures=failures)
+    refused[sha256] = entry
+    _write_refused(state_path, refused, sha256)
+
+
+def forget_refused(state_path: Path, sha256: str) -> None:
+    """The build's right bytes arrived after all: it is refused no more."""
+    refused = load_refused(state_path)
+    if refused.pop(sha256, None) is not None:
+        _write_refused(state_path, refused, sha256)
+
+
+def _write_refused(state_path: Path, refused: dict[str, dict[str, Any]], sha256: str) -> None:
     oldest_first = sorted(refused.items(), key=lambda kv: float(kv[1].get("at", 0)))
     try:
         atomic_write_json(refused_path(state_path), dict(oldest_first[-REFUSED_KEEP:]))
@@ -128,14 +153,33 @@ def arm_at_start(state_path: Path, probation: float) -> None:
     pending = Pending.load(path)
     if pending is None or pending.to_version != p.AGENT_VERSION:
         return
-    if pending.watchdog_pid and _alive(pending.watchdog_pid):
+    if pending.watchdog_pid and _alive(pending.watchdog_pid, pending.watchdog_identity):
         return
     log.warning("Agent update %s -> %s has not registered yet and its watchdog is gone; "
                 "watching again for %.0f s", pending.from_version, pending.to_version, probation)
     start_watchdog(state_path, pending, probation)
 
 
-def _alive(pid: int) -> bool:
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of a live process (Linux), else None.
+
+    A pid alone is reused, after a reboot most of all; with the boot and the start
+    time it names one process.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie is gone already
+        return None
+    return f"{boot}:{fields[19]}"  # field 22 of stat: the start time, in clock ticks
+
+
+def _alive(pid: int, identity: str | None) -> bool:
+    if identity is not None and Path("/proc/self/stat").exists():
+        return process_identity(pid) == identity
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -163,7 +207,9 @@ def start_watchdog(state_path: Path, pending: Pending, probation: float) -> int:
             log.exception("Update watchdog failed")
         finally:
             os._exit(code)
-    Pending(**{**asdict(pending), "watchdog_pid": pid}).save(marker_path(state_path))
+    identity = process_identity(pid)
+    Pending(**{**asdict(pending), "watchdog_pid": pid, "watchdog_identity": identity}).save(
+        marker_path(state_path))
     return pid
 
 

@@ -23,8 +23,30 @@ if [ -z "$DEPMAN_URL" ]; then
     note "DEPMAN_URL is not set: set it in the template's environment (the depman server's URL)"
     exit 1
 fi
-if [ -f "$DM_DIR/loop.pid" ] && kill -0 "$(cat "$DM_DIR/loop.pid")" 2>/dev/null; then
-    note "the agent's restart loop is already running (pid $(cat "$DM_DIR/loop.pid"))"
+# "<boot id> <start time>" of a live process: with its pid, it names one process for
+# good (a pid alone is reused, after a reboot most of all).
+process_identity() {  # PID
+    local stat boot
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" && boot="$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" || return 1
+    set -- ${stat##*) }  # the fields after the command name: state first, start time 20th
+    [ "$1" != Z ] && [ -n "${20:-}" ] || return 1
+    echo "$boot ${20}"
+}
+# loop.pid holds "<pid> <boot id> <start time>": the loop is running only if that pid
+# is still that process (without /proc, a live pid is taken at its word).
+loop_running() {
+    local pid recorded
+    [ -f "$DM_DIR/loop.pid" ] || return 1
+    read -r pid recorded < "$DM_DIR/loop.pid" || [ -n "${pid:-}" ] || return 1
+    case "$pid" in ''|*[!0-9]*) return 1 ;; esac
+    if [ -r /proc/self/stat ]; then
+        [ -n "${recorded:-}" ] && [ "$(process_identity "$pid")" = "$recorded" ]
+    else
+        kill -0 "$pid" 2>/dev/null
+    fi
+}
+if loop_running; then
+    note "the agent's restart loop is already running (pid $(cut -d' ' -f1 "$DM_DIR/loop.pid"))"
     exit 0
 fi
 
@@ -90,5 +112,5 @@ run_agent_forever() {
 }
 
 ( install_agent && run_agent_forever ) < /dev/null >> "$LOG" 2>&1 &
-echo $! > "$DM_DIR/loop.pid"
+echo "$! $(process_identity $!)" > "$DM_DIR/loop.pid"
 note "restart loop started (pid $!); agent log: $LOG"

@@ -1,4 +1,4 @@
-"""Dashboard sessions that were logged out: refused by every server process until they expire."""
+"""Logged-out dashboard sessions, by their random id: refused by every process until expiry."""
 
 from __future__ import annotations
 
@@ -13,27 +13,27 @@ from depman.core.clock import utcnow
 from depman.store.models import RevokedSession
 
 
-def session_digest(cookie: str) -> str:
-    """What is stored of a revoked cookie: never the cookie itself."""
-    return hashlib.sha256(cookie.encode()).hexdigest()
+def session_digest(session_id: str) -> str:
+    """What is stored of a revoked session: never the id itself."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def revoke(cookie: str, expires_epoch: int, *, session: Session) -> None:
-    """Refuse `cookie` from now on; forget revocations that expired on their own."""
+def revoke(session_id: str, expires_epoch: int, *, session: Session) -> None:
+    """Refuse the session `session_id` from now on; forget revocations that expired."""
     now = utcnow()
     session.execute(delete(RevokedSession).where(RevokedSession.expires_at < now))
     expires = datetime.fromtimestamp(expires_epoch, UTC)
-    if session.get(RevokedSession, session_digest(cookie)) is None:
-        session.add(RevokedSession(digest=session_digest(cookie), expires_at=expires))
+    if session.get(RevokedSession, session_digest(session_id)) is None:
+        session.add(RevokedSession(digest=session_digest(session_id), expires_at=expires))
     try:
         session.flush()
     except IntegrityError:  # revoked concurrently by another logout: done either way
         session.rollback()
 
 
-def is_revoked(cookie: str, *, session: Session) -> bool:
-    """Whether `cookie` was logged out."""
-    digest = session_digest(cookie)
+def is_revoked(session_id: str, *, session: Session) -> bool:
+    """Whether the session `session_id` was logged out."""
+    digest = session_digest(session_id)
     return (
         session.scalar(select(RevokedSession.digest).where(RevokedSession.digest == digest))
         is not None

@@ -34,6 +34,7 @@ from depman.server.api import (
     jobs,
     metrics,
 )
+from depman.server.auth import holds_operator_token
 from depman.server.auth_failures import AuthFailures
 from depman.server.errors import install_error_handlers
 from depman.server.guard import RequestGuard
@@ -178,4 +179,5 @@ def served_app(app: FastAPI) -> ASGIApp:
         agent_max=settings.agent_max_body_bytes,
         other_max=settings.admin_max_body_bytes,
         refused=app.state.metrics.refused,
+        operator=lambda authorization: holds_operator_token(app.state.depman, authorization),
     )

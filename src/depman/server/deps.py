@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from depman.server.agent_gateway.pipeline import Pipeline
 from depman.server.agent_gateway.write_behind import flush_beats
-from depman.server.auth import attempt, bearer_token, check_admin
+from depman.server.auth import ADMIN_TOKEN, SUBMIT_TOKEN, attempt, bearer_token, check_admin
 from depman.server.state import ServerState, client_address, server_state
 
 
@@ -53,15 +53,18 @@ async def require_admin(
 ) -> None:
     """Admin endpoints: `Authorization: Bearer $DEPMAN_ADMIN_TOKEN`."""
     state = server_state(request)
-    with attempt(state, "admin", client_address(request)):
-        check_admin(state, token)
+    with attempt(state, "admin", client_address(request), (ADMIN_TOKEN,)) as tried:
+        tried.kind = check_admin(state, token)
 
 
 async def require_jobs(request: Request, token: Annotated[str | None, Depends(get_bearer)]) -> None:
     """Job endpoints: the admin token or the submit token."""
     state = server_state(request)
-    with attempt(state, "admin", client_address(request)):
-        check_admin(state, token, allow_submit=True)
+    # A wrong token here is a guess at either; a submit token's success forgives
+    # only submit-token failures, so it cannot reset admin-token guessing.
+    kinds = (ADMIN_TOKEN, SUBMIT_TOKEN)
+    with attempt(state, "admin", client_address(request), kinds) as tried:
+        tried.kind = check_admin(state, token, allow_submit=True)
 
 
 async def get_state(request: Request) -> ServerState:

@@ -1,15 +1,21 @@
 """The outermost ASGI layer: refuse oversized bodies and control characters in URLs.
 
 It runs before the agent gateway, FastAPI, parsing and authentication, so an
-anonymous client cannot make the server buffer or parse more than a route's
-limit (agent routes `agent_max_body_bytes`, the rest `admin_max_body_bytes`):
+anonymous client cannot make the server buffer or parse more than a small bound:
 
+- agent routes take bodies up to `agent_max_body_bytes`; every other route up to
+  `PREAUTH_BODY_BYTES` unless the request carries the admin or submit token as
+  its bearer, and then up to its own limit (`admin_max_body_bytes`, the agent
+  build maximum for build uploads). A wrong or missing token keeps the small
+  bound, so nothing big is read before authentication;
 - a declared `Content-Length` over the limit is answered 413 and the connection
   closed. Up to `DRAIN_BYTES` past the limit the body is read and dropped first (chunk by chunk,
   nothing kept), so the client, still sending, gets the answer rather than a
   reset; beyond that not a byte of it is read;
-- a body without a length (chunked) is read up to the limit and handed on; one
-  byte more and it is answered 413;
+- a body without a length (chunked) is not read here: the bytes the app reads
+  are counted, and one byte past the limit ends the request with 413. An app
+  that refuses the caller first (an upload route checks its token before it
+  reads) never reads the body at all;
 - a path or query that decodes to a control character (`%00`, a newline) is
   answered 400: no id with one exists, and the database or the log would choke
   on it further in.
@@ -18,6 +24,7 @@ limit (agent routes `agent_max_body_bytes`, the rest `admin_max_body_bytes`):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -29,6 +36,9 @@ from depman.server.errors import error_body
 AGENT_PREFIX = "/api/dependencies/"
 BUILD_UPLOAD_PREFIX = "/api/admin/agent-builds/"
 DRAIN_BYTES = 16 * 1024 * 1024
+# What an unauthenticated caller may send to a non-agent route: every dashboard
+# form and a login fit many times over.
+PREAUTH_BODY_BYTES = 64 * 1024
 _CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 _CONTROL_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -67,13 +77,32 @@ async def send_error(send: Send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestGuard:
-    """ASGI middleware (see the module docstring); `refused` counts refusals by reason."""
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
 
-    def __init__(self, app: ASGIApp, *, agent_max: int, other_max: int, refused: Any) -> None:
+
+class RequestGuard:
+    """ASGI middleware (see the module docstring); `refused` counts refusals by reason.
+
+    `operator` tells whether an `Authorization` header holds the admin or submit token.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        agent_max: int,
+        other_max: int,
+        refused: Any,
+        operator: Callable[[str | None], bool],
+    ) -> None:
         self.app = app
         self.agent_max = agent_max
         self.other_max = other_max
+        self.operator = operator
         self._too_large = refused.labels("body_too_large")
         self._bad_url = refused.labels("control_characters")
 
@@ -87,6 +116,13 @@ class RequestGuard:
             await send_error(send, 400, "bad_request", "the URL holds control characters")
             return
         limit = body_limit(path, self.agent_max, self.other_max)
+        anonymous = (
+            limit > PREAUTH_BODY_BYTES
+            and not path.startswith(AGENT_PREFIX)
+            and not self.operator(_authorization(scope))
+        )
+        if anonymous:
+            limit = PREAUTH_BODY_BYTES
         declared: bytes | None = None
         chunked = False
         for name, value in scope["headers"]:
@@ -102,38 +138,63 @@ class RequestGuard:
             if int(declared) > limit:
                 if int(declared) <= limit + DRAIN_BYTES:
                     await _drain(receive)
-                await self._refuse(send, limit)
+                await self._refuse(send, limit, anonymous)
                 return
         elif chunked:
-            body = await _read_within(receive, limit)
-            if body is None:
-                await self._refuse(send, limit)
-                return
-            receive = replay_body(body, receive)
+            await self._counted(scope, receive, send, limit, anonymous)
+            return
         await self.app(scope, receive, send)
 
-    async def _refuse(self, send: Send, limit: int) -> None:
+    async def _counted(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, anonymous: bool
+    ) -> None:
+        """Run the app on a body of unknown length, ending it with 413 past `limit`.
+
+        Past the limit the app is told the client left; whatever it answers (or
+        raises) then is dropped, and the refusal is sent in its place.
+        """
+        size = 0
+        over = False
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal size, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await self._refuse(send, limit, anonymous)
+
+    async def _refuse(self, send: Send, limit: int, anonymous: bool) -> None:
         self._too_large.inc()
-        await send_error(
-            send, 413, "too_large", f"the request body exceeds this route's limit of {limit} bytes"
-        )
-
-
-async def _read_within(receive: Receive, limit: int) -> bytes | None:
-    """The whole body if it is at most `limit` bytes; None once it grows past it."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)  # the client left; the app's receive says so again
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        if anonymous:
+            message = (
+                f"the request body exceeds {limit} bytes, the most read without "
+                "the admin or submit token"
+            )
+        else:
+            message = f"the request body exceeds this route's limit of {limit} bytes"
+        await send_error(send, 413, "too_large", message)
 
 
 async def _drain(receive: Receive) -> None:

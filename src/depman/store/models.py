@@ -336,7 +336,7 @@ class AgentBuild(Base):
 
 
 class RevokedSession(Base):
-    """A dashboard session cookie logged out before its expiry (by its signature's digest)."""
+    """A dashboard session logged out before its expiry (by its session id's digest)."""
 
     __tablename__ = "revoked_sessions"
 

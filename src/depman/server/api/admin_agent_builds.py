@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import tempfile
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from depman.core import agent_builds
 from depman.core.agent_builds import MAX_BUILD_BYTES, BuildStatus, BuildTarget
 from depman.core.clock import isoformat
-from depman.errors import BuildTooLarge, NotFound
+from depman.errors import BuildTooLarge, NotFound, UploadCut
 from depman.server.agent_updates import BUILD_PATH, base_url
 from depman.server.deps import AdminDep, ReadSessionDep, SessionDep
 from depman.server.schemas import ApiModel, ErrorResponse
@@ -78,20 +80,25 @@ def _status_of(server_type: str, session: Any) -> BuildStatus:
     raise NotFound(f"no agent build is published for server type {server_type!r}")
 
 
-async def _read_limited(request: Request) -> bytes:
-    chunks: list[bytes] = []
+async def _spool(request: Request, spool: BinaryIO) -> None:
+    """The body into `spool`, chunk by chunk: never held in memory whole while it arrives."""
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BUILD_BYTES:
-            raise BuildTooLarge(f"the agent build is over {MAX_BUILD_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BUILD_BYTES:
+                raise BuildTooLarge(f"the agent build is over {MAX_BUILD_BYTES} bytes")
+            if chunk:
+                await run_in_threadpool(spool.write, chunk)
+    except ClientDisconnect as exc:
+        raise UploadCut(f"the upload ended after {size} bytes, before its end") from exc
 
 
 def _publish(
-    state: ServerState, server_type: str, data: bytes, version: str | None, percent: int
+    state: ServerState, server_type: str, spool: BinaryIO, version: str | None, percent: int
 ) -> BuildStatus:
+    spool.seek(0)
+    data = spool.read()  # the database keeps the bytes: one copy, once the upload is whole
     with state.db.session() as session:
         agent_builds.publish_build(
             server_type, data, version=version, rollout_percent=percent, session=session
@@ -117,10 +124,16 @@ async def publish_agent_build(
     version: Annotated[str | None, Query(max_length=100, pattern=NO_CONTROLS_PATTERN)] = None,
     rollout_percent: Annotated[int, Query(alias="rolloutPercent", ge=0, le=100)] = 100,
 ) -> dict[str, Any]:
-    """Publish the request body (the agent file) for `server_type`, replacing its build."""
+    """Publish the request body (the agent file) for `server_type`, replacing its build.
+
+    The admin token is checked (the router's dependency) before a byte is read.
+    """
     state = server_state(request)
-    data = await _read_limited(request)
-    status = await run_in_threadpool(_publish, state, server_type, data, version, rollout_percent)
+    with tempfile.TemporaryFile(prefix="depman-build-") as spool:
+        await _spool(request, spool)
+        status = await run_in_threadpool(
+            _publish, state, server_type, spool, version, rollout_percent
+        )
     return build_document(status.target, base_url(state, request.scope), status)
 
 

@@ -1,7 +1,7 @@
 """Cross-site request forgery protection of the dashboard's action forms.
 
-Every form carries a token bound to the visitor's session cookie: an HMAC of the
-cookie value under the admin token, so it needs no server-side storage, dies with
+Every form carries a token bound to the visitor's session: an HMAC of the session's
+random id under the admin token, so it needs no server-side storage, dies with
 the session, and a page of another site can neither read nor guess it. The
 session cookie is also `SameSite=Strict`, and a cross-site `Origin` is refused
 outright. A request authenticated by an `Authorization: Bearer` header (scripts,
@@ -29,10 +29,12 @@ class CsrfRejected(Exception):
 def csrf_token(request: Request) -> str:
     """The token the forms of this visitor's pages carry ('' without a session)."""
     token = auth.admin_token(request)
-    cookie = request.cookies.get(auth.COOKIE_NAME)
-    if not token or not cookie:
+    # Revocation is the page dependency's check; here the parsed id is what counts.
+    current = auth.verified_session(request.cookies.get(auth.COOKIE_NAME), token)
+    if not token or current is None:
         return ""
-    return hmac.new(token.encode(), _CONTEXT + cookie.encode(), hashlib.sha256).hexdigest()
+    message = _CONTEXT + current.session_id.encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def _same_origin(request: Request) -> bool:

@@ -7,7 +7,6 @@ changes; `static/dashboard.js` polls it and swaps it in.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -249,11 +248,13 @@ def login_submit(
 @public.post("/logout")
 def logout(request: Request) -> Response:
     """Revoke the session (every server process refuses it from now on); drop the cookie."""
-    cookie = request.cookies.get(auth.COOKIE_NAME)
-    expires = auth.session_expiry(cookie)
-    if cookie is not None and expires is not None and expires > time.time():
+    # Only a session this server signed is recorded: a forged cookie cannot fill the table.
+    current = auth.verified_session(
+        request.cookies.get(auth.COOKIE_NAME), auth.admin_token(request)
+    )
+    if current is not None:
         with server_state(request).db.session() as session:
-            revoke(cookie, expires, session=session)
+            revoke(current.session_id, current.expires, session=session)
             session.commit()
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(auth.COOKIE_NAME, path="/", httponly=True, samesite="strict")
