@@ -35,8 +35,6 @@ IGNORE_NAMES = [
     "process_bind_param", "process_result_value",  # SQLAlchemy TypeDecorator
     "upgrade", "downgrade",  # Alembic revisions
     "pytest_*",  # pytest hooks
-    # SelfUpdater.at_start re-arms the watchdog at start-up; drop once the agent calls it.
-    "at_start",
 ]
 TEMPLATES = ROOT / "src" / "depman" / "server" / "dashboard" / "templates"
 TEMPLATE_ATTRIBUTE = re.compile(r"\.\s*([A-Za-z_]\w*)")
