@@ -7,7 +7,14 @@ import threading
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from depman.client.api import AdminClient, JsonDoc
@@ -119,7 +126,7 @@ def wait_for_fills(client: AdminClient, dep_ids: list[str], console: Console) ->
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TextColumn("{task.fields[state]}"),
                   console=console, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         while True:
             entries = {str(e["depId"]): e for e in client.mirror_status().get("deps") or []}
             missing = [d for d in dep_ids if d not in entries]
@@ -133,7 +140,7 @@ def wait_for_fills(client: AdminClient, dep_ids: list[str], console: Console) ->
             pause.wait(POLL_SECONDS)
 
 
-def _show(progress: Progress, tasks: dict[str, int], entry: JsonDoc) -> None:
+def _show(progress: Progress, tasks: dict[str, TaskID], entry: JsonDoc) -> None:
     dep_id = str(entry["depId"])
     total = entry.get("sizeBytes")
     state = str(entry.get("state"))

@@ -1,0 +1,156 @@
+"""The fleet mirror on a real S3 API (moto's server): fill, hand out, refuse wrong bytes.
+
+One server (SQLite, DEPMAN_MIRROR_FILL=manual) on an S3 bucket for the module; an
+origin on loopback is every dep's upstream, and counts what it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent.running import wait_until
+from tests.mirror.helpers import (
+    MiB,
+    blob,
+    depman_cli,
+    fetch,
+    installed,
+    metric,
+    put_dep,
+    put_type,
+    start_agents,
+)
+from tests.server.v1_client import V1Client
+from tests.support.origin import ModelOrigin
+from tests.support.s3 import S3Server
+from tests.support.server import RunningServer, run_server
+
+BUCKET = "fleet-mirror"
+PREFIX = "depman/models"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with S3Server() as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[ModelOrigin]:
+    with ModelOrigin() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def plane(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("mirror")
+    env = s3.server_env(f"s3://{BUCKET}/{PREFIX}", DEPMAN_MIRROR_FILL="manual",
+                        DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.5",
+                        DEPMAN_MIRROR_PART_BYTES=str(5 * MiB),
+                        DEPMAN_MIRROR_RETRY_SECONDS="600")
+    with run_server(f"sqlite:///{tmp / 'depman.db'}", extra_env=env, cwd=tmp) as server:
+        yield server
+
+
+def entry(server: RunningServer, dep_id: str) -> dict[str, Any]:
+    status, body = server.admin("GET", "/admin/mirror")
+    assert status == 200, body
+    return next(e for e in body["deps"] if e["depId"] == dep_id)
+
+
+def test_fill_then_three_agents_and_a_field_agent_prefetch_from_the_mirror(
+    plane: RunningServer, s3: S3Server, origin: ModelOrigin, tmp_path: Path
+) -> None:
+    data, sha = blob(12 * MiB + 5)  # three parts of 5 MiB at most
+    origin.add("/hf/big.bin", data)
+    put_dep(plane, "big", origin, "/hf/big.bin", data)
+    assert entry(plane, "big")["state"] == "missing"  # manual: nothing filled by itself
+
+    out = depman_cli(plane, "mirror", "fill", "big", "--wait")
+    assert "1 stored in the mirror, 0 failed" in out, out
+    key = f"{PREFIX}/sha256/{sha}"
+    assert s3.keys(BUCKET) == [key]
+    assert hashlib.sha256(s3.read(BUCKET, key)).hexdigest() == sha
+    assert origin.bytes_served("/hf/big.bin") == len(data)  # fetched once
+    status_out = depman_cli(plane, "mirror", "status")
+    assert "1 stored" in status_out and "agents fetch from 127.0.0.1" in status_out, status_out
+
+    # Three new instances of a type prefetch it: every byte from the mirror.
+    put_type(plane, "mt", ["big"])
+    agents = start_agents(plane, tmp_path, "mt", 3)
+    try:
+        ids = [f"mt-i{n}" for n in range(3)]
+        assert wait_until(lambda: all("big" in installed(plane, i) for i in ids), 90), [
+            a.log() for a in agents]
+        for n in range(3):
+            target = tmp_path / f"ws-mt-{n}" / "ComfyUI/models/checkpoints/big.safetensors"
+            assert target.read_bytes() == data
+    finally:
+        for agent in agents:
+            agent.__exit__(None, None, None)
+    assert origin.bytes_served("/hf/big.bin") == len(data)  # zero upstream bytes since
+
+    # A 0.2.0 field agent knows one URL: the mirror's, presigned.
+    put(plane, "/admin/instances/fa-020", {"ip": None, "serverType": "mt"})
+    field = V1Client(plane.base_url, "mt", plane.shared_secret)
+    field.register(instance_id="fa-020", agent_version="0.2.0")
+    field.heartbeat()
+    items = field.poll()
+    assert [i["depId"] for i in items] == ["big"]
+    resolved = items[0]["resolved"]
+    assert resolved["url"].startswith(s3.endpoint_url + f"/{BUCKET}/{PREFIX}/sha256/{sha}?")
+    assert "X-Amz-Signature=" in resolved["url"] and resolved["auth"] == "none"
+    assert resolved["mirror"] is True and resolved["sources"] == [origin.url("/hf/big.bin")]
+    field.status(items[0], "running")
+    assert hashlib.sha256(fetch(resolved["url"])).hexdigest() == sha
+    field.status(items[0], "succeeded")
+    field.installed_static.append("big")
+    field.heartbeat()
+    assert origin.bytes_served("/hf/big.bin") == len(data)
+
+    # Accounting: four downloads served by the mirror, none by the upstream.
+    assert metric(plane, 'depman_source_bytes_total{kind="mirror"}') == 4 * len(data)
+    assert metric(plane, 'depman_source_bytes_total{kind="upstream"}') == 0
+    status, body = plane.admin("GET", "/admin/instances/fa-020")
+    assert body["sourceBytes"] == {"mirror": len(data), "upstream": 0}
+
+
+def test_wrong_bytes_never_become_an_object(
+    plane: RunningServer, s3: S3Server, origin: ModelOrigin
+) -> None:
+    data, sha = blob(6 * MiB)
+    origin.add("/hf/liar.bin", data, corrupt="always")  # right length, other bytes
+    put_dep(plane, "liar", origin, "/hf/liar.bin", data)
+    before = set(s3.keys(BUCKET))
+    out = depman_cli(plane, "mirror", "fill", "liar")
+    assert "Asked the server to fill 1 deps" in out
+    assert wait_until(lambda: entry(plane, "liar")["state"] == "failed", 60)
+    shown = entry(plane, "liar")
+    assert "sha256 mismatch" in shown["error"] and shown["nextAttemptAt"]
+    assert set(s3.keys(BUCKET)) == before
+    assert f"{PREFIX}/sha256/{sha}" not in s3.uploads(BUCKET)  # the upload was aborted
+    assert "failed" in depman_cli(plane, "mirror", "status")
+    assert "AWS" not in plane.logs() and "test-secret-key" not in plane.logs()
+
+
+def test_a_dep_without_sha256_is_refused(plane: RunningServer, origin: ModelOrigin) -> None:
+    origin.add("/hf/nosha.bin", b"x" * 100)
+    status, body = plane.admin("PUT", "/admin/deps/nosha", {
+        "url": origin.url("/hf/nosha.bin"), "auth": "none", "kind": "dynamic",
+        "destRelativePath": "models/loras/nosha.bin"})
+    assert status == 200, body
+    status, body = plane.admin("POST", "/admin/mirror/fill", {"depIds": ["nosha", "ghost"]})
+    assert status == 200, body
+    assert body["requested"] == []
+    assert "no sha256" in body["refused"]["nosha"] and body["refused"]["ghost"] == "no such dep"
+
+
+def put(server: RunningServer, path: str, body: dict[str, Any]) -> None:
+    status, answer = server.admin("PUT", path, body)
+    assert status == 200, answer
