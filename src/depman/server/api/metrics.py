@@ -15,13 +15,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from depman.core import jobs, queue
 from depman.core.clock import utcnow
+from depman.core.source_bytes import fleet_source_bytes
 from depman.core.states import ItemState, JobState
 from depman.server.pauses import PauseWatch
 from depman.server.schemas.telemetry import TRIMMED
@@ -37,7 +38,7 @@ class StoreCollector(Collector):
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         cutoff = utcnow() - timedelta(seconds=self._state.policy.live_ttl_seconds)
         with self._state.db.read_session() as session:
             live = session.scalar(
@@ -48,6 +49,7 @@ class StoreCollector(Collector):
             total = session.scalar(select(func.count()).select_from(Instance))
             items = queue.count_by_state(session=session)
             job_counts = jobs.count_by_state(session=session)
+            source_bytes = fleet_source_bytes(session=session)
         yield GaugeMetricFamily(
             "depman_instances_live", "Instances with a fresh heartbeat.", value=live or 0
         )
@@ -60,6 +62,14 @@ class StoreCollector(Collector):
         for j in JobState:
             family.add_metric([j.value], job_counts.get(j.value, 0))
         yield family
+        counter = CounterMetricFamily(
+            "depman_source_bytes",
+            "Bytes the fleet's downloads received, by source kind (mirror, upstream).",
+            labels=["kind"],
+        )
+        for kind, value in source_bytes.items():
+            counter.add_metric([kind], value)
+        yield counter
 
 
 class Metrics:
