@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.agent.running import wait_until
@@ -154,3 +155,34 @@ def test_a_dep_without_sha256_is_refused(plane: RunningServer, origin: ModelOrig
 def put(server: RunningServer, path: str, body: dict[str, Any]) -> None:
     status, answer = server.admin("PUT", path, body)
     assert status == 200, answer
+
+
+def test_a_jobs_download_from_the_mirror_is_counted_for_the_job(
+    plane: RunningServer, s3: S3Server, origin: ModelOrigin
+) -> None:
+    data, _sha = blob(MiB)
+    origin.add("/hf/lora.bin", data)
+    put_dep(plane, "lora", origin, "/hf/lora.bin", data, kind="dynamic",
+            destRelativePath="models/loras/lora.safetensors")
+    depman_cli(plane, "mirror", "fill", "lora", "--wait")
+    put_type(plane, "jt", [])
+    put(plane, "/admin/instances/fa-job", {"ip": None, "serverType": "jt"})
+    field = V1Client(plane.base_url, "jt", plane.shared_secret)
+    field.register(instance_id="fa-job", agent_version="0.9.20")
+    field.heartbeat()
+    status, job = plane.admin("POST", "/jobs", {"serverType": "jt", "depIds": ["lora"]})
+    assert status == 200, job
+    [item] = field.poll()
+    field.status(item, "running")
+    assert fetch(item["resolved"]["url"]) == data
+    field.status(item, "succeeded")
+    field.installed_dynamic.append("lora")
+    field.heartbeat()
+    status, body = plane.admin("GET", f"/jobs/{job['jobId']}")
+    assert body["sourceBytes"] == {"mirror": len(data), "upstream": 0}, body
+    jobs_out = depman_cli(plane, "get", "jobs")
+    assert "MIRROR / UPSTREAM" in jobs_out and "1.0 MiB / 0 B" in jobs_out, jobs_out
+    with httpx.Client(base_url=plane.root_url, follow_redirects=True) as browser:
+        browser.post("/login", data={"token": plane.admin_token, "next": "/"})
+        page = browser.get("/").text
+    assert "Upstream bytes" in page and "mirror served 100%" in page, page
