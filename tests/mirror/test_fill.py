@@ -118,7 +118,7 @@ def test_fill_then_three_agents_and_a_field_agent_prefetch_from_the_mirror(
     # Accounting: four downloads served by the mirror, none by the upstream.
     assert metric(plane, 'depman_source_bytes_total{kind="mirror"}') == 4 * len(data)
     assert metric(plane, 'depman_source_bytes_total{kind="upstream"}') == 0
-    status, body = plane.admin("GET", "/admin/instances/fa-020")
+    _status, body = plane.admin("GET", "/admin/instances/fa-020")
     assert body["sourceBytes"] == {"mirror": len(data), "upstream": 0}
 
 

@@ -81,12 +81,13 @@ def want_new_entries(*, session: Session, now: datetime | None = None) -> int:
     known = select(MirrorObject.sha256)
     deps = session.scalars(
         select(Dep)
-        .where(Dep.sha256.is_not(None), Dep.files.is_(None), Dep.sha256.not_in(known))
+        .where(Dep.sha256.is_not(None), Dep.sha256.not_in(known))
         .order_by(Dep.created_at, Dep.dep_id)
     ).all()
     added = 0
     for dep in deps:
-        if session.get(MirrorObject, dep.sha256) is None:
+        # `files` is JSON: a single file's is JSON null, which SQL IS NULL does not match.
+        if mirrorable(dep) and session.get(MirrorObject, dep.sha256) is None:
             _want(dep, session=session, now=now, again=False)
             added += 1
     return added

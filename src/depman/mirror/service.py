@@ -89,19 +89,26 @@ class MirrorService:
         return self._probe(sha256, size)
 
     def _probe(self, sha256: str, size: int | None) -> Filled:
+        # A one-byte ranged GET, not a HEAD: some static hosts and presigned
+        # front-ends answer HEAD differently from GET, or not at all.
         url = self.location.public_url(sha256)
+        headers = {"User-Agent": USER_AGENT, "Range": "bytes=0-0"}
         try:
-            response = httpx.head(url, timeout=TIMEOUT, follow_redirects=True,
-                                  headers={"User-Agent": USER_AGENT})
+            with httpx.stream("GET", url, timeout=TIMEOUT, follow_redirects=True,
+                              headers=headers) as response:
+                status = response.status_code
+                if status == 206:
+                    total = response.headers.get("content-range", "").rpartition("/")[2]
+                else:
+                    total = response.headers.get("content-length", "")
         except httpx.HTTPError as exc:
             raise FillError(f"mirror unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 404:
+        if status == 404:
             raise FillError("not in the read-only mirror")
-        if response.status_code != 200:
-            raise FillError(f"mirror answered HTTP {response.status_code}")
-        length = response.headers.get("content-length", "")
-        if not length.isdigit():
-            raise FillError("mirror answered no Content-Length")
-        if size is not None and int(length) != size:
-            raise FillError(f"mirror holds {length} bytes, the catalog says {size}")
-        return Filled(int(length), None)
+        if status not in (200, 206):
+            raise FillError(f"mirror answered HTTP {status}")
+        if not total.isdigit():
+            raise FillError("mirror answered no size")
+        if size is not None and int(total) != size:
+            raise FillError(f"mirror holds {total} bytes, the catalog says {size}")
+        return Filled(int(total), None)
