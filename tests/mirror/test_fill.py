@@ -108,6 +108,8 @@ def test_fill_then_three_agents_and_a_field_agent_prefetch_from_the_mirror(
     assert resolved["url"].startswith(s3.endpoint_url + f"/{BUCKET}/{PREFIX}/sha256/{sha}?")
     assert "X-Amz-Signature=" in resolved["url"] and resolved["auth"] == "none"
     assert resolved["mirror"] is True and resolved["sources"] == [origin.url("/hf/big.bin")]
+    checked = field.queue_item(items[0]["itemId"])["resolved"]  # 0.9.14+'s item check
+    assert checked["mirror"] is True and "X-Amz-Signature=" in checked["url"]
     field.status(items[0], "running")
     assert hashlib.sha256(fetch(resolved["url"])).hexdigest() == sha
     field.status(items[0], "succeeded")
