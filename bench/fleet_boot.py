@@ -41,6 +41,15 @@ BUCKET = "fleet-boot"
 RETRY_BACKOFF_SECONDS = "5"
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """Agents drop connections they no longer need (a source given up on): no traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class CappedUpstream:
     """Files from disk; K requests at a time, 429 past that; counts bytes and 429s."""
 
@@ -101,8 +110,7 @@ class CappedUpstream:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, name: str) -> str:

@@ -203,8 +203,15 @@ class ServerSettings(BaseSettings):
         description="A failed mirror fill is tried again after this long, doubling with each "
         "failure in a row up to an hour.",
     )
+    mirror_fill_concurrency: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Files the server copies into the mirror at once (each holds one part "
+        "in memory).",
+    )
     mirror_part_bytes: int = Field(
-        64 * MIB,
+        32 * MIB,
         ge=5 * MIB,
         le=5 * 1024 * MIB,
         description="Part size of the multipart uploads that fill the mirror (memory per fill).",

@@ -108,7 +108,7 @@ def test_fill_then_three_agents_and_a_field_agent_prefetch_from_the_mirror(
     assert resolved["url"].startswith(s3.endpoint_url + f"/{BUCKET}/{PREFIX}/sha256/{sha}?")
     assert "X-Amz-Signature=" in resolved["url"] and resolved["auth"] == "none"
     assert resolved["mirror"] is True and resolved["sources"] == [origin.url("/hf/big.bin")]
-    checked = field.queue_item(items[0]["itemId"])["resolved"]  # 0.9.14+'s item check
+    checked = field.queue_item(items[0]["itemId"])["item"]["resolved"]  # 0.9.14+'s item check
     assert checked["mirror"] is True and "X-Amz-Signature=" in checked["url"]
     field.status(items[0], "running")
     assert hashlib.sha256(fetch(resolved["url"])).hexdigest() == sha
@@ -188,3 +188,34 @@ def test_a_jobs_download_from_the_mirror_is_counted_for_the_job(
         browser.post("/login", data={"token": plane.admin_token, "next": "/"})
         page = browser.get("/").text
     assert "Upstream bytes" in page and "mirror served 100%" in page, page
+
+
+def test_the_depman_agents_byte_counts_are_stored_as_sent(
+    plane: RunningServer, origin: ModelOrigin
+) -> None:
+    data, _sha = blob(1000)
+    origin.add("/hf/counted.bin", data)
+    put_dep(plane, "counted", origin, "/hf/counted.bin", data)
+    put_type(plane, "ct", ["counted"])
+    put(plane, "/admin/instances/ct-1", {"ip": None, "serverType": "ct"})
+    client = V1Client(plane.base_url, "ct", plane.shared_secret)
+    client.register(instance_id="ct-1", agent_version="depman/0.3")
+    [item] = client.poll()
+
+    def report(state: str, **extra: Any) -> tuple[int, Any]:
+        return plane.request("POST", "/api/dependencies/status", {
+            "instanceId": "ct-1", "itemId": item["itemId"], "depId": "counted",
+            "state": state, **extra}, {"Authorization": f"Bearer {client.token}"})
+
+    status, body = report("succeeded", bytesBySource={"mirror": -1, "upstream": 0})
+    assert status == 422, body
+    status, body = report("running")
+    assert status == 200, body
+    # An unknown kind (a later agent's) is accepted and kept out of the accounting.
+    status, body = report("succeeded", servedBy={"kind": "cdn", "host": "x" * 400},
+                          bytesBySource={"mirror": 300, "upstream": 1700})
+    assert status == 200 and body["applied"], body
+    status, again = report("succeeded", bytesBySource={"mirror": 300, "upstream": 1700})
+    assert status == 200 and not again["applied"]  # a repeated report counts once
+    _status, shown = plane.admin("GET", "/admin/instances/ct-1")
+    assert shown["sourceBytes"] == {"mirror": 300, "upstream": 1700}

@@ -1,4 +1,4 @@
-"""The mirror on PostgreSQL: two server processes, one fill (the advisory lock), both hand it out."""
+"""The mirror on PostgreSQL: two server processes, one fill (the advisory lock), both hand out."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from depman.mirror.location import MirrorLocation
 
 # Parts of a multipart upload (S3 wants 5 MiB at least for every part but the last).
-DEFAULT_PART_BYTES = 64 * 1024 * 1024
+DEFAULT_PART_BYTES = 32 * 1024 * 1024
 MIN_PART_BYTES = 5 * 1024 * 1024
 
 
@@ -110,7 +110,7 @@ class Upload:
     upload_id: str
     parts: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_part(self, data: bytes) -> None:
+    def add_part(self, data: bytes | bytearray) -> None:
         number = len(self.parts) + 1
         answer = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data

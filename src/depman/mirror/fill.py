@@ -25,6 +25,8 @@ PROGRESS_EVERY_SECONDS = 1.0
 # A body of these types is a login page or an API error, never a model file.
 NOT_A_FILE_TYPES = ("text/html", "application/json", "text/plain", "application/xml")
 TIMEOUT = httpx.Timeout(30.0, read=120.0)
+# S3 takes at most 10,000 parts; a margin for a size the catalog has wrong.
+MAX_PARTS = 9000
 
 
 class FillError(Exception):
@@ -101,8 +103,8 @@ def _copy(
     try:
         with http.stream("GET", upstream.url, headers=headers) as response:
             _check_response(response, size)
-            done = _stream_parts(response, upload.add_part, bucket.part_bytes, sha256, size,
-                                 progress, stop)
+            done = _stream_parts(response, upload.add_part, part_bytes_for(bucket, size),
+                                 sha256, size, progress, stop)
         upload.complete()
         completed = True
         return done
@@ -111,6 +113,13 @@ def _copy(
     finally:
         if not completed:
             upload.abort()
+
+
+def part_bytes_for(bucket: Bucket, size: int | None) -> int:
+    """The configured part size, raised for a file that would need more parts than S3 takes."""
+    if size is None:
+        return bucket.part_bytes
+    return max(bucket.part_bytes, -(-size // MAX_PARTS))
 
 
 def _check_response(response: httpx.Response, size: int | None) -> None:
@@ -126,7 +135,7 @@ def _check_response(response: httpx.Response, size: int | None) -> None:
 
 def _stream_parts(
     response: httpx.Response,
-    add_part: Callable[[bytes], None],
+    add_part: Callable[[bytearray], None],
     part_bytes: int,
     sha256: str,
     size: int | None,
@@ -146,9 +155,9 @@ def _stream_parts(
             raise FillError(f"body longer than the catalog's {size} bytes")
         part += chunk
         if len(part) >= part_bytes:
-            add_part(bytes(part))
+            add_part(part)
             parts += 1
-            part.clear()
+            part = bytearray()
         if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
             progress(done)
             last_progress = time.monotonic()
@@ -157,5 +166,5 @@ def _stream_parts(
     if hasher.hexdigest() != sha256:
         raise FillError("sha256 mismatch: other bytes than the catalog's")
     if part or not parts:
-        add_part(bytes(part))  # the last part (or the only one, which may be empty)
+        add_part(part)  # the last part (or the only one, which may be empty)
     return done

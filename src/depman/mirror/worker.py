@@ -33,13 +33,15 @@ PROGRESS_WRITE_SECONDS = 1.0
 
 
 class FillWorker:
-    """Runs fills until stopped; `wake()` makes it look for work now."""
+    """Runs up to `mirror_fill_concurrency` fills at once until stopped; `wake()` makes it
+    look for work now."""
 
     def __init__(self, service: MirrorService, db: Database, settings: ServerSettings) -> None:
         self.service = service
         self.db = db
         self.interval = settings.maintenance_interval_seconds
         self.retry_seconds = settings.mirror_retry_seconds
+        self.concurrency = settings.mirror_fill_concurrency
         self.tokens: dict[str, str | None] = {
             "hf_token": settings.hf_token.get_secret_value() if settings.hf_token else None,
             "civitai_token": (
@@ -48,39 +50,46 @@ class FillWorker:
         }
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._lock_conn: Connection | None = None
         self._holder = False
+        # One thread at a time takes the lock, and takes the next due object.
+        self._guard = threading.Lock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="depman-mirror-fill", daemon=True)
-        self._thread.start()
+        log.info("mirror: %s", self.service.describe())
+        for n in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._run, name=f"depman-mirror-fill-{n}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop: a fill in progress is abandoned (its upload aborted) and left due."""
+        """Stop: fills in progress are abandoned (their uploads aborted) and left due."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._guard:
+            self._drop_lock()
 
     def wake(self) -> None:
         self._wake.set()
 
     def _run(self) -> None:
-        log.info("mirror: %s", self.service.describe())
-        try:
-            while not self._stop.is_set():
-                worked = False
-                try:
-                    worked = self._hold_lock() and self._round()
-                except Exception:
-                    log.exception("mirror: fill round failed; trying again")
-                    self._drop_lock()
-                if not worked:
-                    self._wake.wait(self.interval)
-                    self._wake.clear()
-        finally:
-            self._drop_lock()
+        while not self._stop.is_set():
+            worked = False
+            try:
+                with self._guard:
+                    held = self._hold_lock()
+                worked = held and self._round()
+            except Exception:
+                log.exception("mirror: fill round failed; trying again")
+            if not worked:
+                self._wake.wait(self.interval)
+                self._wake.clear()
 
     # The lock ----------------------------------------------------------------
 
@@ -91,7 +100,14 @@ class FillWorker:
                 self._on_taking_over()
             return True
         if self._lock_conn is not None:
-            return True
+            try:
+                self._lock_conn.execute(text("SELECT 1"))
+                self._lock_conn.commit()
+                return True
+            except Exception:
+                log.warning("mirror: lost the fill lock's connection; taking the lock again")
+                self._lock_conn.close()
+                self._lock_conn = None
         conn = self.db.engine.connect()
         got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": FILL_LOCK_KEY})
                    .scalar())
@@ -127,11 +143,12 @@ class FillWorker:
     def _round(self) -> bool:
         """Take one due object and fill it; False when nothing was due."""
         with self.db.session() as session:
-            if self.service.fills_by_itself:
-                ledger.want_new_entries(session=session)
-            row = ledger.take_next(session=session)
+            with self._guard:
+                if self.service.fills_by_itself:
+                    ledger.want_new_entries(session=session)
+                row = ledger.take_next(session=session)
+                session.commit()  # `filling` before another thread looks
             if row is None:
-                session.commit()
                 return False
             sha, size, dep_id = row.sha256, row.size_bytes, row.dep_id
             upstreams = upstreams_of(
