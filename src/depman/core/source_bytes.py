@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.mirror import stored_before
@@ -44,14 +44,11 @@ def record_source_bytes(
         "upstream_bytes": Instance.upstream_bytes + upstream,
     }
     session.execute(update(Instance).where(Instance.instance_id == instance_id).values(added))
-    waiting = select(JobDep.job_id).where(JobDep.dep_id == dep_id)
+    # The instance's active jobs (an index), each probed for the dep by primary key.
+    needs_dep = exists().where(JobDep.job_id == Job.job_id, JobDep.dep_id == dep_id)
     session.execute(
         update(Job)
-        .where(
-            Job.instance_id == instance_id,
-            Job.state.in_(ACTIVE_JOB_STATES),
-            Job.job_id.in_(waiting),
-        )
+        .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES), needs_dep)
         .values(
             mirror_bytes=Job.mirror_bytes + mirror,
             upstream_bytes=Job.upstream_bytes + upstream,
