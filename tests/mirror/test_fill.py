@@ -142,6 +142,18 @@ def test_wrong_bytes_never_become_an_object(
     assert "AWS" not in plane.logs() and "test-secret-key" not in plane.logs()
 
 
+def test_a_fill_waits_out_a_short_429(
+    plane: RunningServer, s3: S3Server, origin: ModelOrigin
+) -> None:
+    data, sha = blob(MiB)
+    origin.add("/hf/busy.bin", data)
+    origin.fail_next("/hf/busy.bin", 429, count=2, retry_after=1)
+    put_dep(plane, "busy", origin, "/hf/busy.bin", data)
+    depman_cli(plane, "mirror", "fill", "busy", "--wait")
+    assert f"{PREFIX}/sha256/{sha}" in s3.keys(BUCKET)
+    assert len(origin.requests_for("/hf/busy.bin")) == 3  # two 429s, then the file
+
+
 def test_a_dep_without_sha256_is_refused(plane: RunningServer, origin: ModelOrigin) -> None:
     origin.add("/hf/nosha.bin", b"x" * 100)
     status, body = plane.admin("PUT", "/admin/deps/nosha", {

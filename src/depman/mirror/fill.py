@@ -25,12 +25,25 @@ PROGRESS_EVERY_SECONDS = 1.0
 # A body of these types is a login page or an API error, never a model file.
 NOT_A_FILE_TYPES = ("text/html", "application/json", "text/plain", "application/xml")
 TIMEOUT = httpx.Timeout(30.0, read=120.0)
+# A 429 is waited out (Retry-After) this many times per upstream when it asks for
+# no more than MAX_RETRY_AFTER seconds; a longer wait moves on to the next source.
+MAX_THROTTLED_WAITS = 20
+MAX_RETRY_AFTER = 60.0
+DEFAULT_RETRY_AFTER = 5.0
 # S3 takes at most 10,000 parts; a margin for a size the catalog has wrong.
 MAX_PARTS = 9000
 
 
 class FillError(Exception):
     """An upstream did not yield the file; the message names which and why."""
+
+
+class Throttled(FillError):
+    """The upstream answered 429: worth waiting `retry_after` seconds and asking again."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"HTTP 429 (Retry-After {retry_after:g}s)")
+        self.retry_after = retry_after
 
 
 class FillStopped(Exception):
@@ -73,16 +86,26 @@ def fill_object(
     with httpx.Client(timeout=TIMEOUT, follow_redirects=True,
                       headers={"User-Agent": user_agent}) as http:
         for upstream in upstreams:
-            with take_upstream_slot(upstream.host) as granted:
-                if not granted:
-                    busy += 1
-                    continue
-                try:
-                    done = _copy(http, bucket, sha256, size, upstream, progress, stop)
-                except FillError as exc:
-                    errors.append(f"{upstream.host}: {exc}")
-                    continue
-                return Filled(done, upstream.url)
+            for waits in range(MAX_THROTTLED_WAITS + 1):
+                with take_upstream_slot(upstream.host) as granted:
+                    if not granted:
+                        busy += 1
+                        break
+                    try:
+                        done = _copy(http, bucket, sha256, size, upstream, progress, stop)
+                    except Throttled as exc:
+                        if waits == MAX_THROTTLED_WAITS or exc.retry_after > MAX_RETRY_AFTER:
+                            errors.append(f"{upstream.host}: {exc}")
+                            break
+                        wait = exc.retry_after
+                    except FillError as exc:
+                        errors.append(f"{upstream.host}: {exc}")
+                        break
+                    else:
+                        return Filled(done, upstream.url)
+                # Waited out with the slot released: others may use the upstream meanwhile.
+                if stop.wait(wait):
+                    raise FillStopped()
     if busy and not errors:
         raise UpstreamBusy("every upstream is at its fleet-wide download cap")
     raise FillError("; ".join(errors))
@@ -98,21 +121,20 @@ def _copy(
     stop: threading.Event,
 ) -> int:
     headers = {"Authorization": upstream.authorization} if upstream.authorization else {}
-    upload = bucket.start_upload(sha256)
-    completed = False
     try:
         with http.stream("GET", upstream.url, headers=headers) as response:
             _check_response(response, size)
-            done = _stream_parts(response, upload.add_part, part_bytes_for(bucket, size),
-                                 sha256, size, progress, stop)
-        upload.complete()
-        completed = True
+            upload = bucket.start_upload(sha256)  # only for a body that may be the file
+            try:
+                done = _stream_parts(response, upload.add_part, part_bytes_for(bucket, size),
+                                     sha256, size, progress, stop)
+                upload.complete()
+            except BaseException:
+                upload.abort()
+                raise
         return done
     except httpx.HTTPError as exc:
         raise FillError(f"{type(exc).__name__}") from exc
-    finally:
-        if not completed:
-            upload.abort()
 
 
 def part_bytes_for(bucket: Bucket, size: int | None) -> int:
@@ -123,6 +145,8 @@ def part_bytes_for(bucket: Bucket, size: int | None) -> int:
 
 
 def _check_response(response: httpx.Response, size: int | None) -> None:
+    if response.status_code == 429:
+        raise Throttled(_retry_after(response.headers.get("retry-after")))
     if response.status_code != 200:
         raise FillError(f"HTTP {response.status_code}")
     content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -131,6 +155,13 @@ def _check_response(response: httpx.Response, size: int | None) -> None:
     length = response.headers.get("content-length")
     if size is not None and length is not None and length.isdigit() and int(length) != size:
         raise FillError(f"Content-Length {length}, the catalog says {size}")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a 429's Retry-After asks for (an HTTP date, or none: a short default)."""
+    if value and value.strip().isdigit():
+        return max(1.0, float(value.strip()))
+    return DEFAULT_RETRY_AFTER
 
 
 def _stream_parts(
