@@ -9,6 +9,7 @@ never become an object.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from depman.mirror.location import MirrorLocation
 # Parts of a multipart upload (S3 wants 5 MiB at least for every part but the last).
 DEFAULT_PART_BYTES = 32 * 1024 * 1024
 MIN_PART_BYTES = 5 * 1024 * 1024
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def s3_client(endpoint_url: str | None) -> Any:
@@ -30,6 +32,10 @@ def s3_client(endpoint_url: str | None) -> Any:
     Path-style addressing on a custom endpoint (MinIO and most others need it);
     SigV4 everywhere (R2 and B2 accept nothing else).
     """
+    # botocore's debug log prints request headers, Authorization included: never below
+    # warning, whatever DEPMAN_LOG_LEVEL says.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if endpoint_url and not region:
         region = "auto"  # R2's name; MinIO and B2 accept any
