@@ -16,7 +16,7 @@ import time
 
 from bench.common import REPO_ROOT, machine_info
 
-ORDER = ("placement", "inventory_check", "download", "dispatch", "fleet")
+ORDER = ("placement", "inventory_check", "download", "dispatch", "fleet_boot", "fleet")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,10 @@ queue_app = typer.Typer(help="Operator actions on queue items.", no_args_is_help
 instance_app = typer.Typer(help="Operator actions on instances.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(instance_app, name="instance")
+mirror_app = typer.Typer(
+    help="The fleet mirror: what it holds, and filling it.", no_args_is_help=True
+)
+app.add_typer(mirror_app, name="mirror")
 
 ServerOpt = Annotated[
     str,
@@ -326,6 +330,32 @@ DepArg = Annotated[str, typer.Argument(help="Dep id.")]
 ReasonOpt = Annotated[
     str, typer.Option("--reason", help="Why (the agent and the audit log see it).")
 ]
+
+
+@mirror_app.command("status")
+def mirror_status(server_url: ServerOpt = DEFAULT_SERVER_URL, token: TokenOpt = None) -> None:
+    """What the mirror holds, and which deps are missing, filling or failed."""
+    from depman.client.mirror import show_status
+
+    show_status(server_url=server_url, token=token)
+
+
+@mirror_app.command("fill")
+def mirror_fill(
+    dep_ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Deps to fill (default: every catalog entry).", show_default=False),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until each is stored or failed, showing progress.")
+    ] = False,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Ask the server to copy deps into the mirror now (failed ones again)."""
+    from depman.client.mirror import fill
+
+    fill(dep_ids or [], wait=wait, server_url=server_url, token=token)
 
 
 @queue_app.command("cancel")

@@ -7,6 +7,7 @@ description; `tests/server/test_settings.py` fails when one is undocumented in
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -173,6 +174,48 @@ class ServerSettings(BaseSettings):
     source_timeout_seconds: float = Field(
         30.0, gt=0, description="Time limit of each request that resolves a source."
     )
+    mirror_url: str | None = Field(
+        None,
+        description="The fleet mirror: s3://bucket/prefix (the server fills it and hands out "
+        "presigned URLs) or an https:// base of a read-only mirror someone else fills "
+        "(objects at <base>/sha256/<hex>). Unset: no mirror.",
+    )
+    mirror_endpoint_url: str | None = Field(
+        None,
+        description="S3 API endpoint of an s3:// mirror on R2, B2, MinIO or another "
+        "S3-compatible store (unset: AWS S3). Credentials come from AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and AWS_REGION.",
+    )
+    mirror_presign_seconds: int = Field(
+        12 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="Lifetime of the presigned mirror URL an agent gets with each queue item.",
+    )
+    mirror_fill: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: the server copies every catalog file that has a sha256 into a "
+        "writable mirror by itself; manual: only what `depman mirror fill` asks for.",
+    )
+    mirror_retry_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A failed mirror fill is tried again after this long, doubling with each "
+        "failure in a row up to an hour.",
+    )
+    mirror_fill_concurrency: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Files the server copies into the mirror at once (each holds one part "
+        "in memory).",
+    )
+    mirror_part_bytes: int = Field(
+        32 * MIB,
+        ge=5 * MIB,
+        le=5 * 1024 * MIB,
+        description="Part size of the multipart uploads that fill the mirror (memory per fill).",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     workers: int = Field(
         1,
@@ -290,6 +333,24 @@ class ServerSettings(BaseSettings):
             parts = urlsplit(self.public_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError(f"public_url must be an http(s) URL, got {self.public_url!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _mirror_url_is_known(self) -> ServerSettings:
+        # A typo would leave the fleet on the upstreams without a word.
+        if self.mirror_url:
+            parts = urlsplit(self.mirror_url)
+            if parts.scheme not in ("s3", "https", "http") or not parts.netloc:
+                raise ValueError(
+                    "mirror_url must be s3://bucket/prefix or an https:// base, "
+                    f"got {self.mirror_url!r}"
+                )
+        if self.mirror_endpoint_url:
+            parts = urlsplit(self.mirror_endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"mirror_endpoint_url must be an http(s) URL, got {self.mirror_endpoint_url!r}"
+                )
         return self
 
     @property

@@ -57,6 +57,11 @@ def test_dispatch_smoke(tmp_path: Path) -> None:
     assert "long-poll" in text and "v1 polling" in text
 
 
+def test_fleet_boot_smoke(tmp_path: Path) -> None:
+    text = run_smoke("fleet_boot", tmp_path, timeout=280.0)
+    assert "Fleet boot" in text and "x profile" in text and "v1 0.2.0" in text
+
+
 def test_results_file_is_not_touched_by_plain_smoke(tmp_path: Path) -> None:
     """--smoke alone prints and writes nothing."""
     results = tmp_path / "RESULTS.md"

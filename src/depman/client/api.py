@@ -237,6 +237,16 @@ class AdminClient:
     def _doc_path(self, section: str, doc_id: str) -> str:
         return f"/admin/{SECTION_PATHS[section]}/{_segment(doc_id)}"
 
+    # The fleet mirror ------------------------------------------------------
+
+    def mirror_status(self) -> JsonDoc:
+        """The mirror's settings, totals and every catalog entry's state in it."""
+        return dict(self._request("GET", "/admin/mirror"))
+
+    def mirror_fill(self, dep_ids: list[str] | None) -> JsonDoc:
+        """Ask the server to fill these deps now (None: every catalog entry)."""
+        return dict(self._request("POST", "/admin/mirror/fill", json={"depIds": dep_ids}))
+
     def _request(
         self,
         method: str,

@@ -50,6 +50,7 @@ def instances_table(instances: list[JsonDoc], *, now: datetime | None = None) ->
     table.add_column("QUEUE", justify="right")
     table.add_column("STATIC/DYN", justify="right", no_wrap=True)
     table.add_column("DOWNLOADING")
+    table.add_column("MIRROR / UPSTREAM", justify="right", no_wrap=True)
     for inst in sorted(instances, key=lambda i: str(i.get("instanceId", ""))):
         dm = _dict(inst.get("dependencyManager"))
         disk = _dict(dm.get("diskStats"))
@@ -70,6 +71,7 @@ def instances_table(instances: list[JsonDoc], *, now: datetime | None = None) ->
             _or_dash(dm.get("queueDepth")),
             f"{len(_list(dm.get('installedDepIdsStatic')))}/{len(_list(dm.get('installedDepIdsDynamic')))}",
             ", ".join(map(str, _list(dm.get("downloadingDepIds")))) or "-",
+            source_bytes_text(inst),
         )
     return table
 
@@ -138,6 +140,7 @@ def jobs_table(jobs: list[JsonDoc], *, now: datetime | None = None) -> Table:
     table.add_column("INSTANCE", no_wrap=True)
     table.add_column("WAITING ON")
     table.add_column("AGE", justify="right", no_wrap=True)
+    table.add_column("MIRROR / UPSTREAM", justify="right", no_wrap=True)
     for job in sorted(jobs, key=lambda j: str(j.get("createdAt", "")), reverse=True):
         table.add_row(
             str(job.get("jobId", "-")),
@@ -146,6 +149,7 @@ def jobs_table(jobs: list[JsonDoc], *, now: datetime | None = None) -> Table:
             str(job.get("instanceId") or "-"),
             ", ".join(map(str, waiting_on(job))) or "-",
             format_age(age_since(parse_timestamp(job.get("createdAt")), now)),
+            source_bytes_text(job),
         )
     return table
 
@@ -214,6 +218,7 @@ def job_table(job: JsonDoc, *, now: datetime | None = None) -> Table:
     table.add_row("deps", ", ".join(map(str, _list(job.get("depIds")))) or "-")
     table.add_row("waiting on", ", ".join(map(str, waiting_on(job))) or "-")
     table.add_row("age", format_age(age_since(parse_timestamp(job.get("createdAt")), now)))
+    table.add_row("downloaded (mirror / upstream)", source_bytes_text(job))
     if job.get("error"):
         table.add_row("error", Text(str(job["error"]), style="red"))
     for raw in _list(job.get("history")):
@@ -224,6 +229,15 @@ def job_table(job: JsonDoc, *, now: datetime | None = None) -> Table:
             line += f" ({entry['reason']})"
         table.add_row("history", line)
     return table
+
+
+def source_bytes_text(doc: JsonDoc) -> str:
+    """`1.2 GiB / 0 B`: bytes an instance's or job's downloads got from the mirror and upstream."""
+    counted = _dict(doc.get("sourceBytes"))
+    if not counted:
+        return "-"
+    return (f"{format_bytes(_int(counted.get('mirror')) or 0)} / "
+            f"{format_bytes(_int(counted.get('upstream')) or 0)}")
 
 
 def disk_bar(used: int | None, free: int | None, total: int | None) -> Text:

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from depman.core.queue import format_item_id, parse_item_id, resolved_document
-from depman.store.models import Dep, QueueItem
+from depman.core.mirror import MirrorState
+from depman.core.queue import MirrorLink, format_item_id, parse_item_id, resolved_document
+from depman.store.models import Dep, MirrorObject, QueueItem
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,27 @@ class ItemCheck:
     current_item_id: str | None = None
 
 
-def check_item(instance_id: str, item_id: str, *, session: Session) -> ItemCheck:
+def check_item(
+    instance_id: str, item_id: str, *, session: Session, mirror_link: MirrorLink | None = None
+) -> ItemCheck:
     """One item of an instance by its itemId (the generation must be the current one)."""
     parsed = parse_item_id(item_id)
     if parsed is None:
         return ItemCheck(None, "not an itemId of this server")
     dep_id, generation = parsed
     found = session.execute(
-        select(QueueItem, Dep)
+        select(QueueItem, Dep, MirrorObject.sha256)
         .outerjoin(Dep, Dep.dep_id == QueueItem.dep_id)
+        .outerjoin(
+            MirrorObject,
+            (MirrorObject.sha256 == Dep.sha256)
+            & (MirrorObject.state == MirrorState.STORED.value),
+        )
         .where(QueueItem.instance_id == instance_id, QueueItem.dep_id == dep_id)
     ).first()
     if found is None:
         return ItemCheck(None, "no such item")
-    row, dep = found
+    row, dep, mirrored = found
     if row.generation != generation:
         current = format_item_id(row.dep_id, row.generation)
         return ItemCheck(None, f"superseded by {current}", current)
@@ -67,6 +75,8 @@ def check_item(instance_id: str, item_id: str, *, session: Session) -> ItemCheck
                 dep.kind,
                 dep.root,
                 dep.files,
+                mirrored=mirrored is not None,
+                mirror_link=mirror_link,
             )
             if dep is not None
             else {}

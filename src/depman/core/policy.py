@@ -27,6 +27,8 @@ class Policy:
     retry_backoff_seconds: float = 120.0
     retry_backoff_max_seconds: float = 1800.0
     allow_any_destination: bool = False
+    # A fleet mirror is configured: a v1 agent's download of a mirrored file came from it.
+    mirror_enabled: bool = False
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Policy:
@@ -46,4 +48,5 @@ class Policy:
             retry_backoff_seconds=settings.retry_backoff_seconds,
             retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
             allow_any_destination=settings.allow_any_destination,
+            mirror_enabled=bool(settings.mirror_url),
         )

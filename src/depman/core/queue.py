@@ -7,6 +7,7 @@ generation is acknowledged and ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,11 +29,15 @@ from sqlalchemy.orm import Session
 
 from depman.core.chunks import chunks
 from depman.core.clock import utcnow
+from depman.core.mirror import MirrorState
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
-from depman.store.models import Dep, Instance, QueueItem, UtcDateTime
+from depman.store.models import Dep, Instance, MirrorObject, QueueItem, UtcDateTime
 
 ERROR_MAX_CHARS = 500
+# sha256 -> the URL an agent downloads the fleet mirror's copy from (presigned for a
+# private bucket). The server passes it in; None: no mirror.
+MirrorLink = Callable[[str], str]
 
 
 def format_item_id(dep_id: str, generation: int) -> str:
@@ -189,10 +194,15 @@ def _poll_statement() -> Select[Any]:
             Dep.files,
             sub.c.force_retry,
             sub.c.force_retry_after_ms,
+            MirrorObject.sha256.is_not(None).label("mirrored"),
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
         .outerjoin(Dep, Dep.dep_id == sub.c.dep_id)
+        .outerjoin(
+            MirrorObject,
+            and_(MirrorObject.sha256 == Dep.sha256, MirrorObject.state == MirrorState.STORED.value),
+        )
         .where(Instance.instance_id == bindparam("p_instance_id"))
         .order_by(sub.c.priority, sub.c.enqueued_at, sub.c.id)
     )
@@ -211,8 +221,19 @@ def resolved_document(
     kind: str,
     root: str | None,
     files: list[dict[str, Any]] | None,
+    *,
+    mirrored: bool = False,
+    mirror_link: MirrorLink | None = None,
 ) -> dict[str, Any]:
-    """Where a dep comes from and where it goes, as the queue and the item check hand it out."""
+    """Where a dep comes from and where it goes, as the queue and the item check hand it out.
+
+    A file stored in the fleet mirror (`mirrored`, with the server's `mirror_link`) is
+    handed out from there: its URL, minted now (a presigned URL lives
+    DEPMAN_MIRROR_PRESIGN_SECONDS from this moment), is `url`, which is all a field
+    agent reads; depman's agent sees `mirror: true` and falls back to the upstream
+    `url`, put first in `sources`. The mirror needs no token: `auth` becomes none,
+    and the upstream's stays in `upstreamAuth`.
+    """
     resolved: dict[str, Any] = {
         "url": url if files is None else folder_model_url(dep_id),
         "auth": auth,
@@ -229,11 +250,23 @@ def resolved_document(
         resolved["root"] = root
     if files is not None:
         resolved["files"] = files
+    if mirrored and mirror_link is not None and sha and files is None:
+        resolved["sources"] = [resolved["url"], *resolved.get("sources", [])]
+        resolved["url"] = mirror_link(sha)
+        resolved["mirror"] = True
+        if auth != "none":
+            resolved["upstreamAuth"] = auth
+            resolved["auth"] = "none"
     return resolved
 
 
 def poll_queue(
-    instance_id: str, limit: int, *, conn: Connection, now: datetime | None = None
+    instance_id: str,
+    limit: int,
+    *,
+    conn: Connection,
+    now: datetime | None = None,
+    mirror_link: MirrorLink | None = None,
 ) -> QueuePoll:
     """The queued items of an instance, jobs' deps first then oldest first, in one query.
 
@@ -246,10 +279,14 @@ def poll_queue(
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
     for row in rows:
-        _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after = row
+        (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after,
+         mirrored) = row
         if dep_id is None or url is None:
             continue
-        resolved = resolved_document(dep_id, url, auth, dest, sha, size, kind, root, files)
+        resolved = resolved_document(
+            dep_id, url, auth, dest, sha, size, kind, root, files,
+            mirrored=bool(mirrored), mirror_link=mirror_link,
+        )
         item: dict[str, Any] = {
             "itemId": format_item_id(dep_id, gen),
             "depId": dep_id,

@@ -16,6 +16,7 @@ from depman.core.policy import Policy
 from depman.core.queue import Transition, apply_item_state
 from depman.core.receipts import Receipt, store_receipt
 from depman.core.retries import apply_retrying
+from depman.core.source_bytes import record_source_bytes
 from depman.core.states import REPORT_RETRYING, ItemState, Op
 from depman.core.static_retries import schedule_retry
 from depman.store.models import Instance, Job, QueueItem
@@ -38,6 +39,10 @@ class StatusReport:
     disk_used_bytes: int | None = None
     dynamic_bytes_used: int | None = None
     receipt: Receipt | None = None
+    # depman's agent: which kind of source served the file, bytes received per kind.
+    served_by: str | None = None
+    mirror_bytes: int | None = None
+    upstream_bytes: int | None = None
 
 
 def _figures_statement() -> Any:
@@ -139,6 +144,11 @@ def apply_status(
         ):
             # A failure of a generation the server has since queued again.
             result = replace(result, clear_failed=True)
+    if (result.applied or report.state == REPORT_RETRYING) and result.dep_id is not None:
+        record_source_bytes(
+            instance_id, result.dep_id, report, result.state,
+            session=session, mirror_enabled=policy.mirror_enabled,
+        )
     if not result.applied or result.dep_id is None:
         return result
     if result.state == ItemState.SUCCEEDED.value:

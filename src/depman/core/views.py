@@ -98,6 +98,7 @@ def instance_document(
         "drained": bool(row.drained),
         "provider": row.provider,
         "providerMetadata": row.provider_metadata,
+        "sourceBytes": {"mirror": row.mirror_bytes or 0, "upstream": row.upstream_bytes or 0},
         "dependencyManager": {
             "lastHeartbeatAt": isoformat(row.last_heartbeat_at),
             "installedDepIdsStatic": sorted(d for d, k in held.items() if k == "static"),
@@ -162,4 +163,5 @@ def job_document(job: Job, dep_ids: list[str], missing: list[str]) -> dict[str, 
         "readyAt": isoformat(job.ready_at),
         "startedAt": isoformat(job.started_at),
         "finishedAt": isoformat(job.finished_at),
+        "sourceBytes": {"mirror": job.mirror_bytes or 0, "upstream": job.upstream_bytes or 0},
     }

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from depman.core.policy import Policy
 from depman.core.signals import notify_statement, take_marks
 from depman.core.wakeups import listen_forever
+from depman.mirror import FillWorker, MirrorService
 from depman.server import dashboard
 from depman.server.agent_gateway.asgi import AgentGateway
 from depman.server.agent_gateway.pipeline import Pipeline
@@ -27,6 +28,7 @@ from depman.server.api import (
     admin_catalog,
     admin_fleet,
     admin_instances,
+    admin_mirror,
     admin_workflows,
     agent_bundle,
     agent_items,
@@ -98,6 +100,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     ]
     if state.settings.heartbeat_flush_seconds > 0:
         tasks.append(asyncio.create_task(run_beat_flusher(state, pauses), name="depman-beats"))
+    if state.fill_worker is not None:
+        state.fill_worker.start()
     if state.db.dialect == "postgresql":
         # Poll hints wait for the listener: another replica's enqueue must be able to clear them.
         state.hub.hints.set_enabled(False)
@@ -116,6 +120,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         pauses.remove_gc_callback()
+        if state.fill_worker is not None:
+            await asyncio.to_thread(state.fill_worker.stop)
         state.db.dispose()
 
 
@@ -127,7 +133,10 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         db=db,
         policy=Policy.from_settings(settings),
         resolver=SourceResolver.from_settings(settings),
+        mirror=MirrorService.from_settings(settings),
     )
+    if state.mirror is not None:
+        state.fill_worker = FillWorker(state.mirror, db, settings)
     _install_commit_hooks(state)
     app = FastAPI(
         title="depman control plane",
@@ -156,6 +165,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         agent_items,
         admin_catalog,
         admin_instances,
+        admin_mirror,
         admin_actions,
         admin_fleet,
         admin_workflows,

@@ -11,12 +11,13 @@ from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from depman.core import jobs, queue
 from depman.core.clock import utcnow
+from depman.core.source_bytes import fleet_source_bytes
 from depman.core.states import OPEN_ITEM_STATES, ItemState, JobState
 from depman.store.models import Instance, QueueItem
 
@@ -83,7 +84,7 @@ class FleetCollector(Collector):
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = utcnow()
         cutoff = now - timedelta(seconds=self._state.policy.live_ttl_seconds)
         with self._state.db.read_session() as session:
@@ -109,6 +110,7 @@ class FleetCollector(Collector):
             }
             items = queue.count_by_state(session=session)
             job_counts = jobs.count_by_state(session=session)
+            source_bytes = fleet_source_bytes(session=session)
 
         live = sum(1 for row in rows if row.last_heartbeat_at and row.last_heartbeat_at >= cutoff)
         yield GaugeMetricFamily(
@@ -123,6 +125,15 @@ class FleetCollector(Collector):
         for j in JobState:
             family.add_metric([j.value], job_counts.get(j.value, 0))
         yield family
+        # Summed from the instance rows, so it only grows and every process agrees.
+        counter = CounterMetricFamily(
+            "depman_source_bytes",
+            "Bytes the fleet's downloads received, by source kind (mirror, upstream).",
+            labels=["kind"],
+        )
+        for kind, value in source_bytes.items():
+            counter.add_metric([kind], value)
+        yield counter
 
         gauges = {
             key: GaugeMetricFamily(name, text, labels=["instance_id"])

@@ -12,6 +12,7 @@ from depman.core.beats import BeatBuffer
 from depman.core.catalog import DepSpec
 from depman.core.policy import Policy
 from depman.core.wakeups import WakeupHub
+from depman.mirror import FillWorker, MirrorService
 from depman.server.auth_failures import AuthFailures
 from depman.settings import ServerSettings
 from depman.store.session import Database
@@ -29,6 +30,14 @@ class ServerState:
     auth_failures: AuthFailures = field(default_factory=AuthFailures)
     # Resolves hf:// and civitai:// sources when catalog entries are put.
     resolver: Callable[[DepSpec], DepSpec] | None = None
+    # The fleet mirror (DEPMAN_MIRROR_URL) and its fill worker (started with the app).
+    mirror: MirrorService | None = None
+    fill_worker: FillWorker | None = None
+
+    @property
+    def mirror_link(self) -> Callable[[str], str] | None:
+        """sha256 -> the URL agents download the mirror's copy from; None: no mirror."""
+        return self.mirror.link if self.mirror is not None else None
 
 
 def client_address(request: Request) -> str:

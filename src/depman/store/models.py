@@ -174,6 +174,9 @@ class Instance(Base):
     # Set by the maintenance sweep when no heartbeat came for `instance_lost_seconds`
     # (its jobs moved, its queue cancelled, its token voided); cleared by register.
     lost_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Bytes this instance's downloads received from the fleet mirror and from upstreams.
+    mirror_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    upstream_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -302,6 +305,9 @@ class Job(Base):
     ready_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # Bytes downloaded for this job's deps on its instance while it waited for them.
+    mirror_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    upstream_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 
@@ -342,3 +348,30 @@ class RevokedSession(Base):
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(_tz(), index=True)
+
+
+class MirrorObject(Base):
+    """One file of the fleet mirror, by its sha256: wanted, filling, stored or failed.
+
+    `stored` means the bytes sit verified at `<prefix>/sha256/<sha256>` (or, for a
+    read-only https mirror, that the object answered with the right size).
+    """
+
+    __tablename__ = "mirror_objects"
+    __table_args__ = (Index("ix_mirror_objects_state", "state", "next_attempt_at"),)
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The catalog entry whose fill asked for it (several entries may share the bytes).
+    dep_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    state: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The URL the last fill read (upstream), for the operator.
+    source_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requested_at: Mapped[datetime] = mapped_column(_tz())
+    started_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    stored_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(_tz())

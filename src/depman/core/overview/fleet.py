@@ -21,6 +21,7 @@ from depman.core.overview.rows import (
     parse_downloads,
     seconds_between,
 )
+from depman.core.source_bytes import fleet_source_bytes
 from depman.store.models import (
     Dep,
     Instance,
@@ -140,7 +141,11 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
     order = {"live": 0, "stale": 1, "never": 2}
     rows.sort(key=lambda r: (order[r.status], r.instance_id))
     return FleetOverview(
-        instances=rows, generated_at=now, live_ttl=live_ttl, jobs_by_state=job_counts(session)
+        instances=rows,
+        generated_at=now,
+        live_ttl=live_ttl,
+        jobs_by_state=job_counts(session),
+        source_bytes=fleet_source_bytes(session=session),
     )
 
 

@@ -111,6 +111,14 @@ class FleetOverview:
     generated_at: datetime
     live_ttl: float
     jobs_by_state: dict[str, int]
+    # Bytes the fleet's downloads received from the mirror and from the upstreams.
+    source_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mirror_share(self) -> float | None:
+        """The share of downloaded bytes the mirror served (None: nothing downloaded yet)."""
+        total = sum(self.source_bytes.values())
+        return self.source_bytes.get("mirror", 0) / total if total else None
 
     @property
     def live_count(self) -> int:

@@ -89,7 +89,9 @@ def full_poll(state: ServerState, instance_id: str, limit: int) -> PollRead:
     hints = state.hub.hints
     seen = hints.epoch(instance_id)
     with state.db.read_session() as session:
-        poll = poll_queue(instance_id, limit, conn=session.connection())
+        poll = poll_queue(
+            instance_id, limit, conn=session.connection(), mirror_link=state.mirror_link
+        )
     if not poll.found:
         raise NotFound(f"instance {instance_id!r} does not exist")
     answer = poll_answer(poll)
@@ -153,7 +155,9 @@ def full_status(state: ServerState, body: StatusRequest) -> bytes:
 def full_item_check(state: ServerState, instance_id: str, item_id: str) -> Answer:
     """One of the caller's own items, or the 404 that says it does not exist."""
     with state.db.read_session() as session:
-        found = check_item(instance_id, item_id, session=session)
+        found = check_item(
+            instance_id, item_id, session=session, mirror_link=state.mirror_link
+        )
     if found.item is None:
         return no_item_answer(item_id, found.reason, found.current_item_id)
     return item_answer(found.item)

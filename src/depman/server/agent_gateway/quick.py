@@ -51,7 +51,7 @@ def quick_poll(state: ServerState, instance_id: str, limit: int) -> PollRead | N
     hints = state.hub.hints
     seen = hints.epoch(instance_id)  # before the read the memo relies on
     with state.db.quick(write=False) as conn:
-        poll = poll_queue(instance_id, limit, conn=conn)
+        poll = poll_queue(instance_id, limit, conn=conn, mirror_link=state.mirror_link)
     if not poll.found:
         return None
     answer = poll_answer(poll)

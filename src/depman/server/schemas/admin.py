@@ -170,6 +170,13 @@ class DependencyManagerOut(ApiModel):
     )
 
 
+class SourceBytesOut(ApiModel):
+    """Bytes downloads received from the fleet mirror and from the upstreams."""
+
+    mirror: int = 0
+    upstream: int = 0
+
+
 class InstanceOut(ApiModel):
     """An instance with its inventory."""
 
@@ -184,6 +191,7 @@ class InstanceOut(ApiModel):
     drained: bool = False
     provider: str | None = None
     provider_metadata: dict[str, Any] | None = None
+    source_bytes: SourceBytesOut = Field(default_factory=SourceBytesOut)
     dependency_manager: DependencyManagerOut
 
 

@@ -12,6 +12,7 @@ from depman.core.reports import StatusReport
 from depman.server.logsafe import quoted
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
+    MAX_HOST_CHARS,
     MAX_LIST_IDS,
     CleanText,
     Id,
@@ -35,6 +36,7 @@ DiskStatPathText = Annotated[str, TelemetryText("diskStats.statPath", 1000)]
 DiskDiagnostics = Annotated[dict[str, Any] | None, TelemetryDoc("diskDiagnostics")]
 StageText = Annotated[str, TelemetryText("activeDownloads.stage", 50)]
 ToolText = Annotated[str, TelemetryText("activeDownloads.tool", 100)]
+HostText = Annotated[str, TelemetryText("servedBy.host", MAX_HOST_CHARS)]
 
 
 class DiskStats(ApiModel):
@@ -171,6 +173,24 @@ class QueueItemCheckResponse(ApiModel):
     item: QueueItemCheck
 
 
+class ServedBy(ApiModel):
+    """Which kind of source served a `succeeded` download (depman's agent).
+
+    `kind` is mirror or upstream; another value (a later agent's) is kept out of the
+    accounting, never refused: the report it rides on must not be lost.
+    """
+
+    kind: ShortText
+    host: HostText | None = None
+
+
+class BytesBySource(ApiModel):
+    """Bytes one attempt received from each kind of source (depman's agent)."""
+
+    mirror: NonNegInt64 = 0
+    upstream: NonNegInt64 = 0
+
+
 class StatusRequest(TelemetryCarrier):
     """`POST /dependencies/status`."""
 
@@ -184,6 +204,8 @@ class StatusRequest(TelemetryCarrier):
     dynamic_bytes_used: NonNegInt64 | None = None
     error: CleanText | None = None
     verification: Verification | None = None
+    served_by: ServedBy | None = None
+    bytes_by_source: BytesBySource | None = None
 
     def to_core(self) -> StatusReport:
         """The report as the core applies it."""
@@ -199,6 +221,9 @@ class StatusRequest(TelemetryCarrier):
             disk_used_bytes=disk.used_bytes if disk else None,
             dynamic_bytes_used=self.dynamic_bytes_used,
             receipt=self.verification.to_core() if self.verification else None,
+            served_by=self.served_by.kind if self.served_by else None,
+            mirror_bytes=self.bytes_by_source.mirror if self.bytes_by_source else None,
+            upstream_bytes=self.bytes_by_source.upstream if self.bytes_by_source else None,
         )
 
 

@@ -49,6 +49,8 @@ MAX_ITEM_ID_CHARS = 300
 MAX_LIST_IDS = 10_000
 MAX_TEXT_CHARS = 2000
 MAX_URL_CHARS = 4096
+# A DNS host name (the `servedBy.host` of a status report).
+MAX_HOST_CHARS = 253
 # Free-form objects agents may attach (provider metadata, disk diagnostics):
 # ids and a few figures, a mount table at most.
 MAX_JSON_DOC_CHARS = 16 * 1024

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from depman.server.schemas import ApiModel
+from depman.server.schemas.admin import SourceBytesOut
 from depman.server.schemas.bounds import CleanText, Id
 
 
@@ -44,6 +45,10 @@ class JobPublic(ApiModel):
     ready_at: str | None
     started_at: str | None
     finished_at: str | None
+    source_bytes: SourceBytesOut = Field(
+        default_factory=SourceBytesOut,
+        description="Bytes downloaded for the job's deps on its instance while it waited.",
+    )
 
 
 class JobsPublic(ApiModel):
