@@ -67,6 +67,7 @@ def check_item(instance_id: str, item_id: str, *, session: Session) -> ItemCheck
                 dep.kind,
                 dep.root,
                 dep.files,
+                dep.sources,
             )
             if dep is not None
             else {}

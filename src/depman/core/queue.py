@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from depman.core import dep_sources
 from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.signals import mark_instance
@@ -187,6 +188,7 @@ def _poll_statement() -> Select[Any]:
             Dep.kind,
             Dep.root,
             Dep.files,
+            Dep.sources,
             sub.c.force_retry,
             sub.c.force_retry_after_ms,
         )
@@ -211,6 +213,7 @@ def resolved_document(
     kind: str,
     root: str | None,
     files: list[dict[str, Any]] | None,
+    sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Where a dep comes from and where it goes, as the queue and the item check hand it out."""
     resolved: dict[str, Any] = {
@@ -229,6 +232,9 @@ def resolved_document(
         resolved["root"] = root
     if files is not None:
         resolved["files"] = files
+    # Further URLs for the same bytes, tried in order after `url` (depman agents).
+    if sources and files is None:
+        resolved["sources"] = dep_sources.urls_of(sources)
     return resolved
 
 
@@ -246,10 +252,13 @@ def poll_queue(
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
     for row in rows:
-        _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after = row
+        (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, sources, force,
+         after) = row
         if dep_id is None or url is None:
             continue
-        resolved = resolved_document(dep_id, url, auth, dest, sha, size, kind, root, files)
+        resolved = resolved_document(
+            dep_id, url, auth, dest, sha, size, kind, root, files, sources
+        )
         item: dict[str, Any] = {
             "itemId": format_item_id(dep_id, gen),
             "depId": dep_id,

@@ -95,6 +95,8 @@ class Resolved(ApiModel):
     sha256: str | None = None
     expected_size_bytes: int | None = None
     kind: str
+    # depman extension: further URLs for the same bytes, tried in order after `url`.
+    sources: list[str] | None = None
 
 
 class QueueItemOut(ApiModel):
