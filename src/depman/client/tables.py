@@ -109,7 +109,8 @@ def sources_table(dep: JsonDoc) -> Table:
     rows = [(first, str(dep.get("url") or "-"), dep.get("revision"))]
     for s in _list(dep.get("resolvedSources")):
         if isinstance(s, dict):
-            rows.append((str(s.get("source") or s.get("url")), str(s.get("url")), s.get("revision")))
+            url = str(s.get("url"))
+            rows.append((str(s.get("source") or url), url, s.get("revision")))
     for n, (written, url, revision) in enumerate(rows, 1):
         table.add_row(str(n), written, url, str(revision)[:SHA_SHOWN] if revision else "-")
     return table
