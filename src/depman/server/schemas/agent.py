@@ -12,8 +12,10 @@ from depman.core.reports import StatusReport
 from depman.server.logsafe import quoted
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
+    MAX_BAD_SOURCES,
     MAX_LIST_IDS,
     CleanText,
+    HostText,
     Id,
     IdList,
     ItemId,
@@ -173,6 +175,34 @@ class QueueItemCheckResponse(ApiModel):
     item: QueueItemCheck
 
 
+class ServedBy(ApiModel):
+    """Which source served the file (depman agents, on `succeeded`)."""
+
+    kind: ShortText
+    host: HostText
+
+
+class BytesBySource(ApiModel):
+    """Bytes received in this attempt from each kind of source."""
+
+    mirror: NonNegInt64 = 0
+    upstream: NonNegInt64 = 0
+
+
+# What a depman agent reports as why it gave up on a source (docs/agent.md).
+BAD_SOURCE_REASONS = frozenset({
+    "http_429", "http_5xx", "connection", "stalled", "not_the_file", "size_mismatch",
+    "sha256_mismatch",
+})
+
+
+class BadSource(ApiModel):
+    """A source given up on: its host and why (`http_429`, `sha256_mismatch`, ...)."""
+
+    host: HostText
+    reason: ShortText
+
+
 class StatusRequest(TelemetryCarrier):
     """`POST /dependencies/status`."""
 
@@ -186,6 +216,10 @@ class StatusRequest(TelemetryCarrier):
     dynamic_bytes_used: NonNegInt64 | None = None
     error: CleanText | None = None
     verification: Verification | None = None
+    # depman agents: where the bytes came from, and the sources given up on.
+    served_by: ServedBy | None = None
+    bytes_by_source: BytesBySource | None = None
+    bad_sources: Annotated[list[BadSource], Field(max_length=MAX_BAD_SOURCES)] | None = None
 
     def to_core(self) -> StatusReport:
         """The report as the core applies it."""
