@@ -104,7 +104,9 @@ class _Download:
         self.progress = options.progress or Progress(spec.label or spec.dest.name)
         self.range_refusals = 0
         self.resumed_from = 0
-        self.high_water = 0
+        # Progress is the item's, shared with earlier sources and attempts: only bytes
+        # beyond what it showed when this download began count as new.
+        self.high_water = self.progress.bytes_done
         # Bytes received from this download's url (the caller counts them per source).
         self.received = 0
         self.check_pages = spec.dest.suffix.lower() not in TEXT_SUFFIXES

@@ -1,0 +1,89 @@
+"""The source fallback of one download against a real local origin (in process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from depman.agent.download_types import DownloadOptions, DownloadSpec
+from depman.agent.errors import DownloadError
+from depman.agent.fallback import (
+    MIRROR,
+    UPSTREAM,
+    BadSources,
+    SourcesReport,
+    download_from_sources,
+    sources_of,
+)
+from depman.agent.progress import Progress
+from tests.agent.conftest import payload
+from tests.support.origin import ModelOrigin
+
+KiB = 1024
+HOSTS = ("127.0.0.1", "localhost")
+
+
+def options(**kw: object) -> DownloadOptions:
+    base: dict[str, object] = {"allowed_domains": HOSTS, "connections": 1,
+                               "min_segment_bytes": 1024 * KiB, "base_delay": 0.01,
+                               "max_delay": 0.05, "progress": Progress("t")}
+    base.update(kw)
+    return DownloadOptions(**base)  # type: ignore[arg-type]
+
+
+def test_sources_order_mirror_first_then_url_then_sources() -> None:
+    resolved = {"url": "https://bucket.test/sha256/ab", "mirror": True,
+                "sources": ["https://hf.test/a", "https://b.test/a", "https://hf.test/a", 7]}
+    got = [(s.url, s.kind) for s in sources_of(resolved)]
+    assert got == [("https://bucket.test/sha256/ab", MIRROR), ("https://hf.test/a", UPSTREAM),
+                   ("https://b.test/a", UPSTREAM)]
+    assert [s.kind for s in sources_of({"url": "https://hf.test/a"})] == [UPSTREAM]
+
+
+def test_token_goes_to_the_upstream_origin_only_and_bytes_are_counted(
+    origin: ModelOrigin, tmp_path: Path
+) -> None:
+    data, sha = payload(200 * KiB, seed=3)
+    origin.add("/mirror/a.bin", data, corrupt="always")  # the mirror holds bad bytes
+    origin.add("/hf/a.bin", data)
+    origin.fail_next("/hf/a.bin", 503)
+    origin.add("/other/a.bin", data)
+    resolved = {"url": origin.url("/mirror/a.bin", host="localhost"), "mirror": True,
+                "sources": [origin.url("/hf/a.bin"), origin.url("/other/a.bin", host="localhost")]}
+    report = SourcesReport()
+    bad = BadSources()
+    spec = DownloadSpec("", tmp_path / "a.bin", sha, len(data), authorization="Bearer tok",
+                        label="a")
+    download_from_sources(spec, sources_of(resolved), options(), bad, report, 30)
+    assert (tmp_path / "a.bin").read_bytes() == data
+    # The token reached only the upstream url's own origin, never the mirror or another host.
+    for r in origin.requests:
+        assert (r.authorization is not None) == (r.file_path == "/hf/a.bin"), r
+    fields = report.fields(succeeded=True)
+    assert fields["servedBy"] == {"kind": UPSTREAM, "host": "localhost"}
+    assert fields["bytesBySource"] == {MIRROR: len(data), UPSTREAM: len(data)}
+    assert fields["badSources"] == [{"host": "localhost", "reason": "sha256_mismatch"},
+                                    {"host": "127.0.0.1", "reason": "http_5xx"}]
+    # The mirror served wrong bytes: it is not asked for this file again.
+    assert bad.refused(sha, resolved["url"]) and not bad.refused(sha, origin.url("/hf/a.bin"))
+    (tmp_path / "a.bin").unlink()
+    again = SourcesReport()
+    download_from_sources(spec, sources_of(resolved), options(), bad, again, 30)
+    assert len(origin.requests_for("/mirror/a.bin")) == 1
+    assert again.served_by is not None and again.served_by.url == origin.url("/hf/a.bin")
+
+
+def test_all_sources_failing_for_a_while_is_retryable(origin: ModelOrigin, tmp_path: Path) -> None:
+    data, sha = payload(50 * KiB, seed=4)
+    for path in ("/a.bin", "/b.bin"):
+        origin.add(path, data)
+        origin.fail_next(path, 503)
+    spec = DownloadSpec("", tmp_path / "x.bin", sha, len(data), label="x")
+    sources = sources_of({"url": origin.url("/a.bin"), "sources": [origin.url("/b.bin")]})
+    with pytest.raises(DownloadError) as failed:
+        download_from_sources(spec, sources, options(), BadSources(), SourcesReport(), 30)
+    assert failed.value.retryable and "All 2 sources failed" in failed.value.message
+    # The next attempt (the item's retry) finds both answering again.
+    download_from_sources(spec, sources, options(), BadSources(), SourcesReport(), 30)
+    assert (tmp_path / "x.bin").read_bytes() == data
