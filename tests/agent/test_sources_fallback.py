@@ -119,8 +119,8 @@ def test_every_fallback_with_a_real_agent(server: RunningServer, tmp_path: Path)
             assert {d for d, i in queue.items() if i["state"] == "succeeded"} == expected_ok, queue
             assert wait_until(lambda: sorted(instance(server).get("installedDepIdsStatic") or [])
                               == sorted(expected_ok), 20), instance(server)
-            # The file whose every source served other bytes fails, saying so; each of
-            # its sources was asked once, although the item is tried three times.
+            # The file whose every source served other bytes fails at once, saying so:
+            # each source asked once, not once per attempt of the item.
             assert "sha256 mismatch" in queue["allbad"]["error"]
             assert len(origin.requests_for(allbad.bad_path)) == 1
             assert len(origin.requests_for("/second/allbad.bin")) == 1

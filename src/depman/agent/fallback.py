@@ -4,8 +4,8 @@ Any source that yields the file's sha256 and size is as good as another. The
 agent tries them in order and moves on when one fails: a 429 (its Retry-After
 waited out first when short), a 5xx, a connection error, a stall, a body that
 cannot be the file (a page, another size) or a sha256 mismatch. A source that
-served wrong bytes is never asked again for that file (``BadSources``); the
-others are tried again on the item's next attempt. docs/agent.md has the rules.
+served wrong bytes is not asked again for that file while another source is left
+(``BadSources``); the others are tried again on the item's next attempt. docs/agent.md has the rules.
 """
 
 from __future__ import annotations
@@ -96,6 +96,10 @@ class BadSources:
         with self._lock:
             self._refused.setdefault(sha256, set()).add(url)
 
+    def forget(self, sha256: str | None) -> None:
+        with self._lock:
+            self._refused.pop(sha256 or "", None)
+
     def refused(self, sha256: str | None, url: str) -> bool:
         if not sha256:
             return False
@@ -125,8 +129,12 @@ def download_from_sources(spec: DownloadSpec, sources: list[Source], options: Do
     auth_url = upstream.url if upstream is not None else None
     usable = [s for s in sources if not bad_sources.refused(spec.sha256, s.url)]
     if not usable:
-        raise DownloadError("Every source of this file served wrong bytes before; none is "
-                            "asked again", retryable=False, category="content")
+        # Every source served wrong bytes before. The server paces the item's retries
+        # (and the operator may have fixed a source): each is asked once more.
+        log.warning("Every source of %s served wrong bytes before; asking each once more",
+                    spec.label)
+        bad_sources.forget(spec.sha256)
+        usable = list(sources)
     several = len(usable) > 1
     progress = options.progress or Progress(spec.label or spec.dest.name)
     failures: list[str] = []
