@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +62,46 @@ def test_sources_are_resolved_stored_shown_and_handed_to_agents(plane: RunningSe
     (item,) = [i for i in queue["items"] if i["depId"] == dep_id]
     assert item["resolved"]["url"] == "https://origin.test/unet.safetensors"
     assert item["resolved"]["sources"] == [hf["url"], https["url"]]
+
+
+def test_status_reports_carry_where_the_bytes_came_from(plane: RunningServer) -> None:
+    fleet = make_fleet(plane, sizes={"a": (1000, "dynamic")})
+    agent = fleet.register(fleet.add_instance("acct"))
+    status, job = fleet.submit(["a"])
+    assert status in (200, 201), job
+    _, queue = agent.poll()
+    (item,) = queue["items"]
+    base = {"instanceId": agent.instance_id, "itemId": item["itemId"], "depId": item["depId"],
+            "op": "download", "diskStats": {"totalBytes": 10, "freeBytes": 5, "usedBytes": 5},
+            "dynamicBytesUsed": 0}
+    url = "/api/dependencies/status"
+    too_many = [{"host": "h.test", "reason": "http_5xx"}] * 65
+    status, body = plane.request("POST", url, {**base, "state": "running",
+                                               "badSources": too_many}, agent.auth)
+    assert status == 422, body
+    status, body = plane.request("POST", url, {**base, "state": "running",
+                                               "bytesBySource": {"mirror": -1}}, agent.auth)
+    assert status == 422, body
+    before = _metric(plane, "other")
+    report = {
+        **base,
+        "state": "succeeded",
+        "servedBy": {"kind": "upstream", "host": "hf.test"},
+        "bytesBySource": {"mirror": 0, "upstream": 2000},
+        "badSources": [{"host": "a.test", "reason": "sha256_mismatch"},
+                       {"host": "b.test", "reason": "a-reason-from-a-later-agent"}],
+    }
+    status, body = plane.request("POST", url, report, agent.auth)
+    assert status == 200, body
+    assert _metric(plane, "other") == before + 1
+    assert _metric(plane, "sha256_mismatch") >= 1
+
+
+def _metric(server: RunningServer, reason: str) -> float:
+    with urllib.request.urlopen(server.root_url + "/metrics") as resp:
+        text = resp.read().decode()
+    found = re.search(rf'^depman_bad_sources_total{{reason="{reason}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 @pytest.mark.parametrize(
