@@ -150,3 +150,9 @@ def test_static_files_are_served(client: TestClient) -> None:
     resp = client.get("/dashboard/static/dashboard.js")
     assert resp.status_code == 200 and "data-refresh" in resp.text
     assert client.get("/dashboard/static/dashboard.css").status_code == 200
+
+
+def test_catalog_shows_further_sources(authed: TestClient) -> None:
+    html = authed.get("/catalog").text
+    assert "+1 source" in html and "https://mirror.example/sdxl-base.safetensors" not in html
+    assert "further sources, tried in order: mirror.example" in html
