@@ -5,7 +5,8 @@ agent tries them in order and moves on when one fails: a 429 (its Retry-After
 waited out first when short), a 5xx, a connection error, a stall, a body that
 cannot be the file (a page, another size) or a sha256 mismatch. A source that
 served wrong bytes is not asked again for that file while another source is left
-(``BadSources``); the others are tried again on the item's next attempt. docs/agent.md has the rules.
+(``BadSources``); the others are tried again on the item's next attempt.
+docs/agent.md ("Sources and fallback") has the rules.
 """
 
 from __future__ import annotations
