@@ -87,3 +87,21 @@ def test_all_sources_failing_for_a_while_is_retryable(origin: ModelOrigin, tmp_p
     # The next attempt (the item's retry) finds both answering again.
     download_from_sources(spec, sources, options(), BadSources(), SourcesReport(), 30)
     assert (tmp_path / "x.bin").read_bytes() == data
+
+
+def test_a_source_trickling_under_the_floor_is_left_for_the_next(
+    origin: ModelOrigin, tmp_path: Path
+) -> None:
+    data, sha = payload(400 * KiB, seed=5)
+    origin.add("/slow.bin", data, rate=16 * KiB)  # would take 25 s
+    origin.add("/fast.bin", data)
+    spec = DownloadSpec("", tmp_path / "s.bin", sha, len(data), label="s")
+    sources = sources_of({"url": origin.url("/slow.bin"),
+                          "sources": [origin.url("/fast.bin", host="localhost")]})
+    report = SourcesReport()
+    download_from_sources(spec, sources, options(stall_bytes_per_second=64 * KiB,
+                                                 stall_seconds=1), BadSources(), report, 30)
+    assert (tmp_path / "s.bin").read_bytes() == data
+    assert report.bad == [("127.0.0.1", "stalled")]
+    assert 0 < report.bytes_by_kind[UPSTREAM] - len(data) < len(data)
+    assert len(origin.requests_for("/slow.bin")) == 1

@@ -71,22 +71,23 @@ class StallWatch:
     link that stops entirely is caught by the socket timeout instead.
     """
 
-    def __init__(self, floor: int, seconds: float) -> None:
+    def __init__(self, floor: int, seconds: float, received: int = 0) -> None:
         self.floor = floor
         self.seconds = seconds
         self.start = time.monotonic()
-        self.bytes = 0
+        self.mark = received
 
-    def add(self, n: int) -> None:
-        self.bytes += n
+    def check(self, received: int) -> None:
+        """``received``: the item's byte count so far (``Progress.received``, which counts
+        under its lock: pieces report from several threads)."""
         now = time.monotonic()
         elapsed = now - self.start
         if elapsed < self.seconds:
             return
-        if self.bytes < self.floor * elapsed:
-            raise Stalled(f"Stalled: {self.bytes} bytes in {elapsed:.0f} s, under the floor "
+        got, self.start, self.mark = received - self.mark, now, received  # a new window
+        if got < self.floor * elapsed:
+            raise Stalled(f"Stalled: {got} bytes in {elapsed:.0f} s, under the floor "
                           f"of {self.floor} bytes/s")
-        self.start, self.bytes = now, 0
 
 
 def download_file(spec: DownloadSpec, options: DownloadOptions | None = None) -> DownloadResult:
@@ -107,10 +108,9 @@ class _Download:
         # Progress is the item's, shared with earlier sources and attempts: only bytes
         # beyond what it showed when this download began count as new.
         self.high_water = self.progress.bytes_done
-        # Bytes received from this download's url (the caller counts them per source).
-        self.received = 0
         self.check_pages = spec.dest.suffix.lower() not in TEXT_SUFFIXES
-        self.stall = (StallWatch(options.stall_bytes_per_second, options.stall_seconds)
+        self.stall = (StallWatch(options.stall_bytes_per_second, options.stall_seconds,
+                                 self.progress.received)
                       if options.stall_bytes_per_second > 0 and options.stall_seconds > 0
                       else None)
 
@@ -153,7 +153,8 @@ class _Download:
                 if self.options.give_up_early and (not progressed or isinstance(exc, Stalled)):
                     raise  # another source may do better: the caller moves on
                 if self.stall is not None:
-                    self.stall = StallWatch(self.stall.floor, self.stall.seconds)
+                    self.stall = StallWatch(self.stall.floor, self.stall.seconds,
+                                            self.progress.received)
                 delay = self.policy.next_delay(exc.retry_after)
                 if delay is None:
                     raise DownloadError(f"{exc.message} (gave up after "
@@ -166,9 +167,8 @@ class _Download:
 
     def on_bytes(self, n: int) -> None:
         self.progress.add(n)
-        self.received += n
         if self.stall is not None:
-            self.stall.add(n)
+            self.stall.check(self.progress.received)
 
     def discard(self) -> None:
         for path in (self.partial, self.sidecar.path):
