@@ -34,7 +34,8 @@ def options(**kw: object) -> DownloadOptions:
 
 def test_sources_order_mirror_first_then_url_then_sources() -> None:
     resolved = {"url": "https://bucket.test/sha256/ab", "mirror": True,
-                "sources": ["https://hf.test/a", "https://b.test/a", "https://hf.test/a", 7]}
+                "sources": ["https://hf.test/a", "https://b.test/a", "https://hf.test/a", 7,
+                            "ftp://c.test/a", "https://d.test/a b"]}
     got = [(s.url, s.kind) for s in sources_of(resolved)]
     assert got == [("https://bucket.test/sha256/ab", MIRROR), ("https://hf.test/a", UPSTREAM),
                    ("https://b.test/a", UPSTREAM)]

@@ -13,7 +13,7 @@ import pytest
 
 from tests.server.fleet import make_fleet, uid
 from tests.support.hubs import FakeHubs, content_of
-from tests.support.server import RunningServer, run_server
+from tests.support.server import RunningServer, run_server, shared_fake_hubs
 
 AUTO_FILE = "org/m/unet.safetensors"
 AUTO_BYTES = content_of(AUTO_FILE)  # what the shared auto Hub serves for it
@@ -47,6 +47,12 @@ def test_sources_are_resolved_stored_shown_and_handed_to_agents(plane: RunningSe
     assert (https["url"], https["source"], https["sha256"]) == (sources[1], None, None)
     # The hf:// source gave the size the entry did not state.
     assert body["expectedSizeBytes"] == len(AUTO_BYTES)
+
+    # Put again: the resolved source is kept as it was, the Hub is not asked.
+    asked = len(shared_fake_hubs().requests)
+    status, again = plane.admin("PUT", f"/admin/deps/{dep_id}", entry(sources=sources))
+    assert status == 200 and again["resolvedSources"] == body["resolvedSources"], again
+    assert len(shared_fake_hubs().requests) == asked
 
     status, listed = plane.admin("GET", "/admin/deps")
     assert [d["sources"] for d in listed["deps"] if d["depId"] == dep_id] == [sources]

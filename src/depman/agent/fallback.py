@@ -26,7 +26,7 @@ from .errors import (
     InsufficientDiskSpace,
     LocalFileError,
 )
-from .http import origin_of
+from .http import check_url, origin_of
 from .progress import Progress
 from .redact import redact_url
 
@@ -61,8 +61,15 @@ def sources_of(resolved: dict[str, Any]) -> list[Source]:
     out = [first]
     extra = resolved.get("sources")
     for url in extra if isinstance(extra, list) else []:
-        if isinstance(url, str) and url and url not in (s.url for s in out):
-            out.append(Source(url, UPSTREAM))
+        if not isinstance(url, str) or url in (s.url for s in out):
+            continue
+        try:
+            check_url(url)
+        except DownloadError as exc:  # one unusable source must not fail the item
+            log.warning("Ignoring a source of %s: %s", resolved.get("destRelativePath"),
+                        exc.message)
+            continue
+        out.append(Source(url, UPSTREAM))
     return out
 
 
