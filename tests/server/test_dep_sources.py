@@ -211,3 +211,10 @@ def test_a_folder_over_the_file_limit_is_refused_before_asking_per_file(
     assert status == 422, body
     assert "1500 files" in body["error"]["message"]
     assert len(slow_hub.requests) - before <= 3  # the revision and the listing, not 1,500
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "hf://", "civitai://x", "http:///nohost"])
+def test_a_malformed_source_is_a_clear_422(plane: RunningServer, url: str) -> None:
+    status, body = plane.admin("PUT", f"/admin/deps/{uid('mal')}", entry(sources=[url]))
+    assert status == 422, body
+    assert "source" in body["error"]["message"]

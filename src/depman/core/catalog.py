@@ -92,7 +92,7 @@ SourceResolver = Callable[[DepSpec], DepSpec]
 
 def is_source_url(url: str | None) -> bool:
     """An `hf://` or `civitai://` URL, which the server resolves when an entry is put."""
-    return bool(url) and urlsplit(url or "").scheme in SOURCE_SCHEMES
+    return bool(url) and (url or "").split(":", 1)[0].lower() in SOURCE_SCHEMES
 
 
 def needs_resolving(spec: DepSpec) -> bool:
@@ -139,8 +139,12 @@ def validate_dest_path(path: str, *, allow_any_destination: bool = False) -> str
 
 
 def _check_http_url(url: str, what: str) -> None:
-    parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url or "")
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:  # "http://[::1" and the like
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
         raise ValidationFailed(f"{what} must be an http(s) URL with a host")
 
 

@@ -103,8 +103,12 @@ def check(
         )
     seen = {url}
     for i, s in enumerate(sources):
-        parts = urlsplit(s.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(s.url)
+            scheme, host = parts.scheme, parts.hostname
+        except ValueError:  # "http://[::1" and the like
+            scheme, host = "", None
+        if scheme not in ("http", "https") or not host:
             raise ValidationFailed(f"sources[{i}] must be an http(s), hf:// or civitai:// URL")
         if s.url in seen:
             raise ValidationFailed(f"sources[{i}] {s.written!r} is listed twice (or is the url)")
