@@ -124,6 +124,10 @@ def test_every_fallback_with_a_real_agent(server: RunningServer, tmp_path: Path)
             assert "sha256 mismatch" in queue["allbad"]["error"]
             assert len(origin.requests_for(allbad.bad_path)) == 1
             assert len(origin.requests_for("/second/allbad.bin")) == 1
+            # The item says which source it gave up on, and why.
+            assert queue["otherbytes"]["error"] == (
+                "warning: installed from localhost after giving up on 127.0.0.1 "
+                "(sha256_mismatch)"), queue["otherbytes"]
             # Wrong bytes are asked once; 503 and 429 a handful of times at most.
             for name in ("otherbytes", "loginpage", "unauthorized", "othersize"):
                 assert len(origin.requests_for(cases[name].bad_path)) == 1, name

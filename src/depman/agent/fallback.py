@@ -81,6 +81,14 @@ class SourcesReport:
     bytes_by_kind: dict[str, int] = field(default_factory=lambda: {MIRROR: 0, UPSTREAM: 0})
     bad: list[tuple[str, str]] = field(default_factory=list)  # (host, reason)
 
+    def warning(self) -> str | None:
+        """For a file installed after sources were given up on: which, and why (the
+        item keeps it as its warning)."""
+        if not self.bad or self.served_by is None:
+            return None
+        given_up = ", ".join(f"{host} ({reason})" for host, reason in self.bad)
+        return f"installed from {self.served_by.host} after giving up on {given_up}"
+
     def fields(self, *, succeeded: bool) -> dict[str, Any]:
         """The optional fields of the status report (docs/api.md)."""
         out: dict[str, Any] = {}

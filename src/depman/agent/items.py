@@ -91,7 +91,8 @@ class ItemRunner:
                     self.install(item, progress)
                 except OSError as exc:  # a file operation outside the download engine
                     raise classify(exc, dep_id) from exc
-                return Outcome(ok=True, warning=self.comfyui_warning(item),
+                warnings = [w for w in (self.sources.warning(), self.comfyui_warning(item)) if w]
+                return Outcome(ok=True, warning="; ".join(warnings) or None,
                                report=self.sources.fields(succeeded=True))
             except DownloadInterrupted:
                 return Outcome(ok=False, interrupted=True)
