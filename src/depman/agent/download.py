@@ -46,15 +46,8 @@ log = logging.getLogger("depman.agent")
 SEGMENTED_MODES = ("pieces", "segmented")
 
 
-__all__ = [
-    "DownloadOptions",
-    "DownloadResult",
-    "DownloadSpec",
-    "classify_status",
-    "download_file",
-    "hash_file",
-    "parse_content_range",
-]
+# The inputs live in download_types.py (segments.py needs them without the engine).
+__all__ = ["DownloadOptions", "DownloadResult", "DownloadSpec", "download_file", "hash_file"]
 
 # Files that are text by nature: their origin may rightly call them HTML or JSON.
 TEXT_SUFFIXES = frozenset({".json", ".html", ".htm", ".txt", ".md", ".yaml", ".yml"})
