@@ -7,10 +7,12 @@ import re
 import threading
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.agent.running import AgentProcess, wait_until
 from tests.server.fleet import make_fleet, uid
 from tests.support.hubs import FakeHubs, content_of
 from tests.support.server import RunningServer, run_server, shared_fake_hubs
@@ -159,15 +161,27 @@ def own_server(
         yield server
 
 
-def test_a_slow_hub_never_holds_the_writer(own_server: RunningServer, slow_hub: FakeHubs) -> None:
-    """While the Hub takes its time with a PUT's hf:// source, agents' heartbeats (which
-    write) and other catalog writes complete: the resolution runs before the write session."""
+def test_a_slow_hub_never_holds_the_writer(
+    own_server: RunningServer, slow_hub: FakeHubs, tmp_path: Path
+) -> None:
+    """While the Hub takes its time with a PUT's hf:// source (8 s for each of its two
+    calls), a real agent's heartbeats, heartbeats that change the inventory (written at
+    once) and other catalog writes complete: the resolution runs before the write session."""
     fleet = make_fleet(own_server, sizes={"a": (1000, "dynamic")})
     agents = [fleet.register(fleet.add_instance(f"beat{n}")) for n in range(3)]
+    real_id = fleet.add_instance("real")
+    env = {
+        "FCS_API_BASE_URL": own_server.base_url, "SERVER_TYPE": fleet.server_type,
+        "DEPENDENCY_MANAGER_SHARED_SECRET": own_server.shared_secret,
+        "DM_INSTANCE_ID": real_id, "WORKSPACE": str(tmp_path / "ws"),
+        "DM_HEARTBEAT_SECONDS": "0.5", "DM_POLL_SECONDS": "0.5",
+    }
+
+    def last_beat() -> Any:
+        _, body = own_server.admin("GET", f"/admin/instances/{real_id}")
+        return body["dependencyManager"]["lastHeartbeatAt"]
+
     answered: list[tuple[int, Any]] = []
-    slow_hub.hold_seconds = 8.0
-    slow_hub.arrived.clear()
-    slow_hub.release.clear()
     put = threading.Thread(
         target=lambda: answered.append(
             own_server.admin(
@@ -177,25 +191,34 @@ def test_a_slow_hub_never_holds_the_writer(own_server: RunningServer, slow_hub: 
             )
         )
     )
-    put.start()
-    try:
-        assert slow_hub.arrived.wait(30), "the PUT never asked the Hub"
-        for round_ in range(3):
-            for agent in agents:
-                # A changed inventory: the heartbeat is written, not answered from memory.
-                agent.installed_dynamic = [fleet.deps["a"]] if round_ % 2 == 0 else []
-                status, body = agent.heartbeat()
-                assert status == 200, body
-        status, body = own_server.admin(
-            "PUT", f"/admin/deps/{uid('plain')}", entry(url="https://origin.test/p.safetensors")
-        )
-        assert status == 200, body
-        # All of it answered while the PUT still waits for the Hub.
-        assert put.is_alive() and not answered
-    finally:
-        slow_hub.release.set()
-        put.join(30)
-        slow_hub.hold_seconds = 0.0
+    with AgentProcess(env) as real:
+        real.wait_for_line(rf"Registered dependency agent: instanceId={real_id}")
+        slow_hub.hold_seconds = 8.0
+        slow_hub.arrived.clear()
+        slow_hub.release.clear()
+        put.start()
+        try:
+            assert slow_hub.arrived.wait(30), "the PUT never asked the Hub"
+            # The real agent's next heartbeat is recorded meanwhile.
+            seen = last_beat()
+            assert wait_until(lambda: last_beat() != seen, 5), "no heartbeat recorded"
+            for round_ in range(3):
+                for agent in agents:
+                    # A changed inventory: the heartbeat is written, not answered from memory.
+                    agent.installed_dynamic = [fleet.deps["a"]] if round_ % 2 == 0 else []
+                    status, body = agent.heartbeat()
+                    assert status == 200, body
+            status, body = own_server.admin(
+                "PUT", f"/admin/deps/{uid('plain')}",
+                entry(url="https://origin.test/p.safetensors"),
+            )
+            assert status == 200, body
+            # All of it answered while the PUT still waits for the Hub.
+            assert put.is_alive() and not answered
+        finally:
+            slow_hub.release.set()
+            put.join(30)
+            slow_hub.hold_seconds = 0.0
     assert answered and answered[0][0] == 200, answered
 
 
