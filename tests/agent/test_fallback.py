@@ -104,5 +104,47 @@ def test_a_source_trickling_under_the_floor_is_left_for_the_next(
                                                  stall_seconds=1), BadSources(), report, 30)
     assert (tmp_path / "s.bin").read_bytes() == data
     assert report.bad == [("127.0.0.1", "stalled")]
-    assert 0 < report.bytes_by_kind[UPSTREAM] - len(data) < len(data)
+    # The fast source resumed where the slow one stopped: every byte came once.
+    assert report.bytes_by_kind[UPSTREAM] == len(data)
+    assert 0 < origin.bytes_served("/fast.bin") < len(data)
     assert len(origin.requests_for("/slow.bin")) == 1
+
+
+def test_the_next_source_resumes_the_bytes_the_last_one_wrote(
+    origin: ModelOrigin, tmp_path: Path
+) -> None:
+    data, sha = payload(400 * KiB, seed=6)
+    origin.add("/a.bin", data, stall_after=100 * KiB)
+    origin.add("/b.bin", data, etag='"another-host-etag"')
+    spec = DownloadSpec("", tmp_path / "r.bin", sha, len(data), label="r")
+    sources = sources_of({"url": origin.url("/a.bin"),
+                          "sources": [origin.url("/b.bin", host="localhost")]})
+    report = SourcesReport()
+    download_from_sources(spec, sources, options(timeout=1, stall_seconds=1), BadSources(),
+                          report, 30)
+    assert (tmp_path / "r.bin").read_bytes() == data
+    (resumed,) = origin.requests_for("/b.bin")
+    assert resumed.range == f"bytes={100 * KiB}-" and "if-range" not in resumed.headers
+    assert resumed.bytes_sent == len(data) - 100 * KiB
+    assert report.bad == [("127.0.0.1", "stalled")]
+
+
+def test_bytes_from_two_sources_that_do_not_match_start_over_from_zero(
+    origin: ModelOrigin, tmp_path: Path
+) -> None:
+    data, sha = payload(400 * KiB, seed=7)
+    # The first source sends wrong bytes (at the middle), then stalls past them.
+    origin.add("/a.bin", data, corrupt="always", stall_after=300 * KiB)
+    origin.add("/b.bin", data)
+    spec = DownloadSpec("", tmp_path / "m.bin", sha, len(data), label="m")
+    sources = sources_of({"url": origin.url("/a.bin"),
+                          "sources": [origin.url("/b.bin", host="localhost")]})
+    report = SourcesReport()
+    bad = BadSources()
+    download_from_sources(spec, sources, options(timeout=1, stall_seconds=1), bad, report, 30)
+    assert (tmp_path / "m.bin").read_bytes() == data
+    # Resumed first; the mismatch of the mixed file sent it back to zero on the same source,
+    # which is not blamed for the other's bytes.
+    assert [r.range for r in origin.requests_for("/b.bin")] == [f"bytes={300 * KiB}-", None]
+    assert report.bad == [("127.0.0.1", "stalled")]
+    assert not bad.refused(sha, origin.url("/b.bin", host="localhost"))

@@ -54,7 +54,8 @@ TEXT_SUFFIXES = frozenset({".json", ".html", ".htm", ".txt", ".md", ".yaml", ".y
 
 
 class _SegmentedMismatch(VerificationError):
-    """sha256 mismatch after a segmented fetch: worth one single-stream retry."""
+    """sha256 mismatch after a segmented fetch, or of bytes from two sources: worth one
+    single-stream retry from zero (it says which source is at fault)."""
 
 
 class StallWatch:
@@ -102,6 +103,8 @@ class _Download:
         # beyond what it showed when this download began count as new.
         self.high_water = self.progress.bytes_done
         self.check_pages = spec.dest.suffix.lower() not in TEXT_SUFFIXES
+        # The .partial holds bytes another source of the file wrote (see _attempt_inner).
+        self.inherited = False
         self.stall = (StallWatch(options.stall_bytes_per_second, options.stall_seconds,
                                  self.progress.received)
                       if options.stall_bytes_per_second > 0 and options.stall_seconds > 0
@@ -127,7 +130,8 @@ class _Download:
                 if force_single:
                     raise
                 # Field incident: segmented fetches over signed CDNs produced full-size
-                # but corrupt files. One clean single stream from zero before failing.
+                # but corrupt files. One clean single stream from zero before failing;
+                # also when the bytes came from two sources (which one was wrong?).
                 log.warning("%s; retrying once as a single stream from zero", exc.message)
                 force_single = True
             except RangesUnsupported as exc:
@@ -164,6 +168,7 @@ class _Download:
             self.stall.check(self.progress.received)
 
     def discard(self) -> None:
+        self.inherited = False
         for path in (self.partial, self.sidecar.path):
             try:
                 path.unlink(missing_ok=True)
@@ -191,6 +196,11 @@ class _Download:
         if force_single or (meta is not None and not self.sidecar.matches(meta, spec)):
             self.discard()
             meta = None
+        if meta is not None and self.sidecar.from_elsewhere(meta, spec):
+            # Another source of the same file wrote these bytes: keep them (the sha256
+            # checks them all at the end), but its ETag means nothing to this source.
+            meta = {**meta, "etag": None}
+            self.inherited = True
         offset = regular_size(self.partial)
         if offset is None:
             self.discard()  # nothing there, or not a regular file (a planted symlink)
@@ -394,8 +404,8 @@ class _Download:
                                     f"{spec.expected_size}", retryable=False,
                                     reason="size_mismatch")
         if spec.sha256 and digest != spec.sha256.lower():
+            error = _SegmentedMismatch if segmented or self.inherited else VerificationError
             self.discard()
-            error = _SegmentedMismatch if segmented else VerificationError
             raise error(f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
                         f"got {digest}", retryable=False, reason="sha256_mismatch")
         if self.options.check_dest is not None:

@@ -28,6 +28,9 @@ class DownloadSpec:
     label: str = ""
     # The scheme/host/port the authorization may go to (default: ``url``'s own).
     auth_url: str | None = None
+    # Set for a file with several sources (to its sha256): a partial any of them
+    # wrote is resumed by the next one (the sidecar is keyed on it, not on ``url``).
+    resume_key: str | None = None
 
 
 @dataclass

@@ -158,7 +158,8 @@ def download_from_sources(spec: DownloadSpec, sources: list[Source], options: Do
     for source in usable:
         same_origin = auth_url is not None and origin_of(source.url) == origin_of(auth_url)
         one = replace(spec, url=source.url, auth_url=auth_url,
-                      authorization=spec.authorization if same_origin else None)
+                      authorization=spec.authorization if same_origin else None,
+                      resume_key=f"sha256:{spec.sha256}" if several and spec.sha256 else None)
         waits = 0
         while True:
             before = progress.received
