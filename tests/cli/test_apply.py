@@ -218,3 +218,47 @@ def test_bad_file_in_a_real_process_has_no_traceback(
     assert "2 problems" in proc.stderr
     assert "deps.a.destRelativePath" in proc.stderr and "deps.a.kind" in proc.stderr
     assert server.admin_token not in proc.stdout + proc.stderr
+
+
+def test_sources_in_a_fleet_file_get_dep_and_the_sha256_warning(
+    applied: RunningServer, tmp_path: Path
+) -> None:
+    _, dep = applied.admin("GET", "/admin/deps/lora-pixel-art-xl")
+    assert dep["sources"] == ["https://models.example.com/loras/pixel-art-xl.safetensors"]
+    shown = run_cli(applied, "get", "dep", "lora-pixel-art-xl")
+    assert shown.exit_code == 0, shown.output
+    assert "hf://nerijs/pixel-art-xl/pixel-art-xl.safetensors" in shown.stdout
+    assert "https://models.example.com/loras/pixel-art-xl.safetensors" in shown.stdout
+    listed = run_cli(applied, "get", "deps")
+    assert "+ models.example.com/…/pixel-art-xl.safetensors" in listed.stdout
+
+    fleet = write_fleet(
+        tmp_path,
+        """
+        deps:
+          unpinned-lora:
+            url: https://models.example.com/loras/unpinned.safetensors
+            type: loras
+            filename: unpinned.safetensors
+            kind: dynamic
+        """,
+    )
+    result = run_cli(applied, "apply", "-f", str(fleet))
+    assert result.exit_code == 0, result.output
+    assert "warning: deps.unpinned-lora: no sha256" in " ".join(result.stdout.split())
+
+    bad = write_fleet(
+        tmp_path,
+        """
+        deps:
+          wrong-source:
+            url: hf://nerijs/pixel-art-xl/pixel-art-xl.safetensors
+            type: loras
+            kind: dynamic
+            sources: [hf://nerijs/pixel-art-xl/another.safetensors]
+        """,
+    )
+    refused = run_cli(applied, "apply", "-f", str(bad))
+    assert refused.exit_code != 0
+    assert "serves other bytes" in refused.output and "nothing was applied" in refused.output
+    assert applied.admin("GET", "/admin/deps/wrong-source")[0] == 404

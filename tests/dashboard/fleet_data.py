@@ -49,6 +49,9 @@ def seed_fleet(session: Session, now: datetime, live_ttl: float = 90.0) -> None:
                 sha256=("ab" * 32) if kind == "static" else None,
                 expected_size_bytes=size,
                 kind=kind,
+                # A further source for the same bytes (shown on the catalog page).
+                sources=[{"url": "https://mirror.example/sdxl-base.safetensors", "source": None,
+                          "revision": None}] if dep_id == "sdxl-base-1.0" else None,
                 created_at=now,
                 updated_at=now,
             )

@@ -179,3 +179,9 @@ def test_cancelling_a_download_a_job_waits_for_needs_a_confirmation(authed: Test
     resp = authed.post("/actions/items/cancel", data={**form, "confirmed": "true"})
     notice = parse_qs(urlsplit(resp.headers["location"]).query)["notice"][0]
     assert notice == "Cancelled controlnet-canny-sdxl. Job job-a1 moved or failed."
+
+
+def test_catalog_shows_further_sources(authed: TestClient) -> None:
+    html = authed.get("/catalog").text
+    assert "+1 source" in html and "https://mirror.example/sdxl-base.safetensors" not in html
+    assert "further sources, tried in order: mirror.example" in html

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.wait import wait_until
 from tests.mirror.helpers import (
     MiB,
     blob,
@@ -30,6 +29,7 @@ from tests.server.v1_client import V1Client
 from tests.support.origin import ModelOrigin
 from tests.support.s3 import S3Server
 from tests.support.server import RunningServer, run_server
+from tests.support.wait import wait_until
 
 BUCKET = "fleet-mirror"
 PREFIX = "depman/models"

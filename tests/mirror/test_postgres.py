@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.support.wait import wait_until
 from tests.mirror.helpers import MiB, blob, fetch, put, put_dep, put_type
 from tests.server.v1_client import V1Client
 from tests.support.origin import ModelOrigin
 from tests.support.s3 import S3Server
 from tests.support.server import RunningServer, postgres_database, run_server
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 BUCKET = "pg-mirror"

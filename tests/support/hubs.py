@@ -74,6 +74,10 @@ class FakeHubs:
         self.requests: list[str] = []
         self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization)
         self.lock = threading.Lock()
+        # A slow Hub: API requests wait up to `hold_seconds` for `release` (set `arrived`).
+        self.hold_seconds = 0.0
+        self.arrived = threading.Event()
+        self.release = threading.Event()
         hubs = self
 
         class Handler(_Handler):
@@ -158,6 +162,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _hold(self) -> None:
+        if self.hubs.hold_seconds:
+            self.hubs.arrived.set()
+            self.hubs.release.wait(self.hubs.hold_seconds)
+
     def _not_found(self, code: str) -> None:
         self._send(404, {"error": code}, {"X-Error-Code": code})
 
@@ -168,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.hubs.requests.append(f"GET {path}")
             self.hubs.authorizations.append((path, self.headers.get("Authorization")))
         segs = path.strip("/").split("/")
+        if path.startswith("/api/"):
+            self._hold()
         if path.startswith("/api/v1/model-versions/"):
             return self._civitai_version(segs[-1])
         if path.startswith("/api/download/models/"):
@@ -198,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.hubs.requests.append(f"POST {path}")
         length = int(self.headers.get("Content-Length") or 0)
         form = parse_qs(self.rfile.read(length).decode())
+        self._hold()
         segs = path.strip("/").split("/")
         if not (path.startswith("/api/models/") and segs[4] == "paths-info"):
             return self._not_found("NotFound")

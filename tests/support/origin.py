@@ -9,12 +9,15 @@
 Per file it can honour Range (206 + Content-Range), send an ETag, redirect to a
 "CDN" on another host name (``localhost`` vs ``127.0.0.1``) with signed URLs that
 can be expired, require an ``Authorization`` header, serve corrupt bytes, close
-early, drop the connection once after N bytes, answer errors for the next K
-requests, and throttle the body. Every request is recorded.
+early, drop the connection once after N bytes, stall mid-body, answer errors for
+the next K requests (429 with Retry-After, 503), answer 200 with a page instead of
+the file (a login form, an "Unauthorized" JSON), and throttle the body. Every
+request is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import threading
@@ -46,6 +49,11 @@ class OriginFile:
     expire_after_drop: bool = False  # the drop also expires every signed URL issued so far
     rate: float | None = None  # bytes per second, per response
     errors: list[tuple[int, float | None]] = field(default_factory=list)
+    redirect_status: int = 302  # 307: Civitai's answer, to a presigned R2/B2 URL
+    # 200 with this body and Content-Type instead of the file (a login page, a JSON error).
+    page: bytes | None = None
+    page_type: str = "text/html; charset=utf-8"
+    stall_after: int | None = None  # every response sends this many bytes, then nothing
 
     @property
     def size(self) -> int:
@@ -98,6 +106,7 @@ class ModelOrigin:
         self.signed_ttl: float | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.released = threading.Event()  # ends every stalled response
 
     # -- lifecycle ------------------------------------------------------
     def start(self) -> ModelOrigin:
@@ -114,6 +123,7 @@ class ModelOrigin:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -242,7 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if location.startswith("/"):
                     location = origin.url(location, host=self.headers.get("Host", "").split(
                         ":")[0] or None)
-                return self._simple(record, 302, {"Location": location})
+                return self._simple(record, entry.redirect_status, {"Location": location})
+            if entry.page is not None:
+                return self._simple(record, 200, {"Content-Type": entry.page_type},
+                                    body=entry.page)
             if entry.redirect_host:
                 sig = origin.sign(path)
                 location = origin.url(f"{CDN_PREFIX}{path}?sig={sig}&token=secret-{sig}",
@@ -251,9 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(record, entry)
 
     def _simple(self, record: RequestRecord, status: int,
-                headers: dict[str, str] | None = None) -> None:
+                headers: dict[str, str] | None = None, body: bytes | None = None) -> None:
         record.status = status
-        body = f"{status}\n".encode()
+        body = f"{status}\n".encode() if body is None else body
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -278,6 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
             (start, end), status = span, 206
         record.status = status
         self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(end - start + 1))
         if entry.ranges:
             self.send_header("Accept-Ranges", "bytes")
@@ -287,15 +301,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
         self.end_headers()
         limit = end - start + 1
+        stalling = entry.stall_after is not None and entry.stall_after < limit
         with self.origin.lock:
             if entry.short_body is not None:
                 limit = min(limit, entry.short_body)
+            if entry.stall_after is not None:
+                limit = min(limit, entry.stall_after)
             dropping = entry.drop_after is not None and entry.drop_after < limit
             if dropping:
                 assert entry.drop_after is not None
                 limit = entry.drop_after
                 entry.drop_after = None
         self._write_body(record, entry, start, limit)
+        if stalling:
+            with contextlib.suppress(OSError):
+                self.wfile.flush()
+            self.origin.released.wait(60)  # the client gives up first (its stall check)
         if limit < end - start + 1:
             self.close_connection = True
             if dropping and entry.expire_after_drop:

@@ -111,6 +111,11 @@ class AgentConfig:
     update_probation_seconds: float = p.DEFAULT_UPDATE_PROBATION_SECONDS
     update_retry_seconds: float = p.DEFAULT_UPDATE_RETRY_SECONDS
     adopt_stable_seconds: float = p.ADOPT_STABLE_SECONDS
+    # Sources: a stall (under this many bytes/s on average for stall_seconds; 0 turns it
+    # off) and a 429's Retry-After up to max_retry_after_seconds are waited out.
+    stall_bytes_per_second: int = p.DEFAULT_STALL_BYTES_PER_SECOND
+    stall_seconds: float = p.DEFAULT_STALL_SECONDS
+    max_retry_after_seconds: float = p.DEFAULT_MAX_RETRY_AFTER_SECONDS
     # ComfyUI integration: extra_model_paths.yaml (default: the ComfyUI folder's) and
     # a ComfyUI to ask whether it lists an installed file.
     extra_model_paths: Path | None = None
@@ -180,6 +185,12 @@ class AgentConfig:
                                                  p.DEFAULT_UPDATE_RETRY_SECONDS),
             adopt_stable_seconds=reader.get("DM_ADOPT_STABLE_SECONDS", _parse_seconds,
                                             p.ADOPT_STABLE_SECONDS),
+            stall_bytes_per_second=reader.get("DM_STALL_BYTES_PER_SECOND", parse_byte_size,
+                                              p.DEFAULT_STALL_BYTES_PER_SECOND),
+            stall_seconds=reader.get("DM_STALL_SECONDS", _parse_seconds,
+                                     p.DEFAULT_STALL_SECONDS),
+            max_retry_after_seconds=reader.get("DM_MAX_RETRY_AFTER_SECONDS", _parse_seconds,
+                                               p.DEFAULT_MAX_RETRY_AFTER_SECONDS),
             extra_model_paths=reader.get("DM_EXTRA_MODEL_PATHS", Path, None),
             comfyui_url=reader.get("DM_COMFYUI_URL", _parse_http_url, None),
         )

@@ -9,118 +9,79 @@ import hashlib
 import http.client
 import logging
 import os
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 from . import protocol as p
+from .download_types import DownloadOptions, DownloadResult, DownloadSpec
 from .errors import (
-    SERVER,
     DiskFull,
     DownloadError,
     DownloadInterrupted,
     InsufficientDiskSpace,
     SizeCapExceeded,
+    Stalled,
     VerificationError,
 )
 from .failures import classify
 from .files import NOFOLLOW, Sidecar, fsync_dir, open_partial, regular_size
-from .http import ConnectionPool, Response, open_url, parse_retry_after
+from .http import (
+    ConnectionPool,
+    Response,
+    check_body,
+    classify_status,
+    open_url,
+    parse_content_range,
+)
 from .pieces import resume_ranges
 from .progress import Progress
 from .redact import redact_url
-from .retry import RetryPolicy
 from .segments import ProbeResult, RangesUnsupported, SegmentedFetch
 from .sidefiles import adopt_legacy, partial_path, sidecar_path
 
 log = logging.getLogger("depman.agent")
 
 
-@dataclass(frozen=True)
-class DownloadSpec:
-    """What to fetch and where; ``authorization`` is a full header value ("Bearer …")."""
-
-    url: str
-    dest: Path
-    sha256: str | None = None
-    expected_size: int | None = None
-    authorization: str | None = None
-    label: str = ""
-
-
-@dataclass
-class DownloadOptions:
-    """How to fetch. ``allowed_domains=None`` disables the allowlist (tests, benchmarks)."""
-
-    allowed_domains: Sequence[str] | None = None
-    connections: int = p.DEFAULT_DOWNLOAD_CONNECTIONS
-    min_segment_bytes: int = p.DEFAULT_MIN_SEGMENT_BYTES
-    chunk_bytes: int = p.CHUNK_BYTES
-    timeout: float = p.HTTP_TIMEOUT_SECONDS
-    max_attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    stop: threading.Event = field(default_factory=threading.Event)
-    progress: Progress | None = None
-    # Called with the bytes still to be written once the size is known; raises
-    # InsufficientDiskSpace when room cannot be made.
-    ensure_space: Callable[[int], None] | None = None
-    # Called before each chunk of a body whose size nobody knows; raises
-    # InsufficientDiskSpace before the write would take the disk under its floor.
-    check_room: Callable[[int], None] | None = None
-    # Called before every attempt and right before the rename into place; raises
-    # (UnsafePath) when the destination's folder no longer lies where it may (re-linked
-    # while the download ran).
-    check_dest: Callable[[], object] | None = None
-
-    def new_policy(self) -> RetryPolicy:
-        return RetryPolicy(max_attempts=self.max_attempts, base_delay=self.base_delay,
-                           max_delay=self.max_delay)
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    path: Path
-    size: int
-    sha256: str
-    segmented: bool
-    resumed_from: int
-
-
 # "segmented" is the per-segment layout of agents before piece scheduling.
 SEGMENTED_MODES = ("pieces", "segmented")
 
 
+# The inputs live in download_types.py (segments.py needs them without the engine).
+__all__ = ["DownloadOptions", "DownloadResult", "DownloadSpec", "download_file", "hash_file"]
+
+# Files that are text by nature: their origin may rightly call them HTML or JSON.
+TEXT_SUFFIXES = frozenset({".json", ".html", ".htm", ".txt", ".md", ".yaml", ".yml"})
+
+
 class _SegmentedMismatch(VerificationError):
-    """sha256 mismatch after a segmented fetch: worth one single-stream retry."""
+    """sha256 mismatch after a segmented fetch, or of bytes from two sources: worth one
+    single-stream retry from zero (it says which source is at fault)."""
 
 
-def classify_status(response: Response) -> DownloadError:
-    """The error for a non-success answer; 403/416 are retried via a fresh redirect."""
-    status, where = response.status, redact_url(response.url)
-    retry_after = parse_retry_after(response.header("Retry-After"))
-    if status in (403, 416):
-        # Hugging Face / Civitai signed CDN URLs expire: ask the catalog URL again.
-        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)",
-                             category=SERVER)
-    if status in (408, 429) or status >= 500:
-        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after,
-                             category=SERVER)
-    hint = " (check the token)" if status == 401 else ""
-    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False, category=SERVER)
+class StallWatch:
+    """Raises Stalled when the bytes of a window came slower than the floor.
 
+    One clock read per chunk (a chunk is up to 1 MiB): no cost on a fast link. A
+    link that stops entirely is caught by the socket timeout instead.
+    """
 
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``bytes 10-19/100`` → (10, 19, 100); total None for ``*``."""
-    if not value or not value.startswith("bytes "):
-        return None
-    try:
-        span, _, total = value[6:].partition("/")
-        first, _, last = span.partition("-")
-        return int(first), int(last), None if total.strip() == "*" else int(total)
-    except ValueError:
-        return None
+    def __init__(self, floor: int, seconds: float, received: int = 0) -> None:
+        self.floor = floor
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.mark = received
+
+    def check(self, received: int) -> None:
+        """``received``: the item's byte count so far (``Progress.received``, which counts
+        under its lock: pieces report from several threads)."""
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed < self.seconds:
+            return
+        got, self.start, self.mark = received - self.mark, now, received  # a new window
+        if got < self.floor * elapsed:
+            raise Stalled(f"Stalled: {got} bytes in {elapsed:.0f} s, under the floor "
+                          f"of {self.floor} bytes/s")
 
 
 def download_file(spec: DownloadSpec, options: DownloadOptions | None = None) -> DownloadResult:
@@ -138,7 +99,16 @@ class _Download:
         self.progress = options.progress or Progress(spec.label or spec.dest.name)
         self.range_refusals = 0
         self.resumed_from = 0
-        self.high_water = 0
+        # Progress is the item's, shared with earlier sources and attempts: only bytes
+        # beyond what it showed when this download began count as new.
+        self.high_water = self.progress.bytes_done
+        self.check_pages = spec.dest.suffix.lower() not in TEXT_SUFFIXES
+        # The .partial holds bytes another source of the file wrote (see _attempt_inner).
+        self.inherited = False
+        self.stall = (StallWatch(options.stall_bytes_per_second, options.stall_seconds,
+                                 self.progress.received)
+                      if options.stall_bytes_per_second > 0 and options.stall_seconds > 0
+                      else None)
 
     # -- the retry loop -------------------------------------------------
     def run(self) -> DownloadResult:
@@ -160,7 +130,8 @@ class _Download:
                 if force_single:
                     raise
                 # Field incident: segmented fetches over signed CDNs produced full-size
-                # but corrupt files. One clean single stream from zero before failing.
+                # but corrupt files. One clean single stream from zero before failing;
+                # also when the bytes came from two sources (which one was wrong?).
                 log.warning("%s; retrying once as a single stream from zero", exc.message)
                 force_single = True
             except RangesUnsupported as exc:
@@ -172,9 +143,15 @@ class _Download:
                     raise
                 # Only new bytes count as progress: an origin that always closes at the
                 # same offset must not be retried forever.
-                if self.progress.bytes_done > self.high_water:
+                progressed = self.progress.bytes_done > self.high_water
+                if progressed:
                     self.high_water = self.progress.bytes_done
                     self.policy.reset()
+                if self.options.give_up_early and (not progressed or isinstance(exc, Stalled)):
+                    raise  # another source may do better: the caller moves on
+                if self.stall is not None:
+                    self.stall = StallWatch(self.stall.floor, self.stall.seconds,
+                                            self.progress.received)
                 delay = self.policy.next_delay(exc.retry_after)
                 if delay is None:
                     raise DownloadError(f"{exc.message} (gave up after "
@@ -187,8 +164,11 @@ class _Download:
 
     def on_bytes(self, n: int) -> None:
         self.progress.add(n)
+        if self.stall is not None:
+            self.stall.check(self.progress.received)
 
     def discard(self) -> None:
+        self.inherited = False
         for path in (self.partial, self.sidecar.path):
             try:
                 path.unlink(missing_ok=True)
@@ -198,7 +178,8 @@ class _Download:
     def open(self, url: str, headers: dict[str, str],
              pool: ConnectionPool | None = None) -> Response:
         return open_url(url, headers=headers, authorization=self.spec.authorization,
-                        catalog_url=self.spec.url, allowed_domains=self.options.allowed_domains,
+                        catalog_url=self.spec.auth_url or self.spec.url,
+                        allowed_domains=self.options.allowed_domains,
                         timeout=self.options.timeout, pool=pool)
 
     def _attempt(self, force_single: bool) -> DownloadResult:
@@ -215,6 +196,11 @@ class _Download:
         if force_single or (meta is not None and not self.sidecar.matches(meta, spec)):
             self.discard()
             meta = None
+        if meta is not None and self.sidecar.from_elsewhere(meta, spec):
+            # Another source of the same file wrote these bytes: keep them (the sha256
+            # checks them all at the end), but its ETag means nothing to this source.
+            meta = {**meta, "etag": None}
+            self.inherited = True
         offset = regular_size(self.partial)
         if offset is None:
             self.discard()  # nothing there, or not a regular file (a planted symlink)
@@ -243,6 +229,12 @@ class _Download:
     def probe(self) -> ProbeResult:
         """Ask the catalog URL for byte 0: learns ranges, total, ETag and the CDN URL."""
         response = self.open(self.spec.url, {"Range": "bytes=0-0"})
+        if response.status in (200, 206) and self.check_pages:
+            try:
+                check_body(response)
+            except DownloadError:
+                response.close()
+                raise
         if response.status == 200:
             return ProbeResult(url=response.url, total=None, etag=response.header("ETag"),
                                response=response)
@@ -262,7 +254,8 @@ class _Download:
         expected = self.spec.expected_size
         if total is not None and expected is not None and total != expected:
             raise VerificationError(f"Size mismatch: origin has {total} bytes, catalog "
-                                    f"expects {expected}", retryable=False)
+                                    f"expects {expected}", retryable=False,
+                                    reason="size_mismatch")
 
     # -- single stream --------------------------------------------------
     def _single(self, offset: int, meta: dict[str, object] | None,
@@ -285,6 +278,8 @@ class _Download:
                     self.discard()
             if response.status not in (200, 206):
                 raise classify_status(response)
+            if self.check_pages:
+                check_body(response)
             etag = response.header("ETag")
             if response.status == 206:
                 span = parse_content_range(response.header("Content-Range"))
@@ -338,7 +333,14 @@ class _Download:
                         break
                 elif cap is not None:
                     want = min(want, cap + 1 - written)
-                chunk = response.read_some(want)
+                try:
+                    chunk = response.read_some(want)
+                except TimeoutError as exc:  # bytes had come, then none for a whole timeout
+                    if written == offset:
+                        raise
+                    out.flush()
+                    raise Stalled(f"Stalled: no byte for {self.options.timeout:.0f} s at byte "
+                                  f"{written}") from exc
                 if not chunk:
                     break
                 if cap is not None and written + len(chunk) > cap:
@@ -399,12 +401,13 @@ class _Download:
         if spec.expected_size is not None and size != spec.expected_size:
             self.discard()
             raise VerificationError(f"Size mismatch: got {size} bytes, expected "
-                                    f"{spec.expected_size}", retryable=False)
+                                    f"{spec.expected_size}", retryable=False,
+                                    reason="size_mismatch")
         if spec.sha256 and digest != spec.sha256.lower():
+            error = _SegmentedMismatch if segmented or self.inherited else VerificationError
             self.discard()
-            error = _SegmentedMismatch if segmented else VerificationError
             raise error(f"sha256 mismatch for {spec.dest.name}: expected {spec.sha256.lower()}, "
-                        f"got {digest}", retryable=False)
+                        f"got {digest}", retryable=False, reason="sha256_mismatch")
         if self.options.check_dest is not None:
             self.options.check_dest()
         os.replace(self.partial, spec.dest)

@@ -16,13 +16,17 @@
         ├── LocalFileError       any other filesystem refusal (name too long, read-only...)
         ├── InvalidItem          the server sent an item the agent cannot run
         ├── VerificationError    size or sha256 mismatch
-        │   └── SizeCapExceeded  the body ran past expectedSizeBytes
+        │   ├── SizeCapExceeded  the body ran past expectedSizeBytes
+        │   └── NotTheFile       a body that cannot be the file (an HTML or JSON page)
+        ├── Stalled              the bytes came slower than the stall floor for too long
         └── DownloadInterrupted  stopped at a resumable point (the .partial is kept)
 
 Every DownloadError has a ``category``: ``local`` (this node: disk, files,
 settings, the item's own data), ``network`` (connect, read, timeouts),
 ``server`` (an HTTP status from the origin) or ``content`` (the bytes are not
-what the catalog says). Only transient errors are ``retryable``.
+what the catalog says). Only transient errors are ``retryable``. ``status`` is
+the origin's HTTP status when it answered one; ``reason`` says why a source was
+given up on (the codes of a status report's ``badSources``, docs/agent.md).
 """
 
 from __future__ import annotations
@@ -116,13 +120,19 @@ class DownloadError(AgentError):
     code = "download_failed"
     category = NETWORK
 
+    reason: str | None = None
+
     def __init__(self, message: str, *, retryable: bool = True,
-                 retry_after: float | None = None, category: str | None = None) -> None:
+                 retry_after: float | None = None, category: str | None = None,
+                 status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
         if category is not None:
             self.category = category
+        if reason is not None:
+            self.reason = reason
 
     def report(self) -> str:
         """The text the server and the log get: the class first, then what happened."""
@@ -193,9 +203,27 @@ class SizeCapExceeded(VerificationError):
     """The origin sent more than the catalog's expectedSizeBytes (or than the disk allows)."""
 
     code = "size_cap_exceeded"
+    reason = "size_mismatch"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
+
+
+class NotTheFile(VerificationError):
+    """The origin answered a page (a login form, an "Unauthorized" JSON) instead of the file."""
+
+    code = "not_the_file"
+    reason = "not_the_file"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class Stalled(DownloadError):
+    """Throughput stayed under the stall floor (DM_STALL_BYTES_PER_SECOND) for too long."""
+
+    code = "stalled"
+    reason = "stalled"
 
 
 class DownloadInterrupted(DownloadError):

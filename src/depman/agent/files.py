@@ -82,6 +82,13 @@ class _SpecLike(Protocol):
     def expected_size(self) -> int | None: ...
 
 
+def _resume_key(spec: _SpecLike) -> str:
+    # A file with several sources resumes whatever any of them wrote (``resume_key``,
+    # the sha256); otherwise only what its own URL wrote.
+    key = getattr(spec, "resume_key", None)
+    return key if isinstance(key, str) and key else source_key(spec.url)
+
+
 def source_key(url: str) -> str:
     """A fingerprint of the catalog URL (the URL itself may carry a token)."""
     return hashlib.sha256(url.encode()).hexdigest()[:32]
@@ -101,11 +108,18 @@ class Sidecar:
         return data if isinstance(data, dict) else None
 
     def save(self, meta: dict[str, Any], spec: _SpecLike) -> None:
-        atomic_write_json(self.path, {**meta, "source": source_key(spec.url),
+        atomic_write_json(self.path, {**meta, "source": _resume_key(spec),
+                                      "from": source_key(spec.url),
                                       "sha256": spec.sha256, "expectedSize": spec.expected_size})
 
     @staticmethod
     def matches(meta: dict[str, Any], spec: _SpecLike) -> bool:
-        return (meta.get("source") == source_key(spec.url)
+        return (meta.get("source") == _resume_key(spec)
                 and meta.get("sha256") == spec.sha256
                 and meta.get("expectedSize") == spec.expected_size)
+
+    @staticmethod
+    def from_elsewhere(meta: dict[str, Any], spec: _SpecLike) -> bool:
+        """The bytes on disk came from another of the file's sources than ``spec.url``:
+        kept (same sha256 to reach), but that source's ETag says nothing here."""
+        return meta.get("from", source_key(spec.url)) != source_key(spec.url)

@@ -12,10 +12,12 @@ from email.utils import parsedate_to_datetime
 from time import time
 from urllib.parse import urljoin, urlsplit
 
-from .errors import DomainNotAllowed, DownloadError, InvalidItem
+from .errors import SERVER, DomainNotAllowed, DownloadError, InvalidItem, NotTheFile
 from .redact import redact_url, register_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Content types of pages, never of a model file: a login form, an "Unauthorized" JSON.
+PAGE_TYPES = ("text/html", "application/json", "application/problem+json", "text/json")
 MAX_REDIRECTS = 10
 USER_AGENT = "depman-agent"
 
@@ -64,6 +66,47 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time())
     except (TypeError, ValueError):
         return None
+
+
+def classify_status(response: Response) -> DownloadError:
+    """The error for a non-success answer; 403/416 are retried via a fresh redirect."""
+    status, where = response.status, redact_url(response.url)
+    retry_after = parse_retry_after(response.header("Retry-After"))
+    if status in (403, 416):
+        # Hugging Face / Civitai signed CDN URLs expire: ask the catalog URL again.
+        return DownloadError(f"HTTP {status} from {where} (expired signed URL?)",
+                             category=SERVER, status=status)
+    if status in (408, 429) or status >= 500:
+        reason = "http_429" if status == 429 else "http_5xx" if status >= 500 else None
+        return DownloadError(f"HTTP {status} from {where}", retry_after=retry_after,
+                             category=SERVER, status=status, reason=reason)
+    hint = " (check the token)" if status == 401 else ""
+    return DownloadError(f"HTTP {status} from {where}{hint}", retryable=False, category=SERVER,
+                         status=status)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``bytes 10-19/100`` → (10, 19, 100); total None for ``*``."""
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        span, _, total = value[6:].partition("/")
+        first, _, last = span.partition("-")
+        return int(first), int(last), None if total.strip() == "*" else int(total)
+    except ValueError:
+        return None
+
+
+def check_body(response: Response) -> None:
+    """Refuse a success answer whose body is a page, not a file (NotTheFile).
+
+    Civitai answers 200 with a login page or an "Unauthorized" JSON when a token
+    is missing or expired; no model file is served as HTML or JSON.
+    """
+    kind = (response.header("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if kind in PAGE_TYPES:
+        raise NotTheFile(f"{redact_url(response.url)} answered {response.status} with a "
+                         f"{kind} page, not the file")
 
 
 class ConnectionPool:

@@ -14,7 +14,7 @@ from .adoption import Adopter, Wanted
 from .cache import Cache
 from .comfyui_check import listing_warning
 from .config import AgentConfig
-from .download import DownloadOptions, DownloadSpec, download_file
+from .download_types import DownloadOptions, DownloadSpec
 from .errors import (
     AgentError,
     DownloadError,
@@ -25,6 +25,7 @@ from .errors import (
 )
 from .eviction import Evictor
 from .failures import classify
+from .fallback import BadSources, SourcesReport, download_from_sources, sources_of
 from .folder_models import FolderInstall, install_folder
 from .model_roots import ModelRoots
 from .progress import Progress, format_bytes
@@ -59,6 +60,8 @@ class Outcome:
     error: str | None = None
     interrupted: bool = False
     warning: str | None = None  # ok, but ComfyUI does not list the file
+    # servedBy / bytesBySource / badSources of the status report (depman extensions).
+    report: dict[str, Any] | None = None
 
 
 class ItemRunner:
@@ -74,6 +77,9 @@ class ItemRunner:
         self.adopter = Adopter(cache, stop, config.adopt_stable_seconds)
         # The profile's model root (from register): deps without their own root go there.
         self.default_root: str | None = None
+        # Sources that served wrong bytes, per file: shared by the loop's runners.
+        self.bad_sources = BadSources()
+        self.sources = SourcesReport()
 
     def run(self, item: dict[str, Any], progress: Progress) -> Outcome:
         """v1 semantics: up to three attempts, waiting item_retry_seconds * 1, then * 2."""
@@ -86,7 +92,9 @@ class ItemRunner:
                     self.install(item, progress)
                 except OSError as exc:  # a file operation outside the download engine
                     raise classify(exc, dep_id) from exc
-                return Outcome(ok=True, warning=self.comfyui_warning(item))
+                warnings = [w for w in (self.sources.warning(), self.comfyui_warning(item)) if w]
+                return Outcome(ok=True, warning="; ".join(warnings) or None,
+                               report=self.sources.fields(succeeded=True))
             except DownloadInterrupted:
                 return Outcome(ok=False, interrupted=True)
             except AgentError as exc:
@@ -95,7 +103,8 @@ class ItemRunner:
                     else exc.message
                 if not retryable or attempt >= p.ITEM_ATTEMPTS:
                     log.error("Item %s (%s) failed: %s", item.get("itemId"), dep_id, text)
-                    return Outcome(ok=False, error=text)
+                    return Outcome(ok=False, error=text,
+                                   report=self.sources.fields(succeeded=False))
                 delay = self.config.item_retry_seconds * attempt
                 log.warning("Item %s attempt %d failed: %s; retrying in %.0f s",
                             item.get("itemId"), attempt, text, delay)
@@ -146,16 +155,26 @@ class ItemRunner:
         if expected is not None:  # check before the first byte; again once the origin says
             self.ensure_dir(dest.parent)
             ensure_space(expected)
-        log.info("Downloading %s from %s to %s", dep_id, redact_url(str(url)), rel)
-        result = download_file(
+        sources = sources_of(resolved)
+        for source in sources[1:]:
+            register_url(source.url)  # never logged with its query string
+        more = f" (+{len(sources) - 1} more sources)" if len(sources) > 1 else ""
+        log.info("Downloading %s from %s%s to %s", dep_id, redact_url(str(url)), more, rel)
+        result = download_from_sources(
             DownloadSpec(url=str(url), dest=dest, sha256=sha, expected_size=expected,
                          authorization=authorization, label=dep_id),
+            sources,
             DownloadOptions(allowed_domains=self.config.allowed_domains,
                             connections=self.config.download_connections,
                             min_segment_bytes=self.config.min_segment_bytes,
                             stop=self.stop, progress=progress, ensure_space=ensure_space,
                             check_room=check_room,
-                            check_dest=lambda: self.cache.path_for(rel, root=root)))
+                            check_dest=lambda: self.cache.path_for(rel, root=root),
+                            stall_bytes_per_second=self.config.stall_bytes_per_second,
+                            stall_seconds=self.config.stall_seconds,
+                            timeout=min(p.HTTP_TIMEOUT_SECONDS, self.config.stall_seconds)
+                            if self.config.stall_seconds > 0 else p.HTTP_TIMEOUT_SECONDS),
+            self.bad_sources, self.sources, self.config.max_retry_after_seconds)
         self.cache.mark_installed(dep_id, kind, rel, result.size, result.sha256, root=root)
         log.info("Installed %s (%d bytes%s)", dep_id, result.size,
                  ", segmented" if result.segmented else "")

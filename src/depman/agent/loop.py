@@ -17,6 +17,7 @@ from .client import ControlPlaneClient, static_dep_ids
 from .config import AgentConfig
 from .errors import AgentError, ServerError, Stopping, UnsafePath
 from .eviction import EvictionPolicy, Evictor
+from .fallback import BadSources
 from .inventory_check import recheck_inventory
 from .items import ItemRunner, Outcome, item_root
 from .logonce import problems
@@ -67,6 +68,8 @@ class Agent:
         self.pinned: set[str] = set()
         # The profile's model root (register answer): deps without their own go there.
         self.default_root: str | None = None
+        # Sources that served wrong bytes for a file are never asked for it again.
+        self.bad_sources = BadSources()
         self.active: dict[str, _Active] = {}
         self.done_items: OrderedDict[str, None] = OrderedDict()
         self.pool = ThreadPoolExecutor(max_workers=config.max_parallel_downloads,
@@ -284,11 +287,11 @@ class Agent:
             self.heartbeat_early = True
 
     def post_status(self, item: dict[str, Any], state: p.ItemState, error: str | None = None,
-                    attempts: int | None = None) -> None:
+                    attempts: int | None = None, extra: dict[str, Any] | None = None) -> None:
         body: dict[str, Any] = {
             "itemId": item.get("itemId"), "depId": item.get("depId"), "op": item.get("op"),
             "state": state.value, "diskStats": self.cache.disk_stats().to_json(),
-            "dynamicBytesUsed": self.cache.dynamic_bytes(),
+            "dynamicBytesUsed": self.cache.dynamic_bytes(), **(extra or {}),
         }
         if error is not None:
             body["error"] = redact(error)[:p.ERROR_MAX_CHARS]
@@ -405,6 +408,7 @@ class Agent:
         stop = ItemStop(self.stop)
         runner = ItemRunner(self.config, self.cache, stop, self.evictor, self.protected_ids)
         runner.default_root = self.default_root
+        runner.bad_sources = self.bad_sources
         future = self.pool.submit(runner.run, item, progress)
         self.active[dep_id] = _Active(item, progress, future, stop)
         self.post_status(item, p.ItemState.RUNNING)
@@ -430,11 +434,12 @@ class Agent:
                 self.cache.clear_inflight(dep_id)
                 # A warning (ComfyUI does not list the file) rides on the succeeded status.
                 self.post_status(active.item, p.ItemState.SUCCEEDED, outcome.warning,
-                                 attempts=attempts)
+                                 attempts=attempts, extra=outcome.report)
             else:
                 error = outcome.error or "failed"
                 self.cache.mark_failed(dep_id, error)
-                self.post_status(active.item, p.ItemState.FAILED, error, attempts=attempts)
+                self.post_status(active.item, p.ItemState.FAILED, error, attempts=attempts,
+                                 extra=outcome.report)
             self.remember(active.item["itemId"])
             self.heartbeat_early = True
 

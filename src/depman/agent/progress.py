@@ -27,6 +27,8 @@ class Progress:
         self.dep_id = dep_id
         self.bytes_done = 0
         self.bytes_total: int | None = None
+        # Every byte that arrived, never reset (bytes_done restarts with each attempt).
+        self.received = 0
         self._log_every = log_every
         self._clock = clock
         self._lock = threading.Lock()
@@ -46,6 +48,7 @@ class Progress:
 
     def add(self, n: int) -> None:
         with self._lock:
+            self.received += n
             self.bytes_done += n
             self._window_bytes += n
             self._updated_at_ms = int(time.time() * 1000)

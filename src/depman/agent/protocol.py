@@ -76,6 +76,13 @@ DEFAULT_MIN_SEGMENT_BYTES = 16 * 1024**2
 DEFAULT_PROGRESS_SECONDS = 5.0
 DEFAULT_LONG_POLL_SECONDS = 25.0
 DEFAULT_ITEM_RETRY_SECONDS = 5.0
+# A download slower than this on average over DEFAULT_STALL_SECONDS is stalled: with
+# another source for the file, the agent moves on to it.
+DEFAULT_STALL_BYTES_PER_SECOND = 64 * 1024
+DEFAULT_STALL_SECONDS = 30.0
+# A 429's Retry-After up to this long is waited out on the same source; longer, the
+# agent moves on to the next source.
+DEFAULT_MAX_RETRY_AFTER_SECONDS = 30.0
 ITEM_ATTEMPTS = 3
 # A file found at a destination with no sha256 in the catalog is adopted on its size only
 # once it has not changed for this long (a copy in progress keeps changing).

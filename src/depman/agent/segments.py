@@ -18,16 +18,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
+from .download_types import DownloadOptions, DownloadSpec
 from .errors import DownloadError, DownloadInterrupted
 from .failures import classify
-from .files import NOFOLLOW, open_partial
-from .http import ConnectionPool, Response
+from .files import NOFOLLOW, Sidecar, open_partial
+from .http import ConnectionPool, Response, classify_status, parse_content_range
 from .pieces import Piece, PieceBoard
-
-if TYPE_CHECKING:
-    from .download import _Download
+from .progress import Progress
 
 log = logging.getLogger("depman.agent")
 
@@ -47,6 +47,23 @@ class ProbeResult:
     total: int | None
     etag: str | None
     response: Response | None = None
+
+
+class Fetcher(Protocol):
+    """What the piece fetcher needs of the download it serves (``download._Download``)."""
+
+    spec: DownloadSpec
+    options: DownloadOptions
+    partial: Path
+    sidecar: Sidecar
+    progress: Progress
+
+    def open(self, url: str, headers: dict[str, str],
+             pool: ConnectionPool | None = None) -> Response: ...
+
+    def on_bytes(self, n: int) -> None: ...
+
+    def probe(self) -> ProbeResult: ...
 
 
 class RangesUnsupported(DownloadError):
@@ -114,7 +131,7 @@ class PrefixHasher:
 class Lane:
     """One worker's keep-alive connection, retry budget and read buffer."""
 
-    def __init__(self, download: _Download) -> None:
+    def __init__(self, download: Fetcher) -> None:
         opts = download.options
         self.pool = ConnectionPool()
         self.policy = opts.new_policy()
@@ -134,7 +151,7 @@ class Lane:
 class SegmentedFetch:
     """A fixed pool of piece workers; the first hard error stops the others."""
 
-    def __init__(self, download: _Download, probe: ProbeResult, etag: str | None,
+    def __init__(self, download: Fetcher, probe: ProbeResult, etag: str | None,
                  have: list[tuple[int, int]]) -> None:
         assert probe.total is not None
         self.d = download
@@ -234,7 +251,9 @@ class SegmentedFetch:
                 self.fetch_once(piece, start, end - 1, fd, lane)
             except (OSError, http.client.HTTPException, DownloadError, ValueError) as exc:
                 error = classify(exc, f"writing {self.d.spec.dest.name}")
-                if isinstance(error, RangesUnsupported) or not error.retryable:
+                # With other sources for the file, the download moves on instead.
+                if (isinstance(error, RangesUnsupported) or not error.retryable
+                        or self.d.options.give_up_early):
                     if error is exc:
                         raise
                     raise error from exc
@@ -245,8 +264,6 @@ class SegmentedFetch:
                     return
 
     def fetch_once(self, piece: Piece, start: int, last: int, fd: int, lane: Lane) -> None:
-        from .download import classify_status, parse_content_range
-
         headers = {"Range": f"bytes={start}-{last}"}
         if self.etag and not self.etag.startswith("W/"):
             headers["If-Range"] = self.etag

@@ -46,6 +46,8 @@ def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:
             for section in SECTION_NOUNS
         )
         console.print(f"Applied {escape(str(file))} to {escape(client.base_url)}: {summary}.")
+        for warning in counts.get("warnings") or []:
+            console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")
 
 
 def locate_server_error(fleet_file: FleetFile, message: str) -> str:
@@ -91,6 +93,8 @@ def print_listing(
         raise typer.BadParameter(
             "`depman get queue` needs an INSTANCE_ID", param_hint="INSTANCE_ID"
         )
+    if what == "dep" and not instance_id:
+        raise typer.BadParameter("`depman get dep` needs a DEP_ID", param_hint="DEP_ID")
     if what == "deps" and instance_id:
         raise typer.BadParameter("`depman get deps` takes no INSTANCE_ID", param_hint="INSTANCE_ID")
     with reported_errors(), open_client(server_url, token) as client:
@@ -105,6 +109,12 @@ def print_listing(
                 console.print(tables.instances_table(client.list_instances()))
         elif what == "deps":
             console.print(tables.deps_table(client.list_deps()))
+        elif what == "dep" and instance_id:
+            dep = client.get_document("deps", instance_id)
+            if dep is None:
+                raise ClientError(f"dep {instance_id!r} does not exist", status=404)
+            console.print(tables.deps_table([dep]))
+            console.print(tables.sources_table(dep))
         elif what == "jobs":
             console.print(tables.jobs_table(client.list_jobs(instance_id=instance_id)))
         elif what == "queue" and instance_id:

@@ -144,6 +144,8 @@ class DepDoc(FleetDoc):
     filename: Annotated[str, AfterValidator(_check_name)] | None = None
     root: str | None = None
     files: list[FileDoc] | None = None
+    # Further URLs for the same bytes (http(s), hf://, civitai://), tried in order after url.
+    sources: list[Annotated[str, AfterValidator(_check_url)]] | None = None
     sha256: Annotated[str, AfterValidator(_check_sha256)] | None = None
     expected_size_bytes: PositiveByteSize | None = None
     kind: Literal["static", "dynamic"]

@@ -101,6 +101,24 @@ def deps_table(deps: list[JsonDoc]) -> Table:
     return table
 
 
+def sources_table(dep: JsonDoc) -> Table:
+    """Where a dep's bytes come from, in the order agents try them: url, then sources."""
+    table = Table(title=f"Sources of {dep.get('depId', '-')}", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("AS WRITTEN", overflow="fold")
+    table.add_column("DOWNLOAD URL", overflow="fold")
+    table.add_column("REVISION", no_wrap=True)
+    first = str(dep.get("source") or dep.get("url") or "-")
+    rows = [(first, str(dep.get("url") or "-"), dep.get("revision"))]
+    for s in _list(dep.get("resolvedSources")):
+        if isinstance(s, dict):
+            url = str(s.get("url"))
+            rows.append((str(s.get("source") or url), url, s.get("revision")))
+    for n, (written, url, revision) in enumerate(rows, 1):
+        table.add_row(str(n), written, url, str(revision)[:SHA_SHOWN] if revision else "-")
+    return table
+
+
 def _sha_cell(dep: JsonDoc) -> str:
     files = dep.get("files")
     if isinstance(files, list):
@@ -119,6 +137,14 @@ def _path_cell(dep: JsonDoc) -> str:
 
 
 def _source_cell(dep: JsonDoc) -> str:
+    cell = _first_source(dep)
+    # Further sources, tried in order after the url: one line each.
+    for source in map(str, _list(dep.get("sources"))):
+        cell += "\n+ " + (short_url(source) if source.startswith("http") else source)
+    return cell
+
+
+def _first_source(dep: JsonDoc) -> str:
     source = dep.get("source")
     if source:
         revision = dep.get("revision")

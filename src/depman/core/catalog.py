@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from depman.core import model_types
+from depman.core import dep_sources, model_types
 from depman.core.chunks import chunks
 from depman.core.clock import utcnow
+from depman.core.dep_sources import SourceSpec
 from depman.core.states import ACTIVE_JOB_STATES, ItemState, JobState
 from depman.errors import Conflict, NotFound, ValidationFailed
 from depman.store.models import Dep, Job, JobDep, ProfileStaticDep, QueueItem
@@ -81,6 +82,8 @@ class DepSpec:
     source: str | None = None
     revision: str | None = None
     files: tuple[FileSpec, ...] | None = None
+    # Further URLs for the same bytes, tried in order after `url`.
+    sources: tuple[SourceSpec, ...] = ()
 
 
 # Resolves hf:// and civitai:// sources of a spec into download URLs, hashes and sizes.
@@ -89,12 +92,16 @@ SourceResolver = Callable[[DepSpec], DepSpec]
 
 def is_source_url(url: str | None) -> bool:
     """An `hf://` or `civitai://` URL, which the server resolves when an entry is put."""
-    return bool(url) and urlsplit(url or "").scheme in SOURCE_SCHEMES
+    return bool(url) and (url or "").split(":", 1)[0].lower() in SOURCE_SCHEMES
 
 
 def needs_resolving(spec: DepSpec) -> bool:
     """Whether the spec still names a source the server must resolve."""
-    return is_source_url(spec.url) or any(is_source_url(f.url) for f in spec.files or ())
+    return (
+        is_source_url(spec.url)
+        or any(is_source_url(f.url) for f in spec.files or ())
+        or any(is_source_url(s.url) for s in spec.sources)
+    )
 
 
 def validate_id(value: str, what: str) -> str:
@@ -132,8 +139,12 @@ def validate_dest_path(path: str, *, allow_any_destination: bool = False) -> str
 
 
 def _check_http_url(url: str, what: str) -> None:
-    parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url or "")
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:  # "http://[::1" and the like
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
         raise ValidationFailed(f"{what} must be an http(s) URL with a host")
 
 
@@ -253,6 +264,9 @@ def validate_dep(spec: DepSpec, *, allow_any_destination: bool = False) -> DepSp
         total = sum(s for s in sizes if s is not None)
         if size is None and None not in sizes:
             size = total
+    size = dep_sources.check(
+        spec.sources, url=spec.url, sha256=sha, size=size, folder=files is not None
+    )
     return replace(
         spec,
         dest_relative_path=dest,
@@ -264,25 +278,50 @@ def validate_dep(spec: DepSpec, *, allow_any_destination: bool = False) -> DepSp
     )
 
 
+def stored_specs(dep_ids: list[str], *, session: Session) -> dict[str, DepSpec]:
+    """The stored entries of `dep_ids` (those that exist), as specs: what `resolve_spec`
+    reuses. Read them in a read session; resolving happens after it ended."""
+    found: dict[str, DepSpec] = {}
+    for part in chunks(dep_ids):
+        for dep in session.scalars(select(Dep).where(Dep.dep_id.in_(part))):
+            found[dep.dep_id] = spec_of(dep)
+    return found
+
+
+def resolve_spec(
+    dep_id: str, spec: DepSpec, stored: DepSpec | None, resolve: SourceResolver | None
+) -> DepSpec:
+    """The spec with its hf:// / civitai:// URLs (url, files, sources) resolved.
+
+    An entry whose sources are unchanged keeps its stored resolution (pinned
+    revision, hash, size): putting the same document again asks no API and moves
+    nothing. Anything else asks the Hub or Civitai over the network: call this
+    before the write session, never inside one (a slow API would hold the writer).
+    """
+    validate_id(dep_id, "depId")
+    if stored is not None:
+        spec = replace(spec, sources=dep_sources.reuse(spec.sources, stored.sources))
+    if needs_resolving(spec):
+        spec = _reuse_resolution(spec, stored) or spec
+    if needs_resolving(spec):  # the resolver resolves what is left
+        spec = _resolve(spec, resolve)
+    return spec
+
+
 def put_dep(
     dep_id: str,
     spec: DepSpec,
     *,
     session: Session,
-    resolve: SourceResolver | None = None,
     allow_any_destination: bool = False,
 ) -> Dep:
-    """Create or replace a catalog entry, resolving its hf:// / civitai:// sources first.
+    """Create or replace a catalog entry from a resolved spec (`resolve_spec`).
 
-    An entry whose source is unchanged keeps its stored resolution (pinned
-    revision, hash, size): putting the same document again asks no API and moves
-    nothing.
+    No network here: this runs inside the write transaction.
     """
     validate_id(dep_id, "depId")
-    dep = session.get(Dep, dep_id)
-    if needs_resolving(spec):
-        spec = _reuse_resolution(spec, dep) or _resolve(spec, resolve)
     spec = validate_dep(spec, allow_any_destination=allow_any_destination)
+    dep = session.get(Dep, dep_id)
     now = utcnow()
     if dep is None:
         dep = Dep(dep_id=dep_id, created_at=now)
@@ -299,6 +338,7 @@ def put_dep(
     dep.source = spec.source
     dep.revision = spec.revision
     dep.files = [f.document() for f in spec.files] if spec.files is not None else None
+    dep.sources = [s.document() for s in spec.sources] or None
     dep.updated_at = now
     session.flush()
     return dep
@@ -310,7 +350,7 @@ def _resolve(spec: DepSpec, resolve: SourceResolver | None) -> DepSpec:
     return resolve(spec)
 
 
-def _reuse_resolution(spec: DepSpec, dep: Dep | None) -> DepSpec | None:
+def _reuse_resolution(spec: DepSpec, dep: DepSpec | None) -> DepSpec | None:
     """The stored resolution when the entry names the same sources as before."""
     if dep is None or (dep.source is None and not dep.files):
         return None
@@ -318,7 +358,7 @@ def _reuse_resolution(spec: DepSpec, dep: Dep | None) -> DepSpec | None:
         if spec.url != dep.source:
             return None
         if dep.files is not None:  # an hf:// folder: the files it was resolved into
-            kept = spec_of(dep)
+            kept = dep
             return replace(
                 spec,
                 url=dep.url,
@@ -342,21 +382,21 @@ def _reuse_resolution(spec: DepSpec, dep: Dep | None) -> DepSpec | None:
             sha256=spec.sha256 or dep.sha256,
             expected_size_bytes=spec.expected_size_bytes or dep.expected_size_bytes,
         )
-    stored = {f.get("path"): f for f in dep.files or []}
+    stored = {f.path: f for f in dep.files or ()}
     files = []
     for f in spec.files:
         old = stored.get(f.path)
         if not is_source_url(f.url):
             files.append(f)
-        elif old is not None and old.get("source") == f.url:
+        elif old is not None and old.source == f.url:
             files.append(
                 replace(
                     f,
-                    url=old["url"],
+                    url=old.url,
                     source=f.url,
-                    revision=old.get("revision"),
-                    sha256=f.sha256 or old.get("sha256"),
-                    size_bytes=f.size_bytes or old.get("sizeBytes"),
+                    revision=old.revision,
+                    sha256=f.sha256 or old.sha256,
+                    size_bytes=f.size_bytes or old.size_bytes,
                 )
             )
         else:
@@ -396,6 +436,7 @@ def spec_of(dep: Dep) -> DepSpec:
         source=dep.source,
         revision=dep.revision,
         files=files,
+        sources=dep_sources.stored(dep.sources),
     )
 
 

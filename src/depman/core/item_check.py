@@ -75,6 +75,7 @@ def check_item(
                 dep.kind,
                 dep.root,
                 dep.files,
+                dep.sources,
                 mirrored=mirrored is not None,
                 mirror_link=mirror_link,
             )

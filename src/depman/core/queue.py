@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from depman.core import dep_sources
 from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.mirror import MirrorState
@@ -192,6 +193,7 @@ def _poll_statement() -> Select[Any]:
             Dep.kind,
             Dep.root,
             Dep.files,
+            Dep.sources,
             sub.c.force_retry,
             sub.c.force_retry_after_ms,
             MirrorObject.sha256.is_not(None).label("mirrored"),
@@ -221,6 +223,7 @@ def resolved_document(
     kind: str,
     root: str | None,
     files: list[dict[str, Any]] | None,
+    sources: list[dict[str, Any]] | None = None,
     *,
     mirrored: bool = False,
     mirror_link: MirrorLink | None = None,
@@ -250,6 +253,9 @@ def resolved_document(
         resolved["root"] = root
     if files is not None:
         resolved["files"] = files
+    # Further URLs for the same bytes, tried in order after `url` (depman agents).
+    if sources and files is None:
+        resolved["sources"] = dep_sources.urls_of(sources)
     if mirrored and mirror_link is not None and sha and files is None:
         resolved["sources"] = [resolved["url"], *resolved.get("sources", [])]
         resolved["url"] = mirror_link(sha)
@@ -279,12 +285,12 @@ def poll_queue(
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
     for row in rows:
-        (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after,
-         mirrored) = row
+        (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, sources, force,
+         after, mirrored) = row
         if dep_id is None or url is None:
             continue
         resolved = resolved_document(
-            dep_id, url, auth, dest, sha, size, kind, root, files,
+            dep_id, url, auth, dest, sha, size, kind, root, files, sources,
             mirrored=bool(mirrored), mirror_link=mirror_link,
         )
         item: dict[str, Any] = {

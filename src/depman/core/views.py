@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from depman.core import dep_sources
 from depman.core.clock import isoformat
 from depman.core.queue import format_item_id
 from depman.store.models import Dep, DepReceipt, Instance, Job, Profile, QueueItem, ServerType
@@ -26,6 +27,8 @@ def dep_document(dep: Dep) -> dict[str, Any]:
         "source": dep.source,
         "revision": dep.revision,
         "files": list(dep.files) if dep.files is not None else None,
+        "sources": [s.written for s in dep_sources.stored(dep.sources)],
+        "resolvedSources": [s.document() for s in dep_sources.stored(dep.sources)],
         "updatedAt": isoformat(dep.updated_at),
     }
 

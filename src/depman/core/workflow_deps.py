@@ -8,6 +8,8 @@ workflow: one matching rule for all three.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -124,16 +126,67 @@ class ImportResult:
     known: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class ImportPlan:
+    """What `plan_import` found: the result so far and the entries to add, unresolved."""
+
+    result: ImportResult
+    entries: list[tuple[dict[str, Any], str, catalog.DepSpec]] = field(default_factory=list)
+
+
 def import_workflow(
     document: Any,
     *,
-    session: Session,
+    read: Callable[[], AbstractContextManager[Session]],
+    write: Session,
     kind: str = "dynamic",
     auth: str = "none",
     resolve: catalog.SourceResolver | None = None,
 ) -> ImportResult:
-    """Add a catalog entry for each unknown model of the workflow that carries a url."""
+    """Add a catalog entry for each unknown model of the workflow that carries a url.
+
+    Three steps, so no network call runs inside the write transaction: match the
+    workflow in a read session (`read`), resolve each new entry's source (the Hub,
+    Civitai), then add the entries in `write`.
+    """
+    with read() as session:
+        plan = plan_import(document, session=session, kind=kind, auth=auth)
+    resolved: list[tuple[dict[str, Any], str, catalog.DepSpec]] = []
+    for doc, dep_id, spec in plan.entries:
+        try:
+            resolved.append((doc, dep_id, catalog.resolve_spec(dep_id, spec, None, resolve)))
+        except DepmanError as exc:
+            plan.result.skipped.append({**doc, "reason": exc.message})
+    return add_imported(plan.result, resolved, session=write)
+
+
+def add_imported(
+    result: ImportResult,
+    entries: list[tuple[dict[str, Any], str, catalog.DepSpec]],
+    *,
+    session: Session,
+) -> ImportResult:
+    """Put the resolved entries of an import (no network: inside the write session)."""
+    for doc, dep_id, spec in entries:
+        if session.get(Dep, dep_id) is not None:
+            result.skipped.append({**doc, "reason": f"dep {dep_id!r} was added meanwhile"})
+            continue
+        try:
+            with session.begin_nested():
+                catalog.put_dep(dep_id, spec, session=session)
+        except DepmanError as exc:
+            result.skipped.append({**doc, "reason": exc.message})
+            continue
+        result.created.append({**doc, "depId": dep_id})
+    return result
+
+
+def plan_import(
+    document: Any, *, session: Session, kind: str = "dynamic", auth: str = "none"
+) -> ImportPlan:
+    """The workflow's unknown models that carry a url, each with a new dep id."""
     result = ImportResult()
+    plan = ImportPlan(result)
     taken = set(session.scalars(select(Dep.dep_id)))
     for match in match_workflow(document, session=session):
         ref = match.ref
@@ -155,12 +208,5 @@ def import_workflow(
             kind=kind,
             auth=auth,
         )
-        try:
-            with session.begin_nested():
-                catalog.put_dep(dep_id, spec, session=session, resolve=resolve)
-        except DepmanError as exc:
-            taken.discard(dep_id)
-            result.skipped.append({**doc, "reason": exc.message})
-            continue
-        result.created.append({**doc, "depId": dep_id})
-    return result
+        plan.entries.append((doc, dep_id, spec))
+    return plan

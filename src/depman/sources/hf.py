@@ -202,14 +202,25 @@ def resolve_file(client: HfClient, source: HfSource) -> tuple[HfFile, str]:
     return client.file_of(source.repo, commit, entries[0]), commit
 
 
-def resolve_folder(client: HfClient, source: HfSource) -> tuple[list[HfFile], str]:
-    """(every file under the folder, with paths relative to it; the pinned commit)."""
+def resolve_folder(
+    client: HfClient, source: HfSource, *, max_files: int | None = None
+) -> tuple[list[HfFile], str]:
+    """(every file under the folder, with paths relative to it; the pinned commit).
+
+    A folder of more than `max_files` files is refused from its listing, before the
+    per-file requests (files kept in git are fetched to be hashed).
+    """
     commit = client.commit_of(source)
     prefix = source.path
     entries = client.tree(source.repo, commit, prefix)
     if not entries:
         raise ValidationFailed(
             f"Hugging Face has no files under {prefix or '/'} in {source.repo} at {source.revision}"
+        )
+    if max_files is not None and len(entries) > max_files:
+        raise ValidationFailed(
+            f"hf://{source.repo}/{prefix} holds {len(entries)} files; a folder model may list "
+            f"at most {max_files}"
         )
     files = []
     for entry in entries:

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import httpx
 
-from depman.core.catalog import DepSpec, FileSpec, is_source_url
+from depman.core.catalog import MAX_FOLDER_FILES, DepSpec, FileSpec, is_source_url
+from depman.core.dep_sources import SourceSpec
 from depman.errors import ValidationFailed
 from depman.settings import ServerSettings
 from depman.sources import civitai, hf
@@ -54,7 +55,12 @@ class SourceResolver:
             if is_source_url(spec.url):
                 spec = self._entry(http, spec)
             if spec.files is not None:
+                if len(spec.files) > MAX_FOLDER_FILES:  # before one request per file
+                    raise ValidationFailed(f"files lists more than {MAX_FOLDER_FILES} files")
                 spec = replace(spec, files=tuple(self._file(http, f) for f in spec.files))
+            if spec.sources:
+                found = tuple(self._source(http, s, i) for i, s in enumerate(spec.sources))
+                spec = replace(spec, sources=found)
         return spec
 
     def _entry(self, http: httpx.Client, spec: DepSpec) -> DepSpec:
@@ -77,7 +83,7 @@ class SourceResolver:
         if source.is_folder:
             if spec.files is not None:
                 raise ValidationFailed("give an hf:// folder url or files, not both")
-            files, commit = hf.resolve_folder(client, source)
+            files, commit = hf.resolve_folder(client, source, max_files=MAX_FOLDER_FILES)
             return replace(
                 spec,
                 url="",
@@ -125,4 +131,20 @@ class SourceResolver:
             revision=commit,
             sha256=_agree(f.sha256, resolved.sha256, f.url),
             size_bytes=resolved.size_bytes,
+        )
+
+    def _source(self, http: httpx.Client, s: SourceSpec, index: int) -> SourceSpec:
+        """A further source: its download URL and what it serves (checked against the
+        entry by `core.catalog.validate_dep`)."""
+        if not is_source_url(s.url):
+            return s
+        if s.url.startswith("hf://") and hf.parse(s.url).is_folder:
+            raise ValidationFailed(f"sources[{index}] must name one file, not a folder: {s.url!r}")
+        found = self._file(http, FileSpec(path="", url=s.url))
+        return SourceSpec(
+            url=found.url,
+            source=s.url,
+            revision=found.revision,
+            sha256=found.sha256,
+            size_bytes=found.size_bytes,
         )

@@ -93,6 +93,8 @@ class Dep(Base):
     revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # A folder model: [{path, url, sha256?, sizeBytes?, source?, revision?}].
     files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Further URLs for the same bytes, in order after `url`: [{url, source?, revision?}].
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(_tz())
     updated_at: Mapped[datetime] = mapped_column(_tz())
 

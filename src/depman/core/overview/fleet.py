@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from depman.core import dep_sources
 from depman.core.overview.rows import (
     PINNING_JOB_STATES,
     CatalogRow,
@@ -202,6 +203,10 @@ def catalog_overview(*, session: Session, now: datetime, live_ttl: float) -> lis
                 items_running=counts.get("running", 0),
                 items_failed=counts.get("failed", 0),
                 profiles=profiles.get(dep.dep_id, []),
+                sources=[
+                    s.source or urlsplit(s.url).hostname or s.url
+                    for s in dep_sources.stored(dep.sources)
+                ],
             )
         )
     return rows

@@ -314,6 +314,8 @@ class CatalogRow:
     items_running: int
     items_failed: int
     profiles: list[str] = field(default_factory=list)
+    # Further sources (as written, or their hosts), tried after the url.
+    sources: list[str] = field(default_factory=list)
 
 
 def int_or_none(value: Any) -> int | None:

@@ -40,7 +40,12 @@ from depman.server.agent_gateway.full import (
 from depman.server.agent_gateway.memo import empty_poll_answer, unchanged_beat_answer
 from depman.server.agent_gateway.quick import PollRead, quick_heartbeat, quick_poll, quick_status
 from depman.server.agent_gateway.requests import Caller, ItemQuery, PollQuery
-from depman.server.schemas.agent import HeartbeatRequest, RegisterRequest, StatusRequest
+from depman.server.schemas.agent import (
+    BAD_SOURCE_REASONS,
+    HeartbeatRequest,
+    RegisterRequest,
+    StatusRequest,
+)
 from depman.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -71,6 +76,7 @@ class Pipeline:
             for stage, endpoints in STAGES.items()
             for endpoint in endpoints
         }
+        self._bad_sources = metrics.bad_sources
 
     async def register(self, caller: Caller, body: RegisterRequest) -> Answer:
         """Check the fleet secret, then register (full stage)."""
@@ -112,6 +118,9 @@ class Pipeline:
         """Move an item forward; late or repeated reports are acknowledged and ignored."""
         state = self.state
         await check_agent_token(state, caller, body.instance_id)
+        for bad in body.bad_sources or ():
+            reason = bad.reason if bad.reason in BAD_SOURCE_REASONS else "other"
+            self._bad_sources.labels(reason).inc()
         answer = await _quick_stage("status", quick_status, state, body)
         if answer is not None:
             return self._answer("quick", "status", answer)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Response
 
-from depman.core import catalog, profiles, server_types
+from depman.core import catalog, dep_sources, profiles, server_types
 from depman.core.views import dep_document, profile_document, server_type_document
+from depman.errors import DepmanError
 from depman.server.deps import AdminDep, ReadSessionDep, SessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.admin import (
@@ -22,6 +24,7 @@ from depman.server.schemas.admin import (
     ServerTypesOut,
 )
 from depman.server.schemas.bounds import IdPath
+from depman.server.state import ServerState
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -48,7 +51,26 @@ def dep_spec(body: DepIn) -> catalog.DepSpec:
         filename=body.filename,
         root=body.root,
         files=files,
+        sources=dep_sources.written(body.sources),
     )
+
+
+def resolved_specs(state: ServerState, specs: dict[str, catalog.DepSpec]) -> Iterator[
+    tuple[str, catalog.DepSpec | DepmanError]
+]:
+    """Each entry with its sources resolved (or the error resolving it), in order.
+
+    The stored entries are read in a read session that ends before any resolution:
+    hf:// and civitai:// sources are resolved over the network, and that must never
+    happen inside the write transaction (a slow Hub would hold every writer).
+    """
+    with state.db.read_session() as read:
+        stored = catalog.stored_specs(list(specs), session=read)
+    for dep_id, spec in specs.items():
+        try:
+            yield dep_id, catalog.resolve_spec(dep_id, spec, stored.get(dep_id), state.resolver)
+        except DepmanError as exc:
+            yield dep_id, exc
 
 
 def profile_spec(body: ProfileIn) -> profiles.ProfileSpec:
@@ -79,11 +101,13 @@ def list_deps(session: ReadSessionDep) -> dict[str, Any]:
 @router.put("/deps/{dep_id}", response_model=DepOut, responses=ERRORS)
 def put_dep(dep_id: IdPath, body: DepIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Create or replace a catalog entry (validated; hf:// and civitai:// sources resolved)."""
+    ((_, spec),) = resolved_specs(state, {dep_id: dep_spec(body)})
+    if isinstance(spec, DepmanError):
+        raise spec
     dep = catalog.put_dep(
         dep_id,
-        dep_spec(body),
+        spec,
         session=session,
-        resolve=state.resolver,
         allow_any_destination=state.policy.allow_any_destination,
     )
     session.commit()

@@ -35,7 +35,12 @@ def workflow_deps_of(body: WorkflowIn, session: ReadSessionDep) -> dict[str, Any
 def import_workflow(body: WorkflowImportIn, session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Add catalog entries for the workflow's unknown models that carry a url."""
     result = workflow_deps.import_workflow(
-        body.workflow, session=session, kind=body.kind, auth=body.auth, resolve=state.resolver
+        body.workflow,
+        read=state.db.read_session,
+        write=session,
+        kind=body.kind,
+        auth=body.auth,
+        resolve=state.resolver,
     )
     session.commit()
     return {"created": result.created, "skipped": result.skipped, "known": result.known}

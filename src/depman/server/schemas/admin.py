@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from depman.core.dep_sources import MAX_SOURCES
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
     MAX_LIST_IDS,
@@ -36,6 +37,17 @@ class FileOut(FileIn):
     revision: str | None = None
 
 
+class SourceOut(ApiModel):
+    """A further source as resolved: the download URL, the hf:// / civitai:// URL as
+    written (null for an https source) and the revision it was pinned to."""
+
+    url: str
+    source: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+
+
 class DepIn(ApiModel):
     """`PUT /admin/deps/{depId}`: `destRelativePath`, or `type` + `filename`."""
 
@@ -49,6 +61,8 @@ class DepIn(ApiModel):
     filename: SafeText | None = None
     root: ShortText | None = None
     files: list[FileIn] | None = Field(None, max_length=1000)
+    # Further URLs for the same bytes (https, hf://, civitai://), tried in order after `url`.
+    sources: list[Url] | None = Field(None, max_length=MAX_SOURCES)
 
 
 class DepOut(ApiModel):
@@ -67,6 +81,8 @@ class DepOut(ApiModel):
     source: str | None = None
     revision: str | None = None
     files: list[FileOut] | None = None
+    sources: list[str] = Field(default_factory=list)
+    resolved_sources: list[SourceOut] = Field(default_factory=list)
     updated_at: str | None = None
 
 
@@ -246,3 +262,5 @@ class FleetOut(ApiModel):
     profiles: int
     server_types: int
     instances: int
+    # Things worth knowing that did not stop the apply (entries without a sha256).
+    warnings: list[str] = Field(default_factory=list)

@@ -12,9 +12,11 @@ from depman.core.reports import StatusReport
 from depman.server.logsafe import quoted
 from depman.server.schemas import ApiModel
 from depman.server.schemas.bounds import (
+    MAX_BAD_SOURCES,
     MAX_HOST_CHARS,
     MAX_LIST_IDS,
     CleanText,
+    HostText,
     Id,
     IdList,
     ItemId,
@@ -36,7 +38,7 @@ DiskStatPathText = Annotated[str, TelemetryText("diskStats.statPath", 1000)]
 DiskDiagnostics = Annotated[dict[str, Any] | None, TelemetryDoc("diskDiagnostics")]
 StageText = Annotated[str, TelemetryText("activeDownloads.stage", 50)]
 ToolText = Annotated[str, TelemetryText("activeDownloads.tool", 100)]
-HostText = Annotated[str, TelemetryText("servedBy.host", MAX_HOST_CHARS)]
+ServedHost = Annotated[str, TelemetryText("servedBy.host", MAX_HOST_CHARS)]
 
 
 class DiskStats(ApiModel):
@@ -97,6 +99,8 @@ class Resolved(ApiModel):
     sha256: str | None = None
     expected_size_bytes: int | None = None
     kind: str
+    # depman extension: further URLs for the same bytes, tried in order after `url`.
+    sources: list[str] | None = None
 
 
 class QueueItemOut(ApiModel):
@@ -181,7 +185,7 @@ class ServedBy(ApiModel):
     """
 
     kind: ShortText
-    host: HostText | None = None
+    host: ServedHost | None = None
 
 
 class BytesBySource(ApiModel):
@@ -189,6 +193,20 @@ class BytesBySource(ApiModel):
 
     mirror: NonNegInt64 = 0
     upstream: NonNegInt64 = 0
+
+
+# What a depman agent reports as why it gave up on a source (docs/agent.md).
+BAD_SOURCE_REASONS = frozenset({
+    "http_429", "http_5xx", "connection", "stalled", "not_the_file", "size_mismatch",
+    "sha256_mismatch",
+})
+
+
+class BadSource(ApiModel):
+    """A source given up on: its host and why (`http_429`, `sha256_mismatch`, ...)."""
+
+    host: HostText
+    reason: ShortText
 
 
 class StatusRequest(TelemetryCarrier):
@@ -204,8 +222,10 @@ class StatusRequest(TelemetryCarrier):
     dynamic_bytes_used: NonNegInt64 | None = None
     error: CleanText | None = None
     verification: Verification | None = None
+    # depman agents: where the bytes came from, and the sources given up on.
     served_by: ServedBy | None = None
     bytes_by_source: BytesBySource | None = None
+    bad_sources: Annotated[list[BadSource], Field(max_length=MAX_BAD_SOURCES)] | None = None
 
     def to_core(self) -> StatusReport:
         """The report as the core applies it."""

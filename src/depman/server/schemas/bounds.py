@@ -49,12 +49,15 @@ MAX_ITEM_ID_CHARS = 300
 MAX_LIST_IDS = 10_000
 MAX_TEXT_CHARS = 2000
 MAX_URL_CHARS = 4096
-# A DNS host name (the `servedBy.host` of a status report).
+# A DNS host name (`servedBy.host`, `badSources[].host` of a status report).
 MAX_HOST_CHARS = 253
 # Free-form objects agents may attach (provider metadata, disk diagnostics):
 # ids and a few figures, a mount table at most.
 MAX_JSON_DOC_CHARS = 16 * 1024
 MAX_JSON_DOC_DEPTH = 8
+# Sources a depman agent gave up on in one status report (an entry has at most 16
+# sources plus the mirror; a few reasons each at most).
+MAX_BAD_SOURCES = 64
 
 # Ids: what `core.catalog.validate_id` accepts, as a JSON-schema pattern.
 ID_PATTERN = r"^[^/\\\s\x00-\x1f\x7f-\x9f]+$"
@@ -197,6 +200,9 @@ SafeText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS, pattern=N
 CleanText = Annotated[str, BeforeValidator(clean_text)]
 Url = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_URL_CHARS), AfterValidator(_no_controls)
+]
+HostText = Annotated[
+    str, StringConstraints(max_length=MAX_HOST_CHARS, pattern=NO_CONTROLS_PATTERN)
 ]
 NonNegInt64 = Annotated[int, Field(ge=0, le=MAX_INT64)]
 PositiveInt64 = Annotated[int, Field(ge=1, le=MAX_INT64)]
