@@ -136,7 +136,10 @@ class ItemRunner:
             raise DownloadError(f"No url to download {dep_id} ({rel})", retryable=False,
                                 category="local")
         register_url(str(url))
-        authorization = self.authorization(str(resolved.get("auth") or "none"))
+        # From the mirror `auth` is none (a token would leak to the bucket); the upstream's
+        # own scheme rides in `upstreamAuth`, and only the upstream's origin ever gets it.
+        auth = resolved.get("upstreamAuth") if resolved.get("mirror") is True else None
+        authorization = self.authorization(str(auth or resolved.get("auth") or "none"))
         evictor = self.evictor()
 
         def ensure_space(need: int) -> None:
