@@ -193,6 +193,8 @@ class ModelManagement(FleetDoc):
 
     mode: str = "dependency_manager_v1"
     profile_id: Id | None = None
+    # open: undeclared agents of this type enrol themselves; declared: only `instances` register.
+    enrollment: Literal["open", "declared"] = "open"
 
 
 class ServerTypeDoc(FleetDoc):

@@ -46,7 +46,11 @@ def server_type_document(row: ServerType) -> dict[str, Any]:
     """A server type as the admin API shows it."""
     return {
         "serverType": row.server_type,
-        "modelManagement": {"mode": row.mode, "profileId": row.profile_id},
+        "modelManagement": {
+            "mode": row.mode,
+            "profileId": row.profile_id,
+            "enrollment": row.enrollment or "open",
+        },
         "maxActiveJobs": row.max_active_jobs,
         "updatedAt": isoformat(row.updated_at),
     }

@@ -66,6 +66,7 @@ def server_type_spec(body: ServerTypeIn) -> server_types.ServerTypeSpec:
     return server_types.ServerTypeSpec(
         mode=body.model_management.mode,
         profile_id=body.model_management.profile_id,
+        enrollment=body.model_management.enrollment,
         max_active_jobs=body.max_active_jobs,
     )
 

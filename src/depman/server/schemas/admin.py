@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -119,6 +119,9 @@ class ModelManagement(ApiModel):
 
     mode: Annotated[ShortText, Field(max_length=50)] = "dependency_manager_v1"
     profile_id: Id | None = None
+    # "open": an agent with the shared secret and an undeclared instance id enrols itself;
+    # "declared": only declared instances register.
+    enrollment: Literal["open", "declared"] = "open"
 
 
 class ServerTypeIn(ApiModel):
