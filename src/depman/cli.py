@@ -159,7 +159,10 @@ def agent_unpublish(
 
 @app.command()
 def onstart(
-    server_type: Annotated[str, typer.Option("--server-type", help="This template's server type.")],
+    server_type: Annotated[
+        str | None,
+        typer.Option("--server-type", help="This template's server type.", show_default=False),
+    ] = None,
     server_url: Annotated[
         str | None,
         typer.Option(
@@ -170,11 +173,20 @@ def onstart(
             show_default=False,
         ),
     ] = None,
+    token: TokenOpt = None,
+    no_check: Annotated[
+        bool,
+        typer.Option("--no-check", help="Print the script without asking the server."),
+    ] = False,
+    stop: Annotated[
+        bool,
+        typer.Option("--stop", help="Print the script that stops the agent and its loop."),
+    ] = False,
 ) -> None:
     """Print a Vast.ai on-start script: fetch + sha256-check the agent, run it under restarts."""
-    from depman.client.onstart import onstart_script
+    from depman.client.commands import print_onstart
 
-    typer.echo(onstart_script(server_type, server_url), nl=False)
+    print_onstart(server_type, server_url, token=token, check=not no_check, stop=stop)
 
 
 @app.command()

@@ -125,6 +125,10 @@ class AdminClient:
         """The dependency catalog."""
         return _items(self._request("GET", "/admin/deps"), "deps")
 
+    def list_server_types(self) -> list[JsonDoc]:
+        """Every server type."""
+        return _items(self._request("GET", "/admin/server-types"), "serverTypes")
+
     def list_queue_items(self, instance_id: str) -> list[JsonDoc]:
         """The queue items of one instance."""
         path = f"/admin/queues/{_segment(instance_id)}/items"

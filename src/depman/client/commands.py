@@ -211,3 +211,26 @@ def show_job(job_id: str, *, server_url: str, token: str | None) -> None:
     console = make_console()
     with reported_errors(), open_client(server_url, token) as client:
         console.print(tables.job_table(client.get_job(job_id)))
+
+
+def print_onstart(
+    server_type: str | None, server_url: str | None, *, token: str | None, check: bool, stop: bool
+) -> None:
+    """Print the on-start script of a server type the server knows (or the stop script)."""
+    from depman.client.onstart import check_server_type, onstart_script, stop_script
+
+    if stop:
+        typer.echo(stop_script(), nl=False)
+        return
+    if not server_type:
+        raise typer.BadParameter("give the template's server type", param_hint="--server-type")
+    if check:
+        with reported_errors():
+            if not server_url:
+                raise ClientError(
+                    "give --server URL (or DEPMAN_URL) so the server type can be checked, "
+                    "or pass --no-check"
+                )
+            with open_client(server_url, token) as client:
+                check_server_type(client, server_type)
+    typer.echo(onstart_script(server_type, server_url), nl=False)
