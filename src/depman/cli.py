@@ -318,6 +318,34 @@ def jobs_get(
     show_job(job_id, server_url=server_url, token=token)
 
 
+@jobs_app.command("start")
+def jobs_start(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Mark a ready job running (the job runner, before it runs the workflow)."""
+    from depman.client.commands import start_job
+
+    start_job(job_id, server_url=server_url, token=token)
+
+
+@jobs_app.command("complete")
+def jobs_complete(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    failed: Annotated[bool, typer.Option("--failed", help="The job failed.")] = False,
+    error: Annotated[
+        str | None, typer.Option("--error", help="What went wrong (with --failed).")
+    ] = None,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Finish a job (completed, or failed with --failed) and free its instance's slot."""
+    from depman.client.commands import complete_job
+
+    complete_job(job_id, failed=failed, error=error, server_url=server_url, token=token)
+
+
 @app.command()
 def demo(
     keep_running: Annotated[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.cli.helpers import (
     EXAMPLE,
     assert_clean_failure,
@@ -100,6 +102,22 @@ def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
     assert failed.exit_code == 1, failed.output
     assert "Job job-1: failed" in failed.stdout and "sha256 mismatch" in failed.stdout
     assert "failed" in row_of(run_cli(server, "get", "queue", FIRST).stdout, "lora-pixel-art-xl")
+
+    # The runner's part: start it, run the workflow on the instance, complete it.
+    match = re.search(r"Job (\S+): ready", waited.stdout)
+    assert match is not None
+    ready_job = match.group(1)
+    started = run_cli(server, "jobs", "start", ready_job)
+    assert started.exit_code == 0, started.output
+    assert f"Job {ready_job}: running on {SECOND}" in started.stdout
+    assert_clean_failure(run_cli(server, "jobs", "start", "job-1"), "job-1")
+    completed = run_cli(server, "jobs", "complete", ready_job)
+    assert completed.exit_code == 0, completed.output
+    assert f"Job {ready_job}: completed on {SECOND}" in completed.stdout
+    assert "completed" in row_of(run_cli(server, "get", "jobs").stdout, ready_job)
+    assert_clean_failure(
+        run_cli(server, "jobs", "complete", ready_job, "--error", "x"), "--failed"
+    )
 
 
 def test_usage_and_not_found_errors(depman_server: RunningServer) -> None:

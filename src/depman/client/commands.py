@@ -213,6 +213,30 @@ def show_job(job_id: str, *, server_url: str, token: str | None) -> None:
         console.print(tables.job_table(client.get_job(job_id)))
 
 
+def start_job(job_id: str, *, server_url: str, token: str | None) -> None:
+    """Mark a ready job running and print it."""
+    console = make_console()
+    with reported_errors(), open_client(server_url, token) as client:
+        job = client.start_job(job_id)
+        console.print(describe_receipt(job))
+
+
+def complete_job(
+    job_id: str, *, failed: bool, error: str | None, server_url: str, token: str | None
+) -> None:
+    """Finish a job (completed, or failed with its error) and print it."""
+    console = make_console()
+    with reported_errors():
+        if error and not failed:
+            raise ClientError("--error goes with --failed (a completed job has no error)")
+        with open_client(server_url, token) as client:
+            job = client.complete_job(job_id, ok=not failed, error=error)
+            line = describe_receipt(job)
+            if job.get("error"):
+                line += f": {escape(str(job['error']))}"
+            console.print(line)
+
+
 def print_onstart(
     server_type: str | None, server_url: str | None, *, token: str | None, check: bool, stop: bool
 ) -> None:
