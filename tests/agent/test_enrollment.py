@@ -42,7 +42,7 @@ def test_undeclared_rental_enrols_and_prefetches_its_static_deps(
                 return status == 200 and body["dependencyManager"].get("installedDepIdsStatic")
 
             assert wait_until(lambda: held() == ["base"], 30), agent.log()
-    status, body = depman_server.admin("GET", "/admin/instances/4242")
+    _, body = depman_server.admin("GET", "/admin/instances/4242")
     assert body["serverType"] == "sdxl-worker"
     target = tmp_path / "ws-4242/ComfyUI/models/checkpoints/base.safetensors"
     assert target.read_bytes() == data
