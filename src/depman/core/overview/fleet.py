@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from depman.core.failing import failing_instances
 from depman.core.overview.rows import (
     PINNING_JOB_STATES,
     CatalogRow,
@@ -85,6 +86,7 @@ def instance_row(
     items: Mapping[str, int],
     inventory: Mapping[str, int],
     active_jobs: int,
+    downloads_failing: bool = False,
 ) -> InstanceRow:
     last = as_utc(inst.last_heartbeat_at)
     return InstanceRow(
@@ -110,6 +112,7 @@ def instance_row(
         active_jobs=active_jobs,
         failed_dep_ids=list(inst.failed_dep_ids or []),
         drained=bool(inst.drained),
+        downloads_failing=downloads_failing,
     )
 
 
@@ -124,6 +127,7 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
     items = item_counts(session)
     inventory = inventory_counts(session)
     active = active_job_counts(session)
+    failing = failing_instances(None, session=session, now=now)
     instances = session.scalars(select(Instance).order_by(Instance.instance_id)).all()
     rows = [
         instance_row(
@@ -134,6 +138,7 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
             items=items.get(inst.instance_id, {}),
             inventory=inventory.get(inst.instance_id, {}),
             active_jobs=active.get(inst.instance_id, 0),
+            downloads_failing=inst.instance_id in failing,
         )
         for inst in instances
     ]
