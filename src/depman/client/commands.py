@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from depman.client import tables
 from depman.client.api import AdminClient, JsonDoc
+from depman.client.catalog_checks import check_entries
 from depman.client.errors import ClientError, FleetFileError
 from depman.client.fleet import FleetFile, line_of, load_fleet
 
@@ -75,11 +76,14 @@ def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:
             except ClientError as exc:
                 exc.message = locate_server_error(fleet_file, exc.message)
                 raise
-        summary = ", ".join(
-            f"{counts.get(section, 0)} {SECTION_NOUNS[section][counts.get(section) != 1]}"
-            for section in SECTION_NOUNS
-        )
-        console.print(f"Applied {escape(str(file))} to {escape(client.base_url)}: {summary}.")
+            summary = ", ".join(
+                f"{counts.get(section, 0)} {SECTION_NOUNS[section][counts.get(section) != 1]}"
+                for section in SECTION_NOUNS
+            )
+            console.print(f"Applied {escape(str(file))} to {escape(client.base_url)}: {summary}.")
+            applied = set(fleet_file.fleet.deps)
+            if applied:
+                check_entries(console, (d for d in client.list_deps() if d.get("depId") in applied))
 
 
 def locate_server_error(fleet_file: FleetFile, message: str) -> str:

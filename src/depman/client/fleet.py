@@ -163,9 +163,10 @@ class DepDoc(FleetDoc):
         if (
             self.model_type is not None
             and self.filename is None
-            and not url.startswith(("civitai://", "hf://"))
+            and self.files is not None
         ):
-            raise ValueError("type needs filename (the file's name in that folder)")
+            raise ValueError("type needs filename (the folder's name in that model folder)")
+        # Otherwise a missing filename is the url's last segment (the server derives it).
         return self
 
 

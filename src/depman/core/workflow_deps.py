@@ -157,10 +157,13 @@ def import_workflow(
         )
         try:
             with session.begin_nested():
-                catalog.put_dep(dep_id, spec, session=session, resolve=resolve)
+                dep = catalog.put_dep(dep_id, spec, session=session, resolve=resolve)
         except DepmanError as exc:
             taken.discard(dep_id)
             result.skipped.append({**doc, "reason": exc.message})
             continue
-        result.created.append({**doc, "depId": dep_id})
+        # A plain URL gives no hash: the agent can then only trust what it downloads.
+        result.created.append(
+            {**doc, "depId": dep_id, "downloadUrl": dep.url, "unverified": dep.sha256 is None}
+        )
     return result
