@@ -15,7 +15,7 @@ from tests.cli.helpers import (
 from tests.support.server import RunningServer
 
 SDXL_TYPE = "sdxl-standard-v8"
-FIRST, SECOND, FLUX = "vast-14620331", "vast-14620388", "vast-14701205"
+FIRST, SECOND, FLUX = "14620331", "14620388", "14701205"
 
 
 def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:

@@ -194,8 +194,9 @@ class ModelManagement(FleetDoc):
 
     mode: str = "dependency_manager_v1"
     profile_id: Id | None = None
-    # open: undeclared agents of this type enrol themselves; declared: only `instances` register.
-    enrollment: Literal["open", "declared"] = "open"
+    # open (the server's default): undeclared agents of this type enrol themselves;
+    # declared: only `instances` register.
+    enrollment: Literal["open", "declared"] | None = None
 
 
 class ServerTypeDoc(FleetDoc):
