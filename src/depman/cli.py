@@ -207,21 +207,28 @@ class GetWhat(StrEnum):
     instances = "instances"
     instance = "instance"  # one instance, with its verification receipts
     deps = "deps"
+    dep = "dep"  # one dep: which instances hold it, and the file's state there
     jobs = "jobs"
     queue = "queue"
 
 
 @app.command()
 def get(
-    what: Annotated[GetWhat, typer.Argument(help="instances, instance, deps, jobs or queue.")],
+    what: Annotated[
+        GetWhat, typer.Argument(help="instances, instance, deps, dep, jobs or queue.")
+    ],
     instance_id: Annotated[
         str | None,
-        typer.Argument(help="Instance id (for `instance` and `queue`).", show_default=False),
+        typer.Argument(
+            help="Instance id (for `instance` and `queue`), dep id (for `dep`).",
+            show_default=False,
+        ),
     ] = None,
     server_url: ServerOpt = DEFAULT_SERVER_URL,
     token: TokenOpt = None,
 ) -> None:
-    """Print a table of instances, deps, jobs, one instance (with receipts) or its queue."""
+    """Print a table of instances, deps, jobs, one instance (with receipts) or its queue, or
+    the instances that hold one dep."""
     from depman.client.commands import print_listing
 
     print_listing(what.value, instance_id, server_url=server_url, token=token)

@@ -119,6 +119,17 @@ def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
         run_cli(server, "jobs", "complete", ready_job, "--error", "x"), "--failed"
     )
 
+    # Which instances hold a model, and the file's state there.
+    base = run_cli(server, "get", "dep", "sdxl-base-1.0")
+    assert base.exit_code == 0, base.output
+    assert "Instances with sdxl-base-1.0 (2)" in base.stdout
+    for instance in (FIRST, SECOND):
+        assert "held (static)" in row_of(base.stdout, instance)
+    lora = run_cli(server, "get", "dep", "lora-pixel-art-xl")
+    row = row_of(lora.stdout, FIRST)
+    assert "failed" in row and "sha256 mismatch" in row
+    assert_clean_failure(run_cli(server, "get", "dep", "ghost"), "dep 'ghost' does not exist")
+
 
 def test_usage_and_not_found_errors(depman_server: RunningServer) -> None:
     server = depman_server

@@ -129,6 +129,8 @@ def print_listing(
         raise typer.BadParameter(
             "`depman get queue` needs an INSTANCE_ID", param_hint="INSTANCE_ID"
         )
+    if what == "dep" and not instance_id:
+        raise typer.BadParameter("`depman get dep` needs a DEP_ID", param_hint="DEP_ID")
     if what == "deps" and instance_id:
         raise typer.BadParameter("`depman get deps` takes no INSTANCE_ID", param_hint="INSTANCE_ID")
     with reported_errors(), open_client(server_url, token) as client:
@@ -143,6 +145,12 @@ def print_listing(
                 console.print(tables.instances_table(client.list_instances()))
         elif what == "deps":
             console.print(tables.deps_table(client.list_deps()))
+        elif what == "dep" and instance_id:
+            dep = client.get_document("deps", instance_id)
+            if dep is None:
+                raise ClientError(f"dep {instance_id!r} does not exist", status=404)
+            console.print(tables.deps_table([dep]))
+            console.print(tables.locations_table(instance_id, client.dep_locations(instance_id)))
         elif what == "jobs":
             console.print(tables.jobs_table(client.list_jobs(instance_id=instance_id)))
         elif what == "queue" and instance_id:

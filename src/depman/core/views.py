@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from depman.core.clock import isoformat
+from depman.core.dep_holders import DepLocation
 from depman.core.queue import format_item_id
 from depman.store.models import Dep, DepReceipt, Instance, Job, Profile, QueueItem, ServerType
 
@@ -39,6 +40,20 @@ def profile_document(profile: Profile, static_dep_ids: list[str]) -> dict[str, A
         "dynamicPolicy": dict(profile.dynamic_policy or {}),
         "root": profile.root,
         "updatedAt": isoformat(profile.updated_at),
+    }
+
+
+def location_document(row: DepLocation) -> dict[str, Any]:
+    """An instance holding a dep (or downloading it) as the admin API shows it."""
+    return {
+        "instanceId": row.instance_id,
+        "serverType": row.server_type,
+        "instanceStatus": row.instance_status,
+        "state": row.state,
+        "kind": row.kind,
+        "since": isoformat(row.since),
+        "receipt": row.receipt,
+        "error": row.error,
     }
 
 

@@ -114,6 +114,26 @@ class ProfilesOut(ApiModel):
     profiles: list[ProfileOut]
 
 
+class DepLocationOut(ApiModel):
+    """One instance holding a dep, or with a download of it."""
+
+    instance_id: str
+    server_type: str
+    instance_status: str
+    state: str
+    kind: str | None = None
+    since: str | None = None
+    receipt: str | None = None
+    error: str | None = None
+
+
+class DepLocationsOut(ApiModel):
+    """`GET /admin/deps/{depId}/instances`: where the model is, and its state there."""
+
+    dep_id: str
+    instances: list[DepLocationOut]
+
+
 class ModelManagement(ApiModel):
     """How a server type's models are managed."""
 
