@@ -41,3 +41,15 @@ def test_jobs_go_past_an_instance_whose_downloads_all_failed(plane: RunningServe
         )
         assert status == 200
         assert ('data-testid="downloads-failing"' in page) is flagged
+
+
+def test_the_dashboard_lists_the_instances_holding_a_dep(plane: RunningServer) -> None:
+    fleet = make_fleet(plane)
+    holder = fleet.register(fleet.add_instance("holder"), dynamic=[fleet.deps["b"]])
+    headers = {"Authorization": f"Bearer {plane.admin_token}", "Accept": "text/html"}
+    status, page = plane.request("GET", f"/catalog/{fleet.deps['b']}", headers=headers)
+    assert status == 200
+    assert f'data-instance="{holder.instance_id}"' in page and "dynamic" in page
+    status, catalog = plane.request("GET", "/catalog", headers=headers)
+    assert f'href="/catalog/{fleet.deps["b"]}"' in catalog
+    assert plane.request("GET", "/catalog/no-such-dep", headers=headers)[0] == 404
