@@ -267,6 +267,12 @@ def print_onstart(
                     "give --server URL (or DEPMAN_URL) so the server type can be checked, "
                     "or pass --no-check"
                 )
+            if not token:
+                raise ClientError(
+                    "no admin token to ask the server whether the server type exists: set "
+                    "DEPMAN_ADMIN_TOKEN (or pass --token), or pass --no-check",
+                    code="missing_token",
+                )
             with open_client(server_url, token) as client:
                 check_server_type(client, server_type)
     typer.echo(onstart_script(server_type, server_url), nl=False)
