@@ -90,18 +90,8 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_exit_2(
 
 def test_an_api_port_on_sqlite_is_refused_at_start(tmp_path: Path) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "depman",
-            "server",
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            "--database-url",
-            f"sqlite:///{tmp_path / 'x.db'}",
-        ],
+        [sys.executable, "-m", "depman", "server", "--port", "0", "--api-port", "0",
+         "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
         capture_output=True,
         text=True,
         timeout=60,
