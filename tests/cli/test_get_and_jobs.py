@@ -118,6 +118,15 @@ def test_fleet_tables_and_jobs(depman_server: RunningServer) -> None:
     assert_clean_failure(
         run_cli(server, "jobs", "complete", ready_job, "--error", "x"), "--failed"
     )
+    again = run_cli(
+        server, "jobs", "submit", "--server-type", SDXL_TYPE, "--job-id", "job-2", "--wait",
+        "sdxl-base-1.0",
+    )  # fmt: skip
+    assert f"Job job-2: ready on {SECOND}" in again.stdout, again.output
+    assert run_cli(server, "jobs", "start", "job-2").exit_code == 0
+    failed_run = run_cli(server, "jobs", "complete", "job-2", "--failed", "--error", "CUDA OOM")
+    assert failed_run.exit_code == 0, failed_run.output
+    assert f"Job job-2: failed on {SECOND}: CUDA OOM" in failed_run.stdout
 
     # Which instances hold a model, and the file's state there.
     base = run_cli(server, "get", "dep", "sdxl-base-1.0")

@@ -205,11 +205,11 @@ def enrol(
     several rentals behind one public IP), ids are not.
     """
     if not instance_id:
+        known_by = f"no instance is declared with ip {instance_ip!r} and " if instance_ip else ""
         raise InstanceNotFound(
-            f"no instance is declared with ip {instance_ip!r} and the agent sent no instance "
-            "id: set DM_INSTANCE_ID on the instance (on Vast.ai CONTAINER_ID is sent by "
-            "itself), or declare the instance on the server (`depman apply`, or "
-            "PUT /api/admin/instances/ID with its ip)"
+            f"{known_by}the agent sent no instance id: set DM_INSTANCE_ID on the instance "
+            "(on Vast.ai CONTAINER_ID is sent by itself), or declare the instance on the "
+            "server (`depman apply`, or PUT /api/admin/instances/ID with its ip)"
         )
     if stype is None or stype.enrollment != ENROLLMENT_OPEN:
         type_name = stype.server_type if stype is not None else "?"
