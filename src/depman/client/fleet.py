@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -230,6 +231,17 @@ class Fleet(FleetDoc):
     profiles: dict[Id, ProfileDoc] = Field(default_factory=dict)
     server_types: dict[Id, ServerTypeDoc] = Field(default_factory=dict)
     instances: dict[Id, InstanceDoc] = Field(default_factory=dict)
+
+    @field_validator("deps", "profiles", "server_types", "instances", mode="before")
+    @classmethod
+    def _numeric_ids(cls, value: Any) -> Any:
+        # Vast.ai instance ids are numbers, and YAML reads `14620331:` as an int key.
+        if isinstance(value, dict):
+            return {
+                str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v
+                for k, v in value.items()
+            }
+        return value
 
     def to_body(self) -> dict[str, Any]:
         """The body of `POST /api/admin/fleet`."""
