@@ -163,7 +163,10 @@ def agent_unpublish(
 
 @app.command()
 def onstart(
-    server_type: Annotated[str, typer.Option("--server-type", help="This template's server type.")],
+    server_type: Annotated[
+        str | None,
+        typer.Option("--server-type", help="This template's server type.", show_default=False),
+    ] = None,
     server_url: Annotated[
         str | None,
         typer.Option(
@@ -174,11 +177,20 @@ def onstart(
             show_default=False,
         ),
     ] = None,
+    token: TokenOpt = None,
+    no_check: Annotated[
+        bool,
+        typer.Option("--no-check", help="Print the script without asking the server."),
+    ] = False,
+    stop: Annotated[
+        bool,
+        typer.Option("--stop", help="Print the script that stops the agent and its loop."),
+    ] = False,
 ) -> None:
     """Print a Vast.ai on-start script: fetch + sha256-check the agent, run it under restarts."""
-    from depman.client.onstart import onstart_script
+    from depman.client.commands import print_onstart
 
-    typer.echo(onstart_script(server_type, server_url), nl=False)
+    print_onstart(server_type, server_url, token=token, check=not no_check, stop=stop)
 
 
 @app.command()
@@ -199,7 +211,7 @@ class GetWhat(StrEnum):
     instances = "instances"
     instance = "instance"  # one instance, with its verification receipts
     deps = "deps"
-    dep = "dep"  # one catalog entry, with its sources in order
+    dep = "dep"  # one catalog entry: its sources in order, which instances hold it
     jobs = "jobs"
     queue = "queue"
 
@@ -220,7 +232,7 @@ def get(
     token: TokenOpt = None,
 ) -> None:
     """Print a table of instances, deps, jobs, one instance (with receipts) or its queue,
-    or one dep with its sources."""
+    or one dep with its sources and the instances that hold it."""
     from depman.client.commands import print_listing
 
     print_listing(what.value, instance_id, server_url=server_url, token=token)
@@ -315,6 +327,34 @@ def jobs_get(
     from depman.client.commands import show_job
 
     show_job(job_id, server_url=server_url, token=token)
+
+
+@jobs_app.command("start")
+def jobs_start(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Mark a ready job running (the job runner, before it runs the workflow)."""
+    from depman.client.commands import start_job
+
+    start_job(job_id, server_url=server_url, token=token)
+
+
+@jobs_app.command("complete")
+def jobs_complete(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    failed: Annotated[bool, typer.Option("--failed", help="The job failed.")] = False,
+    error: Annotated[
+        str | None, typer.Option("--error", help="What went wrong (with --failed).")
+    ] = None,
+    server_url: ServerOpt = DEFAULT_SERVER_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Finish a job (completed, or failed with --failed) and free its instance's slot."""
+    from depman.client.commands import complete_job
+
+    complete_job(job_id, failed=failed, error=error, server_url=server_url, token=token)
 
 
 @app.command()

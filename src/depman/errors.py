@@ -2,6 +2,7 @@
 
     DepmanError                      500 internal
     ├── ValidationFailed             422 validation_failed
+    │   └── UnknownServerType        422 unknown_server_type
     ├── NotFound                     404 not_found
     │   └── InstanceNotFound         404 instance_not_found
     ├── Conflict                     409 conflict
@@ -39,6 +40,12 @@ class ValidationFailed(DepmanError):
 
     code = "validation_failed"
     status = 422
+
+
+class UnknownServerType(ValidationFailed):
+    """A register, on-start script or instance names a server type the server does not know."""
+
+    code = "unknown_server_type"
 
 
 class NotFound(DepmanError):

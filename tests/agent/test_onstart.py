@@ -29,11 +29,18 @@ from tests.support.wait import wait_until
 pytest.importorskip("depman.server")
 
 
-def printed_script(server_type: str, server_url: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "depman", "onstart", "--server-type",
-                           server_type, "--server", server_url],
-                          capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+def depman_onstart(*args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPMAN_")}
+    env.update(PYTHONPATH=str(Path(__file__).parents[2] / "src"), DEPMAN_ADMIN_TOKEN=token)
+    return subprocess.run([sys.executable, "-m", "depman", "onstart", *args],
+                          capture_output=True, text=True, env=env)
+
+
+def printed_script(server_type: str, server: Any) -> str:
+    """The script for a type the server knows (it is asked, with the admin token)."""
+    done = depman_onstart("--server-type", server_type, "--server", server.root_url,
+                          token=server.admin_token)
+    assert done.returncode == 0, done.stderr
     return done.stdout
 
 
@@ -44,7 +51,8 @@ def run_script(script: str, workspace: Path, **env: str) -> Iterator[subprocess.
     base = {"PATH": os.environ.get("PATH", ""), "HOME": str(workspace.parent),
             "WORKSPACE": str(workspace), "DM_PYTHON": sys.executable, **env}
     # A session of its own: the restart loop and the agent go with it at the end.
-    proc = subprocess.Popen(["bash", str(path)], env=base, start_new_session=True)
+    proc = subprocess.Popen(["bash", str(path)], env=base, start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)
     try:
         proc.wait(30)  # the script starts the loop in the background and returns
         yield proc
@@ -73,7 +81,7 @@ def alive(pid: int) -> bool:
 def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
                                                              tmp_path: Path) -> None:
     setup_fleet(fresh_server, {}, [])
-    script = printed_script("st", fresh_server.root_url)
+    script = printed_script("st", fresh_server)
     assert "DEPENDENCY_MANAGER_SHARED_SECRET" in script
     assert fresh_server.shared_secret not in script
     workspace = tmp_path / "workspace"
@@ -83,6 +91,10 @@ def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
                     DEPENDENCY_MANAGER_SHARED_SECRET=fresh_server.shared_secret,
                     DM_ALLOWED_DOMAINS="127.0.0.1") as proc:
         assert proc.returncode == 0
+        assert proc.stdout is not None
+        said = proc.stdout.read()  # what Vast.ai's on-start log shows
+        assert f"agent log: {log}" in said
+        assert f"bash {workspace / 'depman' / 'stop.sh'}" in said
         assert wait_until(lambda: "Registered dependency agent: instanceId=i1" in read(log),
                           60), read(log)
         text = read(log)
@@ -102,6 +114,27 @@ def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
         assert wait_until(lambda: read(log).count("Registered dependency agent") >= 2, 60)
         assert "agent exited with code 137" in read(log)
         assert alive(second) and not alive(first)
+
+        loop = int(read(workspace / "depman" / "loop.pid"))
+        stopped = subprocess.run(["bash", str(workspace / "depman" / "stop.sh")],
+                                 capture_output=True, text=True, timeout=60)
+        assert "stopped the restart loop" in stopped.stdout, stopped
+        assert "stopped the agent" in stopped.stdout, stopped
+        assert not alive(second) and not alive(loop)
+        assert "Dependency agent stopped" in read(log)
+
+
+def test_onstart_for_an_unknown_server_type_fails_naming_the_known_ones(
+    fresh_server: Any,
+) -> None:
+    setup_fleet(fresh_server, {}, [])
+    done = depman_onstart("--server-type", "sdxl-wroker", "--server", fresh_server.root_url,
+                          token=fresh_server.admin_token)
+    assert done.returncode == 1 and not done.stdout
+    assert "'sdxl-wroker' does not exist" in done.stderr
+    assert "known server types: st" in done.stderr
+    stop = depman_onstart("--stop")
+    assert stop.returncode == 0 and "stop_pid" in stop.stdout
 
 
 def test_onstart_refuses_an_agent_whose_sha256_differs(tmp_path: Path) -> None:
@@ -124,7 +157,8 @@ def test_onstart_refuses_an_agent_whose_sha256_differs(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         workspace = tmp_path / "workspace"
         log = workspace / "depman-agent.log"
-        with run_script(printed_script("st", url), workspace):
+        script = depman_onstart("--server-type", "st", "--server", url, "--no-check").stdout
+        with run_script(script, workspace):
             assert wait_until(lambda: read(log).count("REFUSED") >= 2, 30), read(log)
             assert not (workspace / "depman" / "depman-agent.pyz").exists()
             assert not (workspace / "depman" / "agent.pid").exists()

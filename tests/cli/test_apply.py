@@ -38,8 +38,14 @@ def test_apply_example_fleet_creates_every_document(applied: RunningServer) -> N
     assert profile["prefetchOnBoot"] is True
     assert profile["dynamicPolicy"]["minFreeBytes"] == 20 * GIB
     _, stype = applied.admin("GET", f"/admin/server-types/{SDXL_TYPE}")
-    assert stype["modelManagement"] == {"mode": "dependency_manager_v1", "profileId": "sdxl-core"}
-    _, instance = applied.admin("GET", "/admin/instances/vast-14620331")
+    assert stype["modelManagement"] == {
+        "mode": "dependency_manager_v1",
+        "profileId": "sdxl-core",
+        "enrollment": "open",
+    }
+    _, flux = applied.admin("GET", "/admin/server-types/flux-dev-v2")
+    assert flux["modelManagement"]["enrollment"] == "declared"
+    _, instance = applied.admin("GET", "/admin/instances/14620331")
     assert (instance["ip"], instance["serverType"]) == ("203.0.113.17", SDXL_TYPE)
 
 

@@ -256,3 +256,14 @@ def test_error_message_lists_problems_under_the_file() -> None:
         parse_fleet("deps:\n  a: {url: x, destRelativePath: a, kind: static}\n", Path("f.yaml"))
     assert info.value.message.splitlines()[0] == "f.yaml: 1 problem:"
     assert info.value.code == "invalid_fleet_file"
+
+
+def test_numeric_instance_ids_as_vast_gives_them_are_read_as_ids() -> None:
+    text = """
+    version: 1
+    instances:
+      14620331:
+        serverType: sdxl
+    """
+    fleet = parse_fleet(textwrap.dedent(text), Path("fleet.yaml")).fleet
+    assert fleet.to_body()["instances"] == {"14620331": {"serverType": "sdxl"}}

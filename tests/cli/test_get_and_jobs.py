@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.cli.helpers import (
     EXAMPLE,
     assert_clean_failure,
@@ -13,7 +15,7 @@ from tests.cli.helpers import (
 from tests.support.server import RunningServer
 
 SDXL_TYPE = "sdxl-standard-v8"
-FIRST, SECOND, FLUX = "vast-14620331", "vast-14620388", "vast-14701205"
+FIRST, SECOND, FLUX = "14620331", "14620388", "14701205"
 
 
 def test_fleet_tables_and_jobs(fresh_server: RunningServer) -> None:
@@ -100,6 +102,42 @@ def test_fleet_tables_and_jobs(fresh_server: RunningServer) -> None:
     assert failed.exit_code == 1, failed.output
     assert "Job job-1: failed" in failed.stdout and "sha256 mismatch" in failed.stdout
     assert "failed" in row_of(run_cli(server, "get", "queue", FIRST).stdout, "lora-pixel-art-xl")
+
+    # The runner's part: start it, run the workflow on the instance, complete it.
+    match = re.search(r"Job (\S+): ready", waited.stdout)
+    assert match is not None
+    ready_job = match.group(1)
+    started = run_cli(server, "jobs", "start", ready_job)
+    assert started.exit_code == 0, started.output
+    assert f"Job {ready_job}: running on {SECOND}" in started.stdout
+    assert_clean_failure(run_cli(server, "jobs", "start", "job-1"), "job-1")
+    completed = run_cli(server, "jobs", "complete", ready_job)
+    assert completed.exit_code == 0, completed.output
+    assert f"Job {ready_job}: completed on {SECOND}" in completed.stdout
+    assert "completed" in row_of(run_cli(server, "get", "jobs").stdout, ready_job)
+    assert_clean_failure(
+        run_cli(server, "jobs", "complete", ready_job, "--error", "x"), "--failed"
+    )
+    again = run_cli(
+        server, "jobs", "submit", "--server-type", SDXL_TYPE, "--job-id", "job-2", "--wait",
+        "sdxl-base-1.0",
+    )  # fmt: skip
+    assert f"Job job-2: ready on {SECOND}" in again.stdout, again.output
+    assert run_cli(server, "jobs", "start", "job-2").exit_code == 0
+    failed_run = run_cli(server, "jobs", "complete", "job-2", "--failed", "--error", "CUDA OOM")
+    assert failed_run.exit_code == 0, failed_run.output
+    assert f"Job job-2: failed on {SECOND}: CUDA OOM" in failed_run.stdout
+
+    # Which instances hold a model, and the file's state there.
+    base = run_cli(server, "get", "dep", "sdxl-base-1.0")
+    assert base.exit_code == 0, base.output
+    assert "Instances with sdxl-base-1.0 (2)" in base.stdout
+    for instance in (FIRST, SECOND):
+        assert "held (static)" in row_of(base.stdout, instance)
+    lora = run_cli(server, "get", "dep", "lora-pixel-art-xl")
+    row = row_of(lora.stdout, FIRST)
+    assert "failed" in row and "sha256 mismatch" in row
+    assert_clean_failure(run_cli(server, "get", "dep", "ghost"), "dep 'ghost' does not exist")
 
 
 def test_usage_and_not_found_errors(fresh_server: RunningServer) -> None:

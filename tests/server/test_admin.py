@@ -86,6 +86,7 @@ def test_profile_server_type_instance_crud_and_references(server: RunningServer)
     assert stype["modelManagement"] == {
         "mode": "dependency_manager_v1",
         "profileId": fleet.profile_id,
+        "enrollment": "open",
     }
     names = [s["serverType"] for s in server.admin("GET", "/admin/server-types")[1]["serverTypes"]]
     assert fleet.server_type in names

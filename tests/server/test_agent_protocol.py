@@ -26,17 +26,18 @@ def test_register_by_id_and_ip_answers_token_profile_capabilities(server: Runnin
     assert body["capabilities"]["longPoll"] is True
 
 
-def test_register_unknown_instance_is_404_naming_the_env_vars(server: RunningServer) -> None:
+def test_register_by_ip_alone_unknown_is_404_naming_both_fixes(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     status, body = server.request(
         "POST",
         "/api/dependencies/register",
-        {"serverType": "x", "agentVersion": "v1", "instanceId": "nope-404"},
+        {"serverType": fleet.server_type, "agentVersion": "v1", "instanceIp": "10.99.0.1"},
         {"X-DM-Secret": server.shared_secret},
     )
     assert status == 404
     assert body["error"]["code"] == "instance_not_found"
     assert "DM_INSTANCE_ID" in body["error"]["message"]
-    assert "DM_INSTANCE_IP" in body["error"]["message"]
+    assert "depman apply" in body["error"]["message"]
 
 
 def test_register_with_wrong_or_missing_secret_is_401(server: RunningServer) -> None:

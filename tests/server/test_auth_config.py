@@ -31,4 +31,6 @@ def test_without_admin_token_admin_and_jobs_are_refused(client: TestClient) -> N
 def test_without_shared_secret_register_is_not_checked(client: TestClient) -> None:
     body = {"serverType": "s", "agentVersion": "v", "instanceId": "x"}
     answer = client.post("/api/dependencies/register", json=body)
-    assert answer.status_code == 404  # past the secret check: the instance does not exist
+    # Past the secret check: the server type does not exist.
+    assert answer.status_code == 422
+    assert answer.json()["error"]["code"] == "unknown_server_type"

@@ -54,6 +54,15 @@ def test_v1_path_keeps_working_and_is_typed(server: RunningServer) -> None:
     assert (body["type"], body["filename"]) == ("text_encoders", "c.safetensors")
 
 
+def test_a_plain_url_gives_the_filename_it_ends_with(server: RunningServer) -> None:
+    dep_id = uid("named")
+    url = "https://example.com/files/grain%20v2.safetensors?download=true"
+    status, body = put(server, dep_id, typed(type="loras", url=url))
+    assert status == 200, body
+    assert body["filename"] == "grain v2.safetensors"
+    assert body["destRelativePath"] == "models/loras/grain v2.safetensors"
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
@@ -67,7 +76,10 @@ def test_v1_path_keeps_working_and_is_typed(server: RunningServer) -> None:
         ),
         ({"destRelativePath": "models/x.safetensors"}, "models/<folder>/<file>"),
         ({"type": "lora", "filename": "x.safetensors"}, "did you mean 'loras'?"),
-        ({"type": "loras"}, "filename is required with type"),
+        (
+            {"type": "loras", "url": "https://civitai.com/api/download/models/1"},
+            "filename is required with type (the url's last segment is not a file name)",
+        ),
         ({"type": "loras", "filename": "../x.safetensors"}, "no '..'"),
         (
             {"type": "loras", "filename": "x.safetensors", "destRelativePath": "models/vae/x"},

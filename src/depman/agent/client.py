@@ -82,7 +82,10 @@ class ControlPlaneClient:
                 delay = policy.next_delay(exc.retry_after) or 0.0
                 hint = ""
                 if exc.status == 404:
-                    hint = " (set DM_INSTANCE_ID or DM_INSTANCE_IP to an instance the server knows)"
+                    hint = (" (the fix is on the server: declare this instance there, or let "
+                            "its server type enrol instances; the message says how)")
+                elif exc.status == 422:
+                    hint = " (SERVER_TYPE must name a server type the server knows)"
                 elif exc.status in (401, 403):
                     hint = " (check DEPENDENCY_MANAGER_SHARED_SECRET)"
                 problems.warn("register", "Register failed: %s%s; retrying with backoff "

@@ -144,7 +144,10 @@ class DomainNotAllowed(DownloadError):
     category = LOCAL
 
     def __init__(self, host: str) -> None:
-        super().__init__(f"Download domain not allowed: {host}", retryable=False)
+        super().__init__(f"Download domain not allowed: {host} (add {host} to "
+                         f"DM_ALLOWED_DOMAINS on the agent; the list replaces the default "
+                         f"hosts)",
+                         retryable=False)
         self.host = host
 
 

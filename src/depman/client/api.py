@@ -121,6 +121,15 @@ class AdminClient:
         """The dependency catalog."""
         return _items(self._request("GET", "/admin/deps"), "deps")
 
+    def dep_locations(self, dep_id: str) -> list[JsonDoc]:
+        """The instances holding a dep or downloading it, with the file's state there."""
+        path = f"/admin/deps/{_segment(dep_id)}/instances"
+        return _items(self._request("GET", path), "instances")
+
+    def list_server_types(self) -> list[JsonDoc]:
+        """Every server type."""
+        return _items(self._request("GET", "/admin/server-types"), "serverTypes")
+
     def list_queue_items(self, instance_id: str) -> list[JsonDoc]:
         """The queue items of one instance."""
         path = f"/admin/queues/{_segment(instance_id)}/items"

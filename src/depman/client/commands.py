@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from depman.client import tables
 from depman.client.api import AdminClient, JsonDoc
+from depman.client.catalog_checks import check_hosts
 from depman.client.console import make_console, open_client, reported_errors
 from depman.client.errors import ClientError, FleetFileError
 from depman.client.fleet import FleetFile, line_of, load_fleet
@@ -41,13 +42,17 @@ def apply_fleet(file: Path, *, server_url: str, token: str | None) -> None:
             except ClientError as exc:
                 exc.message = locate_server_error(fleet_file, exc.message)
                 raise
+            applied = set(fleet_file.fleet.deps)
+            stored = [d for d in client.list_deps() if d.get("depId") in applied] if applied else []
         summary = ", ".join(
             f"{counts.get(section, 0)} {SECTION_NOUNS[section][counts.get(section) != 1]}"
             for section in SECTION_NOUNS
         )
         console.print(f"Applied {escape(str(file))} to {escape(client.base_url)}: {summary}.")
+        # The server warns about what it stored (no sha256); the hosts are the agents' rule.
         for warning in counts.get("warnings") or []:
             console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")
+        check_hosts(console, stored)
 
 
 def locate_server_error(fleet_file: FleetFile, message: str) -> str:
@@ -115,6 +120,7 @@ def print_listing(
                 raise ClientError(f"dep {instance_id!r} does not exist", status=404)
             console.print(tables.deps_table([dep]))
             console.print(tables.sources_table(dep))
+            console.print(tables.locations_table(instance_id, client.dep_locations(instance_id)))
         elif what == "jobs":
             console.print(tables.jobs_table(client.list_jobs(instance_id=instance_id)))
         elif what == "queue" and instance_id:
@@ -185,3 +191,56 @@ def show_job(job_id: str, *, server_url: str, token: str | None) -> None:
     console = make_console()
     with reported_errors(), open_client(server_url, token) as client:
         console.print(tables.job_table(client.get_job(job_id)))
+
+
+def start_job(job_id: str, *, server_url: str, token: str | None) -> None:
+    """Mark a ready job running and print it."""
+    console = make_console()
+    with reported_errors(), open_client(server_url, token) as client:
+        job = client.start_job(job_id)
+        console.print(describe_receipt(job))
+
+
+def complete_job(
+    job_id: str, *, failed: bool, error: str | None, server_url: str, token: str | None
+) -> None:
+    """Finish a job (completed, or failed with its error) and print it."""
+    console = make_console()
+    with reported_errors():
+        if error and not failed:
+            raise ClientError("--error goes with --failed (a completed job has no error)")
+        with open_client(server_url, token) as client:
+            job = client.complete_job(job_id, ok=not failed, error=error)
+            line = describe_receipt(job)
+            if job.get("error"):
+                line += f": {escape(str(job['error']))}"
+            console.print(line)
+
+
+def print_onstart(
+    server_type: str | None, server_url: str | None, *, token: str | None, check: bool, stop: bool
+) -> None:
+    """Print the on-start script of a server type the server knows (or the stop script)."""
+    from depman.client.onstart import check_server_type, onstart_script, stop_script
+
+    if stop:
+        typer.echo(stop_script(), nl=False)
+        return
+    if not server_type:
+        raise typer.BadParameter("give the template's server type", param_hint="--server-type")
+    if check:
+        with reported_errors():
+            if not server_url:
+                raise ClientError(
+                    "give --server URL (or DEPMAN_URL) so the server type can be checked, "
+                    "or pass --no-check"
+                )
+            if not token:
+                raise ClientError(
+                    "no admin token to ask the server whether the server type exists: set "
+                    "DEPMAN_ADMIN_TOKEN (or pass --token), or pass --no-check",
+                    code="missing_token",
+                )
+            with open_client(server_url, token) as client:
+                check_server_type(client, server_type)
+    typer.echo(onstart_script(server_type, server_url), nl=False)

@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -165,9 +166,10 @@ class DepDoc(FleetDoc):
         if (
             self.model_type is not None
             and self.filename is None
-            and not url.startswith(("civitai://", "hf://"))
+            and self.files is not None
         ):
-            raise ValueError("type needs filename (the file's name in that folder)")
+            raise ValueError("type needs filename (the folder's name in that model folder)")
+        # Otherwise a missing filename is the url's last segment (the server derives it).
         return self
 
 
@@ -195,6 +197,9 @@ class ModelManagement(FleetDoc):
 
     mode: str = "dependency_manager_v1"
     profile_id: Id | None = None
+    # open (the server's default): undeclared agents of this type enrol themselves;
+    # declared: only `instances` register.
+    enrollment: Literal["open", "declared"] | None = None
 
 
 class ServerTypeDoc(FleetDoc):
@@ -228,6 +233,17 @@ class Fleet(FleetDoc):
     profiles: dict[Id, ProfileDoc] = Field(default_factory=dict)
     server_types: dict[Id, ServerTypeDoc] = Field(default_factory=dict)
     instances: dict[Id, InstanceDoc] = Field(default_factory=dict)
+
+    @field_validator("deps", "profiles", "server_types", "instances", mode="before")
+    @classmethod
+    def _numeric_ids(cls, value: Any) -> Any:
+        # Vast.ai instance ids are numbers, and YAML reads `14620331:` as an int key.
+        if isinstance(value, dict):
+            return {
+                str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v
+                for k, v in value.items()
+            }
+        return value
 
     def to_body(self) -> dict[str, Any]:
         """The body of `POST /api/admin/fleet`."""

@@ -18,9 +18,11 @@ LOG="$WORKSPACE/depman-agent.log"
 mkdir -p "$DM_DIR"
 
 note() { printf '%s depman-onstart: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >> "$LOG"; }
+# What the script itself does also goes to its stdout: Vast.ai's on-start log.
+say() { echo "depman-onstart: $*"; note "$*"; }
 
 if [ -z "$DEPMAN_URL" ]; then
-    note "DEPMAN_URL is not set: set it in the template's environment (the depman server's URL)"
+    say "DEPMAN_URL is not set: set it in the template's environment (the depman server's URL)"
     exit 1
 fi
 # "<boot id> <start time>" of a live process: with its pid, it names one process for
@@ -46,7 +48,7 @@ loop_running() {
     fi
 }
 if loop_running; then
-    note "the agent's restart loop is already running (pid $(cut -d' ' -f1 "$DM_DIR/loop.pid"))"
+    say "the agent's restart loop is already running (pid $(cut -d' ' -f1 "$DM_DIR/loop.pid")); agent log: $LOG"
     exit 0
 fi
 
@@ -111,6 +113,12 @@ run_agent_forever() {
     done
 }
 
+cat > "$DM_DIR/stop.sh" <<'DEPMAN_STOP_SCRIPT'
+__STOP_SCRIPT__
+DEPMAN_STOP_SCRIPT
+
 ( install_agent && run_agent_forever ) < /dev/null >> "$LOG" 2>&1 &
 echo "$! $(process_identity $!)" > "$DM_DIR/loop.pid"
-note "restart loop started (pid $!); agent log: $LOG"
+say "restart loop started (pid $!) for server type $SERVER_TYPE against $DEPMAN_URL"
+say "agent log: $LOG (tail -f it to follow the agent)"
+say "to stop the agent and its loop: bash $DM_DIR/stop.sh"

@@ -119,6 +119,37 @@ def sources_table(dep: JsonDoc) -> Table:
     return table
 
 
+def locations_table(dep_id: str, locations: list[JsonDoc]) -> Table:
+    """The instances holding a dep (or downloading it), with the file's state there."""
+    table = Table(title=f"Instances with {dep_id} ({len(locations)})", title_justify="left")
+    table.add_column("INSTANCE", no_wrap=True, style="bold")
+    table.add_column("TYPE", no_wrap=True)
+    table.add_column("INSTANCE STATUS", no_wrap=True)
+    table.add_column("FILE", no_wrap=True)
+    table.add_column("RECEIPT", no_wrap=True)
+    table.add_column("SINCE", no_wrap=True)
+    table.add_column("ERROR", overflow="fold")
+    for row in locations:
+        state = str(row.get("state", "-"))
+        if row.get("kind"):
+            state += f" ({row['kind']})"
+        table.add_row(
+            str(row.get("instanceId", "-")),
+            str(row.get("serverType") or "-"),
+            str(row.get("instanceStatus") or "-"),
+            state,
+            str(row.get("receipt") or "-"),
+            _ago(row.get("since")),
+            str(row.get("error") or ""),
+        )
+    return table
+
+
+def _ago(stamp: Any) -> str:
+    age = age_since(parse_timestamp(stamp))
+    return "-" if age is None else f"{format_age(age)} ago"
+
+
 def _sha_cell(dep: JsonDoc) -> str:
     files = dep.get("files")
     if isinstance(files, list):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import typer
 from rich.markup import escape
 from rich.table import Table
 
 from depman.client.api import JsonDoc
+from depman.client.catalog_checks import hosts_outside_default, warn_about
 from depman.client.console import make_console, open_client, reported_errors
 from depman.client.errors import ClientError
 
@@ -78,18 +80,26 @@ def import_workflow_models(
         workflow = read_workflow(path)
         with open_client(server_url, token) as client:
             answer = client.import_workflow(workflow, kind=kind, auth=auth)
-    for model in answer.get("created") or []:
+    created = list(answer.get("created") or [])
+    skipped = list(answer.get("skipped") or [])
+    for model in created:
+        note = " [yellow](unverified: no sha256)[/]" if model.get("unverified") else ""
         console.print(
             f"added [bold]{escape(str(model.get('depId')))}[/]: "
-            f"{escape(str(model.get('type')))}/{escape(str(model.get('filename')))}"
+            f"{escape(str(model.get('type')))}/{escape(str(model.get('filename')))}{note}"
         )
-    for model in answer.get("skipped") or []:
+    for model in skipped:
         console.print(
             f"[yellow]skipped[/] {escape(str(model.get('type') or '?'))}/"
             f"{escape(str(model.get('filename')))}: {escape(str(model.get('reason')))}"
         )
     known = len(answer.get("known") or [])
-    console.print(
-        f"{len(answer.get('created') or [])} added, {len(answer.get('skipped') or [])} skipped, "
-        f"{known} already in the catalog"
+    console.print(f"{len(created)} added, {len(skipped)} skipped, {known} already in the catalog")
+    unverified = [str(m.get("depId")) for m in created if m.get("unverified")]
+    outside = hosts_outside_default(
+        (str(m.get("depId")), [str(m["downloadUrl"])]) for m in created if m.get("downloadUrl")
     )
+    warn_about(console, unverified, outside)
+    if skipped:
+        # A job needing a skipped model cannot be placed: not a success for a script.
+        raise typer.Exit(1)

@@ -28,6 +28,8 @@ from typing import Any
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from depman.core.clock import utcnow
+from depman.core.failing import failing_instances
 from depman.core.placement import Candidate, rank_candidates
 from depman.core.states import ACTIVE_JOB_STATES, OPEN_ITEM_STATES, Op
 from depman.store.models import Dep, Instance, InstanceDep, Job, QueueItem, ServerType
@@ -145,15 +147,17 @@ def free_candidates(
             non_holders.order_by(free.desc(), _by_id(Instance.instance_id, session)).limit(fetch)
         )
     ]
+    rows = [row for row in rows if active.get(row[0], 0) < slots]
+    failing = failing_instances([row[0] for row in rows], session=session, now=utcnow())
     candidates = [
         Candidate(
             instance_id=instance_id,
             held_dep_ids=held_ids,
             queued_bytes=queued.get(instance_id, 0),
             free_bytes=free_bytes,
+            failing=instance_id in failing,
         )
         for instance_id, free_bytes, held_ids in rows
-        if active.get(instance_id, 0) < slots
     ]
     return rank_candidates(candidates, job_deps)[:limit]
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -32,6 +32,8 @@ MODEL_ROOTS = ("models/",)
 
 # Model roots are names of `extra_model_paths.yaml` sections on the nodes.
 ROOT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# A model file's name as a URL ends with it: a stem and an extension, no control characters.
+FILE_NAME_RE = re.compile(r"[^/\\\x00-\x1f\x7f-\x9f]+\.[A-Za-z0-9]{1,12}")
 SOURCE_SCHEMES = ("hf", "civitai")
 MAX_FOLDER_FILES = 1000
 
@@ -171,6 +173,20 @@ def _check_filename(name: str, what: str) -> str:
     return name
 
 
+def url_filename(url: str | None) -> str | None:
+    """The file name a plain http(s) URL ends with (`.../sd_xl_base_1.0.safetensors`), if any.
+
+    `.../api/download/models/357609` names no file: the entry must say its filename.
+    """
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("http", "https"):
+        return None
+    name = unquote(parts.path.rsplit("/", 1)[-1])
+    if not FILE_NAME_RE.fullmatch(name):
+        return None
+    return name
+
+
 def _files(spec: DepSpec) -> tuple[FileSpec, ...] | None:
     if spec.files is None:
         return None
@@ -205,9 +221,12 @@ def _destination(
     filename: str | None
     if spec.model_type is not None:
         model_type = model_types.canonical_type(spec.model_type)
-        if spec.filename is None:
-            raise ValidationFailed("filename is required with type")
-        filename = _check_filename(spec.filename, "filename")
+        named = spec.filename if spec.filename is not None else url_filename(spec.url)
+        if named is None:
+            raise ValidationFailed(
+                "filename is required with type (the url's last segment is not a file name)"
+            )
+        filename = _check_filename(named, "filename")
         dest = model_types.dest_for(model_type, filename)
         given = spec.dest_relative_path
         if given and given != dest and model_types.split_models_path(given) != (

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from depman.core.catalog import validate_id
@@ -18,9 +19,10 @@ from depman.core.pins import refresh_pins
 from depman.core.policy import Policy
 from depman.core.profiles import static_dep_ids
 from depman.core.queue import enqueue
+from depman.core.server_types import ENROLLMENT_OPEN, known_server_type
 from depman.core.signals import mark_changed, mark_instance, mark_job, mark_token
 from depman.core.states import ACTIVE_JOB_STATES, PRIORITY_PREFETCH, JobState, Op
-from depman.errors import AuthError, Forbidden, InstanceNotFound, NotFound, ValidationFailed
+from depman.errors import AuthError, Forbidden, InstanceNotFound, NotFound
 from depman.store.models import Instance, InstanceDep, Job, Profile, ServerType
 
 TOKEN_BYTES = 32
@@ -43,8 +45,7 @@ def put_instance(
     """Create or update an instance record (the agent identity and inventory are kept)."""
     validate_id(instance_id, "instanceId")
     validate_id(server_type, "serverType")
-    if session.get(ServerType, server_type) is None:
-        raise ValidationFailed(f"serverType {server_type!r} does not exist")
+    known_server_type(server_type, session=session)
     row = session.get(Instance, instance_id)
     if row is None:
         row = Instance(
@@ -119,11 +120,14 @@ def register(
     provider: str | None = None,
     provider_metadata: dict[str, Any] | None = None,
 ) -> Registration:
-    """Find the instance by id, else by ip; issue a fresh token; queue the boot prefetch.
+    """Find the instance by id, else by ip (or enrol it); issue a fresh token; queue the
+    boot prefetch. An unknown server type is refused and changes nothing.
 
     `provider`, `provider_metadata` (field agents 0.9.20+) are kept when sent.
     """
     now = now or utcnow()
+    # An unknown type is refused before anything is read for update or written.
+    stype = known_server_type(server_type, session=session) if server_type else None
     row: Instance | None = None
     if instance_id:
         row = session.scalar(
@@ -138,10 +142,7 @@ def register(
             .with_for_update()
         )
     if row is None:
-        raise InstanceNotFound(
-            "instance not found: set DM_INSTANCE_ID (or DM_INSTANCE_IP) on the instance "
-            "to an instance registered with the control plane"
-        )
+        row = enrol(instance_id, instance_ip, stype, session=session, now=now)
     token, digest = issue_token()
     row.agent_token_hash = digest
     mark_token(session, row.instance_id)  # other replicas must stop accepting the old one
@@ -152,8 +153,8 @@ def register(
     # becoming live, so pending jobs get a chance at once.
     row.inventory_digest = None
     mark_changed(session, row.instance_id)
-    if server_type and server_type != row.server_type:
-        row.server_type = server_type[:200]
+    if stype is not None and stype.server_type != row.server_type:
+        row.server_type = stype.server_type
         mark_changed(session, row.instance_id)
     if instance_ip and not row.ip:
         row.ip = instance_ip[:64]
@@ -188,6 +189,58 @@ def register(
     return Registration(
         instance=row, token=token, profile=profile, static_dep_ids=static, queued=queued
     )
+
+
+def enrol(
+    instance_id: str | None,
+    instance_ip: str | None,
+    stype: ServerType | None,
+    *,
+    session: Session,
+    now: datetime,
+) -> Instance:
+    """The record of an undeclared agent, when its server type takes open enrolment.
+
+    An agent known only by its address cannot enrol: addresses are shared (Vast.ai puts
+    several rentals behind one public IP), ids are not.
+    """
+    if not instance_id:
+        known_by = f"no instance is declared with ip {instance_ip!r} and " if instance_ip else ""
+        raise InstanceNotFound(
+            f"{known_by}the agent sent no instance id: set DM_INSTANCE_ID on the instance "
+            "(on Vast.ai CONTAINER_ID is sent by itself), or declare the instance on the "
+            "server (`depman apply`, or PUT /api/admin/instances/ID with its ip)"
+        )
+    if stype is None or stype.enrollment != ENROLLMENT_OPEN:
+        type_name = stype.server_type if stype is not None else "?"
+        raise InstanceNotFound(
+            f"instance {instance_id!r} is not declared and server type {type_name!r} takes "
+            "declared instances only (enrollment: declared): declare it on the server with "
+            f"`depman apply` (an instances entry) or PUT /api/admin/instances/{instance_id}, "
+            "or set the type's modelManagement.enrollment to open"
+        )
+    validate_id(instance_id, "instanceId")
+    fresh = Instance(
+        instance_id=instance_id,
+        ip=(instance_ip or "")[:64] or None,
+        server_type=stype.server_type,
+        created_at=now,
+        downloading_dep_ids=[],
+        failed_dep_ids=[],
+        active_downloads=[],
+        pinned_dep_ids=[],
+    )
+    try:
+        with session.begin_nested():  # a retried register may race its first attempt
+            session.add(fresh)
+    except IntegrityError:
+        row = session.scalar(
+            select(Instance).where(Instance.instance_id == instance_id).with_for_update()
+        )
+        if row is None:
+            raise
+        return row
+    return fresh
 
 
 def token_owner(token: str, *, session: Session) -> str | None:

@@ -1,6 +1,7 @@
 """Where a job goes: a pure ranking of candidates and the wait-or-place decision, no database.
 
-Order of preference (design.md): most bytes of the job's deps already held; then
+Order of preference (design.md): an instance whose recent downloads all failed goes
+last (`depman.core.failing`); then most bytes of the job's deps already held; then
 the most of its deps held (so deps of unknown size still count); least bytes
 already queued there; most free disk; then instance id, for determinism.
 
@@ -31,6 +32,8 @@ class Candidate:
     free_bytes: int = 0
     # Seconds since each active job there was placed (busy candidates only).
     active_elapsed_s: tuple[float, ...] = ()
+    # Its recent downloads all failed: chosen only when no healthy instance is free.
+    failing: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,13 @@ class Decision:
     expected_wait_s: float = 0.0
 
 
-def score(candidate: Candidate, job_deps: Mapping[str, int | None]) -> tuple[int, int, int, int]:
+def score(
+    candidate: Candidate, job_deps: Mapping[str, int | None]
+) -> tuple[bool, int, int, int, int]:
     """Sort key of a candidate (smaller is better); `job_deps` maps dep id to size or None."""
     held = [dep for dep in job_deps if dep in candidate.held_dep_ids]
-    return (-held_bytes(candidate, job_deps), -len(held), candidate.queued_bytes,
-            -candidate.free_bytes)
+    return (candidate.failing, -held_bytes(candidate, job_deps), -len(held),
+            candidate.queued_bytes, -candidate.free_bytes)
 
 
 def held_bytes(candidate: Candidate, job_deps: Mapping[str, int | None]) -> int:

@@ -11,10 +11,14 @@ from depman.core.catalog import validate_id
 from depman.core.clock import utcnow
 from depman.core.profiles import static_dep_ids
 from depman.core.reconcile import reconcile_static_deps
-from depman.errors import Conflict, NotFound, ValidationFailed
+from depman.errors import Conflict, NotFound, UnknownServerType, ValidationFailed
 from depman.store.models import Instance, Profile, ServerType
 
 MANAGED_MODE = "dependency_manager_v1"
+# How instances of a type join: an undeclared agent enrols itself, or only declared ones register.
+ENROLLMENT_OPEN = "open"
+ENROLLMENT_DECLARED = "declared"
+ENROLLMENTS = (ENROLLMENT_OPEN, ENROLLMENT_DECLARED)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class ServerTypeSpec:
     mode: str = MANAGED_MODE
     profile_id: str | None = None
     max_active_jobs: int = 1
+    enrollment: str = ENROLLMENT_OPEN
 
 
 def put_server_type(server_type: str, spec: ServerTypeSpec, *, session: Session) -> ServerType:
@@ -31,6 +36,11 @@ def put_server_type(server_type: str, spec: ServerTypeSpec, *, session: Session)
     validate_id(server_type, "serverType")
     if not spec.mode:
         raise ValidationFailed("modelManagement.mode must be a non-empty string")
+    if spec.enrollment not in ENROLLMENTS:
+        raise ValidationFailed(
+            f"modelManagement.enrollment must be one of {', '.join(ENROLLMENTS)}, "
+            f"not {spec.enrollment!r}"
+        )
     if spec.max_active_jobs < 1:
         raise ValidationFailed("maxActiveJobs must be at least 1")
     if spec.profile_id is not None and session.get(Profile, spec.profile_id) is None:
@@ -43,6 +53,7 @@ def put_server_type(server_type: str, spec: ServerTypeSpec, *, session: Session)
     row.mode = spec.mode
     row.profile_id = spec.profile_id
     row.max_active_jobs = spec.max_active_jobs
+    row.enrollment = spec.enrollment
     row.updated_at = utcnow()
     session.flush()
     if spec.profile_id != old_profile:
@@ -61,6 +72,19 @@ def get_server_type(server_type: str, *, session: Session) -> ServerType:
     if row is None:
         raise NotFound(f"server type {server_type!r} does not exist")
     return row
+
+
+def known_server_type(server_type: str, *, session: Session) -> ServerType:
+    """The named server type, or the error an agent or operator can act on: the known names."""
+    row = session.get(ServerType, server_type)
+    if row is not None:
+        return row
+    names = list(session.scalars(select(ServerType.server_type).order_by(ServerType.server_type)))
+    known = ", ".join(names) if names else "none yet"
+    raise UnknownServerType(
+        f"server type {server_type!r} is not known to this server (known server types: "
+        f"{known}); declare it with `depman apply` or PUT /api/admin/server-types/{server_type}"
+    )
 
 
 def list_server_types(*, session: Session) -> list[ServerType]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from depman.core import dep_sources
 from depman.core.clock import isoformat
+from depman.core.dep_holders import DepLocation
 from depman.core.queue import format_item_id
 from depman.store.models import Dep, DepReceipt, Instance, Job, Profile, QueueItem, ServerType
 
@@ -45,11 +46,29 @@ def profile_document(profile: Profile, static_dep_ids: list[str]) -> dict[str, A
     }
 
 
+def location_document(row: DepLocation) -> dict[str, Any]:
+    """An instance holding a dep (or downloading it) as the admin API shows it."""
+    return {
+        "instanceId": row.instance_id,
+        "serverType": row.server_type,
+        "instanceStatus": row.instance_status,
+        "state": row.state,
+        "kind": row.kind,
+        "since": isoformat(row.since),
+        "receipt": row.receipt,
+        "error": row.error,
+    }
+
+
 def server_type_document(row: ServerType) -> dict[str, Any]:
     """A server type as the admin API shows it."""
     return {
         "serverType": row.server_type,
-        "modelManagement": {"mode": row.mode, "profileId": row.profile_id},
+        "modelManagement": {
+            "mode": row.mode,
+            "profileId": row.profile_id,
+            "enrollment": row.enrollment or "open",
+        },
         "maxActiveJobs": row.max_active_jobs,
         "updatedAt": isoformat(row.updated_at),
     }

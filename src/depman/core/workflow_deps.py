@@ -173,11 +173,14 @@ def add_imported(
             continue
         try:
             with session.begin_nested():
-                catalog.put_dep(dep_id, spec, session=session)
+                dep = catalog.put_dep(dep_id, spec, session=session)
         except DepmanError as exc:
             result.skipped.append({**doc, "reason": exc.message})
             continue
-        result.created.append({**doc, "depId": dep_id})
+        # A plain URL gives no hash: the agent can then only trust what it downloads.
+        result.created.append(
+            {**doc, "depId": dep_id, "downloadUrl": dep.url, "unverified": dep.sha256 is None}
+        )
     return result
 
 

@@ -13,6 +13,8 @@ from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from depman.errors import ConfigError
 from depman.server.logsafe import EscapingFormatter
@@ -116,10 +118,10 @@ def serve(settings: ServerSettings) -> None:
     _configure_logging(settings.log_level)
     _warn_about_open_doors(settings)
     _raise_file_limit(settings.max_connections)
-    upgrade(settings.database_url)
-    sock = bind_socket(settings.host, settings.port)
+    open_database(settings.database_url)
+    sock = listen_on(settings.host, settings.port)
     url = _url_of(sock)
-    api_sock = None if settings.api_port is None else bind_socket(settings.host, settings.api_port)
+    api_sock = None if settings.api_port is None else listen_on(settings.host, settings.api_port)
     forked = settings.workers > 1 or api_sock is not None
     metrics_dir = _prepare_metrics_dir(forked)
     if not forked:
@@ -139,7 +141,12 @@ def serve(settings: ServerSettings) -> None:
             _serve_one(settings, api_sock, _url_of(api_sock), announce=True, role="api")
 
     processes = settings.workers + (api_sock is not None)
-    log.info("starting %d server workers", processes)
+    log.info(
+        "starting %d server worker%s%s",
+        settings.workers,
+        "" if settings.workers == 1 else "s",
+        " and the job API's process" if api_sock is not None else "",
+    )
     try:
         code = serve_workers(processes, sock, run_worker, on_exit=process_exited)
     finally:
@@ -161,6 +168,28 @@ def _prepare_metrics_dir(forked: bool) -> str | None:
     path = given or tempfile.mkdtemp(prefix="depman-metrics-")
     metrics.use_multiprocess_dir(path)
     return None if given else path
+
+
+def open_database(url: str) -> None:
+    """Migrate the database, or a ConfigError of one line saying why it cannot be used."""
+    try:
+        upgrade(url)
+    except (SQLAlchemyError, OSError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        shown = make_url(url).render_as_string(hide_password=True) if "://" in url else url
+        raise ConfigError(
+            f"cannot use the database {shown}: {reason} "
+            "(check --database-url or DEPMAN_DATABASE_URL, and that the database exists)"
+        ) from None
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """A bound socket, or a ConfigError of one line (the port taken, an unknown address)."""
+    try:
+        return bind_socket(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _url_of(sock: socket.socket) -> str:
@@ -242,7 +271,7 @@ def serve_from_flags(
             workers=workers,
             api_port=api_port,
         )
+        serve(settings)
     except ConfigError as exc:
         print(f"depman server: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    serve(settings)
+        raise SystemExit(2) from None

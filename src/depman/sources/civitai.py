@@ -89,7 +89,11 @@ def resolve(http: httpx.Client, endpoint: str, token: str | None, url: str) -> C
             f"{endpoint.rstrip('/')}/api/v1/model-versions/{version}", headers=headers
         )
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise SourceUnavailable(f"Civitai did not answer for {what}: {exc}") from exc
+        raise SourceUnavailable(
+            f"the depman server could not reach Civitai at {endpoint.rstrip('/')} for {what}: "
+            f"{exc} (the server, not the CLI, resolves civitai:// sources: let it reach that "
+            "host, or point DEPMAN_CIVITAI_ENDPOINT on the server elsewhere)"
+        ) from exc
     if response.status_code == 404:
         raise ValidationFailed(f"{what} does not exist")
     if response.status_code in (401, 403):

@@ -85,7 +85,11 @@ class HfClient:
                 kw.pop("method", "GET"), self.endpoint + path, headers=self.headers, **kw
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise SourceUnavailable(f"Hugging Face did not answer for {what}: {exc}") from exc
+            raise SourceUnavailable(
+                f"the depman server could not reach Hugging Face at {self.endpoint} for "
+                f"{what}: {exc} (the server, not the CLI, resolves hf:// sources: let it reach "
+                "that host, or point DEPMAN_HF_ENDPOINT on the server at a mirror)"
+            ) from exc
         if response.status_code in (401, 403):
             raise ValidationFailed(
                 f"Hugging Face refused {what} ({response.status_code}): a gated or private "
@@ -156,7 +160,11 @@ class HfClient:
                 for chunk in response.iter_bytes():
                     digest.update(chunk)
         except httpx.HTTPError as exc:
-            raise SourceUnavailable(f"Hugging Face did not answer for {what}: {exc}") from exc
+            raise SourceUnavailable(
+                f"the depman server could not reach Hugging Face at {self.endpoint} for "
+                f"{what}: {exc} (the server, not the CLI, resolves hf:// sources: let it reach "
+                "that host, or point DEPMAN_HF_ENDPOINT on the server at a mirror)"
+            ) from exc
         return digest.hexdigest()
 
     @staticmethod

@@ -133,6 +133,8 @@ class ServerType(Base):
     mode: Mapped[str] = mapped_column(String(50), default="dependency_manager_v1")
     profile_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     max_active_jobs: Mapped[int] = mapped_column(Integer, default=1)
+    # How instances of this type join: "open" (an undeclared agent enrols itself) or "declared".
+    enrollment: Mapped[str] = mapped_column(String(20), default="open", server_default="open")
     updated_at: Mapped[datetime] = mapped_column(_tz())
 
 

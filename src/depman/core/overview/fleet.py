@@ -11,6 +11,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from depman.core import dep_sources
+from depman.core.failing import failing_instances
 from depman.core.overview.rows import (
     PINNING_JOB_STATES,
     CatalogRow,
@@ -87,6 +88,7 @@ def instance_row(
     items: Mapping[str, int],
     inventory: Mapping[str, int],
     active_jobs: int,
+    downloads_failing: bool = False,
 ) -> InstanceRow:
     last = as_utc(inst.last_heartbeat_at)
     return InstanceRow(
@@ -112,6 +114,7 @@ def instance_row(
         active_jobs=active_jobs,
         failed_dep_ids=list(inst.failed_dep_ids or []),
         drained=bool(inst.drained),
+        downloads_failing=downloads_failing,
     )
 
 
@@ -126,6 +129,7 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
     items = item_counts(session)
     inventory = inventory_counts(session)
     active = active_job_counts(session)
+    failing = failing_instances(None, session=session, now=now)
     instances = session.scalars(select(Instance).order_by(Instance.instance_id)).all()
     rows = [
         instance_row(
@@ -136,6 +140,7 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
             items=items.get(inst.instance_id, {}),
             inventory=inventory.get(inst.instance_id, {}),
             active_jobs=active.get(inst.instance_id, 0),
+            downloads_failing=inst.instance_id in failing,
         )
         for inst in instances
     ]

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from depman.core.failing import failing_instances
 from depman.core.overview.fleet import (
     active_job_counts,
     instance_row,
@@ -76,6 +77,7 @@ def instance_detail(
         items=item_counts(session, instance_id).get(instance_id, {}),
         inventory=inventory_counts(session, instance_id).get(instance_id, {}),
         active_jobs=active_job_counts(session).get(instance_id, 0),
+        downloads_failing=bool(failing_instances([instance_id], session=session, now=now)),
     )
     pins = _pinned(session, instance_id)
     held = session.execute(

@@ -82,6 +82,7 @@ class InstanceRow:
     active_jobs: int
     failed_dep_ids: list[str]
     drained: bool = False  # an operator stopped new jobs here
+    downloads_failing: bool = False  # its recent downloads all failed: placed last
 
     @property
     def live(self) -> bool:

@@ -8,12 +8,20 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from depman.core import catalog, dep_sources, profiles, server_types
-from depman.core.views import dep_document, profile_document, server_type_document
+from depman.core.clock import utcnow
+from depman.core.dep_holders import dep_locations
+from depman.core.views import (
+    dep_document,
+    location_document,
+    profile_document,
+    server_type_document,
+)
 from depman.errors import DepmanError
 from depman.server.deps import AdminDep, ReadSessionDep, SessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.admin import (
     DepIn,
+    DepLocationsOut,
     DepOut,
     DepsOut,
     ProfileIn,
@@ -88,6 +96,7 @@ def server_type_spec(body: ServerTypeIn) -> server_types.ServerTypeSpec:
     return server_types.ServerTypeSpec(
         mode=body.model_management.mode,
         profile_id=body.model_management.profile_id,
+        enrollment=body.model_management.enrollment,
         max_active_jobs=body.max_active_jobs,
     )
 
@@ -118,6 +127,17 @@ def put_dep(dep_id: IdPath, body: DepIn, session: SessionDep, state: StateDep) -
 def get_dep(dep_id: IdPath, session: ReadSessionDep) -> dict[str, Any]:
     """One catalog entry."""
     return dep_document(catalog.get_dep(dep_id, session=session))
+
+
+@router.get("/deps/{dep_id}/instances", response_model=DepLocationsOut, responses=ERRORS)
+def get_dep_locations(
+    dep_id: IdPath, session: ReadSessionDep, state: StateDep
+) -> dict[str, Any]:
+    """The instances that hold the dep or have a download of it, with its state there."""
+    rows = dep_locations(
+        dep_id, session=session, now=utcnow(), live_ttl=float(state.settings.live_ttl)
+    )
+    return {"depId": dep_id, "instances": [location_document(r) for r in rows]}
 
 
 @router.delete("/deps/{dep_id}", status_code=204, responses=ERRORS)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from depman.core import overview
 from depman.core.audit import action_document, list_actions
 from depman.core.clock import utcnow
+from depman.core.dep_holders import dep_locations
 from depman.core.sessions import revoke
 from depman.errors import AuthError, NotFound, TooManyFailures
 from depman.server.auth import attempt
@@ -148,6 +149,18 @@ def catalog_page(request: Request, session: SessionDep) -> Response:
 def catalog_fragment(request: Request, session: SessionDep) -> Response:
     """The refreshing part of the catalog."""
     return _render(request, "_catalog.html", _catalog(request, session))
+
+
+@page.get("/catalog/{dep_id}", response_class=HTMLResponse)
+def dep_page(request: Request, session: SessionDep, dep_id: str) -> Response:
+    """One dep: the instances that hold it (or download it), and the file's state there."""
+    now = utcnow()
+    try:
+        rows = dep_locations(dep_id, session=session, now=now, live_ttl=_live_ttl(request))
+    except NotFound:
+        return _render(request, "not_found.html", {"nav": "catalog", "what": f"dep {dep_id}"}, 404)
+    context = {"nav": "catalog", "dep_id": dep_id, "locations": rows, "now": now}
+    return _render(request, "dep.html", context)
 
 
 # --- jobs --------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -130,11 +130,34 @@ class ProfilesOut(ApiModel):
     profiles: list[ProfileOut]
 
 
+class DepLocationOut(ApiModel):
+    """One instance holding a dep, or with a download of it."""
+
+    instance_id: str
+    server_type: str
+    instance_status: str
+    state: str
+    kind: str | None = None
+    since: str | None = None
+    receipt: str | None = None
+    error: str | None = None
+
+
+class DepLocationsOut(ApiModel):
+    """`GET /admin/deps/{depId}/instances`: where the model is, and its state there."""
+
+    dep_id: str
+    instances: list[DepLocationOut]
+
+
 class ModelManagement(ApiModel):
     """How a server type's models are managed."""
 
     mode: Annotated[ShortText, Field(max_length=50)] = "dependency_manager_v1"
     profile_id: Id | None = None
+    # "open": an agent with the shared secret and an undeclared instance id enrols itself;
+    # "declared": only declared instances register.
+    enrollment: Literal["open", "declared"] = "open"
 
 
 class ServerTypeIn(ApiModel):

@@ -49,6 +49,9 @@ class ImportedModel(ApiModel):
     dep_id: str | None = None
     dep_ids: list[str] | None = None
     reason: str | None = None
+    # Added entries: where agents download it from, and whether it has no sha256 to check.
+    download_url: str | None = None
+    unverified: bool | None = None
 
 
 class WorkflowImportOut(ApiModel):
