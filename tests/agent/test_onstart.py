@@ -115,7 +115,7 @@ def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
         assert "agent exited with code 137" in read(log)
         assert alive(second) and not alive(first)
 
-        loop = int(read(workspace / "depman" / "loop.pid"))
+        loop = int(read(workspace / "depman" / "loop.pid").split()[0])
         stopped = subprocess.run(["bash", str(workspace / "depman" / "stop.sh")],
                                  capture_output=True, text=True, timeout=60)
         assert "stopped the restart loop" in stopped.stdout, stopped
@@ -174,7 +174,7 @@ def test_a_stale_loop_pid_of_another_process_does_not_stop_the_agent(
 ) -> None:
     """After a reboot loop.pid may name a pid that now belongs to something else."""
     setup_fleet(fresh_server, {}, [])
-    script = printed_script("st", fresh_server.root_url)
+    script = printed_script("st", fresh_server)
     workspace = tmp_path / "workspace"
     log = workspace / "depman-agent.log"
     loop_pid = workspace / "depman" / "loop.pid"
