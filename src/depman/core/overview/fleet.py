@@ -11,6 +11,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from depman.core.overview.rows import (
+    INSTANCE_STATUSES,
     PINNING_JOB_STATES,
     CatalogRow,
     FleetOverview,
@@ -119,7 +120,7 @@ def job_counts(session: Session) -> dict[str, int]:
 
 
 def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> FleetOverview:
-    """Every instance with liveness, disk, cache, queue and downloads: live first, then by id."""
+    """Every instance with liveness, disk, cache, queue and downloads: by status, then by id."""
     caps = dynamic_caps(session)
     items = item_counts(session)
     inventory = inventory_counts(session)
@@ -137,7 +138,7 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
         )
         for inst in instances
     ]
-    order = {"live": 0, "stale": 1, "never": 2}
+    order = {status: pos for pos, status in enumerate(INSTANCE_STATUSES)}
     rows.sort(key=lambda r: (order[r.status], r.instance_id))
     return FleetOverview(
         instances=rows, generated_at=now, live_ttl=live_ttl, jobs_by_state=job_counts(session)

@@ -342,6 +342,10 @@ def parse_downloads(raw: Iterable[Mapping[str, Any]] | None) -> list[Download]:
     return out
 
 
+# Every status `liveness` answers, in the order the fleet table lists them.
+INSTANCE_STATUSES = ("live", "stale", "lost", "never")
+
+
 def liveness(
     last_heartbeat_at: datetime | None, now: datetime, live_ttl: float, lost: bool = False
 ) -> str:
