@@ -40,12 +40,20 @@ def format_item_id(dep_id: str, generation: int) -> str:
     return f"{dep_id}.{generation}"
 
 
+# Generations are 32-bit integers in the store.
+MAX_GENERATION = 2**31 - 1
+
+
 def parse_item_id(item_id: str) -> tuple[str, int] | None:
-    """Split an itemId into (depId, generation); None when it is not one of ours."""
+    """Split an itemId into (depId, generation); None when it is not one of ours.
+
+    Only ASCII digits: `str.isdigit` also takes '²' or '①', which `int` refuses.
+    """
     dep_id, sep, gen = item_id.rpartition(".")
-    if not sep or not dep_id or not gen.isdigit():
+    if not sep or not dep_id or not gen.isascii() or not gen.isdigit() or len(gen) > 10:
         return None
-    return dep_id, int(gen)
+    generation = int(gen)
+    return (dep_id, generation) if generation <= MAX_GENERATION else None
 
 
 def _lock_item(instance_id: str, dep_id: str, *, session: Session) -> QueueItem | None:
