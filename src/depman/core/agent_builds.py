@@ -81,11 +81,7 @@ def offered_build(
 
 def _target(row: AgentBuild) -> BuildTarget:
     return BuildTarget(
-        row.server_type,
-        row.version,
-        row.sha256,
-        row.size_bytes,
-        row.rollout_percent,
+        row.server_type, row.version, row.sha256, row.size_bytes, row.rollout_percent,
         row.published_at,
     )
 
@@ -219,3 +215,5 @@ def list_builds(*, session: Session) -> list[BuildStatus]:
         offered = sum(1 for i, v in rows if offered_build(target, i, v) is not None)
         statuses.append(BuildStatus(target, len(rows), on_target, offered))
     return sorted(statuses, key=lambda s: s.target.server_type)
+
+

@@ -186,7 +186,9 @@ def _files(spec: DepSpec) -> tuple[FileSpec, ...] | None:
     return tuple(out)
 
 
-def _destination(spec: DepSpec, allow_any_destination: bool) -> tuple[str, str | None, str | None]:
+def _destination(
+    spec: DepSpec, allow_any_destination: bool
+) -> tuple[str, str | None, str | None]:
     """(destRelativePath, type, filename): derived from type + filename, or checked."""
     model_type: str | None
     filename: str | None
@@ -197,14 +199,9 @@ def _destination(spec: DepSpec, allow_any_destination: bool) -> tuple[str, str |
         filename = _check_filename(spec.filename, "filename")
         dest = model_types.dest_for(model_type, filename)
         given = spec.dest_relative_path
-        if (
-            given
-            and given != dest
-            and model_types.split_models_path(given)
-            != (
-                model_type,
-                filename,
-            )
+        if given and given != dest and model_types.split_models_path(given) != (
+            model_type,
+            filename,
         ):
             raise ValidationFailed(
                 f"destRelativePath {given!r} disagrees with type {model_type!r} and "

@@ -102,16 +102,12 @@ def deps_and_missing(job: Job, *, session: Session) -> tuple[list[str], list[str
             held = and_(held, not_(_unproven_item()))
     else:
         held = literal(True)
-    rows = (
-        session.connection()
-        .execute(
-            select(JobDep.dep_id, held)
-            .join(Job, Job.job_id == JobDep.job_id)
-            .where(JobDep.job_id == job.job_id)
-            .order_by(JobDep.position)
-        )
-        .all()
-    )
+    rows = session.connection().execute(
+        select(JobDep.dep_id, held)
+        .join(Job, Job.job_id == JobDep.job_id)
+        .where(JobDep.job_id == job.job_id)
+        .order_by(JobDep.position)
+    ).all()
     return [dep_id for dep_id, _ in rows], [dep_id for dep_id, have in rows if not have]
 
 

@@ -118,9 +118,8 @@ def claim_sweep(session: Session) -> bool:
     if session.get_bind().dialect.name != "postgresql":
         return True  # SQLite: one server process
     return bool(
-        session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK_KEY}
-        ).scalar()
+        session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK_KEY})
+        .scalar()
     )
 
 

@@ -42,15 +42,9 @@ def refresh_pins(instance_id: str | None, *, session: Session) -> list[str]:
     if instance_id is None:
         return []
     session.flush()  # the caller's job changes count
-    stored = (
-        session.connection()
-        .execute(
-            select(Instance.pinned_dep_ids)
-            .where(Instance.instance_id == instance_id)
-            .with_for_update()
-        )
-        .first()
-    )
+    stored = session.connection().execute(
+        select(Instance.pinned_dep_ids).where(Instance.instance_id == instance_id).with_for_update()
+    ).first()
     if stored is None:
         return []
     pins = compute_pins(instance_id, session=session)

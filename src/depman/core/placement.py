@@ -46,12 +46,8 @@ class Decision:
 def score(candidate: Candidate, job_deps: Mapping[str, int | None]) -> tuple[int, int, int, int]:
     """Sort key of a candidate (smaller is better); `job_deps` maps dep id to size or None."""
     held = [dep for dep in job_deps if dep in candidate.held_dep_ids]
-    return (
-        -held_bytes(candidate, job_deps),
-        -len(held),
-        candidate.queued_bytes,
-        -candidate.free_bytes,
-    )
+    return (-held_bytes(candidate, job_deps), -len(held), candidate.queued_bytes,
+            -candidate.free_bytes)
 
 
 def held_bytes(candidate: Candidate, job_deps: Mapping[str, int | None]) -> int:

@@ -217,28 +217,16 @@ def try_place(
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
     active = active_jobs(session=session)
     ranked = free_candidates(
-        job.server_type,
-        sizes,
-        exclude,
-        session=session,
-        cutoff=cutoff,
-        only=only,
-        slots=slots,
-        active=active,
+        job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only,
+        slots=slots, active=active,
     )
     if not ranked:
         return Outcome.NO_SLOT
     allowance = _wait_allowance(job, policy, now) if may_wait else 0.0
     if allowance > 0 and missing_deps(ranked[0], dep_ids):
         busy = busy_holders(
-            job.server_type,
-            dep_ids,
-            exclude,
-            session=session,
-            cutoff=cutoff,
-            now=now,
-            slots=slots,
-            active=active,
+            job.server_type, dep_ids, exclude, session=session, cutoff=cutoff, now=now,
+            slots=slots, active=active,
         )
         if busy:
             typical = _typical_job_seconds(job.server_type, session=session, policy=policy)
@@ -332,11 +320,9 @@ def submit_job(
     (`created` False; its deps are not filled in).
     """
     now = now or utcnow()
-    slots = (
-        session.connection()
-        .execute(select(ServerType.max_active_jobs).where(ServerType.server_type == server_type))
-        .scalar()
-    )
+    slots = session.connection().execute(
+        select(ServerType.max_active_jobs).where(ServerType.server_type == server_type)
+    ).scalar()
     if slots is None:
         raise ValidationFailed(f"serverType {server_type!r} does not exist")
     dep_ids = list(dict.fromkeys(dep_ids))

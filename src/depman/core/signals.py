@@ -39,7 +39,9 @@ NOTIFY_CHANNEL = "depman_wake"
 MARKS_KEY = "depman_marks"
 # This process, as the sender of its notifications.
 ORIGIN = secrets.token_hex(6)
-_NOTIFY_ALL = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS t(p)")
+_NOTIFY_ALL = text(
+    "SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS t(p)"
+)
 
 
 @dataclass

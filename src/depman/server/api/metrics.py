@@ -74,21 +74,7 @@ class Metrics:
             registry=self.registry,
             # Sub-millisecond buckets: most agent requests are answered from memory.
             buckets=(
-                0.0005,
-                0.001,
-                0.002,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
             ),
         )
         # Which stage of the agent gateway answered (server/agent_gateway/pipeline.py):
@@ -139,7 +125,9 @@ class Metrics:
             registry=self.registry,
         )
         # Event-loop lag, GC pauses and periodic tasks: what makes every request wait.
-        self.pauses = PauseWatch(self.registry, warn_seconds=state.settings.pause_warning_seconds)
+        self.pauses = PauseWatch(
+            self.registry, warn_seconds=state.settings.pause_warning_seconds
+        )
         # Agent telemetry trimmed instead of refused (server/schemas/telemetry.py).
         self.registry.register(TRIMMED)
         self.registry.register(StoreCollector(state))
