@@ -30,6 +30,7 @@ from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
+from depman.core.upstream import Candidate, UpstreamGate, grant
 from depman.store.models import Dep, Instance, QueueItem, UtcDateTime
 
 ERROR_MAX_CHARS = 500
@@ -124,6 +125,8 @@ def start_generation(row: QueueItem, *, session: Session, now: datetime) -> None
     row.cancel_reason = None
     row.force_retry = False
     row.force_retry_after_ms = None
+    row.handed_out_at = None
+    row.waiting_upstream = None
     row.updated_at = now
     mark_instance(session, row.instance_id)
 
@@ -145,6 +148,9 @@ class QueuePoll:
     found: bool
     items: list[dict[str, Any]] = field(default_factory=list)
     pinned_dep_ids: list[str] = field(default_factory=list)
+    # Queued items left out because their upstream host is at its cap (core/upstream.py):
+    # the answer is not "nothing queued", so it is neither memo'd nor long-polled on.
+    waiting_upstream: int = 0
 
 
 def folder_model_url(dep_id: str) -> str:
@@ -197,6 +203,7 @@ def _poll_statement() -> Select[Any]:
             Dep.files,
             sub.c.force_retry,
             sub.c.force_retry_after_ms,
+            sub.c.id,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -241,21 +248,41 @@ def resolved_document(
 
 
 def poll_queue(
-    instance_id: str, limit: int, *, conn: Connection, now: datetime | None = None
+    instance_id: str,
+    limit: int,
+    *,
+    conn: Connection,
+    now: datetime | None = None,
+    gate: UpstreamGate | None = None,
 ) -> QueuePoll:
     """The queued items of an instance, jobs' deps first then oldest first, in one query.
 
     An item whose `next_attempt_at` is still ahead is left out; `wake_due_items`
     wakes the instance's long-polls (and drops its empty-poll memos) when it is due.
+    With upstream caps (`gate` active), a download whose host is at its cap is left
+    out too and marked as waiting for it (core/upstream.py).
     """
-    params = {"p_instance_id": instance_id, "p_limit": limit, "p_now": now or utcnow()}
+    now = now or utcnow()
+    params = {"p_instance_id": instance_id, "p_limit": limit, "p_now": now}
     rows = conn.execute(POLL_STATEMENT, params).all()
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
+    allowed: set[int] | None = None
+    if gate is not None and gate.active:
+        candidates = [
+            Candidate(row[14], row[1], row[7], row[4], row[11], row[3])
+            for row in rows
+            if row[1] is not None and row[4] is not None
+        ]
+        allowed, waiting = grant(gate, candidates, now=now)
+        poll.waiting_upstream = len(waiting)
     for row in rows:
-        _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after = row
+        *fields, pk = row
+        _pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, force, after = fields
         if dep_id is None or url is None:
+            continue
+        if allowed is not None and pk not in allowed:
             continue
         resolved = resolved_document(dep_id, url, auth, dest, sha, size, kind, root, files)
         item: dict[str, Any] = {
@@ -307,9 +334,10 @@ def _transition_statements() -> dict[str, Any]:
             state=running,
             started_at=case((QueueItem.state == queued, now), else_=QueueItem.started_at),
             last_progress_at=now,
-            # The agent took it: a backoff is over, a forced retry done.
+            # The agent took it: a backoff is over, a forced retry done, no upstream wait.
             next_attempt_at=None,
             force_retry=False,
+            waiting_upstream=None,
             updated_at=now,
         )
         .returning(*answer),

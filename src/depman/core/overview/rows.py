@@ -181,6 +181,7 @@ class QueueEntry:
     download: Download | None
     next_attempt_at: datetime | None = None
     cancel_reason: str | None = None
+    waiting_for_upstream: str | None = None  # a capped upstream host it waits for
 
 
 @dataclass(frozen=True)
