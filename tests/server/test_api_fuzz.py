@@ -319,21 +319,33 @@ class ApiSequences(RuleBasedStateMachine):
                 self.reached["items handed out"] += 1
 
     @rule(
-        data=st.data(),
+        pick=st.integers(0, 63),
+        fallback=st.sampled_from(INSTANCES),
         state=st.sampled_from(
             ["running", "succeeded", "failed", "retrying", "cancelled", "paused"]
         ),
         error=st.one_of(st.none(), texts),
         generation=st.one_of(st.none(), generations),
+        receipt=st.one_of(st.none(), sizes),
     )
-    def status(self, data: Any, state: str, error: str | None, generation: str | None) -> None:
+    def status(
+        self,
+        pick: int,
+        fallback: str,
+        state: str,
+        error: str | None,
+        generation: str | None,
+        receipt: int | None,
+    ) -> None:
+        # Draws never depend on the server's answers (hypothesis replays them): an index
+        # into the items handed out so far, or an item of the instance drawn.
         if not self.items:  # report on what an agent was handed, when anything was
             for instance in INSTANCES:
                 self.poll(instance, 25)
         if self.items:
-            instance, item = data.draw(st.sampled_from(self.items))
+            instance, item = self.items[pick % len(self.items)]
         else:
-            instance = data.draw(st.sampled_from(INSTANCES))
+            instance = fallback
             item = {"itemId": f"{DEPS[0]}.1", "depId": DEPS[0], "op": "download"}
         item_id = item["itemId"]
         if generation is not None:
@@ -349,11 +361,11 @@ class ApiSequences(RuleBasedStateMachine):
         }
         if error is not None:
             body["error"] = error
-        if state == "succeeded" and data.draw(st.booleans()):
+        if state == "succeeded" and receipt is not None:
             body["verification"] = {
                 "algorithm": "sha256",
                 "sha256": hashlib.sha256(item["depId"].encode()).hexdigest(),
-                "sizeBytes": data.draw(sizes),
+                "sizeBytes": receipt,
                 "mtimeNs": "1",
                 "verifiedAtMs": 1,
                 "destRelativePath": f"models/loras/{item['depId']}.safetensors",

@@ -49,6 +49,7 @@ def test_one_slot_is_handed_out_kept_by_polls_and_freed_by_the_report(
         gate = UpstreamGate(caps={"huggingface.co": 1}, lease_seconds=600, begin=engine.begin)
         assert take_slot(gate, "huggingface.co", "mirror:x", now=utcnow()) is False
         assert take_slot(gate, "civitai.com", "mirror:y", now=utcnow()) is True  # not capped
+        assert take_slot(None, "huggingface.co", "mirror:z", now=utcnow()) is True  # no caps
         # The report frees the slot: the waiting item is handed out.
         assert first.status(item, "succeeded")[0] == 200
         [handed] = poll_items(second)

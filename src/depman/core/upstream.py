@@ -214,16 +214,21 @@ def wake_waiters(instance_id: str, dep_id: str, *, session: Session) -> None:
 
 
 def take_slot(
-    gate: UpstreamGate, host: str, holder: str, *, now: datetime, seconds: float | None = None
+    gate: UpstreamGate | None,
+    host: str,
+    holder: str,
+    *,
+    now: datetime,
+    seconds: float | None = None,
 ) -> bool:
     """Take (or renew) one fleet-wide slot of `host` for `holder`, e.g. `mirror:<sha256>`.
 
     True when taken: hold it by calling again before `seconds` (default: the lease)
     pass, and `release_slot` when done. False when the host is at its cap: try later.
-    An uncapped host always answers True and records nothing.
+    An uncapped host (or no caps at all: `gate` None) answers True and records nothing.
     """
     host = host.rstrip(".").lower()
-    if host not in gate.caps:
+    if gate is None or host not in gate.caps:
         return True
     expires = now + timedelta(seconds=seconds or gate.lease_seconds)
     with gate.begin() as conn:
@@ -250,7 +255,9 @@ def take_slot(
     return True
 
 
-def release_slot(gate: UpstreamGate, holder: str) -> None:
+def release_slot(gate: UpstreamGate | None, holder: str) -> None:
     """Give back the slot `holder` took with `take_slot` (nothing if it holds none)."""
+    if gate is None:
+        return
     with gate.begin() as conn:
         conn.execute(delete(UpstreamSlot).where(UpstreamSlot.holder == holder))
