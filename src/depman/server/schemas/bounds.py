@@ -196,6 +196,11 @@ def _generation_in_range(value: str) -> str:
 
 
 ItemId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_CHARS, pattern=ID_PATTERN)
+]
+# An itemId as this server writes them: what a status report must carry (else a 422; the
+# item check answers any other id 404 "exists": false, which field agents act on).
+WellFormedItemId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_ITEM_ID_CHARS, pattern=ITEM_ID_PATTERN),
     AfterValidator(_generation_in_range),
