@@ -59,6 +59,21 @@ def add_lost_and_drained(engine: Engine, now: datetime) -> None:
     with Session(engine) as session, session.begin():
         assert sweep_lost_instances(session=session, policy=policy, now=now) == ["vast-gone"]
         set_drained("vast-1002", True, actor="test", session=session, now=now)
+        # A download held back by an upstream cap (core/upstream.py).
+        session.add(
+            QueueItem(
+                instance_id="vast-1003",
+                dep_id="lora-film-grain",
+                generation=1,
+                op="download",
+                state="queued",
+                priority=0,
+                attempts=0,
+                enqueued_at=now,
+                updated_at=now,
+                waiting_upstream="huggingface.co",
+            )
+        )
 
 
 def test_every_page_renders_lost_drained_stale_and_never_seen(
@@ -89,3 +104,5 @@ def test_every_page_renders_lost_drained_stale_and_never_seen(
         detail = client.get("/instances/vast-gone").text
         assert "the agent must register again" in detail
         assert "cancelled: instance lost" in detail
+        held = client.get("/instances/vast-1003").text
+        assert "waiting for huggingface.co" in held
