@@ -327,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             record.bytes_sent += len(block)
             pos += len(block)
-            if entry.rate:
+            if entry.rate and pos < start + limit:  # the client has it all: no pause after
                 time.sleep(len(block) / entry.rate)
 
 
