@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./depman.db"
@@ -19,6 +19,24 @@ DEFAULT_PORT = 8787
 # Shorter admin tokens and fleet secrets are refused at start: guessable at any rate.
 MIN_SECRET_CHARS = 16
 MIB = 1024 * 1024
+
+
+def parse_upstream_caps(text: str) -> dict[str, int]:
+    """`host=N,host=N` -> {host: N}; ValueError naming the bad part."""
+    caps: dict[str, int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, sep, count = part.partition("=")
+        host = host.strip().lower().rstrip(".")
+        count = count.strip()
+        if not sep or not host or "/" in host or not (count.isascii() and count.isdigit()):
+            raise ValueError(f"upstream_concurrency: {part!r} is not host=N")
+        if not 1 <= int(count) <= 100_000:
+            raise ValueError(f"upstream_concurrency: {part!r}: N must be 1..100000")
+        caps[host] = int(count)
+    return caps
 
 
 class ServerSettings(BaseSettings):
@@ -108,6 +126,19 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="How long a job keeps its instance busy, assumed until jobs of its "
         "server type have completed (then the median of recent ones is used).",
+    )
+    upstream_concurrency: str = Field(
+        "",
+        description="Downloads in flight per upstream host across the fleet, as "
+        "`host=N,host=N` (e.g. `huggingface.co=16,civitai.com=4`); further items wait in "
+        "their queues. Empty: no caps. Items served from the fleet mirror are not capped.",
+    )
+    upstream_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A capped download handed out in a poll holds its host's slot until the "
+        "agent reports it finished, or until this long passes with the agent neither "
+        "reporting it running nor taking it again in a poll.",
     )
     instance_lost_seconds: float = Field(
         90.0,
@@ -302,6 +333,17 @@ class ServerSettings(BaseSettings):
         description="Serve the interactive API docs at /docs and /redoc (they load scripts "
         "from a public CDN); /openapi.json is served either way.",
     )
+
+    @field_validator("upstream_concurrency")
+    @classmethod
+    def _caps_parse(cls, value: str) -> str:
+        parse_upstream_caps(value)
+        return value
+
+    @property
+    def upstream_caps(self) -> dict[str, int]:
+        """Upstream host -> downloads in flight allowed across the fleet."""
+        return parse_upstream_caps(self.upstream_concurrency)
 
     @model_validator(mode="after")
     def _secrets_long_enough(self) -> ServerSettings:

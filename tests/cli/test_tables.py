@@ -133,11 +133,20 @@ def test_deps_jobs_and_queue_tables() -> None:
                     "state": "failed",
                     "attempts": 3,
                     "error": "Missing CIVITAI_TOKEN " + "x" * 100,
-                }
+                },
+                {
+                    "itemId": "vae.1",
+                    "depId": "vae",
+                    "op": "download",
+                    "state": "queued",
+                    "waitingForUpstream": "huggingface.co",
+                },
             ],
         )
     )
-    assert "Queue of vast-1 (1)" in queue
+    assert "Queue of vast-1 (2)" in queue
+    waiting = next(line for line in queue.splitlines() if "vae.1" in line)
+    assert "queued (waiting for huggingface.co)" in waiting
     row = next(line for line in queue.splitlines() if "lora.2" in line)
     assert "download" in row and "failed" in row and "3" in row and "Missing CIVITAI_TOKEN" in row
     assert "x" * 100 not in queue

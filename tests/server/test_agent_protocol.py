@@ -130,7 +130,8 @@ def test_status_is_idempotent_and_monotonic(server: RunningServer) -> None:
         200,
         {"ok": True, "applied": False, "itemState": "succeeded"},
     )
-    assert agent.status(dict(item, itemId="garbage"), "running")[0] == 200
+    # An itemId not of the form <depId>.<generation> is malformed: refused.
+    assert agent.status(dict(item, itemId="garbage"), "running")[0] == 422
 
 
 def test_succeeded_after_failed_is_accepted(server: RunningServer) -> None:

@@ -73,6 +73,8 @@ class FakeHubs:
         self.versions: dict[str, CivitaiVersion] = {}
         self.requests: list[str] = []
         self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization)
+        # Path -> JSON text answered (200) instead of the real shape: a broken upstream.
+        self.raw_answers: dict[str, bytes] = {}
         self.lock = threading.Lock()
         # A slow Hub: API requests wait up to `hold_seconds` for `release` (set `arrived`).
         self.hold_seconds = 0.0
@@ -167,6 +169,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.hubs.arrived.set()
             self.hubs.release.wait(self.hubs.hold_seconds)
 
+    def _raw(self, path: str) -> bool:
+        raw = self.hubs.raw_answers.get(path)
+        if raw is not None:
+            self._send(200, raw, {"Content-Type": "application/json"})
+        return raw is not None
+
     def _not_found(self, code: str) -> None:
         self._send(404, {"error": code}, {"X-Error-Code": code})
 
@@ -176,6 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hubs.lock:
             self.hubs.requests.append(f"GET {path}")
             self.hubs.authorizations.append((path, self.headers.get("Authorization")))
+        if self._raw(path):
+            return None
         segs = path.strip("/").split("/")
         if path.startswith("/api/"):
             self._hold()
@@ -209,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.hubs.requests.append(f"POST {path}")
         length = int(self.headers.get("Content-Length") or 0)
         form = parse_qs(self.rfile.read(length).decode())
+        if self._raw(path):
+            return None
         self._hold()
         segs = path.strip("/").split("/")
         if not (path.startswith("/api/models/") and segs[4] == "paths-info"):

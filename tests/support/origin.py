@@ -104,6 +104,9 @@ class ModelOrigin:
         self._signatures: dict[str, tuple[str, float | None]] = {}
         self._sig_counter = itertools.count(1)
         self.signed_ttl: float | None = None
+        # File bodies being served right now, and the most ever served at once.
+        self.serving = 0
+        self.max_serving = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.released = threading.Event()  # ends every stalled response
@@ -261,7 +264,14 @@ class _Handler(BaseHTTPRequestHandler):
                 location = origin.url(f"{CDN_PREFIX}{path}?sig={sig}&token=secret-{sig}",
                                       host=entry.redirect_host)
                 return self._simple(record, 302, {"Location": location})
-        self._serve(record, entry)
+        with origin.lock:
+            origin.serving += 1
+            origin.max_serving = max(origin.max_serving, origin.serving)
+        try:
+            self._serve(record, entry)
+        finally:
+            with origin.lock:
+                origin.serving -= 1
 
     def _simple(self, record: RequestRecord, status: int,
                 headers: dict[str, str] | None = None, body: bytes | None = None) -> None:
@@ -338,7 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             record.bytes_sent += len(block)
             pos += len(block)
-            if entry.rate:
+            if entry.rate and pos < start + limit:  # the client has it all: no pause after
                 time.sleep(len(block) / entry.rate)
 
 

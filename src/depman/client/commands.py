@@ -110,6 +110,8 @@ def print_listing(
                     raise ClientError(f"instance {instance_id!r} does not exist", status=404)
                 console.print(tables.instances_table([instance]))
                 console.print(tables.receipts_table(instance))
+                items = client.list_queue_items(instance_id)
+                console.print(tables.queue_table(instance_id, items))
             else:
                 console.print(tables.instances_table(client.list_instances()))
         elif what == "deps":

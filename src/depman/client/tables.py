@@ -227,12 +227,21 @@ def queue_table(instance_id: str, items: list[JsonDoc]) -> Table:
             str(item.get("itemId", "-")),
             str(item.get("depId", "-")),
             str(item.get("op", "-")),
-            state_text(item.get("state")),
+            _item_state(item),
             _or_dash(item.get("attempts")),
             _or_dash(item.get("nextAttemptAt")),
             _shorten(str(error)) if error else "-",
         )
     return table
+
+
+def _item_state(item: JsonDoc) -> Text:
+    """The state, and the upstream host a queued item waits for."""
+    text = state_text(item.get("state"))
+    host = item.get("waitingForUpstream")
+    if host:
+        text.append(f" (waiting for {host})", style="yellow")
+    return text
 
 
 def receipts_table(instance: JsonDoc) -> Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -14,13 +15,44 @@ from depman.client.catalog_checks import hosts_outside_default, warn_about
 from depman.client.console import make_console, open_client, reported_errors
 from depman.client.errors import ClientError
 
+# The server refuses workflows nested deeper than this; ComfyUI saves about ten levels.
+MAX_JSON_DEPTH = 64
+# A JSON string (skipped whole) or one bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def json_depth(text: str, limit: int) -> int:
+    """How deep the brackets of a JSON text nest, counted up to `limit + 1`.
+
+    A scan, not a parse: the parser recurses once per level and a file nested
+    thousands deep would end it with a RecursionError instead of an error line.
+    """
+    depth = deepest = 0
+    for token in _JSON_TOKEN.finditer(text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
 
 def read_workflow(path: Path) -> JsonDoc:
     """A workflow file's JSON object; ClientError naming the file otherwise."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ClientError(f"{path}: cannot read: {exc}", code="invalid_workflow") from exc
+    if json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ClientError(
+            f"{path}: not a workflow: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            code="invalid_workflow",
+        )
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ClientError(
             f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", code="invalid_workflow"

@@ -33,6 +33,7 @@ from depman.core.clock import utcnow
 from depman.core.mirror import MirrorState
 from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
+from depman.core.upstream import Candidate, UpstreamGate, grant
 from depman.store.models import Dep, Instance, MirrorObject, QueueItem, UtcDateTime
 
 ERROR_MAX_CHARS = 500
@@ -46,12 +47,20 @@ def format_item_id(dep_id: str, generation: int) -> str:
     return f"{dep_id}.{generation}"
 
 
+# Generations are 32-bit integers in the store.
+MAX_GENERATION = 2**31 - 1
+
+
 def parse_item_id(item_id: str) -> tuple[str, int] | None:
-    """Split an itemId into (depId, generation); None when it is not one of ours."""
+    """Split an itemId into (depId, generation); None when it is not one of ours.
+
+    Only ASCII digits: `str.isdigit` also takes '²' or '①', which `int` refuses.
+    """
     dep_id, sep, gen = item_id.rpartition(".")
-    if not sep or not dep_id or not gen.isdigit():
+    if not sep or not dep_id or not gen.isascii() or not gen.isdigit() or len(gen) > 10:
         return None
-    return dep_id, int(gen)
+    generation = int(gen)
+    return (dep_id, generation) if generation <= MAX_GENERATION else None
 
 
 def _lock_item(instance_id: str, dep_id: str, *, session: Session) -> QueueItem | None:
@@ -122,6 +131,8 @@ def start_generation(row: QueueItem, *, session: Session, now: datetime) -> None
     row.cancel_reason = None
     row.force_retry = False
     row.force_retry_after_ms = None
+    row.handed_out_at = None
+    row.waiting_upstream = None
     row.updated_at = now
     mark_instance(session, row.instance_id)
 
@@ -143,6 +154,9 @@ class QueuePoll:
     found: bool
     items: list[dict[str, Any]] = field(default_factory=list)
     pinned_dep_ids: list[str] = field(default_factory=list)
+    # Queued items left out because their upstream host is at its cap (core/upstream.py):
+    # the answer is not "nothing queued", so it is neither memo'd nor long-polled on.
+    waiting_upstream: int = 0
 
 
 def folder_model_url(dep_id: str) -> str:
@@ -197,6 +211,7 @@ def _poll_statement() -> Select[Any]:
             sub.c.force_retry,
             sub.c.force_retry_after_ms,
             MirrorObject.sha256.is_not(None).label("mirrored"),
+            sub.c.id,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -273,21 +288,45 @@ def poll_queue(
     conn: Connection,
     now: datetime | None = None,
     mirror_link: MirrorLink | None = None,
+    gate: UpstreamGate | None = None,
 ) -> QueuePoll:
     """The queued items of an instance, jobs' deps first then oldest first, in one query.
 
     An item whose `next_attempt_at` is still ahead is left out; `wake_due_items`
     wakes the instance's long-polls (and drops its empty-poll memos) when it is due.
+    With upstream caps (`gate` active), a download whose host is at its cap is left
+    out too and marked as waiting for it (core/upstream.py).
     """
-    params = {"p_instance_id": instance_id, "p_limit": limit, "p_now": now or utcnow()}
+    now = now or utcnow()
+    params = {"p_instance_id": instance_id, "p_limit": limit, "p_now": now}
     rows = conn.execute(POLL_STATEMENT, params).all()
     if not rows:
         return QueuePoll(found=False)
     poll = QueuePoll(found=True, pinned_dep_ids=list(rows[0][0] or []))
+    allowed: set[int] | None = None
+    if gate is not None and gate.active:
+        candidates = [
+            Candidate(
+                item_id=row.id,
+                dep_id=row.dep_id,
+                url=row.url,
+                files=row.files,
+                op=row.op,
+                # Handed out from the fleet mirror (resolved_document's rule): not capped.
+                mirrored=bool(row.mirrored and mirror_link is not None and row.sha256
+                              and row.files is None),
+            )
+            for row in rows
+            if row.dep_id is not None and row.url is not None
+        ]
+        allowed, waiting = grant(gate, candidates, now=now)
+        poll.waiting_upstream = len(waiting)
     for row in rows:
         (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, sources, force,
-         after, mirrored) = row
+         after, mirrored, pk) = row
         if dep_id is None or url is None:
+            continue
+        if allowed is not None and pk not in allowed:
             continue
         resolved = resolved_document(
             dep_id, url, auth, dest, sha, size, kind, root, files, sources,
@@ -342,9 +381,10 @@ def _transition_statements() -> dict[str, Any]:
             state=running,
             started_at=case((QueueItem.state == queued, now), else_=QueueItem.started_at),
             last_progress_at=now,
-            # The agent took it: a backoff is over, a forced retry done.
+            # The agent took it: a backoff is over, a forced retry done, no upstream wait.
             next_attempt_at=None,
             force_retry=False,
+            waiting_upstream=None,
             updated_at=now,
         )
         .returning(*answer),

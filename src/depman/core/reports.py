@@ -19,6 +19,7 @@ from depman.core.retries import apply_retrying
 from depman.core.source_bytes import record_source_bytes
 from depman.core.states import REPORT_RETRYING, ItemState, Op
 from depman.core.static_retries import schedule_retry
+from depman.core.upstream import wake_waiters
 from depman.store.models import Instance, Job, QueueItem
 
 # A heartbeat's figures but the queue depth, in the same order (SCALAR_COLUMNS).
@@ -151,6 +152,7 @@ def apply_status(
         )
     if not result.applied or result.dep_id is None:
         return result
+    wake_waiters(instance_id, result.dep_id, session=session)  # its upstream slot is free
     if result.state == ItemState.SUCCEEDED.value:
         on_item_succeeded(
             instance_id, result.dep_id, report.item_id, report.receipt, session=session, now=now

@@ -2,7 +2,8 @@
 
 Used by `POST /api/admin/workflows/deps` (`depman workflow deps`), by the import
 of unknown models (`depman workflow import`) and by jobs submitted with a
-workflow: one matching rule for all three.
+workflow: one matching rule for all three. Each takes the references
+`workflows.workflow_models` parsed, so callers parse before they open a session.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from depman.core import catalog, model_types
-from depman.core.workflows import ModelRef, workflow_models
+from depman.core.workflows import ModelRef
 from depman.errors import DepmanError, ValidationFailed
 from depman.store.models import Dep
 
@@ -65,15 +66,15 @@ def _catalog_keys(session: Session) -> dict[tuple[str | None, str], list[str]]:
     return keys
 
 
-def match_workflow(document: Any, *, session: Session) -> list[ModelMatch]:
+def match_workflow(refs: list[ModelRef], *, session: Session) -> list[ModelMatch]:
     """Every model the workflow references, each with the deps that provide it."""
     keys = _catalog_keys(session)
-    return [ModelMatch(ref, list(keys.get(ref.key, []))) for ref in workflow_models(document)]
+    return [ModelMatch(ref, list(keys.get(ref.key, []))) for ref in refs]
 
 
-def workflow_dep_ids(document: Any, *, session: Session) -> list[str]:
+def workflow_dep_ids(refs: list[ModelRef], *, session: Session) -> list[str]:
     """The deps a job running this workflow needs; ValidationFailed naming unknown files."""
-    matches = match_workflow(document, session=session)
+    matches = match_workflow(refs, session=session)
     unknown = [m.ref for m in matches if not m.dep_ids]
     if unknown:
         names = ", ".join(f"{r.model_type or '?'}/{r.filename}" for r in unknown[:10])
@@ -103,7 +104,11 @@ def source_of_url(url: str) -> str:
 
 
 def dep_id_for(ref: ModelRef, taken: set[str]) -> str:
-    """A readable catalog id for an imported file: its name, made unique."""
+    """A readable catalog id for an imported file: its name, made unique.
+
+    The suffix search is linear in the files sharing a name; the workflow's bound on
+    model files keeps it small.
+    """
     stem = ref.filename.rsplit("/", 1)[-1]
     for ext in (".safetensors", ".ckpt", ".pth", ".pt", ".bin", ".gguf", ".sft"):
         if stem.lower().endswith(ext):
@@ -135,7 +140,7 @@ class ImportPlan:
 
 
 def import_workflow(
-    document: Any,
+    refs: list[ModelRef],
     *,
     read: Callable[[], AbstractContextManager[Session]],
     write: Session,
@@ -146,11 +151,11 @@ def import_workflow(
     """Add a catalog entry for each unknown model of the workflow that carries a url.
 
     Three steps, so no network call runs inside the write transaction: match the
-    workflow in a read session (`read`), resolve each new entry's source (the Hub,
-    Civitai), then add the entries in `write`.
+    workflow's models (`refs`, read before any session) in a read session (`read`),
+    resolve each new entry's source (the Hub, Civitai), then add the entries in `write`.
     """
     with read() as session:
-        plan = plan_import(document, session=session, kind=kind, auth=auth)
+        plan = plan_import(refs, session=session, kind=kind, auth=auth)
     resolved: list[tuple[dict[str, Any], str, catalog.DepSpec]] = []
     for doc, dep_id, spec in plan.entries:
         try:
@@ -185,13 +190,13 @@ def add_imported(
 
 
 def plan_import(
-    document: Any, *, session: Session, kind: str = "dynamic", auth: str = "none"
+    refs: list[ModelRef], *, session: Session, kind: str = "dynamic", auth: str = "none"
 ) -> ImportPlan:
     """The workflow's unknown models that carry a url, each with a new dep id."""
     result = ImportResult()
     plan = ImportPlan(result)
     taken = set(session.scalars(select(Dep.dep_id)))
-    for match in match_workflow(document, session=session):
+    for match in match_workflow(refs, session=session):
         ref = match.ref
         doc = {"type": ref.model_type, "filename": ref.filename, "url": ref.url}
         if match.dep_ids:

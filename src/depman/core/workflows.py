@@ -110,11 +110,19 @@ def canonical_or_none(directory: Any) -> str | None:
         return directory
 
 
+# Bounds of what one workflow may reference: a real one names tens of model files.
+MAX_WORKFLOW_MODELS = 1000
+MAX_NODE_TYPES_PER_MODEL = 20
+MAX_WORKFLOW_DEPTH = 64  # JSON nesting; ComfyUI saves about ten levels
+
+
 class _Collector:
-    """Gathers references, merging those of the same file."""
+    """Gathers references, merging those of the same file, in time linear in the adds."""
 
     def __init__(self) -> None:
         self.refs: dict[tuple[str | None, str], ModelRef] = {}
+        self.names: dict[str, int] = {}  # filename -> how many refs carry it
+        self.node_types: dict[tuple[str | None, str], set[str]] = {}
 
     def add(self, model_type: str | None, name: Any, node_type: str, url: Any = None) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -122,23 +130,40 @@ class _Collector:
         filename = normalise_filename(name)
         if model_type is None:
             # A typed reference of the same file makes the untyped one redundant.
-            if any(f == filename for (_t, f) in self.refs):
+            if filename in self.names:
                 return
-        else:
-            self.refs.pop((None, filename), None)
-        ref = self.refs.setdefault(
-            (model_type, filename), ModelRef(model_type=model_type, filename=filename)
-        )
-        if node_type and node_type not in ref.node_types:
+        elif self.refs.pop((None, filename), None) is not None:
+            self._forget((None, filename))
+        key = (model_type, filename)
+        ref = self.refs.get(key)
+        if ref is None:
+            if len(self.refs) >= MAX_WORKFLOW_MODELS:
+                raise ValidationFailed(
+                    f"the workflow references more than {MAX_WORKFLOW_MODELS} model files"
+                )
+            ref = self.refs[key] = ModelRef(model_type=model_type, filename=filename)
+            self.names[filename] = self.names.get(filename, 0) + 1
+            self.node_types[key] = set()
+        seen = self.node_types[key]
+        if node_type and node_type not in seen and len(seen) < MAX_NODE_TYPES_PER_MODEL:
+            seen.add(node_type)
             ref.node_types.append(node_type)
         if ref.url is None and isinstance(url, str) and url.startswith(("http://", "https://")):
             ref.url = url
+
+    def _forget(self, key: tuple[str | None, str]) -> None:
+        del self.node_types[key]
+        left = self.names[key[1]] - 1
+        if left:
+            self.names[key[1]] = left
+        else:
+            del self.names[key[1]]
 
     def result(self) -> list[ModelRef]:
         return sorted(self.refs.values(), key=lambda r: (r.model_type or "~", r.filename))
 
 
-def _ui_node(node: dict[str, Any], subgraphs: dict[str, Any], out: _Collector) -> None:
+def _ui_node(node: dict[str, Any], subgraphs: dict[str, dict[str, str]], out: _Collector) -> None:
     node_type = str(node.get("type") or "")
     properties = node.get("properties")
     declared: set[str] = set()
@@ -161,10 +186,10 @@ def _ui_node(node: dict[str, Any], subgraphs: dict[str, Any], out: _Collector) -
             if isinstance(value, str) and value not in ("", "None") and value not in declared:
                 out.add(folder, value, node_type)
         return
-    subgraph = subgraphs.get(node_type)
-    if subgraph is not None:
+    folders = subgraphs.get(node_type)
+    if folders is not None:
         # The definition's own nodes are walked once, from the definitions list.
-        _subgraph_widgets(node, subgraph, values, declared, out)
+        _subgraph_widgets(node, folders, values, declared, out)
         return
     for value in values:
         if looks_like_model(value) and value not in declared:
@@ -173,7 +198,7 @@ def _ui_node(node: dict[str, Any], subgraphs: dict[str, Any], out: _Collector) -
 
 def _subgraph_widgets(
     node: dict[str, Any],
-    subgraph: dict[str, Any],
+    folders: dict[str, str],
     values: list[Any],
     declared: set[str],
     out: _Collector,
@@ -184,20 +209,22 @@ def _subgraph_widgets(
         for inp in node.get("inputs") or []
         if isinstance(inp, dict) and isinstance(inp.get("widget"), dict)
     ]
-    inner = [n for n in subgraph.get("nodes") or [] if isinstance(n, dict)]
     for position, value in enumerate(values):
         if not looks_like_model(value) or value in declared:
             continue
         name = names[position] if position < len(names) else None
-        out.add(_inner_folder(name, inner), value, str(node.get("type") or ""))
+        folder = folders.get(name) if isinstance(name, str) else None
+        out.add(folder, value, str(node.get("type") or ""))
 
 
-def _inner_folder(input_name: str | None, inner: list[dict[str, Any]]) -> str | None:
-    for node in inner:
-        for _index, name, folder in LOADER_WIDGETS.get(str(node.get("type")), ()):
-            if name == input_name:
-                return folder
-    return None
+def _inner_folders(subgraph: dict[str, Any]) -> dict[str, str]:
+    """Input name -> folder key of the loaders inside a subgraph (the first loader wins)."""
+    folders: dict[str, str] = {}
+    for node in subgraph.get("nodes") or []:
+        if isinstance(node, dict):
+            for _index, name, folder in LOADER_WIDGETS.get(str(node.get("type")), ()):
+                folders.setdefault(name, folder)
+    return folders
 
 
 def _api_nodes(nodes: Iterable[Any], out: _Collector) -> None:
@@ -224,12 +251,13 @@ def _walk_ui(workflow: dict[str, Any], out: _Collector) -> None:
     subgraphs = {
         str(s.get("id")): s for s in subgraph_list or [] if isinstance(s, dict) and s.get("id")
     }
+    folders = {sid: _inner_folders(s) for sid, s in subgraphs.items()}
     graphs: list[Any] = [workflow.get("nodes")]
     graphs += [s.get("nodes") for s in subgraphs.values()]
     for nodes in graphs:
         for node in nodes if isinstance(nodes, list) else []:
             if isinstance(node, dict):
-                _ui_node(node, subgraphs, out)
+                _ui_node(node, folders, out)
 
 
 MAX_WRAPPING = 4  # {"prompt": {"workflow": ...}}: a few levels, never unbounded recursion
@@ -258,9 +286,35 @@ def _graphs(document: Any, depth: int = 0) -> Iterator[tuple[str, Any]]:
     )
 
 
+def nesting_depth(document: Any, limit: int) -> int:
+    """How deep `document` nests (a scalar is 0), counted up to `limit + 1`, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        depth += 1
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
 def workflow_models(document: Any) -> list[ModelRef]:
     """Every model file the workflow references, by (type, filename); ValidationFailed if
-    it is not a workflow."""
+    it is not a workflow or passes the bounds above.
+
+    Linear in the size of the document and free of the store: callers parse before they
+    open a session, so a big workflow never holds the writer.
+    """
+    if nesting_depth(document, MAX_WORKFLOW_DEPTH) > MAX_WORKFLOW_DEPTH:
+        raise ValidationFailed(f"the workflow nests deeper than {MAX_WORKFLOW_DEPTH} levels")
     out = _Collector()
     for fmt, graph in _graphs(document):
         if fmt == "ui":

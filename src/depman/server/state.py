@@ -11,6 +11,7 @@ from starlette.types import Scope
 from depman.core.beats import BeatBuffer
 from depman.core.catalog import DepSpec
 from depman.core.policy import Policy
+from depman.core.upstream import UpstreamGate
 from depman.core.wakeups import WakeupHub
 from depman.mirror import FillWorker, MirrorService
 from depman.server.auth_failures import AuthFailures
@@ -30,9 +31,20 @@ class ServerState:
     auth_failures: AuthFailures = field(default_factory=AuthFailures)
     # Resolves hf:// and civitai:// sources when catalog entries are put.
     resolver: Callable[[DepSpec], DepSpec] | None = None
+    # The upstream caps every poll applies; None without DEPMAN_UPSTREAM_CONCURRENCY.
+    upstream: UpstreamGate | None = field(init=False, default=None)
     # The fleet mirror (DEPMAN_MIRROR_URL) and its fill worker (started with the app).
     mirror: MirrorService | None = None
     fill_worker: FillWorker | None = None
+
+    def __post_init__(self) -> None:
+        caps = self.settings.upstream_caps
+        if caps:
+            self.upstream = UpstreamGate(
+                caps=caps,
+                lease_seconds=self.settings.upstream_lease_seconds,
+                begin=self.db.engine.begin,
+            )
 
     @property
     def mirror_link(self) -> Callable[[str], str] | None:

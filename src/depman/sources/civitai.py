@@ -10,12 +10,12 @@ Checkpoint, ...) gives the ComfyUI folder when the entry does not say it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote
 
 import httpx
 
 from depman.errors import SourceUnavailable, ValidationFailed
+from depman.sources.answers import CivitaiFileAnswer, CivitaiVersionAnswer, parse_answer
 
 # Civitai model types -> ComfyUI folder keys.
 MODEL_TYPE_FOLDERS = {
@@ -56,19 +56,19 @@ def parse(url: str) -> tuple[str, str | None]:
     return version, unquote(name) or None
 
 
-def _choose(files: list[dict[str, Any]], name: str | None, version: str) -> dict[str, Any]:
-    names = [str(f.get("name")) for f in files]
+def _choose(files: list[CivitaiFileAnswer], name: str | None, version: str) -> CivitaiFileAnswer:
+    names = [str(f.name) for f in files]
     if name is not None:
         for f in files:
-            if f.get("name") == name:
+            if f.name == name:
                 return f
         raise ValidationFailed(
             f"Civitai model version {version} has no file {name!r} (it has: {', '.join(names)})"
         )
-    primary = [f for f in files if f.get("primary")]
+    primary = [f for f in files if f.primary]
     if len(primary) == 1:
         return primary[0]
-    models = [f for f in files if f.get("type") in MODEL_FILE_TYPES]
+    models = [f for f in files if f.type in MODEL_FILE_TYPES]
     if len(models) == 1:
         return models[0]
     if len(files) == 1:
@@ -104,22 +104,23 @@ def resolve(http: httpx.Client, endpoint: str, token: str | None, url: str) -> C
         body = response.json()
     except ValueError as exc:
         raise SourceUnavailable(f"Civitai answered no JSON for {what}") from exc
-    files = [f for f in (body.get("files") or []) if isinstance(f, dict)]
-    if not files:
+    answer: CivitaiVersionAnswer = parse_answer(
+        CivitaiVersionAnswer, body, who="Civitai", what=what
+    )
+    if not answer.files:
         raise ValidationFailed(f"{what} has no files")
-    chosen = _choose(files, name, version)
-    sha = (chosen.get("hashes") or {}).get("SHA256")
-    size_kb = chosen.get("sizeKB")
-    download = chosen.get("downloadUrl")
-    if not isinstance(sha, str) or not isinstance(size_kb, int | float) or not download:
-        raise SourceUnavailable(f"{what}: file {chosen.get('name')!r} lacks a hash, size or URL")
-    model = body.get("model") if isinstance(body.get("model"), dict) else {}
+    chosen = _choose(answer.files, name, version)
+    sha = chosen.hashes.sha256 if chosen.hashes is not None else None
+    size_kb, download = chosen.size_kb, chosen.download_url
+    if sha is None or size_kb is None or not download:
+        raise SourceUnavailable(f"{what}: file {chosen.name!r} lacks a hash, size or URL")
+    model_type = answer.model.type if answer.model is not None else None
     return CivitaiFile(
         version_id=version,
-        name=str(chosen.get("name")),
-        url=str(download),
-        sha256=sha.lower(),
+        name=str(chosen.name),
+        url=download,
+        sha256=sha.removeprefix("sha256:").lower(),
         # sizeKB is the byte count / 1024 as a float: exact for any real file size.
         size_bytes=round(size_kb * 1024),
-        model_type=MODEL_TYPE_FOLDERS.get(str(model.get("type"))),
+        model_type=MODEL_TYPE_FOLDERS.get(str(model_type)),
     )

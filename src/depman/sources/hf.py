@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from depman.errors import SourceUnavailable, ValidationFailed
+from depman.sources.answers import HfEntry, HfRevision, parse_answer
 
 # Hub repo ids: an owner and a name of letters, digits, '-', '_' and '.'.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -111,12 +112,10 @@ class HfClient:
             ),
             what,
         )
-        sha = body.get("sha") if isinstance(body, dict) else None
-        if not isinstance(sha, str) or not sha:
-            raise SourceUnavailable(f"Hugging Face answered no commit for {what}")
-        return sha
+        revision: HfRevision = parse_answer(HfRevision, body, who="Hugging Face", what=what)
+        return revision.sha
 
-    def paths_info(self, repo: str, commit: str, paths: list[str]) -> list[dict[str, Any]]:
+    def paths_info(self, repo: str, commit: str, paths: list[str]) -> list[HfEntry]:
         """The entries of `paths` at `commit` (missing ones are left out)."""
         what = f"files of {repo}@{commit[:12]}"
         body = self._json(
@@ -128,17 +127,18 @@ class HfClient:
             ),
             what,
         )
-        return [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
+        entries: list[HfEntry] = parse_answer(list[HfEntry], body, who="Hugging Face", what=what)
+        return entries
 
-    def tree(self, repo: str, commit: str, folder: str) -> list[dict[str, Any]]:
+    def tree(self, repo: str, commit: str, folder: str) -> list[HfEntry]:
         """Every file under `folder` at `commit`."""
         what = f"folder {folder or '/'} of {repo}@{commit[:12]}"
         path = f"/api/models/{repo}/tree/{commit}"
         if folder:
             path += "/" + quote(folder.rstrip("/"))
         body = self._json(self._get(path, what, params={"recursive": "true"}), what)
-        entries = [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
-        return [e for e in entries if e.get("type") == "file"]
+        entries: list[HfEntry] = parse_answer(list[HfEntry], body, who="Hugging Face", what=what)
+        return [e for e in entries if e.type == "file"]
 
     def download_url(self, repo: str, commit: str, path: str) -> str:
         """What the nodes fetch: the file at the pinned commit."""
@@ -174,19 +174,19 @@ class HfClient:
         except ValueError as exc:
             raise SourceUnavailable(f"Hugging Face answered no JSON for {what}") from exc
 
-    def file_of(self, repo: str, commit: str, entry: dict[str, Any]) -> HfFile:
+    def file_of(self, repo: str, commit: str, entry: HfEntry) -> HfFile:
         """A resolved file from a paths-info / tree entry."""
-        path = str(entry.get("path"))
+        path = entry.path
         url = self.download_url(repo, commit, path)
-        lfs = entry.get("lfs")
-        if isinstance(lfs, dict) and isinstance(lfs.get("oid"), str):
-            sha, size = lfs["oid"].removeprefix("sha256:"), lfs.get("size", entry.get("size"))
+        if entry.lfs is not None:
+            sha = entry.lfs.oid.removeprefix("sha256:")
+            size = entry.lfs.size if entry.lfs.size is not None else entry.size
         else:
-            size = entry.get("size")
-            if not isinstance(size, int):
+            size = entry.size
+            if size is None:
                 raise SourceUnavailable(f"Hugging Face gave no size for {repo}/{path}")
             sha = self.hash_small_file(url, size, f"{repo}/{path}")
-        if not isinstance(size, int) or isinstance(size, bool):
+        if size is None:
             raise SourceUnavailable(f"Hugging Face gave no size for {repo}/{path}")
         return HfFile(path=path, url=url, sha256=sha.lower(), size_bytes=size)
 
@@ -195,15 +195,13 @@ def resolve_file(client: HfClient, source: HfSource) -> tuple[HfFile, str]:
     """(the file, the pinned commit)."""
     commit = client.commit_of(source)
     entries = [
-        e
-        for e in client.paths_info(source.repo, commit, [source.path])
-        if e.get("path") == source.path
+        e for e in client.paths_info(source.repo, commit, [source.path]) if e.path == source.path
     ]
     if not entries:
         raise ValidationFailed(
             f"Hugging Face has no file {source.path!r} in {source.repo} at {source.revision}"
         )
-    if entries[0].get("type") == "directory":
+    if entries[0].type == "directory":
         raise ValidationFailed(
             f"hf://{source.repo}/{source.path} is a folder: end it with '/' for a folder model"
         )

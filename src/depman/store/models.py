@@ -235,6 +235,8 @@ class QueueItem(Base):
         UniqueConstraint("instance_id", "dep_id"),
         Index("ix_queue_items_dispatch", "instance_id", "state", "priority", "enqueued_at"),
         Index("ix_queue_items_state", "state"),
+        Index("ix_queue_items_upstream_host", "upstream_host", "state"),
+        Index("ix_queue_items_waiting_upstream", "waiting_upstream"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -266,6 +268,21 @@ class QueueItem(Base):
     force_retry: Mapped[bool] = mapped_column(Boolean, default=False)
     force_retry_after_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
+    # Upstream caps (core/upstream.py): the capped host a poll handed this download out
+    # for and when (a lease the next poll renews), or the host it waits for.
+    upstream_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    handed_out_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    waiting_upstream: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class UpstreamSlot(Base):
+    """A fleet-wide download slot of a capped upstream host held outside the queues."""
+
+    __tablename__ = "upstream_slots"
+
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    expires_at: Mapped[datetime] = mapped_column(_tz())
 
 
 class OperatorAction(Base):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from depman.core import dep_sources
 from depman.core.failing import failing_instances
 from depman.core.overview.rows import (
+    INSTANCE_STATUSES,
     PINNING_JOB_STATES,
     CatalogRow,
     FleetOverview,
@@ -124,7 +125,7 @@ def job_counts(session: Session) -> dict[str, int]:
 
 
 def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> FleetOverview:
-    """Every instance with liveness, disk, cache, queue and downloads: live first, then by id."""
+    """Every instance with liveness, disk, cache, queue and downloads: by status, then by id."""
     caps = dynamic_caps(session)
     items = item_counts(session)
     inventory = inventory_counts(session)
@@ -144,7 +145,7 @@ def fleet_overview(*, session: Session, now: datetime, live_ttl: float) -> Fleet
         )
         for inst in instances
     ]
-    order = {"live": 0, "stale": 1, "never": 2}
+    order = {status: pos for pos, status in enumerate(INSTANCE_STATUSES)}
     rows.sort(key=lambda r: (order[r.status], r.instance_id))
     return FleetOverview(
         instances=rows,

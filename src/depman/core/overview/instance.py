@@ -28,6 +28,7 @@ from depman.core.overview.rows import (
 )
 from depman.core.queue import format_item_id
 from depman.core.receipts import receipts_of
+from depman.core.views import waiting_for_upstream
 from depman.errors import NotFound
 from depman.store.models import (
     Dep,
@@ -121,6 +122,7 @@ def instance_detail(
                 download=downloads.get(item.dep_id) if item.state == "running" else None,
                 next_attempt_at=as_utc(item.next_attempt_at),
                 cancel_reason=item.cancel_reason,
+                waiting_for_upstream=waiting_for_upstream(item),
             )
             for item in items
         ),

@@ -190,6 +190,7 @@ class QueueEntry:
     download: Download | None
     next_attempt_at: datetime | None = None
     cancel_reason: str | None = None
+    waiting_for_upstream: str | None = None  # a capped upstream host it waits for
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,10 @@ def parse_downloads(raw: Iterable[Mapping[str, Any]] | None) -> list[Download]:
             )
         )
     return out
+
+
+# Every status `liveness` answers, in the order the fleet table lists them.
+INSTANCE_STATUSES = ("live", "stale", "lost", "never")
 
 
 def liveness(

@@ -29,12 +29,11 @@ from depman.server.agent_gateway.answers import (
     heartbeat_answer,
     item_answer,
     no_item_answer,
-    poll_answer,
     register_answer,
     status_answer,
 )
 from depman.server.agent_gateway.memo import remember_heartbeat
-from depman.server.agent_gateway.quick import PollRead
+from depman.server.agent_gateway.quick import PollRead, poll_read
 from depman.server.agent_updates import update_offer
 from depman.server.logsafe import quoted
 from depman.server.schemas.agent import HeartbeatRequest, RegisterRequest, StatusRequest
@@ -90,14 +89,12 @@ def full_poll(state: ServerState, instance_id: str, limit: int) -> PollRead:
     seen = hints.epoch(instance_id)
     with state.db.read_session() as session:
         poll = poll_queue(
-            instance_id, limit, conn=session.connection(), mirror_link=state.mirror_link
+            instance_id, limit, conn=session.connection(),
+            mirror_link=state.mirror_link, gate=state.upstream,
         )
     if not poll.found:
         raise NotFound(f"instance {instance_id!r} does not exist")
-    answer = poll_answer(poll)
-    if not poll.items:
-        hints.remember_empty(instance_id, answer, seen)
-    return PollRead(answer, bool(poll.items))
+    return poll_read(state, instance_id, poll, seen)
 
 
 def full_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes:

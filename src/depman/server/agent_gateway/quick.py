@@ -28,10 +28,14 @@ from starlette.types import Scope
 from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
 from depman.core.profiles import static_dep_ids_of_type
-from depman.core.queue import poll_queue
+from depman.core.queue import QueuePoll, poll_queue
 from depman.core.reports import FIGURES, record_report
 from depman.core.states import ItemState
-from depman.server.agent_gateway.answers import heartbeat_answer, poll_answer, status_answer
+from depman.server.agent_gateway.answers import (
+    heartbeat_answer,
+    poll_answer,
+    status_answer,
+)
 from depman.server.agent_gateway.memo import remember_heartbeat
 from depman.server.agent_updates import update_offer
 from depman.server.schemas.agent import HeartbeatRequest, StatusRequest
@@ -46,18 +50,31 @@ class PollRead:
     has_items: bool
 
 
+def poll_read(
+    state: ServerState, instance_id: str, poll: QueuePoll, seen: tuple[int, int]
+) -> PollRead:
+    """The answer of a poll; an empty one is memo'd unless items wait for their upstream.
+
+    A long-poll with items waiting for their upstream waits like an empty one: a slot
+    coming free wakes it (`core.upstream.wake_waiters`), else the lease or its time ends.
+    """
+    answer = poll_answer(poll)
+    if not poll.items and not poll.waiting_upstream:
+        state.hub.hints.remember_empty(instance_id, answer, seen)
+    return PollRead(answer, bool(poll.items))
+
+
 def quick_poll(state: ServerState, instance_id: str, limit: int) -> PollRead | None:
     """The queue of an instance, read on a quick connection; memo'd when empty."""
     hints = state.hub.hints
     seen = hints.epoch(instance_id)  # before the read the memo relies on
     with state.db.quick(write=False) as conn:
-        poll = poll_queue(instance_id, limit, conn=conn, mirror_link=state.mirror_link)
+        poll = poll_queue(
+            instance_id, limit, conn=conn, mirror_link=state.mirror_link, gate=state.upstream
+        )
     if not poll.found:
         return None
-    answer = poll_answer(poll)
-    if not poll.items:
-        hints.remember_empty(instance_id, answer, seen)
-    return PollRead(answer, bool(poll.items))
+    return poll_read(state, instance_id, poll, seen)
 
 
 def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes | None:

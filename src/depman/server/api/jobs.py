@@ -21,6 +21,7 @@ from depman.core import workflow_deps
 from depman.core.scheduler import submit_job
 from depman.core.states import TERMINAL_JOB_STATES, JobState
 from depman.core.views import job_document
+from depman.core.workflows import workflow_models
 from depman.server.deps import JobsAuthDep, ReadSessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS, IdPath
@@ -60,19 +61,20 @@ async def create_job(body: JobCreate, state: StateDep) -> JSONResponse:
 
 
 def _create_job(state: ServerState, body: JobCreate) -> JSONResponse:
+    dep_ids = list(body.dep_ids)
+    if body.workflow is not None:
+        # Parsed and matched before the write session: a big workflow never holds the writer.
+        refs = workflow_models(body.workflow)
+        with state.db.read_session() as session:
+            found = workflow_deps.workflow_dep_ids(refs, session=session)
+        dep_ids = list(dict.fromkeys([*dep_ids, *found]))
     with state.db.session() as session:
-        dep_ids = list(body.dep_ids)
-        if body.workflow is not None:
-            found = workflow_deps.workflow_dep_ids(body.workflow, session=session)
-            dep_ids = list(dict.fromkeys([*dep_ids, *found]))
         submitted = submit_job(
             body.server_type, dep_ids, body.job_id, session=session, policy=state.policy
         )
         job = submitted.job
         if submitted.created:  # what placement just decided; nothing to read back
-            response = JSONResponse(
-                job_document(job, submitted.dep_ids, submitted.missing_dep_ids)
-            )
+            response = JSONResponse(job_document(job, submitted.dep_ids, submitted.missing_dep_ids))
         else:
             response = answer(job, session=session)
         session.commit()

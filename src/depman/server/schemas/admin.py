@@ -261,6 +261,8 @@ class QueueItemAdmin(ApiModel):
     cancel_reason: str | None = None
     force_retry: bool = False
     force_retry_after_ms: int | None = None
+    # A queued download held back: its upstream host is at its DEPMAN_UPSTREAM_CONCURRENCY cap.
+    waiting_for_upstream: str | None = None
 
 
 class QueueItemsOut(ApiModel):

@@ -19,7 +19,6 @@ from depman.server.schemas.bounds import (
     HostText,
     Id,
     IdList,
-    ItemId,
     NonNegFloat,
     NonNegInt32,
     NonNegInt64,
@@ -27,6 +26,7 @@ from depman.server.schemas.bounds import (
     ShortText,
     TelemetryDoc,
     TelemetryText,
+    WellFormedItemId,
 )
 from depman.server.schemas.telemetry import TelemetryCarrier
 
@@ -213,7 +213,7 @@ class StatusRequest(TelemetryCarrier):
     """`POST /dependencies/status`."""
 
     instance_id: Id
-    item_id: ItemId
+    item_id: WellFormedItemId
     dep_id: Id | None = None
     op: ShortText | None = None
     # `retrying` and `cancelled`: field agents 0.3.0+ and 0.9.14+ (docs/agent.md).

@@ -61,6 +61,8 @@ MAX_BAD_SOURCES = 64
 
 # Ids: what `core.catalog.validate_id` accepts, as a JSON-schema pattern.
 ID_PATTERN = r"^[^/\\\s\x00-\x1f\x7f-\x9f]+$"
+# `<depId>.<generation>`: the generation in ASCII digits, at most MAX_INT32 (its column).
+ITEM_ID_PATTERN = r"^[^/\\\s\x00-\x1f\x7f-\x9f]+\.[0-9]{1,10}$"
 NO_CONTROLS_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -190,8 +192,23 @@ def _no_controls(value: str) -> str:
 
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+
+
+def _generation_in_range(value: str) -> str:
+    if int(value.rpartition(".")[2]) > MAX_INT32:
+        raise ValueError(f"the generation after the last '.' must be at most {MAX_INT32}")
+    return value
+
+
 ItemId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_CHARS, pattern=ID_PATTERN)
+]
+# An itemId as this server writes them: what a status report must carry (else a 422; the
+# item check answers any other id 404 "exists": false, which field agents act on).
+WellFormedItemId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ITEM_ID_CHARS, pattern=ITEM_ID_PATTERN),
+    AfterValidator(_generation_in_range),
 ]
 # Text shown and logged as given (versions, kinds, modes): refused when it holds controls.
 ShortText = Annotated[str, StringConstraints(max_length=MAX_ID_CHARS, pattern=NO_CONTROLS_PATTERN)]
