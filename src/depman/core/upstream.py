@@ -72,6 +72,11 @@ class Candidate:
     mirrored: bool = False  # handed out from the fleet mirror: not the upstream's load
 
 
+def waiting_for_upstream(item: QueueItem) -> str | None:
+    """The capped upstream host a queued item waits for , or None."""
+    return item.waiting_upstream if item.state == ItemState.QUEUED.value else None
+
+
 def upstream_host(url: str | None, files: list[dict[str, Any]] | None) -> str | None:
     """The host a dep downloads from (a folder model: its first file's)."""
     if files:

@@ -9,7 +9,7 @@ from depman.core import dep_sources
 from depman.core.clock import isoformat
 from depman.core.dep_holders import DepLocation
 from depman.core.queue import format_item_id
-from depman.core.states import ItemState
+from depman.core.upstream import waiting_for_upstream
 from depman.store.models import Dep, DepReceipt, Instance, Job, Profile, QueueItem, ServerType
 
 
@@ -168,11 +168,6 @@ def queue_item_document(item: QueueItem) -> dict[str, Any]:
         "forceRetryAfterMs": item.force_retry_after_ms,
         "waitingForUpstream": waiting_for_upstream(item),
     }
-
-
-def waiting_for_upstream(item: QueueItem) -> str | None:
-    """The capped upstream host a queued item waits for (core/upstream.py), or None."""
-    return item.waiting_upstream if item.state == ItemState.QUEUED.value else None
 
 
 def job_document(job: Job, dep_ids: list[str], missing: list[str]) -> dict[str, Any]:

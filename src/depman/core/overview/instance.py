@@ -28,7 +28,7 @@ from depman.core.overview.rows import (
 )
 from depman.core.queue import format_item_id
 from depman.core.receipts import receipts_of
-from depman.core.views import waiting_for_upstream
+from depman.core.upstream import waiting_for_upstream
 from depman.errors import NotFound
 from depman.store.models import (
     Dep,
