@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from depman.mirror.bucket import Bucket
-from depman.mirror.upstream import Upstream, take_upstream_slot
+from depman.mirror.upstream import Upstream, UpstreamSlots
 
 READ_CHUNK = 1024 * 1024
 PROGRESS_EVERY_SECONDS = 1.0
@@ -71,8 +71,12 @@ def fill_object(
     progress: Callable[[int], None],
     stop: threading.Event,
     user_agent: str,
+    slots: UpstreamSlots,
 ) -> Filled:
-    """Store the file in the mirror from the first upstream that yields the right bytes."""
+    """Store the file in the mirror from the first upstream that yields the right bytes.
+
+    Each request holds one of its host's fleet-wide slots (`slots`) while it streams.
+    """
     stored = bucket.stored_size(sha256)
     if stored is not None and (size is None or stored == size):
         return Filled(stored, None)
@@ -87,7 +91,7 @@ def fill_object(
                       headers={"User-Agent": user_agent}) as http:
         for upstream in upstreams:
             for waits in range(MAX_THROTTLED_WAITS + 1):
-                with take_upstream_slot(upstream.host) as granted:
+                with slots.take(upstream.host) as granted:
                     if not granted:
                         busy += 1
                         break

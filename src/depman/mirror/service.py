@@ -13,7 +13,7 @@ import httpx
 from depman.mirror.bucket import Bucket, s3_client
 from depman.mirror.fill import TIMEOUT, Filled, FillError, fill_object
 from depman.mirror.location import MirrorLocation
-from depman.mirror.upstream import Upstream
+from depman.mirror.upstream import Upstream, UpstreamSlots
 from depman.settings import ServerSettings
 
 USER_AGENT = "depman-mirror-fill"
@@ -79,12 +79,13 @@ class MirrorService:
         *,
         progress: Callable[[int], None],
         stop: threading.Event,
+        slots: UpstreamSlots,
     ) -> Filled:
         """Fill one file (a bucket) or confirm the one who fills it did (read only)."""
         if self.bucket is not None:
             return fill_object(
                 self.bucket, sha256, size, upstreams,
-                progress=progress, stop=stop, user_agent=USER_AGENT,
+                progress=progress, stop=stop, user_agent=USER_AGENT, slots=slots,
             )
         return self._probe(sha256, size)
 

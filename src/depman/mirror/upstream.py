@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from depman.core.clock import utcnow
+from depman.core.upstream import UpstreamGate, release_slot, take_slot
 from depman.store.models import Dep
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,12 +61,43 @@ def upstreams_of(deps: Sequence[Dep], tokens: dict[str, str | None]) -> list[Ups
     return found
 
 
-@contextmanager
-def take_upstream_slot(host: str) -> Iterator[bool]:
-    """Take one of the fleet-wide download slots of an upstream host for a fill's request.
+# A slot is renewed this often while its fill streams (a fraction of the lease, so a
+# slow hop never lets it lapse; a killed server's slot lapses after one lease).
+RENEW_FRACTION = 3
 
-    Fills count against the same per-host caps as the agents' downloads. Yields
-    whether a slot was granted; today every request is allowed: this is the one place
-    the fleet-wide cap (`DEPMAN_UPSTREAM_CONCURRENCY`) takes and releases its slot.
-    """
-    yield True
+
+@dataclass
+class UpstreamSlots:
+    """The fleet-wide download slots a fill takes: the same per-host caps
+    (`DEPMAN_UPSTREAM_CONCURRENCY`) the agents' downloads count against."""
+
+    gate: UpstreamGate | None
+    holder: str  # e.g. "mirror:<sha256>"
+
+    @contextmanager
+    def take(self, host: str) -> Iterator[bool]:
+        """Yield whether a slot of `host` was granted; held (renewed) until the block ends."""
+        if not take_slot(self.gate, host, self.holder, now=utcnow()):
+            yield False
+            return
+        if self.gate is None or host.rstrip(".").lower() not in self.gate.caps:
+            yield True
+            return
+        done = threading.Event()
+        every = max(1.0, self.gate.lease_seconds / RENEW_FRACTION)
+
+        def renew() -> None:
+            while not done.wait(every):
+                try:
+                    take_slot(self.gate, host, self.holder, now=utcnow())
+                except Exception:  # a lost renewal only lets the slot lapse early
+                    log.warning("mirror: could not renew the %s slot of %s", host, self.holder)
+
+        renewer = threading.Thread(target=renew, name="depman-mirror-slot", daemon=True)
+        renewer.start()
+        try:
+            yield True
+        finally:
+            done.set()
+            renewer.join()
+            release_slot(self.gate, self.holder)

@@ -20,9 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, text
 
 from depman.core import mirror as ledger
+from depman.core.upstream import UpstreamGate
 from depman.mirror.fill import FillError, FillStopped, UpstreamBusy
 from depman.mirror.service import MirrorService
-from depman.mirror.upstream import upstreams_of
+from depman.mirror.upstream import UpstreamSlots, upstreams_of
 from depman.settings import ServerSettings
 from depman.store.session import Database
 
@@ -36,8 +37,17 @@ class FillWorker:
     """Runs up to `mirror_fill_concurrency` fills at once until stopped; `wake()` makes it
     look for work now."""
 
-    def __init__(self, service: MirrorService, db: Database, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        service: MirrorService,
+        db: Database,
+        settings: ServerSettings,
+        *,
+        gate: UpstreamGate | None = None,
+    ) -> None:
         self.service = service
+        # The upstream caps: fills take the same fleet-wide slots as agents' downloads.
+        self.gate = gate
         self.db = db
         self.interval = settings.maintenance_interval_seconds
         self.retry_seconds = settings.mirror_retry_seconds
@@ -158,7 +168,8 @@ class FillWorker:
         started = time.monotonic()
         try:
             filled = self.service.store(
-                sha, size, upstreams, progress=self._progress(sha), stop=self._stop
+                sha, size, upstreams, progress=self._progress(sha), stop=self._stop,
+                slots=UpstreamSlots(self.gate, f"mirror:{sha}"),
             )
         except FillStopped:
             self._record(ledger.release_unfinished, sha)

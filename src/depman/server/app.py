@@ -136,7 +136,7 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         mirror=MirrorService.from_settings(settings),
     )
     if state.mirror is not None:
-        state.fill_worker = FillWorker(state.mirror, db, settings)
+        state.fill_worker = FillWorker(state.mirror, db, settings, gate=state.upstream)
     _install_commit_hooks(state)
     app = FastAPI(
         title="depman control plane",
