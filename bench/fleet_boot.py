@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import MIB, ResultTable, append_results, base_parser, should_record
+from bench.common import MIB, ResultTable, base_parser, record_results, should_record
 
 SERVER_TYPE = "boot"
 BUCKET = "fleet-boot"
@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     if should_record(args):
         cmd = "uv run python -m bench.fleet_boot" + (" --smoke" if args.smoke else "")
-        append_results("Fleet boot with and without the mirror", cmd, [table], notes,
-                       args.results)
+        record_results("Fleet boot with and without the mirror", cmd, [table], notes,
+                       args.results, history="fleet_boot")
     return 0 if all(s.complete for s in scenarios) else 1
 
 
