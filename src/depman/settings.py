@@ -131,6 +131,12 @@ class ServerSettings(BaseSettings):
         description="Unchanged heartbeats are acknowledged from memory and written in one "
         "batch this often (0: every heartbeat is written before it is answered).",
     )
+    agent_memos: bool = Field(
+        True,
+        description="Answer unchanged agent requests (an empty poll, an unchanged heartbeat, "
+        "a known token) from this process's memory. Off: every agent request asks the "
+        "database (the reference the memos are tested against).",
+    )
     max_long_poll_seconds: float = Field(
         30.0, ge=0, le=30, description="Upper bound of waitSeconds on the queue and job reads."
     )

@@ -1,8 +1,8 @@
 """What one replica remembers about instances between agent requests, and when it must forget.
 
 10,000 v1 agents send ~2,300 requests a second, nearly all of them saying or
-asking nothing new (issue 5): an empty queue poll, an unchanged heartbeat. A
-replica answers those from three memos per instance:
+asking nothing new: an empty queue poll, an unchanged heartbeat. A replica
+answers those from three memos per instance:
 
 - the answer of an empty poll (the instance has nothing queued);
 - a heartbeat memo: the inventory digest stored on the row, the pins answer and
@@ -11,9 +11,10 @@ replica answers those from three memos per instance:
 
 A memo is set only by a database read or write that no invalidation raced (the
 epoch check), so a commit between the read and the memo can never be hidden.
-Invalidations: the commit hook (enqueue, pin and inventory changes, re-register in
-this process) and NOTIFY from other replicas. While the PostgreSQL listener is
+What drops them is derived from what transactions wrote (`invalidation.py`), in
+this process and, through NOTIFY, in the others. While the PostgreSQL listener is
 down every memo is dropped and none is kept, so requests go to the database.
+`DEPMAN_AGENT_MEMOS=off` keeps none at all (the differential test's reference).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 # Bounds how stale a memo can get if an invalidation were ever missed. Each
 # expiry costs one database request per instance, so at 10,000 instances this
 # is ~17 extra requests a second per kind.
-HINT_SECONDS = 600.0
+MEMO_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class BeatMemo:
     figures: tuple[int | None, ...] = ()
 
 
-class InstanceHints:
+class InstanceMemos:
     """Per-instance memos of one server process; safe from any thread."""
 
-    def __init__(self, ttl: float = HINT_SECONDS, *, enabled: bool = True) -> None:
+    def __init__(self, ttl: float = MEMO_SECONDS, *, enabled: bool = True) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._empty: dict[str, tuple[bytes, float]] = {}
@@ -58,6 +59,7 @@ class InstanceHints:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._epochs: dict[str, int] = {}
         self._generation = 0
+        self._allowed = enabled  # the setting: off keeps no memo whatever the listener does
         self._enabled = enabled
 
     @property
@@ -164,10 +166,18 @@ class InstanceHints:
             self._generation += 1
             self._beats.clear()
 
-    def set_enabled(self, enabled: bool) -> None:
-        """Turn memos on or off; either way every memo is dropped."""
+    def forget_all_instances(self) -> None:
+        """Drop every empty poll and heartbeat memo (writes to rows of unknown instances);
+        the tokens stay. Reads that started before do not leave theirs."""
         with self._lock:
-            self._enabled = enabled
+            self._generation += 1
+            self._empty.clear()
+            self._beats.clear()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Turn memos on (if the setting allows them) or off; either way every memo is dropped."""
+        with self._lock:
+            self._enabled = enabled and self._allowed
         self.forget_everything()
 
     def forget_everything(self) -> None:
