@@ -75,7 +75,7 @@ class ServerCache:
 
     def committed(self, changes: Changes) -> None:
         """A transaction of this process committed `changes`: apply, then tell the others."""
-        self.apply(changes)
+        self.apply(changes, own=True)
         if self.notifier is not None:
             self.notifier.send([encode(notice, key) for notice, key in changes.notices()])
 
@@ -85,27 +85,30 @@ class ServerCache:
         changes.add_notice(notice, key)
         self.apply(changes)
 
-    def apply(self, changes: Changes) -> None:
-        """Drop what `changes` made stale; wake the long-polls they concern."""
+    def apply(self, changes: Changes, *, own: bool = False) -> None:
+        """Drop what `changes` made stale; wake the long-polls they concern.
+
+        `own`: this thread committed them (a memo it builds from its own writes stays valid).
+        """
         memos, hub = self.memos, self.hub
         if changes.everything:
             self.builds.invalidate()
-            memos.forget_everything()
+            memos.forget_everything(own=own)
             hub.notify(WakeupKind.INSTANCE, None)
             hub.notify(WakeupKind.JOB, None)
             return
         if changes.builds:
             self.builds.invalidate()  # first: a memo kept after the next line is built anew
         if changes.builds or changes.all_beats:
-            memos.forget_all_beats()
+            memos.forget_all_beats(own=own)
         if changes.all_instances:
-            memos.forget_all_instances()
+            memos.forget_all_instances(own=own)
             hub.notify(WakeupKind.INSTANCE, None)
         if changes.tokens:
             memos.forget_tokens(changes.tokens)
         dropped = changes.instances | changes.queued | changes.tokens
         if dropped:
-            memos.forget(dropped)
+            memos.forget(dropped, own=own)
         if changes.beats:
             memos.forget_beats(changes.beats)
         hub.notify(WakeupKind.INSTANCE, changes.queued)

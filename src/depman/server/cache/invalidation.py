@@ -49,6 +49,10 @@ PENDING = "depman_changes_pending"  # written in the open transaction
 COMMITTED = "depman_changes_committed"  # committed, applied at check-in
 ORM_FLUSH_OPTION = "compiled_cache"  # the unit of work's statements carry the mapper's cache
 _TEXT_WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)\"?", re.IGNORECASE)
+def _is_sqlite(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
 # Values a flushed object contributes besides its key (job and item states).
 ROW_VALUES = ("state", "server_type")
 
@@ -129,12 +133,14 @@ def _statement_hook(autocommit: bool) -> Any:
                 _changes(conn.info, slot).everything = True
             return
         if compiled.isinsert or compiled.isupdate or compiled.isdelete:
-            if ORM_FLUSH_OPTION in context.execution_options or cursor.rowcount == 0:
+            if ORM_FLUSH_OPTION in context.execution_options:
                 return  # after_flush reads the unit of work's objects
+            if cursor.rowcount == 0 and not (compiled.effective_returning and _is_sqlite(conn)):
+                return  # no row written (SQLite counts RETURNING rows only as they are read)
             _read_statement(_changes(conn.info, slot), compiled, context.compiled_parameters)
         elif isinstance(compiled.statement, TextClause):
             found = _TEXT_WRITE.match(statement)
-            if found is not None and cursor.rowcount != 0:
+            if found is not None:
                 declared = context.execution_options.get(WRITES_OPTION, DeclaredWrites())
                 _read_text(
                     _changes(conn.info, slot),

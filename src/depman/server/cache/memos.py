@@ -59,6 +59,7 @@ class InstanceMemos:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._epochs: dict[str, int] = {}
         self._generation = 0
+        self._own = threading.local()  # per thread: what its own commits dropped (`epoch`)
         self._allowed = enabled  # the setting: off keeps no memo whatever the listener does
         self._enabled = enabled
 
@@ -68,8 +69,30 @@ class InstanceMemos:
         return self._ttl
 
     def epoch(self, instance_id: str) -> tuple[int, int]:
-        """Take before reading the database; hand to a `remember_*` afterwards."""
+        """Take before reading the database; hand to a `remember_*` afterwards (same thread)."""
+        self._own.bumps = {}
+        self._own.generation = 0
         return self._generation, self._epochs.get(instance_id, 0)
+
+    def _unchanged_since(self, instance_id: str, seen: tuple[int, int]) -> bool:
+        # What this thread's own commits dropped since `seen` was taken does not count:
+        # the memo about to be kept was built from those very writes.
+        bumps: dict[str, int] = getattr(self._own, "bumps", {})
+        own_generation: int = getattr(self._own, "generation", 0)
+        return (self._generation, self._epochs.get(instance_id, 0)) == (
+            seen[0] + own_generation,
+            seen[1] + bumps.get(instance_id, 0),
+        )
+
+    def _count_own(self, own: bool, instance_ids: Iterable[str] = (), generation: int = 0) -> None:
+        if not own:
+            return
+        bumps: dict[str, int] | None = getattr(self._own, "bumps", None)
+        if bumps is None:
+            return  # this thread took no epoch: it keeps no memo
+        for instance_id in instance_ids:
+            bumps[instance_id] = bumps.get(instance_id, 0) + 1
+        self._own.generation += generation
 
     # -- empty polls ------------------------------------------------------
     def empty_answer(self, instance_id: str) -> bytes | None:
@@ -82,7 +105,7 @@ class InstanceMemos:
     def remember_empty(self, instance_id: str, answer: bytes, seen: tuple[int, int]) -> None:
         """Cache an empty poll's answer, unless the instance changed since `seen`."""
         with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
+            if self._enabled and self._unchanged_since(instance_id, seen):
                 self._empty[instance_id] = (answer, time.monotonic() + self._ttl)
 
     # -- heartbeats -------------------------------------------------------
@@ -111,7 +134,7 @@ class InstanceMemos:
             digest, tuple(failed), answer, now + live_seconds, now + self._ttl, lists_key, figures
         )
         with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
+            if self._enabled and self._unchanged_since(instance_id, seen):
                 self._beats[instance_id] = memo
 
     def extend_beat(self, instance_id: str, memo: BeatMemo, live_seconds: float) -> bool:
@@ -141,7 +164,7 @@ class InstanceMemos:
     def remember_token(self, instance_id: str, token_hash: str, seen: tuple[int, int]) -> None:
         """Remember a hash verified against the database, unless the instance changed since."""
         with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
+            if self._enabled and self._unchanged_since(instance_id, seen):
                 self._tokens[instance_id] = (token_hash, time.monotonic() + self._ttl)
 
     def forget_tokens(self, instance_ids: Iterable[str]) -> None:
@@ -151,24 +174,31 @@ class InstanceMemos:
                 self._tokens.pop(instance_id, None)
 
     # -- invalidation -----------------------------------------------------
-    def forget(self, instance_ids: Iterable[str]) -> None:
-        """Items were queued, pins or the inventory changed: the next request asks the database."""
+    def forget(self, instance_ids: Iterable[str], *, own: bool = False) -> None:
+        """Items were queued, pins or the inventory changed: the next request asks the database.
+
+        `own`: this thread's commit wrote them (see `epoch`).
+        """
+        instance_ids = list(instance_ids)
+        self._count_own(own, instance_ids)
         with self._lock:
             for instance_id in instance_ids:
                 self._epochs[instance_id] = self._epochs.get(instance_id, 0) + 1
                 self._empty.pop(instance_id, None)
                 self._beats.pop(instance_id, None)
 
-    def forget_all_beats(self) -> None:
+    def forget_all_beats(self, *, own: bool = False) -> None:
         """Drop every heartbeat memo (their answers changed for many instances at once);
         the tokens and empty polls stay. Reads that started before do not leave theirs."""
+        self._count_own(own, generation=1)
         with self._lock:
             self._generation += 1
             self._beats.clear()
 
-    def forget_all_instances(self) -> None:
+    def forget_all_instances(self, *, own: bool = False) -> None:
         """Drop every empty poll and heartbeat memo (writes to rows of unknown instances);
         the tokens stay. Reads that started before do not leave theirs."""
+        self._count_own(own, generation=1)
         with self._lock:
             self._generation += 1
             self._empty.clear()
@@ -180,8 +210,9 @@ class InstanceMemos:
             self._enabled = enabled and self._allowed
         self.forget_everything()
 
-    def forget_everything(self) -> None:
+    def forget_everything(self, *, own: bool = False) -> None:
         """Drop every memo; reads that started before do not leave theirs."""
+        self._count_own(own, generation=1)
         with self._lock:
             self._generation += 1
             self._empty.clear()
