@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from depman.core import jobs, queue
 from depman.core.clock import utcnow
 from depman.core.states import ItemState, JobState
+from depman.server.cache.collector import CacheCollector
 from depman.server.pauses import PauseWatch
 from depman.server.schemas.telemetry import TRIMMED
 from depman.server.state import ServerState
@@ -131,6 +132,7 @@ class Metrics:
         # Agent telemetry trimmed instead of refused (server/schemas/telemetry.py).
         self.registry.register(TRIMMED)
         self.registry.register(StoreCollector(state))
+        self.registry.register(CacheCollector(state.cache))
 
 
 class LatencyMiddleware:

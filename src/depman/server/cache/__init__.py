@@ -67,6 +67,7 @@ class ServerCache:
     beats: BeatBuffer = field(default_factory=BeatBuffer)
     pending: PendingTypes = field(default_factory=PendingTypes)
     notifier: Notifier | None = None  # PostgreSQL: tells the other replicas
+    received_count: int = 0  # notices applied from other replicas (/metrics)
 
     @classmethod
     def create(cls, *, memos: bool = True) -> ServerCache:
@@ -84,6 +85,7 @@ class ServerCache:
         changes = Changes()
         changes.add_notice(notice, key)
         self.apply(changes)
+        self.received_count += 1  # after applying: a test that saw the count sees the effect
 
     def apply(self, changes: Changes, *, own: bool = False) -> None:
         """Drop what `changes` made stale; wake the long-polls they concern.

@@ -83,6 +83,7 @@ class Notifier:
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.sent = 0  # payloads queued for the other replicas (/metrics)
 
     def send(self, payloads: list[str]) -> None:
         """Queue payloads for the other replicas."""
@@ -95,6 +96,8 @@ class Notifier:
                         target=self._run, name="depman-notify", daemon=True
                     )
                     self._thread.start()
+        with self._lock:
+            self.sent += len(payloads)
         for payload in payloads:
             self._queue.put(payload)
 
