@@ -20,6 +20,11 @@ MIN_SECRET_CHARS = 16
 MIB = 1024 * 1024
 
 
+# The longest long-poll (queue and job reads) any request may ask for; register
+# advertises it to agents as `maxWaitSeconds`.
+MAX_WAIT_SECONDS = 30
+
+
 class ServerSettings(BaseSettings):
     """Settings of `depman server`."""
 
@@ -138,7 +143,10 @@ class ServerSettings(BaseSettings):
         "database (the reference the memos are tested against).",
     )
     max_long_poll_seconds: float = Field(
-        30.0, ge=0, le=30, description="Upper bound of waitSeconds on the queue and job reads."
+        float(MAX_WAIT_SECONDS),
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Upper bound of waitSeconds on the queue and job reads.",
     )
     maintenance_interval_seconds: float = Field(
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."

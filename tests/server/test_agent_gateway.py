@@ -201,11 +201,12 @@ def test_a_long_poll_is_woken_by_an_enqueue_without_fastapi(plane: RunningServer
     agent = fleet.register(fleet.add_instance("woken"))
     assert agent.poll() == (200, EMPTY_QUEUE)  # the empty queue is memo'd
     result: list[Served] = []
+    before = plane.long_polls_waiting()
     waiting = threading.Thread(
         target=lambda: result.append(observe(plane, "queue", lambda: agent.poll(wait=25)))
     )
     waiting.start()
-    time.sleep(0.5)  # the poll is waiting on its instance by now
+    plane.await_long_polls(before)  # the poll is waiting on its instance
     status, job = fleet.submit(["b"])
     assert status == 200 and job["instanceId"] == agent.instance_id, job
     waiting.join(30)
@@ -649,11 +650,12 @@ def test_replicas_follow_each_other_s_changes_and_wake_each_other_s_long_polls(
     assert served_by(second, "queue", on_second.poll) == ("quick", (200, EMPTY_QUEUE))
     # A long-poll on the first replica, woken by the second's enqueue (NOTIFY).
     result: list[Served] = []
+    before = first.long_polls_waiting()
     waiting = threading.Thread(
         target=lambda: result.append(observe(first, "queue", lambda: agent.poll(wait=25)))
     )
     waiting.start()
-    time.sleep(0.7)
+    first.await_long_polls(before)
     status, job = second.admin(
         "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
     )

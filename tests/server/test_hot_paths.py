@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import event
 
 from depman.core.clock import utcnow
-from depman.server.cache.memos import InstanceMemos
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.policy import Policy
 from depman.core.queue import poll_queue
+from depman.server.cache.memos import InstanceMemos
 from depman.store.migrate import upgrade
 from depman.store.models import Instance
 from depman.store.session import Database, open_database

@@ -23,10 +23,10 @@ from starlette.types import Scope
 from depman.server.auth import bearer_token
 from depman.server.schemas.bounds import Id, ItemId
 from depman.server.state import scope_client
+from depman.settings import MAX_WAIT_SECONDS
 
 MAX_POLL_LIMIT = 1000
 DEFAULT_POLL_LIMIT = 25
-MAX_WAIT_SECONDS = 30  # register's capabilities advertise it as `maxWaitSeconds`
 QueryModel = TypeVar("QueryModel", bound=BaseModel)
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 

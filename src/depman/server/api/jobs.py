@@ -27,6 +27,7 @@ from depman.server.schemas import ErrorResponse
 from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS, IdPath
 from depman.server.schemas.jobs import JobComplete, JobCreate, JobPublic, JobsPublic
 from depman.server.state import ServerState, server_state
+from depman.settings import MAX_WAIT_SECONDS
 from depman.store.models import Job
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[JobsAuthDep])
@@ -108,7 +109,10 @@ async def get_job(
     request: Request,
     job_id: IdPath,
     wait_seconds: Annotated[
-        float, Query(alias="waitSeconds", ge=0, le=30, description="Wait for a state change.")
+        float,
+        Query(
+            alias="waitSeconds", ge=0, le=MAX_WAIT_SECONDS, description="Wait for a state change."
+        ),
     ] = 0,
     seen_state: Annotated[
         str | None,
