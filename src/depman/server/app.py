@@ -139,17 +139,17 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         agent_bundle,
     ):
         app.include_router(module.router)
-    app.add_middleware(metrics.LatencyMiddleware, metrics=app.state.metrics)
     dashboard.mount(app)
     return app
 
 
 def served_app(app: FastAPI) -> ASGIApp:
-    """The app as served: the request guard (server/guard.py), then the agent gateway's
-    front (server/agent_gateway/asgi.py), then FastAPI."""
+    """The app as served: the request guard (server/guard.py), the latency timer (one for
+    every request), the agent gateway's front (server/agent_gateway/asgi.py), then FastAPI."""
     settings: ServerSettings = app.state.settings
+    gateway = AgentGateway(app, app.state.agent_pipeline)
     return RequestGuard(
-        AgentGateway(app, app.state.agent_pipeline, app.state.metrics),
+        metrics.LatencyMiddleware(gateway, app.state.metrics),
         agent_max=settings.agent_max_body_bytes,
         other_max=settings.admin_max_body_bytes,
         refused=app.state.metrics.refused,

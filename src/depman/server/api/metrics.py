@@ -98,13 +98,6 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
-        self.left_to_fastapi = Counter(
-            "depman_agent_left_to_fastapi",
-            "Agent requests the gateway's front left to FastAPI to parse "
-            "(another content type, invalid input).",
-            ["endpoint"],
-            registry=self.registry,
-        )
         # Hostile or broken clients: what the guard refused before parsing (server/guard.py),
         # and failed authentications by realm (server/auth_failures.py).
         self.refused = Counter(

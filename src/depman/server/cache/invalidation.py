@@ -47,10 +47,19 @@ from depman.store.writes import WRITES_OPTION, DeclaredWrites
 
 PENDING = "depman_changes_pending"  # written in the open transaction
 COMMITTED = "depman_changes_committed"  # committed, applied at check-in
+SQLITE_CHANGES = "depman_sqlite_changes"  # the change counter before a RETURNING statement
+SQLITE_MAYBE = "depman_sqlite_maybe"  # (counter before, changes) decided at commit
 ORM_FLUSH_OPTION = "compiled_cache"  # the unit of work's statements carry the mapper's cache
 _TEXT_WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)\"?", re.IGNORECASE)
-def _is_sqlite(conn: Connection) -> bool:
-    return conn.dialect.name == "sqlite"
+def _count_sqlite_changes(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+) -> None:
+    # SQLite's rowcount of a RETURNING statement is 0 until its rows are read, and its
+    # change counter moves only when the statement completes: note the counter now,
+    # compare at commit.
+    compiled = getattr(context, "compiled", None)
+    if compiled is not None and compiled.effective_returning:
+        conn.info[SQLITE_CHANGES] = cursor.connection.total_changes
 
 
 # Values a flushed object contributes besides its key (job and item states).
@@ -69,6 +78,8 @@ def watch_writes(
         if target is None:
             continue
         event.listen(target, "after_cursor_execute", _statement_hook(autocommit))
+        if target.dialect.name == "sqlite":
+            event.listen(target, "before_cursor_execute", _count_sqlite_changes)
         if not autocommit:
             event.listen(target, "commit", _on_commit)
             event.listen(target, "rollback", _on_rollback)
@@ -85,6 +96,12 @@ def _changes(info: dict[str, Any], key: str) -> Changes:
 
 
 def _on_commit(conn: Connection) -> None:
+    maybe = conn.info.pop(SQLITE_MAYBE, None)
+    if maybe:
+        total = conn.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
+        for before, changes in maybe:
+            if total != before:  # something changed since this statement began
+                _merge(_changes(conn.info, PENDING), changes)
     pending: Changes | None = conn.info.pop(PENDING, None)
     if pending:
         committed: Changes | None = conn.info.get(COMMITTED)
@@ -93,6 +110,7 @@ def _on_commit(conn: Connection) -> None:
 
 def _on_rollback(conn: Connection) -> None:
     conn.info.pop(PENDING, None)
+    conn.info.pop(SQLITE_MAYBE, None)
 
 
 def _checkin_hook(apply: Any) -> Any:
@@ -101,6 +119,8 @@ def _checkin_hook(apply: Any) -> Any:
             return
         committed: Changes | None = record.info.pop(COMMITTED, None)
         record.info.pop(PENDING, None)  # never committed: rolled back by the pool's reset
+        record.info.pop(SQLITE_MAYBE, None)
+        record.info.pop(SQLITE_CHANGES, None)
         if committed:
             apply(committed)
 
@@ -135,8 +155,14 @@ def _statement_hook(autocommit: bool) -> Any:
         if compiled.isinsert or compiled.isupdate or compiled.isdelete:
             if ORM_FLUSH_OPTION in context.execution_options:
                 return  # after_flush reads the unit of work's objects
-            if cursor.rowcount == 0 and not (compiled.effective_returning and _is_sqlite(conn)):
-                return  # no row written (SQLite counts RETURNING rows only as they are read)
+            if cursor.rowcount == 0 and not compiled.effective_returning:
+                return  # no row written
+            before = conn.info.pop(SQLITE_CHANGES, None)
+            if before is not None:  # SQLite, RETURNING: decided at commit (`_on_commit`)
+                maybe = Changes()
+                _read_statement(maybe, compiled, context.compiled_parameters)
+                conn.info.setdefault(SQLITE_MAYBE, []).append((before, maybe))
+                return
             _read_statement(_changes(conn.info, slot), compiled, context.compiled_parameters)
         elif isinstance(compiled.statement, TextClause):
             found = _TEXT_WRITE.match(statement)
