@@ -50,10 +50,23 @@ class Side:
 
     servers: list[RunningServer]
     tokens: dict[str, str] = field(default_factory=dict)
+    # Notices counted before the replicas could hear each other (see `listening`).
+    baseline: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def admin_server(self) -> RunningServer:
         return self.servers[0]
+
+    def listening(self) -> Side:
+        """Wait until the first replica heard the second start (its `x:`), then count from
+        there: what the first sent before the second listened never arrives."""
+        if len(self.servers) > 1:
+            deadline = time.monotonic() + 20
+            while _notices(self.servers[0]).get("received", 0) < 1:
+                assert time.monotonic() < deadline, "the replicas never heard each other"
+                time.sleep(0.05)
+        self.baseline = [_notices(server) for server in self.servers]
+        return self
 
     def settle(self) -> None:
         """Wait until every replica applied what the others sent."""
@@ -61,7 +74,12 @@ class Side:
             return
         deadline = time.monotonic() + 10
         while True:
-            counts = [_notices(server) for server in self.servers]
+            counts = [
+                {k: now.get(k, 0) - base.get(k, 0) for k in ("sent", "received")}
+                for now, base in zip(
+                    (_notices(server) for server in self.servers), self.baseline, strict=True
+                )
+            ]
             sent = sum(c["sent"] for c in counts)
             if all(c["received"] >= sent - c["sent"] for c in counts):
                 return
@@ -91,7 +109,7 @@ def _stacks(kind: str, tmp: Path) -> Iterator[tuple[Side, Side]]:
         run_server(url_off, cwd=tmp, extra_env=MEMOS_OFF) as off,
     ):
         # The replica runs with the defaults but the sweep: quiet it like the others.
-        yield Side([first, second]), Side([off])
+        yield Side([first, second]).listening(), Side([off])
 
 
 @pytest.fixture(

@@ -1,4 +1,4 @@
-"""Write-behind of the heartbeats the memo stage answered (`depman.core.beats`).
+"""Write-behind of the heartbeats the memo stage answered (`server/cache/beats.py`).
 
 The memo stage (`memo.py`) acknowledges an unchanged heartbeat and leaves it in
 `ServerState.beats`; this writes them all in one batch every

@@ -134,6 +134,7 @@ def record_write(
     unknown rows), setting `columns` (None: whole rows), with `rows` of written values."""
     if table in UNWATCHED_TABLES:
         return
+
     if table == "agent_builds":
         changes.builds = True
         return

@@ -3,7 +3,8 @@
 Every write reaches the database through a connection, so it is read there:
 
 - the ORM's unit of work: `after_flush` reads the objects it wrote (new ones,
-  the columns changed on dirty ones, deleted ones);
+  the columns changed on dirty ones, deleted ones), and the statement hook
+  leaves the flush's own statements to it;
 - every other INSERT, UPDATE or DELETE, Core or bulk ORM: `after_cursor_execute`
   reads the statement's table, the columns it sets and the keys its WHERE clause
   names (`instance_id = …`, `instance_id IN (…)`); a statement that wrote no row
@@ -49,8 +50,10 @@ PENDING = "depman_changes_pending"  # written in the open transaction
 COMMITTED = "depman_changes_committed"  # committed, applied at check-in
 SQLITE_CHANGES = "depman_sqlite_changes"  # the change counter before a RETURNING statement
 SQLITE_MAYBE = "depman_sqlite_maybe"  # (counter before, changes) decided at commit
-ORM_FLUSH_OPTION = "compiled_cache"  # the unit of work's statements carry the mapper's cache
+FLUSHING = "depman_flushing"  # the ORM's unit of work runs: `after_flush` reads its objects
 _TEXT_WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)\"?", re.IGNORECASE)
+
+
 def _count_sqlite_changes(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
 ) -> None:
@@ -83,8 +86,13 @@ def watch_writes(
         if not autocommit:
             event.listen(target, "commit", _on_commit)
             event.listen(target, "rollback", _on_rollback)
+            # A failed flush inside a savepoint: its changes stay counted (more is safe).
+            event.listen(
+                target, "rollback_savepoint", lambda conn, *_: conn.info.pop(FLUSHING, None)
+            )
         event.listen(target.pool, "checkin", _checkin_hook(apply))
     for factory in sessions:
+        event.listen(factory, "before_flush", _before_flush)
         event.listen(factory, "after_flush", _after_flush)
 
 
@@ -109,6 +117,7 @@ def _on_commit(conn: Connection) -> None:
 
 
 def _on_rollback(conn: Connection) -> None:
+    conn.info.pop(FLUSHING, None)  # a flush that failed
     conn.info.pop(PENDING, None)
     conn.info.pop(SQLITE_MAYBE, None)
 
@@ -121,6 +130,7 @@ def _checkin_hook(apply: Any) -> Any:
         record.info.pop(PENDING, None)  # never committed: rolled back by the pool's reset
         record.info.pop(SQLITE_MAYBE, None)
         record.info.pop(SQLITE_CHANGES, None)
+        record.info.pop(FLUSHING, None)
         if committed:
             apply(committed)
 
@@ -153,11 +163,11 @@ def _statement_hook(autocommit: bool) -> Any:
                 _changes(conn.info, slot).everything = True
             return
         if compiled.isinsert or compiled.isupdate or compiled.isdelete:
-            if ORM_FLUSH_OPTION in context.execution_options:
+            if conn.info.get(FLUSHING):
                 return  # after_flush reads the unit of work's objects
-            if cursor.rowcount == 0 and not compiled.effective_returning:
-                return  # no row written
             before = conn.info.pop(SQLITE_CHANGES, None)
+            if before is None and cursor.rowcount == 0:
+                return  # no row written
             if before is not None:  # SQLite, RETURNING: decided at commit (`_on_commit`)
                 maybe = Changes()
                 _read_statement(maybe, compiled, context.compiled_parameters)
@@ -275,8 +285,14 @@ def _bound_values(
     return values
 
 
+def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    session.connection().info[FLUSHING] = True
+
+
 def _after_flush(session: Session, _context: Any) -> None:
-    changes = _changes(session.connection().info, PENDING)
+    info = session.connection().info
+    info.pop(FLUSHING, None)
+    changes = _changes(info, PENDING)
     for objects, op in (
         (session.new, "insert"),
         (session.dirty, "update"),
