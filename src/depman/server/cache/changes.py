@@ -191,13 +191,15 @@ def _queue_items(
 ) -> None:
     if op == "update" and columns is not None and not set(columns) - PROGRESS_COLUMNS:
         return
-    # A poll answers queued items and the operator's marks on them: a write that
-    # leaves its item neither queued nor newly marked wakes no waiting poll.
-    wakes = op == "insert" or _may_queue(columns, rows)
+    # Polls hand out queued items only, and only an empty poll is memo'd: a write that
+    # can leave no item queued (one going running, succeeded, failed, cancelled, or a
+    # deletion) makes no memo stale and wakes no poll. The heartbeat memo reads no item.
+    if op == "delete" or not (op == "insert" or _may_queue(columns, rows)):
+        return
     if keys is None:
         changes.all_instances = True
         return
-    (changes.queued if wakes else changes.instances).update(map(str, keys))
+    changes.queued.update(map(str, keys))
 
 
 def _may_queue(columns: Collection[str] | None, rows: Sequence[Mapping[str, Any]]) -> bool:
