@@ -98,6 +98,18 @@ def test_each_write_names_what_it_makes_stale(watched: tuple[Database, list[Chan
         session.commit()
     (changes,) = applied
     assert changes.instances == {"a"} and changes.tokens == {"a"}
+    # A flush that finds nothing to write, then a Core write: the write still counts.
+    applied.clear()
+    with db.session() as session:
+        row = session.get(Instance, "b")
+        assert row is not None
+        row.pinned_dep_ids = list(row.pinned_dep_ids)  # marked, not changed
+        session.flush()
+        session.execute(
+            update(Instance).where(Instance.instance_id == "b").values(pinned_dep_ids=["d"])
+        )
+        session.commit()
+    assert applied and set().union(*(c.instances for c in applied)) == {"b"}
     # An operator's retry of an item backing off: only the queue item is written.
     applied.clear()
     with db.session() as session:

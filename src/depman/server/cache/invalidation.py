@@ -50,7 +50,7 @@ PENDING = "depman_changes_pending"  # written in the open transaction
 COMMITTED = "depman_changes_committed"  # committed, applied at check-in
 SQLITE_CHANGES = "depman_sqlite_changes"  # the change counter before a RETURNING statement
 SQLITE_MAYBE = "depman_sqlite_maybe"  # (counter before, changes) decided at commit
-FLUSHING = "depman_flushing"  # the ORM's unit of work runs: `after_flush` reads its objects
+FLUSHING = "depman_flushing"  # the session whose unit of work may run on this connection
 _TEXT_WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)\"?", re.IGNORECASE)
 
 
@@ -163,7 +163,8 @@ def _statement_hook(autocommit: bool) -> Any:
                 _changes(conn.info, slot).everything = True
             return
         if compiled.isinsert or compiled.isupdate or compiled.isdelete:
-            if conn.info.get(FLUSHING):
+            flushing = conn.info.get(FLUSHING)
+            if flushing is not None and flushing._flushing:
                 return  # after_flush reads the unit of work's objects
             before = conn.info.pop(SQLITE_CHANGES, None)
             if before is None and cursor.rowcount == 0:
@@ -286,12 +287,13 @@ def _bound_values(
 
 
 def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
-    session.connection().info[FLUSHING] = True
+    # The session, not a flag: a flush that finds nothing to write ends without
+    # `after_flush`, and the session's own `_flushing` tells when it is over.
+    session.connection().info[FLUSHING] = session
 
 
 def _after_flush(session: Session, _context: Any) -> None:
     info = session.connection().info
-    info.pop(FLUSHING, None)
     changes = _changes(info, PENDING)
     for objects, op in (
         (session.new, "insert"),
