@@ -98,6 +98,16 @@ def test_each_write_names_what_it_makes_stale(watched: tuple[Database, list[Chan
         session.commit()
     (changes,) = applied
     assert changes.instances == {"a"} and changes.tokens == {"a"}
+    # The same statement for another row: its own key (not the cached statement's).
+    for name in ("a", "b"):
+        applied.clear()
+        with db.session() as session:
+            session.execute(
+                update(Instance).where(Instance.instance_id == name).values(drained=True)
+            )
+            session.commit()
+        (changes,) = applied
+        assert changes.instances == {name}, name
     # A flush that finds nothing to write, then a Core write: the write still counts.
     applied.clear()
     with db.session() as session:

@@ -265,8 +265,8 @@ def _where_keys(
 def _bound_values(
     bind: BindParameter[Any], compiled: Any, params: Sequence[Mapping[str, Any]], *, many: bool
 ) -> list[Any] | None:
-    if bind.value is not None and bind.callable is None:
-        return list(bind.value) if many else [bind.value]
+    # Always the executed parameters: a cached compiled statement keeps the literal
+    # values of the first statement it was compiled from.
     name = compiled.bind_names.get(bind)
     if name is None:
         return None
