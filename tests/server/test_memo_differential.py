@@ -356,8 +356,8 @@ def test_memos_never_change_an_agent_answer(stacks: tuple[Side, Side]) -> None:
     run_state_machine_as_test(
         Differential,
         settings=settings(
-            max_examples=8 if replicas else 20,
-            stateful_step_count=40,
+            max_examples=5 if replicas else 20,
+            stateful_step_count=30 if replicas else 40,
             deadline=None,
             suppress_health_check=list(HealthCheck),
         ),

@@ -93,6 +93,8 @@ class ServerCache:
         `own`: this thread committed them (a memo it builds from its own writes stays valid).
         """
         memos, hub = self.memos, self.hub
+        if changes.pending_types or changes.pending_unknown:
+            self.pending.add(changes.pending_types, unknown=changes.pending_unknown)
         if changes.everything:
             self.builds.invalidate()
             memos.forget_everything(own=own)
@@ -115,5 +117,3 @@ class ServerCache:
             memos.forget_beats(changes.beats)
         hub.notify(WakeupKind.INSTANCE, changes.queued)
         hub.notify(WakeupKind.JOB, None if changes.all_jobs else changes.jobs)
-        if changes.pending_types or changes.pending_unknown:
-            self.pending.add(changes.pending_types, unknown=changes.pending_unknown)

@@ -77,10 +77,14 @@ class Changes:
         )
 
     def notices(self) -> list[tuple[Notice, str]]:
-        """The changes other replicas apply (pending types stay local: the sweep refreshes them)."""
-        out: list[tuple[Notice, str]] = []
+        """The changes other replicas apply."""
+        out: list[tuple[Notice, str]] = [
+            (Notice.PENDING, server_type) for server_type in sorted(self.pending_types)
+        ]
+        if self.pending_unknown:
+            out.append((Notice.PENDING, ""))
         if self.everything:
-            return [(Notice.EVERYTHING, "")]
+            return [*out, (Notice.EVERYTHING, "")]
         for flag, notice in (
             (self.all_instances, Notice.ALL_INSTANCES),
             (self.all_jobs, Notice.ALL_JOBS),
@@ -111,6 +115,11 @@ class Changes:
             self.builds = True
         elif notice is Notice.ALL_BEATS:
             self.all_beats = True
+        elif notice is Notice.PENDING:
+            if key:
+                self.pending_types.add(key)
+            else:
+                self.pending_unknown = True
         elif key:
             {
                 Notice.QUEUED: self.queued,

@@ -47,6 +47,7 @@ class Notice(StrEnum):
     BEAT = "b"  # only its heartbeat memo is stale
     TOKEN = "t"  # its agent token changed or is gone
     JOB = "j"  # the job changed: wake its waiters
+    PENDING = "s"  # a job of this server type waits for an instance (no key: of a type unread)
     BUILDS = "u"  # agent builds changed: re-read them, drop every heartbeat memo
     ALL_BEATS = "a"  # the catalog or a profile changed: drop every heartbeat memo
     ALL_INSTANCES = "n"  # unkeyed instance writes: drop every instance memo, wake every poll
