@@ -26,7 +26,7 @@ KINDS = frozenset({"function", "class", "method", "property", "import", "unreach
 IGNORE_DECORATORS = [
     "@router.*", "@page.*", "@fragment.*", "@public.*", "@app.*", "@*_app.*",
     "@model_validator", "@field_validator", "@event.listens_for",
-    "@pytest.fixture", "@given",
+    "@pytest.fixture", "@given", "@rule", "@initialize", "@invariant",
 ]
 # Called by name by a framework.
 IGNORE_NAMES = [

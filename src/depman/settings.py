@@ -21,6 +21,11 @@ MIN_SECRET_CHARS = 16
 MIB = 1024 * 1024
 
 
+# The longest long-poll (queue and job reads) any request may ask for; register
+# advertises it to agents as `maxWaitSeconds`.
+MAX_WAIT_SECONDS = 30
+
+
 def parse_upstream_caps(text: str) -> dict[str, int]:
     """`host=N,host=N` -> {host: N}; ValueError naming the bad part."""
     caps: dict[str, int] = {}
@@ -163,8 +168,17 @@ class ServerSettings(BaseSettings):
         description="Unchanged heartbeats are acknowledged from memory and written in one "
         "batch this often (0: every heartbeat is written before it is answered).",
     )
+    agent_memos: bool = Field(
+        True,
+        description="Answer unchanged agent requests (an empty poll, an unchanged heartbeat, "
+        "a known token) from this process's memory. Off: every agent request asks the "
+        "database (the reference the memos are tested against).",
+    )
     max_long_poll_seconds: float = Field(
-        30.0, ge=0, le=30, description="Upper bound of waitSeconds on the queue and job reads."
+        float(MAX_WAIT_SECONDS),
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Upper bound of waitSeconds on the queue and job reads.",
     )
     maintenance_interval_seconds: float = Field(
         5.0, gt=0, description="How often stale items, timeouts and pending jobs are swept."

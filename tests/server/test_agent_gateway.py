@@ -28,9 +28,8 @@ from tests.support.server import RunningServer, run_replica, run_server
 STAGE_RE = re.compile(
     r'^depman_agent_(memo|quick|full)_answers_total\{endpoint="(\w+)"\} ([\d.]+)$', re.M
 )
-LEFT_RE = re.compile(r'^depman_agent_left_to_fastapi_total\{endpoint="(\w+)"\} ([\d.]+)$', re.M)
 AGENT_FAILURES_RE = re.compile(r'^depman_auth_failures_total\{realm="agent"\} ([\d.]+)$', re.M)
-# A JSON media type FastAPI reads and the gateway's front leaves to it.
+# Another JSON media type: the front reads it as JSON too.
 OTHER_JSON = "application/x-depman+json"
 QUIET_BEAT = {"ok": True, "pinnedDepIds": [], "staticDepIds": []}
 EMPTY_QUEUE = {"items": [], "pinnedDepIds": []}
@@ -48,40 +47,35 @@ class Served:
     """How one request was answered."""
 
     stage: str  # "memo", "quick", "full", or "none" (refused before any stage)
-    fastapi: bool  # the front left the request to FastAPI to parse
     status: int
     body: Any
 
 
-def _counters(server: RunningServer) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+def _counters(server: RunningServer) -> dict[tuple[str, str], float]:
     status, text_ = server.request("GET", "/metrics")
     assert status == 200
-    stages = {(stage, endpoint): float(n) for stage, endpoint, n in STAGE_RE.findall(text_)}
-    left = {endpoint: float(n) for endpoint, n in LEFT_RE.findall(text_)}
-    return stages, left
+    return {(stage, endpoint): float(n) for stage, endpoint, n in STAGE_RE.findall(text_)}
 
 
 def observe(server: RunningServer, endpoint: str, call: Callable[[], tuple[int, Any]]) -> Served:
-    """Send one request (`call`) and tell which stage and which front answered it."""
-    stages, left = _counters(server)
+    """Send one request (`call`) and tell which stage answered it."""
+    stages = _counters(server)
     status, body = call()
-    stages_after, left_after = _counters(server)
+    stages_after = _counters(server)
     moved = [
         stage
         for stage in ("memo", "quick", "full")
         if stages_after.get((stage, endpoint), 0.0) > stages.get((stage, endpoint), 0.0)
     ]
     assert len(moved) <= 1, moved
-    fastapi = left_after.get(endpoint, 0.0) > left.get(endpoint, 0.0)
-    return Served(moved[0] if moved else "none", fastapi, status, body)
+    return Served(moved[0] if moved else "none", status, body)
 
 
 def served_by(
     server: RunningServer, endpoint: str, call: Callable[[], tuple[int, Any]]
 ) -> tuple[str, tuple[int, Any]]:
-    """Which stage answered one call, and the answer; the gateway's front parsed it."""
+    """Which stage answered one call, and the answer."""
     served = observe(server, endpoint, call)
-    assert not served.fastapi, served
     return served.stage, (served.status, served.body)
 
 
@@ -113,11 +107,6 @@ def sent_with(agent: Agent, headers: dict[str, str]) -> Sender:
         agent.free_bytes,
         headers,
     )
-
-
-def via_fastapi(agent: Agent) -> Sender:
-    """The same agent, its JSON bodies sent as `OTHER_JSON`: only FastAPI parses those."""
-    return sent_with(agent, {**agent.auth, "Content-Type": OTHER_JSON})
 
 
 def placed_agent(server: RunningServer) -> tuple[Fleet, Agent, dict[str, Any]]:
@@ -196,22 +185,23 @@ def test_which_stage_answers_a_poll(server: RunningServer) -> None:
     assert served_by(server, "queue", lambda: agent.poll(wait=20)) == ("quick", (200, body))
 
 
-def test_a_long_poll_is_woken_by_an_enqueue_without_fastapi(server: RunningServer) -> None:
+def test_a_long_poll_is_woken_by_an_enqueue(server: RunningServer) -> None:
     fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("woken"))
     assert agent.poll() == (200, EMPTY_QUEUE)  # the empty queue is memo'd
     result: list[Served] = []
+    before = server.long_polls_waiting()
     waiting = threading.Thread(
         target=lambda: result.append(observe(server, "queue", lambda: agent.poll(wait=25)))
     )
     waiting.start()
-    time.sleep(0.5)  # the poll is waiting on its instance by now
+    server.await_long_polls(before)  # the poll is waiting on its instance
     status, job = fleet.submit(["b"])
     assert status == 200 and job["instanceId"] == agent.instance_id, job
     waiting.join(30)
     (served,) = result
-    # Woken, it read the queue again on the quick connection; FastAPI never saw it.
-    assert (served.stage, served.fastapi, served.status) == ("quick", False, 200)
+    # Woken, it read the queue again on the quick connection.
+    assert (served.stage, served.status) == ("quick", 200)
     assert [item["depId"] for item in served.body["items"]] == [fleet.deps["b"]]
     assert served.body["pinnedDepIds"] == [fleet.deps["b"]]
 
@@ -341,7 +331,7 @@ def test_errors_are_the_same_whatever_stage_would_have_answered(server: RunningS
         (stranger.auth, (403, OTHERS_TOKEN)),
     ]
     for endpoint, owner, would, send, has_body in situations:
-        # A body the front does not parse is FastAPI's to parse: the same answers.
+        # Another JSON media type is read as JSON: the same answers.
         fronts = [{}, {"Content-Type": OTHER_JSON}] if has_body else [{}]
         failures = agent_failures(server)
         for headers, expected in credentials:
@@ -350,7 +340,6 @@ def test_errors_are_the_same_whatever_stage_would_have_answered(server: RunningS
                 served = observe(server, endpoint, partial(send, impostor))
                 assert (served.status, served.body) == expected, (endpoint, would, headers)
                 assert served.stage == "none", (endpoint, would, served)
-                assert served.fastapi is bool(front), (endpoint, would, served)
         # Guesses are counted (a missing token is none), whatever would have answered.
         assert agent_failures(server) == failures + 2 * len(fronts), (endpoint, would)
     # None of it changed what the owners see.
@@ -358,7 +347,7 @@ def test_errors_are_the_same_whatever_stage_would_have_answered(server: RunningS
     assert busy.items()[item["depId"]]["state"] == "queued"
 
 
-def test_invalid_requests_get_fastapi_s_own_errors(server: RunningServer) -> None:
+def test_invalid_requests_get_the_api_s_422_from_the_front(server: RunningServer) -> None:
     fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("invalid"), dynamic=[fleet.deps["b"]])
     assert agent.poll()[0] == 200 and agent.heartbeat()[0] == 200  # memos would answer
@@ -379,6 +368,16 @@ def test_invalid_requests_get_fastapi_s_own_errors(server: RunningServer) -> Non
                 headers={**agent.auth, "Content-Type": "application/json"},
             ),
             "request body is not valid JSON",
+        ),
+        (
+            "heartbeat",
+            lambda: server.request(
+                "POST",
+                "/api/dependencies/heartbeat",
+                raw_body=b"instanceId=x",
+                headers={**agent.auth, "Content-Type": "application/x-www-form-urlencoded"},
+            ),
+            "request body must be JSON (Content-Type: application/json)",
         ),
         (
             "status",
@@ -426,23 +425,23 @@ def test_invalid_requests_get_fastapi_s_own_errors(server: RunningServer) -> Non
         served = observe(server, endpoint, call)
         assert served.status == 422, (message, served)
         assert served.body == {"error": {"code": "validation_failed", "message": message}}
-        assert (served.stage, served.fastapi) == ("none", True), (message, served)
+        assert served.stage == "none", (message, served)
     # A body over the agent routes' limit never reaches the gateway.
     status, body = agent.heartbeat(installedDynamicDepIds=[f"u{i}" for i in range(200_000)])
     assert status == 413 and body["error"]["code"] == "too_large"
 
 
-def test_the_front_reads_repeated_parameters_as_fastapi_does(server: RunningServer) -> None:
+def test_the_front_reads_repeated_parameters_the_usual_way(server: RunningServer) -> None:
     fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("repeated"))
     queue = f"/api/dependencies/queue?instanceId={agent.instance_id}"
     # The last of a repeated query parameter counts.
     last_valid = partial(server.request, "GET", queue + "&limit=5000&limit=5", headers=agent.auth)
     served = observe(server, "queue", last_valid)
-    assert (served.status, served.body, served.fastapi) == (200, EMPTY_QUEUE, False)
+    assert (served.status, served.body) == (200, EMPTY_QUEUE)
     last_invalid = partial(server.request, "GET", queue + "&limit=5&limit=5000", headers=agent.auth)
     served = observe(server, "queue", last_invalid)
-    assert (served.status, served.fastapi) == (422, True)
+    assert (served.status, served.stage) == (422, "none")
     # The first of a repeated header counts.
     wrong = "Bearer not-a-token"
 
@@ -459,47 +458,16 @@ def test_the_front_reads_repeated_parameters_as_fastapi_does(server: RunningServ
             conn.close()
 
     served = observe(server, "queue", lambda: twice(agent.auth["Authorization"], wrong))
-    assert (served.status, served.body, served.fastapi) == (200, EMPTY_QUEUE, False)
+    assert (served.status, served.body) == (200, EMPTY_QUEUE)
     served = observe(server, "queue", lambda: twice(wrong, agent.auth["Authorization"]))
-    assert (served.status, served.body, served.fastapi) == (401, WRONG_TOKEN, False)
-
-
-def test_what_only_fastapi_parses_reaches_the_same_pipeline(server: RunningServer) -> None:
-    fleet, agent, _job = placed_agent(server)
-    routed = via_fastapi(agent)
-    items = {item["depId"]: item for item in agent.poll()[1]["items"]}
-    pins = sorted([fleet.deps["a"], fleet.deps["b"]])
-    pinned = {"ok": True, "pinnedDepIds": pins, "staticDepIds": []}
-    for stage in ("quick", "memo"):
-        served = observe(server, "heartbeat", routed.heartbeat)
-        assert (served.stage, served.fastapi, served.status) == (stage, True, 200)
-        assert served.body == pinned
-    served = observe(server, "status", lambda: routed.status(items[fleet.deps["a"]], "running"))
-    assert (served.stage, served.fastapi, served.body["itemState"]) == ("quick", True, "running")
-    served = observe(
-        server,
-        "register",
-        lambda: server.request(
-            "POST",
-            "/api/dependencies/register",
-            {
-                "serverType": fleet.server_type,
-                "agentVersion": "t",
-                "instanceId": agent.instance_id,
-            },
-            {"X-DM-Secret": server.shared_secret, "Content-Type": OTHER_JSON},
-        ),
-    )
-    assert (served.stage, served.fastapi, served.status) == ("full", True, 200)
-    assert served.body["capabilities"]["longPoll"] is True
-    assert routed.heartbeat()[0] == 401  # the new token voided this one, on either front
+    assert (served.status, served.body) == (401, WRONG_TOKEN)
 
 
 def test_the_job_channel_is_refused_at_once(server: RunningServer) -> None:
     expected = {
         "error": {
             "code": "not_found",
-            "message": "this control plane runs no /api/agent job channel; "
+            "message": "this control server runs no /api/agent job channel; "
             "use the dependency protocol (/api/dependencies/*)",
         }
     }
@@ -649,18 +617,19 @@ def test_replicas_follow_each_other_s_changes_and_wake_each_other_s_long_polls(
     assert served_by(second, "queue", on_second.poll) == ("quick", (200, EMPTY_QUEUE))
     # A long-poll on the first replica, woken by the second's enqueue (NOTIFY).
     result: list[Served] = []
+    before = first.long_polls_waiting()
     waiting = threading.Thread(
         target=lambda: result.append(observe(first, "queue", lambda: agent.poll(wait=25)))
     )
     waiting.start()
-    time.sleep(0.7)
+    first.await_long_polls(before)
     status, job = second.admin(
         "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
     )
     assert status == 200 and job["instanceId"] == instance_id
     waiting.join(30)
     (served,) = result
-    assert (served.stage, served.fastapi, served.status) == ("quick", False, 200)
+    assert (served.stage, served.status) == ("quick", 200)
     assert [item["depId"] for item in served.body["items"]] == [fleet.deps["b"]]
     # The job pinned b through the second replica: the first one's heartbeat answer says so.
     wait_for(

@@ -187,9 +187,10 @@ def test_long_poll_wakes_when_an_item_is_queued(server: RunningServer) -> None:
         result["answer"] = agent.poll(wait=20)
         result["elapsed"] = time.monotonic() - start
 
+    before = server.long_polls_waiting()
     thread = threading.Thread(target=poll)
     thread.start()
-    time.sleep(0.5)
+    server.await_long_polls(before)
     status, job = fleet.submit(["b"])
     assert status == 200, job
     thread.join(25)

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text
 
-from depman.core.beats import BeatBuffer, PendingBeat, write_beats
 from depman.core.clock import utcnow
+from depman.server.cache.beats import BeatBuffer, PendingBeat, write_beats
 from depman.store.migrate import upgrade
 from depman.store.models import Instance
 from depman.store.session import Database, open_database
@@ -51,7 +51,7 @@ def row(db: Database, instance_id: str) -> Instance:
 def test_a_batch_applies_only_over_the_same_digest_and_never_backwards(db: Database) -> None:
     now = utcnow()
     beats = {
-        "a": PendingBeat(at=now, digest="d1", disk_free_bytes=7),
+        "a": PendingBeat(at=now, digest="d1"),
         "b": PendingBeat(at=now, digest="other"),  # the inventory changed meanwhile
         "c": PendingBeat(at=now - timedelta(seconds=60), digest="d1"),  # older than stored
     }
@@ -60,8 +60,7 @@ def test_a_batch_applies_only_over_the_same_digest_and_never_backwards(db: Datab
         session.commit()
     assert outcome.refused == {"b", "c"} and outcome.skipped == {}
     a = row(db, "a")
-    assert a.last_heartbeat_at == now and a.disk_free_bytes == 7
-    assert a.disk_total_bytes is None  # absent figures keep what was stored
+    assert a.last_heartbeat_at == now and a.disk_free_bytes == 1  # figures are not its to write
     assert row(db, "b").last_heartbeat_at < now  # type: ignore[operator]
 
 

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import event
 
 from depman.core.clock import utcnow
-from depman.core.hints import InstanceHints
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.policy import Policy
 from depman.core.queue import poll_queue
+from depman.server.cache.memos import InstanceMemos
 from depman.store.migrate import upgrade
 from depman.store.models import Instance
 from depman.store.session import Database, open_database
@@ -74,7 +74,7 @@ def test_poll_is_one_select(db: Database) -> None:
 
 
 def test_poll_hint_is_not_set_by_a_read_that_raced_an_enqueue() -> None:
-    hints = InstanceHints()
+    hints = InstanceMemos()
     seen = hints.epoch("a")  # a poll starts, reads the database: empty
     hints.forget(["a"])  # meanwhile an enqueue commits
     hints.remember_empty("a", b"{}", seen)
@@ -86,7 +86,7 @@ def test_poll_hint_is_not_set_by_a_read_that_raced_an_enqueue() -> None:
 
 
 def test_poll_hints_are_off_while_the_listener_is_down() -> None:
-    hints = InstanceHints()
+    hints = InstanceMemos()
     hints.remember_empty("a", b"{}", hints.epoch("a"))
     seen = hints.epoch("b")
     hints.set_enabled(False)

@@ -141,9 +141,10 @@ def test_get_job_waits_for_a_state_change(server: RunningServer) -> None:
         result["job"] = server.admin("GET", f"/jobs/{job['jobId']}?waitSeconds=20")[1]
         result["elapsed"] = time.monotonic() - start
 
+    before = server.long_polls_waiting("job")
     thread = threading.Thread(target=read)
     thread.start()
-    time.sleep(0.5)
+    server.await_long_polls(before, "job")
     agent.installed_dynamic = [fleet.deps["b"]]
     agent.heartbeat()
     thread.join(25)

@@ -37,9 +37,10 @@ def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(
         result["answer"] = agent.poll(wait=20)
         result["elapsed"] = time.monotonic() - start
 
+    before = first.long_polls_waiting()
     thread = threading.Thread(target=poll)
     thread.start()
-    time.sleep(0.7)
+    first.await_long_polls(before)
     status, job = second.admin(
         "POST", "/jobs", {"serverType": fleet.server_type, "depIds": [fleet.deps["b"]]}
     )
@@ -53,9 +54,10 @@ def test_long_poll_on_one_replica_wakes_on_enqueue_through_another(
     waiting = make_fleet(second)
     sleeper = waiting.register(waiting.add_instance("sleeper"))
     sleeper.server = second
+    before = second.long_polls_waiting()
     thread = threading.Thread(target=lambda: result.update(last=sleeper.poll(wait=25)))
     thread.start()
-    time.sleep(0.7)
+    second.await_long_polls(before)
     start = time.monotonic()
     second.process.send_signal(signal.SIGTERM)
     thread.join(15)

@@ -78,6 +78,20 @@ class RunningServer:
             method, "/api" + path, json, {"Authorization": f"Bearer {self.admin_token}"}
         )
 
+    def long_polls_waiting(self, kind: str = "instance") -> int:
+        """How many long-polls of `kind` (instance, job) the server has subscribed now."""
+        status, text = self.request("GET", "/metrics")
+        assert status == 200, text
+        found = re.search(rf'^depman_long_polls_waiting{{kind="{kind}"}} (\S+)$', text, re.M)
+        return int(float(found.group(1))) if found else 0
+
+    def await_long_polls(self, more_than: int, kind: str = "instance", timeout: float = 10) -> None:
+        """Return once more than `more_than` long-polls of `kind` are subscribed."""
+        deadline = time.monotonic() + timeout
+        while self.long_polls_waiting(kind) <= more_than:
+            assert time.monotonic() < deadline, f"no long-poll of {kind} subscribed"
+            time.sleep(0.02)
+
     def logs(self) -> str:
         """Everything the server printed so far."""
         return "".join(self.log_lines)

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from depman.core.catalog import validate_id
 from depman.core.clock import utcnow
-from depman.core.signals import mark_builds
 from depman.errors import NotFound, ValidationFailed
 from depman.store.models import AgentBuild, Instance, ServerType
 
@@ -137,7 +136,6 @@ def publish_build(
     row.content = data
     row.published_at = utcnow()
     session.flush()
-    mark_builds(session)
     return _target(row)
 
 
@@ -146,7 +144,6 @@ def unpublish_build(server_type: str, *, session: Session) -> None:
     deleted = session.execute(delete(AgentBuild).where(AgentBuild.server_type == server_type))
     if not deleted.rowcount:  # type: ignore[attr-defined]
         raise NotFound(f"no agent build is published for server type {server_type!r}")
-    mark_builds(session)
 
 
 def set_rollout(server_type: str, percent: int, *, session: Session) -> None:
@@ -160,7 +157,6 @@ def set_rollout(server_type: str, percent: int, *, session: Session) -> None:
     )
     if not changed.rowcount:  # type: ignore[attr-defined]
         raise NotFound(f"no agent build is published for server type {server_type!r}")
-    mark_builds(session)
 
 
 _TARGET_COLUMNS = (

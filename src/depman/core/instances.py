@@ -20,7 +20,6 @@ from depman.core.policy import Policy
 from depman.core.profiles import static_dep_ids
 from depman.core.queue import enqueue
 from depman.core.server_types import ENROLLMENT_OPEN, known_server_type
-from depman.core.signals import mark_changed, mark_instance, mark_job, mark_token
 from depman.core.states import ACTIVE_JOB_STATES, PRIORITY_PREFETCH, JobState, Op
 from depman.errors import AuthError, Forbidden, InstanceNotFound, NotFound
 from depman.store.models import Instance, InstanceDep, Job, Profile, ServerType
@@ -57,12 +56,9 @@ def put_instance(
             pinned_dep_ids=[],
         )
         session.add(row)
-    changed_type = row.server_type is not None and row.server_type != server_type
     row.ip = ip or None
     row.server_type = server_type
     session.flush()
-    if changed_type:
-        mark_changed(session, instance_id)  # heartbeat memos carry the server type
     return row
 
 
@@ -90,9 +86,6 @@ def delete_instance(instance_id: str, *, session: Session, now: datetime | None 
         job.error = f"instance {instance_id} was deleted"
         job.finished_at = now
         job.updated_at = now
-        mark_job(session, job.job_id)
-    mark_instance(session, instance_id)  # drops every replica's memos
-    mark_token(session, instance_id)
     session.delete(row)
     session.flush()
 
@@ -145,17 +138,14 @@ def register(
         row = enrol(instance_id, instance_ip, stype, session=session, now=now)
     token, digest = issue_token()
     row.agent_token_hash = digest
-    mark_token(session, row.instance_id)  # other replicas must stop accepting the old one
     row.agent_version = (agent_version or "")[:100] or None
     row.registered_at = now
     row.lost_at = None  # a lost instance comes back clean: its jobs and queue went already
     # The first heartbeat after a (re)start takes the full diff path and counts as
     # becoming live, so pending jobs get a chance at once.
     row.inventory_digest = None
-    mark_changed(session, row.instance_id)
     if stype is not None and stype.server_type != row.server_type:
         row.server_type = stype.server_type
-        mark_changed(session, row.instance_id)
     if instance_ip and not row.ip:
         row.ip = instance_ip[:64]
     if provider is not None:

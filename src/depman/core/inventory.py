@@ -27,7 +27,6 @@ from depman.core.clock import utcnow
 from depman.core.jobs import refresh_instance_jobs
 from depman.core.policy import Policy
 from depman.core.queue import enqueue, mark_downloads_progressing, succeed_held_downloads
-from depman.core.signals import mark_changed
 from depman.core.states import PRIORITY_PREFETCH, ItemState, Op
 from depman.errors import NotFound
 from depman.store.models import (
@@ -39,6 +38,7 @@ from depman.store.models import (
     ServerType,
     UtcDateTime,
 )
+from depman.store.writes import declare_writes
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,14 @@ def _fast_update() -> Any:
 FAST_UPDATE = _fast_update()
 
 
-ADD_ROWS_PG = text(
-    "INSERT INTO instance_deps (instance_id, dep_id, kind, since) "
-    "SELECT :p_instance_id, d, k, :p_now "
-    "FROM unnest(CAST(:p_deps AS varchar[]), CAST(:p_kinds AS varchar[])) AS t(d, k)"
-).bindparams(bindparam("p_now", type_=UtcDateTime()))
+ADD_ROWS_PG = declare_writes(
+    text(
+        "INSERT INTO instance_deps (instance_id, dep_id, kind, since) "
+        "SELECT :p_instance_id, d, k, :p_now "
+        "FROM unnest(CAST(:p_deps AS varchar[]), CAST(:p_kinds AS varchar[])) AS t(d, k)"
+    ).bindparams(bindparam("p_now", type_=UtcDateTime())),
+    key_param="p_instance_id",
+)
 
 
 def _scalars(hb: Heartbeat, now: datetime) -> dict[str, Any]:
@@ -239,8 +242,6 @@ def apply_heartbeat(
     if changed:
         row.inventory_digest = digest  # set before the diff's first query flushes the row
         _apply_diff(instance_id, held, session=session, now=now)
-        # Other replicas' heartbeat memos hold the old digest; the caller renews ours.
-        mark_changed(session, instance_id, here=False)
         held_ids = set(held)
         succeed_held_downloads(instance_id, held_ids, session=session, now=now)
         refresh_instance_jobs(instance_id, held_ids, session=session, now=now)

@@ -21,7 +21,6 @@ from depman.core.pins import refresh_pins
 from depman.core.policy import Policy
 from depman.core.queue import enqueue
 from depman.core.scheduler import place_job, place_pending_jobs, record
-from depman.core.signals import mark_job
 from depman.core.states import (
     ACTIVE_JOB_STATES,
     OPEN_ITEM_STATES,
@@ -168,7 +167,6 @@ def missing_of_jobs(
 def _release(job: Job, *, session: Session, policy: Policy, now: datetime) -> None:
     """After a job leaves the active states: refresh pins, give its slot to a pending job."""
     refresh_pins(job.instance_id, session=session)
-    mark_job(session, job.job_id)
     if job.instance_id:
         place_pending_jobs(session=session, policy=policy, server_types=[job.server_type], now=now)
 
@@ -183,8 +181,6 @@ def fail_job(job: Job, error: str, *, session: Session, policy: Policy, now: dat
     record(job, "failed", now, job.instance_id, reason=error)
     if was_active:
         _release(job, session=session, policy=policy, now=now)
-    else:
-        mark_job(session, job.job_id)
 
 
 def start_job(job_id: str, *, session: Session, now: datetime | None = None) -> Job:
@@ -199,7 +195,6 @@ def start_job(job_id: str, *, session: Session, now: datetime | None = None) -> 
     job.started_at = now
     job.updated_at = now
     record(job, "started", now, job.instance_id)
-    mark_job(session, job.job_id)
     return job
 
 
@@ -353,7 +348,6 @@ def refresh_instance_jobs(
             job.ready_at = now
             job.updated_at = now
             record(job, "ready", now, instance_id)
-            mark_job(session, job.job_id)
             ready.append(job)
     return ready
 

@@ -29,7 +29,6 @@ from depman.core.jobs import fail_job
 from depman.core.pins import refresh_pins
 from depman.core.policy import Policy
 from depman.core.scheduler import place_job, record
-from depman.core.signals import mark_changed, mark_instance, mark_job, mark_pending, mark_token
 from depman.core.states import ACTIVE_JOB_STATES, OPEN_ITEM_STATES, ItemState, JobState
 from depman.store.models import Instance, Job, QueueItem
 
@@ -65,9 +64,7 @@ def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datet
     row.inventory_digest = None
     row.downloading_dep_ids = []
     row.active_downloads = []
-    mark_token(session, instance_id)
-    mark_changed(session, instance_id)
-    cancelled = session.execute(
+    session.execute(
         update(QueueItem)
         .where(QueueItem.instance_id == instance_id, QueueItem.state.in_(OPEN_ITEM_STATES))
         .values(
@@ -79,8 +76,6 @@ def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datet
         )
         .returning(QueueItem.id)
     ).all()
-    if cancelled:
-        mark_instance(session, instance_id)
     jobs = session.scalars(
         select(Job)
         .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
@@ -98,7 +93,6 @@ def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datet
         job.instance_id = None
         job.ready_at = None
         job.updated_at = now
-        mark_job(session, job.job_id)
         moving.append(job)
     refresh_pins(instance_id, session=session)
     for job in moving:
@@ -107,4 +101,3 @@ def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datet
         # Not its fault: a move after a loss is not limited by the placement budget.
         if not place_job(job, session=session, policy=policy, now=now, exclude={instance_id}):
             record(job, "pending", now, reason="no live instance of this type has a free slot")
-            mark_pending(session, job.server_type)

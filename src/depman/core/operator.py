@@ -26,7 +26,6 @@ from depman.core.policy import Policy
 from depman.core.profiles import static_dep_ids
 from depman.core.queue import ERROR_MAX_CHARS, enqueue
 from depman.core.scheduler import record
-from depman.core.signals import mark_instance, mark_pending
 from depman.core.states import PRIORITY_JOB, TERMINAL_JOB_STATES, ItemState, Op
 from depman.errors import Conflict, InvalidTransition, NotFound
 from depman.store.models import Dep, Instance, InstanceDep, Job, QueueItem, ServerType
@@ -71,7 +70,6 @@ def cancel_item(
         row.error = f"Dependency queue item cancelled: {reason}"[:ERROR_MAX_CHARS]
         row.finished_at = now
         row.next_attempt_at = None
-        mark_instance(session, instance_id)
         if row.op == Op.DOWNLOAD.value:
             on_dep_failed(instance_id, dep_id, row.error, session=session, policy=policy, now=now)
     record_action(
@@ -109,7 +107,6 @@ def retry_item(
     row.force_retry = True
     row.force_retry_after_ms = after_ms
     row.updated_at = now
-    mark_instance(session, instance_id)
     record_action(
         actor,
         "retry_item",
@@ -215,8 +212,6 @@ def set_drained(
     if row is None:
         raise NotFound(f"instance {instance_id!r} does not exist")
     row.drained = drained
-    if not drained:
-        mark_pending(session, row.server_type)  # its slots count again for waiting jobs
     record_action(
         actor,
         "drain" if drained else "undrain",

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from depman.core.signals import mark_changed
 from depman.core.states import ACTIVE_JOB_STATES
 from depman.store.models import Instance, Job, JobDep
 
@@ -29,7 +28,6 @@ def _store(instance_id: str, pins: list[str], current: list[str], *, session: Se
         session.connection().execute(
             update(Instance).where(Instance.instance_id == instance_id).values(pinned_dep_ids=pins)
         )
-        mark_changed(session, instance_id)
 
 
 def refresh_pins(instance_id: str | None, *, session: Session) -> list[str]:

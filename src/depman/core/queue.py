@@ -31,7 +31,6 @@ from depman.core import dep_sources
 from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.mirror import MirrorState
-from depman.core.signals import mark_instance
 from depman.core.states import OPEN_ITEM_STATES, ItemState, Op
 from depman.core.upstream import Candidate, UpstreamGate, grant
 from depman.store.models import Dep, Instance, MirrorObject, QueueItem, UtcDateTime
@@ -101,7 +100,6 @@ def enqueue(
         .returning(QueueItem.id)
     ).first()
     if inserted is not None:
-        mark_instance(session, instance_id)
         return
     row = _lock_item(instance_id, dep_id, session=session)
     assert row is not None  # the conflicting row; items are deleted only with the instance
@@ -134,7 +132,6 @@ def start_generation(row: QueueItem, *, session: Session, now: datetime) -> None
     row.handed_out_at = None
     row.waiting_upstream = None
     row.updated_at = now
-    mark_instance(session, row.instance_id)
 
 
 def _covers(pending_op: str, op: Op) -> bool:
@@ -537,7 +534,6 @@ def requeue_stale_running(
             row.state = ItemState.QUEUED.value
             row.started_at = None
             row.last_progress_at = None
-            mark_instance(session, row.instance_id)
     return failed
 
 
@@ -545,7 +541,7 @@ def wake_due_items(*, session: Session, now: datetime | None = None) -> int:
     """Queued items whose `next_attempt_at` has come: clear it, wake their instances.
 
     A poll that found only such items was answered empty, and that answer is memo'd;
-    the mark drops the memo so the next poll hands the item out.
+    writing the item drops the memo, so the next poll hands the item out.
     """
     now = now or utcnow()
     rows = session.execute(
@@ -558,8 +554,6 @@ def wake_due_items(*, session: Session, now: datetime | None = None) -> int:
         .values(next_attempt_at=None)
         .returning(QueueItem.instance_id)
     ).all()
-    for (instance_id,) in rows:
-        mark_instance(session, instance_id)
     return len(rows)
 
 

@@ -18,7 +18,6 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from depman.core.signals import mark_changed
 from depman.store.models import Dep, DepReceipt, Instance, InstanceDep
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -120,7 +119,6 @@ def store_receipt(
             .where(Instance.instance_id == instance_id)
             .values(inventory_digest=None)
         )
-        mark_changed(session, instance_id)
     return True
 
 

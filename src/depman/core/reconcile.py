@@ -21,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from depman.core.queue import enqueue
-from depman.core.signals import mark_changed
 from depman.core.states import PRIORITY_PREFETCH, Op
 from depman.store.models import Instance, InstanceDep
 
@@ -45,8 +44,6 @@ def reconcile_static_deps(
             )
         )
     )
-    for instance_id in instance_ids:
-        mark_changed(session, instance_id)  # their memo'd heartbeat answers name old deps
     if not added or not instance_ids:
         return 0
     held = set(

@@ -71,18 +71,15 @@ def record_report(
     *,
     conn: Connection,
     now: datetime | None = None,
-    stored_figures: tuple[int | None, ...] | None = None,
 ) -> Transition:
     """Move the item and keep the disk figures; two statements, each standing alone.
 
     All a `running` or `succeeded` report does (`apply_status` adds what a failure does).
-    `stored_figures`: the row's FIGURES when the caller knows them (a memo); a report
-    that repeats them writes nothing.
     """
     result = apply_item_state(
         instance_id, report.item_id, report.state, report.error, conn=conn, now=now or utcnow()
     )
-    record_figures(instance_id, report, conn=conn, stored_figures=stored_figures)
+    record_figures(instance_id, report, conn=conn)
     return result
 
 
@@ -91,14 +88,9 @@ def record_figures(
     report: StatusReport,
     *,
     conn: Connection,
-    stored_figures: tuple[int | None, ...] | None = None,
 ) -> None:
     """Keep the disk figures a report carries (nothing written when they are the stored ones)."""
     values = [getattr(report, name) for name in FIGURES]
-    if stored_figures is not None and all(
-        new is None or new == old for new, old in zip(values, stored_figures, strict=True)
-    ):
-        return
     params: dict[str, Any] = {f"p_{name}": v for name, v in zip(FIGURES, values, strict=True)}
     if any(value is not None for value in values):
         params["p_instance_id"] = instance_id

@@ -32,7 +32,6 @@ from depman.core.placement import (
 )
 from depman.core.policy import Policy
 from depman.core.queue import enqueue
-from depman.core.signals import mark_job, mark_pending
 from depman.core.states import ACTIVE_JOB_STATES, PRIORITY_JOB, JobState, Op
 from depman.errors import Conflict, ValidationFailed
 from depman.store.models import Dep, Instance, Job, JobDep, ServerType
@@ -177,7 +176,6 @@ def _record_wait(
         expectedWaitSeconds=round(decision.expected_wait_s, 1),
     )
     job.updated_at = now
-    mark_job(session, job.job_id)
 
 
 def place_job(
@@ -280,7 +278,6 @@ def try_place(
         waitedSeconds=waited,
     )
     add_pins(chosen.instance_id, pins, dep_ids, session=session)
-    mark_job(session, job.job_id)
     return Outcome.PLACED
 
 
@@ -365,9 +362,6 @@ def submit_job(
         )
     if outcome is Outcome.NO_SLOT:
         record(job, "pending", now, reason="no live instance of this type has a free slot")
-    if outcome is not Outcome.PLACED:
-        mark_pending(session, server_type)
-    mark_job(session, job.job_id)
     placed = next((h for h in reversed(job.history) if h["event"] == "placed"), None)
     missing = list(dep_ids)
     if placed is not None:

@@ -39,7 +39,6 @@ from sqlalchemy import Connection, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from depman.core.signals import mark_instance
 from depman.core.states import ItemState, Op
 from depman.store.models import QueueItem, UpstreamSlot
 
@@ -198,14 +197,27 @@ def wake_waiters(instance_id: str, dep_id: str, *, session: Session) -> None:
     )
     if host is None:
         return
-    waiting = session.scalars(
-        select(QueueItem.instance_id)
-        .where(QueueItem.waiting_upstream == host, QueueItem.state == ItemState.QUEUED.value)
-        .distinct()
-        .limit(WAKE_LIMIT)
+    waiting = list(
+        session.scalars(
+            select(QueueItem.instance_id)
+            .where(QueueItem.waiting_upstream == host, QueueItem.state == ItemState.QUEUED.value)
+            .distinct()
+            .limit(WAKE_LIMIT)
+        )
     )
-    for waiter in waiting:
-        mark_instance(session, waiter)
+    if not waiting:
+        return
+    # Their items may be handed out now: the write says so to whoever watches the queue
+    # (the server's long-polls and memos), as any write of a queued item does.
+    session.execute(
+        update(QueueItem)
+        .where(
+            QueueItem.instance_id.in_(waiting),
+            QueueItem.waiting_upstream == host,
+            QueueItem.state == ItemState.QUEUED.value,
+        )
+        .values(waiting_upstream=host)
+    )
 
 
 def take_slot(

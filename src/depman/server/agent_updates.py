@@ -54,5 +54,5 @@ def update_offer(
     conn: Connection,
 ) -> dict[str, Any] | None:
     """`agentUpdate` for this instance now, or None (no build, same version, outside rollout)."""
-    build = offered_build(state.hub.builds.target(server_type, conn), instance_id, agent_version)
+    build = offered_build(state.cache.builds.target(server_type, conn), instance_id, agent_version)
     return None if build is None else update_document(build, base_url(state, scope))

@@ -10,13 +10,9 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 from starlette.types import ASGIApp
 
 from depman.core.policy import Policy
-from depman.core.signals import notify_statement, take_marks
-from depman.core.wakeups import listen_forever
 from depman.mirror import FillWorker, MirrorService
 from depman.server import dashboard
 from depman.server.agent_gateway.asgi import AgentGateway
@@ -38,6 +34,10 @@ from depman.server.api import (
 )
 from depman.server.auth import holds_operator_token
 from depman.server.auth_failures import AuthFailures
+from depman.server.cache import ServerCache
+from depman.server.cache.invalidation import watch_writes
+from depman.server.cache.notify import Notifier
+from depman.server.cache.wakeups import listen_forever
 from depman.server.errors import install_error_handlers
 from depman.server.guard import RequestGuard
 from depman.server.maintenance_loop import run_maintenance
@@ -50,48 +50,22 @@ from depman.store.session import Database, open_database
 log = logging.getLogger(__name__)
 
 
-def _tell_other_replicas(state: ServerState, payloads: list[str]) -> None:
-    """NOTIFY the other replicas of a commit, in a transaction of its own (core/signals.py)."""
-    statement, params = notify_statement(payloads)
-    try:
-        with state.db.quick(write=True) as conn:
-            conn.execute(statement, params)
-    except Exception:
-        # The commit stands; the other replicas' memos of these instances expire.
-        log.warning("could not notify the other replicas of %d changes", len(payloads))
-
-
-def _install_commit_hooks(state: ServerState) -> None:
-    """Turn the marks a transaction left into wake-ups once it commits."""
-
-    def _after_commit(session: Session) -> None:
-        marks = take_marks(session)
-        hints = state.hub.hints
-        if marks.builds:
-            state.hub.forget_builds()
-        if marks.tokens:
-            hints.forget_tokens(marks.tokens)
-        if marks.instances or marks.changed or marks.tokens:
-            hints.forget(marks.instances | marks.changed | marks.tokens)
-        state.hub.notify("i", marks.instances)
-        state.hub.notify("j", marks.jobs)
-        state.hub.pending_server_types.update(marks.pending)
-        if marks.payloads:
-            _tell_other_replicas(state, marks.payloads)
-
-    def _after_rollback(session: Session) -> None:
-        take_marks(session)
-
-    for factory in (state.db.writer, state.db.reader):
-        event.listen(factory, "after_commit", _after_commit)
-        event.listen(factory, "after_soft_rollback", lambda s, _t: _after_rollback(s))
+def _watch_writes(state: ServerState) -> None:
+    """Every committed write drops the memos it made stale, here and in the other replicas."""
+    db, cache = state.db, state.cache
+    if db.dialect == "postgresql":
+        cache.notifier = Notifier(lambda: db.quick(write=True))
+    watch_writes(
+        db.engine, (db.writer, db.reader), cache.committed, autocommit_engine=db.quick_engine
+    )
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.depman
     pauses = app.state.metrics.pauses
-    state.hub.bind(asyncio.get_running_loop())
+    cache = state.cache
+    cache.hub.bind(asyncio.get_running_loop())
     anyio.to_thread.current_default_thread_limiter().total_tokens = state.settings.worker_threads
     pauses.install_gc_callback()
     tasks = [
@@ -103,17 +77,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if state.fill_worker is not None:
         state.fill_worker.start()
     if state.db.dialect == "postgresql":
-        # Poll hints wait for the listener: another replica's enqueue must be able to clear them.
-        state.hub.hints.set_enabled(False)
-        tasks.append(
-            asyncio.create_task(
-                listen_forever(state.settings.database_url, state.hub), name="depman-listen"
-            )
+        # Memos wait for the listener: another replica's writes must be able to clear them.
+        cache.memos.set_enabled(False)
+        listener = listen_forever(
+            state.settings.database_url, cache.received, cache.memos.set_enabled
         )
+        tasks.append(asyncio.create_task(listener, name="depman-listen"))
     try:
         yield
     finally:
-        state.hub.wake_all()
+        cache.hub.wake_all()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -122,6 +95,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         pauses.remove_gc_callback()
         if state.fill_worker is not None:
             await asyncio.to_thread(state.fill_worker.stop)
+        if cache.notifier is not None:
+            await asyncio.to_thread(cache.notifier.close)
         state.db.dispose()
 
 
@@ -134,10 +109,11 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         policy=Policy.from_settings(settings),
         resolver=SourceResolver.from_settings(settings),
         mirror=MirrorService.from_settings(settings),
+        cache=ServerCache.create(memos=settings.agent_memos),
     )
     if state.mirror is not None:
         state.fill_worker = FillWorker(state.mirror, db, settings, gate=state.upstream)
-    _install_commit_hooks(state)
+    _watch_writes(state)
     app = FastAPI(
         title="depman control plane",
         version="1",
@@ -175,17 +151,17 @@ def create_app(settings: ServerSettings, *, database: Database | None = None) ->
         agent_bundle,
     ):
         app.include_router(module.router)
-    app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     dashboard.mount(app)
     return app
 
 
 def served_app(app: FastAPI) -> ASGIApp:
-    """The app as served: the request guard (server/guard.py), then the agent gateway's
-    front (server/agent_gateway/asgi.py), then FastAPI."""
+    """The app as served: the request guard (server/guard.py), the latency timer (one for
+    every request), the agent gateway's front (server/agent_gateway/asgi.py), then FastAPI."""
     settings: ServerSettings = app.state.settings
+    gateway = AgentGateway(app, app.state.agent_pipeline)
     return RequestGuard(
-        AgentGateway(app, app.state.agent_pipeline, app.state.metrics),
+        LatencyMiddleware(gateway, app.state.metrics),
         agent_max=settings.agent_max_body_bytes,
         other_max=settings.admin_max_body_bytes,
         refused=app.state.metrics.refused,

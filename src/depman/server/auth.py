@@ -93,7 +93,7 @@ def check_agent(
     if not token:
         raise MissingCredentials("missing agent token: register first")
     digest = hash_token(token)
-    hints = state.hub.hints
+    hints = state.cache.memos
     if hints.token_matches(instance_id, digest):
         return
     seen = hints.epoch(instance_id)

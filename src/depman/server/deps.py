@@ -30,7 +30,7 @@ def _see_acknowledged_beats(request: Request) -> None:
     # The write-behind batch (server/agent_gateway/write_behind.py) would otherwise lag by up to a
     # second: what this process acknowledged, its own admin reads see.
     state = server_state(request)
-    if len(state.beats):
+    if len(state.cache.beats):
         flush_beats(state)
 
 

@@ -20,7 +20,7 @@ def sweep_once(state: ServerState) -> SweepReport:
     """One sweep, step by step (`core.maintenance`); refreshes the replica's pending hint."""
     report = run_sweep(state.db.session, policy=state.policy)
     with state.db.read_session() as session, report.step("pending_hint"):
-        state.hub.pending_server_types = pending_server_types(session=session)
+        state.cache.pending.refresh(pending_server_types(session=session))
     return report
 
 

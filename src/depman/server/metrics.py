@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from depman.server.cache.collector import CacheCollector
 from depman.server.fleet_metrics import FleetCollector
 from depman.server.pauses import PauseWatch
 
@@ -82,13 +83,6 @@ class Metrics:
         self.full_answers = Counter(
             "depman_agent_full_answers",
             "Agent requests answered by the full domain call in a database session.",
-            ["endpoint"],
-            registry=registry,
-        )
-        self.left_to_fastapi = Counter(
-            "depman_agent_left_to_fastapi",
-            "Agent requests the gateway's front left to FastAPI to parse "
-            "(another content type, invalid input).",
             ["endpoint"],
             registry=registry,
         )
@@ -148,6 +142,8 @@ class Metrics:
         registry.register(TRIMMED)
         self.fleet = FleetCollector(state)
         registry.register(self.fleet)
+        # This process's long-polls and replica notices (tests wait on the long-polls).
+        registry.register(CacheCollector(state.cache))
 
     def exposition(self) -> bytes:
         """The text of one scrape: every process's counters when several serve, else this one's."""
@@ -156,6 +152,8 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(self.fleet)
+        # The cache's figures are one process's own: from whichever worker answered, a
+        # scrape would see its counters jump back. Served only by a single process.
         return generate_latest(registry)
 
 

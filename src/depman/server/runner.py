@@ -234,7 +234,7 @@ def _serve_one(
     )
     banner = "job and admin API on" if role == "api" else "depman server listening on"
     server = _Server(
-        config, f"{banner} {url}" if announce else "", on_exit=app.state.depman.hub.wake_all
+        config, f"{banner} {url}" if announce else "", on_exit=app.state.depman.cache.hub.wake_all
     )
     _tune_gc()
     server.run(sockets=[sock])

@@ -1,4 +1,4 @@
-"""What one server process holds: settings, database, policy, wake-ups and memos."""
+"""What one server process holds: settings, database, policy, the gateway's cache."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from starlette.types import Scope
 
-from depman.core.beats import BeatBuffer
 from depman.core.catalog import DepSpec
 from depman.core.policy import Policy
 from depman.core.upstream import UpstreamGate
-from depman.core.wakeups import WakeupHub
 from depman.mirror import FillWorker, MirrorService
 from depman.server.auth_failures import AuthFailures
+from depman.server.cache import ServerCache
 from depman.settings import ServerSettings
 from depman.store.session import Database
 
@@ -26,8 +25,7 @@ class ServerState:
     settings: ServerSettings
     db: Database
     policy: Policy
-    hub: WakeupHub = field(default_factory=WakeupHub)
-    beats: BeatBuffer = field(default_factory=BeatBuffer)
+    cache: ServerCache = field(default_factory=ServerCache)  # memos, wake-ups, write-behind
     auth_failures: AuthFailures = field(default_factory=AuthFailures)
     # Resolves hf:// and civitai:// sources when catalog entries are put.
     resolver: Callable[[DepSpec], DepSpec] | None = None

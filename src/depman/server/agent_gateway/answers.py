@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import Response
 
 from depman.core.queue import QueuePoll, Transition
-from depman.server.agent_gateway.requests import MAX_WAIT_SECONDS
+from depman.settings import MAX_WAIT_SECONDS
 
 JSON_TYPE = "application/json"
 # What register advertises (extensions a v1 agent ignores).

@@ -1,23 +1,22 @@
-"""The gateway's ASGI front: agent requests go to the pipeline before FastAPI routes them.
+"""The gateway's ASGI front: every agent request is parsed and answered here, before FastAPI.
 
 Through FastAPI's middleware, routing and dependency machinery an agent request
 costs about 0.6 ms more CPU, more than the rest of its answer when the memos
 answer it; at 10,000 agents that is most of a core. This front sits behind the
-request guard (`server/guard.py`: body limits, control characters) and in front
-of FastAPI. For an agent path it parses the request (`requests.py`) and hands it
-to the pipeline (`pipeline.py`), answering its errors in the API's one error
-shape (`server/errors.response_for`). A request it cannot parse exactly as FastAPI
-would (another content type, invalid input) goes on to FastAPI unchanged, body
-included, where the route parses it and calls the same pipeline;
-`depman_agent_left_to_fastapi_total{endpoint}` counts those.
+request guard (`server/guard.py`: body limits, control characters) and the
+latency timer (`api/metrics.LatencyMiddleware`, which reads the route template
+set here), in front of FastAPI. For an agent path it parses the request once
+(`requests.py`) and hands it to the pipeline (`pipeline.py`); a request that does
+not parse and every error of the pipeline are answered in the API's one error
+shape (`server/errors.response_for`). The FastAPI routes of these paths only
+document them in `/openapi.json`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,14 +32,10 @@ from depman.server.agent_gateway.requests import (
     read_front,
 )
 from depman.server.errors import response_for
-from depman.server.guard import replay_body
 from depman.server.schemas.agent import HeartbeatRequest, RegisterRequest, StatusRequest
 
-if TYPE_CHECKING:
-    from depman.server.metrics import Metrics
-
 JOB_CHANNEL_PREFIX = "/api/agent/"
-JOB_CHANNEL_ROUTE = "/api/agent/{rest:path}"  # its FastAPI route, as the latency label
+JOB_CHANNEL_ROUTE = "/api/agent/{rest:path}"  # the latency label
 JOB_CHANNEL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -51,89 +46,92 @@ class Route:
 
     method: str
     endpoint: str  # metrics label
+    path: str  # the latency label (`LatencyMiddleware` reads `scope["route"].path`)
     call: Callable[[Pipeline, Caller, Any], Awaitable[Answer]]
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
 
 
 ROUTES = {
-    "/api/dependencies/register": Route(
-        "POST", "register", Pipeline.register, body=RegisterRequest
-    ),
-    "/api/dependencies/queue": Route("GET", "queue", Pipeline.poll, query=PollQuery),
-    "/api/dependencies/heartbeat": Route(
-        "POST", "heartbeat", Pipeline.heartbeat, body=HeartbeatRequest
-    ),
-    "/api/dependencies/status": Route("POST", "status", Pipeline.status, body=StatusRequest),
-    "/api/dependencies/queue-item": Route(
-        "GET", "queue_item", Pipeline.item_check, query=ItemQuery
-    ),
+    route.path: route
+    for route in (
+        Route(
+            "POST",
+            "register",
+            "/api/dependencies/register",
+            Pipeline.register,
+            body=RegisterRequest,
+        ),
+        Route("GET", "queue", "/api/dependencies/queue", Pipeline.poll, query=PollQuery),
+        Route(
+            "POST",
+            "heartbeat",
+            "/api/dependencies/heartbeat",
+            Pipeline.heartbeat,
+            body=HeartbeatRequest,
+        ),
+        Route("POST", "status", "/api/dependencies/status", Pipeline.status, body=StatusRequest),
+        Route(
+            "GET",
+            "queue_item",
+            "/api/dependencies/queue-item",
+            Pipeline.item_check,
+            query=ItemQuery,
+        ),
+    )
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A route template, as the latency timer reads it."""
+
+    path: str
+
+
+JOB_CHANNEL_LABEL = Label(JOB_CHANNEL_ROUTE)
 
 
 class AgentGateway:
     """ASGI middleware in front of the FastAPI app (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, pipeline: Pipeline, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, pipeline: Pipeline) -> None:
         self.app = app
         self.pipeline = pipeline
-        self._latency = metrics.latency
-        self._timers: dict[tuple[str, str, int], Any] = {}
-        self._left = {
-            route.endpoint: metrics.left_to_fastapi.labels(route.endpoint)
-            for route in ROUTES.values()
-        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
             route = ROUTES.get(path)
             if route is not None and route.method == method:
+                scope["route"] = route
                 await self._agent_request(route, scope, receive, send)
                 return
             if path.startswith(JOB_CHANNEL_PREFIX) and method in JOB_CHANNEL_METHODS:
-                start = time.perf_counter()
-                answer = self.pipeline.no_job_channel()
-                await _send_answer(send, answer)
-                self._observe(method, JOB_CHANNEL_ROUTE, answer.status, start)
+                scope["route"] = JOB_CHANNEL_LABEL
+                await _send_answer(send, self.pipeline.no_job_channel())
                 return
         await self.app(scope, receive, send)
 
     async def _agent_request(
         self, route: Route, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        start = time.perf_counter()
         front = read_front(scope)
-        parsed: BaseModel | None = None
-        if route.query is not None:
-            parsed = parse_query(route.query, scope.get("query_string", b""))
-        elif route.body is not None and front.json_body:
-            body = await _read_body(receive)
-            if body is None:
-                return  # the client went away: nobody to answer
-            receive = replay_body(body, receive)
-            parsed = parse_body(route.body, body)
-        if parsed is None:
-            self._left[route.endpoint].inc()
-            await self.app(scope, receive, send)
-            return
         try:
+            parsed: BaseModel
+            if route.query is not None:
+                parsed = parse_query(route.query, scope.get("query_string", b""))
+            else:
+                assert route.body is not None
+                body = await _read_body(receive)
+                if body is None:
+                    return  # the client went away: nobody to answer
+                parsed = parse_body(route.body, body, json_body=front.json_body)
             answer = await route.call(self.pipeline, front.caller, parsed)
         except Exception as exc:
-            response = response_for(exc)
-            await response(scope, receive, send)
-            status = response.status_code
+            await response_for(exc)(scope, receive, send)
         else:
             await _send_answer(send, answer)
-            status = answer.status
-        self._observe(scope["method"], scope["path"], status, start)
-
-    def _observe(self, method: str, route: str, status: int, start: float) -> None:
-        key = (method, route, status)
-        timer = self._timers.get(key)
-        if timer is None:
-            timer = self._timers[key] = self._latency.labels(method, route, str(status))
-        timer.observe(time.perf_counter() - start)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -69,7 +69,7 @@ def full_register(state: ServerState, body: RegisterRequest, scope: Scope) -> by
             conn=session.connection(),
         )
         session.commit()  # the commit hook drops the old token's memo
-    hints = state.hub.hints
+    hints = state.cache.memos
     hints.remember_token(instance_id, hash_token(result.token), hints.epoch(instance_id))
     log.info(
         "registered agent: instanceId=%s agentVersion=%s prefetch=%d",
@@ -85,7 +85,7 @@ def full_register(state: ServerState, body: RegisterRequest, scope: Scope) -> by
 
 def full_poll(state: ServerState, instance_id: str, limit: int) -> PollRead:
     """The queue of an instance in a read session; memo'd when empty."""
-    hints = state.hub.hints
+    hints = state.cache.memos
     seen = hints.epoch(instance_id)
     with state.db.read_session() as session:
         poll = poll_queue(
@@ -99,7 +99,7 @@ def full_poll(state: ServerState, instance_id: str, limit: int) -> PollRead:
 
 def full_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes:
     """Record the inventory (a diff) and scalars; answer the pins and the static deps."""
-    seen = state.hub.hints.epoch(body.instance_id)  # before any read the memo relies on
+    seen = state.cache.memos.epoch(body.instance_id)  # before any read the memo relies on
     hb = body.to_core()
     with state.db.session() as session:
         result = apply_heartbeat(body.instance_id, hb, session=session, policy=state.policy)
@@ -109,7 +109,7 @@ def full_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> 
         session.commit()
         pins = result.pinned_dep_ids
         if (result.became_live or result.changed) and (
-            result.server_type in state.hub.pending_server_types
+            result.server_type in state.cache.pending
         ):
             # A newly live instance, or new deps held: pending jobs of its type may fit
             # now. (Slots freed by jobs ending are offered where the job ends; the sweep

@@ -1,5 +1,5 @@
-"""The memo stage: agent requests answered from this replica's memos (`depman.core.hints`),
-without the database.
+"""The memo stage: agent requests answered from this replica's memos
+(`server/cache/memos.py`), without the database.
 
 - an empty poll of an instance known to have nothing queued;
 - a heartbeat whose inventory, failed list and figures are those of the memo of
@@ -19,22 +19,28 @@ from __future__ import annotations
 import json
 import time
 
-from depman.core.beats import PendingBeat
 from depman.core.clock import utcnow
 from depman.core.instances import hash_token
 from depman.core.inventory import SCALAR_COLUMNS, Heartbeat, inventory, inventory_digest
+from depman.server.cache.beats import PendingBeat
 from depman.server.schemas.agent import HeartbeatRequest
 from depman.server.state import ServerState
 
 
 def token_known(state: ServerState, instance_id: str, token: str | None) -> bool:
     """Whether `token` matches the memo'd hash of the instance's agent token."""
-    return bool(token) and state.hub.hints.token_matches(instance_id, hash_token(token or ""))
+    return bool(token) and state.cache.memos.token_matches(instance_id, hash_token(token or ""))
 
 
 def empty_poll_answer(state: ServerState, instance_id: str) -> bytes | None:
     """The memo'd answer of a poll of an instance known to have nothing queued."""
-    return state.hub.hints.empty_answer(instance_id)
+    return state.cache.memos.empty_answer(instance_id)
+
+
+def lists_key(body: HeartbeatRequest) -> int:
+    """A cheap in-process key of the installed lists as sent: the same lists again have
+    the memo's digest, without building and hashing the sorted inventory."""
+    return hash((tuple(body.installed_static_dep_ids), tuple(body.installed_dynamic_dep_ids)))
 
 
 def figures(hb: Heartbeat) -> tuple[int | None, ...]:
@@ -55,7 +61,7 @@ def unchanged_beat_answer(state: ServerState, body: HeartbeatRequest) -> bytes |
         return None
     if body.downloading_dep_ids or body.active_downloads:
         return None  # queue items and the dashboard's progress need the database now
-    hints = state.hub.hints
+    hints = state.cache.memos
     instance_id = body.instance_id
     memo = hints.beat_memo(instance_id)
     if (
@@ -67,13 +73,13 @@ def unchanged_beat_answer(state: ServerState, body: HeartbeatRequest) -> bytes |
     hb = body.to_core()
     if figures(hb) != memo.figures:
         return None
-    key = body.lists_key()
+    key = lists_key(body)
     digest = memo.digest if key == memo.lists_key else inventory_digest(inventory(hb))
     if digest != memo.digest or not hints.extend_beat(
         instance_id, memo, state.policy.live_ttl_seconds
     ):
         return None
-    state.beats.add(instance_id, PendingBeat(at=utcnow(), digest=digest))
+    state.cache.beats.add(instance_id, PendingBeat(at=utcnow(), digest=digest))
     return memo.answer
 
 
@@ -93,21 +99,21 @@ def remember_heartbeat(
     """
     # A beat still in the buffer is older than this one: written later, the row
     # would refuse it, and a refusal drops the memo left here.
-    state.beats.discard(body.instance_id)
+    state.cache.beats.discard(body.instance_id)
     if state.settings.heartbeat_flush_seconds <= 0:
         return
     if body.downloading_dep_ids or body.active_downloads:
         # The row now lists these downloads: an older memo would acknowledge the next
         # idle beat without clearing them (a cancelled download stayed shown as running).
-        state.hub.hints.forget_beats([body.instance_id])
+        state.cache.memos.forget_beats([body.instance_id])
         return
-    state.hub.hints.remember_beat(
+    state.cache.memos.remember_beat(
         body.instance_id,
         digest=digest,
         failed=body.failed_dep_ids,
         answer=answer,
         live_seconds=state.policy.live_ttl_seconds,
         seen=seen,
-        lists_key=body.lists_key(),
+        lists_key=lists_key(body),
         figures=figures(hb),
     )

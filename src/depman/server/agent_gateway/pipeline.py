@@ -40,6 +40,7 @@ from depman.server.agent_gateway.full import (
 from depman.server.agent_gateway.memo import empty_poll_answer, unchanged_beat_answer
 from depman.server.agent_gateway.quick import PollRead, quick_heartbeat, quick_poll, quick_status
 from depman.server.agent_gateway.requests import Caller, ItemQuery, PollQuery
+from depman.server.cache.wakeups import WakeupKind
 from depman.server.schemas.agent import (
     BAD_SOURCE_REASONS,
     HeartbeatRequest,
@@ -90,15 +91,15 @@ class Pipeline:
         instance_id = query.instance_id
         wait = min(query.wait_seconds, state.settings.max_long_poll_seconds)
         # Subscribe before reading: an enqueue committed after this point wakes the wait.
-        entry = state.hub.subscribe("i", instance_id) if wait > 0 else None
+        entry = state.cache.hub.subscribe(WakeupKind.INSTANCE, instance_id) if wait > 0 else None
         try:
             await check_agent_token(state, caller, instance_id)
             stage, read = await self._read_queue(instance_id, query.limit, memo=True)
-            if entry is not None and not read.has_items and await state.hub.wait(entry, wait):
+            if entry is not None and not read.has_items and await state.cache.hub.wait(entry, wait):
                 stage, read = await self._read_queue(instance_id, query.limit, memo=False)
         finally:
             if entry is not None:
-                state.hub.unsubscribe("i", instance_id, entry)
+                state.cache.hub.unsubscribe(WakeupKind.INSTANCE, instance_id, entry)
         return self._answer(stage, "queue", read.body)
 
     async def heartbeat(self, caller: Caller, body: HeartbeatRequest) -> Answer:

@@ -29,7 +29,7 @@ from depman.core.clock import utcnow
 from depman.core.inventory import record_unchanged_heartbeat
 from depman.core.profiles import static_dep_ids_of_type
 from depman.core.queue import QueuePoll, poll_queue
-from depman.core.reports import FIGURES, record_report
+from depman.core.reports import record_report
 from depman.core.states import ItemState
 from depman.server.agent_gateway.answers import (
     heartbeat_answer,
@@ -60,13 +60,13 @@ def poll_read(
     """
     answer = poll_answer(poll)
     if not poll.items and not poll.waiting_upstream:
-        state.hub.hints.remember_empty(instance_id, answer, seen)
+        state.cache.memos.remember_empty(instance_id, answer, seen)
     return PollRead(answer, bool(poll.items))
 
 
 def quick_poll(state: ServerState, instance_id: str, limit: int) -> PollRead | None:
     """The queue of an instance, read on a quick connection; memo'd when empty."""
-    hints = state.hub.hints
+    hints = state.cache.memos
     seen = hints.epoch(instance_id)  # before the read the memo relies on
     with state.db.quick(write=False) as conn:
         poll = poll_queue(
@@ -79,7 +79,7 @@ def quick_poll(state: ServerState, instance_id: str, limit: int) -> PollRead | N
 
 def quick_heartbeat(state: ServerState, body: HeartbeatRequest, scope: Scope) -> bytes | None:
     """A heartbeat whose inventory the row already holds, of a live instance; memo'd when quiet."""
-    seen = state.hub.hints.epoch(body.instance_id)
+    seen = state.cache.memos.epoch(body.instance_id)
     hb = body.to_core()
     with state.db.quick(write=True) as conn:
         beat = record_unchanged_heartbeat(body.instance_id, hb, conn=conn, policy=state.policy)
@@ -105,14 +105,6 @@ def quick_status(state: ServerState, body: StatusRequest) -> bytes | None:
     one statement."""
     if body.state != ItemState.RUNNING.value:
         return None
-    memo = state.hub.hints.beat_memo(body.instance_id)
     with state.db.quick(write=True) as conn:
-        result = record_report(
-            body.instance_id,
-            body.to_core(),
-            conn=conn,
-            now=utcnow(),
-            # The row holds what the last heartbeat wrote (the memo's figures, FIGURES first).
-            stored_figures=memo.figures[: len(FIGURES)] if memo and memo.figures else None,
-        )
+        result = record_report(body.instance_id, body.to_core(), conn=conn, now=utcnow())
     return status_answer(result)

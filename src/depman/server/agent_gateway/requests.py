@@ -1,14 +1,14 @@
 """Agent requests, parsed once into the typed values the pipeline takes.
 
-Two fronts parse them: the gateway's ASGI front (`asgi.py`) from the scope and
-body, and FastAPI for the routes (`server/api/agent_protocol.py`,
-`server/api/agent_items.py`) when the front leaves a request to it. Both validate
-with the same models: the bodies of `server/schemas/agent.py`, and the query
-models below, which the routes declare as their query parameters. The front takes
-what it can parse exactly as FastAPI would (the last of a repeated query
-parameter, the first of a repeated header, a JSON body sent as
-`application/json`); anything else, invalid input included, it leaves to
-FastAPI, so every parse error is FastAPI's own 422 (or 400).
+The gateway's ASGI front (`asgi.py`) parses every agent request here, from the
+scope and the body, with the bodies of `server/schemas/agent.py` and the query
+models below; what does not parse is answered 422 in the API's one error shape
+(`server/errors.validation_message`). It reads a request as HTTP frameworks do
+(the last of a repeated query parameter, the first of a repeated header, a JSON
+body sent as `application/json`, `application/*+json` or without a content
+type). The FastAPI routes (`server/api/agent_protocol.py`, `agent_items.py`)
+declare the same models so `/openapi.json` documents them; the front answers
+before any route is reached.
 """
 
 from __future__ import annotations
@@ -20,13 +20,16 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Scope
 
+from depman.errors import ValidationFailed
 from depman.server.auth import bearer_token
+from depman.server.errors import validation_message
 from depman.server.schemas.bounds import Id, ItemId
 from depman.server.state import scope_client
+from depman.settings import MAX_WAIT_SECONDS
 
 MAX_POLL_LIMIT = 1000
 DEFAULT_POLL_LIMIT = 25
-MAX_WAIT_SECONDS = 30  # register's capabilities advertise it as `maxWaitSeconds`
+NOT_JSON = "request body must be JSON (Content-Type: application/json)"
 QueryModel = TypeVar("QueryModel", bound=BaseModel)
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
@@ -70,7 +73,7 @@ class FrontRequest:
     """What the ASGI front reads of a request's headers (the first of each, as Starlette)."""
 
     caller: Caller
-    json_body: bool  # `Content-Type: application/json` (parameters such as charset aside)
+    json_body: bool  # a JSON body: `application/json`, `application/*+json` or no content type
 
 
 def caller_of(scope: Scope, token: str | None, secret: str | None = None) -> Caller:
@@ -90,21 +93,33 @@ def read_front(scope: Scope) -> FrontRequest:
             secret = value.decode("latin-1")
     media_type = (content_type or b"").split(b";", 1)[0].strip().lower()
     caller = caller_of(scope, bearer_token(authorization), secret)
-    return FrontRequest(caller, media_type == b"application/json")
+    json_body = content_type is None or media_type == b"application/json"
+    if media_type.startswith(b"application/") and media_type.endswith(b"+json"):
+        json_body = True
+    return FrontRequest(caller, json_body)
 
 
-def parse_query(model: type[QueryModel], query_string: bytes) -> QueryModel | None:
-    """The query as `model`, from the same key/value pairs FastAPI reads; None: not valid."""
+def parse_query(model: type[QueryModel], query_string: bytes) -> QueryModel:
+    """The query as `model` (the last of a repeated parameter counts); raises
+    `ValidationFailed` saying what is wrong."""
     pairs = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     try:
         return model.model_validate(pairs)
-    except ValidationError:
-        return None
+    except ValidationError as exc:
+        raise ValidationFailed(validation_message(_located("query", exc))) from exc
 
 
-def parse_body(model: type[BodyModel], body: bytes) -> BodyModel | None:
-    """A JSON body as `model`; None: not valid (FastAPI answers why)."""
+def parse_body(model: type[BodyModel], body: bytes, *, json_body: bool) -> BodyModel:
+    """A JSON body as `model`; raises `ValidationFailed` saying what is wrong."""
+    if not json_body:
+        raise ValidationFailed(NOT_JSON)
     try:
         return model.model_validate_json(body)
-    except ValueError:  # ValidationError, or a validator's own error
-        return None
+    except ValidationError as exc:
+        raise ValidationFailed(validation_message(_located("body", exc))) from exc
+    except ValueError as exc:  # a validator's own error
+        raise ValidationFailed(f"body: {exc}") from exc
+
+
+def _located(where: str, exc: ValidationError) -> list[dict[str, object]]:
+    return [{**err, "loc": (where, *err.get("loc", ()))} for err in exc.errors()]

@@ -1,4 +1,4 @@
-"""Write-behind of the heartbeats the memo stage answered (`depman.core.beats`).
+"""Write-behind of the heartbeats the memo stage answered (`server/cache/beats.py`).
 
 The memo stage (`memo.py`) acknowledges an unchanged heartbeat and leaves it in
 `ServerState.beats`; this writes them all in one batch every
@@ -15,7 +15,7 @@ import threading
 
 from starlette.concurrency import run_in_threadpool
 
-from depman.core.beats import write_beats
+from depman.server.cache.beats import write_beats
 from depman.server.pauses import PauseWatch
 from depman.server.state import ServerState
 from depman.store.session import ASYNC_COMMIT
@@ -28,7 +28,7 @@ _FLUSH_LOCK = threading.Lock()
 def flush_beats(state: ServerState) -> int:
     """Write every pending beat now; answers how many. Instances whose row refused lose memos."""
     with _FLUSH_LOCK:
-        beats = state.beats.take()
+        beats = state.cache.beats.take()
         if not beats:
             return 0
         try:
@@ -39,12 +39,12 @@ def flush_beats(state: ServerState) -> int:
                 session.commit()
         except Exception:
             # The acknowledged beats are lost; their next heartbeats go to the database.
-            state.hub.hints.forget_beats(beats)
+            state.cache.memos.forget_beats(beats)
             raise
         if outcome.refused:
-            state.hub.hints.forget_beats(outcome.refused)
+            state.cache.memos.forget_beats(outcome.refused)
         if outcome.skipped:
-            state.beats.restore(outcome.skipped)
+            state.cache.beats.restore(outcome.skipped)
         return len(beats) - len(outcome.skipped)
 
 
@@ -59,7 +59,7 @@ async def run_beat_flusher(state: ServerState, pauses: PauseWatch) -> None:
     try:
         while True:
             await asyncio.sleep(interval)
-            if len(state.beats):
+            if len(state.cache.beats):
                 try:
                     await run_in_threadpool(_timed_flush, state, pauses)
                 except Exception:

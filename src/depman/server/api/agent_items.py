@@ -1,4 +1,7 @@
-"""What later field agents ask beyond the four v1 calls: the queue-item check, `/api/agent/*`.
+"""What later field agents ask beyond the four v1 calls: the queue-item check.
+
+`/api/agent/*` (a job channel depman does not run) is answered by the gateway's front
+(`agent_gateway/asgi.py`) before any route.
 
 As in `agent_protocol.py`, the routes document and parse; the agent gateway's
 pipeline answers.
@@ -11,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from depman.server.agent_gateway.pipeline import Pipeline
 from depman.server.agent_gateway.requests import ItemQuery, caller_of
 from depman.server.deps import BearerDep, PipelineDep
 from depman.server.schemas import ErrorResponse
@@ -36,16 +38,3 @@ async def get_queue_item(
     """
     caller = caller_of(request.scope, token)
     return (await pipeline.item_check(caller, query)).response()
-
-
-@router.api_route(
-    "/api/agent/{rest:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    status_code=404,
-    responses={404: {"model": ErrorResponse}},
-    include_in_schema=False,
-)
-async def no_job_channel(rest: str) -> Response:
-    """Later field agents try a job-execution channel first; 404 sends them to
-    dependency-only mode (no database, no auth: answered at once)."""
-    return Pipeline.no_job_channel().response()

@@ -1,8 +1,10 @@
 """The four endpoints of dependency protocol v1, plus long-poll and pins.
 
 The routes declare what `/openapi.json` documents (paths, parameters, bodies,
-answers, errors) and parse what the agent gateway's front leaves to FastAPI;
-every answer comes from the one pipeline (`server/agent_gateway/pipeline.py`).
+answers, errors). The agent gateway's front (`server/agent_gateway/asgi.py`)
+parses and answers every request to these paths before FastAPI routes it; the
+handlers call the same pipeline only for an app served without its front (a
+bare `create_app` under a test client).
 """
 
 from __future__ import annotations

@@ -19,14 +19,16 @@ from starlette.concurrency import run_in_threadpool
 from depman.core import jobs as job_core
 from depman.core import workflow_deps
 from depman.core.scheduler import submit_job
-from depman.core.states import TERMINAL_JOB_STATES, JobState
+from depman.core.states import TERMINAL_JOB_STATES
 from depman.core.views import job_document
 from depman.core.workflows import workflow_models
+from depman.server.cache.wakeups import WakeupKind
 from depman.server.deps import JobsAuthDep, ReadSessionDep, StateDep
 from depman.server.schemas import ErrorResponse
 from depman.server.schemas.bounds import ID_PATTERN, MAX_ID_CHARS, IdPath
 from depman.server.schemas.jobs import JobComplete, JobCreate, JobPublic, JobsPublic
 from depman.server.state import ServerState, server_state
+from depman.settings import MAX_WAIT_SECONDS
 from depman.store.models import Job
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[JobsAuthDep])
@@ -78,8 +80,6 @@ def _create_job(state: ServerState, body: JobCreate) -> JSONResponse:
         else:
             response = answer(job, session=session)
         session.commit()
-    if job.state == JobState.PENDING.value:
-        state.hub.pending_server_types.add(job.server_type)
     return response
 
 
@@ -111,7 +111,10 @@ async def get_job(
     request: Request,
     job_id: IdPath,
     wait_seconds: Annotated[
-        float, Query(alias="waitSeconds", ge=0, le=30, description="Wait for a state change.")
+        float,
+        Query(
+            alias="waitSeconds", ge=0, le=MAX_WAIT_SECONDS, description="Wait for a state change."
+        ),
     ] = 0,
     seen_state: Annotated[
         str | None,
@@ -125,7 +128,7 @@ async def get_job(
     """One job; with `waitSeconds`, answer once its state differs from `seenState`."""
     state = server_state(request)
     wait = min(wait_seconds, state.settings.max_long_poll_seconds)
-    entry = state.hub.subscribe("j", job_id) if wait > 0 else None
+    entry = state.cache.hub.subscribe(WakeupKind.JOB, job_id) if wait > 0 else None
     try:
         doc = await run_in_threadpool(_read, state, job_id)
         seen = seen_state or doc["state"]
@@ -136,16 +139,16 @@ async def get_job(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            woken = await state.hub.wait(entry, remaining)
+            woken = await state.cache.hub.wait(entry, remaining)
             # A fresh event before re-reading, so a change during the read still wakes us.
-            state.hub.unsubscribe("j", job_id, entry)
-            entry = state.hub.subscribe("j", job_id)
+            state.cache.hub.unsubscribe(WakeupKind.JOB, job_id, entry)
+            entry = state.cache.hub.subscribe(WakeupKind.JOB, job_id)
             if not woken:
                 break
             doc = await run_in_threadpool(_read, state, job_id)
     finally:
         if entry is not None:
-            state.hub.unsubscribe("j", job_id, entry)
+            state.cache.hub.unsubscribe(WakeupKind.JOB, job_id, entry)
     return JSONResponse(doc)
 
 

@@ -312,10 +312,6 @@ class HeartbeatRequest(TelemetryCarrier):
     )
     disk_diagnostics: DiskDiagnostics = None
 
-    def lists_key(self) -> int:
-        """A cheap in-process key of the installed lists as sent (see `BeatMemo.lists_key`)."""
-        return hash((tuple(self.installed_static_dep_ids), tuple(self.installed_dynamic_dep_ids)))
-
     def to_core(self) -> Heartbeat:
         """The heartbeat as the core records it."""
         disk = self.disk_stats

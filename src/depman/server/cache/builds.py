@@ -1,9 +1,9 @@
 """This replica's copy of the published agent builds (no bytes), read by every agent answer.
 
 Register and heartbeat answers consult it on each request, so it is held in
-memory and re-read only when a publish or unpublish committed (the commit hook
-here, NOTIFY `u:` from other replicas) or, should a notification ever be missed,
-after `REFRESH_SECONDS`.
+memory and re-read only when a transaction wrote `agent_builds` (`invalidation.py`,
+here and through NOTIFY in the other replicas) or, should a notification ever be
+missed, after `REFRESH_SECONDS`. With memos off it is read on every request.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ REFRESH_SECONDS = 30.0
 class BuildTargets:
     """The published builds by server type; safe from any thread."""
 
-    def __init__(self, refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(self, refresh_seconds: float = REFRESH_SECONDS, *, enabled: bool = True) -> None:
         self._refresh = refresh_seconds
+        self._enabled = enabled
         self._lock = threading.Lock()
         self._targets: dict[str, BuildTarget] | None = None
         self._expires = 0.0
@@ -44,6 +45,8 @@ class BuildTargets:
             return targets
         generation = self._generation
         loaded = load_targets(conn)
+        if not self._enabled:
+            return loaded
         with self._lock:
             # A load that raced an invalidation may hold the old rows: use, don't keep.
             if generation == self._generation:

@@ -1,8 +1,8 @@
 """What one replica remembers about instances between agent requests, and when it must forget.
 
 10,000 v1 agents send ~2,300 requests a second, nearly all of them saying or
-asking nothing new (issue 5): an empty queue poll, an unchanged heartbeat. A
-replica answers those from three memos per instance:
+asking nothing new: an empty queue poll, an unchanged heartbeat. A replica
+answers those from three memos per instance:
 
 - the answer of an empty poll (the instance has nothing queued);
 - a heartbeat memo: the inventory digest stored on the row, the pins answer and
@@ -11,9 +11,10 @@ replica answers those from three memos per instance:
 
 A memo is set only by a database read or write that no invalidation raced (the
 epoch check), so a commit between the read and the memo can never be hidden.
-Invalidations: the commit hook (enqueue, pin and inventory changes, re-register in
-this process) and NOTIFY from other replicas. While the PostgreSQL listener is
+What drops them is derived from what transactions wrote (`invalidation.py`), in
+this process and, through NOTIFY, in the others. While the PostgreSQL listener is
 down every memo is dropped and none is kept, so requests go to the database.
+`DEPMAN_AGENT_MEMOS=off` keeps none at all (the differential test's reference).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 # Bounds how stale a memo can get if an invalidation were ever missed. Each
 # expiry costs one database request per instance, so at 10,000 instances this
 # is ~17 extra requests a second per kind.
-HINT_SECONDS = 600.0
+MEMO_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class BeatMemo:
     figures: tuple[int | None, ...] = ()
 
 
-class InstanceHints:
+class InstanceMemos:
     """Per-instance memos of one server process; safe from any thread."""
 
-    def __init__(self, ttl: float = HINT_SECONDS, *, enabled: bool = True) -> None:
+    def __init__(self, ttl: float = MEMO_SECONDS, *, enabled: bool = True) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._empty: dict[str, tuple[bytes, float]] = {}
@@ -58,6 +59,8 @@ class InstanceHints:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._epochs: dict[str, int] = {}
         self._generation = 0
+        self._own = threading.local()  # per thread: what its own commits dropped (`epoch`)
+        self._allowed = enabled  # the setting: off keeps no memo whatever the listener does
         self._enabled = enabled
 
     @property
@@ -66,8 +69,30 @@ class InstanceHints:
         return self._ttl
 
     def epoch(self, instance_id: str) -> tuple[int, int]:
-        """Take before reading the database; hand to a `remember_*` afterwards."""
+        """Take before reading the database; hand to a `remember_*` afterwards (same thread)."""
+        self._own.bumps = {}
+        self._own.generation = 0
         return self._generation, self._epochs.get(instance_id, 0)
+
+    def _unchanged_since(self, instance_id: str, seen: tuple[int, int]) -> bool:
+        # What this thread's own commits dropped since `seen` was taken does not count:
+        # the memo about to be kept was built from those very writes.
+        bumps: dict[str, int] = getattr(self._own, "bumps", {})
+        own_generation: int = getattr(self._own, "generation", 0)
+        return (self._generation, self._epochs.get(instance_id, 0)) == (
+            seen[0] + own_generation,
+            seen[1] + bumps.get(instance_id, 0),
+        )
+
+    def _count_own(self, own: bool, instance_ids: Iterable[str] = (), generation: int = 0) -> None:
+        if not own:
+            return
+        bumps: dict[str, int] | None = getattr(self._own, "bumps", None)
+        if bumps is None:
+            return  # this thread took no epoch: it keeps no memo
+        for instance_id in instance_ids:
+            bumps[instance_id] = bumps.get(instance_id, 0) + 1
+        self._own.generation += generation
 
     # -- empty polls ------------------------------------------------------
     def empty_answer(self, instance_id: str) -> bytes | None:
@@ -80,7 +105,7 @@ class InstanceHints:
     def remember_empty(self, instance_id: str, answer: bytes, seen: tuple[int, int]) -> None:
         """Cache an empty poll's answer, unless the instance changed since `seen`."""
         with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
+            if self._enabled and self._unchanged_since(instance_id, seen):
                 self._empty[instance_id] = (answer, time.monotonic() + self._ttl)
 
     # -- heartbeats -------------------------------------------------------
@@ -109,7 +134,7 @@ class InstanceHints:
             digest, tuple(failed), answer, now + live_seconds, now + self._ttl, lists_key, figures
         )
         with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
+            if self._enabled and self._unchanged_since(instance_id, seen):
                 self._beats[instance_id] = memo
 
     def extend_beat(self, instance_id: str, memo: BeatMemo, live_seconds: float) -> bool:
@@ -139,7 +164,7 @@ class InstanceHints:
     def remember_token(self, instance_id: str, token_hash: str, seen: tuple[int, int]) -> None:
         """Remember a hash verified against the database, unless the instance changed since."""
         with self._lock:
-            if self._enabled and self.epoch(instance_id) == seen:
+            if self._enabled and self._unchanged_since(instance_id, seen):
                 self._tokens[instance_id] = (token_hash, time.monotonic() + self._ttl)
 
     def forget_tokens(self, instance_ids: Iterable[str]) -> None:
@@ -149,29 +174,45 @@ class InstanceHints:
                 self._tokens.pop(instance_id, None)
 
     # -- invalidation -----------------------------------------------------
-    def forget(self, instance_ids: Iterable[str]) -> None:
-        """Items were queued, pins or the inventory changed: the next request asks the database."""
+    def forget(self, instance_ids: Iterable[str], *, own: bool = False) -> None:
+        """Items were queued, pins or the inventory changed: the next request asks the database.
+
+        `own`: this thread's commit wrote them (see `epoch`).
+        """
+        instance_ids = list(instance_ids)
+        self._count_own(own, instance_ids)
         with self._lock:
             for instance_id in instance_ids:
                 self._epochs[instance_id] = self._epochs.get(instance_id, 0) + 1
                 self._empty.pop(instance_id, None)
                 self._beats.pop(instance_id, None)
 
-    def forget_all_beats(self) -> None:
+    def forget_all_beats(self, *, own: bool = False) -> None:
         """Drop every heartbeat memo (their answers changed for many instances at once);
         the tokens and empty polls stay. Reads that started before do not leave theirs."""
+        self._count_own(own, generation=1)
         with self._lock:
             self._generation += 1
             self._beats.clear()
 
-    def set_enabled(self, enabled: bool) -> None:
-        """Turn memos on or off; either way every memo is dropped."""
+    def forget_all_instances(self, *, own: bool = False) -> None:
+        """Drop every empty poll and heartbeat memo (writes to rows of unknown instances);
+        the tokens stay. Reads that started before do not leave theirs."""
+        self._count_own(own, generation=1)
         with self._lock:
-            self._enabled = enabled
+            self._generation += 1
+            self._empty.clear()
+            self._beats.clear()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Turn memos on (if the setting allows them) or off; either way every memo is dropped."""
+        with self._lock:
+            self._enabled = enabled and self._allowed
         self.forget_everything()
 
-    def forget_everything(self) -> None:
+    def forget_everything(self, *, own: bool = False) -> None:
         """Drop every memo; reads that started before do not leave theirs."""
+        self._count_own(own, generation=1)
         with self._lock:
             self._generation += 1
             self._empty.clear()

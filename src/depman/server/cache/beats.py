@@ -1,9 +1,9 @@
 """Unchanged heartbeats, acknowledged from memory and written to the store in batches.
 
-An unchanged heartbeat of a live instance changes only its liveness time and a few
-disk figures. 10,000 agents send 333 of them a second (issue 5); one UPDATE each,
-with its commit, cost more than the rest of the server's work together. They are
-kept here, latest per instance, and a flusher writes them every
+An unchanged heartbeat of a live instance changes only its liveness time (a beat
+with other figures is written when it comes). 10,000 agents send 333 of them a
+second; one UPDATE each, with its commit, cost more than the rest of the server's
+work together. They are kept here, latest per instance, and a flusher writes them every
 `heartbeat_flush_seconds` in one statement. A beat written late by that much is
 harmless: an instance stays live for three heartbeat intervals.
 
@@ -23,28 +23,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, or_, text, update
+from sqlalchemy import bindparam, or_, text, update
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
-from depman.core.inventory import SCALAR_COLUMNS
 from depman.store.models import Instance, UtcDateTime
+from depman.store.writes import declare_writes
 
 
 @dataclass(frozen=True)
 class PendingBeat:
-    """One acknowledged heartbeat not yet written; None figures keep the stored value."""
+    """One acknowledged heartbeat not yet written: when it came, over which inventory."""
 
     at: datetime
     digest: str
-    disk_total_bytes: int | None = None
-    disk_free_bytes: int | None = None
-    disk_used_bytes: int | None = None
-    dynamic_bytes_used: int | None = None
-    queue_depth: int | None = None
 
 
-FIGURES = SCALAR_COLUMNS  # the figures a heartbeat carries besides its lists
 MAX_RETRY_SECONDS = 10.0  # a beat skipped (row locked) is retried this long
 
 
@@ -85,25 +79,20 @@ _LOCK_PG = text(
     "SELECT instance_id FROM instances WHERE instance_id = ANY(CAST(:ids AS varchar[])) "
     "ORDER BY instance_id FOR UPDATE SKIP LOCKED"
 )
-_WRITE_PG = text(
-    "UPDATE instances AS i SET last_heartbeat_at = v.at, "
-    + ", ".join(f"{name} = coalesce(v.{name}, i.{name})" for name in FIGURES)
-    + " FROM unnest(CAST(:ids AS varchar[]), CAST(:ats AS timestamptz[]), "
-    "CAST(:digests AS varchar[]), "
-    + ", ".join(f"CAST(:{name} AS bigint[])" for name in FIGURES)
-    + ") AS v(id, at, digest, "
-    + ", ".join(FIGURES)
-    + ") WHERE i.instance_id = v.id AND i.inventory_digest = v.digest "
-    "AND (i.last_heartbeat_at IS NULL OR i.last_heartbeat_at < v.at) "
-    "RETURNING i.instance_id"
+_WRITE_PG = declare_writes(
+    text(
+        "UPDATE instances AS i SET last_heartbeat_at = v.at "
+        "FROM unnest(CAST(:ids AS varchar[]), CAST(:ats AS timestamptz[]), "
+        "CAST(:digests AS varchar[])) AS v(id, at, digest) "
+        "WHERE i.instance_id = v.id AND i.inventory_digest = v.digest "
+        "AND (i.last_heartbeat_at IS NULL OR i.last_heartbeat_at < v.at) "
+        "RETURNING i.instance_id"
+    ),
+    columns=["last_heartbeat_at"],
 )
 
 
 def _write_one() -> Any:
-    keep = {
-        name: func.coalesce(bindparam(name, type_=BigInteger), getattr(Instance, name))
-        for name in FIGURES
-    }
     at = bindparam("at", type_=UtcDateTime())
     return (
         update(Instance)
@@ -112,7 +101,7 @@ def _write_one() -> Any:
             Instance.inventory_digest == bindparam("digest"),
             or_(Instance.last_heartbeat_at.is_(None), Instance.last_heartbeat_at < at),
         )
-        .values(last_heartbeat_at=at, **keep)
+        .values(last_heartbeat_at=at)
     )
 
 
@@ -139,8 +128,6 @@ def write_beats(beats: Mapping[str, PendingBeat], *, session: Session) -> BatchO
             "ats": [beats[i].at for i in locked],
             "digests": [beats[i].digest for i in locked],
         }
-        for name in FIGURES:
-            params[name] = [getattr(beats[i], name) for i in locked]
         taken = set(conn.execute(_WRITE_PG, params).scalars()) if locked else set()
         held = set(locked)
         # A row that stays away (locked that long, or deleted) gives its beat up.
@@ -150,10 +137,7 @@ def write_beats(beats: Mapping[str, PendingBeat], *, session: Session) -> BatchO
         return BatchOutcome((held - taken) | (set(missing) - set(skipped)), skipped)
     refused = set()  # SQLite: one writer at a time, no row locks to wait for
     for instance_id, beat in beats.items():
-        values = {name: getattr(beat, name) for name in FIGURES}
-        result = conn.execute(
-            _WRITE_ONE, {"id": instance_id, "digest": beat.digest, "at": beat.at, **values}
-        )
+        result = conn.execute(_WRITE_ONE, {"id": instance_id, "digest": beat.digest, "at": beat.at})
         if result.rowcount != 1:
             refused.add(instance_id)
     return BatchOutcome(refused, {})
