@@ -95,7 +95,7 @@ def test_three_agents_share_one_upstream_slot(fresh_server: RunningServer, tmp_p
                 )
                 for iid in INSTANCES
             ]
-            assert wait_until(all_done, 180, step=0.1), {i: queue(server, i) for i in INSTANCES}
+            assert wait_until(all_done, 180, interval=0.1), {i: queue(server, i) for i in INSTANCES}
             for agent in agents:
                 assert "Traceback" not in agent.log()
         assert origin.max_serving == 1
