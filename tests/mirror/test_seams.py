@@ -181,7 +181,7 @@ def test_mirror_reads_are_not_capped_while_upstream_items_wait(
                 assert "Traceback" not in running.log()
     finally:
         tap.hold_reads = 0
-        tap.released.set()
+        tap.release()
     assert tap.max_reading >= 3
     assert waiting["shared"] == set()
     assert len(waiting["upstream-only"]) >= 1
@@ -248,3 +248,50 @@ def test_an_expired_mirror_url_moves_on_to_the_upstream_once(
     assert installed_file(tmp_path, "sd", 0, "expiring") == data
     assert source_bytes(server, "sd-i0") == {"mirror": 0, "upstream": len(data)}
     assert hashlib.sha256(data).hexdigest() == sha
+
+
+def test_an_item_once_taken_from_the_upstream_holds_no_slot_when_the_mirror_serves_it(
+    server: RunningServer, origin: ModelOrigin, tap: BucketTap, tmp_path: Path
+) -> None:
+    data, _ = blob(512 * KiB)
+    other, _ = blob(256 * KiB)
+    # First from the upstream (not yet mirrorable: no sha256), which fails it (404).
+    put_dep(server, "restamp", origin, "/up/restamp.bin", data, sha256=None)
+    put_type(server, "se", ["restamp"])
+    origin.add("/up/other-up.bin", other)
+    put_dep(server, "other-up", origin, "/up/other-up.bin", other, sha256=None)
+    put_type(server, "sf", ["other-up"])
+    with agent(server, tmp_path, "se", 0) as first:
+        assert wait_until(lambda: queue(server, "se-i0").get("restamp", {}).get("state")
+                          == "failed", 60), (queue(server, "se-i0"), first.log())
+        origin.add("/up/restamp.bin", data)
+        mirrored(server, "restamp", origin, data)
+        # Retried now, it comes from the mirror; the bucket holds the read.
+        tap.hold_reads = 99
+        tap.released.clear()
+        try:
+            status, body = server.admin("POST", "/admin/queues/se-i0/items/restamp/retry", {})
+            assert status == 200, body
+            assert wait_until(lambda: tap.reading == 1 and queue(server, "se-i0")["restamp"][
+                "state"] == "running", 60), (queue(server, "se-i0"), first.log())
+            # The host's one slot is free: another instance's upstream item goes now.
+            waited: list[str] = []
+
+            def other_done() -> bool:
+                item = queue(server, "sf-i0").get("other-up") or {}
+                if item.get("waitingForUpstream"):
+                    waited.append(item["waitingForUpstream"])
+                return item.get("state") == "succeeded"
+
+            with agent(server, tmp_path, "sf", 0) as second:
+                assert wait_until(other_done, 60, interval=0.1), (queue(server, "sf-i0"),
+                                                                   second.log())
+            assert waited == []
+            # Still held: the mirror download was running throughout.
+            assert queue(server, "se-i0")["restamp"]["state"] == "running"
+        finally:
+            tap.hold_reads = 0
+            tap.release()
+        assert wait_until(lambda: queue(server, "se-i0")["restamp"]["state"] == "succeeded",
+                          60), (queue(server, "se-i0"), first.log())
+    assert source_bytes(server, "se-i0")["mirror"] == len(data)

@@ -217,10 +217,16 @@ class BucketTap:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.released.set()
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def release(self) -> None:
+        """Let every held read go on (and the next ones, until `released` is cleared)."""
+        with self._changed:
+            self.released.set()
+            self._changed.notify_all()
 
     def enter_read(self) -> None:
         with self._changed:
