@@ -5,7 +5,8 @@ a server-side HF token) on moto's S3 server for the module. The bucket is reache
 through a tap (`BucketTap`, host `localhost`) that records what the bucket is sent,
 and can answer agents' presigned reads 403 as S3 does once a URL has expired. Each
 test has its own origin on 127.0.0.1 (the capped upstream host), counting the
-bodies it serves at once.
+bodies it serves at once. One case runs a server of its own on PostgreSQL (the
+slots' advisory locks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.agent.running import AgentProcess
 from tests.mirror.helpers import MiB, agent_env, blob, metric, put_dep, put_type
 from tests.support.origin import ModelOrigin
 from tests.support.s3 import BucketTap, S3Server
-from tests.support.server import RunningServer, run_server
+from tests.support.server import RunningServer, postgres_database, run_server
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -54,12 +55,7 @@ def tap(s3: S3Server) -> Iterator[BucketTap]:
 def server(s3: S3Server, tap: BucketTap,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("seams")
-    env = s3.server_env(f"s3://{BUCKET}/{PREFIX}", DEPMAN_MIRROR_FILL="auto",
-                        DEPMAN_UPSTREAM_CONCURRENCY=f"{HOST}=1",
-                        DEPMAN_HF_TOKEN=SERVER_HF,
-                        DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.3",
-                        DEPMAN_MIRROR_RETRY_SECONDS="600")
-    env["DEPMAN_MIRROR_ENDPOINT_URL"] = tap.endpoint_url
+    env = server_env(s3, tap, PREFIX)
     with run_server(f"sqlite:///{tmp / 'depman.db'}", extra_env=env, cwd=tmp) as running:
         yield running
 
@@ -113,35 +109,75 @@ def mirrored(server: RunningServer, dep_id: str, origin: ModelOrigin, data: byte
         mirror_state(server, dep_id)
 
 
-def test_a_fill_and_an_agents_download_share_the_hosts_one_slot(
-    server: RunningServer, origin: ModelOrigin, tmp_path: Path
-) -> None:
+def server_env(s3: S3Server, tap: BucketTap, prefix: str) -> dict[str, str]:
+    env = s3.server_env(f"s3://{BUCKET}/{prefix}", DEPMAN_MIRROR_FILL="auto",
+                        DEPMAN_UPSTREAM_CONCURRENCY=f"{HOST}=1",
+                        DEPMAN_HF_TOKEN=SERVER_HF,
+                        DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.3",
+                        DEPMAN_MIRROR_RETRY_SECONDS="600")
+    env["DEPMAN_MIRROR_ENDPOINT_URL"] = tap.endpoint_url
+    return env
+
+
+def share_one_slot(server: RunningServer, origin: ModelOrigin, tmp_path: Path, *,
+                   fill_first: bool) -> None:
+    """A fill and a real agent's download of another file from the capped host: one
+    starts, the other waits for it; never both at the origin, and both complete."""
     filled, _ = blob(4 * MiB)
     fetched, _ = blob(2 * MiB)
     # Slow enough that the fill and the download would overlap without the cap.
     origin.add("/up/fill-me.bin", filled, rate=512 * KiB)
     origin.add("/up/agent-gets.bin", fetched, rate=512 * KiB)
-    put_dep(server, "fill-me", origin, "/up/fill-me.bin", filled)
-    assert wait_until(lambda: origin.serving == 1, 60)  # the fill streams
-
     # No sha256: never mirrored, so the agent takes it from the capped upstream.
-    put_dep(server, "agent-gets", origin, "/up/agent-gets.bin", fetched,
-            sha256=None)
+    put_dep(server, "agent-gets", origin, "/up/agent-gets.bin", fetched, sha256=None)
     put_type(server, "sa", ["agent-gets"])
     seen_waiting: list[str] = []
+    fill_states: set[str | None] = set()
+
+    def item() -> dict[str, Any]:
+        found = queue(server, "sa-i0").get("agent-gets") or {}
+        if found.get("waitingForUpstream"):
+            seen_waiting.append(found["waitingForUpstream"])
+        return found
 
     def done() -> bool:
-        item = queue(server, "sa-i0").get("agent-gets") or {}
-        if item.get("waitingForUpstream"):
-            seen_waiting.append(item["waitingForUpstream"])
-        return item.get("state") == "succeeded" and mirror_state(server, "fill-me") == "stored"
+        fill_states.add(mirror_state(server, "fill-me"))
+        return item().get("state") == "succeeded" and "stored" in fill_states
 
-    with agent(server, tmp_path, "sa", 0) as running:
+    with ExitStack() as stack:
+        if fill_first:
+            put_dep(server, "fill-me", origin, "/up/fill-me.bin", filled)
+            assert wait_until(lambda: origin.serving == 1, 60)  # the fill streams
+        running = stack.enter_context(agent(server, tmp_path, "sa", 0))
+        if not fill_first:
+            assert wait_until(lambda: origin.serving == 1 and item().get("state") == "running",
+                              60), (queue(server, "sa-i0"), running.log())
+            put_dep(server, "fill-me", origin, "/up/fill-me.bin", filled)
         assert wait_until(done, 120, interval=0.1), (queue(server, "sa-i0"), running.log())
         assert "Traceback" not in running.log()
     assert origin.max_serving == 1
-    assert HOST in seen_waiting  # the agent's item waited while the fill held the slot
+    if fill_first:
+        assert HOST in seen_waiting  # the agent's item waited while the fill held the slot
+    else:
+        assert seen_waiting == []
     assert installed_file(tmp_path, "sa", 0, "agent-gets") == fetched
+    assert len(origin.requests_for("/up/fill-me.bin")) >= 1
+
+
+def test_a_fill_holds_the_hosts_one_slot_and_an_agents_download_waits(
+    server: RunningServer, origin: ModelOrigin, tmp_path: Path
+) -> None:
+    share_one_slot(server, origin, tmp_path, fill_first=True)
+
+
+@pytest.mark.postgres
+def test_an_agents_download_holds_the_slot_and_the_fill_waits_on_postgresql(
+    s3: S3Server, tap: BucketTap, origin: ModelOrigin, tmp_path: Path
+) -> None:
+    with postgres_database() as database, run_server(
+        database, extra_env=server_env(s3, tap, "pg"), cwd=tmp_path
+    ) as pg_server:
+        share_one_slot(pg_server, origin, tmp_path, fill_first=False)
 
 
 def test_mirror_reads_are_not_capped_while_upstream_items_wait(
