@@ -26,14 +26,6 @@ def download_urls(dep: JsonDoc) -> list[str]:
     return [str(dep["url"])] if dep.get("url") else []
 
 
-def is_unverified(dep: JsonDoc) -> bool:
-    """No sha256 for the file (or for some file of a folder model)."""
-    files = dep.get("files")
-    if isinstance(files, list) and files:
-        return any(isinstance(f, dict) and not f.get("sha256") for f in files)
-    return not dep.get("sha256")
-
-
 def hosts_outside_default(deps: Iterable[tuple[str, list[str]]]) -> dict[str, list[str]]:
     """host → ids of the entries downloading from it, for hosts the default list refuses."""
     outside: dict[str, list[str]] = {}
