@@ -22,11 +22,11 @@ MIN_CONFIDENCE = 60
 KINDS = frozenset({"function", "class", "method", "property", "import", "unreachable_code"})
 
 # Called by their decorator's framework: FastAPI routes and handlers, Typer commands,
-# pydantic validators, SQLAlchemy event hooks, pytest fixtures, hypothesis tests.
+# pydantic validators, SQLAlchemy event hooks, pytest fixtures, hypothesis tests and state machines.
 IGNORE_DECORATORS = [
     "@router.*", "@page.*", "@fragment.*", "@public.*", "@app.*", "@*_app.*",
     "@model_validator", "@field_validator", "@event.listens_for",
-    "@pytest.fixture", "@given", "@rule", "@initialize", "@invariant",
+    "@pytest.fixture", "@given", "@initialize", "@rule", "@invariant", "@precondition",
 ]
 # Called by name by a framework.
 IGNORE_NAMES = [

@@ -38,6 +38,8 @@ UPSTREAM = "upstream"
 WRONG_BYTES = frozenset({"not_the_file", "size_mismatch", "sha256_mismatch"})
 # This node's problems: no other source would help.
 STOPS = (DownloadInterrupted, DiskFull, InsufficientDiskSpace, LocalFileError)
+# The mirror answered 4xx (other than 408/429): expired URL, object gone, no access.
+MIRROR_4XX = "http_4xx"
 # How often one source's short Retry-After is waited out before moving on.
 MAX_RETRY_AFTER_WAITS = 3
 
@@ -123,10 +125,17 @@ class BadSources:
             return url in self._refused.get(sha256, ())
 
 
-def reason_of(error: DownloadError, received: int) -> str | None:
-    """The badSources reason for giving up on a source (None: not the source's fault)."""
+def reason_of(error: DownloadError, received: int, kind: str = UPSTREAM) -> str | None:
+    """The badSources reason for giving up on a source (None: not the source's fault).
+
+    An upstream's 401/403/404 is a token or catalog matter; the mirror's (a presigned
+    URL past its lifetime, an object gone from the bucket) is the mirror's fault.
+    """
     if error.reason is not None:
         return error.reason
+    if (kind == MIRROR and error.status is not None and 400 <= error.status < 500
+            and error.status not in (408, 429)):
+        return MIRROR_4XX
     if error.category == "network":
         return "stalled" if received and "timed out" in error.message.lower() else "connection"
     return None
@@ -179,7 +188,7 @@ def download_from_sources(spec: DownloadSpec, sources: list[Source], options: Do
                     if options.stop.wait(exc.retry_after):
                         raise DownloadInterrupted() from exc
                     continue
-                reason = reason_of(exc, received)
+                reason = reason_of(exc, received, source.kind)
                 failures.append(f"{source.host}: {exc.message}")
                 if reason is not None and (source.host, reason) not in report.bad:
                     report.bad.append((source.host, reason))
@@ -187,7 +196,7 @@ def download_from_sources(spec: DownloadSpec, sources: list[Source], options: Do
                     bad_sources.refuse(spec.sha256, source.url)
                     log.error("Source %s served wrong bytes for %s (%s); it is not asked "
                               "for this file again", redact_url(source.url), spec.label, reason)
-                elif exc.retryable or reason is not None:
+                elif exc.retryable or reason not in (None, MIRROR_4XX):
                     transient = True
                 if not several:
                     raise

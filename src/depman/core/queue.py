@@ -130,6 +130,7 @@ def start_generation(row: QueueItem, *, session: Session, now: datetime) -> None
     row.force_retry = False
     row.force_retry_after_ms = None
     row.handed_out_at = None
+    row.upstream_host = None
     row.waiting_upstream = None
     row.updated_at = now
 
@@ -177,6 +178,7 @@ def _poll_statement() -> Select[Any]:
             QueueItem.id,
             QueueItem.force_retry,
             QueueItem.force_retry_after_ms,
+            QueueItem.upstream_host,
         )
         .where(
             QueueItem.instance_id == bindparam("p_instance_id"),
@@ -209,6 +211,7 @@ def _poll_statement() -> Select[Any]:
             sub.c.force_retry_after_ms,
             MirrorObject.sha256.is_not(None).label("mirrored"),
             sub.c.id,
+            sub.c.upstream_host,
         )
         .select_from(Instance)
         .outerjoin(sub, sub.c.instance_id == Instance.instance_id)
@@ -312,6 +315,7 @@ def poll_queue(
                 # Handed out from the fleet mirror (resolved_document's rule): not capped.
                 mirrored=bool(row.mirrored and mirror_link is not None and row.sha256
                               and row.files is None),
+                held_host=row.upstream_host,
             )
             for row in rows
             if row.dep_id is not None and row.url is not None
@@ -320,7 +324,7 @@ def poll_queue(
         poll.waiting_upstream = len(waiting)
     for row in rows:
         (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, sources, force,
-         after, mirrored, pk) = row
+         after, mirrored, pk, _held_host) = row
         if dep_id is None or url is None:
             continue
         if allowed is not None and pk not in allowed:

@@ -22,7 +22,9 @@ no caps configured nothing here runs and a poll stays one read.
 
 The host is the one of the dep's own upstream URL (the first file's for a folder
 model). A dep handed out from the fleet mirror is not capped (the poll row says
-whether the mirror holds it, as `resolved_document` decides).
+whether the mirror holds it, as `resolved_document` decides); each hand-out
+decides anew, so an item whose earlier hand-out took a slot gives it back when it
+is handed out from the mirror.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class Candidate:
     files: list[dict[str, Any]] | None
     op: str
     mirrored: bool = False  # handed out from the fleet mirror: not the upstream's load
+    # The host whose slot an earlier hand-out of this item took (`upstream_host`), if any.
+    held_host: str | None = None
 
 
 def waiting_for_upstream(item: QueueItem) -> str | None:
@@ -142,6 +146,16 @@ def grant(
         else:
             by_host.setdefault(host, []).append(cand)
     waiting: dict[int, str] = {}
+    # Handed out without a slot now (e.g. the mirror holds the file since an earlier
+    # hand-out took one): a running download must not count against that host.
+    stale = [c.item_id for c in candidates if c.item_id in allowed and c.held_host is not None]
+    if stale:
+        with gate.begin() as conn:
+            conn.execute(
+                update(QueueItem)
+                .where(QueueItem.id.in_(stale))
+                .values(upstream_host=None, handed_out_at=None)
+            )
     if not by_host:
         return allowed, waiting
     cutoff = now - timedelta(seconds=gate.lease_seconds)

@@ -97,8 +97,8 @@ class Metrics:
         # Sources depman agents gave up on (status reports' badSources), by reason.
         self.bad_sources = Counter(
             "depman_bad_sources",
-            "Sources agents gave up on for a file, by reason (http_429, http_5xx, connection, "
-            "stalled, not_the_file, size_mismatch, sha256_mismatch, other).",
+            "Sources agents gave up on for a file, by reason (http_429, http_5xx, http_4xx, "
+            "connection, stalled, not_the_file, size_mismatch, sha256_mismatch, other).",
             ["reason"],
             registry=registry,
         )

@@ -197,8 +197,8 @@ class BytesBySource(ApiModel):
 
 # What a depman agent reports as why it gave up on a source (docs/agent.md).
 BAD_SOURCE_REASONS = frozenset({
-    "http_429", "http_5xx", "connection", "stalled", "not_the_file", "size_mismatch",
-    "sha256_mismatch",
+    "http_429", "http_5xx", "http_4xx", "connection", "stalled", "not_the_file",
+    "size_mismatch", "sha256_mismatch",
 })
 
 
