@@ -127,7 +127,7 @@ def test_fleet_document_is_applied_in_one_transaction(server: RunningServer) -> 
     }
     status, body = server.admin("POST", "/admin/fleet", doc)
     assert status == 200, body
-    assert body == {"deps": 1, "profiles": 1, "serverTypes": 1, "instances": 1}
+    assert body == {"deps": 1, "profiles": 1, "serverTypes": 1, "instances": 1, "warnings": []}
     assert server.admin("GET", f"/admin/instances/{i1}")[1]["serverType"] == s1
     # A bad entry anywhere rolls back everything.
     d2, i2 = uid("fd"), uid("fi")
