@@ -467,7 +467,7 @@ def test_the_job_channel_is_refused_at_once(server: RunningServer) -> None:
     expected = {
         "error": {
             "code": "not_found",
-            "message": "this control server runs no /api/agent job channel; "
+            "message": "this control plane runs no /api/agent job channel; "
             "use the dependency protocol (/api/dependencies/*)",
         }
     }
