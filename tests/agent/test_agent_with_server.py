@@ -99,6 +99,8 @@ def test_bundle_from_server_installs_and_refuses(fresh_server: Any, tmp_path: Pa
             assert queue["good"]["state"] == "succeeded"
             assert "sha256 mismatch" in queue["badsha"]["error"]
             assert "Download domain not allowed: evil.invalid" in queue["evil"]["error"]
+            # The error says which setting admits the host (the fix is on the instance).
+            assert "add evil.invalid to DM_ALLOWED_DOMAINS" in queue["evil"]["error"]
             assert "Missing CIVITAI_TOKEN" in queue["notoken"]["error"]
             assert wait_until(lambda: instance(fresh_server).get("installedDepIdsStatic")
                               == ["good"], 20), instance(fresh_server)

@@ -235,7 +235,7 @@ def test_static_dep_gone_from_the_inventory_is_prefetched_again(server: RunningS
 def test_empty_polls_answered_from_memory_still_see_new_items_and_pins(
     server: RunningServer,
 ) -> None:
-    """An empty poll is remembered in memory (issue 5); an enqueue or pin change ends that."""
+    """An empty poll is remembered in memory; an enqueue or pin change ends that."""
     fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("hinted"))
     for _ in range(3):  # the first asks the database, the next ones are answered from memory
