@@ -9,17 +9,31 @@ the mirror's URL, `core.queue.resolved_document`), else as upstream bytes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.mirror import stored_before
+from depman.core.receipts import Receipt
 from depman.core.states import ACTIVE_JOB_STATES, ItemState, Op
 from depman.store.models import Dep, Instance, Job, JobDep, QueueItem
 
-if TYPE_CHECKING:
-    from depman.core.reports import StatusReport
+
+class SourceReport(Protocol):
+    """What this module reads of a status report (`core.reports.StatusReport`)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def receipt(self) -> Receipt | None: ...
+    @property
+    def served_by(self) -> str | None: ...
+    @property
+    def mirror_bytes(self) -> int | None: ...
+    @property
+    def upstream_bytes(self) -> int | None: ...
+
 
 KINDS = ("mirror", "upstream")
 
@@ -27,7 +41,7 @@ KINDS = ("mirror", "upstream")
 def record_source_bytes(
     instance_id: str,
     dep_id: str,
-    report: StatusReport,
+    report: SourceReport,
     state: str | None,
     *,
     session: Session,
@@ -59,7 +73,7 @@ def record_source_bytes(
 def _bytes_of(
     instance_id: str,
     dep_id: str,
-    report: StatusReport,
+    report: SourceReport,
     state: str | None,
     *,
     session: Session,
