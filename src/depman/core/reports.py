@@ -144,7 +144,9 @@ def apply_status(
         )
     if not result.applied or result.dep_id is None:
         return result
-    wake_waiters(instance_id, result.dep_id, session=session)  # its upstream slot is free
+    if result.state != ItemState.RUNNING.value:
+        # Its upstream slot is free (a running download keeps it): wake who waits for it.
+        wake_waiters(instance_id, result.dep_id, session=session)
     if result.state == ItemState.SUCCEEDED.value:
         on_item_succeeded(
             instance_id, result.dep_id, report.item_id, report.receipt, session=session, now=now
