@@ -93,31 +93,41 @@ def test_unexpected_answers_are_logged_once_and_never_fatal(tmp_path: Path,
     assert "Traceback" not in log
 
 
-def test_size_cap_and_floor_stop_an_endless_body(tmp_path: Path) -> None:
-    (tmp_path / "ws").mkdir()
-    # A floor 24 MiB under what is free now: the body without a size must stop near it.
-    floor = shutil.disk_usage(tmp_path).free - 24 * MiB
+def test_the_expected_size_caps_an_endless_body(tmp_path: Path) -> None:
     with EndlessOrigin() as endless, FakeControlPlane() as plane:
-        plane.items = [
-            item("cap1", "d-cap", endless.url("/m/cap.bin"), "models/loras/cap.bin",
-                 expectedSizeBytes=1000),
-            item("nosize1", "d-nosize", endless.url("/m/nosize.bin"),
-                 "models/loras/nosize.bin"),
-        ]
-        with AgentProcess(env(plane, tmp_path, DM_DYNAMIC_MIN_FREE_BYTES=str(floor))) as agent:
-            assert plane.wait_for(lambda: final_state(plane, "nosize1"), 120), agent.log()
+        plane.items = [item("cap1", "d-cap", endless.url("/m/cap.bin"), "models/loras/cap.bin",
+                            expectedSizeBytes=1000)]
+        with AgentProcess(env(plane, tmp_path)) as agent:
             assert plane.wait_for(lambda: final_state(plane, "cap1")), agent.log()
             assert agent.proc is not None and agent.proc.poll() is None
     cap = final_state(plane, "cap1")
     assert cap is not None and cap["state"] == "failed"
     assert "content error" in cap["error"] and "more than the expected 1000 bytes" in cap["error"]
+    assert_space_given_back(tmp_path, "cap.bin")
+
+
+def test_the_disk_floor_stops_an_endless_body_without_a_size(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    # A floor 24 MiB under what is free now: the body must stop near it. Other tests
+    # share this disk, so the floor may already be crossed when the item starts;
+    # either way the item fails on the floor, never fills the disk.
+    floor = shutil.disk_usage(tmp_path).free - 24 * MiB
+    with EndlessOrigin() as endless, FakeControlPlane() as plane:
+        plane.items = [item("nosize1", "d-nosize", endless.url("/m/nosize.bin"),
+                            "models/loras/nosize.bin")]
+        with AgentProcess(env(plane, tmp_path, DM_DYNAMIC_MIN_FREE_BYTES=str(floor))) as agent:
+            assert plane.wait_for(lambda: final_state(plane, "nosize1"), 120), agent.log()
+            assert agent.proc is not None and agent.proc.poll() is None
     nosize = final_state(plane, "nosize1")
     assert nosize is not None and nosize["state"] == "failed"
     assert "local error" in nosize["error"] and "floor" in nosize["error"]
+    assert_space_given_back(tmp_path, "nosize.bin")
+
+
+def assert_space_given_back(tmp_path: Path, name: str) -> None:
     folder = tmp_path / "ws/ComfyUI/models/loras"
-    for name in ("cap.bin", "nosize.bin"):
-        assert not (folder / name).exists()
-        assert not partial_path(folder / name).exists()  # the space is given back
+    assert not (folder / name).exists()
+    assert not partial_path(folder / name).exists()
 
 
 def test_urls_are_redacted_everywhere_and_errors_classified(tmp_path: Path,
