@@ -139,6 +139,8 @@ class Outcome:
     server_side: list[tuple[str, int, float, float]] = field(default_factory=list)
     # The server's warnings of the window (pauses, slow periodic tasks): (second, line).
     server_warnings: list[tuple[float, str]] = field(default_factory=list)
+    # endpoint → {gateway stage: requests}: how many agent requests the memos answered.
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -467,6 +469,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 usage = sampler.usage()
                 await scraper.stop()
                 out.server_side = scraper.rows()
+                out.stages = scraper.stages()
                 if api_scraper is not None:
                     await api_scraper.stop()
                     out.server_side += [(f"{route} (API process)", *rest)
@@ -518,6 +521,18 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
 
 
 # ---------------------------------------------------------------------------- report
+
+
+def stage_view(stages: dict[str, dict[str, int]]) -> str:
+    """'heartbeat 97 % memo (13,100 / 300 / 100), ...': the memos' share per endpoint."""
+    parts = []
+    for endpoint, by_stage in sorted(stages.items()):
+        memo, quick, full = (by_stage.get(k, 0) for k in ("memo", "quick", "full"))
+        total = memo + quick + full
+        if total:
+            parts.append(f"{endpoint} {100 * memo / total:.0f} % memo "
+                         f"({memo:,} / {quick:,} / {full:,})")
+    return ", ".join(parts)
 
 
 def procs_label(o: Outcome) -> str:
@@ -672,6 +687,10 @@ def main(argv: list[str] | None = None) -> int:
             view = " ".join(f"{s}:{count}/{slow}" for s, count, slow in o.seconds_view())
             print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: per second of the "
                   f"window, agent requests / those >= 200 ms: {view}")
+    for o in outcomes:
+        if o.stages:
+            print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: agent requests "
+                  f"answered by memo / quick / full stage: {stage_view(o.stages)}")
     for o in outcomes:
         for at, line in o.server_warnings:
             print(f"  server, second {at:5.1f} of the window: {line}")

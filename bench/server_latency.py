@@ -21,6 +21,9 @@ BUCKET_RE = re.compile(
     r'route="([^"]+)",status="(\d+)"\} ([\d.e+]+)$',
     re.M,
 )
+STAGE_RE = re.compile(
+    r'^depman_agent_(memo|quick|full)_answers_total\{endpoint="([^"]+)"\} ([\d.e+]+)$', re.M
+)
 KEEP_ALIVE_EVERY = 20.0  # seconds; below the server's keep-alive timeout
 
 
@@ -31,6 +34,11 @@ def buckets(text: str) -> dict[str, dict[float, float]]:
         if status.startswith("2"):
             out[f"{method} {route}"][float(le)] += float(count)
     return out
+
+
+def stage_counts(text: str) -> dict[tuple[str, str], float]:
+    """(endpoint, gateway stage) → agent requests answered there so far."""
+    return {(endpoint, stage): float(count) for stage, endpoint, count in STAGE_RE.findall(text)}
 
 
 def quantile(cumulative: dict[float, float], q: float) -> float:
@@ -58,18 +66,21 @@ class ServerLatency:
         self.pool = Pool(host, port, 1)
         self.first: dict[str, dict[float, float]] = {}
         self.last: dict[str, dict[float, float]] = {}
+        self.first_stages: dict[tuple[str, str], float] = {}
+        self.last_stages: dict[tuple[str, str], float] = {}
         self._keeper: asyncio.Task[None] | None = None
 
-    async def _scrape(self) -> dict[str, dict[float, float]]:
+    async def _scrape(self) -> tuple[dict[str, dict[float, float]], dict[tuple[str, str], float]]:
         status, body = await self.pool.request("GET", "/metrics")
         if status != 200:
             raise HttpError(f"/metrics answered {status}")
-        return buckets(body.decode())
+        text = body.decode()
+        return buckets(text), stage_counts(text)
 
     async def start(self) -> None:
         """First scrape; then keep the connection (and so the process) until `stop`."""
         with contextlib.suppress(HttpError):
-            self.first = await self._scrape()
+            self.first, self.first_stages = await self._scrape()
         self._keeper = asyncio.ensure_future(self._keep())
 
     async def _keep(self) -> None:
@@ -83,8 +94,15 @@ class ServerLatency:
         if self._keeper is not None:
             self._keeper.cancel()
         with contextlib.suppress(HttpError):
-            self.last = await self._scrape()
+            self.last, self.last_stages = await self._scrape()
         self.pool.close()
+
+    def stages(self) -> dict[str, dict[str, int]]:
+        """endpoint → {gateway stage: agent requests it answered} over the window."""
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for (endpoint, stage), count in self.last_stages.items():
+            out[endpoint][stage] = int(count - self.first_stages.get((endpoint, stage), 0.0))
+        return dict(out)
 
     def rows(self) -> list[tuple[str, int, float, float]]:
         """(route, requests, p50 s, p99 s) over the window, busiest first."""

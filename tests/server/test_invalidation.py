@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text, update
 
 from depman.core.clock import utcnow
+from depman.core.inventory import (
+    Heartbeat,
+    inventory,
+    inventory_digest,
+    record_unchanged_heartbeat,
+)
 from depman.core.operator import retry_item
+from depman.core.policy import Policy
 from depman.core.queue import enqueue
 from depman.core.states import ItemState, Op
 from depman.server.cache.changes import Changes
@@ -143,3 +151,41 @@ def test_each_write_names_what_it_makes_stale(watched: tuple[Database, list[Chan
         session.commit()
     (changes,) = applied
     assert changes.all_beats and changes.all_instances
+
+
+def test_a_heartbeat_that_restates_the_row_writes_only_its_liveness(
+    watched: tuple[Database, list[Changes]],
+) -> None:
+    """Heartbeats of one agent land on either replica. One that only restates what the
+    row holds must leave the other replicas' heartbeat memos alone; one with a new
+    figure, failed list or telemetry must drop them."""
+    db, applied = watched
+    beat = Heartbeat(installed_static=["d"], disk_free_bytes=100, disk_total_bytes=500,
+                     failed=["x"], disk_diagnostics={"mount": "/", "ok": True})
+    with db.session() as session:
+        session.execute(
+            update(Instance)
+            .where(Instance.instance_id == "a")
+            .values(inventory_digest=inventory_digest(inventory(beat)), last_heartbeat_at=utcnow())
+        )
+        session.commit()
+    applied.clear()
+
+    def send(hb: Heartbeat) -> set[str]:
+        applied.clear()
+        with db.quick(write=True) as conn:
+            assert record_unchanged_heartbeat("a", hb, conn=conn, policy=Policy()) is not None
+        return set().union(*(c.beats | c.instances for c in applied))
+
+    assert send(beat) == {"a"}  # the figures are new to the row
+    assert send(beat) == set()  # restated: the liveness time only
+    # Omitted figures keep the stored ones, so the beat still restates the row.
+    assert send(dataclasses.replace(beat, disk_total_bytes=None, disk_diagnostics=None)) == set()
+    for changed in (
+        dataclasses.replace(beat, disk_free_bytes=90),
+        dataclasses.replace(beat, failed=[]),
+        dataclasses.replace(beat, disk_diagnostics={"mount": "/", "ok": False}),
+        dataclasses.replace(beat, disk_stats_path="/workspace"),
+    ):
+        assert send(changed) == {"a"}, changed
+        assert send(changed) == set(), changed

@@ -13,9 +13,11 @@ from sqlalchemy import (
     Connection,
     Text,
     bindparam,
+    cast,
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -129,6 +131,48 @@ def _fast_update() -> Any:
 FAST_UPDATE = _fast_update()
 
 
+def _same(column: Any, param: str, type_: Any) -> Any:
+    # A JSON value as text: the row's was written through the same serializer.
+    return cast(column, Text) == cast(bindparam(param, type_=type_), Text)
+
+
+def _kept_or_same(column: Any, param: str, type_: Any, *, as_text: bool = False) -> Any:
+    # A value the heartbeat may omit (None keeps the stored one, as FAST_UPDATE does).
+    value = bindparam(param, type_=type_)
+    same = _same(column, param, type_) if as_text else column == value
+    return or_(value.is_(None), same)
+
+
+def _restatement() -> Any:
+    # FAST_UPDATE's conditions, plus: every value it would write equals the stored one.
+    # Such a beat writes only the liveness time, which no memo reads: other replicas
+    # keep their heartbeat memos (a write of the other columns drops them).
+    return (
+        update(Instance)
+        .where(
+            Instance.instance_id == bindparam("p_instance_id"),
+            Instance.inventory_digest == bindparam("p_digest"),
+            Instance.last_heartbeat_at >= bindparam("p_cutoff", type_=UtcDateTime()),
+            _same(Instance.downloading_dep_ids, "p_downloading", JSON()),
+            _same(Instance.failed_dep_ids, "p_failed", JSON()),
+            _same(Instance.active_downloads, "p_active", JSON()),
+            _kept_or_same(Instance.disk_stats_path, "p_disk_path", Text()),
+            _kept_or_same(
+                Instance.disk_diagnostics, "p_disk_diag", JSON(none_as_null=True), as_text=True
+            ),
+            *(
+                _kept_or_same(getattr(Instance, name), f"p_{name}", BigInteger())
+                for name in SCALAR_COLUMNS
+            ),
+        )
+        .values(last_heartbeat_at=bindparam("p_now", type_=UtcDateTime()))
+        .returning(Instance.pinned_dep_ids, Instance.server_type, Instance.agent_version)
+    )
+
+
+RESTATEMENT = _restatement()
+
+
 ADD_ROWS_PG = declare_writes(
     text(
         "INSERT INTO instance_deps (instance_id, dep_id, kind, since) "
@@ -178,9 +222,10 @@ def record_unchanged_heartbeat(
 ) -> UnchangedBeat | None:
     """Write a heartbeat whose inventory the row already holds, of a live instance.
 
-    One UPDATE … RETURNING (plus one for the running items it lists as downloading);
-    None, with nothing written, when the inventory differs or the instance was not
-    live: `apply_heartbeat` does the rest.
+    One UPDATE … RETURNING (plus one for the running items it lists as downloading):
+    of the liveness time alone when the heartbeat restates what the row holds, else of
+    every column it carries (a second UPDATE). None, with nothing written, when the
+    inventory differs or the instance was not live: `apply_heartbeat` does the rest.
     """
     now = now or utcnow()
     digest = digest or inventory_digest(inventory(hb))
@@ -196,7 +241,7 @@ def record_unchanged_heartbeat(
         "p_disk_diag": hb.disk_diagnostics,
     }
     params.update({f"p_{name}": getattr(hb, name) for name in SCALAR_COLUMNS})
-    row = conn.execute(FAST_UPDATE, params).first()
+    row = conn.execute(RESTATEMENT, params).first() or conn.execute(FAST_UPDATE, params).first()
     if row is None:
         return None
     # Instance row first, queue rows second: the same lock order as status reports.
