@@ -453,11 +453,10 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 driver.t_measure, driver.t_stop = t_measure, t_stop
                 job_task = asyncio.ensure_future(driver.run(time.time()))
                 await asyncio.sleep(max(0.0, t_measure - time.time()))
-                scraper = ServerLatency("127.0.0.1", port)
+                # As docs/monitoring/ advises: with the API's own process, Prometheus
+                # scrapes that one, and the processes serving agents render nothing.
+                scraper = ServerLatency("127.0.0.1", api_port)
                 await scraper.start()
-                api_scraper = ServerLatency("127.0.0.1", api_port) if api_port != port else None
-                if api_scraper is not None:
-                    await api_scraper.start()
                 sampler.mark()
                 spy = start_py_spy(plan, server.process.pid, f"{backend}-{server_workers}p-{n}")
                 # In threads: the job driver shares this event loop, and a blocking read
@@ -470,10 +469,6 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 await scraper.stop()
                 out.server_side = scraper.rows()
                 out.stages = scraper.stages()
-                if api_scraper is not None:
-                    await api_scraper.stop()
-                    out.server_side += [(f"{route} (API process)", *rest)
-                                        for route, *rest in api_scraper.rows()]
                 if spy is not None:
                     await asyncio.to_thread(spy.wait, 120)
                 out.server_cpu, out.server_rss = usage.cpu_percent, usage.rss_peak
@@ -578,7 +573,8 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                     f"{len(lat) / o.duration:.1f}",
                     f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
                     f"{max(lat) * 1000:.1f}")
-    server = ResultTable("Server-side latency (ms), one server process's /metrics histogram",
+    server = ResultTable("Server-side latency (ms), the server's /metrics histogram "
+                         "(all its processes)",
                          ["agents", "backend", "server procs", "N", "route", "requests", "p50",
                           "p99"])
     for o in outcomes:
@@ -670,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         what = f"{kind} agents, {backend}, {procs} server process{'es' if procs > 1 else ''}"
         notes.append(f"{what}: largest N tested with p99 < {P99_TARGET * 1000:.0f} ms and no "
                      f"errors: {max(ok):,}" if ok else f"{what}: no N tested holds the target")
+    for o in outcomes:
+        if o.stages:
+            notes.append(f"{o.kind} agents, {o.backend}, N={o.n:,}: agent requests answered "
+                         f"by the memo / quick / full stage: {stage_view(o.stages)}")
     notes.append(f"Measured {plan.duration:.0f} s per run, from {plan.warmup:.0f} s after every "
                  f"agent was up (registered and sent its first heartbeat); agents start "
                  f"over max({plan.ramp:.0f} s, N / {REGISTER_RATE:.0f} s), and 'boot s' is the "
@@ -687,10 +687,6 @@ def main(argv: list[str] | None = None) -> int:
             view = " ".join(f"{s}:{count}/{slow}" for s, count, slow in o.seconds_view())
             print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: per second of the "
                   f"window, agent requests / those >= 200 ms: {view}")
-    for o in outcomes:
-        if o.stages:
-            print(f"{o.kind} {o.backend} {o.server_workers}p N={o.n:,}: agent requests "
-                  f"answered by memo / quick / full stage: {stage_view(o.stages)}")
     for o in outcomes:
         for at, line in o.server_warnings:
             print(f"  server, second {at:5.1f} of the window: {line}")

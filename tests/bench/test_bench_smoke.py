@@ -45,6 +45,7 @@ def test_download_smoke(tmp_path: Path) -> None:
 def test_fleet_smoke(tmp_path: Path) -> None:
     text = run_smoke("fleet", tmp_path)
     assert "heartbeat" in text and "queue" in text
+    assert "answered by the memo / quick / full stage" in text
 
 
 def test_inventory_check_smoke(tmp_path: Path) -> None:
