@@ -96,12 +96,9 @@ SCALAR_COLUMNS = (
 )
 
 
-def _fast_update() -> Any:
-    # Built once; optional scalars keep their stored value when the heartbeat omits them.
-    keep = {
-        name: func.coalesce(bindparam(f"p_{name}", type_=BigInteger), getattr(Instance, name))
-        for name in SCALAR_COLUMNS
-    }
+def _unchanged_live_row() -> Any:
+    # The UPDATE … RETURNING of both statements below: the row of a live instance whose
+    # stored inventory is the heartbeat's.
     return (
         update(Instance)
         .where(
@@ -109,22 +106,30 @@ def _fast_update() -> Any:
             Instance.inventory_digest == bindparam("p_digest"),
             Instance.last_heartbeat_at >= bindparam("p_cutoff", type_=UtcDateTime()),
         )
-        .values(
-            last_heartbeat_at=bindparam("p_now", type_=UtcDateTime()),
-            downloading_dep_ids=bindparam("p_downloading", type_=JSON()),
-            failed_dep_ids=bindparam("p_failed", type_=JSON()),
-            active_downloads=bindparam("p_active", type_=JSON()),
-            disk_stats_path=func.coalesce(
-                bindparam("p_disk_path", type_=Text()), Instance.disk_stats_path
-            ),
-            disk_diagnostics=func.coalesce(
-                bindparam("p_disk_diag", type_=JSON(none_as_null=True)),
-                Instance.disk_diagnostics,
-                type_=JSON(),
-            ),
-            **keep,
-        )
         .returning(Instance.pinned_dep_ids, Instance.server_type, Instance.agent_version)
+    )
+
+
+def _fast_update() -> Any:
+    # Built once; optional scalars keep their stored value when the heartbeat omits them.
+    keep = {
+        name: func.coalesce(bindparam(f"p_{name}", type_=BigInteger), getattr(Instance, name))
+        for name in SCALAR_COLUMNS
+    }
+    return _unchanged_live_row().values(
+        last_heartbeat_at=bindparam("p_now", type_=UtcDateTime()),
+        downloading_dep_ids=bindparam("p_downloading", type_=JSON()),
+        failed_dep_ids=bindparam("p_failed", type_=JSON()),
+        active_downloads=bindparam("p_active", type_=JSON()),
+        disk_stats_path=func.coalesce(
+            bindparam("p_disk_path", type_=Text()), Instance.disk_stats_path
+        ),
+        disk_diagnostics=func.coalesce(
+            bindparam("p_disk_diag", type_=JSON(none_as_null=True)),
+            Instance.disk_diagnostics,
+            type_=JSON(),
+        ),
+        **keep,
     )
 
 
@@ -144,15 +149,12 @@ def _kept_or_same(column: Any, param: str, type_: Any, *, as_text: bool = False)
 
 
 def _restatement() -> Any:
-    # FAST_UPDATE's conditions, plus: every value it would write equals the stored one.
-    # Such a beat writes only the liveness time, which no memo reads: other replicas
-    # keep their heartbeat memos (a write of the other columns drops them).
+    # FAST_UPDATE's row, when every value it would write equals the stored one. Such a
+    # beat writes only the liveness time, which no memo reads: other replicas keep
+    # their heartbeat memos (a write of the other columns drops them).
     return (
-        update(Instance)
+        _unchanged_live_row()
         .where(
-            Instance.instance_id == bindparam("p_instance_id"),
-            Instance.inventory_digest == bindparam("p_digest"),
-            Instance.last_heartbeat_at >= bindparam("p_cutoff", type_=UtcDateTime()),
             _same(Instance.downloading_dep_ids, "p_downloading", JSON()),
             _same(Instance.failed_dep_ids, "p_failed", JSON()),
             _same(Instance.active_downloads, "p_active", JSON()),
@@ -166,7 +168,6 @@ def _restatement() -> Any:
             ),
         )
         .values(last_heartbeat_at=bindparam("p_now", type_=UtcDateTime()))
-        .returning(Instance.pinned_dep_ids, Instance.server_type, Instance.agent_version)
     )
 
 
