@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import RunningServer, postgres_database, run_server
+from tests.support.server import RunningServer, postgres_database, start_own_server
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -53,15 +53,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def fresh_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
-    """A live `depman server` of this test's own, on a SQLite file.
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    """A live `depman server`: the one name tests and fixtures ask for it by.
 
-    Live servers have two names: `fresh_server`, started for one test, and `server`,
-    shared by a module or package (tests/server/conftest.py, tests/cli/conftest.py);
-    tests/server/ runs `fresh_server` on PostgreSQL too.
-    `@pytest.mark.server_env(DEPMAN_RUNNING_TIMEOUT_SECONDS="1")` sets server env vars.
+    Here it is a server of the test's own, on a SQLite file. tests/server/ and tests/cli/
+    share it instead, as a start costs seconds: one server per backend for the package
+    (each test runs on SQLite and on PostgreSQL), and one per module. There
+    `@pytest.mark.own_server` (`pytestmark = pytest.mark.own_server` for a module) gives a
+    test a server of its own, for a test whose server-wide state (audit log, counters,
+    fixed ids) others must not see. `@pytest.mark.server_env(DEPMAN_RUNNING_TIMEOUT_SECONDS="1")`
+    sets the server's env vars, which only a server started for the test can take, so it
+    implies `own_server`. A module whose tests need a differently configured server (fake
+    hubs, a mirror) overrides `server` with a module-scoped fixture.
     """
-    marker = request.node.get_closest_marker("server_env")
-    extra = dict(marker.kwargs) if marker else {}
-    with run_server(f"sqlite:///{tmp_path / 'depman.db'}", extra_env=extra, cwd=tmp_path) as server:
+    with start_own_server(request, "sqlite", tmp_path) as server:
         yield server

@@ -63,7 +63,7 @@ def items(server: Any) -> dict[str, dict[str, Any]]:
     return {i["depId"]: i for i in body["items"]}
 
 
-def test_bundle_from_server_installs_and_refuses(fresh_server: Any, tmp_path: Path) -> None:
+def test_bundle_from_server_installs_and_refuses(server: Any, tmp_path: Path) -> None:
     good, good_sha = payload(3 * MiB + 7)
     bad, _ = payload(MiB)
     with ModelOrigin() as origin:
@@ -72,7 +72,7 @@ def test_bundle_from_server_installs_and_refuses(fresh_server: Any, tmp_path: Pa
         origin.add("/hf/bad.bin", bad, corrupt="always")
         origin.add("/hf/evil.bin", b"x", redirect="http://evil.invalid/steal")
         origin.add("/civ/c.bin", b"y")
-        setup_fleet(fresh_server, {
+        setup_fleet(server, {
             "good": dep(origin, "/hf/good.bin", "models/checkpoints/good.safetensors", good,
                         auth="hf_token"),
             "badsha": dep(origin, "/hf/bad.bin", "models/loras/bad.safetensors", bad),
@@ -81,29 +81,29 @@ def test_bundle_from_server_installs_and_refuses(fresh_server: Any, tmp_path: Pa
                            auth="civitai_token"),
         }, static=["good", "badsha", "evil", "notoken"])
 
-        with urllib.request.urlopen(fresh_server.root_url + "/agent/depman-agent.pyz") as resp:
+        with urllib.request.urlopen(server.root_url + "/agent/depman-agent.pyz") as resp:
             bundle_data, header_sha = resp.read(), resp.headers["X-Depman-Agent-Sha256"]
         assert hashlib.sha256(bundle_data).hexdigest() == header_sha
         bundle = tmp_path / "agent.pyz"
         bundle.write_bytes(bundle_data)
 
-        env = agent_env(fresh_server, tmp_path, HF_TOKEN="hf_test_token",
+        env = agent_env(server, tmp_path, HF_TOKEN="hf_test_token",
                         DM_DOWNLOAD_CONNECTIONS="3")
         with AgentProcess(env, bundle=bundle) as agent:
             agent.wait_for_line(r"Registered dependency agent: instanceId=i1")
             done = wait_until(lambda: all(i["state"] in ("succeeded", "failed")
-                                          for i in items(fresh_server).values())
-                              and len(items(fresh_server)) == 4, 60)
-            assert done, items(fresh_server)
-            queue = items(fresh_server)
+                                          for i in items(server).values())
+                              and len(items(server)) == 4, 60)
+            assert done, items(server)
+            queue = items(server)
             assert queue["good"]["state"] == "succeeded"
             assert "sha256 mismatch" in queue["badsha"]["error"]
             assert "Download domain not allowed: evil.invalid" in queue["evil"]["error"]
             # The error says which setting admits the host (the fix is on the instance).
             assert "add evil.invalid to DM_ALLOWED_DOMAINS" in queue["evil"]["error"]
             assert "Missing CIVITAI_TOKEN" in queue["notoken"]["error"]
-            assert wait_until(lambda: instance(fresh_server).get("installedDepIdsStatic")
-                              == ["good"], 20), instance(fresh_server)
+            assert wait_until(lambda: instance(server).get("installedDepIdsStatic")
+                              == ["good"], 20), instance(server)
             assert agent.stop() == 0
         log = agent.log()
     target = tmp_path / "ws/ComfyUI/models/checkpoints/good.safetensors"
@@ -111,25 +111,25 @@ def test_bundle_from_server_installs_and_refuses(fresh_server: Any, tmp_path: Pa
     assert not (tmp_path / "ws/ComfyUI/models/loras/bad.safetensors").exists()
     cdn = [r for r in origin.requests if r.host.startswith("localhost")]
     assert cdn and all(r.authorization is None for r in cdn)
-    assert "hf_test_token" not in log and fresh_server.shared_secret not in log
+    assert "hf_test_token" not in log and server.shared_secret not in log
     assert "token=secret" not in log  # CDN query strings are never logged
     assert "Dependency agent stopped" in log
 
 
-def test_path_traversal_refused(fresh_server: Any, tmp_path: Path) -> None:
+def test_path_traversal_refused(server: Any, tmp_path: Path) -> None:
     with ModelOrigin() as origin:
         origin.add("/m/x.bin", b"data")
         for rel in ("../outside.bin", "/etc/evil.bin"):
-            status, _ = fresh_server.admin("PUT", "/admin/deps/esc", dep(
+            status, _ = server.admin("PUT", "/admin/deps/esc", dep(
                 origin, "/m/x.bin", rel, b"data"))
             if status >= 400:
                 continue  # the server refuses it already; the agent test is in test_eviction
-            setup_fleet(fresh_server, {}, static=["esc"])
-            with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
+            setup_fleet(server, {}, static=["esc"])
+            with AgentProcess(agent_env(server, tmp_path)) as agent:
                 agent.wait_for_line(r"Registered dependency agent")
-                assert wait_until(lambda: items(fresh_server).get("esc", {}).get("state")
+                assert wait_until(lambda: items(server).get("esc", {}).get("state")
                                   == "failed", 30)
-                assert "Refusing" in items(fresh_server)["esc"]["error"]
+                assert "Refusing" in items(server)["esc"]["error"]
             assert not (tmp_path / "ws" / "outside.bin").exists()
 
 
@@ -151,7 +151,7 @@ def finish_job(server: Any, job_id: str) -> None:
     assert status == 200, body
 
 
-def test_touch_missing_file_and_lru_eviction(fresh_server: Any, tmp_path: Path) -> None:
+def test_touch_missing_file_and_lru_eviction(server: Any, tmp_path: Path) -> None:
     blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3")}
     with ModelOrigin() as origin:
         deps = {}
@@ -159,31 +159,31 @@ def test_touch_missing_file_and_lru_eviction(fresh_server: Any, tmp_path: Path) 
             origin.add(f"/m/{name}.bin", data)
             deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
                              kind="dynamic")
-        setup_fleet(fresh_server, deps, static=[], policy={
+        setup_fleet(server, deps, static=[], policy={
             "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
             "evictionBatchMax": 5, "pinTtlSeconds": 0})
-        env = agent_env(fresh_server, tmp_path, DM_VERBOSE_PROGRESS="1")
+        env = agent_env(server, tmp_path, DM_VERBOSE_PROGRESS="1")
         loras = tmp_path / "ws/ComfyUI/models/loras"
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent: instanceId=i1")
-            run_job(fresh_server, ["d1"], "j1")
-            finish_job(fresh_server, "j1")
-            run_job(fresh_server, ["d2"], "j2")
-            finish_job(fresh_server, "j2")
-            wait_dynamic(fresh_server, ["d1", "d2"])
+            run_job(server, ["d1"], "j1")
+            finish_job(server, "j1")
+            run_job(server, ["d2"], "j2")
+            finish_job(server, "j2")
+            wait_dynamic(server, ["d1", "d2"])
             # d1 vanishes behind the agent's back: a touch must download it again.
             (loras / "d1.bin").unlink()
-            run_job(fresh_server, ["d1"], "j3")
+            run_job(server, ["d1"], "j3")
             # The server still believed d1 was held, so j3 may be ready at once; the touch
             # item it queued is what brings the file back.
             assert wait_until(lambda: (loras / "d1.bin").exists()
-                              and items(fresh_server)["d1"]["state"] == "succeeded", 30)
+                              and items(server)["d1"]["state"] == "succeeded", 30)
             assert (loras / "d1.bin").read_bytes() == blobs["d1"]
-            finish_job(fresh_server, "j3")
+            finish_job(server, "j3")
             # d3 pushes the dynamic bytes over the cap: d2 is now least recently used.
-            run_job(fresh_server, ["d3"], "j4")
-            finish_job(fresh_server, "j4")
-            wait_dynamic(fresh_server, ["d1", "d3"])
+            run_job(server, ["d3"], "j4")
+            finish_job(server, "j4")
+            wait_dynamic(server, ["d1", "d3"])
             assert not (loras / "d2.bin").exists()
             agent.wait_for_line(r"Evicted dynamic dep d2")
             assert agent.stop() == 0

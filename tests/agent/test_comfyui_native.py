@@ -113,7 +113,7 @@ def file_doc(origin: ModelOrigin, path: str, data: bytes) -> dict[str, Any]:
     }
 
 
-def test_roots_folder_models_and_the_comfyui_check(fresh_server: Any, tmp_path: Path) -> None:
+def test_roots_folder_models_and_the_comfyui_check(server: Any, tmp_path: Path) -> None:
     comfy = tmp_path / "ws/ComfyUI"
     shared = tmp_path / "shared"
     comfy.mkdir(parents=True)
@@ -163,8 +163,8 @@ def test_roots_folder_models_and_the_comfyui_check(fresh_server: Any, tmp_path: 
         deps["t5-profile-root"] = {"url": origin.url("/t5.bin"), "type": "clip",
                                    "filename": "t5.safetensors", "kind": "static",
                                    "sha256": hashlib.sha256(t5).hexdigest()}
-        setup_fleet(fresh_server, deps, static=list(deps))
-        put(fresh_server, "/admin/profiles/p1", {"staticDepIds": list(deps),
+        setup_fleet(server, deps, static=list(deps))
+        put(server, "/admin/profiles/p1", {"staticDepIds": list(deps),
                                                   "prefetchOnBoot": True, "root": "shared"})
         # This ComfyUI scans the shared loras but not the shared checkpoints folder.
         scanned = {
@@ -173,17 +173,17 @@ def test_roots_folder_models_and_the_comfyui_check(fresh_server: Any, tmp_path: 
         }
         with (
             fake_comfyui(scanned) as comfy_url,
-            AgentProcess(agent_env(fresh_server, tmp_path, DM_COMFYUI_URL=comfy_url)) as agent,
+            AgentProcess(agent_env(server, tmp_path, DM_COMFYUI_URL=comfy_url)) as agent,
         ):
             agent.wait_for_line(r"Model roots from .*: a111, shared")
             assert wait_until(
                 lambda: (
-                    sorted(instance(fresh_server).get("installedDepIdsStatic") or [])
+                    sorted(instance(server).get("installedDepIdsStatic") or [])
                     == sorted(deps)
                 ),
                 60,
-            ), instance(fresh_server)
-            queue = items(fresh_server)
+            ), instance(server)
+            queue = items(server)
             assert queue["lora-shared"]["error"] is None
             assert queue["ckpt-shared"]["state"] == "succeeded"
             assert "does not list base.safetensors in checkpoints" in queue["ckpt-shared"]["error"]
@@ -199,7 +199,7 @@ def test_roots_folder_models_and_the_comfyui_check(fresh_server: Any, tmp_path: 
 
 
 def test_folder_model_survives_kill_9_and_is_evicted_as_one(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     first, _ = payload(MiB, seed=4)
     second, _ = payload(4 * MiB, seed=5)
@@ -230,7 +230,7 @@ def test_folder_model_survives_kill_9_and_is_evicted_as_one(
             },
         }
         setup_fleet(
-            fresh_server,
+            server,
             deps,
             static=[],
             policy={
@@ -241,8 +241,8 @@ def test_folder_model_survives_kill_9_and_is_evicted_as_one(
                 "pinTtlSeconds": 0,
             },
         )
-        env = agent_env(fresh_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
-        status, body = fresh_server.admin(
+        env = agent_env(server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
+        status, body = server.admin(
             "POST", "/jobs", {"serverType": "st", "depIds": ["m"], "jobId": "jm"}
         )
         assert status == 200, body
@@ -261,25 +261,25 @@ def test_folder_model_survives_kill_9_and_is_evicted_as_one(
         origin.files["/m/b/c.safetensors"].rate = None
         with AgentProcess(env) as agent:
             assert wait_until(
-                lambda: "m" in (instance(fresh_server).get("installedDepIdsDynamic") or []), 60
-            ), instance(fresh_server)
+                lambda: "m" in (instance(server).get("installedDepIdsDynamic") or []), 60
+            ), instance(server)
             assert (folder / "a.safetensors").read_bytes() == first
             assert (folder / "b/c.safetensors").read_bytes() == second
             assert not staging.exists()
             # The verified first file was not fetched again after the kill.
             assert len(origin.requests_for("/m/a.safetensors")) == 1
-            status, body = fresh_server.admin("POST", "/jobs/jm/start")
-            status, body = fresh_server.admin("POST", "/jobs/jm/complete", {"ok": True})
+            status, body = server.admin("POST", "/jobs/jm/start")
+            status, body = server.admin("POST", "/jobs/jm/complete", {"ok": True})
             assert status == 200, body
             # One more dynamic dep goes over the cap: the folder model leaves as one unit.
-            status, body = fresh_server.admin(
+            status, body = server.admin(
                 "POST", "/jobs", {"serverType": "st", "depIds": ["other"], "jobId": "jo"}
             )
             assert status == 200, body
             agent.wait_for_line(r"Evicted dynamic dep m ")
             assert wait_until(
-                lambda: instance(fresh_server).get("installedDepIdsDynamic") == ["other"], 30
-            ), instance(fresh_server)
+                lambda: instance(server).get("installedDepIdsDynamic") == ["other"], 30
+            ), instance(server)
             assert agent.stop() == 0
     assert not folder.exists()
     leftovers = [p.name for p in (comfy / "models/diffusers").iterdir()]
@@ -290,7 +290,7 @@ def test_folder_model_survives_kill_9_and_is_evicted_as_one(
 
 
 def test_civitai_source_downloads_through_its_storage_redirect(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     """civitai:// resolved by the server; the agent follows the redirect to the storage
     host (another host name) with the token sent to the catalog host only."""
@@ -300,14 +300,14 @@ def test_civitai_source_downloads_through_its_storage_redirect(
     hubs.versions[version] = CivitaiVersion(
         "LORA", [("civ.safetensors", data, "Model", True)], storage_host="localhost"
     )
-    setup_fleet(fresh_server, {"civ": {"url": f"civitai://{version}", "auth": "civitai_token",
+    setup_fleet(server, {"civ": {"url": f"civitai://{version}", "auth": "civitai_token",
                                         "kind": "static"}}, static=["civ"])
-    status, dep = fresh_server.admin("GET", "/admin/deps/civ")
+    status, dep = server.admin("GET", "/admin/deps/civ")
     assert status == 200 and dep["sha256"] == digest, dep
-    env = agent_env(fresh_server, tmp_path, CIVITAI_TOKEN="civ-secret-token")
+    env = agent_env(server, tmp_path, CIVITAI_TOKEN="civ-secret-token")
     with AgentProcess(env) as agent:
-        assert wait_until(lambda: instance(fresh_server).get("installedDepIdsStatic")
-                          == ["civ"], 30), instance(fresh_server)
+        assert wait_until(lambda: instance(server).get("installedDepIdsStatic")
+                          == ["civ"], 30), instance(server)
         assert agent.stop() == 0
     assert (tmp_path / "ws/ComfyUI/models/loras/civ.safetensors").read_bytes() == data
     seen = [(p, a) for p, a in hubs.authorizations if version in p]

@@ -33,7 +33,7 @@ pytest.importorskip("depman.server")
 KiB, MiB = 1024, 1024 * 1024
 
 
-def test_planted_partial_links_are_not_followed(fresh_server: Any, tmp_path: Path) -> None:
+def test_planted_partial_links_are_not_followed(server: Any, tmp_path: Path) -> None:
     small, big, resumed = payload(64 * KiB)[0], payload(3 * MiB)[0], payload(64 * KiB)[0]
     linked = payload(64 * KiB)[0]
     outside = tmp_path / "outside"
@@ -69,11 +69,11 @@ def test_planted_partial_links_are_not_followed(fresh_server: Any, tmp_path: Pat
         # adopted through the link; the download replaces the link, not its target.
         (outside / "twin.bin").write_bytes(linked)
         (loras / "linked.bin").symlink_to(outside / "twin.bin")
-        setup_fleet(fresh_server, deps, static=sorted(deps))
-        with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
+        setup_fleet(server, deps, static=sorted(deps))
+        with AgentProcess(agent_env(server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            assert wait_until(lambda: instance(fresh_server).get("installedDepIdsStatic")
-                              == sorted(deps), 40), (items(fresh_server), agent.log())
+            assert wait_until(lambda: instance(server).get("installedDepIdsStatic")
+                              == sorted(deps), 40), (items(server), agent.log())
             assert agent.stop() == 0
         assert origin.requests_for("/m/linked.bin")
     assert (outside / "twin.bin").read_bytes() == linked
@@ -88,7 +88,7 @@ def test_planted_partial_links_are_not_followed(fresh_server: Any, tmp_path: Pat
     assert victim.read_bytes() == b"keep me" * 1000
 
 
-def test_linked_folder_leading_out_is_refused(fresh_server: Any, tmp_path: Path) -> None:
+def test_linked_folder_leading_out_is_refused(server: Any, tmp_path: Path) -> None:
     data = payload(64 * KiB)[0]
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -101,17 +101,17 @@ def test_linked_folder_leading_out_is_refused(fresh_server: Any, tmp_path: Path)
         unknown_root = {"url": origin.url("/m/x.bin"), "type": "loras", "filename": "y.bin",
                         "root": "no-such-volume", "sha256": hashlib.sha256(data).hexdigest(),
                         "kind": "static"}
-        setup_fleet(fresh_server, {
+        setup_fleet(server, {
             "linked": dep(origin, "/m/x.bin", "models/loras/x.bin", data),
             "dangling": dep(origin, "/m/x.bin", "models/vae/sub/x.bin", data),
             "unknown-root": unknown_root,
         }, static=["linked", "dangling", "unknown-root"])
-        with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
+        with AgentProcess(agent_env(server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: all(i["state"] == "failed"
-                                          for i in items(fresh_server).values())
-                              and len(items(fresh_server)) == 3, 30), items(fresh_server)
-            found = items(fresh_server)
+                                          for i in items(server).values())
+                              and len(items(server)) == 3, 30), items(server)
+            found = items(server)
             for dep_id in ("linked", "dangling"):
                 assert found[dep_id]["error"].startswith("local error: Refusing destRelativePath")
                 assert "outside the ComfyUI folder" in found[dep_id]["error"]
@@ -127,7 +127,7 @@ def test_linked_folder_leading_out_is_refused(fresh_server: Any, tmp_path: Path)
     assert not list(origin.requests)  # refused before any network traffic
 
 
-def test_eviction_never_deletes_through_a_link(fresh_server: Any, tmp_path: Path) -> None:
+def test_eviction_never_deletes_through_a_link(server: Any, tmp_path: Path) -> None:
     blobs = {name: payload(64 * KiB)[0] for name in ("e1", "e2")}
     outside = tmp_path / "outside"
     folder = tmp_path / "ws/ComfyUI/models/vae"
@@ -137,30 +137,30 @@ def test_eviction_never_deletes_through_a_link(fresh_server: Any, tmp_path: Path
             origin.add(f"/m/{name}.bin", data)
             deps[name] = dep(origin, f"/m/{name}.bin", f"models/vae/{name}.bin", data,
                              kind="dynamic")
-        setup_fleet(fresh_server, deps, static=[], policy={
+        setup_fleet(server, deps, static=[], policy={
             "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 1,
             "evictionBatchMax": 5, "pinTtlSeconds": 0})
-        env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+        env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            run_job(fresh_server, ["e1"], "j1")
-            finish_job(fresh_server, "j1")
-            wait_dynamic(fresh_server, ["e1"])
+            run_job(server, ["e1"], "j1")
+            finish_job(server, "j1")
+            wait_dynamic(server, ["e1"])
             # The folder is swapped for a link to an identical copy outside the ComfyUI folder.
             shutil.copytree(folder, outside, copy_function=shutil.copy2)
             shutil.rmtree(folder)
             folder.symlink_to(outside)
-            wait_dynamic(fresh_server, [])
+            wait_dynamic(server, [])
             agent.wait_for_line(r"Dep e1 is no longer reported as installed: .*outside")
             # A download with the cap at one byte would evict e1 if the agent still held it.
-            setup_fleet(fresh_server, {"e2": {**deps["e2"],
+            setup_fleet(server, {"e2": {**deps["e2"],
                                                "destRelativePath": "models/loras/e2.bin"}},
                         static=[], policy={"enabled": True, "minFreeBytes": 0,
                                            "maxDynamicBytes": 1, "evictionBatchMax": 5,
                                            "pinTtlSeconds": 0})
-            run_job(fresh_server, ["e2"], "j2")
-            finish_job(fresh_server, "j2")
-            wait_dynamic(fresh_server, ["e2"])
+            run_job(server, ["e2"], "j2")
+            finish_job(server, "j2")
+            wait_dynamic(server, ["e2"])
             assert agent.stop() == 0
     assert (outside / "e1.bin").read_bytes() == blobs["e1"]
 
@@ -187,7 +187,7 @@ def test_evictor_confines_right_before_deleting(tmp_path: Path) -> None:
     assert (outside / "a.bin").exists()
 
 
-def test_folder_relinked_during_a_download(fresh_server: Any, tmp_path: Path) -> None:
+def test_folder_relinked_during_a_download(server: Any, tmp_path: Path) -> None:
     """The folder becomes a link out while bytes flow: the agent stops, writes nothing out."""
     data = payload(512 * KiB)[0]
     outside = tmp_path / "outside"
@@ -197,17 +197,17 @@ def test_folder_relinked_during_a_download(fresh_server: Any, tmp_path: Path) ->
     with ModelOrigin() as origin:
         # Slow, and the connection drops once halfway: the retry must not follow the link.
         origin.add("/m/slow.bin", data, rate=128 * KiB, drop_after=256 * KiB)
-        setup_fleet(fresh_server, {"slow": dep(origin, "/m/slow.bin", "models/loras/slow.bin",
+        setup_fleet(server, {"slow": dep(origin, "/m/slow.bin", "models/loras/slow.bin",
                                                 data)}, static=["slow"])
-        env = agent_env(fresh_server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
+        env = agent_env(server, tmp_path, DM_DOWNLOAD_CONNECTIONS="1")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             partial = partial_path(loras / "slow.bin")
             assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 30)
             loras.rename(loras.with_name("loras.old"))
             loras.symlink_to(outside)
-            assert wait_until(lambda: items(fresh_server).get("slow", {}).get("state")
+            assert wait_until(lambda: items(server).get("slow", {}).get("state")
                               == "failed", 30), agent.log()
-            assert "outside the ComfyUI folder" in items(fresh_server)["slow"]["error"]
+            assert "outside the ComfyUI folder" in items(server)["slow"]["error"]
             assert agent.stop() == 0
     assert list(outside.iterdir()) == []

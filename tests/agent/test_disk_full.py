@@ -64,18 +64,18 @@ def state_of(workspace: Path) -> dict[str, Any]:
 
 
 def test_disk_full_fails_the_item_and_the_agent_keeps_serving(
-        fresh_server: Any, small_disk: Path, tmp_path: Path) -> None:
+        server: Any, small_disk: Path, tmp_path: Path) -> None:
     data, _ = payload(24 * MiB, seed=7)
     small, _ = payload(64 * 1024, seed=8)
     workspace = small_disk
     with ModelOrigin() as origin:
         origin.add("/m/big.bin", data, rate=4 * MiB)
         origin.add("/m/small.bin", small)
-        setup_fleet(fresh_server, {
+        setup_fleet(server, {
             "big": dep(origin, "/m/big.bin", "models/checkpoints/big.bin", data),
             "small": dep(origin, "/m/small.bin", "models/loras/small.bin", small),
         }, ["big"])
-        env = agent_env(fresh_server, tmp_path, WORKSPACE=str(workspace),
+        env = agent_env(server, tmp_path, WORKSPACE=str(workspace),
                         DM_DOWNLOAD_CONNECTIONS="2")
         partial = partial_path(workspace / "ComfyUI/models/checkpoints/big.bin")
         filler = workspace / "filler.bin"
@@ -83,9 +83,9 @@ def test_disk_full_fails_the_item_and_the_agent_keeps_serving(
             agent.wait_for_line("Downloading big")
             assert wait_until(lambda: partial.exists() and partial.stat().st_blocks > 0, 30)
             fill(filler)  # another process takes the rest of the disk mid-download
-            assert wait_until(lambda: items(fresh_server).get("big", {}).get("state")
+            assert wait_until(lambda: items(server).get("big", {}).get("state")
                               == "failed", 60), agent.log()
-            error = items(fresh_server)["big"]["error"]
+            error = items(server)["big"]["error"]
             assert "local error: Disk full" in error, error
             assert not partial.exists()  # the partial is removed: its space comes back
             assert not (workspace / "ComfyUI/models/checkpoints/big.bin").exists()

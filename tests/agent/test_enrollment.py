@@ -24,51 +24,51 @@ def rental_env(server: Any, tmp_path: Path, server_type: str, container_id: str)
 
 
 def test_undeclared_rental_enrols_and_prefetches_its_static_deps(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     data, _ = payload(64 * 1024)
     with ModelOrigin() as origin:
         origin.add("/m/base.safetensors", data)
-        put(fresh_server, "/admin/deps/base", dep(origin, "/m/base.safetensors",
+        put(server, "/admin/deps/base", dep(origin, "/m/base.safetensors",
                                                    "models/checkpoints/base.safetensors", data))
-        put(fresh_server, "/admin/profiles/core", {"staticDepIds": ["base"],
+        put(server, "/admin/profiles/core", {"staticDepIds": ["base"],
                                                     "prefetchOnBoot": True})
-        put(fresh_server, "/admin/server-types/sdxl-worker",
+        put(server, "/admin/server-types/sdxl-worker",
             {"modelManagement": {"profileId": "core"}})
-        with AgentProcess(rental_env(fresh_server, tmp_path, "sdxl-worker", "4242")) as agent:
+        with AgentProcess(rental_env(server, tmp_path, "sdxl-worker", "4242")) as agent:
             agent.wait_for_line(r"Registered dependency agent: instanceId=4242")
 
             def held() -> Any:
-                status, body = fresh_server.admin("GET", "/admin/instances/4242")
+                status, body = server.admin("GET", "/admin/instances/4242")
                 return status == 200 and body["dependencyManager"].get("installedDepIdsStatic")
 
             assert wait_until(lambda: held() == ["base"], 30), agent.log()
-    _, body = fresh_server.admin("GET", "/admin/instances/4242")
+    _, body = server.admin("GET", "/admin/instances/4242")
     assert body["serverType"] == "sdxl-worker"
     target = tmp_path / "ws-4242/ComfyUI/models/checkpoints/base.safetensors"
     assert target.read_bytes() == data
 
 
 def test_unknown_type_and_declared_only_type_are_refused_once_in_the_log(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
-    put(fresh_server, "/admin/profiles/core", {"staticDepIds": [], "prefetchOnBoot": True})
-    put(fresh_server, "/admin/server-types/sdxl-worker",
+    put(server, "/admin/profiles/core", {"staticDepIds": [], "prefetchOnBoot": True})
+    put(server, "/admin/server-types/sdxl-worker",
         {"modelManagement": {"profileId": "core", "enrollment": "declared"}})
-    with AgentProcess(rental_env(fresh_server, tmp_path, "sdxl-wroker", "5151")) as agent:
+    with AgentProcess(rental_env(server, tmp_path, "sdxl-wroker", "5151")) as agent:
         line = agent.wait_for_line(r"Register failed: .*")
         assert "known server types: sdxl-worker" in line.group(0)
         assert "SERVER_TYPE" in line.group(0)
         assert agent.proc is not None and agent.proc.poll() is None  # backs off, keeps trying
-    with AgentProcess(rental_env(fresh_server, tmp_path, "sdxl-worker", "5152")) as agent:
+    with AgentProcess(rental_env(server, tmp_path, "sdxl-worker", "5152")) as agent:
         line = agent.wait_for_line(r"Register failed: .*")
         assert "depman apply" in line.group(0)
         assert "PUT /api/admin/instances/5152" in line.group(0)
         assert "declare this instance" in line.group(0)
-        assert fresh_server.admin("GET", "/admin/instances/5151")[0] == 404
-        assert fresh_server.admin("GET", "/admin/instances/5152")[0] == 404
+        assert server.admin("GET", "/admin/instances/5151")[0] == 404
+        assert server.admin("GET", "/admin/instances/5152")[0] == 404
         # The fix is on the server: once declared, the agent's next attempt registers.
-        put(fresh_server, "/admin/instances/5152", {"serverType": "sdxl-worker"})
+        put(server, "/admin/instances/5152", {"serverType": "sdxl-worker"})
         agent.wait_for_line(r"Registered dependency agent: instanceId=5152", timeout=90)
         agent.wait_for_line(r"Recovered: register")
     assert agent.log().count("Register failed") == 1  # logged once, however many attempts

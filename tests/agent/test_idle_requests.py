@@ -29,11 +29,11 @@ def busiest_minute(times: list[float]) -> int:
 
 
 @pytest.mark.slow
-def test_idle_agent_sends_at_most_ten_requests_a_minute(fresh_server: Any,
+def test_idle_agent_sends_at_most_ten_requests_a_minute(server: Any,
                                                         tmp_path: Path) -> None:
-    setup_fleet(fresh_server, {}, [])
-    put(fresh_server, "/admin/instances/i2", {"ip": "10.0.0.2", "serverType": "st"})
-    port = int(fresh_server.root_url.rsplit(":", 1)[1])
+    setup_fleet(server, {}, [])
+    put(server, "/admin/instances/i2", {"ip": "10.0.0.2", "serverType": "st"})
+    port = int(server.root_url.rsplit(":", 1)[1])
     settings = {
         "defaults": {},
         # The short settings that made it spin, and a fast heartbeat.
@@ -45,7 +45,7 @@ def test_idle_agent_sends_at_most_ten_requests_a_minute(fresh_server: Any,
         agents = {
             name: AgentProcess({
                 "FCS_API_BASE_URL": relays[name].url("/api"), "SERVER_TYPE": "st",
-                "DEPENDENCY_MANAGER_SHARED_SECRET": fresh_server.shared_secret,
+                "DEPENDENCY_MANAGER_SHARED_SECRET": server.shared_secret,
                 "DM_INSTANCE_ID": "i1" if name == "defaults" else "i2",
                 "WORKSPACE": str(tmp_path / name), **env})
             for name, env in settings.items()}

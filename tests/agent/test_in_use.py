@@ -86,7 +86,7 @@ def test_mapped_and_linked_files_are_in_use(tmp_path: Path) -> None:
     assert str(mapped) not in paths_in_use() and str(opened) not in paths_in_use()
 
 
-def test_mapped_and_linked_files_survive_eviction(fresh_server: Any, tmp_path: Path) -> None:
+def test_mapped_and_linked_files_survive_eviction(server: Any, tmp_path: Path) -> None:
     blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3", "d4")}
     # The ComfyUI folder the agent is given is a symlink to the volume holding it.
     volume = tmp_path / "volume/ComfyUI"
@@ -100,27 +100,27 @@ def test_mapped_and_linked_files_survive_eviction(fresh_server: Any, tmp_path: P
             origin.add(f"/m/{name}.bin", data)
             deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
                              kind="dynamic")
-        setup_fleet(fresh_server, deps, static=[], policy={
+        setup_fleet(server, deps, static=[], policy={
             "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
             "evictionBatchMax": 5, "pinTtlSeconds": 0})
-        with AgentProcess(agent_env(fresh_server, tmp_path)) as agent:
+        with AgentProcess(agent_env(server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             for number, name in enumerate(("d1", "d2"), 1):
-                run_job(fresh_server, [name], f"j{number}")
-                finish_job(fresh_server, f"j{number}")
-            wait_dynamic(fresh_server, ["d1", "d2"])
+                run_job(server, [name], f"j{number}")
+                finish_job(server, f"j{number}")
+            wait_dynamic(server, ["d1", "d2"])
             # A job maps d1 (descriptor closed) and another has d2 open, both through the
             # linked ComfyUI path; d3 pushes the cache over its cap.
             with holding(MMAP_HOLDER, loras / "d1.bin"), holding(OPEN_HOLDER, loras / "d2.bin"):
-                run_job(fresh_server, ["d3"], "j3")
-                finish_job(fresh_server, "j3")
-                wait_dynamic(fresh_server, ["d1", "d2", "d3"])
+                run_job(server, ["d3"], "j3")
+                finish_job(server, "j3")
+                wait_dynamic(server, ["d1", "d2", "d3"])
                 assert (volume / "models/loras/d1.bin").read_bytes() == blobs["d1"]
                 assert (volume / "models/loras/d2.bin").read_bytes() == blobs["d2"]
                 assert "Evicted" not in agent.log()
             # Released: the next download under pressure evicts the least recently used.
-            run_job(fresh_server, ["d4"], "j4")
-            finish_job(fresh_server, "j4")
+            run_job(server, ["d4"], "j4")
+            finish_job(server, "j4")
             agent.wait_for_line(r"Evicted dynamic dep d1")
             assert not (volume / "models/loras/d1.bin").exists()
             assert agent.stop() == 0

@@ -139,16 +139,16 @@ def nginx_front(upstream: str, folder: Path) -> Iterator[tuple[str, Path, Path]]
 
 
 def test_an_agent_behind_the_documented_nginx_block_takes_an_update(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     pyz, _old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
+    setup_fleet(server, {}, [])
     front_dir = tmp_path / "nginx"
     front_dir.mkdir()
-    upstream = urlsplit(fresh_server.root_url).netloc
+    upstream = urlsplit(server.root_url).netloc
     with nginx_front(upstream, front_dir) as (front, cert, access):
         env = agent_env(
-            fresh_server,
+            server,
             tmp_path,
             DM_HEARTBEAT_SECONDS="1",
             FCS_API_BASE_URL=f"{front}/api",
@@ -157,13 +157,13 @@ def test_an_agent_behind_the_documented_nginx_block_takes_an_update(
         )
         with AgentProcess(env, bundle=pyz) as agent:
             agent.wait_for_line("Registered dependency agent")
-            assert agent_version(fresh_server) == p.AGENT_VERSION
+            assert agent_version(server) == p.AGENT_VERSION
             new = pyz_with(NEW)
-            publish(fresh_server, tmp_path, new)
+            publish(server, tmp_path, new)
             # The offered link leads back through the proxy, over HTTPS, to the build.
             line = agent.wait_for_line(r"offered: downloading (\S+)")
             assert line.group(1).startswith(f"{front}/agent/builds/{sha256_hex(new)}")
-            assert wait_until(lambda: agent_version(fresh_server) == NEW, 60), agent.log()
+            assert wait_until(lambda: agent_version(server) == NEW, 60), agent.log()
             agent.wait_for_line("confirmed: registered")
             assert pyz.read_bytes() == new
             assert agent.stop() == 0

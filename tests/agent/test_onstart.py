@@ -78,17 +78,17 @@ def alive(pid: int) -> bool:
     return bool(stat) and stat.split(")")[-1].split()[0] != "Z"
 
 
-def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
+def test_onstart_script_installs_and_restarts_a_killed_agent(server: Any,
                                                              tmp_path: Path) -> None:
-    setup_fleet(fresh_server, {}, [])
-    script = printed_script("st", fresh_server)
+    setup_fleet(server, {}, [])
+    script = printed_script("st", server)
     assert "DEPENDENCY_MANAGER_SHARED_SECRET" in script
-    assert fresh_server.shared_secret not in script
+    assert server.shared_secret not in script
     workspace = tmp_path / "workspace"
     log = workspace / "depman-agent.log"
     pid_file = workspace / "depman" / "agent.pid"
     with run_script(script, workspace, CONTAINER_ID="i1", PUBLIC_IPADDR="10.0.0.1",
-                    DEPENDENCY_MANAGER_SHARED_SECRET=fresh_server.shared_secret,
+                    DEPENDENCY_MANAGER_SHARED_SECRET=server.shared_secret,
                     DM_ALLOWED_DOMAINS="127.0.0.1") as proc:
         assert proc.returncode == 0
         assert proc.stdout is not None
@@ -102,7 +102,7 @@ def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
         assert "instanceId i1 (from CONTAINER_ID)" in text
         assert "instanceIp 10.0.0.1 (from PUBLIC_IPADDR)" in text
         installed = (workspace / "depman" / "depman-agent.pyz").read_bytes()
-        status, published = fresh_server.request("GET", "/agent/depman-agent.pyz.sha256"
+        status, published = server.request("GET", "/agent/depman-agent.pyz.sha256"
                                                   "?serverType=st")
         assert status == 200
         assert hashlib.sha256(installed).hexdigest() == str(published).strip()
@@ -125,11 +125,11 @@ def test_onstart_script_installs_and_restarts_a_killed_agent(fresh_server: Any,
 
 
 def test_onstart_for_an_unknown_server_type_fails_naming_the_known_ones(
-    fresh_server: Any,
+    server: Any,
 ) -> None:
-    setup_fleet(fresh_server, {}, [])
-    done = depman_onstart("--server-type", "sdxl-wroker", "--server", fresh_server.root_url,
-                          token=fresh_server.admin_token)
+    setup_fleet(server, {}, [])
+    done = depman_onstart("--server-type", "sdxl-wroker", "--server", server.root_url,
+                          token=server.admin_token)
     assert done.returncode == 1 and not done.stdout
     assert "'sdxl-wroker' does not exist" in done.stderr
     assert "known server types: st" in done.stderr
@@ -170,17 +170,17 @@ def test_onstart_refuses_an_agent_whose_sha256_differs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_stale_loop_pid_of_another_process_does_not_stop_the_agent(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     """After a reboot loop.pid may name a pid that now belongs to something else."""
-    setup_fleet(fresh_server, {}, [])
-    script = printed_script("st", fresh_server)
+    setup_fleet(server, {}, [])
+    script = printed_script("st", server)
     workspace = tmp_path / "workspace"
     log = workspace / "depman-agent.log"
     loop_pid = workspace / "depman" / "loop.pid"
     loop_pid.parent.mkdir(parents=True)
     env = {"DM_INSTANCE_ID": "i1", "DM_ALLOWED_DOMAINS": "127.0.0.1",
-           "DEPENDENCY_MANAGER_SHARED_SECRET": fresh_server.shared_secret}
+           "DEPENDENCY_MANAGER_SHARED_SECRET": server.shared_secret}
     with subprocess.Popen(["sleep", "600"]) as unrelated:
         try:
             for stale in (f"{unrelated.pid}\n", f"{unrelated.pid} some-other-boot 12345\n"):

@@ -28,9 +28,8 @@ def act(server: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.server_env(DEPMAN_JOB_MAX_PLACEMENTS="1")
 def test_agent_cancels_retries_and_deletes_as_the_operator_asks(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
-    server = fresh_server
     keep, _ = payload(64 * 1024)
     good, _ = payload(96 * 1024)
     slow, _ = payload(8 * MiB)

@@ -38,8 +38,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def recorder(fresh_server: Any) -> Iterator[Recorder]:
-    with Recorder(fresh_server.root_url) as running:
+def recorder(server: Any) -> Iterator[Recorder]:
+    with Recorder(server.root_url) as running:
         yield running
 
 
@@ -60,19 +60,19 @@ def static_held(server: Any) -> list[str]:
     return list(instance(server).get("installedDepIdsStatic") or [])
 
 
-def test_receipt_sent_on_succeeded_and_kept(fresh_server: Any, recorder: Recorder,
+def test_receipt_sent_on_succeeded_and_kept(server: Any, recorder: Recorder,
                                             tmp_path: Path) -> None:
     data, sha = payload(MiB + 3)
     with ModelOrigin() as origin:
         origin.add("/m/a.bin", data)
-        setup_fleet(fresh_server, {"a": dep(origin, "/m/a.bin", "models/vae/a.bin", data)},
+        setup_fleet(server, {"a": dep(origin, "/m/a.bin", "models/vae/a.bin", data)},
                     static=["a"])
-        env = agent_env(fresh_server, tmp_path, FCS_API_BASE_URL=recorder.url)
+        env = agent_env(server, tmp_path, FCS_API_BASE_URL=recorder.url)
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             assert wait_until(lambda: succeeded(recorder, "a"), 30), agent.log()
-            assert wait_until(lambda: static_held(fresh_server) == ["a"], 20)
-            shown = instance(fresh_server).get("receipts") or []
+            assert wait_until(lambda: static_held(server) == ["a"], 20)
+            shown = instance(server).get("receipts") or []
             assert agent.stop() == 0
     st = os.stat(tmp_path / "ws/ComfyUI/models/vae/a.bin")
     # The server keeps and shows what the agent proved.
@@ -91,7 +91,7 @@ def test_receipt_sent_on_succeeded_and_kept(fresh_server: Any, recorder: Recorde
         st.st_ino, str(st.st_mtime_ns), len(data), sha)
 
 
-def test_held_files_rechecked_every_heartbeat(fresh_server: Any, recorder: Recorder,
+def test_held_files_rechecked_every_heartbeat(server: Any, recorder: Recorder,
                                               tmp_path: Path) -> None:
     blobs = {name: payload(64 * 1024)[0] for name in ("gone", "rewritten", "touched", "kept")}
     with ModelOrigin() as origin:
@@ -101,15 +101,15 @@ def test_held_files_rechecked_every_heartbeat(fresh_server: Any, recorder: Recor
             deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
                              kind="dynamic")
         # Dynamic deps held after a job: nothing queues them again behind the test's back.
-        setup_fleet(fresh_server, deps, static=[], policy={"enabled": False})
-        env = agent_env(fresh_server, tmp_path, FCS_API_BASE_URL=recorder.url,
+        setup_fleet(server, deps, static=[], policy={"enabled": False})
+        env = agent_env(server, tmp_path, FCS_API_BASE_URL=recorder.url,
                         DM_HEARTBEAT_SECONDS="1")
         loras = tmp_path / "ws/ComfyUI/models/loras"
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            run_job(fresh_server, sorted(blobs), "j1")
-            finish_job(fresh_server, "j1")
-            wait_dynamic(fresh_server, sorted(blobs))
+            run_job(server, sorted(blobs), "j1")
+            finish_job(server, "j1")
+            wait_dynamic(server, sorted(blobs))
             before = len(recorder.bodies("/dependencies/heartbeat"))
             # An operator's rm, a rewrite in place with other bytes of the same size, and
             # a `touch` that changes only the mtime (same bytes: re-hashed and kept).
@@ -117,7 +117,7 @@ def test_held_files_rechecked_every_heartbeat(fresh_server: Any, recorder: Recor
             (loras / "rewritten.bin").write_bytes(payload(64 * 1024)[0])
             os.utime(loras / "touched.bin", ns=(1_000_000_000, 1_000_000_000))
             expected = ["kept", "touched"]
-            wait_dynamic(fresh_server, expected, timeout=20)
+            wait_dynamic(server, expected, timeout=20)
             beats = recorder.bodies("/dependencies/heartbeat")[before:]
             # Within one heartbeat: only one already being built may still list them.
             stale = [b for b in beats if b["installedDynamicDepIds"] != expected]
@@ -131,43 +131,43 @@ def test_held_files_rechecked_every_heartbeat(fresh_server: Any, recorder: Recor
     assert kept["touched"]["mtimeNs"] == str(1_000_000_000)  # receipt re-taken after re-hash
 
 
-def test_touch_proves_the_file_or_fetches_it(fresh_server: Any, recorder: Recorder,
+def test_touch_proves_the_file_or_fetches_it(server: Any, recorder: Recorder,
                                              tmp_path: Path) -> None:
     data, sha = payload(MiB)
     with ModelOrigin() as origin:
         origin.add("/m/d1.bin", data)
-        setup_fleet(fresh_server, {"d1": dep(origin, "/m/d1.bin", "models/loras/d1.bin",
+        setup_fleet(server, {"d1": dep(origin, "/m/d1.bin", "models/loras/d1.bin",
                                               data, kind="dynamic")},
                     static=[], policy={"enabled": False})
-        env = agent_env(fresh_server, tmp_path, FCS_API_BASE_URL=recorder.url)
+        env = agent_env(server, tmp_path, FCS_API_BASE_URL=recorder.url)
         target = tmp_path / "ws/ComfyUI/models/loras/d1.bin"
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            run_job(fresh_server, ["d1"], "j1")
-            finish_job(fresh_server, "j1")
-            wait_dynamic(fresh_server, ["d1"])
+            run_job(server, ["d1"], "j1")
+            finish_job(server, "j1")
+            wait_dynamic(server, ["d1"])
             fetched = len(origin.requests_for("/m/d1.bin"))
             # A touch of an intact file: succeeded with its receipt, nothing fetched.
-            run_job(fresh_server, ["d1"], "j2")
+            run_job(server, ["d1"], "j2")
             assert wait_until(lambda: len(succeeded(recorder, "d1")) >= 2, 30), agent.log()
-            finish_job(fresh_server, "j2")
+            finish_job(server, "j2")
             assert len(origin.requests_for("/m/d1.bin")) == fetched
             touch = succeeded(recorder, "d1")[1]
             assert touch["op"] == "touch" and touch["verification"]["sha256"] == sha
             # Same size, other bytes, under the agent's feet: the touch must not pass.
             target.write_bytes(payload(MiB)[0])
-            run_job(fresh_server, ["d1"], "j3")
+            run_job(server, ["d1"], "j3")
             assert wait_until(lambda: len(succeeded(recorder, "d1")) >= 3, 30), agent.log()
             assert target.read_bytes() == data
             assert len(origin.requests_for("/m/d1.bin")) > fetched
             refetch = succeeded(recorder, "d1")[2]
             assert refetch["op"] == "touch" and refetch["verification"]["sha256"] == sha
             assert refetch["verification"]["mtimeNs"] == str(target.stat().st_mtime_ns)
-            finish_job(fresh_server, "j3")
+            finish_job(server, "j3")
             assert agent.stop() == 0
 
 
-def test_static_ids_from_answers_demote_held_deps(fresh_server: Any, recorder: Recorder,
+def test_static_ids_from_answers_demote_held_deps(server: Any, recorder: Recorder,
                                                   tmp_path: Path) -> None:
     blobs = {name: payload(MiB)[0] for name in ("s1", "s2", "d3")}
     static_now: list[str] | None = None  # None: answers carry no staticDepIds
@@ -186,62 +186,62 @@ def test_static_ids_from_answers_demote_held_deps(fresh_server: Any, recorder: R
             origin.add(f"/m/{name}.bin", data)
             deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
                              kind="dynamic" if name == "d3" else "static")
-        setup_fleet(fresh_server, deps, static=["s1", "s2"], policy={
+        setup_fleet(server, deps, static=["s1", "s2"], policy={
             "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": MiB + MiB // 2,
             "evictionBatchMax": 5, "pinTtlSeconds": 0})
-        env = agent_env(fresh_server, tmp_path, FCS_API_BASE_URL=recorder.url,
+        env = agent_env(server, tmp_path, FCS_API_BASE_URL=recorder.url,
                         DM_HEARTBEAT_SECONDS="1")
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            assert wait_until(lambda: static_held(fresh_server) == ["s1", "s2"], 30)
+            assert wait_until(lambda: static_held(server) == ["s1", "s2"], 30)
             beats = len(recorder.bodies("/dependencies/heartbeat"))
             assert wait_until(lambda: len(recorder.bodies("/dependencies/heartbeat"))
                               > beats + 1, 20)
-            assert static_held(fresh_server) == ["s1", "s2"]  # absent field: no change
+            assert static_held(server) == ["s1", "s2"]  # absent field: no change
             # The profile drops s2; the answers say so (the proxy adds the field, so this
             # holds whether or not the server sends it itself).
-            put(fresh_server, "/admin/profiles/p1", {
+            put(server, "/admin/profiles/p1", {
                 "staticDepIds": ["s1"], "prefetchOnBoot": True, "dynamicPolicy": {
                     "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": MiB + MiB // 2,
                     "evictionBatchMax": 5, "pinTtlSeconds": 0}})
             static_now = ["s1"]
-            wait_dynamic(fresh_server, ["s2"])
+            wait_dynamic(server, ["s2"])
             agent.wait_for_line(r"Dep s2 is now dynamic")
-            assert static_held(fresh_server) == ["s1"]
+            assert static_held(server) == ["s1"]
             assert state_deps(tmp_path)["s2"]["kind"] == "dynamic"
             # Now evictable: d3 pushes the dynamic bytes over the cap and s2 goes.
-            run_job(fresh_server, ["d3"], "j1")
-            finish_job(fresh_server, "j1")
-            wait_dynamic(fresh_server, ["d3"])
+            run_job(server, ["d3"], "j1")
+            finish_job(server, "j1")
+            wait_dynamic(server, ["d3"])
             agent.wait_for_line(r"Evicted dynamic dep s2")
             assert not (tmp_path / "ws/ComfyUI/models/loras/s2.bin").exists()
             assert (tmp_path / "ws/ComfyUI/models/loras/s1.bin").exists()
             assert agent.stop() == 0
 
 
-def test_job_needing_a_deleted_file_waits_for_it(fresh_server: Any, tmp_path: Path) -> None:
+def test_job_needing_a_deleted_file_waits_for_it(server: Any, tmp_path: Path) -> None:
     """Deleted behind the agent's back: a job is ready only once the file is back, verified."""
     data, sha = payload(MiB)
     with ModelOrigin() as origin:
         # Slow enough that a job made ready from the stale inventory would be seen.
         origin.add("/m/d1.bin", data, rate=512 * 1024)
-        setup_fleet(fresh_server, {"d1": dep(origin, "/m/d1.bin", "models/loras/d1.bin",
+        setup_fleet(server, {"d1": dep(origin, "/m/d1.bin", "models/loras/d1.bin",
                                               data, kind="dynamic")},
                     static=[], policy={"enabled": False})
-        env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="30")
+        env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="30")
         target = tmp_path / "ws/ComfyUI/models/loras/d1.bin"
         with AgentProcess(env) as agent:
             agent.wait_for_line(r"Registered dependency agent")
-            run_job(fresh_server, ["d1"], "j1")
-            finish_job(fresh_server, "j1")
-            wait_dynamic(fresh_server, ["d1"])
+            run_job(server, ["d1"], "j1")
+            finish_job(server, "j1")
+            wait_dynamic(server, ["d1"])
             fetched = len(origin.requests_for("/m/d1.bin"))
             target.unlink()
             # Submitted before any heartbeat could tell the server: it still lists d1.
-            run_job(fresh_server, ["d1"], "j2")
+            run_job(server, ["d1"], "j2")
 
             def ready_with_file() -> bool:
-                if fresh_server.admin("GET", "/jobs/j2")[1]["state"] != "ready":
+                if server.admin("GET", "/jobs/j2")[1]["state"] != "ready":
                     return False
                 # The moment it is ready, the file must be there with the right bytes.
                 assert target.exists(), "job ready while its file is missing"
@@ -250,5 +250,5 @@ def test_job_needing_a_deleted_file_waits_for_it(fresh_server: Any, tmp_path: Pa
 
             assert wait_until(ready_with_file, 60), agent.log()
             assert len(origin.requests_for("/m/d1.bin")) > fetched
-            finish_job(fresh_server, "j2")
+            finish_job(server, "j2")
             assert agent.stop() == 0

@@ -95,17 +95,17 @@ def stop_pid(pid: int) -> None:
 
 
 def test_agent_updates_itself_and_registers_as_the_new_version(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
-    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    setup_fleet(server, {}, [])
+    env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1")
     with AgentProcess(env, bundle=pyz) as agent:
         agent.wait_for_line("Registered dependency agent")
-        assert agent_version(fresh_server) == p.AGENT_VERSION
+        assert agent_version(server) == p.AGENT_VERSION
         new = pyz_with(NEW)
-        publish(fresh_server, tmp_path, new)
-        assert wait_until(lambda: agent_version(fresh_server) == NEW, 60), agent.log()
+        publish(server, tmp_path, new)
+        assert wait_until(lambda: agent_version(server) == NEW, 60), agent.log()
         agent.wait_for_line("confirmed: registered")
         assert agent.proc is not None and agent.proc.poll() is None  # same process, re-executed
         starts = STARTED_RE.findall(agent.log())
@@ -115,7 +115,7 @@ def test_agent_updates_itself_and_registers_as_the_new_version(
         assert pyz.with_name(pyz.name + ".previous").read_bytes() == old
         assert not marker(tmp_path).exists()
         # Registered on the target version, it is offered nothing more.
-        heartbeats_seen(fresh_server, 2)
+        heartbeats_seen(server, 2)
         assert agent.log().count("offered: downloading") == 1
         assert agent.stop() == 0
 
@@ -128,15 +128,15 @@ def _set_served_bytes(server: Any, data: bytes) -> None:
 
 
 def test_a_refused_download_is_fetched_again_and_installed_once_the_bytes_are_right(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
+    setup_fleet(server, {}, [])
     good = pyz_with(NEW)
-    publish(fresh_server, tmp_path, good)
+    publish(server, tmp_path, good)
     portal = b"<html><body>Sign in to the hotel Wi-Fi</body></html>"
-    _set_served_bytes(fresh_server, portal)
-    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+    _set_served_bytes(server, portal)
+    env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1",
                     DM_UPDATE_RETRY_SECONDS="1")
     with AgentProcess(env, bundle=pyz) as agent:
         line = agent.wait_for_line(r"ERROR Refusing agent build .*sha256 mismatch.*")
@@ -148,8 +148,8 @@ def test_a_refused_download_is_fetched_again_and_installed_once_the_bytes_are_ri
         assert agent.log().count("ERROR Refusing") == 1
         assert pyz.read_bytes() == old and not marker(tmp_path).exists()
         assert not list(pyz.parent.glob("*.download"))
-        _set_served_bytes(fresh_server, good)  # the portal lets the agent through
-        assert wait_until(lambda: agent_version(fresh_server) == NEW, 60), agent.log()
+        _set_served_bytes(server, good)  # the portal lets the agent through
+        assert wait_until(lambda: agent_version(server) == NEW, 60), agent.log()
         agent.wait_for_line("confirmed: registered")
         assert pyz.read_bytes() == good
         assert sha256_hex(good) not in refused(tmp_path)
@@ -209,18 +209,18 @@ def test_an_update_download_keeps_to_the_allowed_hosts(tmp_path: Path) -> None:
     ids=["exits-at-once", "never-registers"],
 )
 def test_a_new_build_that_does_not_register_is_rolled_back(
-    fresh_server: Any, tmp_path: Path, main: str, why: str
+    server: Any, tmp_path: Path, main: str, why: str
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
+    setup_fleet(server, {}, [])
     env = agent_env(
-        fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1", DM_UPDATE_PROBATION_SECONDS="2"
+        server, tmp_path, DM_HEARTBEAT_SECONDS="1", DM_UPDATE_PROBATION_SECONDS="2"
     )
     bad = pyz_with("depman-agent/66.0.0", main=main)
     with AgentProcess(env, bundle=pyz) as agent:
         try:
             agent.wait_for_line("Registered dependency agent")
-            publish(fresh_server, tmp_path, bad)
+            publish(server, tmp_path, bad)
             assert agent.proc is not None
             agent.proc.wait(60)  # the bad build ends the original process
             assert wait_until(lambda: len(STARTED_RE.findall(agent.log())) >= 2, 60), agent.log()
@@ -231,8 +231,8 @@ def test_a_new_build_that_does_not_register_is_rolled_back(
             assert pyz.read_bytes() == old
             assert set(refused(tmp_path)) == {sha256_hex(bad)}
             assert not marker(tmp_path).exists()
-            assert agent_version(fresh_server) == p.AGENT_VERSION
-            heartbeats_seen(fresh_server, 2)  # the previous build runs on, no second try
+            assert agent_version(server) == p.AGENT_VERSION
+            heartbeats_seen(server, 2)  # the previous build runs on, no second try
             assert agent.log().count("offered: downloading") == 1
         finally:  # the previous build the watchdog started is not the test's child
             for _version, pid in STARTED_RE.findall(agent.log()):
@@ -259,17 +259,17 @@ raise SystemExit(main())
 
 
 def test_a_build_killed_during_probation_rearms_its_watchdog_at_start(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     """A reboot during probation: agent and watchdog die; the build starts again alone."""
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
+    setup_fleet(server, {}, [])
     bad = pyz_with("depman-agent/66.2.0", main=NEVER_REGISTERS)
-    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+    env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1",
                     DM_UPDATE_PROBATION_SECONDS="600")
     with AgentProcess(env, bundle=pyz) as agent:
         agent.wait_for_line("Registered dependency agent")
-        publish(fresh_server, tmp_path, bad)
+        publish(server, tmp_path, bad)
         agent.wait_for_line(r"Starting depman-agent/66\.2\.0 \(pid")
         pending = json.loads(marker(tmp_path).read_text())
         assert pending["watchdog_pid"]
@@ -286,7 +286,7 @@ def test_a_build_killed_during_probation_rearms_its_watchdog_at_start(
             agent.wait_for_line(
                 r"failed: it did not register within 2 s\. Rolling back", timeout=60
             )
-            assert wait_until(lambda: agent_version(fresh_server) == p.AGENT_VERSION
+            assert wait_until(lambda: agent_version(server) == p.AGENT_VERSION
                               and "refused earlier: rolled back" in agent.log(), 60), agent.log()
             assert pyz.read_bytes() == old
             assert set(refused(tmp_path)) == {sha256_hex(bad)}
@@ -298,35 +298,35 @@ def test_a_build_killed_during_probation_rearms_its_watchdog_at_start(
 
 
 def test_an_agent_run_from_source_or_with_self_update_off_keeps_running(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
-    publish(fresh_server, tmp_path, pyz_with(NEW))
-    env = agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+    setup_fleet(server, {}, [])
+    publish(server, tmp_path, pyz_with(NEW))
+    env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1")
     with AgentProcess(env) as agent:  # python -m depman.agent: nothing of its own to replace
         agent.wait_for_line("runs from an installed package, not depman-agent.pyz")
-        heartbeats_seen(fresh_server, 2)
+        heartbeats_seen(server, 2)
         assert agent.log().count("runs from an installed package") == 1
-        assert agent_version(fresh_server) == p.AGENT_VERSION
+        assert agent_version(server) == p.AGENT_VERSION
         assert agent.stop() == 0
     with AgentProcess({**env, "DM_SELF_UPDATE": "off"}, bundle=pyz) as agent:
         agent.wait_for_line(r"not installing it \(DM_SELF_UPDATE is off\)")
-        heartbeats_seen(fresh_server, 2)
+        heartbeats_seen(server, 2)
         assert pyz.read_bytes() == old and "downloading" not in agent.log()
         assert agent.stop() == 0
 
 
 def test_under_a_restart_loop_a_rollback_leaves_one_agent_running(
-    fresh_server: Any, tmp_path: Path
+    server: Any, tmp_path: Path
 ) -> None:
     """`depman onstart` restarts an agent that exits; the watchdog restarts it too."""
     pyz, old = install_zipapp(tmp_path)
-    setup_fleet(fresh_server, {}, [])
+    setup_fleet(server, {}, [])
     env = {
         "PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", "PY": sys.executable,
         "PYZ": str(pyz),
-        **agent_env(fresh_server, tmp_path, DM_HEARTBEAT_SECONDS="1",
+        **agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1",
                     DM_UPDATE_PROBATION_SECONDS="2"),
     }
     log_path = tmp_path / "agent.log"
@@ -340,15 +340,15 @@ def test_under_a_restart_loop_a_rollback_leaves_one_agent_running(
 
         assert wait_until(lambda: "Registered dependency agent" in log(), 30), log()
         bad = pyz_with("depman-agent/66.1.0", main="raise SystemExit(3)\n")
-        publish(fresh_server, tmp_path, bad)
+        publish(server, tmp_path, bad)
         assert wait_until(lambda: "waiting until it stops" in log(), 60), log()
         assert wait_until(lambda: log().count("Registered dependency agent") == 2, 30), log()
-        heartbeats_seen(fresh_server, 3)
+        heartbeats_seen(server, 3)
         text = log()
         assert text.count("Registered dependency agent") == 2  # one agent runs, one waits
         assert text.count("waiting until it stops") == 1 and "Rolling back" in text
         assert pyz.read_bytes() == old
-        assert agent_version(fresh_server) == p.AGENT_VERSION
+        assert agent_version(server) == p.AGENT_VERSION
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(supervisor.pid, signal.SIGKILL)

@@ -36,8 +36,7 @@ def queue(server: RunningServer, instance_id: str) -> dict[str, dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.server_env(DEPMAN_UPSTREAM_CONCURRENCY="127.0.0.1=1")
-def test_three_agents_share_one_upstream_slot(fresh_server: RunningServer, tmp_path: Path) -> None:
-    server = fresh_server
+def test_three_agents_share_one_upstream_slot(server: RunningServer, tmp_path: Path) -> None:
     files = {name: payload(384 * KiB, seed=i)[0] for i, name in enumerate(FILES)}
     with ModelOrigin() as origin:
         for name, data in files.items():

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.cli.helpers import assert_clean_failure, row_of, run_cli
 from tests.server.fleet import make_fleet
 from tests.server.test_field_agents import field_agent, items_of, job_of
 from tests.support.server import RunningServer
 
+# `depman audit` without a filter lists every action on the server.
+pytestmark = pytest.mark.own_server
 
-def test_operator_actions_from_the_cli(fresh_server: RunningServer) -> None:
-    server = fresh_server
+
+def test_operator_actions_from_the_cli(server: RunningServer) -> None:
     fleet = make_fleet(server, static=["a"])
     client = field_agent(server, fleet, "cli", "0.9.18")
     iid = client.instance_id

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.cli.helpers import (
     EXAMPLE,
     assert_clean_failure,
@@ -17,9 +19,11 @@ from tests.support.server import RunningServer
 SDXL_TYPE = "sdxl-standard-v8"
 FIRST, SECOND, FLUX = "14620331", "14620388", "14701205"
 
+# The example fleet's fixed ids, and tables that list the whole fleet.
+pytestmark = pytest.mark.own_server
 
-def test_fleet_tables_and_jobs(fresh_server: RunningServer) -> None:
-    server = fresh_server
+
+def test_fleet_tables_and_jobs(server: RunningServer) -> None:
     assert run_cli(server, "apply", "-f", str(EXAMPLE)).exit_code == 0
     token = register(server, FIRST, SDXL_TYPE)
     heartbeat(server, token, FIRST, static=["sdxl-base-1.0"])
@@ -140,8 +144,7 @@ def test_fleet_tables_and_jobs(fresh_server: RunningServer) -> None:
     assert_clean_failure(run_cli(server, "get", "dep", "ghost"), "dep 'ghost' does not exist")
 
 
-def test_usage_and_not_found_errors(fresh_server: RunningServer) -> None:
-    server = fresh_server
+def test_usage_and_not_found_errors(server: RunningServer) -> None:
     no_instance = run_cli(server, "get", "queue")
     assert no_instance.exit_code == 2 and "INSTANCE_ID" in no_instance.output
     assert_clean_failure(

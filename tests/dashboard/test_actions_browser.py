@@ -38,10 +38,10 @@ def job_state(server: RunningServer, job_id: str) -> dict[str, Any]:
 
 
 def test_operator_buttons_reach_the_agent_the_job_and_the_audit_log(
-    fresh_server: RunningServer,
+    server: RunningServer,
     browser_page: Any,  # noqa: F811
 ) -> None:
-    server, page = fresh_server, browser_page
+    page = browser_page
     describe_fleet(server)
     agents = {iid: FakeAgent(server, iid) for iid in ("gpu-a100-01", "gpu-a100-02")}
     agents["gpu-a100-01"].heartbeat(dynamic=["lora-film-grain"], used_gib=90)

@@ -231,9 +231,9 @@ def progress_of(page: Any, dep_id: str) -> float:
 
 @pytest.mark.server_env(DEPMAN_HEARTBEAT_SECONDS="30")
 def test_dashboard_shows_a_live_fleet_and_moving_progress(
-    fresh_server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
+    server: RunningServer, browser_page: Any, screenshots: Callable[[Any, str], None]
 ) -> None:
-    server, page, screenshot = fresh_server, browser_page, screenshots
+    page, screenshot = browser_page, screenshots
     describe_fleet(server)
     agents = {iid: FakeAgent(server, iid) for iid in list(INSTANCES)[:3]}
     for iid, agent in agents.items():

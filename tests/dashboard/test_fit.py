@@ -261,9 +261,9 @@ def clipped_texts(page: Any) -> list[str]:
 
 
 def test_every_page_fits_1400_px_with_whole_names_and_true_figures(
-    fresh_server: RunningServer, narrow_page: Any
+    server: RunningServer, narrow_page: Any
 ) -> None:
-    server, page = fresh_server, narrow_page
+    page = narrow_page
     tokens = build_fleet(server)
     first = next(iter(INSTANCES))
     page.goto(server.root_url + "/login")

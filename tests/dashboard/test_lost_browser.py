@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
     DEPMAN_HEARTBEAT_SECONDS="1",
     DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.3",
 )
-def test_fleet_page_shows_a_lost_instance(fresh_server: RunningServer, browser_page: Any) -> None:
-    server, page = fresh_server, browser_page
+def test_fleet_page_shows_a_lost_instance(server: RunningServer, browser_page: Any) -> None:
+    page = browser_page
     describe_fleet(server)
     lost_id = "gpu-a100-01"
     FakeAgent(server, lost_id).heartbeat(dynamic=[], used_gib=10, static=STATIC)

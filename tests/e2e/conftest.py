@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the demo origin and agents as real processes beside `fresh_server`."""
+"""End-to-end fixtures: the demo origin and agents as real processes beside `server`."""
 
 from __future__ import annotations
 
@@ -199,9 +199,9 @@ def origin(tmp_path: Path) -> Iterator[Service]:
 
 
 @pytest.fixture
-def fleet(fresh_server: RunningServer, origin: Service, tmp_path: Path) -> Iterator[Fleet]:
+def fleet(server: RunningServer, origin: Service, tmp_path: Path) -> Iterator[Fleet]:
     """Server + origin; tests add files, instances and agents. Agents stop first."""
-    running = Fleet(fresh_server, origin, tmp_path)
+    running = Fleet(server, origin, tmp_path)
     try:
         yield running
     finally:

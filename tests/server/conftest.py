@@ -1,4 +1,4 @@
-"""Server-suite fixtures: one server per backend, shared by tests that use unique ids."""
+"""Server-suite fixtures: `server` is shared, one per backend, by tests that use unique ids."""
 
 from __future__ import annotations
 
@@ -7,40 +7,47 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import RunningServer, postgres_database, run_replica, run_server
+from tests.support.server import (
+    RunningServer,
+    postgres_database,
+    run_replica,
+    run_server,
+    server_on,
+    start_own_server,
+    wants_own_server,
+)
 
 BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(scope="package", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The database under `server`, so each test that asks for it runs on both; package
+    scope, as the shared server below depends on it. A test runs on one backend only with
+    `@pytest.mark.parametrize("server_backend", ["sqlite"], indirect=True)`."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="package")
+def _shared_server(
+    server_backend: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A live server shared by the suite's tests (SQLite file, then a fresh PostgreSQL DB)."""
-    tmp = tmp_path_factory.mktemp("shared")
-    if request.param == "sqlite":
-        with run_server(f"sqlite:///{tmp / 'depman.db'}", cwd=tmp) as server:
+    """One live server per backend, for the package's tests that use unique ids."""
+    with server_on(server_backend, tmp_path_factory.mktemp("shared")) as server:
+        yield server
+
+
+@pytest.fixture
+def server(
+    request: pytest.FixtureRequest, server_backend: str, tmp_path: Path
+) -> Iterator[RunningServer]:
+    """The package's shared server; a server of the test's own if it is marked `own_server`
+    or `server_env` (see tests/conftest.py). Either runs once on each backend."""
+    if wants_own_server(request):
+        with start_own_server(request, server_backend, tmp_path) as server:
             yield server
     else:
-        with postgres_database() as url, run_server(url, cwd=tmp) as server:
-            yield server
-
-
-@pytest.fixture(params=BACKENDS)
-def fresh_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
-    """A live server of this test's own, once on SQLite and once on PostgreSQL.
-
-    `@pytest.mark.server_env(DEPMAN_RUNNING_TIMEOUT_SECONDS="1")` sets server env vars.
-    """
-    marker = request.node.get_closest_marker("server_env")
-    extra = dict(marker.kwargs) if marker else {}
-    if request.param == "sqlite":
-        with run_server(f"sqlite:///{tmp_path / 'depman.db'}", extra_env=extra,
-                        cwd=tmp_path) as server:
-            yield server
-    else:
-        with postgres_database() as url, run_server(url, extra_env=extra, cwd=tmp_path) as server:
-            yield server
+        yield request.getfixturevalue("_shared_server")
 
 
 @pytest.fixture

@@ -224,12 +224,12 @@ def test_a_publish_reaches_the_other_replica_s_memos(
 
 
 @pytest.mark.server_env(DEPMAN_PUBLIC_URL="https://depman.example.com/")
-def test_download_url_uses_the_public_url(fresh_server: RunningServer) -> None:
-    fleet = make_fleet(fresh_server)
+def test_download_url_uses_the_public_url(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     instance_id = fleet.add_instance("pub")
     data = pyz_with("depman-agent/7.5.0")
-    status, build = publish(fresh_server, fleet.server_type, data)
+    status, build = publish(server, fleet.server_type, data)
     assert status == 200, build
     url = f"https://depman.example.com/agent/builds/{sha256_hex(data)}.pyz"
     assert build["downloadUrl"] == url
-    assert register(fresh_server, fleet, instance_id, OLD)["agentUpdate"]["downloadUrl"] == url
+    assert register(server, fleet, instance_id, OLD)["agentUpdate"]["downloadUrl"] == url

@@ -153,7 +153,7 @@ def slow_hub() -> Iterator[FakeHubs]:
 
 
 @pytest.fixture(scope="module")
-def own_server(
+def slow_hub_server(
     slow_hub: FakeHubs, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("slowhub")
@@ -163,29 +163,29 @@ def own_server(
 
 
 def test_a_slow_hub_never_holds_the_writer(
-    own_server: RunningServer, slow_hub: FakeHubs, tmp_path: Path
+    slow_hub_server: RunningServer, slow_hub: FakeHubs, tmp_path: Path
 ) -> None:
     """While the Hub takes its time with a PUT's hf:// source (8 s for each of its two
     calls), a real agent's heartbeats, heartbeats that change the inventory (written at
     once) and other catalog writes complete: the resolution runs before the write session."""
-    fleet = make_fleet(own_server, sizes={"a": (1000, "dynamic")})
+    fleet = make_fleet(slow_hub_server, sizes={"a": (1000, "dynamic")})
     agents = [fleet.register(fleet.add_instance(f"beat{n}")) for n in range(3)]
     real_id = fleet.add_instance("real")
     env = {
-        "FCS_API_BASE_URL": own_server.base_url, "SERVER_TYPE": fleet.server_type,
-        "DEPENDENCY_MANAGER_SHARED_SECRET": own_server.shared_secret,
+        "FCS_API_BASE_URL": slow_hub_server.base_url, "SERVER_TYPE": fleet.server_type,
+        "DEPENDENCY_MANAGER_SHARED_SECRET": slow_hub_server.shared_secret,
         "DM_INSTANCE_ID": real_id, "WORKSPACE": str(tmp_path / "ws"),
         "DM_HEARTBEAT_SECONDS": "0.5", "DM_POLL_SECONDS": "0.5",
     }
 
     def last_beat() -> Any:
-        _, body = own_server.admin("GET", f"/admin/instances/{real_id}")
+        _, body = slow_hub_server.admin("GET", f"/admin/instances/{real_id}")
         return body["dependencyManager"]["lastHeartbeatAt"]
 
     answered: list[tuple[int, Any]] = []
     put = threading.Thread(
         target=lambda: answered.append(
-            own_server.admin(
+            slow_hub_server.admin(
                 "PUT",
                 f"/admin/deps/{uid('slow')}",
                 {"url": "hf://org/slow/model.safetensors", "type": "loras", "kind": "dynamic"},
@@ -209,7 +209,7 @@ def test_a_slow_hub_never_holds_the_writer(
                     agent.installed_dynamic = [fleet.deps["a"]] if round_ % 2 == 0 else []
                     status, body = agent.heartbeat()
                     assert status == 200, body
-            status, body = own_server.admin(
+            status, body = slow_hub_server.admin(
                 "PUT", f"/admin/deps/{uid('plain')}",
                 entry(url="https://origin.test/p.safetensors"),
             )
@@ -224,10 +224,10 @@ def test_a_slow_hub_never_holds_the_writer(
 
 
 def test_a_folder_over_the_file_limit_is_refused_before_asking_per_file(
-    own_server: RunningServer, slow_hub: FakeHubs
+    slow_hub_server: RunningServer, slow_hub: FakeHubs
 ) -> None:
     before = len(slow_hub.requests)
-    status, body = own_server.admin(
+    status, body = slow_hub_server.admin(
         "PUT",
         f"/admin/deps/{uid('huge')}",
         {"url": "hf://org/huge/part/", "type": "diffusers", "kind": "dynamic"},

@@ -52,14 +52,14 @@ def fail_attempt(client: V1Client, item: dict[str, Any], seconds: int = 120) -> 
 
 @pytest.mark.server_env(DEPMAN_MAX_ITEM_ATTEMPTS="2", DEPMAN_JOB_MAX_PLACEMENTS="2")
 def test_retrying_counts_attempts_then_replaces_then_fails_the_job(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(fresh_server)
+    fleet = make_fleet(server)
     agents = {
         c.instance_id: c
         for c in (
-            field_agent(fresh_server, fleet, "fa1", "0.3.0"),
-            field_agent(fresh_server, fleet, "fa2", "0.9.20"),
+            field_agent(server, fleet, "fa1", "0.3.0"),
+            field_agent(server, fleet, "fa2", "0.9.20"),
         )
     }
     status, job = fleet.submit(["b"])
@@ -69,24 +69,24 @@ def test_retrying_counts_attempts_then_replaces_then_fails_the_job(
     (item,) = first.poll()
     answer = fail_attempt(first, item)
     assert answer["applied"] is True and "clearFailedDepId" not in answer
-    seen = items_of(fresh_server, first.instance_id)[dep]
+    seen = items_of(server, first.instance_id)[dep]
     assert seen["state"] == "queued" and seen["attempts"] == 1
     assert "HTTP 503" in seen["error"] and seen["nextAttemptAt"]
     assert first.poll() == []  # backing off: not handed out again on every poll
-    assert job_of(fresh_server, job["jobId"])["state"] == "waiting_deps"
+    assert job_of(server, job["jobId"])["state"] == "waiting_deps"
     # Its local retry: the check says queued, then the attempt fails again.
     assert first.queue_item(item["itemId"])["item"]["state"] == "queued"
     fail_attempt(first, item)
-    moved = job_of(fresh_server, job["jobId"])
+    moved = job_of(server, job["jobId"])
     assert moved["state"] == "waiting_deps" and moved["instanceId"] != first.instance_id
     assert [h["event"] for h in moved["history"]].count("dep_failed") == 1
-    assert items_of(fresh_server, first.instance_id)[dep]["state"] == "failed"
+    assert items_of(server, first.instance_id)[dep]["state"] == "failed"
     second = agents[moved["instanceId"]]
     (item2,) = second.poll()
     fail_attempt(second, item2)
     second.queue_item(item2["itemId"])
     fail_attempt(second, item2, seconds=240)
-    done = job_of(fresh_server, job["jobId"])
+    done = job_of(server, job["jobId"])
     assert done["state"] == "failed"
     assert dep in done["error"] and "HTTP 503" in done["error"]
 
@@ -96,31 +96,31 @@ def test_retrying_counts_attempts_then_replaces_then_fails_the_job(
     DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2",
     DEPMAN_JOB_MAX_PLACEMENTS="1",
 )
-def test_dep_failing_past_the_retry_window_fails_the_job(fresh_server: RunningServer) -> None:
-    fleet = make_fleet(fresh_server)
-    client = field_agent(fresh_server, fleet, "win", "0.5.0")
+def test_dep_failing_past_the_retry_window_fails_the_job(server: RunningServer) -> None:
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "win", "0.5.0")
     _, job = fleet.submit(["c"])
     (item,) = client.poll()
     fail_attempt(client, item, seconds=600)
     client.heartbeat(failed=[item["depId"]])  # it keeps failing, listed in every heartbeat
-    done = job_of(fresh_server, job["jobId"], seen="waiting_deps")
+    done = job_of(server, job["jobId"], seen="waiting_deps")
     assert done["state"] == "failed"
     assert "HTTP 503" in done["error"]
-    assert items_of(fresh_server, client.instance_id)[item["depId"]]["state"] == "failed"
+    assert items_of(server, client.instance_id)[item["depId"]]["state"] == "failed"
 
 
 @pytest.mark.server_env(DEPMAN_MAINTENANCE_INTERVAL_SECONDS="0.2")
 def test_backoff_ends_at_the_announced_time_and_the_item_comes_back(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(fresh_server)
-    client = field_agent(fresh_server, fleet, "bo", "0.3.0")
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "bo", "0.3.0")
     fleet.submit(["b"])
     (item,) = client.poll()
     fail_attempt(client, item, seconds=1)
     assert client.poll() == []
     path = f"/api/dependencies/queue?instanceId={client.instance_id}&limit=25&waitSeconds=20"
-    status, body = fresh_server.request(
+    status, body = server.request(
         "GET", path, headers={"Authorization": f"Bearer {client.token}"}
     )
     assert status == 200 and [i["itemId"] for i in body["items"]] == [item["itemId"]]
@@ -129,21 +129,21 @@ def test_backoff_ends_at_the_announced_time_and_the_item_comes_back(
     client.installed_dynamic.append(item["depId"])
     client.status(item, "succeeded")
     client.heartbeat()
-    assert items_of(fresh_server, client.instance_id)[item["depId"]]["state"] == "succeeded"
+    assert items_of(server, client.instance_id)[item["depId"]]["state"] == "succeeded"
 
 
 @pytest.mark.server_env(DEPMAN_JOB_MAX_PLACEMENTS="1")
 def test_cancelled_report_is_accepted_and_runs_the_failure_policy(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(fresh_server)
-    client = field_agent(fresh_server, fleet, "can", "0.9.14")
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "can", "0.9.14")
     _, job = fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     answer = client.status(item, "cancelled", "Dependency queue item cancelled: operator")
     assert answer["applied"] is True and answer["itemState"] == "cancelled"
-    done = job_of(fresh_server, job["jobId"])
+    done = job_of(server, job["jobId"])
     assert done["state"] == "failed" and "cancelled" in done["error"]
 
 

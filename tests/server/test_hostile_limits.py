@@ -72,10 +72,10 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server: RunningServer) -> None:
 
 
 @pytest.mark.server_env(DEPMAN_HEADER_TIMEOUT_SECONDS="1", DEPMAN_BODY_TIMEOUT_SECONDS="1")
-def test_slow_clients_are_dropped(fresh_server: RunningServer) -> None:
-    silent = [socket.create_connection(address(fresh_server)) for _ in range(20)]
-    dripping = [socket.create_connection(address(fresh_server)) for _ in range(20)]
-    slow_body = [socket.create_connection(address(fresh_server)) for _ in range(10)]
+def test_slow_clients_are_dropped(server: RunningServer) -> None:
+    silent = [socket.create_connection(address(server)) for _ in range(20)]
+    dripping = [socket.create_connection(address(server)) for _ in range(20)]
+    slow_body = [socket.create_connection(address(server)) for _ in range(10)]
     for sock in dripping:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
     for sock in slow_body:
@@ -100,7 +100,7 @@ def test_slow_clients_are_dropped(fresh_server: RunningServer) -> None:
     for sock in silent + dripping + slow_body:
         sock.close()
     assert not open_, f"{len(open_)} slow connections still held"
-    assert fresh_server.request("GET", "/metrics")[0] == 200
+    assert server.request("GET", "/metrics")[0] == 200
 
 
 def test_oversized_headers_are_refused(server: RunningServer) -> None:
@@ -121,8 +121,8 @@ def test_oversized_headers_are_refused(server: RunningServer) -> None:
 
 
 @pytest.mark.server_env(DEPMAN_AGENT_MAX_BODY_BYTES=str(64 * MIB))
-def test_a_huge_inventory_cannot_wedge_an_instance(fresh_server: RunningServer) -> None:
-    fleet = make_fleet(fresh_server)
+def test_a_huge_inventory_cannot_wedge_an_instance(server: RunningServer) -> None:
+    fleet = make_fleet(server)
     agent = fleet.register(fleet.add_instance("wedge"))
     # 400,000 ids fit in this server's raised body limit: the list bound refuses them.
     status, body = agent.heartbeat(installedDynamicDepIds=[f"u{i}" for i in range(400_000)])
@@ -137,7 +137,7 @@ def test_a_huge_inventory_cannot_wedge_an_instance(fresh_server: RunningServer) 
     for _ in range(2):
         status, body = agent.heartbeat()
         assert status == 200, body
-    status, doc = fresh_server.admin("GET", f"/admin/instances/{agent.instance_id}")
+    status, doc = server.admin("GET", f"/admin/instances/{agent.instance_id}")
     assert doc["dependencyManager"]["installedDepIdsDynamic"] == [fleet.deps["b"]]
 
 

@@ -31,8 +31,7 @@ def job(server: RunningServer, job_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.server_env(**LOST_ENV)
-def test_a_silent_instance_is_lost_and_its_jobs_move(fresh_server: RunningServer) -> None:
-    server = fresh_server
+def test_a_silent_instance_is_lost_and_its_jobs_move(server: RunningServer) -> None:
     fleet = make_fleet(server, max_active_jobs=3)
     b = fleet.deps["b"]
     silent = fleet.register(fleet.add_instance("silent"), static=[fleet.deps["a"]])
@@ -87,9 +86,8 @@ def origin(tmp_path: Path) -> Iterator[Service]:
 @pytest.mark.slow
 @pytest.mark.server_env(**LOST_ENV)
 def test_killing_an_agent_moves_its_waiting_job_to_the_other_live_instance(
-    fresh_server: RunningServer, origin: Service, tmp_path: Path
+    server: RunningServer, origin: Service, tmp_path: Path
 ) -> None:
-    server = fresh_server
     # Throttled, so the job is still waiting for it when its agent dies.
     big = ModelFile("big", 8 * 1024 * 1024, bps=256 * 1024)
     assert server.admin("PUT", "/admin/deps/big", big.catalog_entry(origin.url))[0] == 200

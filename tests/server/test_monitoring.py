@@ -68,7 +68,7 @@ def exposed_names(text: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("server_backend", ["sqlite"], indirect=True)
 def test_the_dashboard_and_rules_query_metrics_the_server_exposes(server: RunningServer) -> None:
     status, text = server.request("GET", "/metrics")
     assert status == 200

@@ -32,15 +32,15 @@ def actions_of(server: RunningServer, **query: str) -> list[dict[str, Any]]:
 
 @pytest.mark.server_env(DEPMAN_JOB_MAX_PLACEMENTS="1")
 def test_cancel_running_item_reaches_the_agent_which_reports_cancelled(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(fresh_server)
-    client = field_agent(fresh_server, fleet, "cx", "0.9.14")
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "cx", "0.9.14")
     _, job = fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     status, doc = act(
-        fresh_server,
+        server,
         f"/admin/queues/{client.instance_id}/items/{item['depId']}/cancel",
         {"reason": "wrong model"},
     )
@@ -51,9 +51,9 @@ def test_cancel_running_item_reaches_the_agent_which_reports_cancelled(
         item, "cancelled", f"Dependency queue item cancelled: {check['cancelReason']}"
     )
     assert answer["itemState"] == "cancelled"
-    done = job_of(fresh_server, job["jobId"])
+    done = job_of(server, job["jobId"])
     assert done["state"] == "failed" and "wrong model" in done["error"]
-    (entry,) = actions_of(fresh_server, instanceId=client.instance_id)
+    (entry,) = actions_of(server, instanceId=client.instance_id)
     assert entry["action"] == "cancel_item" and entry["actor"] == "api:alice@laptop"
     assert entry["depId"] == item["depId"] and entry["detail"]["reason"] == "wrong model"
 
@@ -171,19 +171,19 @@ def test_drain_places_no_new_jobs_and_cancel_job(server: RunningServer) -> None:
     DEPMAN_JOB_MAX_PLACEMENTS="1",
 )
 def test_cancelled_running_item_of_a_silent_agent_ends_cancelled(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    fleet = make_fleet(fresh_server)
-    client = field_agent(fresh_server, fleet, "quiet", "0.3.0")  # never checks its items
+    fleet = make_fleet(server)
+    client = field_agent(server, fleet, "quiet", "0.3.0")  # never checks its items
     _, job = fleet.submit(["b"])
     (item,) = client.poll()
     client.status(item, "running")
     act(
-        fresh_server,
+        server,
         f"/admin/queues/{client.instance_id}/items/{item['depId']}/cancel",
         {"reason": "stuck"},
     )
-    done = job_of(fresh_server, job["jobId"], seen="waiting_deps")
+    done = job_of(server, job["jobId"], seen="waiting_deps")
     assert done["state"] == "failed" and "stuck" in done["error"]
-    assert items_of(fresh_server, client.instance_id)[item["depId"]]["state"] == "cancelled"
+    assert items_of(server, client.instance_id)[item["depId"]]["state"] == "cancelled"
     assert client.poll() == []  # never handed out again

@@ -77,8 +77,8 @@ RETRY_ENV = {
 
 
 @pytest.mark.server_env(**RETRY_ENV)
-def test_a_failed_static_download_is_retried_with_backoff(fresh_server: RunningServer) -> None:
-    fleet = make_fleet(fresh_server, static=["a"], prefetch=True)
+def test_a_failed_static_download_is_retried_with_backoff(server: RunningServer) -> None:
+    fleet = make_fleet(server, static=["a"], prefetch=True)
     a = fleet.deps["a"]
     agent = fleet.register(fleet.add_instance("retried"))
     delays = []

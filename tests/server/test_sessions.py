@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode
 
+import pytest
+
 from tests.server.fleet import make_fleet
 from tests.server.hostile import exchange
 from tests.support.server import RunningServer
@@ -52,36 +54,37 @@ def _drained(server: RunningServer, instance_id: str) -> bool:
     return 'data-action="undrain"' in body
 
 
+@pytest.mark.own_server
 def test_logout_ends_its_session_in_every_spelling_and_no_other(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    instance_id = make_fleet(fresh_server, sizes={}).add_instance("vast")
-    first, second = _login(fresh_server), _login(fresh_server)
+    instance_id = make_fleet(server, sizes={}).add_instance("vast")
+    first, second = _login(server), _login(server)
     # Two logins in the same second are still two sessions.
     assert first != second
-    status, _h, page = _page(fresh_server, first, f"/instances/{instance_id}")
+    status, _h, page = _page(server, first, f"/instances/{instance_id}")
     assert status == 200
     match = CSRF_RE.search(page)
     assert match is not None
     first_csrf = match.group(1)
 
     status, _h, _b = exchange(
-        fresh_server, "POST", "/logout", headers={"Cookie": f"depman_session={first}"}
+        server, "POST", "/logout", headers={"Cookie": f"depman_session={first}"}
     )
     assert status == 303
     for variant in (first, "0" + first, "00" + first, first.upper(), first + ".", " " + first):
-        status, headers, _b = _page(fresh_server, variant, f"/instances/{instance_id}")
+        status, headers, _b = _page(server, variant, f"/instances/{instance_id}")
         assert status == 303 and headers["location"].startswith("/login"), variant
-        status, location = _drain(fresh_server, variant, instance_id, first_csrf)
+        status, location = _drain(server, variant, instance_id, first_csrf)
         assert status == 303 and location.startswith("/login"), variant
-    assert not _drained(fresh_server, instance_id)
+    assert not _drained(server, instance_id)
 
     # The other login lives on and acts with its own page's token, not the ended one's.
-    status, _h, page = _page(fresh_server, second, f"/instances/{instance_id}")
+    status, _h, page = _page(server, second, f"/instances/{instance_id}")
     assert status == 200
     match = CSRF_RE.search(page)
     assert match is not None and match.group(1) != first_csrf
-    assert _drain(fresh_server, second, instance_id, first_csrf)[0] == 403
-    status, location = _drain(fresh_server, second, instance_id, match.group(1))
+    assert _drain(server, second, instance_id, first_csrf)[0] == 403
+    status, location = _drain(server, second, instance_id, match.group(1))
     assert status == 303 and "notice=" in location
-    assert _drained(fresh_server, instance_id)
+    assert _drained(server, instance_id)

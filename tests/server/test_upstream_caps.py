@@ -27,9 +27,8 @@ def poll_items(agent: Agent) -> list[dict[str, Any]]:
     DEPMAN_UPSTREAM_CONCURRENCY="huggingface.co=1", DEPMAN_UPSTREAM_LEASE_SECONDS="600"
 )
 def test_one_slot_is_handed_out_kept_by_polls_and_freed_by_the_report(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    server = fresh_server
     fleet = make_fleet(server, sizes={"a": (1000, "static")}, static=["a"], prefetch=True)
     first = fleet.register(fleet.add_instance("cap-a"))
     second = fleet.register(fleet.add_instance("cap-b"))
@@ -73,9 +72,8 @@ def test_one_slot_is_handed_out_kept_by_polls_and_freed_by_the_report(
     DEPMAN_UPSTREAM_CONCURRENCY="huggingface.co=1", DEPMAN_UPSTREAM_LEASE_SECONDS="1"
 )
 def test_a_silent_holder_loses_its_slot_when_the_lease_lapses(
-    fresh_server: RunningServer,
+    server: RunningServer,
 ) -> None:
-    server = fresh_server  # the lease rule is the same SQL on both stores
     fleet = make_fleet(server, sizes={"a": (1000, "static")}, static=["a"], prefetch=True)
     gone = fleet.register(fleet.add_instance("lease-a"))
     other = fleet.register(fleet.add_instance("lease-b"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support.hubs import FakeHubs
 
@@ -205,6 +206,36 @@ def postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def server_on(
+    backend: str, tmp: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[RunningServer]:
+    """A live server on a new database: a SQLite file in `tmp` or a new PostgreSQL one."""
+    if backend == "sqlite":
+        with run_server(f"sqlite:///{tmp / 'depman.db'}", extra_env=extra_env, cwd=tmp) as server:
+            yield server
+    else:
+        with postgres_database() as url, run_server(url, extra_env=extra_env, cwd=tmp) as server:
+            yield server
+
+
+def wants_own_server(request: pytest.FixtureRequest) -> bool:
+    """Whether the test is marked `own_server` or `server_env` (env vars need a server of
+    the test's own: a shared one was started before the test and without them)."""
+    node = request.node
+    return any(node.get_closest_marker(name) for name in ("own_server", "server_env"))
+
+
+@contextmanager
+def start_own_server(
+    request: pytest.FixtureRequest, backend: str, tmp: Path
+) -> Iterator[RunningServer]:
+    """A live server for this test alone, with its `server_env` marker's env vars."""
+    marker = request.node.get_closest_marker("server_env")
+    with server_on(backend, tmp, dict(marker.kwargs) if marker else None) as server:
+        yield server
 
 
 @contextmanager
