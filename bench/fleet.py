@@ -141,6 +141,8 @@ class Outcome:
     server_warnings: list[tuple[float, str]] = field(default_factory=list)
     # endpoint → {gateway stage: requests}: how many agent requests the memos answered.
     stages: dict[str, dict[str, int]] = field(default_factory=dict)
+    # pause kind (gc gen N, loop lag, a periodic task) → its pauses over 100 ms in the window
+    long_pauses: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -358,7 +360,7 @@ def start_py_spy(plan: Plan, pid: int, name: str) -> subprocess.Popen[bytes] | N
     print(f"  py-spy → {out}")
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses",
                              "--duration", str(int(plan.duration)), "--rate", "50",
-                             "--nonblocking", "--format", "raw", "--output", str(out)],
+                             "--nonblocking", "--gil", "--format", "raw", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -469,6 +471,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 await scraper.stop()
                 out.server_side = scraper.rows()
                 out.stages = scraper.stages()
+                out.long_pauses = scraper.long_pauses()
                 if spy is not None:
                     await asyncio.to_thread(spy.wait, 120)
                 out.server_cpu, out.server_rss = usage.cpu_percent, usage.rss_peak
@@ -670,6 +673,10 @@ def main(argv: list[str] | None = None) -> int:
         if o.stages:
             notes.append(f"{o.kind} agents, {o.backend}, N={o.n:,}: agent requests answered "
                          f"by the memo / quick / full stage: {stage_view(o.stages)}")
+        if o.stages:
+            pauses = ", ".join(f"{kind} {count}" for kind, count in sorted(o.long_pauses.items()))
+            notes.append(f"{o.kind} agents, {o.backend}, N={o.n:,}: server pauses over 100 ms "
+                         f"in the window (all processes): {pauses or 'none'}")
     notes.append(f"Measured {plan.duration:.0f} s per run, from {plan.warmup:.0f} s after every "
                  f"agent was up (registered and sent its first heartbeat); agents start "
                  f"over max({plan.ramp:.0f} s, N / {REGISTER_RATE:.0f} s), and 'boot s' is the "

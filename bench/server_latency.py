@@ -23,6 +23,13 @@ BUCKET_RE = re.compile(
     r'route="([^"]+)",status="(\d+)"\} ([\d.e+]+)$',
     re.M,
 )
+PAUSE_RE = re.compile(
+    r'^depman_(event_loop_lag|gc_pause|periodic_task)_seconds_bucket\{([^}]*)\} ([\d.e+]+)$', re.M
+)
+LABEL_RE = re.compile(r'(\w+)="([^"]*)"')
+# What a pause is said to be, from its histogram and label.
+PAUSE_NAMES = {"event_loop_lag": "loop lag", "gc_pause": "gc gen {generation}",
+               "periodic_task": "{task}"}
 STAGE_RE = re.compile(
     r'^depman_agent_(memo|quick|full)_answers_total\{endpoint="([^"]+)"\} ([\d.e+]+)$', re.M
 )
@@ -40,6 +47,16 @@ def buckets(text: str) -> dict[str, dict[float, float]]:
 def stage_counts(text: str) -> dict[tuple[str, str], float]:
     """(endpoint, gateway stage) → agent requests answered there so far."""
     return {(endpoint, stage): float(count) for stage, endpoint, count in STAGE_RE.findall(text)}
+
+
+def pause_counts(text: str) -> dict[tuple[str, float], float]:
+    """(pause kind, bucket bound) → cumulative count, summed over the processes."""
+    out: dict[tuple[str, float], float] = defaultdict(float)
+    for metric, labels, count in PAUSE_RE.findall(text):
+        values = dict(LABEL_RE.findall(labels))
+        bound = float(values.pop("le"))
+        out[PAUSE_NAMES[metric].format(**values), bound] += float(count)
+    return dict(out)
 
 
 def quantile(cumulative: dict[float, float], q: float) -> float:
@@ -69,24 +86,43 @@ class ServerLatency:
         self.last: dict[str, dict[float, float]] = {}
         self.first_stages: dict[tuple[str, str], float] = {}
         self.last_stages: dict[tuple[str, str], float] = {}
+        self.first_pauses: dict[tuple[str, float], float] = {}
+        self.last_pauses: dict[tuple[str, float], float] = {}
 
-    async def _scrape(self) -> tuple[dict[str, dict[float, float]], dict[tuple[str, str], float]]:
+    async def _scrape(self) -> str:
         status, body = await self.pool.request("GET", "/metrics")
         if status != 200:
             raise HttpError(f"/metrics answered {status}")
-        text = body.decode()
-        return buckets(text), stage_counts(text)
+        return body.decode()
 
     async def start(self) -> None:
         """First scrape."""
         with contextlib.suppress(HttpError):
-            self.first, self.first_stages = await self._scrape()
+            text = await self._scrape()
+            self.first, self.first_stages = buckets(text), stage_counts(text)
+            self.first_pauses = pause_counts(text)
 
     async def stop(self) -> None:
         """Last scrape."""
         with contextlib.suppress(HttpError):
-            self.last, self.last_stages = await self._scrape()
+            text = await self._scrape()
+            self.last, self.last_stages = buckets(text), stage_counts(text)
+            self.last_pauses = pause_counts(text)
         self.pool.close()
+
+    def long_pauses(self, over: float = 0.1) -> dict[str, int]:
+        """Pause kind → how many of its pauses in the window lasted longer than `over` seconds."""
+        out: dict[str, int] = {}
+        for (kind, bound), total in self.last_pauses.items():
+            if bound != float("inf"):
+                continue
+            below = max((n - self.first_pauses.get((kind, b), 0.0)
+                         for (k, b), n in self.last_pauses.items()
+                         if k == kind and b <= over), default=0.0)
+            longer = int(total - self.first_pauses.get((kind, bound), 0.0) - below)
+            if longer > 0:
+                out[kind] = longer
+        return out
 
     def stages(self) -> dict[str, dict[str, int]]:
         """endpoint → {gateway stage: agent requests it answered} over the window."""

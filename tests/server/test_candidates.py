@@ -174,3 +174,67 @@ def test_busy_holders_are_the_live_full_instances_holding_a_dep(
     }
     assert {c.instance_id: c.held_dep_ids for c in got} == expected
     assert all(len(c.active_elapsed_s) == 1 for c in got)
+
+
+def test_failing_instances_rank_after_every_healthy_one(
+    fleet_db: tuple[Database, list[Candidate], set[str]],
+) -> None:
+    """The best five and every seventh further down failed all their recent downloads:
+    every limit still gets exactly the full ranking's first ones, failing ones last."""
+    db, truth, busy = fleet_db
+    job = ["d3", "d7"]
+    sizes = {d: DEPS[d] for d in job}
+    free = [
+        replace(c, held_dep_ids=c.held_dep_ids & set(job))
+        for c in truth
+        if c.instance_id not in busy
+    ]
+    best_first = rank_candidates(free, sizes)
+    failing = {c.instance_id for c in best_first[:5] + best_first[5::7]}
+    now = utcnow()
+    with db.session() as session:
+        broken = [f"broken-{n}" for n in range(2)]
+        session.add_all(
+            Dep(
+                dep_id=dep_id,
+                url="https://hf.co/broken",
+                auth="none",
+                dest_relative_path=f"models/{dep_id}",
+                kind="dynamic",
+                created_at=now,
+                updated_at=now,
+            )
+            for dep_id in broken
+        )
+        session.flush()
+        session.add_all(
+            QueueItem(
+                instance_id=instance_id,
+                dep_id=dep_id,
+                generation=1,
+                op="download",
+                state="failed",
+                priority=0,
+                attempts=1,
+                error="HTTP 401",
+                enqueued_at=now,
+                updated_at=now,
+                finished_at=now,
+            )
+            for instance_id in failing
+            for dep_id in broken
+        )
+        session.commit()
+    expected = rank_candidates([replace(c, failing=c.instance_id in failing) for c in free], sizes)
+    assert [c.failing for c in expected[: len(free) - len(failing)]] == [False] * (
+        len(free) - len(failing)
+    )
+    cutoff = now - timedelta(seconds=90)
+    with db.read_session() as session:
+        active = active_jobs(session=session)
+        for limit in (1, 5, 32, len(free)):
+            got = free_candidates(
+                STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit, slots=1,
+                active=active,
+            )
+            assert got == expected[:limit]

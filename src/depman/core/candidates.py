@@ -13,7 +13,9 @@ nested loops over fresh statistics and took 1.8 s at 3,000 instances):
   limited to K + |queued| + |busy|. Queued bytes rank between held count and
   free disk, so an instance moves down at most past the |queued| ones, and busy
   ones are dropped: the true best K are always among the rows fetched.
-  `placement.rank_candidates` then ranks them exactly.
+  `placement.rank_candidates` then ranks them exactly;
+- instances whose downloads keep failing (`failing.py`): looked up among the
+  ranked rows, best first, K at a time, and moved after the healthy ones.
 
 Each runs as a Core statement on the session's connection: through the ORM's
 execution each cost about twice the Python time, per submit.
@@ -22,6 +24,7 @@ execution each cost about twice the Python time, per submit.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -147,19 +150,42 @@ def free_candidates(
             non_holders.order_by(free.desc(), _by_id(Instance.instance_id, session)).limit(fetch)
         )
     ]
-    rows = [row for row in rows if active.get(row[0], 0) < slots]
-    failing = failing_instances([row[0] for row in rows], session=session, now=utcnow())
     candidates = [
         Candidate(
             instance_id=instance_id,
             held_dep_ids=held_ids,
             queued_bytes=queued.get(instance_id, 0),
             free_bytes=free_bytes,
-            failing=instance_id in failing,
         )
         for instance_id, free_bytes, held_ids in rows
+        if active.get(instance_id, 0) < slots
     ]
-    return rank_candidates(candidates, job_deps)[:limit]
+    return _failing_last(rank_candidates(candidates, job_deps), limit, session=session)
+
+
+def _failing_last(ranked: list[Candidate], limit: int, *, session: Session) -> list[Candidate]:
+    """The best `limit` of `ranked`, the failing instances after every healthy one.
+
+    Checked `limit` at a time, best first, until `limit` healthy ones are found: none
+    further down can rank above them. Each check names exactly `limit` ids (a short
+    last chunk repeats its last id), so the statement's text and its prepared plan stay
+    the same from one submit to the next.
+    """
+    healthy: list[Candidate] = []
+    failing: list[Candidate] = []
+    now = utcnow()
+    for start in range(0, len(ranked), limit):
+        chunk = ranked[start : start + limit]
+        ids = [candidate.instance_id for candidate in chunk]
+        bad = failing_instances(ids + ids[-1:] * (limit - len(ids)), session=session, now=now)
+        for candidate in chunk:
+            if candidate.instance_id in bad:
+                failing.append(replace(candidate, failing=True))
+            else:
+                healthy.append(candidate)
+        if len(healthy) >= limit:
+            break
+    return (healthy + failing)[:limit]
 
 
 def busy_holders(

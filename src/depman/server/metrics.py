@@ -170,7 +170,17 @@ def use_multiprocess_dir(path: str) -> None:
         os.remove(stale)
     os.environ[MULTIPROC_ENV] = path
     # prometheus_client picks its value class when first imported; pick again now.
-    values.ValueClass = values.get_value_class()
+    # Every increment asks for the process id, to notice a fork: the id kept here
+    # (renewed in each forked child) spares a system call per increment.
+    values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+
+
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _process_id() -> int:
+    return _pid[0]
 
 
 def process_exited(pid: int) -> None:
@@ -186,6 +196,8 @@ class LatencyMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (method, route, status) → its histogram child: `labels()` takes a lock per call.
+        self._timers: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -203,7 +215,8 @@ class LatencyMiddleware:
             await self.app(scope, receive, _send)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.latency.labels(scope["method"], path, str(status[0])).observe(
-                time.perf_counter() - start
-            )
+            key = (scope["method"], getattr(route, "path", None) or "unmatched", str(status[0]))
+            timer = self._timers.get(key)
+            if timer is None:
+                timer = self._timers[key] = self.metrics.latency.labels(*key)
+            timer.observe(time.perf_counter() - start)
