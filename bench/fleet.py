@@ -352,7 +352,8 @@ class JobDriver:
 
 
 def start_py_spy(plan: Plan, pid: int, name: str) -> subprocess.Popen[bytes] | None:
-    """py-spy over the measured window (all server processes), when --py-spy asks for it."""
+    """py-spy over the measured window (all server processes, threads holding the GIL only:
+    CPU, not waits), when --py-spy asks for it."""
     if plan.profile_dir is None:
         return None
     plan.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -618,9 +619,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="PostgreSQL: start the server with --api-port and send the job "
                         "driver there (a process of its own for the job API).")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
-                        help="Record py-spy samples of the server over each measured window "
-                        "into DIR (fleet-<backend>-<procs>p-<N>.folded: collapsed stacks, "
-                        "for speedscope.app or flamegraph.pl).")
+                        help="Record py-spy samples of the server's threads holding the GIL "
+                        "(where its Python CPU goes) over each measured window into DIR "
+                        "(fleet-<backend>-<procs>p-<N>.folded: collapsed stacks, for "
+                        "speedscope.app or flamegraph.pl).")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     plan.profile_dir = args.py_spy

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer, postgres_database, run_server
@@ -89,3 +90,28 @@ def test_scrapes_of_several_workers_never_see_a_counter_go_down(tmp_path: Path) 
             and "heartbeat" in series
         )
         assert heartbeats >= 37
+
+
+def test_every_instance_gauge_parses_as_prometheus_reads_it(server: RunningServer) -> None:
+    """The per-instance gauges, written as text by hand, parse with prometheus_client's
+    own parser: an instance id with a quote in it comes back whole, with its figures."""
+    fleet = make_fleet(server)
+    instance_id = f'gpu"{fleet.server_type}'
+    agent = fleet.register(instance_id)
+    agent.free_bytes = 987_654_321
+    assert agent.heartbeat(dynamicBytesUsed=2048)[0] == 200
+    status, text = server.request("GET", "/metrics")
+    assert status == 200
+    found: dict[str, float] = {}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        for sample in family.samples:
+            if sample.labels.get("instance_id") == instance_id:
+                found[sample.name] = sample.value
+    assert found["depman_instance_disk_free_bytes"] == 987_654_321
+    assert found["depman_instance_dynamic_cache_bytes"] == 2048
+    assert found["depman_instance_live"] == 1
+    assert found["depman_instance_lost"] == 0
+    assert found["depman_instance_last_heartbeat_timestamp_seconds"] > time.time() - 600
+    assert {"depman_instances", "depman_jobs", "depman_http_request_duration_seconds"} <= names

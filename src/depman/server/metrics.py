@@ -140,21 +140,21 @@ class Metrics:
             warn_seconds=state.settings.pause_warning_seconds,
         )
         registry.register(TRIMMED)
+        # Not registered: a scrape appends its text (`exposition`), written faster than
+        # the registry would.
         self.fleet = FleetCollector(state)
-        registry.register(self.fleet)
         # This process's long-polls and replica notices (tests wait on the long-polls).
         registry.register(CacheCollector(state.cache))
 
     def exposition(self) -> bytes:
         """The text of one scrape: every process's counters when several serve, else this one's."""
         if not multiprocess_dir():
-            return generate_latest(self.registry)
+            return generate_latest(self.registry) + self.fleet.exposition()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        registry.register(self.fleet)
         # The cache's figures are one process's own: from whichever worker answered, a
         # scrape would see its counters jump back. Served only by a single process.
-        return generate_latest(registry)
+        return generate_latest(registry) + self.fleet.exposition()
 
 
 def multiprocess_dir() -> str | None:
