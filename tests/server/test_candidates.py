@@ -116,17 +116,22 @@ def fleet_db(database_url: str) -> Iterator[tuple[Database, list[Candidate], set
     db.dispose()
 
 
+def free_truth(truth: list[Candidate], busy: set[str], job: list[str]) -> list[Candidate]:
+    """The fleet's free instances as placement sees them for `job` (its deps only held)."""
+    return [
+        replace(c, held_dep_ids=c.held_dep_ids & set(job))
+        for c in truth
+        if c.instance_id not in busy
+    ]
+
+
 @pytest.mark.parametrize("job", [["d3", "d7"], ["d1"], ["d0", "d4", "d8", "d11"], []])
 def test_free_candidates_match_a_full_ranking(
     fleet_db: tuple[Database, list[Candidate], set[str]], job: list[str]
 ) -> None:
     db, truth, busy = fleet_db
     sizes = {d: DEPS[d] for d in job}
-    free = [
-        replace(c, held_dep_ids=c.held_dep_ids & set(job))
-        for c in truth
-        if c.instance_id not in busy
-    ]
+    free = free_truth(truth, busy, job)
     expected = rank_candidates(free, sizes)
     cutoff = utcnow() - timedelta(seconds=90)
     with db.read_session() as session:
@@ -184,11 +189,7 @@ def test_failing_instances_rank_after_every_healthy_one(
     db, truth, busy = fleet_db
     job = ["d3", "d7"]
     sizes = {d: DEPS[d] for d in job}
-    free = [
-        replace(c, held_dep_ids=c.held_dep_ids & set(job))
-        for c in truth
-        if c.instance_id not in busy
-    ]
+    free = free_truth(truth, busy, job)
     best_first = rank_candidates(free, sizes)
     failing = {c.instance_id for c in best_first[:5] + best_first[5::7]}
     now = utcnow()
