@@ -675,7 +675,6 @@ def main(argv: list[str] | None = None) -> int:
         if o.stages:
             notes.append(f"{o.kind} agents, {o.backend}, N={o.n:,}: agent requests answered "
                          f"by the memo / quick / full stage: {stage_view(o.stages)}")
-        if o.stages:
             pauses = ", ".join(f"{kind} {count}" for kind, count in sorted(o.long_pauses.items()))
             notes.append(f"{o.kind} agents, {o.backend}, N={o.n:,}: server pauses over 100 ms "
                          f"in the window (all processes): {pauses or 'none'}")

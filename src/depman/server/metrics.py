@@ -6,7 +6,7 @@ runner forks several workers (`--workers N`, `--api-port`), each scrape reaches
 one of them, so the counters live in prometheus_client's multiprocess files
 (`use_multiprocess_dir`) and every scrape sums all the processes' files: a
 counter never goes down from one scrape to the next. The fleet gauges
-(`FleetCollector`) are read from the database at scrape time, so every process
+(`FleetGauges`) are read from the database at scrape time, so every process
 answers them alike.
 """
 
@@ -28,7 +28,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from depman.server.cache.collector import CacheCollector
-from depman.server.fleet_metrics import FleetCollector
+from depman.server.fleet_metrics import FleetGauges
 from depman.server.pauses import PauseWatch
 
 if TYPE_CHECKING:
@@ -142,18 +142,18 @@ class Metrics:
         registry.register(TRIMMED)
         # Not registered: a scrape appends its text (`exposition`), written faster than
         # the registry would.
-        self.fleet = FleetCollector(state)
+        self.fleet = FleetGauges(state)
         # This process's long-polls and replica notices (tests wait on the long-polls).
         registry.register(CacheCollector(state.cache))
 
     def exposition(self) -> bytes:
         """The text of one scrape: every process's counters when several serve, else this one's."""
-        if not multiprocess_dir():
-            return generate_latest(self.registry) + self.fleet.exposition()
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        # The cache's figures are one process's own: from whichever worker answered, a
-        # scrape would see its counters jump back. Served only by a single process.
+        registry = self.registry
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            # The cache's figures are one process's own: from whichever worker answered, a
+            # scrape would see its counters jump back. Served only by a single process.
         return generate_latest(registry) + self.fleet.exposition()
 
 
