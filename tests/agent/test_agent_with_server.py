@@ -187,3 +187,38 @@ def test_touch_missing_file_and_lru_eviction(server: Any, tmp_path: Path) -> Non
             assert not (loras / "d2.bin").exists()
             agent.wait_for_line(r"Evicted dynamic dep d2")
             assert agent.stop() == 0
+
+
+def test_a_cache_left_over_its_cap_comes_back_under_it_once_pins_lapse(
+        server: Any, tmp_path: Path) -> None:
+    # j2's model arrives while j1's two were used a moment ago: the install can evict
+    # neither, and the cache sits over its cap. No further install comes; the agent
+    # must still bring it back once the pin window has passed.
+    blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3")}
+    with ModelOrigin() as origin:
+        deps = {}
+        for name, data in blobs.items():
+            origin.add(f"/m/{name}.bin", data)
+            deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
+                             kind="dynamic")
+        setup_fleet(server, deps, static=[], policy={
+            "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
+            "evictionBatchMax": 5, "pinTtlSeconds": 4})
+        env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1")
+        loras = tmp_path / "ws/ComfyUI/models/loras"
+        with AgentProcess(env) as agent:
+            agent.wait_for_line(r"Registered dependency agent: instanceId=i1")
+            run_job(server, ["d1", "d2"], "j1")
+            finish_job(server, "j1")
+            run_job(server, ["d3"], "j2")
+            finish_job(server, "j2")
+            wait_dynamic(server, ["d1", "d2", "d3"])
+            assert instance(server)["dynamicBytesUsed"] == 3 * MiB
+            # The oldest use goes first; one is enough to fit the cap again.
+            assert wait_until(lambda: len(instance(server)["installedDepIdsDynamic"]) == 2, 30)
+            held = instance(server)["installedDepIdsDynamic"]
+            assert "d3" in held and sorted(p.name for p in loras.iterdir()) == [
+                f"{d}.bin" for d in held]
+            assert instance(server)["dynamicBytesUsed"] == 2 * MiB
+            agent.wait_for_line(r"Evicted dynamic dep d[12]")
+            assert agent.stop() == 0

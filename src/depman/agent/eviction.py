@@ -157,6 +157,23 @@ class Evictor:
             evicted.append(record.dep_id)
         return evicted
 
+    def restore(self, protected: Collection[str]) -> list[str]:
+        """Bring the cache back within ``maxDynamicBytes`` and the floor, if it left them.
+
+        An install can only evict what is not pinned or recently used at that moment; the
+        excess it leaves goes here once those pins lapse, without waiting for another
+        install.
+        """
+        if not self.policy.enabled:
+            return []
+        cap = self.policy.max_dynamic_bytes
+        over_cap = cap is not None and self.cache.dynamic_bytes() > cap
+        floor = self.policy.min_free_bytes
+        if not over_cap and self.cache.disk_stats().free_bytes >= floor:
+            return []
+        return self.evict(need_free_bytes=floor, protected=protected,
+                          folder=self.cache.comfyui_dir)
+
     def ensure_space(self, need_bytes: int, *, folder: Path,
                      protected: Collection[str]) -> list[str]:
         """Make room for ``need_bytes`` plus the floor, or raise InsufficientDiskSpace."""

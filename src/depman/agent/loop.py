@@ -249,8 +249,22 @@ class Agent:
         self.consider_update(answer.agent_update)
         self.apply_static_ids(answer.static_ids)
         self.last_heartbeat = time.monotonic()
-        self.heartbeat_early = False
+        # After the answer: its pins are the server's word on what jobs here need. What
+        # goes is reported early, before a job is placed here for it.
+        self.heartbeat_early = self.restore_policy()
         self.check_cancels()
+
+    def restore_policy(self) -> bool:
+        """Evict what the cap or the floor no longer allows, now that pins may have lapsed;
+        whether anything went."""
+        try:
+            evicted = self.evictor().restore(self.protected_ids())
+        except OSError as exc:
+            problems.warn("cache restore", "Could not check the cache against its policy: %s",
+                          exc)
+            return False
+        problems.ok("cache restore")
+        return bool(evicted)
 
     def check_cancels(self) -> None:
         """Ask whether an operator cancelled a running download; stop it if so."""

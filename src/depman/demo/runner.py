@@ -38,6 +38,7 @@ from depman.demo import fleet as demo_fleet
 from depman.demo.display import Frame, render
 from depman.demo.jobs import JobPlayer
 from depman.demo.launch import (
+    DEMO_HEARTBEAT_SECONDS,
     AgentSpec,
     Service,
     server_env,
@@ -51,6 +52,9 @@ from depman.demo.processes import ChildProcess, ProcessFailed
 from depman.demo.summary import Summary, build_summary, print_summary
 
 LIVE_WAIT_SECONDS = 30.0
+# A cache over its cap when the last job ends holds deps used within the pin window; the
+# agents evict them at a heartbeat once it has passed.
+SETTLE_SECONDS = demo_fleet.PIN_TTL_SECONDS + 4 * DEMO_HEARTBEAT_SECONDS
 FRAME_SECONDS = 0.25
 TITLE = "depman demo"
 NON_TTY_WIDTH = 120
@@ -254,8 +258,29 @@ class Demo:
             time.sleep(FRAME_SECONDS)
         self._note_jobs(seen_states)
         self.player.stop()
+        self._settle_caches(live)
         self.monitor_stop()
         self._set_phase(live, "done")
+
+    def _settle_caches(self, live: Live) -> None:
+        """Wait (briefly) until every dynamic cache is back within its cap."""
+        monitor = self.monitor
+        assert monitor is not None
+        cap = demo_fleet.MAX_DYNAMIC_BYTES
+
+        def over() -> list[str]:
+            return sorted(i for i, v in monitor.snapshot().items() if v.dynamic_bytes > cap)
+
+        if not over():
+            return
+        self._set_phase(live, f"caches over the cap ({', '.join(over())}): waiting for the "
+                              "pin window to pass")
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while over() and time.monotonic() < deadline:
+            self._refresh(live)
+            time.sleep(FRAME_SECONDS)
+        if over():
+            self._say(f"still over the cap after {SETTLE_SECONDS:.0f}s: {', '.join(over())}")
 
     def _note_jobs(self, seen: dict[str, str]) -> None:
         """Log job state changes; count a placed job's cache hits once."""
