@@ -9,10 +9,14 @@ nested loops over fresh statistics and took 1.8 s at 3,000 instances):
 - `active`: instances with active jobs (few: one per running job);
 - `queued`: instances with open downloads and their bytes (few);
 - holders of the job's deps, ranked by (held bytes, held count, free disk, id),
-  with the deps each holds, and the best non-holders by (free disk, id), each
-  limited to K + |queued| + |busy|. Queued bytes rank between held count and
-  free disk, so an instance moves down at most past the |queued| ones, and busy
-  ones are dropped: the true best K are always among the rows fetched.
+  with the deps each holds, limited to K + |queued| + |busy|, and the best
+  non-holders by (free disk, id) with a free slot, limited to K + |queued|. Queued
+  bytes rank between held count and free disk, so an instance moves down at most
+  past the |queued| ones, and busy ones are dropped: the true best K are always
+  among the rows fetched. The non-holders' statement leaves out the busy ones
+  itself, so it reads only the first rows of the free-disk index: asked for
+  K + |queued| + |busy| rows with the busy ones filtered out afterwards,
+  PostgreSQL sorted the whole fleet instead once a hundred instances were busy.
   `placement.rank_candidates` then ranks them exactly;
 - instances whose downloads keep failing (`failing.py`): looked up among the
   ranked rows, best first, K at a time, and moved after the healthy ones.
@@ -83,6 +87,17 @@ def queued_bytes(*, session: Session) -> dict[str, int]:
     return {instance_id: int(n or 0) for instance_id, n in rows}
 
 
+def _has_free_slot(slots: int) -> Any:
+    """The instance runs fewer than `slots` active jobs (what `active_jobs` counts)."""
+    running = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.instance_id == Instance.instance_id, Job.state.in_(ACTIVE_JOB_STATES))
+        .scalar_subquery()
+    )
+    return running < slots
+
+
 def _by_id(column: Any, session: Session) -> Any:
     # Python's str order on PostgreSQL too, as rank_candidates breaks ties.
     return column.collate("C") if session.get_bind().dialect.name == "postgresql" else column
@@ -144,10 +159,14 @@ def free_candidates(
     non_holders = select(Instance.instance_id, free).where(*filters)
     if dep_ids:
         non_holders = non_holders.where(~holds_any)
+    if busy:
+        non_holders = non_holders.where(_has_free_slot(slots))
     rows += [
         (instance_id, int(free_bytes or 0), frozenset())
         for instance_id, free_bytes in conn.execute(
-            non_holders.order_by(free.desc(), _by_id(Instance.instance_id, session)).limit(fetch)
+            non_holders.order_by(free.desc(), _by_id(Instance.instance_id, session)).limit(
+                limit + len(queued)
+            )
         )
     ]
     candidates = [
