@@ -151,17 +151,23 @@ def finish_job(server: Any, job_id: str) -> None:
     assert status == 200, body
 
 
-def test_touch_missing_file_and_lru_eviction(server: Any, tmp_path: Path) -> None:
+def three_dynamic_loras(server: Any, origin: ModelOrigin, pin_ttl_seconds: int) -> dict[str, bytes]:
+    """Dynamic deps d1-d3 of 1 MiB each, served by `origin`, under a 2.5 MiB cache cap."""
     blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3")}
+    deps = {}
+    for name, data in blobs.items():
+        origin.add(f"/m/{name}.bin", data)
+        deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
+                         kind="dynamic")
+    setup_fleet(server, deps, static=[], policy={
+        "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
+        "evictionBatchMax": 5, "pinTtlSeconds": pin_ttl_seconds})
+    return blobs
+
+
+def test_touch_missing_file_and_lru_eviction(server: Any, tmp_path: Path) -> None:
     with ModelOrigin() as origin:
-        deps = {}
-        for name, data in blobs.items():
-            origin.add(f"/m/{name}.bin", data)
-            deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
-                             kind="dynamic")
-        setup_fleet(server, deps, static=[], policy={
-            "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
-            "evictionBatchMax": 5, "pinTtlSeconds": 0})
+        blobs = three_dynamic_loras(server, origin, pin_ttl_seconds=0)
         env = agent_env(server, tmp_path, DM_VERBOSE_PROGRESS="1")
         loras = tmp_path / "ws/ComfyUI/models/loras"
         with AgentProcess(env) as agent:
@@ -194,16 +200,8 @@ def test_a_cache_left_over_its_cap_comes_back_under_it_once_pins_lapse(
     # j2's model arrives while j1's two were used a moment ago: the install can evict
     # neither, and the cache sits over its cap. No further install comes; the agent
     # must still bring it back once the pin window has passed.
-    blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3")}
     with ModelOrigin() as origin:
-        deps = {}
-        for name, data in blobs.items():
-            origin.add(f"/m/{name}.bin", data)
-            deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
-                             kind="dynamic")
-        setup_fleet(server, deps, static=[], policy={
-            "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
-            "evictionBatchMax": 5, "pinTtlSeconds": 4})
+        three_dynamic_loras(server, origin, pin_ttl_seconds=6)
         env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1")
         loras = tmp_path / "ws/ComfyUI/models/loras"
         with AgentProcess(env) as agent:
