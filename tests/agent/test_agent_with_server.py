@@ -151,9 +151,10 @@ def finish_job(server: Any, job_id: str) -> None:
     assert status == 200, body
 
 
-def three_dynamic_loras(server: Any, origin: ModelOrigin, pin_ttl_seconds: int) -> dict[str, bytes]:
-    """Dynamic deps d1-d3 of 1 MiB each, served by `origin`, under a 2.5 MiB cache cap."""
-    blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3")}
+def dynamic_loras(server: Any, origin: ModelOrigin, names: tuple[str, ...] = ("d1", "d2", "d3"),
+                  *, pin_ttl_seconds: int) -> dict[str, bytes]:
+    """Dynamic LoRAs of 1 MiB each, served by `origin`, under a 2.5 MiB cache cap."""
+    blobs = {name: payload(MiB)[0] for name in names}
     deps = {}
     for name, data in blobs.items():
         origin.add(f"/m/{name}.bin", data)
@@ -167,7 +168,7 @@ def three_dynamic_loras(server: Any, origin: ModelOrigin, pin_ttl_seconds: int) 
 
 def test_touch_missing_file_and_lru_eviction(server: Any, tmp_path: Path) -> None:
     with ModelOrigin() as origin:
-        blobs = three_dynamic_loras(server, origin, pin_ttl_seconds=0)
+        blobs = dynamic_loras(server, origin, pin_ttl_seconds=0)
         env = agent_env(server, tmp_path, DM_VERBOSE_PROGRESS="1")
         loras = tmp_path / "ws/ComfyUI/models/loras"
         with AgentProcess(env) as agent:
@@ -201,7 +202,7 @@ def test_a_cache_left_over_its_cap_comes_back_under_it_once_pins_lapse(
     # neither, and the cache sits over its cap. No further install comes; the agent
     # must still bring it back once the pin window has passed.
     with ModelOrigin() as origin:
-        three_dynamic_loras(server, origin, pin_ttl_seconds=6)
+        dynamic_loras(server, origin, pin_ttl_seconds=6)
         env = agent_env(server, tmp_path, DM_HEARTBEAT_SECONDS="1")
         loras = tmp_path / "ws/ComfyUI/models/loras"
         with AgentProcess(env) as agent:

@@ -17,19 +17,15 @@ from typing import Any
 import pytest
 
 from depman.agent.in_use import paths_in_use
-from tests.agent.conftest import payload
 from tests.agent.running import AgentProcess
 from tests.agent.test_agent_with_server import (
     agent_env,
-    dep,
+    dynamic_loras,
     finish_job,
     run_job,
-    setup_fleet,
     wait_dynamic,
 )
 from tests.support.origin import ModelOrigin
-
-MiB = 1024 * 1024
 
 # Python's mmap keeps a dup of the descriptor; libc's mmap, as native loaders call it,
 # does not: after close() only /proc/<pid>/maps still names the file.
@@ -87,7 +83,6 @@ def test_mapped_and_linked_files_are_in_use(tmp_path: Path) -> None:
 
 
 def test_mapped_and_linked_files_survive_eviction(server: Any, tmp_path: Path) -> None:
-    blobs = {name: payload(MiB)[0] for name in ("d1", "d2", "d3", "d4")}
     # The ComfyUI folder the agent is given is a symlink to the volume holding it.
     volume = tmp_path / "volume/ComfyUI"
     volume.mkdir(parents=True)
@@ -95,14 +90,7 @@ def test_mapped_and_linked_files_survive_eviction(server: Any, tmp_path: Path) -
     (tmp_path / "ws/ComfyUI").symlink_to(volume)
     loras = tmp_path / "ws/ComfyUI/models/loras"
     with ModelOrigin() as origin:
-        deps = {}
-        for name, data in blobs.items():
-            origin.add(f"/m/{name}.bin", data)
-            deps[name] = dep(origin, f"/m/{name}.bin", f"models/loras/{name}.bin", data,
-                             kind="dynamic")
-        setup_fleet(server, deps, static=[], policy={
-            "enabled": True, "minFreeBytes": 0, "maxDynamicBytes": 2 * MiB + MiB // 2,
-            "evictionBatchMax": 5, "pinTtlSeconds": 0})
+        blobs = dynamic_loras(server, origin, ("d1", "d2", "d3", "d4"), pin_ttl_seconds=0)
         with AgentProcess(agent_env(server, tmp_path)) as agent:
             agent.wait_for_line(r"Registered dependency agent")
             for number, name in enumerate(("d1", "d2"), 1):
