@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +108,26 @@ def test_one_process_sweeps_at_a_time(tmp_path: Path) -> None:
             15, "the job to fail",
         )
         assert "no instance became free" in failed["error"]
+
+
+def _sweeps(server: RunningServer) -> float:
+    """Sweeps run by this server's processes (skipped turns are not counted)."""
+    status, text = server.request("GET", "/metrics")
+    assert status == 200
+    found = re.search(r'^depman_periodic_task_seconds_count\{task="sweep"\} ([\d.e+]+)$', text,
+                      re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.postgres
+def test_three_processes_sweep_once_per_interval_together(tmp_path: Path) -> None:
+    """Each process keeps its own timer; together they still sweep once an interval."""
+    interval, window = 0.5, 6.0
+    env = {"DEPMAN_MAINTENANCE_INTERVAL_SECONDS": str(interval), "DEPMAN_WORKERS": "3"}
+    with postgres_database() as url, run_server(url, extra_env=env, cwd=tmp_path) as server:
+        wait_until(lambda: _sweeps(server) >= 3, 20, "the first sweeps")
+        before = _sweeps(server)
+        time.sleep(window)
+        swept = _sweeps(server) - before
+    # Each process alone would sweep 12 times in the window: 36 together.
+    assert 0 < swept <= window / (interval * 0.8) + 2, swept

@@ -6,7 +6,11 @@ a step's row locks are held for that step only, so an agent request that writes
 one of those rows waits for one short step, never for the whole sweep. Of
 several server processes sharing a PostgreSQL database, one sweeps at a time
 (a transaction-level advisory lock): the others would redo the same work and
-contend for the same rows.
+contend for the same rows. And together they sweep once per interval, not once
+per interval each: the lock only keeps two sweeps apart, and each process's timer
+drifts from the others' by its own sweeps' length, so three processes swept three
+times an interval. The sweeper notes when it started (`periodic_runs`); a process
+whose turn comes sooner after that leaves the sweep to the next turn.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Float, bindparam, func, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -30,6 +36,7 @@ from depman.core.reports import on_item_failed
 from depman.core.retries import expire_retry_windows
 from depman.core.scheduler import place_pending_jobs
 from depman.core.static_retries import retry_due_items
+from depman.store.models import PeriodicRun
 
 log = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key of the sweep ("depman-sweep" as an integer).
@@ -113,14 +120,34 @@ STEPS: tuple[tuple[str, Step], ...] = (
 )
 
 
-def claim_sweep(session: Session) -> bool:
-    """Whether this transaction may sweep: on PostgreSQL, no other process is sweeping."""
+def _claim_turn() -> Any:
+    # Start the sweep's turn unless one started within the spacing (PostgreSQL's clock,
+    # so replicas on several hosts agree); committed with the guard, as the lock ends.
+    insert = postgresql.insert(PeriodicRun).values(task="sweep", started_at=func.now())
+    spacing = func.make_interval(0, 0, 0, 0, 0, 0, bindparam("spacing", type_=Float))
+    return insert.on_conflict_do_update(
+        index_elements=[PeriodicRun.task],
+        set_={"started_at": insert.excluded.started_at},
+        where=PeriodicRun.started_at <= func.now() - spacing,
+    ).returning(PeriodicRun.task)
+
+
+_CLAIM_TURN = _claim_turn()
+
+
+def claim_sweep(session: Session, spacing_seconds: float = 0.0) -> bool:
+    """Whether this transaction may sweep: on PostgreSQL, no other process is sweeping,
+    and none started a sweep within the last `spacing_seconds`."""
     if session.get_bind().dialect.name != "postgresql":
         return True  # SQLite: one server process
-    return bool(
-        session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK_KEY})
-        .scalar()
-    )
+    locked = session.execute(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK_KEY}
+    ).scalar()
+    if not locked:
+        return False
+    if spacing_seconds <= 0:
+        return True
+    return session.execute(_CLAIM_TURN, {"spacing": spacing_seconds}).first() is not None
 
 
 def run_sweep(
@@ -128,16 +155,18 @@ def run_sweep(
     *,
     policy: Policy,
     now: datetime | None = None,
+    spacing_seconds: float = 0.0,
 ) -> SweepReport:
     """One sweep, each step in a transaction of its own from `open_session`.
 
     A first transaction holds the sweep's advisory lock until the last step has
-    committed; the steps run on other connections.
+    committed; the steps run on other connections. With `spacing_seconds`, a sweep
+    started by any process within that time skips this one.
     """
     now = now or utcnow()
     report = SweepReport()
     with open_session() as guard:
-        if not claim_sweep(guard):
+        if not claim_sweep(guard, spacing_seconds):
             report.skipped = True
             guard.rollback()
             return report

@@ -16,9 +16,15 @@ from depman.server.state import ServerState
 log = logging.getLogger(__name__)
 
 
+# Of the interval, how long after any process's sweep started this one's turn is left to
+# the next: less than the whole, so that a timer firing a little early still sweeps.
+SWEEP_SPACING_SHARE = 0.8
+
+
 def sweep_once(state: ServerState) -> SweepReport:
     """One sweep, step by step (`core.maintenance`); refreshes the replica's pending hint."""
-    report = run_sweep(state.db.session, policy=state.policy)
+    spacing = state.settings.maintenance_interval_seconds * SWEEP_SPACING_SHARE
+    report = run_sweep(state.db.session, policy=state.policy, spacing_seconds=spacing)
     with state.db.read_session() as session, report.step("pending_hint"):
         state.cache.pending.refresh(pending_server_types(session=session))
     return report

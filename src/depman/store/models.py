@@ -396,3 +396,16 @@ class MirrorObject(Base):
     stored_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(_tz())
+
+
+class PeriodicRun(Base):
+    """When a periodic task last started anywhere in the fleet's server processes.
+
+    Each process keeps its own timer; this row is what keeps them, together, to the
+    task's interval.
+    """
+
+    __tablename__ = "periodic_runs"
+
+    task: Mapped[str] = mapped_column(String(40), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(_tz())

@@ -37,7 +37,9 @@ JOB_TABLES = frozenset({"jobs", "job_deps"})
 # What every heartbeat answer is built from (static deps, pins named by the catalog).
 CATALOG_TABLES = frozenset({"deps", "profiles", "profile_static_deps", "server_types"})
 # Read by no agent answer and no waiter.
-UNWATCHED_TABLES = frozenset({"operator_actions", "revoked_sessions", "alembic_version"})
+UNWATCHED_TABLES = frozenset(
+    {"operator_actions", "revoked_sessions", "periodic_runs", "alembic_version"}
+)
 KEY_COLUMNS = {name: "instance_id" for name in INSTANCE_TABLES} | {
     name: "job_id" for name in JOB_TABLES
 }
