@@ -210,8 +210,8 @@ def pg_settle(database_url: str) -> None:
     statistics taken while every instance was still empty turn into nested loops
     over the fleet. The boot writes ~500 MB of WAL (two million inventory rows);
     left alone, the checkpoint it forces lands in the measured window, which is
-    meant to show the steady state. (A VACUUM here as well made the window slower,
-    not faster: p99 1.8 s against 0.1 s, in stalls of several seconds.)
+    meant to show the steady state. No VACUUM: on this machine it makes the window
+    slower, not faster (p99 1.8 s against 0.1 s, in stalls of several seconds).
     """
     if not database_url.startswith("postgresql"):
         return
@@ -323,8 +323,8 @@ class JobDriver:
     async def run(self, t_start: float) -> None:
         tasks: set[asyncio.Task[None]] = set()
         # The scan for ready jobs runs beside the submits: awaited in this loop, a slow
-        # scan held back the submits due meanwhile, and their latency (counted from when
-        # they were due) was the client's own wait.
+        # scan would hold back the submits due meanwhile, and their latency (counted from
+        # when they are due) would be the client's own wait.
         scanner = asyncio.ensure_future(self.scan_ready(t_start, tasks))
         # --job-rate 0 measures the agents alone: no submissions at all.
         next_submit = t_start if self.rate > 0 else float("inf")

@@ -16,7 +16,7 @@ nested loops over fresh statistics and took 1.8 s at 3,000 instances):
   among the rows fetched. The non-holders' statement leaves out the busy ones
   itself, so it reads only the first rows of the free-disk index: asked for
   K + |queued| + |busy| rows with the busy ones filtered out afterwards,
-  PostgreSQL sorted the whole fleet instead once a hundred instances were busy.
+  PostgreSQL sorts the whole fleet instead once a hundred instances are busy.
   `placement.rank_candidates` then ranks them exactly;
 - instances whose downloads keep failing (`failing.py`): looked up among the
   ranked rows, best first, K at a time, and moved after the healthy ones.

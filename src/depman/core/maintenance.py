@@ -8,7 +8,7 @@ several server processes sharing a PostgreSQL database, one sweeps at a time
 (a transaction-level advisory lock): the others would redo the same work and
 contend for the same rows. And together they sweep once per interval, not once
 per interval each: the lock only keeps two sweeps apart, and each process's timer
-drifts from the others' by its own sweeps' length, so three processes swept three
+drifts from the others' by its own sweeps' length, so N processes would sweep N
 times an interval. The sweeper notes when it started (`periodic_runs`); a process
 whose turn comes sooner after that leaves the sweep to the next turn.
 """
