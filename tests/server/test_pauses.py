@@ -23,7 +23,8 @@ def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Pa
     db_file = tmp_path / "pauses.db"
     env = {
         "DEPMAN_MAINTENANCE_INTERVAL_SECONDS": "0.2",
-        "DEPMAN_PAUSE_WARNING_SECONDS": "0.3",
+        # Well above an ordinary sweep on a loaded machine (one took 338 ms in CI).
+        "DEPMAN_PAUSE_WARNING_SECONDS": "1.0",
     }
     with run_server(f"sqlite:///{db_file}", cwd=tmp_path, extra_env=env) as server:
         wait_until(lambda: metric(server, "depman_periodic_task_seconds_count") >= 2, 20,
@@ -32,7 +33,7 @@ def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Pa
         # Another writer holds the database: the sweep's first write waits for it.
         blocker = sqlite3.connect(db_file, timeout=5)
         blocker.execute("BEGIN IMMEDIATE")
-        time.sleep(1.0)
+        time.sleep(2.0)
         blocker.rollback()
         blocker.close()
         wait_until(lambda: "periodic task sweep took" in server.logs(), 20, "the pause warning")
@@ -43,7 +44,7 @@ def test_a_sweep_held_by_a_locked_database_is_logged_with_its_steps(tmp_path: Pa
         # Once a minute at most, however many sweeps are slow.
         blocker = sqlite3.connect(db_file, timeout=5)
         blocker.execute("BEGIN IMMEDIATE")
-        time.sleep(1.0)
+        time.sleep(2.0)
         blocker.rollback()
         blocker.close()
         time.sleep(0.5)
