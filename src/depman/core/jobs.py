@@ -13,7 +13,18 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, not_, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -281,6 +292,44 @@ def on_dep_failed(
     return list(jobs)
 
 
+def _refresh_statements() -> tuple[Any, Any, Any]:
+    # Built once: heartbeats and status reports only bind parameters.
+    instance: Any = bindparam("p_instance_id")
+    waiting = (
+        select(Job)
+        .where(Job.instance_id == instance, Job.state == JobState.WAITING_DEPS.value)
+        .with_for_update()
+    )
+    needing = waiting.where(
+        exists().where(JobDep.job_id == Job.job_id, JobDep.dep_id == bindparam("p_dep_id"))
+    )
+    # Each dep of the jobs, in order, with whether the instance lists it and its item
+    # there (op and state; None when it has none): one statement for all the jobs.
+    standing = (
+        select(
+            JobDep.job_id,
+            JobDep.dep_id,
+            InstanceDep.dep_id.is_not(None),
+            QueueItem.op,
+            QueueItem.state,
+        )
+        .select_from(JobDep)
+        .outerjoin(
+            InstanceDep,
+            and_(InstanceDep.instance_id == instance, InstanceDep.dep_id == JobDep.dep_id),
+        )
+        .outerjoin(
+            QueueItem, and_(QueueItem.instance_id == instance, QueueItem.dep_id == JobDep.dep_id)
+        )
+        .where(JobDep.job_id.in_(bindparam("p_job_ids", expanding=True)))
+        .order_by(JobDep.job_id, JobDep.position)
+    )
+    return waiting, needing, standing
+
+
+_WAITING_JOBS, _WAITING_JOBS_NEEDING, _DEP_STANDING = _refresh_statements()
+
+
 def refresh_instance_jobs(
     instance_id: str,
     held: set[str] | None,
@@ -298,33 +347,28 @@ def refresh_instance_jobs(
     (the file is gone), is queued for download again. `dep_id`: only the jobs that
     need it (a report about one dep). Answers the jobs that became ready.
     """
-    stmt = select(Job).where(
-        Job.instance_id == instance_id, Job.state == JobState.WAITING_DEPS.value
-    )
-    if dep_id is not None:
-        stmt = stmt.where(exists().where(JobDep.job_id == Job.job_id, JobDep.dep_id == dep_id))
-    jobs = session.scalars(stmt.with_for_update()).all()
+    if dep_id is None:
+        jobs = session.scalars(_WAITING_JOBS, {"p_instance_id": instance_id}).all()
+    else:
+        params = {"p_instance_id": instance_id, "p_dep_id": dep_id}
+        jobs = session.scalars(_WAITING_JOBS_NEEDING, params).all()
     if not jobs:
         return []
-    deps = deps_of_jobs([j.job_id for j in jobs], session=session)
-    needed = {d for ds in deps.values() for d in ds}
+    deps: dict[str, list[str]] = {job.job_id: [] for job in jobs}
+    on_disk: set[str] = set()
+    items: dict[str, tuple[str, str]] = {}
+    rows = session.connection().execute(
+        _DEP_STANDING, {"p_instance_id": instance_id, "p_job_ids": list(deps)}
+    )
+    for job_id, dep, listed, op, state in rows:
+        deps[job_id].append(dep)
+        if listed:
+            on_disk.add(dep)
+        if state is not None:
+            items[dep] = (op, state)
     from_inventory = held is not None
     if held is None:
-        held = set(
-            session.scalars(
-                select(InstanceDep.dep_id).where(
-                    InstanceDep.instance_id == instance_id, InstanceDep.dep_id.in_(needed)
-                )
-            )
-        )
-    items: dict[str, tuple[str, str]] = {
-        d: (op, state)
-        for d, op, state in session.execute(
-            select(QueueItem.dep_id, QueueItem.op, QueueItem.state).where(
-                QueueItem.instance_id == instance_id, QueueItem.dep_id.in_(needed)
-            )
-        )
-    }
+        held = on_disk
     ready: list[Job] = []
     for job in jobs:
         unproven = False

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
@@ -274,13 +274,15 @@ def mirror_entries(
     return entries
 
 
-def stored_before(sha256: str | None, moment: datetime | None, *, session: Session) -> bool:
+_STORED_AT = select(MirrorObject.stored_at).where(
+    MirrorObject.sha256 == bindparam("p_sha256"),
+    MirrorObject.state == MirrorState.STORED.value,
+)
+
+
+def stored_before(sha256: str | None, moment: datetime | None, *, conn: Connection) -> bool:
     """Whether these bytes were stored in the mirror at `moment` (accounting's inference)."""
     if not sha256 or moment is None:
         return False
-    stored_at = session.scalar(
-        select(MirrorObject.stored_at).where(
-            MirrorObject.sha256 == sha256, MirrorObject.state == MirrorState.STORED.value
-        )
-    )
+    stored_at = conn.execute(_STORED_AT, {"p_sha256": sha256}).scalar()
     return stored_at is not None and stored_at <= moment

@@ -360,6 +360,11 @@ class Transition:
     reason: str = ""
     # Tell the agent to forget its local failure of the dep: the server queued it again.
     clear_failed: bool = False
+    # What an applied transition leaves of the item for what follows in the same
+    # report, so that nothing reads the row back: the upstream it holds a slot of,
+    # and when the agent took it (started, else enqueued).
+    upstream_host: str | None = None
+    taken_at: datetime | None = None
 
 
 def _transition_statements() -> dict[str, Any]:
@@ -375,7 +380,14 @@ def _transition_statements() -> dict[str, Any]:
         QueueItem.dep_id == bindparam("p_dep_id"),
         QueueItem.generation == bindparam("p_generation", type_=Integer),
     )
-    answer = (QueueItem.state, QueueItem.op, QueueItem.dep_id, QueueItem.error)
+    answer = (
+        QueueItem.state,
+        QueueItem.op,
+        QueueItem.dep_id,
+        QueueItem.error,
+        QueueItem.upstream_host,
+        func.coalesce(QueueItem.started_at, QueueItem.enqueued_at).label("taken_at"),
+    )
     return {
         running: base.where(QueueItem.state.in_((queued, running)))
         .values(
@@ -447,7 +459,15 @@ def apply_item_state(
     }
     row = conn.execute(statement, params).first()
     if row is not None:
-        return Transition(True, row.state, row.op, row.dep_id, row.error)
+        return Transition(
+            True,
+            row.state,
+            row.op,
+            row.dep_id,
+            row.error,
+            upstream_host=row.upstream_host,
+            taken_at=row.taken_at,
+        )
     current = conn.execute(_ITEM_NOW, params).first()
     if current is None:
         return Transition(False, reason="no such item")

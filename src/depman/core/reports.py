@@ -63,6 +63,11 @@ def _figures_statement() -> Any:
 
 
 FIGURES_STATEMENT = _figures_statement()
+LOCK_INSTANCE = (
+    select(Instance.instance_id)
+    .where(Instance.instance_id == bindparam("p_instance_id"))
+    .with_for_update()
+)
 
 
 def record_report(
@@ -117,11 +122,7 @@ def apply_status(
     if report.state == ItemState.SUCCEEDED.value:
         # Instance row first, then the item: the lock order of heartbeats, which
         # also write both (a receipt may add an inventory row and clear the digest).
-        conn.execute(
-            select(Instance.instance_id)
-            .where(Instance.instance_id == instance_id)
-            .with_for_update()
-        )
+        conn.execute(LOCK_INSTANCE, {"p_instance_id": instance_id})
     if report.state == REPORT_RETRYING:
         result = apply_retrying(
             instance_id, report.item_id, report.error, session=session, policy=policy, now=now
@@ -139,14 +140,14 @@ def apply_status(
             result = replace(result, clear_failed=True)
     if (result.applied or report.state == REPORT_RETRYING) and result.dep_id is not None:
         record_source_bytes(
-            instance_id, result.dep_id, report, result.state,
+            instance_id, result.dep_id, report, result,
             session=session, mirror_enabled=policy.mirror_enabled,
         )
     if not result.applied or result.dep_id is None:
         return result
     if result.state != ItemState.RUNNING.value:
         # Its upstream slot is free (a running download keeps it): wake who waits for it.
-        wake_waiters(instance_id, result.dep_id, session=session)
+        wake_waiters(result.upstream_host, session=session)
     if result.state == ItemState.SUCCEEDED.value:
         on_item_succeeded(
             instance_id, result.dep_id, report.item_id, report.receipt, session=session, now=now

@@ -100,10 +100,18 @@ def apply_retrying(
         row.state = ItemState.FAILED.value
         row.finished_at = now
         row.next_attempt_at = None
-        return Transition(True, row.state, row.op, dep_id, row.error)
-    row.state = ItemState.QUEUED.value
-    row.next_attempt_at = now + timedelta(seconds=backoff_seconds(error, row.attempts))
-    return Transition(True, row.state, row.op, dep_id, row.error)
+    else:
+        row.state = ItemState.QUEUED.value
+        row.next_attempt_at = now + timedelta(seconds=backoff_seconds(error, row.attempts))
+    return Transition(
+        True,
+        row.state,
+        row.op,
+        dep_id,
+        row.error,
+        upstream_host=row.upstream_host,
+        taken_at=row.enqueued_at,
+    )
 
 
 def expire_retry_windows(*, session: Session, policy: Policy, now: datetime) -> list[QueueItem]:

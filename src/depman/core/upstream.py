@@ -202,13 +202,8 @@ def grant(
     return allowed, waiting
 
 
-def wake_waiters(instance_id: str, dep_id: str, *, session: Session) -> None:
-    """A download of this item ended: wake the long-polls of items waiting for its host."""
-    host = session.scalar(
-        select(QueueItem.upstream_host).where(
-            QueueItem.instance_id == instance_id, QueueItem.dep_id == dep_id
-        )
-    )
+def wake_waiters(host: str | None, *, session: Session) -> None:
+    """A download that held a slot of `host` ended: wake the long-polls of items waiting for it."""
     if host is None:
         return
     waiting = list(
