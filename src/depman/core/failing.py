@@ -10,16 +10,39 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from depman.core.states import ItemState, Op
-from depman.store.models import QueueItem
+from depman.store.models import QueueItem, UtcDateTime
 
 # Downloads that finished this recently count; at least this many failed and none succeeded.
 FAILING_WINDOW = timedelta(hours=1)
 FAILING_MIN_FAILURES = 2
+
+
+def _failing_statement() -> Any:
+    # Built once: placement asks at every submit.
+    succeeded = func.sum(case((QueueItem.state == ItemState.SUCCEEDED.value, 1), else_=0))
+    failed = func.sum(case((QueueItem.state == ItemState.FAILED.value, 1), else_=0))
+    return (
+        select(QueueItem.instance_id)
+        .where(
+            QueueItem.op == Op.DOWNLOAD.value,
+            QueueItem.state.in_([ItemState.SUCCEEDED.value, ItemState.FAILED.value]),
+            QueueItem.finished_at >= bindparam("p_since", type_=UtcDateTime()),
+        )
+        .group_by(QueueItem.instance_id)
+        .having(succeeded == 0, failed >= FAILING_MIN_FAILURES)
+    )
+
+
+_FAILING_ANYWHERE = _failing_statement()
+_FAILING_AMONG = _FAILING_ANYWHERE.where(
+    QueueItem.instance_id.in_(bindparam("p_ids", expanding=True))
+)
 
 
 def failing_instances(
@@ -28,18 +51,10 @@ def failing_instances(
     """Of `instance_ids` (None: every instance), those whose recent downloads all failed."""
     if instance_ids is not None and not instance_ids:
         return set()
-    succeeded = func.sum(case((QueueItem.state == ItemState.SUCCEEDED.value, 1), else_=0))
-    failed = func.sum(case((QueueItem.state == ItemState.FAILED.value, 1), else_=0))
-    query = (
-        select(QueueItem.instance_id)
-        .where(
-            QueueItem.op == Op.DOWNLOAD.value,
-            QueueItem.state.in_([ItemState.SUCCEEDED.value, ItemState.FAILED.value]),
-            QueueItem.finished_at >= now - FAILING_WINDOW,
-        )
-        .group_by(QueueItem.instance_id)
-        .having(succeeded == 0, failed >= FAILING_MIN_FAILURES)
-    )
-    if instance_ids is not None:
-        query = query.where(QueueItem.instance_id.in_(list(instance_ids)))
-    return set(session.connection().execute(query).scalars())
+    params: dict[str, Any] = {"p_since": now - FAILING_WINDOW}
+    if instance_ids is None:
+        statement = _FAILING_ANYWHERE
+    else:
+        statement = _FAILING_AMONG
+        params["p_ids"] = list(instance_ids)
+    return set(session.connection().execute(statement, params).scalars())

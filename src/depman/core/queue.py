@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -70,6 +71,17 @@ def _lock_item(instance_id: str, dep_id: str, *, session: Session) -> QueueItem 
     )
 
 
+@cache
+def _insert_new_item(dialect: str) -> Any:
+    """INSERT of a new item that does nothing when the instance has one of the dep."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(QueueItem)
+        .on_conflict_do_nothing(index_elements=["instance_id", "dep_id"])
+        .returning(QueueItem.id)
+    )
+
+
 def enqueue(
     instance_id: str,
     dep_id: str,
@@ -81,23 +93,22 @@ def enqueue(
 ) -> None:
     """Queue `op` for a dep on an instance; a queued or running download wins over a touch."""
     now = now or utcnow()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    # Insert first: most items are new, and then this is the only statement.
-    inserted = session.execute(
-        insert(QueueItem)
-        .values(
-            instance_id=instance_id,
-            dep_id=dep_id,
-            generation=1,
-            op=op.value,
-            state=ItemState.QUEUED.value,
-            priority=priority,
-            attempts=0,
-            enqueued_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["instance_id", "dep_id"])
-        .returning(QueueItem.id)
+    conn = session.connection()
+    # Insert first: most items are new, and then this is the only statement. The
+    # parameters are named after their columns: the memos read the key from them.
+    inserted = conn.execute(
+        _insert_new_item(conn.dialect.name),
+        {
+            "instance_id": instance_id,
+            "dep_id": dep_id,
+            "generation": 1,
+            "op": op.value,
+            "state": ItemState.QUEUED.value,
+            "priority": priority,
+            "attempts": 0,
+            "enqueued_at": now,
+            "updated_at": now,
+        },
     ).first()
     if inserted is not None:
         return

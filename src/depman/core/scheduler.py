@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from depman.core.candidates import active_jobs, busy_holders, free_candidates, max_active_jobs
@@ -67,6 +67,23 @@ def job_dep_ids(job_id: str, *, session: Session) -> list[str]:
     )
 
 
+# Built once: a submit only binds them.
+_PINS = select(Instance.pinned_dep_ids).where(Instance.instance_id == bindparam("p_instance_id"))
+_LOCK_SKIPPING = _PINS.with_for_update(skip_locked=True)
+_LOCK_WAITING = _PINS.with_for_update()
+_ACTIVE_THERE = (
+    select(func.count())
+    .select_from(Job)
+    .where(Job.instance_id == bindparam("p_instance_id"), Job.state.in_(ACTIVE_JOB_STATES))
+)
+_SLOTS = select(ServerType.max_active_jobs).where(
+    ServerType.server_type == bindparam("p_server_type")
+)
+_CATALOG_ENTRIES = select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(
+    Dep.dep_id.in_(bindparam("p_dep_ids", expanding=True))
+)
+
+
 def _claim(
     instance_id: str, slots: int, *, session: Session, skip_locked: bool
 ) -> list[str] | None:
@@ -75,19 +92,12 @@ def _claim(
     Answers the row's pins (read under the lock) when a slot is free, else None.
     """
     conn = session.connection()
-    locked = conn.execute(
-        select(Instance.pinned_dep_ids)
-        .where(Instance.instance_id == instance_id)
-        .with_for_update(skip_locked=skip_locked)
-    ).first()
+    lock = _LOCK_SKIPPING if skip_locked else _LOCK_WAITING
+    locked = conn.execute(lock, {"p_instance_id": instance_id}).first()
     if locked is None:
         return None
     # A new statement, so a new snapshot: it sees what committed while we waited.
-    active = conn.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
-    ).scalar()
+    active = conn.execute(_ACTIVE_THERE, {"p_instance_id": instance_id}).scalar()
     return list(locked[0] or []) if (active or 0) < slots else None
 
 
@@ -111,9 +121,7 @@ class JobNeeds:
 
 def catalog_entries(dep_ids: list[str], *, session: Session) -> dict[str, tuple[int | None, str]]:
     """dep id → (expected size, kind) for those of `dep_ids` in the catalog (one query)."""
-    rows = session.connection().execute(
-        select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(Dep.dep_id.in_(dep_ids))
-    )
+    rows = session.connection().execute(_CATALOG_ENTRIES, {"p_dep_ids": dep_ids})
     return {dep_id: (size, kind) for dep_id, size, kind in rows}
 
 
@@ -317,9 +325,7 @@ def submit_job(
     (`created` False; its deps are not filled in).
     """
     now = now or utcnow()
-    slots = session.connection().execute(
-        select(ServerType.max_active_jobs).where(ServerType.server_type == server_type)
-    ).scalar()
+    slots = session.connection().execute(_SLOTS, {"p_server_type": server_type}).scalar()
     if slots is None:
         raise ValidationFailed(f"serverType {server_type!r} does not exist")
     dep_ids = list(dict.fromkeys(dep_ids))
