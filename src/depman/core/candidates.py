@@ -271,6 +271,20 @@ def _failing_last(ranked: list[Candidate], limit: int, *, session: Session) -> l
     return (healthy + failing)[:limit]
 
 
+_BUSY_HOLDINGS = (
+    select(InstanceDep.instance_id, InstanceDep.dep_id)
+    .join(Instance, Instance.instance_id == InstanceDep.instance_id)
+    .where(
+        *_filters(exclude=False, only=False),
+        InstanceDep.instance_id.in_(bindparam("p_busy", expanding=True)),
+        InstanceDep.dep_id.in_(bindparam("p_dep_ids", expanding=True)),
+    )
+)
+_PLACED_AT = select(Job.instance_id, Job.placed_at).where(
+    Job.instance_id.in_(bindparam("p_ids", expanding=True)), Job.state.in_(ACTIVE_JOB_STATES)
+)
+
+
 def busy_holders(
     server_type: str,
     dep_ids: list[str],
@@ -286,26 +300,21 @@ def busy_holders(
     busy = [i for i, n in active.items() if n >= slots]
     if not busy or not dep_ids:
         return []
+    conn = session.connection()
     held: dict[str, set[str]] = {}
-    for instance_id, dep_id in session.execute(
-        select(InstanceDep.instance_id, InstanceDep.dep_id)
-        .join(Instance, Instance.instance_id == InstanceDep.instance_id)
-        .where(
-            *live(server_type, cutoff),
-            InstanceDep.instance_id.in_(busy),
-            InstanceDep.dep_id.in_(dep_ids),
-        )
-    ):
+    params = {
+        "p_server_type": server_type,
+        "p_cutoff": cutoff,
+        "p_busy": busy,
+        "p_dep_ids": dep_ids,
+    }
+    for instance_id, dep_id in conn.execute(_BUSY_HOLDINGS, params):
         if instance_id not in exclude:
             held.setdefault(instance_id, set()).add(dep_id)
     if not held:
         return []
     placed: dict[str, list[datetime]] = {}
-    for busy_id, placed_at in session.execute(
-        select(Job.instance_id, Job.placed_at).where(
-            Job.instance_id.in_(list(held)), Job.state.in_(ACTIVE_JOB_STATES)
-        )
-    ):
+    for busy_id, placed_at in conn.execute(_PLACED_AT, {"p_ids": list(held)}):
         placed.setdefault(busy_id or "", []).append(placed_at or now)
     return [
         Candidate(

@@ -79,6 +79,12 @@ _ACTIVE_THERE = (
 _SLOTS = select(ServerType.max_active_jobs).where(
     ServerType.server_type == bindparam("p_server_type")
 )
+_RECENT_RUNS = (
+    select(Job.placed_at, Job.finished_at)
+    .where(Job.state == JobState.COMPLETED.value, Job.server_type == bindparam("p_server_type"))
+    .order_by(Job.created_at.desc())
+    .limit(RECENT_JOBS)
+)
 _CATALOG_ENTRIES = select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(
     Dep.dep_id.in_(bindparam("p_dep_ids", expanding=True))
 )
@@ -137,12 +143,7 @@ def job_needs(job: Job, *, session: Session) -> JobNeeds:
 
 def _typical_job_seconds(server_type: str, *, session: Session, policy: Policy) -> float:
     """Median placed-to-finished time of the type's recent completed jobs (else the default)."""
-    rows = session.execute(
-        select(Job.placed_at, Job.finished_at)
-        .where(Job.state == JobState.COMPLETED.value, Job.server_type == server_type)
-        .order_by(Job.created_at.desc())
-        .limit(RECENT_JOBS)
-    ).all()
+    rows = session.connection().execute(_RECENT_RUNS, {"p_server_type": server_type}).all()
     durations = [(done - placed).total_seconds() for placed, done in rows if placed and done]
     return typical_job_seconds(durations, policy.placement_default_job_seconds)
 
