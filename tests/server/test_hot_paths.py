@@ -1,4 +1,5 @@
-"""The agent hot paths stay cheap: an unchanged heartbeat is one UPDATE, a poll one SELECT."""
+"""The hot paths stay cheap: an unchanged heartbeat is one UPDATE, a poll one SELECT, a
+succeeded report reads nothing back."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from depman.core.clock import utcnow
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.policy import Policy
 from depman.core.queue import poll_queue
+from depman.core.reports import StatusReport, apply_status
+from depman.core.scheduler import submit_job
 from depman.server.cache.memos import InstanceMemos
 from depman.store.migrate import upgrade
-from depman.store.models import Instance
+from depman.store.models import Dep, Instance, Job, ServerType
 from depman.store.session import Database, open_database
 
 
@@ -96,3 +99,48 @@ def test_poll_hints_are_off_while_the_listener_is_down() -> None:
     hints.set_enabled(True)
     hints.remember_empty("b", b"{}", seen)  # began before the listener came back
     assert hints.empty_answer("b") is None
+
+
+def test_a_succeeded_report_reads_nothing_back(db: Database) -> None:
+    """A field agent's `succeeded` for its job's dep: lock the instance, move the item, the
+    disk figures, the dep's size, its bytes to the instance and to the job, the waiting
+    job and its deps' standing. Eight statements; the job waits for a heartbeat to list
+    the file (no receipt)."""
+    now = utcnow()
+    with db.session() as session:
+        session.add(
+            ServerType(
+                server_type="t", mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
+            )
+        )
+        session.add(
+            Dep(
+                dep_id="lora",
+                url="https://hf.co/x",
+                auth="none",
+                dest_relative_path="models/loras/lora.safetensors",
+                expected_size_bytes=1000,
+                kind="dynamic",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        row = session.get(Instance, "hot")
+        assert row is not None
+        row.last_heartbeat_at = now
+        session.commit()
+    policy = Policy()
+    with db.session() as session:
+        submitted = submit_job("t", ["lora"], session=session, policy=policy)
+        session.commit()
+    assert submitted.missing_dep_ids == ["lora"]
+    report = StatusReport(item_id="lora.1", state="succeeded", disk_free_bytes=5)
+    seen = statements(db)
+    with db.session() as session:
+        result = apply_status("hot", report, session=session, policy=policy)
+        session.commit()
+    assert result.applied
+    assert seen == ["SELECT", "UPDATE", "UPDATE", "SELECT", "UPDATE", "UPDATE", "SELECT", "SELECT"]
+    with db.read_session() as session:
+        job = session.get(Job, submitted.job.job_id)
+        assert job is not None and job.state == "waiting_deps" and job.upstream_bytes == 1000
