@@ -14,7 +14,7 @@ from depman.core.clock import utcnow
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.policy import Policy
 from depman.core.queue import poll_queue
-from depman.core.reports import StatusReport, apply_status
+from depman.core.reports import FIGURES, StatusReport, apply_status, record_figures
 from depman.core.scheduler import submit_job
 from depman.server.cache.memos import InstanceMemos
 from depman.store.migrate import upgrade
@@ -22,9 +22,7 @@ from depman.store.models import Dep, Instance, Job, ServerType
 from depman.store.session import Database, open_database
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'hot.db'}"
+def _hot_instance_db(url: str) -> Iterator[Database]:
     upgrade(url)
     database = open_database(url)
     with database.session() as session:
@@ -42,6 +40,17 @@ def db(tmp_path: Path) -> Iterator[Database]:
         session.commit()
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    yield from _hot_instance_db(f"sqlite:///{tmp_path / 'hot.db'}")
+
+
+@pytest.fixture
+def any_db(database_url: str) -> Iterator[Database]:
+    """The same, on each backend."""
+    yield from _hot_instance_db(database_url)
 
 
 def statements(db: Database) -> list[str]:
@@ -101,11 +110,13 @@ def test_poll_hints_are_off_while_the_listener_is_down() -> None:
     assert hints.empty_answer("b") is None
 
 
-def test_a_succeeded_report_reads_nothing_back(db: Database) -> None:
-    """A field agent's `succeeded` for its job's dep: lock the instance, move the item, the
-    disk figures, the dep's size, its bytes to the instance and to the job, the waiting
-    job and its deps' standing. Eight statements; the job waits for a heartbeat to list
-    the file (no receipt)."""
+def test_a_succeeded_report_reads_nothing_back(any_db: Database) -> None:
+    """A field agent's `succeeded` for its job's dep, restating the disk figures: lock the
+    instance (reading its figures), move the item (on PostgreSQL reading the dep's size
+    too), its bytes to the instance and to the job, the waiting job and its deps'
+    standing. Six statements on PostgreSQL, seven on SQLite; the job waits for a heartbeat
+    to list the file (no receipt)."""
+    db = any_db
     now = utcnow()
     with db.session() as session:
         session.add(
@@ -128,6 +139,7 @@ def test_a_succeeded_report_reads_nothing_back(db: Database) -> None:
         row = session.get(Instance, "hot")
         assert row is not None
         row.last_heartbeat_at = now
+        row.disk_free_bytes = 5
         session.commit()
     policy = Policy()
     with db.session() as session:
@@ -140,7 +152,27 @@ def test_a_succeeded_report_reads_nothing_back(db: Database) -> None:
         result = apply_status("hot", report, session=session, policy=policy)
         session.commit()
     assert result.applied
-    assert seen == ["SELECT", "UPDATE", "UPDATE", "SELECT", "UPDATE", "UPDATE", "SELECT", "SELECT"]
+    dep_size = [] if db.dialect == "postgresql" else ["SELECT"]
+    assert seen == ["SELECT", "UPDATE", *dep_size, "UPDATE", "UPDATE", "SELECT", "SELECT"]
     with db.read_session() as session:
         job = session.get(Job, submitted.job.job_id)
         assert job is not None and job.state == "waiting_deps" and job.upstream_bytes == 1000
+
+
+def test_a_report_sends_its_figures_only_when_the_locked_row_differs(db: Database) -> None:
+    with db.session() as session:
+        row = session.get(Instance, "hot")
+        assert row is not None
+        row.disk_free_bytes = 5
+        session.commit()
+    stored = [5 if name == "disk_free_bytes" else None for name in FIGURES]
+    seen = statements(db)
+    for free in (5, None, 9):
+        report = StatusReport(item_id="lora.1", state="succeeded", disk_free_bytes=free)
+        with db.session() as session:
+            record_figures("hot", report, conn=session.connection(), stored=stored)
+            session.commit()
+    assert seen == ["UPDATE"]  # only the 9
+    with db.read_session() as session:
+        row = session.get(Instance, "hot")
+        assert row is not None and row.disk_free_bytes == 9

@@ -376,9 +376,11 @@ class Transition:
     # and when the agent took it (started, else enqueued).
     upstream_host: str | None = None
     taken_at: datetime | None = None
+    # The dep's catalog sha256 and size, as the transition read them (None: not read).
+    dep_facts: tuple[str | None, int | None] | None = None
 
 
-def _transition_statements() -> dict[str, Any]:
+def _transition_statements(*, with_dep: bool) -> dict[str, Any]:
     # One UPDATE per reported state, whose WHERE holds the rule "within a generation,
     # states only move forward" (module docstring): a report the rule refuses matches
     # no row. Built once: the status path only binds parameters.
@@ -391,7 +393,8 @@ def _transition_statements() -> dict[str, Any]:
         QueueItem.dep_id == bindparam("p_dep_id"),
         QueueItem.generation == bindparam("p_generation", type_=Integer),
     )
-    answer = (
+    # What the rest of a report needs of the item and its dep, so nothing reads them back.
+    answer: tuple[Any, ...] = (
         QueueItem.state,
         QueueItem.op,
         QueueItem.dep_id,
@@ -399,6 +402,12 @@ def _transition_statements() -> dict[str, Any]:
         QueueItem.upstream_host,
         func.coalesce(QueueItem.started_at, QueueItem.enqueued_at).label("taken_at"),
     )
+    if with_dep:
+        of_dep = Dep.dep_id == QueueItem.dep_id
+        answer += (
+            select(Dep.sha256).where(of_dep).scalar_subquery().label("dep_sha256"),
+            select(Dep.expected_size_bytes).where(of_dep).scalar_subquery().label("dep_size"),
+        )
     return {
         running: base.where(QueueItem.state.in_((queued, running)))
         .values(
@@ -433,7 +442,11 @@ def _transition_statements() -> dict[str, Any]:
     }
 
 
-TRANSITIONS = _transition_statements()
+TRANSITIONS = _transition_statements(with_dep=False)
+# PostgreSQL's also answer the dep's catalog facts. SQLite's cannot: SQLAlchemy writes
+# the RETURNING columns there without their table, so a subquery on deps would compare
+# deps.dep_id with itself.
+TRANSITIONS_WITH_DEP = _transition_statements(with_dep=True)
 _ITEM_NOW = select(QueueItem.state, QueueItem.generation, QueueItem.op).where(
     QueueItem.instance_id == bindparam("p_instance_id"),
     QueueItem.dep_id == bindparam("p_dep_id"),
@@ -456,7 +469,8 @@ def apply_item_state(
     parsed = parse_item_id(item_id)
     if parsed is None:
         return Transition(False, reason="unknown itemId")
-    statement = TRANSITIONS.get(state)
+    with_dep = conn.dialect.name == "postgresql"
+    statement = (TRANSITIONS_WITH_DEP if with_dep else TRANSITIONS).get(state)
     if statement is None:
         return Transition(False, reason=f"unknown state {state}")
     dep_id, gen = parsed
@@ -478,6 +492,7 @@ def apply_item_state(
             row.error,
             upstream_host=row.upstream_host,
             taken_at=row.taken_at,
+            dep_facts=(row.dep_sha256, row.dep_size) if with_dep else None,
         )
     current = conn.execute(_ITEM_NOW, params).first()
     if current is None:

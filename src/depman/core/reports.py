@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -63,8 +64,10 @@ def _figures_statement() -> Any:
 
 
 FIGURES_STATEMENT = _figures_statement()
+# The instance row, locked, with the figures it holds: a report that restates them
+# writes nothing more.
 LOCK_INSTANCE = (
-    select(Instance.instance_id)
+    select(*(getattr(Instance, name) for name in FIGURES))
     .where(Instance.instance_id == bindparam("p_instance_id"))
     .with_for_update()
 )
@@ -76,15 +79,17 @@ def record_report(
     *,
     conn: Connection,
     now: datetime | None = None,
+    stored: Sequence[int | None] | None = None,
 ) -> Transition:
     """Move the item and keep the disk figures; two statements, each standing alone.
 
     All a `running` or `succeeded` report does (`apply_status` adds what a failure does).
+    `stored`: the figures the caller read from the locked row (`record_figures`).
     """
     result = apply_item_state(
         instance_id, report.item_id, report.state, report.error, conn=conn, now=now or utcnow()
     )
-    record_figures(instance_id, report, conn=conn)
+    record_figures(instance_id, report, conn=conn, stored=stored)
     return result
 
 
@@ -93,13 +98,23 @@ def record_figures(
     report: StatusReport,
     *,
     conn: Connection,
+    stored: Sequence[int | None] | None = None,
 ) -> None:
-    """Keep the disk figures a report carries (nothing written when they are the stored ones)."""
+    """Keep the disk figures a report carries (nothing written when they are the stored ones).
+
+    `stored`: the row's figures, read under its lock; when the report restates them,
+    no statement is sent at all.
+    """
     values = [getattr(report, name) for name in FIGURES]
+    if all(value is None for value in values):
+        return
+    if stored is not None and all(
+        value is None or value == kept for value, kept in zip(values, stored, strict=True)
+    ):
+        return
     params: dict[str, Any] = {f"p_{name}": v for name, v in zip(FIGURES, values, strict=True)}
-    if any(value is not None for value in values):
-        params["p_instance_id"] = instance_id
-        conn.execute(FIGURES_STATEMENT, params)
+    params["p_instance_id"] = instance_id
+    conn.execute(FIGURES_STATEMENT, params)
 
 
 def apply_status(
@@ -119,17 +134,18 @@ def apply_status(
     """
     now = now or utcnow()
     conn = session.connection()
+    stored = None
     if report.state == ItemState.SUCCEEDED.value:
         # Instance row first, then the item: the lock order of heartbeats, which
         # also write both (a receipt may add an inventory row and clear the digest).
-        conn.execute(LOCK_INSTANCE, {"p_instance_id": instance_id})
+        stored = conn.execute(LOCK_INSTANCE, {"p_instance_id": instance_id}).first()
     if report.state == REPORT_RETRYING:
         result = apply_retrying(
             instance_id, report.item_id, report.error, session=session, policy=policy, now=now
         )
         record_figures(instance_id, report, conn=conn)
     else:
-        result = record_report(instance_id, report, conn=conn, now=now)
+        result = record_report(instance_id, report, conn=conn, now=now, stored=stored)
         if (
             not result.applied
             and result.reason == "old generation"

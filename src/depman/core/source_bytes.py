@@ -79,6 +79,8 @@ class ItemFacts(Protocol):
     def op(self) -> str | None: ...
     @property
     def taken_at(self) -> datetime | None: ...
+    @property
+    def dep_facts(self) -> tuple[str | None, int | None] | None: ...
 
 
 def record_source_bytes(
@@ -119,16 +121,20 @@ def _bytes_of(
         return 0, 0
     if item.op != Op.DOWNLOAD.value:
         return 0, 0
-    found = conn.execute(DEP_FACTS, {"p_dep_id": dep_id}).first()
-    if found is None:
-        return 0, 0
+    facts = item.dep_facts
+    if facts is None:
+        found = conn.execute(DEP_FACTS, {"p_dep_id": dep_id}).first()
+        if found is None:
+            return 0, 0
+        facts = (found.sha256, found.expected_size_bytes)
+    sha256, expected_size = facts
     size = report.receipt.size_bytes if report.receipt and report.receipt.size_bytes else None
-    size = size or found.expected_size_bytes
+    size = size or expected_size
     if not size:
         return 0, 0
     kind = report.served_by
     if kind not in KINDS:
-        from_mirror = mirror_enabled and stored_before(found.sha256, item.taken_at, conn=conn)
+        from_mirror = mirror_enabled and stored_before(sha256, item.taken_at, conn=conn)
         kind = "mirror" if from_mirror else "upstream"
     return (size, 0) if kind == "mirror" else (0, size)
 
