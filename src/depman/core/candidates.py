@@ -132,9 +132,8 @@ def _filters(*, exclude: bool, only: bool) -> tuple[Any, ...]:
 def _holders_statement(dialect: str, *, exclude: bool, only: bool) -> Any:
     """Holders of `p_dep_ids`, ranked by (held bytes, held count, free disk, id).
 
-    The holdings are summed first and the live instances joined to the sums: joined
-    before, each inventory row carried the instance's columns through the grouping
-    (a third slower at 10,000 instances).
+    The holdings are summed first and the live instances joined to the sums, so the
+    grouping carries no instance columns (a third faster at 10,000 instances).
     """
     held = (
         select(

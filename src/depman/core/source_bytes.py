@@ -40,8 +40,8 @@ KINDS = ("mirror", "upstream")
 
 
 def _added_statements() -> tuple[Any, Any, Any]:
-    # Built once: a status report only binds parameters (each report used to build them
-    # again, at about a millisecond of Python apiece).
+    # Built once: a status report only binds parameters (building one costs about a
+    # millisecond of Python).
     mirror = bindparam("p_mirror", type_=BigInteger)
     upstream = bindparam("p_upstream", type_=BigInteger)
     instance: Any = bindparam("p_instance_id")
