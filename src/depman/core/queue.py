@@ -93,6 +93,10 @@ def enqueue(
 ) -> None:
     """Queue `op` for a dep on an instance; a queued or running download wins over a touch."""
     now = now or utcnow()
+    # The session's pending rows go first, as they would through the session (a new
+    # instance or dep the item refers to); inside `no_autoflush` they wait, as there.
+    if session.autoflush:
+        session.flush()
     conn = session.connection()
     # Insert first: most items are new, and then this is the only statement. The
     # parameters are named after their columns: the memos read the key from them.
