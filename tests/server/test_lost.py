@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 from depman.demo.launch import AgentSpec, Service, start_agent, start_origin
 from depman.demo.processes import ChildProcess
 from tests.e2e.conftest import ModelFile
-from tests.server.fleet import make_fleet
+from tests.server.fleet import Agent, make_fleet
 from tests.support.server import RunningServer
 from tests.support.wait import wait_until
 
@@ -148,3 +150,49 @@ def instance(server: RunningServer, instance_id: str) -> dict[str, Any]:
     status, body = server.admin("GET", f"/admin/instances/{instance_id}")
     assert status == 200, body
     return dict(body)
+
+
+
+def sweeps(server: RunningServer) -> float:
+    """How many maintenance sweeps the server has finished."""
+    status, text = server.request("GET", "/metrics")
+    assert status == 200
+    found = re.search(r'^depman_periodic_task_seconds_count\{task="sweep"\} ([\d.e+]+)$',
+                      str(text), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def is_lost(server: RunningServer, instance_id: str) -> bool:
+    status, doc = server.admin("GET", f"/admin/instances/{instance_id}")
+    assert status == 200, doc
+    return bool(doc["lost"])
+
+
+@pytest.mark.server_env(**LOST_ENV)
+def test_an_agent_that_registers_again_after_a_loss_is_not_lost_before_its_first_heartbeat(
+    server: RunningServer,
+) -> None:
+    # On a loaded server the first heartbeat after a registration can come seconds
+    # later; meanwhile the row still holds the heartbeat time from before the loss.
+    fleet = make_fleet(server)
+    instance_id = fleet.add_instance("back")
+    fleet.register(instance_id)
+    assert wait_until(lambda: is_lost(server, instance_id), 30, "the silent instance to be lost")
+    registered = time.monotonic()
+    status, body = server.request(
+        "POST",
+        "/api/dependencies/register",
+        {"serverType": fleet.server_type, "agentVersion": "test/1", "instanceId": instance_id},
+        {"X-DM-Secret": server.shared_secret},
+    )
+    assert status == 200, body
+    # Two sweeps (every 0.3 s) within the 3 s a registration counts as a sign of life.
+    seen = sweeps(server)
+    wait_until(lambda: sweeps(server) >= seen + 2, 10, "two more sweeps")
+    assert time.monotonic() - registered < 3, "too slow to tell: the 3 s have passed"
+    assert not is_lost(server, instance_id)
+    agent = Agent(server, instance_id, body["agentToken"])
+    assert agent.heartbeat()[0] == 200
+    # Silent again past the 3 s: lost again, as any silent instance.
+    assert wait_until(lambda: is_lost(server, instance_id), 30, "the instance to be lost again")
+    assert agent.heartbeat()[0] == 401

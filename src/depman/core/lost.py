@@ -11,18 +11,18 @@ The maintenance sweep marks it `lost` instead, in one transaction per sweep:
 - its agent token is voided, so an agent that comes back gets a 401, registers
   again (which clears `lost_at`) and starts clean.
 
-Liveness is the heartbeat time on the instance row: every agent heartbeats at
-least every `heartbeat_seconds`, and a heartbeat answered from memory reaches the
-row within `heartbeat_flush_seconds`. Rows are taken with SKIP LOCKED and
-re-checked under the lock, so two server processes never apply one loss twice,
-and a heartbeat that commits first keeps its instance.
+Liveness is the later of the heartbeat and registration times on the instance
+row: every agent heartbeats at least every `heartbeat_seconds`, and a heartbeat
+answered from memory reaches the row within `heartbeat_flush_seconds`. Rows are
+taken with SKIP LOCKED and re-checked under the lock, so two server processes never
+apply one loss twice, and a heartbeat that commits first keeps its instance.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.jobs import fail_job
@@ -39,7 +39,19 @@ CANCEL_REASON = "cancelled: instance lost"
 def sweep_lost_instances(*, session: Session, policy: Policy, now: datetime) -> list[str]:
     """Mark the silent instances lost and move their work away; answers their ids."""
     cutoff = now - timedelta(seconds=policy.instance_lost_seconds)
-    last_sign = func.coalesce(Instance.last_heartbeat_at, Instance.registered_at)
+    # The later of the two: an agent that registers again after a loss keeps its old
+    # heartbeat time until its first new heartbeat is written, and a slow server
+    # must not take that old time for silence (it would void the new token at once).
+    last_sign = case(
+        (
+            or_(
+                Instance.last_heartbeat_at.is_(None),
+                Instance.registered_at > Instance.last_heartbeat_at,
+            ),
+            Instance.registered_at,
+        ),
+        else_=Instance.last_heartbeat_at,
+    )
     rows = session.scalars(
         select(Instance)
         .where(
