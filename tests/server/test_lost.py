@@ -14,7 +14,7 @@ from depman.demo.launch import AgentSpec, Service, start_agent, start_origin
 from depman.demo.processes import ChildProcess
 from tests.e2e.conftest import ModelFile
 from tests.server.fleet import Agent, make_fleet
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 from tests.support.wait import wait_until
 
 # Lost after 3 s of silence, swept every 0.3 s; live (for placement) the same 3 s.
@@ -196,3 +196,45 @@ def test_an_agent_that_registers_again_after_a_loss_is_not_lost_before_its_first
     # Silent again past the 3 s: lost again, as any silent instance.
     assert wait_until(lambda: is_lost(server, instance_id), 30, "the instance to be lost again")
     assert agent.heartbeat()[0] == 401
+
+
+# Lost after 5 s of silence: long enough for a restarted server to sweep twice first.
+OUTAGE_ENV = {
+    **LOST_ENV,
+    "DEPMAN_INSTANCE_LOST_SECONDS": "5",
+    "DEPMAN_LIVE_TTL_SECONDS": "5",
+    "DEPMAN_RUNNING_TIMEOUT_SECONDS": "5",
+}
+
+
+def test_a_server_back_from_an_outage_loses_nobody_before_its_agents_can_reach_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    with run_server(database_url, extra_env=OUTAGE_ENV, cwd=tmp_path) as first:
+        fleet = make_fleet(first, max_active_jobs=2)
+        instance_id = fleet.add_instance("outage")
+        agent = fleet.register(instance_id, static=[fleet.deps["a"]])
+        running = fleet.submit(["a"])[1]
+        assert first.admin("POST", f"/jobs/{running['jobId']}/start")[0] == 200
+        # A download of another job's dep is under way when the server goes down.
+        waiting = fleet.submit(["b"])[1]
+        assert waiting["instanceId"] == instance_id
+        item = agent.poll()[1]["items"][0]
+        assert agent.status(item, "running")[0] == 200
+    # The control plane stays down past instance_lost_seconds: every row's last
+    # heartbeat is older than that when it comes back.
+    time.sleep(6)
+    with run_server(database_url, extra_env=OUTAGE_ENV, cwd=tmp_path) as second:
+        started = time.monotonic()
+        wait_until(lambda: sweeps(second) >= 2, 10, "two sweeps of the restarted server")
+        assert time.monotonic() - started < 4, "too slow to tell: the 5 s have nearly passed"
+        assert not is_lost(second, instance_id)
+        assert job(second, running["jobId"])["state"] == "running"
+        assert job(second, waiting["jobId"])["state"] == "waiting_deps"
+        back = Agent(second, instance_id, agent.token, installed_static=[fleet.deps["a"]])
+        assert back.items()[fleet.deps["b"]]["state"] == "running"
+        # The agent reaches it with the token it had: nothing to redo.
+        assert back.heartbeat(downloadingDepIds=[fleet.deps["b"]])[0] == 200
+        # From here on the server listens: a silence counts as before.
+        assert wait_until(lambda: is_lost(second, instance_id), 30, "the silent instance lost")
+        assert job(second, running["jobId"])["state"] == "failed"

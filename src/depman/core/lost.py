@@ -11,6 +11,8 @@ The maintenance sweep marks it `lost` instead, in one transaction per sweep:
 - its agent token is voided, so an agent that comes back gets a 401, registers
   again (which clears `lost_at`) and starts clean.
 
+A server that starts (or comes back after an outage) loses nobody until it has
+listened for `instance_lost_seconds` itself: its agents get that long to reach it.
 Liveness is the later of the heartbeat and registration times on the instance
 row: every agent heartbeats at least every `heartbeat_seconds`, and a heartbeat
 answered from memory reaches the row within `heartbeat_flush_seconds`. Rows are
@@ -36,9 +38,22 @@ LOST_ERROR = "instance lost"
 CANCEL_REASON = "cancelled: instance lost"
 
 
-def sweep_lost_instances(*, session: Session, policy: Policy, now: datetime) -> list[str]:
-    """Mark the silent instances lost and move their work away; answers their ids."""
+def sweep_lost_instances(
+    *,
+    session: Session,
+    policy: Policy,
+    now: datetime,
+    listening_since: datetime | None = None,
+) -> list[str]:
+    """Mark the silent instances lost and move their work away; answers their ids.
+
+    `listening_since`: when this server process began to hear agents. Until it has
+    listened for `instance_lost_seconds`, nobody is lost: after the control plane was
+    down, every row's last heartbeat is old, and the silence was the server's.
+    """
     cutoff = now - timedelta(seconds=policy.instance_lost_seconds)
+    if listening_since is not None and listening_since > cutoff:
+        return []
     # The later of the two: an agent that registers again after a loss keeps its old
     # heartbeat time until its first new heartbeat is written, and a slow server
     # must not take that old time for silence (it would void the new token at once).

@@ -68,19 +68,37 @@ class SweepReport:
             self.step_seconds[name] = time.perf_counter() - started
 
 
-Step = Callable[[Session, Policy, datetime, SweepReport], None]
+@dataclass(frozen=True)
+class SweepInput:
+    """What every step of one sweep is given."""
+
+    policy: Policy
+    now: datetime
+    # When this server process began to hear agents: a silence before it is the
+    # server's (`sweep_lost_instances`, `requeue_stale_running`).
+    listening_since: datetime | None = None
 
 
-def _lost(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
-    report.instances_lost = sweep_lost_instances(session=session, policy=policy, now=now)
+Step = Callable[[Session, SweepInput, SweepReport], None]
 
 
-def _failed_items(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+def _lost(session: Session, given: SweepInput, report: SweepReport) -> None:
+    report.instances_lost = sweep_lost_instances(
+        session=session,
+        policy=given.policy,
+        now=given.now,
+        listening_since=given.listening_since,
+    )
+
+
+def _failed_items(session: Session, given: SweepInput, report: SweepReport) -> None:
+    policy, now = given.policy, given.now
     failed = requeue_stale_running(
         session=session,
         timeout_seconds=policy.running_timeout_seconds,
         max_attempts=policy.max_item_attempts,
         now=now,
+        listening_since=given.listening_since,
     )
     failed += expire_retry_windows(session=session, policy=policy, now=now)
     for item in failed:
@@ -96,18 +114,18 @@ def _failed_items(session: Session, policy: Policy, now: datetime, report: Sweep
         )
 
 
-def _retries(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
-    report.items_retried = retry_due_items(session=session, now=now)
-    wake_due_items(session=session, now=now)
+def _retries(session: Session, given: SweepInput, report: SweepReport) -> None:
+    report.items_retried = retry_due_items(session=session, now=given.now)
+    wake_due_items(session=session, now=given.now)
 
 
-def _expiry(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
-    report.jobs_expired = expire_jobs(session=session, policy=policy, now=now)
+def _expiry(session: Session, given: SweepInput, report: SweepReport) -> None:
+    report.jobs_expired = expire_jobs(session=session, policy=given.policy, now=given.now)
 
 
-def _placement(session: Session, policy: Policy, now: datetime, report: SweepReport) -> None:
+def _placement(session: Session, given: SweepInput, report: SweepReport) -> None:
     report.jobs_placed, report.pending_server_types = place_pending_jobs(
-        session=session, policy=policy, now=now
+        session=session, policy=given.policy, now=given.now
     )
 
 
@@ -156,14 +174,16 @@ def run_sweep(
     policy: Policy,
     now: datetime | None = None,
     spacing_seconds: float = 0.0,
+    listening_since: datetime | None = None,
 ) -> SweepReport:
     """One sweep, each step in a transaction of its own from `open_session`.
 
     A first transaction holds the sweep's advisory lock until the last step has
     committed; the steps run on other connections. With `spacing_seconds`, a sweep
-    started by any process within that time skips this one.
+    started by any process within that time skips this one. `listening_since`: when
+    this process began to hear agents; no instance is lost for a silence before it.
     """
-    now = now or utcnow()
+    given = SweepInput(policy, now or utcnow(), listening_since)
     report = SweepReport()
     with open_session() as guard:
         if not claim_sweep(guard, spacing_seconds):
@@ -172,7 +192,7 @@ def run_sweep(
             return report
         for name, step in STEPS:
             with report.step(name), open_session() as session:
-                step(session, policy, now, report)
+                step(session, given, report)
                 session.commit()
         guard.commit()  # releases the lock
     return report

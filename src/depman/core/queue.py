@@ -549,15 +549,24 @@ def succeed_held_downloads(
 
 
 def requeue_stale_running(
-    *, session: Session, timeout_seconds: float, max_attempts: int, now: datetime | None = None
+    *,
+    session: Session,
+    timeout_seconds: float,
+    max_attempts: int,
+    now: datetime | None = None,
+    listening_since: datetime | None = None,
 ) -> list[QueueItem]:
     """Running items no heartbeat listed as downloading for `timeout_seconds` go back to queued.
 
     Answers the items that reached `max_attempts` and were failed instead (and those an
-    operator had cancelled, which end cancelled).
+    operator had cancelled, which end cancelled). `listening_since`: when this server
+    process began to hear agents; before it has listened that long, no heartbeat could
+    have listed anything, and nothing is stale.
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_seconds)
+    if listening_since is not None and listening_since > cutoff:
+        return []
     last_sign = func.coalesce(
         QueueItem.last_progress_at, QueueItem.started_at, QueueItem.updated_at
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 
+from depman.core.clock import utcnow
 from depman.core.jobs import pending_server_types
 from depman.core.maintenance import SweepReport, run_sweep
 from depman.server.pauses import PauseWatch
@@ -21,18 +23,25 @@ log = logging.getLogger(__name__)
 SWEEP_SPACING_SHARE = 0.8
 
 
-def sweep_once(state: ServerState) -> SweepReport:
+def sweep_once(state: ServerState, listening_since: datetime | None = None) -> SweepReport:
     """One sweep, step by step (`core.maintenance`); refreshes the replica's pending hint."""
     spacing = state.settings.maintenance_interval_seconds * SWEEP_SPACING_SHARE
-    report = run_sweep(state.db.session, policy=state.policy, spacing_seconds=spacing)
+    report = run_sweep(
+        state.db.session,
+        policy=state.policy,
+        spacing_seconds=spacing,
+        listening_since=listening_since,
+    )
     with state.db.read_session() as session, report.step("pending_hint"):
         state.cache.pending.refresh(pending_server_types(session=session))
     return report
 
 
-def _timed_sweep(state: ServerState, pauses: PauseWatch) -> SweepReport:
+def _timed_sweep(
+    state: ServerState, pauses: PauseWatch, listening_since: datetime
+) -> SweepReport:
     started = time.perf_counter()
-    report = sweep_once(state)
+    report = sweep_once(state, listening_since)
     if not report.skipped:
         pauses.observe_task("sweep", time.perf_counter() - started, report.step_seconds)
     return report
@@ -41,9 +50,11 @@ def _timed_sweep(state: ServerState, pauses: PauseWatch) -> SweepReport:
 async def run_maintenance(state: ServerState, pauses: PauseWatch) -> None:
     """Sweep every `maintenance_interval_seconds` until cancelled."""
     interval = state.settings.maintenance_interval_seconds
+    # Silence from before this process listened is not the agents' (the server was down).
+    listening_since = utcnow()
     while True:
         try:
-            report = await run_in_threadpool(_timed_sweep, state, pauses)
+            report = await run_in_threadpool(_timed_sweep, state, pauses, listening_since)
             if report.instances_lost:
                 log.warning(
                     "sweep: instances lost (no heartbeat for %gs): %s",
