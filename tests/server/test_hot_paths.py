@@ -4,14 +4,16 @@ succeeded report reads nothing back."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from depman.core.clock import utcnow
 from depman.core.inventory import Heartbeat, apply_heartbeat
+from depman.core.lost import sweep_lost_instances
 from depman.core.policy import Policy
 from depman.core.queue import poll_queue
 from depman.core.reports import FIGURES, StatusReport, apply_status, record_figures
@@ -176,3 +178,45 @@ def test_a_report_sends_its_figures_only_when_the_locked_row_differs(db: Databas
     with db.read_session() as session:
         row = session.get(Instance, "hot")
         assert row is not None and row.disk_free_bytes == 9
+
+
+def test_a_wide_silence_is_lost_in_statements_that_do_not_grow_with_it(any_db: Database) -> None:
+    # A lost instance without jobs costs no statement of its own: its queue is cancelled
+    # and its jobs looked up for all of them at once, and its row is one more of the
+    # batched UPDATE. Under load every statement holds the silent rows locked longer.
+    seen = statements(any_db)
+
+    def lose(count: int) -> list[str]:
+        long_ago = utcnow() - timedelta(hours=1)
+        ids = [f"silent-{count}-{i}" for i in range(count)]
+        with any_db.session() as session:
+            session.add_all(
+                Instance(
+                    instance_id=instance_id,
+                    server_type="t",
+                    agent_token_hash=f"hash-{instance_id}",
+                    registered_at=long_ago,
+                    last_heartbeat_at=long_ago,
+                    created_at=long_ago,
+                    downloading_dep_ids=[],
+                    failed_dep_ids=[],
+                    active_downloads=[],
+                    pinned_dep_ids=["some-dep"],
+                )
+                for instance_id in ids
+            )
+            session.commit()
+        mark = len(seen)
+        with any_db.session() as session:
+            lost = sweep_lost_instances(session=session, policy=Policy(), now=utcnow())
+            session.commit()
+        sent = seen[mark:]
+        assert sorted(lost) == sorted(ids)
+        with any_db.session() as session:
+            rows = session.scalars(select(Instance).where(Instance.instance_id.in_(ids))).all()
+            assert all(r.lost_at and r.agent_token_hash is None and r.pinned_dep_ids == []
+                       for r in rows)
+        return sent
+
+    few, many = lose(2), lose(40)
+    assert many == few == ["SELECT", "UPDATE", "SELECT", "UPDATE"]

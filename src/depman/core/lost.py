@@ -22,6 +22,7 @@ apply one loss twice, and a heartbeat that commits first keeps its instance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, or_, select, update
@@ -77,23 +78,24 @@ def sweep_lost_instances(
         .order_by(Instance.instance_id)
         .with_for_update(skip_locked=True)
     ).all()
-    for row in rows:
-        lose_instance(row, session=session, policy=policy, now=now)
+    if rows:
+        lose_instances(rows, session=session, policy=policy, now=now)
     return [row.instance_id for row in rows]
 
 
-def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datetime) -> None:
-    """Apply the loss of one instance whose row the caller holds locked."""
-    instance_id = row.instance_id
-    silent = policy.instance_lost_seconds
-    row.lost_at = now
-    row.agent_token_hash = None
-    row.inventory_digest = None
-    row.downloading_dep_ids = []
-    row.active_downloads = []
+def lose_instances(
+    rows: Sequence[Instance], *, session: Session, policy: Policy, now: datetime
+) -> None:
+    """Apply the loss of instances whose rows the caller holds locked.
+
+    What every lost instance undergoes is one statement for all of them (a wide
+    silence loses hundreds at once, and their rows stay locked until the sweep's
+    step commits); only the instances that had active jobs are handled one by one.
+    """
+    ids = [row.instance_id for row in rows]
     session.execute(
         update(QueueItem)
-        .where(QueueItem.instance_id == instance_id, QueueItem.state.in_(OPEN_ITEM_STATES))
+        .where(QueueItem.instance_id.in_(ids), QueueItem.state.in_(OPEN_ITEM_STATES))
         .values(
             state=ItemState.CANCELLED.value,
             error=CANCEL_REASON,
@@ -101,14 +103,36 @@ def lose_instance(row: Instance, *, session: Session, policy: Policy, now: datet
             updated_at=now,
             next_attempt_at=None,
         )
-        .returning(QueueItem.id)
-    ).all()
-    jobs = session.scalars(
+    )
+    jobs_of: dict[str, list[Job]] = {}
+    for job in session.scalars(
         select(Job)
-        .where(Job.instance_id == instance_id, Job.state.in_(ACTIVE_JOB_STATES))
+        .where(Job.instance_id.in_(ids), Job.state.in_(ACTIVE_JOB_STATES))
         .order_by(Job.created_at, Job.job_id)
         .with_for_update()
-    ).all()
+    ):
+        jobs_of.setdefault(job.instance_id or "", []).append(job)
+    for row in rows:
+        row.lost_at = now
+        row.agent_token_hash = None
+        row.inventory_digest = None
+        row.downloading_dep_ids = []
+        row.active_downloads = []
+        if row.instance_id not in jobs_of and row.pinned_dep_ids:
+            row.pinned_dep_ids = []  # pins are the deps of active jobs, and it has none
+    # All of them are marked before any job moves (`refresh_pins` flushes the marks),
+    # so no job moves onto an instance this sweep is losing.
+    for row in rows:
+        jobs = jobs_of.get(row.instance_id)
+        if jobs:
+            _move_jobs_away(row.instance_id, jobs, session=session, policy=policy, now=now)
+
+
+def _move_jobs_away(
+    instance_id: str, jobs: list[Job], *, session: Session, policy: Policy, now: datetime
+) -> None:
+    """A lost instance's active jobs: a running one fails, the others are placed elsewhere."""
+    silent = policy.instance_lost_seconds
     reason = f"instance {instance_id} lost: no heartbeat for {silent:g}s"
     moving = []
     for job in jobs:
