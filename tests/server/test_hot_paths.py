@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+from depman.core import lost
 from depman.core.clock import utcnow
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.lost import sweep_lost_instances
@@ -180,7 +181,9 @@ def test_a_report_sends_its_figures_only_when_the_locked_row_differs(db: Databas
         assert row is not None and row.disk_free_bytes == 9
 
 
-def test_a_wide_silence_is_lost_in_statements_that_do_not_grow_with_it(any_db: Database) -> None:
+def test_a_wide_silence_is_lost_in_statements_that_do_not_grow_with_it(
+    any_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A lost instance without jobs costs no statement of its own: its queue is cancelled
     # and its jobs looked up for all of them at once, and its row is one more of the
     # batched UPDATE. Under load every statement holds the silent rows locked longer.
@@ -188,7 +191,7 @@ def test_a_wide_silence_is_lost_in_statements_that_do_not_grow_with_it(any_db: D
 
     def lose(count: int) -> list[str]:
         long_ago = utcnow() - timedelta(hours=1)
-        ids = [f"silent-{count}-{i}" for i in range(count)]
+        ids = [f"silent-{len(seen)}-{i}" for i in range(count)]
         with any_db.session() as session:
             session.add_all(
                 Instance(
@@ -220,3 +223,6 @@ def test_a_wide_silence_is_lost_in_statements_that_do_not_grow_with_it(any_db: D
 
     few, many = lose(2), lose(40)
     assert many == few == ["SELECT", "UPDATE", "SELECT", "UPDATE"]
+    # Past the ids one statement takes, the silence is taken a slice at a time.
+    monkeypatch.setattr(lost, "IDS_PER_STATEMENT", 16)
+    assert lose(40) == ["SELECT", *["UPDATE", "SELECT"] * 3, "UPDATE"]

@@ -37,6 +37,8 @@ from depman.store.models import Instance, Job, QueueItem
 
 LOST_ERROR = "instance lost"
 CANCEL_REASON = "cancelled: instance lost"
+# Far below the bound parameters a statement may carry (SQLite 32,766, PostgreSQL 65,535).
+IDS_PER_STATEMENT = 1000
 
 
 def sweep_lost_instances(
@@ -88,30 +90,32 @@ def lose_instances(
 ) -> None:
     """Apply the loss of instances whose rows the caller holds locked.
 
-    What every lost instance undergoes is one statement for all of them (a wide
-    silence loses hundreds at once, and their rows stay locked until the sweep's
-    step commits); only the instances that had active jobs are handled one by one.
+    What every lost instance undergoes is one statement for all of them, or for each
+    `IDS_PER_STATEMENT` of them (a wide silence loses hundreds at once, and their rows
+    stay locked until the sweep's step commits); only the instances that had active
+    jobs are handled one by one.
     """
-    ids = [row.instance_id for row in rows]
-    session.execute(
-        update(QueueItem)
-        .where(QueueItem.instance_id.in_(ids), QueueItem.state.in_(OPEN_ITEM_STATES))
-        .values(
-            state=ItemState.CANCELLED.value,
-            error=CANCEL_REASON,
-            finished_at=now,
-            updated_at=now,
-            next_attempt_at=None,
-        )
-    )
     jobs_of: dict[str, list[Job]] = {}
-    for job in session.scalars(
-        select(Job)
-        .where(Job.instance_id.in_(ids), Job.state.in_(ACTIVE_JOB_STATES))
-        .order_by(Job.created_at, Job.job_id)
-        .with_for_update()
-    ):
-        jobs_of.setdefault(job.instance_id or "", []).append(job)
+    for start in range(0, len(rows), IDS_PER_STATEMENT):
+        ids = [row.instance_id for row in rows[start : start + IDS_PER_STATEMENT]]
+        session.execute(
+            update(QueueItem)
+            .where(QueueItem.instance_id.in_(ids), QueueItem.state.in_(OPEN_ITEM_STATES))
+            .values(
+                state=ItemState.CANCELLED.value,
+                error=CANCEL_REASON,
+                finished_at=now,
+                updated_at=now,
+                next_attempt_at=None,
+            )
+        )
+        for job in session.scalars(
+            select(Job)
+            .where(Job.instance_id.in_(ids), Job.state.in_(ACTIVE_JOB_STATES))
+            .order_by(Job.created_at, Job.job_id)
+            .with_for_update()
+        ):
+            jobs_of.setdefault(job.instance_id or "", []).append(job)
     for row in rows:
         row.lost_at = now
         row.agent_token_hash = None
