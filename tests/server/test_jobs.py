@@ -7,6 +7,7 @@ import time
 
 from tests.server.fleet import Agent, make_fleet
 from tests.support.server import RunningServer
+from tests.support.wait import wait_until
 
 
 def test_placement_prefers_held_bytes_then_queued_bytes_then_free_disk(
@@ -206,6 +207,12 @@ def test_a_restarted_agent_gets_no_job_until_it_says_what_it_holds(server: Runni
     # Its first heartbeat says the file is gone: the job is placed with the dep missing.
     agent = Agent(server, instance_id, body["agentToken"])
     agent.heartbeat()
+    # The heartbeat places it, or the sweep does when it held the pending job locked
+    # at that moment (the heartbeat then skips it, and the sweep found no live instance).
+    wait_until(
+        lambda: server.admin("GET", f"/jobs/{job['jobId']}")[1]["instanceId"] is not None,
+        30, "the job to be placed",
+    )
     _, placed = server.admin("GET", f"/jobs/{job['jobId']}")
     assert placed["instanceId"] == instance_id
     assert placed["state"] == "waiting_deps" and placed["missingDepIds"] == [d["b"]]
