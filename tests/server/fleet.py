@@ -106,8 +106,8 @@ class Fleet:
         assert status == 200, body
         return instance_id
 
-    def register(self, instance_id: str, **installed: list[str]) -> Agent:
-        """Register an agent for the instance and send its first heartbeat."""
+    def register_only(self, instance_id: str) -> Agent:
+        """Register an agent for the instance; its first heartbeat is left to the test."""
         status, body = self.server.request(
             "POST",
             "/api/dependencies/register",
@@ -115,7 +115,11 @@ class Fleet:
             {"X-DM-Secret": self.server.shared_secret},
         )
         assert status == 200, body
-        agent = Agent(self.server, instance_id, body["agentToken"])
+        return Agent(self.server, instance_id, body["agentToken"])
+
+    def register(self, instance_id: str, **installed: list[str]) -> Agent:
+        """Register an agent for the instance and send its first heartbeat."""
+        agent = self.register_only(instance_id)
         agent.installed_static = installed.get("static", [])
         agent.installed_dynamic = installed.get("dynamic", [])
         status, body = agent.heartbeat()

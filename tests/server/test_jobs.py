@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.server.fleet import Agent, make_fleet
+from tests.server.fleet import make_fleet
 from tests.support.server import RunningServer
 from tests.support.wait import wait_until
 
@@ -195,17 +195,10 @@ def test_a_restarted_agent_gets_no_job_until_it_says_what_it_holds(server: Runni
     instance_id = fleet.add_instance("restart")
     fleet.register(instance_id, dynamic=[d["b"]])
     # The agent restarts: registers again, but its first heartbeat has not come yet.
-    status, body = server.request(
-        "POST",
-        "/api/dependencies/register",
-        {"serverType": fleet.server_type, "agentVersion": "test/1", "instanceId": instance_id},
-        {"X-DM-Secret": server.shared_secret},
-    )
-    assert status == 200, body
+    agent = fleet.register_only(instance_id)
     _, job = fleet.submit(["b"])
     assert job["state"] == "pending", "placed on the inventory from before the restart"
     # Its first heartbeat says the file is gone: the job is placed with the dep missing.
-    agent = Agent(server, instance_id, body["agentToken"])
     agent.heartbeat()
     # The heartbeat places it, or the sweep does when it held the pending job locked
     # at that moment (the heartbeat then skips it, and the sweep found no live instance).
