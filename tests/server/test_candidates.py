@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from depman.core.candidates import active_jobs, busy_holders, free_candidates
+from depman.core.candidates import busy_holders, fleet_load, free_candidates
 from depman.core.clock import utcnow
 from depman.core.placement import Candidate, rank_candidates
 from depman.store.migrate import upgrade
@@ -135,7 +135,7 @@ def test_free_candidates_match_a_full_ranking(
     expected = rank_candidates(free, sizes)
     cutoff = utcnow() - timedelta(seconds=90)
     with db.read_session() as session:
-        active = active_jobs(session=session)
+        load = fleet_load(session=session)
         for limit in (1, 5, 32):
             got = free_candidates(
                 STYPE,
@@ -145,12 +145,12 @@ def test_free_candidates_match_a_full_ranking(
                 cutoff=cutoff,
                 limit=limit,
                 slots=1,
-                active=active,
+                load=load,
             )
             assert got == expected[:limit]
         excluded = {expected[0].instance_id}
         got = free_candidates(
-            STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1, active=active
+            STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1, load=load
         )
         assert got == [c for c in expected if c.instance_id not in excluded][:32]
 
@@ -170,7 +170,7 @@ def test_busy_holders_are_the_live_full_instances_holding_a_dep(
             cutoff=now - timedelta(seconds=90),
             now=now,
             slots=1,
-            active=active_jobs(session=session),
+            active=fleet_load(session=session).active,
         )
     expected = {
         c.instance_id: c.held_dep_ids & set(job)
@@ -232,10 +232,65 @@ def test_failing_instances_rank_after_every_healthy_one(
     )
     cutoff = now - timedelta(seconds=90)
     with db.read_session() as session:
-        active = active_jobs(session=session)
+        load = fleet_load(session=session)
         for limit in (1, 5, 32, len(free)):
             got = free_candidates(
                 STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit, slots=1,
-                active=active,
+                load=load,
             )
             assert got == expected[:limit]
+
+
+def test_a_job_of_many_deps_gets_each_holders_deps_exactly(
+    fleet_db: tuple[Database, list[Candidate], set[str]],
+) -> None:
+    """What a holder holds comes back as bit sets of 62 deps each: a job of 130 deps
+    spans three of them, and each holder's deps are still exactly its own."""
+    db, truth, busy = fleet_db
+    now = utcnow()
+    many = [f"m{i:03d}" for i in range(130)]
+    free = [c for c in truth if c.instance_id not in busy]
+    holdings = {
+        free[0].instance_id: {"m000", "m061", "m062", "m123", "m124", "m129"},
+        free[1].instance_id: set(many),
+        free[2].instance_id: {"m063"},
+    }
+    with db.session() as session:
+        session.add_all(
+            Dep(
+                dep_id=d,
+                url="https://hf.co/x",
+                auth="none",
+                dest_relative_path=f"models/{d}",
+                expected_size_bytes=7,
+                kind="dynamic",
+                created_at=now,
+                updated_at=now,
+            )
+            for d in many
+        )
+        session.flush()
+        session.execute(
+            insert(InstanceDep),
+            [
+                {"instance_id": iid, "dep_id": d, "kind": "dynamic", "since": now}
+                for iid, deps in holdings.items()
+                for d in deps
+            ],
+        )
+        session.commit()
+    with db.read_session() as session:
+        got = free_candidates(
+            STYPE,
+            dict.fromkeys(many, 7),
+            (),
+            session=session,
+            cutoff=now - timedelta(seconds=90),
+            slots=1,
+            load=fleet_load(session=session),
+        )
+    assert [c.instance_id for c in got[:3]] == [
+        free[1].instance_id, free[0].instance_id, free[2].instance_id
+    ]
+    assert {c.instance_id: set(c.held_dep_ids) for c in got[:3]} == holdings
+    assert all(not c.held_dep_ids for c in got[3:])

@@ -6,20 +6,20 @@ by the job's deps, the active jobs or the open downloads, never by the fleet, an
 none depends on the planner's row estimates (a single ranked join was planned as
 nested loops over fresh statistics and took 1.8 s at 3,000 instances):
 
-- `active`: instances with active jobs (few: one per running job);
-- `queued`: instances with open downloads and their bytes (few);
-- holders of the job's deps, ranked by (held bytes, held count, free disk, id),
-  with the deps each holds, limited to K + |queued| + |busy|, and the best
-  non-holders by (free disk, id) with a free slot, limited to K + |queued|. Queued
-  bytes rank between held count and free disk, so an instance moves down at most
-  past the |queued| ones, and busy ones are dropped: the true best K are always
-  among the rows fetched. The non-holders' statement leaves out the busy ones
-  itself, so it reads only the first rows of the free-disk index: asked for
-  K + |queued| + |busy| rows with the busy ones filtered out afterwards,
-  PostgreSQL sorts the whole fleet instead once a hundred instances are busy.
-  `placement.rank_candidates` then ranks them exactly;
-- instances whose downloads keep failing (`failing.py`): looked up among the
-  ranked rows, best first, K at a time, and moved after the healthy ones.
+- the load (`fleet_load`, one statement): instances with active jobs (few: one
+  per running job) and with open downloads and their bytes (few);
+- the candidates (`free_candidates`, one statement): holders of the job's deps,
+  ranked by (held bytes, held count, free disk, id), with the deps each holds,
+  limited to K + |queued| + |busy|, and the best non-holders by (free disk, id)
+  with a free slot, limited to K + |queued|. Queued bytes rank between held count
+  and free disk, so an instance moves down at most past the |queued| ones, and busy
+  ones are dropped: the true best K are always among the rows fetched. The
+  non-holders' part leaves out the busy ones itself, so it reads only the first
+  rows of the free-disk index: asked for K + |queued| + |busy| rows with the busy
+  ones filtered out afterwards, PostgreSQL sorts the whole fleet instead once a
+  hundred instances are busy. Each row also says whether the instance's downloads
+  keep failing (`failing.py`); `placement.rank_candidates` then ranks them exactly,
+  the failing ones after every healthy one.
 
 Each runs as a Core statement on the session's connection: through the ORM's
 execution each cost about twice the Python time, per submit.
@@ -27,17 +27,28 @@ execution each cost about twice the Python time, per submit.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, exists, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
-from depman.core.failing import failing_instances
+from depman.core.failing import FAILING_WINDOW, failing_clause
 from depman.core.placement import Candidate, rank_candidates
 from depman.core.states import ACTIVE_JOB_STATES, OPEN_ITEM_STATES, Op
 from depman.store.models import (
@@ -46,7 +57,6 @@ from depman.store.models import (
     InstanceDep,
     Job,
     QueueItem,
-    ServerType,
     UtcDateTime,
 )
 
@@ -69,39 +79,40 @@ def live(server_type: Any, cutoff: Any) -> tuple[Any, ...]:
     )
 
 
-def max_active_jobs(server_type: str, *, session: Session) -> int:
-    """Job slots per instance of the type."""
-    row = session.get(ServerType, server_type)
-    return row.max_active_jobs if row else 1
-
-
-_ACTIVE_JOBS = (
-    select(Job.instance_id, func.count())
+# Instances with active jobs (kind "a": their number) and with open downloads (kind
+# "q": their bytes), in one statement: both are few, and a submit needs both.
+_LOAD: Any = union_all(
+    select(literal("a").label("kind"), Job.instance_id, func.count().label("n"))
     .where(Job.state.in_(ACTIVE_JOB_STATES), Job.instance_id.is_not(None))
-    .group_by(Job.instance_id)
-)
-_QUEUED_BYTES = (
-    select(QueueItem.instance_id, func.sum(func.coalesce(Dep.expected_size_bytes, 0)))
+    .group_by(Job.instance_id),
+    select(
+        literal("q"), QueueItem.instance_id, func.sum(func.coalesce(Dep.expected_size_bytes, 0))
+    )
     .join(Dep, Dep.dep_id == QueueItem.dep_id)
     .where(QueueItem.state.in_(OPEN_ITEM_STATES), QueueItem.op == Op.DOWNLOAD.value)
-    .group_by(QueueItem.instance_id)
+    .group_by(QueueItem.instance_id),
 )
 
 
-def active_jobs(*, session: Session) -> dict[str, int]:
-    """instance id → number of its active jobs."""
-    rows = session.connection().execute(_ACTIVE_JOBS)
-    return {instance_id: int(n) for instance_id, n in rows if instance_id is not None}
+@dataclass(frozen=True)
+class Load:
+    """What placement must know of the busy part of the fleet."""
+
+    active: dict[str, int]  # instance id → its active jobs
+    queued: dict[str, int]  # instance id → bytes of its open downloads
 
 
-def queued_bytes(*, session: Session) -> dict[str, int]:
-    """instance id → bytes of its open downloads."""
-    rows = session.connection().execute(_QUEUED_BYTES)
-    return {instance_id: int(n or 0) for instance_id, n in rows}
+def fleet_load(*, session: Session) -> Load:
+    """Active jobs and open download bytes per instance (one query)."""
+    load = Load({}, {})
+    for kind, instance_id, n in session.connection().execute(_LOAD):
+        if instance_id is not None:
+            (load.active if kind == "a" else load.queued)[instance_id] = int(n or 0)
+    return load
 
 
 def _has_free_slot() -> Any:
-    """The instance runs fewer than `p_slots` active jobs (what `active_jobs` counts)."""
+    """The instance runs fewer than `p_slots` active jobs (what `fleet_load` counts)."""
     running = (
         select(func.count())
         .select_from(Job)
@@ -126,60 +137,122 @@ def _filters(*, exclude: bool, only: bool) -> tuple[Any, ...]:
     return filters
 
 
-# The statements below are built once per shape (which filters apply, which database)
-# and then only bound: building one costs about as much Python as running it.
-@cache
-def _holders_statement(dialect: str, *, exclude: bool, only: bool) -> Any:
-    """Holders of `p_dep_ids`, ranked by (held bytes, held count, free disk, id).
-
-    The holdings are summed first and the live instances joined to the sums, so the
-    grouping carries no instance columns (a third faster at 10,000 instances).
-    """
-    held = (
-        select(
-            InstanceDep.instance_id.label("instance_id"),
-            func.sum(func.coalesce(Dep.expected_size_bytes, 0)).label("held_bytes"),
-            func.count().label("held_count"),
-            # Dep ids hold no whitespace (catalog.validate_id): a space separates them.
-            func.aggregate_strings(InstanceDep.dep_id, " ").label("held_ids"),
-        )
-        .join(Dep, Dep.dep_id == InstanceDep.dep_id)
-        .where(InstanceDep.dep_id.in_(bindparam("p_dep_ids", expanding=True)))
-        .group_by(InstanceDep.instance_id)
-        .subquery("held")
-    )
-    free = func.coalesce(Instance.disk_free_bytes, 0)
-    return (
-        select(held.c.instance_id, free, held.c.held_ids)
-        .join(Instance, Instance.instance_id == held.c.instance_id)
-        .where(*_filters(exclude=exclude, only=only))
-        .order_by(
-            held.c.held_bytes.desc(),
-            held.c.held_count.desc(),
-            free.desc(),
-            _by_id(held.c.instance_id, dialect),
-        )
-        .limit(bindparam("p_limit", type_=Integer))
-    )
+# The job's deps are bound one by one (`p_dep_<i>`, `p_size_<i>`): the holders' sums
+# are CASE expressions over them, and what each instance holds comes back as bit sets
+# of the deps' positions, MASK_BITS to a column. Summing sizes from the catalog and
+# collecting the held ids as text cost PostgreSQL twice the time at 10,000 instances.
+MASK_BITS = 62
 
 
-@cache
-def _non_holders_statement(
-    dialect: str, *, exclude: bool, only: bool, has_deps: bool, busy: bool
+def _dep_params(dep_ids: list[str], sizes: Mapping[str, int | None]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, dep_id in enumerate(dep_ids):
+        params[f"p_dep_{i}"] = dep_id
+        params[f"p_size_{i}"] = sizes.get(dep_id) or 0
+    return params
+
+
+def _held_from_masks(masks: Sequence[int | None], dep_ids: list[str]) -> frozenset[str]:
+    held = []
+    for column, mask in enumerate(masks):
+        bits = int(mask or 0)
+        base = column * MASK_BITS
+        while bits:
+            low = bits & -bits
+            held.append(dep_ids[base + low.bit_length() - 1])
+            bits ^= low
+    return frozenset(held)
+
+
+# The statements below are built once per shape (which filters apply, how many deps,
+# which database) and then only bound: building one costs about as much Python as
+# running it.
+@lru_cache(maxsize=256)
+def _candidates_statement(
+    dialect: str, *, exclude: bool, only: bool, deps: int, busy: bool
 ) -> Any:
-    """The best instances by (free disk, id) that hold none of `p_dep_ids`."""
+    """The best holders and the best non-holders of the job's deps, in one statement.
+
+    Holders come ranked by (held bytes, held count, free disk, id), limited to
+    `p_holders`; non-holders with a free slot by (free disk, id), limited to
+    `p_others`. Each row says whether the instance's downloads keep failing.
+    """
+    dep_params: list[Any] = [bindparam(f"p_dep_{i}") for i in range(deps)]
     free = func.coalesce(Instance.disk_free_bytes, 0)
-    statement = select(Instance.instance_id, free).where(*_filters(exclude=exclude, only=only))
-    if has_deps:
-        holds_any = exists().where(
-            InstanceDep.instance_id == Instance.instance_id,
-            InstanceDep.dep_id.in_(bindparam("p_dep_ids", expanding=True)),
+    masks = (deps + MASK_BITS - 1) // MASK_BITS
+    parts = []
+    if deps:
+        size_of = case(
+            *((InstanceDep.dep_id == dep_params[i], bindparam(f"p_size_{i}", type_=BigInteger))
+              for i in range(deps)),
+            else_=0,
         )
-        statement = statement.where(~holds_any)
+        mask_columns = [
+            func.sum(
+                case(
+                    *((InstanceDep.dep_id == dep_params[i], literal(1 << (i - m * MASK_BITS),
+                                                                    BigInteger))
+                      for i in range(m * MASK_BITS, min(deps, (m + 1) * MASK_BITS))),
+                    else_=0,
+                )
+            ).label(f"mask_{m}")
+            for m in range(masks)
+        ]
+        held = (
+            select(
+                InstanceDep.instance_id.label("instance_id"),
+                func.sum(size_of).label("held_bytes"),
+                func.count().label("held_count"),
+                *mask_columns,
+            )
+            .where(InstanceDep.dep_id.in_(dep_params))
+            .group_by(InstanceDep.instance_id)
+            .subquery("held")
+        )
+        # The holdings are summed first and the live instances joined to the sums, so
+        # the grouping carries no instance columns.
+        holders = (
+            select(
+                held.c.instance_id,
+                free.label("free"),
+                *(held.c[f"mask_{m}"] for m in range(masks)),
+            )
+            .join(Instance, Instance.instance_id == held.c.instance_id)
+            .where(*_filters(exclude=exclude, only=only))
+            .order_by(
+                held.c.held_bytes.desc(),
+                held.c.held_count.desc(),
+                free.desc(),
+                _by_id(held.c.instance_id, dialect),
+            )
+            .limit(bindparam("p_holders", type_=Integer))
+        )
+        parts.append(select(holders.subquery()))
+    non_holders = select(
+        Instance.instance_id,
+        free.label("free"),
+        *(literal(0, BigInteger).label(f"mask_{m}") for m in range(masks)),
+    ).where(*_filters(exclude=exclude, only=only))
+    if deps:
+        holds_any = exists().where(
+            InstanceDep.instance_id == Instance.instance_id, InstanceDep.dep_id.in_(dep_params)
+        )
+        non_holders = non_holders.where(~holds_any)
+    # The busy ones are left out here, so only the first rows of the free-disk index
+    # are read: asked for more rows and filtered afterwards, PostgreSQL sorts the
+    # whole fleet once a hundred instances are busy.
     if busy:
-        statement = statement.where(_has_free_slot())
-    return statement.order_by(free.desc(), _by_id(Instance.instance_id, dialect)).limit(
-        bindparam("p_limit", type_=Integer)
+        non_holders = non_holders.where(_has_free_slot())
+    non_holders = non_holders.order_by(free.desc(), _by_id(Instance.instance_id, dialect)).limit(
+        bindparam("p_others", type_=Integer)
+    )
+    parts.append(select(non_holders.subquery()))
+    rows = union_all(*parts).subquery("ranked") if len(parts) > 1 else parts[0].subquery("ranked")
+    return select(
+        rows.c.instance_id,
+        rows.c.free,
+        failing_clause(rows.c.instance_id, bindparam("p_since", type_=UtcDateTime())),
+        *(rows.c[f"mask_{m}"] for m in range(masks)),
     )
 
 
@@ -191,83 +264,53 @@ def free_candidates(
     session: Session,
     cutoff: datetime,
     slots: int,
-    active: Mapping[str, int],
+    load: Load,
     only: str | None = None,
     limit: int = CANDIDATE_LIMIT,
 ) -> list[Candidate]:
     """The best `limit` live instances of the type with a free slot, best first.
 
     `job_deps` maps the job's dep ids, in order, to their sizes (None: unknown);
-    `slots` is the type's jobs per instance, `active` the `active_jobs()` counts.
+    `slots` is the type's jobs per instance, `load` the fleet's (`fleet_load`).
+    Instances whose downloads keep failing come after every healthy one.
     """
     dep_ids = list(job_deps)
     conn = session.connection()
-    dialect = conn.dialect.name
-    queued = queued_bytes(session=session)
+    active, queued = load.active, load.queued
     busy = [i for i, n in active.items() if n >= slots]
-    shape = {"exclude": bool(exclude), "only": only is not None}
+    statement = _candidates_statement(
+        conn.dialect.name,
+        exclude=bool(exclude),
+        only=only is not None,
+        deps=len(dep_ids),
+        busy=bool(busy),
+    )
     params: dict[str, Any] = {
         "p_server_type": server_type,
         "p_cutoff": cutoff,
         "p_only": only,
         "p_exclude": list(exclude),
-        "p_dep_ids": dep_ids,
         "p_slots": slots,
+        "p_since": utcnow() - FAILING_WINDOW,
+        # Queued bytes rank between held count and free disk, so an instance moves
+        # down at most past the |queued| ones, and busy holders are dropped: the true
+        # best `limit` are always among these rows.
+        "p_holders": limit + len(queued) + len(busy),
+        "p_others": limit + len(queued),
+        **_dep_params(dep_ids, job_deps),
     }
-    rows: list[tuple[str, int, frozenset[str]]] = []
-    if dep_ids:
-        holders = _holders_statement(dialect, **shape)
-        rows += [
-            (instance_id, int(free_bytes or 0), frozenset(held_ids.split(" ")))
-            for instance_id, free_bytes, held_ids in conn.execute(
-                holders, {**params, "p_limit": limit + len(queued) + len(busy)}
-            )
-        ]
-    non_holders = _non_holders_statement(
-        dialect, **shape, has_deps=bool(dep_ids), busy=bool(busy)
-    )
-    rows += [
-        (instance_id, int(free_bytes or 0), frozenset())
-        for instance_id, free_bytes in conn.execute(
-            non_holders, {**params, "p_limit": limit + len(queued)}
-        )
-    ]
     candidates = [
         Candidate(
             instance_id=instance_id,
-            held_dep_ids=held_ids,
+            held_dep_ids=_held_from_masks(masks, dep_ids),
             queued_bytes=queued.get(instance_id, 0),
-            free_bytes=free_bytes,
+            free_bytes=int(free_bytes or 0),
+            failing=bool(failing),
         )
-        for instance_id, free_bytes, held_ids in rows
+        for instance_id, free_bytes, failing, *masks in conn.execute(statement, params)
         if active.get(instance_id, 0) < slots
     ]
-    return _failing_last(rank_candidates(candidates, job_deps), limit, session=session)
-
-
-def _failing_last(ranked: list[Candidate], limit: int, *, session: Session) -> list[Candidate]:
-    """The best `limit` of `ranked`, the failing instances after every healthy one.
-
-    Checked `limit` at a time, best first, until `limit` healthy ones are found: none
-    further down can rank above them. Each check names exactly `limit` ids (a short
-    last chunk repeats its last id), so the statement's text and its prepared plan stay
-    the same from one submit to the next.
-    """
-    healthy: list[Candidate] = []
-    failing: list[Candidate] = []
-    now = utcnow()
-    for start in range(0, len(ranked), limit):
-        chunk = ranked[start : start + limit]
-        ids = [candidate.instance_id for candidate in chunk]
-        bad = failing_instances(ids + ids[-1:] * (limit - len(ids)), session=session, now=now)
-        for candidate in chunk:
-            if candidate.instance_id in bad:
-                failing.append(replace(candidate, failing=True))
-            else:
-                healthy.append(candidate)
-        if len(healthy) >= limit:
-            break
-    return (healthy + failing)[:limit]
+    return rank_candidates(candidates, job_deps)[:limit]
 
 
 _BUSY_HOLDINGS = (

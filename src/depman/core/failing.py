@@ -12,7 +12,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import bindparam, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from depman.core.states import ItemState, Op
@@ -23,8 +23,8 @@ FAILING_WINDOW = timedelta(hours=1)
 FAILING_MIN_FAILURES = 2
 
 
-def _failing_statement() -> Any:
-    # Built once: placement asks at every submit.
+def _failing_statement(since: Any) -> Any:
+    """Instances whose downloads finished since `since` all failed (the rule, in one place)."""
     succeeded = func.sum(case((QueueItem.state == ItemState.SUCCEEDED.value, 1), else_=0))
     failed = func.sum(case((QueueItem.state == ItemState.FAILED.value, 1), else_=0))
     return (
@@ -32,17 +32,23 @@ def _failing_statement() -> Any:
         .where(
             QueueItem.op == Op.DOWNLOAD.value,
             QueueItem.state.in_([ItemState.SUCCEEDED.value, ItemState.FAILED.value]),
-            QueueItem.finished_at >= bindparam("p_since", type_=UtcDateTime()),
+            QueueItem.finished_at >= since,
         )
         .group_by(QueueItem.instance_id)
         .having(succeeded == 0, failed >= FAILING_MIN_FAILURES)
     )
 
 
-_FAILING_ANYWHERE = _failing_statement()
+# Built once: the overviews ask on every page.
+_FAILING_ANYWHERE = _failing_statement(bindparam("p_since", type_=UtcDateTime()))
 _FAILING_AMONG = _FAILING_ANYWHERE.where(
     QueueItem.instance_id.in_(bindparam("p_ids", expanding=True))
 )
+
+
+def failing_clause(instance_id: Any, since: Any) -> Any:
+    """Whether the instance `instance_id` (a column) fails, as a column of a statement."""
+    return exists(_failing_statement(since).where(QueueItem.instance_id == instance_id))
 
 
 def failing_instances(

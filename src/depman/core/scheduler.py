@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from depman.core.candidates import active_jobs, busy_holders, free_candidates, max_active_jobs
+from depman.core.candidates import busy_holders, fleet_load, free_candidates
 from depman.core.catalog import validate_id
 from depman.core.clock import isoformat, utcnow
 from depman.core.pins import add_pins
@@ -76,17 +76,19 @@ _ACTIVE_THERE = (
     .select_from(Job)
     .where(Job.instance_id == bindparam("p_instance_id"), Job.state.in_(ACTIVE_JOB_STATES))
 )
-_SLOTS = select(ServerType.max_active_jobs).where(
-    ServerType.server_type == bindparam("p_server_type")
+# The type's job slots with the job's catalog entries: one row per dep found, or one
+# row of NULL entries when none is; no row when the type does not exist.
+_SPEC = (
+    select(ServerType.max_active_jobs, Dep.dep_id, Dep.expected_size_bytes, Dep.kind)
+    .select_from(ServerType)
+    .outerjoin(Dep, Dep.dep_id.in_(bindparam("p_dep_ids", expanding=True)))
+    .where(ServerType.server_type == bindparam("p_server_type"))
 )
 _RECENT_RUNS = (
     select(Job.placed_at, Job.finished_at)
     .where(Job.state == JobState.COMPLETED.value, Job.server_type == bindparam("p_server_type"))
     .order_by(Job.created_at.desc())
     .limit(RECENT_JOBS)
-)
-_CATALOG_ENTRIES = select(Dep.dep_id, Dep.expected_size_bytes, Dep.kind).where(
-    Dep.dep_id.in_(bindparam("p_dep_ids", expanding=True))
 )
 
 
@@ -125,20 +127,25 @@ class JobNeeds:
         return self.deps.get(dep_id, (None, ""))[1] == "dynamic"
 
 
-def catalog_entries(dep_ids: list[str], *, session: Session) -> dict[str, tuple[int | None, str]]:
-    """dep id → (expected size, kind) for those of `dep_ids` in the catalog (one query)."""
-    rows = session.connection().execute(_CATALOG_ENTRIES, {"p_dep_ids": dep_ids})
-    return {dep_id: (size, kind) for dep_id, size, kind in rows}
+def job_spec(
+    server_type: str, dep_ids: list[str], *, session: Session
+) -> tuple[int | None, dict[str, tuple[int | None, str]]]:
+    """The type's jobs per instance (None: no such type), and dep id → (expected size,
+    kind) for those of `dep_ids` in the catalog (one query)."""
+    rows = session.connection().execute(
+        _SPEC, {"p_server_type": server_type, "p_dep_ids": dep_ids}
+    ).all()
+    if not rows:
+        return None, {}
+    deps = {dep_id: (size, kind) for _slots, dep_id, size, kind in rows if dep_id is not None}
+    return int(rows[0][0]), deps
 
 
 def job_needs(job: Job, *, session: Session) -> JobNeeds:
-    """The needs of a stored job (three small queries)."""
+    """The needs of a stored job (two small queries)."""
     dep_ids = job_dep_ids(job.job_id, session=session)
-    return JobNeeds(
-        dep_ids,
-        catalog_entries(dep_ids, session=session),
-        max_active_jobs(job.server_type, session=session),
-    )
+    slots, deps = job_spec(job.server_type, dep_ids, session=session)
+    return JobNeeds(dep_ids, deps, 1 if slots is None else slots)
 
 
 def _typical_job_seconds(server_type: str, *, session: Session, policy: Policy) -> float:
@@ -222,10 +229,10 @@ def try_place(
     needs = needs or job_needs(job, session=session)
     dep_ids, sizes, slots = needs.dep_ids, needs.sizes, needs.slots
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
-    active = active_jobs(session=session)
+    load = fleet_load(session=session)
     ranked = free_candidates(
         job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only,
-        slots=slots, active=active,
+        slots=slots, load=load,
     )
     if not ranked:
         return Outcome.NO_SLOT
@@ -233,7 +240,7 @@ def try_place(
     if allowance > 0 and missing_deps(ranked[0], dep_ids):
         busy = busy_holders(
             job.server_type, dep_ids, exclude, session=session, cutoff=cutoff, now=now,
-            slots=slots, active=active,
+            slots=slots, active=load.active,
         )
         if busy:
             typical = _typical_job_seconds(job.server_type, session=session, policy=policy)
@@ -326,13 +333,12 @@ def submit_job(
     (`created` False; its deps are not filled in).
     """
     now = now or utcnow()
-    slots = session.connection().execute(_SLOTS, {"p_server_type": server_type}).scalar()
-    if slots is None:
-        raise ValidationFailed(f"serverType {server_type!r} does not exist")
     dep_ids = list(dict.fromkeys(dep_ids))
     for dep_id in dep_ids:
         validate_id(dep_id, "depIds[]")
-    deps = catalog_entries(dep_ids, session=session) if dep_ids else {}
+    slots, deps = job_spec(server_type, dep_ids, session=session)
+    if slots is None:
+        raise ValidationFailed(f"serverType {server_type!r} does not exist")
     unknown = [dep_id for dep_id in dep_ids if dep_id not in deps]
     if unknown:
         raise ValidationFailed(f"depIds not in the catalog: {', '.join(unknown)}")
