@@ -1,5 +1,5 @@
 """The hot paths stay cheap: an unchanged heartbeat is one UPDATE, a poll one SELECT, a
-succeeded report reads nothing back."""
+succeeded report reads nothing back, a submit reads the fleet in three statements."""
 
 from __future__ import annotations
 
@@ -160,6 +160,45 @@ def test_a_succeeded_report_reads_nothing_back(any_db: Database) -> None:
     with db.read_session() as session:
         job = session.get(Job, submitted.job.job_id)
         assert job is not None and job.state == "waiting_deps" and job.upstream_bytes == 1000
+
+
+def test_a_submit_reads_the_fleet_in_three_statements(any_db: Database) -> None:
+    """A job of one dep the only live instance lacks: the type with the dep, the fleet's
+    load, the ranked candidates; then the chosen row locked and its jobs counted, the
+    download queued, the pin, the job and its deps written. Nine statements, whatever
+    the fleet's size."""
+    db = any_db
+    now = utcnow()
+    with db.session() as session:
+        session.add(
+            ServerType(
+                server_type="t", mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
+            )
+        )
+        session.add(
+            Dep(
+                dep_id="lora",
+                url="https://hf.co/x",
+                auth="none",
+                dest_relative_path="models/loras/lora.safetensors",
+                expected_size_bytes=1000,
+                kind="dynamic",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        row = session.get(Instance, "hot")
+        assert row is not None
+        row.last_heartbeat_at = now
+        session.commit()
+    seen = statements(db)
+    with db.session() as session:
+        submitted = submit_job("t", ["lora"], session=session, policy=Policy())
+        session.commit()
+    assert submitted.job.instance_id == "hot" and submitted.missing_dep_ids == ["lora"]
+    assert seen == [
+        "SELECT", "SELECT", "SELECT", "SELECT", "SELECT", "INSERT", "UPDATE", "INSERT", "INSERT"
+    ]
 
 
 def test_a_report_sends_its_figures_only_when_the_locked_row_differs(db: Database) -> None:
