@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from depman.core.candidates import busy_holders, fleet_load, free_candidates
+from depman.core.candidates import busy_holders, find_candidates
 from depman.core.clock import utcnow
 from depman.core.placement import Candidate, rank_candidates
 from depman.store.migrate import upgrade
@@ -135,23 +135,15 @@ def test_free_candidates_match_a_full_ranking(
     expected = rank_candidates(free, sizes)
     cutoff = utcnow() - timedelta(seconds=90)
     with db.read_session() as session:
-        load = fleet_load(session=session)
         for limit in (1, 5, 32):
-            got = free_candidates(
-                STYPE,
-                sizes,
-                (),
-                session=session,
-                cutoff=cutoff,
-                limit=limit,
-                slots=1,
-                load=load,
-            )
+            got = find_candidates(
+                STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit, slots=1
+            ).free
             assert got == expected[:limit]
         excluded = {expected[0].instance_id}
-        got = free_candidates(
-            STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1, load=load
-        )
+        got = find_candidates(
+            STYPE, sizes, excluded, session=session, cutoff=cutoff, slots=1
+        ).free
         assert got == [c for c in expected if c.instance_id not in excluded][:32]
 
 
@@ -162,16 +154,11 @@ def test_busy_holders_are_the_live_full_instances_holding_a_dep(
     job = ["d2", "d5"]
     now = utcnow()
     with db.read_session() as session:
-        got = busy_holders(
-            STYPE,
-            job,
-            (),
-            session=session,
-            cutoff=now - timedelta(seconds=90),
-            now=now,
-            slots=1,
-            active=fleet_load(session=session).active,
+        sizes = {d: DEPS[d] for d in job}
+        found = find_candidates(
+            STYPE, sizes, (), session=session, cutoff=now - timedelta(seconds=90), slots=1
         )
+        got = busy_holders(found.busy_held, session=session, now=now, slots=1)
     expected = {
         c.instance_id: c.held_dep_ids & set(job)
         for c in truth
@@ -232,12 +219,10 @@ def test_failing_instances_rank_after_every_healthy_one(
     )
     cutoff = now - timedelta(seconds=90)
     with db.read_session() as session:
-        load = fleet_load(session=session)
         for limit in (1, 5, 32, len(free)):
-            got = free_candidates(
-                STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit, slots=1,
-                load=load,
-            )
+            got = find_candidates(
+                STYPE, sizes, (), session=session, cutoff=cutoff, limit=limit, slots=1
+            ).free
             assert got == expected[:limit]
 
 
@@ -280,15 +265,14 @@ def test_a_job_of_many_deps_gets_each_holders_deps_exactly(
         )
         session.commit()
     with db.read_session() as session:
-        got = free_candidates(
+        got = find_candidates(
             STYPE,
             dict.fromkeys(many, 7),
             (),
             session=session,
             cutoff=now - timedelta(seconds=90),
             slots=1,
-            load=fleet_load(session=session),
-        )
+        ).free
     assert [c.instance_id for c in got[:3]] == [
         free[1].instance_id, free[0].instance_id, free[2].instance_id
     ]

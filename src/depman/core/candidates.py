@@ -6,20 +6,20 @@ by the job's deps, the active jobs or the open downloads, never by the fleet, an
 none depends on the planner's row estimates (a single ranked join was planned as
 nested loops over fresh statistics and took 1.8 s at 3,000 instances):
 
-- the load (`fleet_load`, one statement): instances with active jobs (few: one
-  per running job) and with open downloads and their bytes (few);
-- the candidates (`free_candidates`, one statement): holders of the job's deps,
-  ranked by (held bytes, held count, free disk, id), with the deps each holds,
-  limited to K + |queued| + |busy|, and the best non-holders by (free disk, id)
-  with a free slot, limited to K + |queued|. Queued bytes rank between held count
-  and free disk, so an instance moves down at most past the |queued| ones, and busy
-  ones are dropped: the true best K are always among the rows fetched. The
-  non-holders' part leaves out the busy ones itself, so it reads only the first
-  rows of the free-disk index: asked for K + |queued| + |busy| rows with the busy
-  ones filtered out afterwards, PostgreSQL sorts the whole fleet instead once a
-  hundred instances are busy. Each row also says whether the instance's downloads
-  keep failing (`failing.py`); `placement.rank_candidates` then ranks them exactly,
-  the failing ones after every healthy one.
+- the instances with open downloads and their bytes (`queued_bytes`, few);
+- the candidates (`find_candidates`, one statement): the holders of the job's
+  deps, ranked by (held bytes, held count, free disk, id), with the deps each
+  holds, and the best non-holders walked in (free disk, id) order on an index,
+  each limited to K + |queued| + a slack. Busy instances are left out of both
+  (their ids are hashed once); queued bytes rank between held count and free disk,
+  so an instance moves down at most past the |queued| ones: the true best K are
+  among the rows read, and `placement.rank_candidates` ranks them exactly. Each row
+  also says whether the instance's downloads keep failing (`failing.py`): those go
+  after every healthy one, and the slack lets healthy ones further down take their
+  place;
+- in the same statement, the busy live instances that hold some of the job's
+  deps; when one does and the job may wait for it, when its active jobs began
+  (`busy_holders`).
 
 Each runs as a Core statement on the session's connection: through the ORM's
 execution each cost about twice the Python time, per submit.
@@ -63,6 +63,9 @@ from depman.store.models import (
 # Free instances ranked per placement attempt: the best, plus spares for rows that
 # another placement holds locked (SKIP LOCKED) at that moment.
 CANDIDATE_LIMIT = 32
+# Rows read past the limit, so that this many failing instances among the best are
+# passed over for healthy ones further down.
+FAILING_SLACK = 16
 
 
 def live(server_type: Any, cutoff: Any) -> tuple[Any, ...]:
@@ -79,47 +82,33 @@ def live(server_type: Any, cutoff: Any) -> tuple[Any, ...]:
     )
 
 
-# Instances with active jobs (kind "a": their number) and with open downloads (kind
-# "q": their bytes), in one statement: both are few, and a submit needs both.
-_LOAD: Any = union_all(
-    select(literal("a").label("kind"), Job.instance_id, func.count().label("n"))
+_ACTIVE_JOBS = (
+    select(Job.instance_id, func.count())
     .where(Job.state.in_(ACTIVE_JOB_STATES), Job.instance_id.is_not(None))
-    .group_by(Job.instance_id),
-    select(
-        literal("q"), QueueItem.instance_id, func.sum(func.coalesce(Dep.expected_size_bytes, 0))
-    )
-    .join(Dep, Dep.dep_id == QueueItem.dep_id)
-    .where(QueueItem.state.in_(OPEN_ITEM_STATES), QueueItem.op == Op.DOWNLOAD.value)
-    .group_by(QueueItem.instance_id),
+    .group_by(Job.instance_id)
 )
 
 
-@dataclass(frozen=True)
-class Load:
-    """What placement must know of the busy part of the fleet."""
-
-    active: dict[str, int]  # instance id → its active jobs
-    queued: dict[str, int]  # instance id → bytes of its open downloads
-
-
-def fleet_load(*, session: Session) -> Load:
-    """Active jobs and open download bytes per instance (one query)."""
-    load = Load({}, {})
-    for kind, instance_id, n in session.connection().execute(_LOAD):
-        if instance_id is not None:
-            (load.active if kind == "a" else load.queued)[instance_id] = int(n or 0)
-    return load
-
-
-def _has_free_slot() -> Any:
-    """The instance runs fewer than `p_slots` active jobs (what `fleet_load` counts)."""
-    running = (
-        select(func.count())
-        .select_from(Job)
-        .where(Job.instance_id == Instance.instance_id, Job.state.in_(ACTIVE_JOB_STATES))
-        .scalar_subquery()
+def _busy_ids() -> Any:
+    """Instances running `p_slots` active jobs or more (PostgreSQL hashes it once)."""
+    return (
+        _ACTIVE_JOBS.with_only_columns(Job.instance_id)
+        .having(func.count() >= bindparam("p_slots", type_=Integer))
     )
-    return running < bindparam("p_slots", type_=Integer)
+
+
+_QUEUED_BYTES = (
+    select(QueueItem.instance_id, func.sum(func.coalesce(Dep.expected_size_bytes, 0)))
+    .join(Dep, Dep.dep_id == QueueItem.dep_id)
+    .where(QueueItem.state.in_(OPEN_ITEM_STATES), QueueItem.op == Op.DOWNLOAD.value)
+    .group_by(QueueItem.instance_id)
+)
+
+
+def queued_bytes(*, session: Session) -> dict[str, int]:
+    """instance id → bytes of its open downloads (few rows)."""
+    rows = session.connection().execute(_QUEUED_BYTES)
+    return {instance_id: int(n or 0) for instance_id, n in rows}
 
 
 def _by_id(column: Any, dialect: str) -> Any:
@@ -168,17 +157,20 @@ def _held_from_masks(masks: Sequence[int | None], dep_ids: list[str]) -> frozens
 # which database) and then only bound: building one costs about as much Python as
 # running it.
 @lru_cache(maxsize=256)
-def _candidates_statement(
-    dialect: str, *, exclude: bool, only: bool, deps: int, busy: bool
-) -> Any:
-    """The best holders and the best non-holders of the job's deps, in one statement.
+def _candidates_statement(dialect: str, *, exclude: bool, only: bool, deps: int) -> Any:
+    """The best free holders and non-holders of the job's deps, and the busy holders,
+    in one statement.
 
-    Holders come ranked by (held bytes, held count, free disk, id), limited to
-    `p_holders`; non-holders with a free slot by (free disk, id), limited to
-    `p_others`. Each row says whether the instance's downloads keep failing.
+    Free holders come ranked by (held bytes, held count, free disk, id), non-holders
+    by (free disk, id) on the free-disk index, each limited to `p_limit`; then every
+    busy live instance that holds some of the deps (few: busy ones are). Each row
+    says whether the instance is busy and whether its downloads keep failing.
     """
     dep_params: list[Any] = [bindparam(f"p_dep_{i}") for i in range(deps)]
     free = func.coalesce(Instance.disk_free_bytes, 0)
+    # Hashed once by PostgreSQL, whatever its estimate of their number.
+    not_busy = Instance.instance_id.not_in(_busy_ids())
+    limit = bindparam("p_limit", type_=Integer)
     masks = (deps + MASK_BITS - 1) // MASK_BITS
     parts = []
     if deps:
@@ -215,48 +207,73 @@ def _candidates_statement(
             select(
                 held.c.instance_id,
                 free.label("free"),
+                literal(False).label("busy"),
                 *(held.c[f"mask_{m}"] for m in range(masks)),
             )
             .join(Instance, Instance.instance_id == held.c.instance_id)
-            .where(*_filters(exclude=exclude, only=only))
+            .where(*_filters(exclude=exclude, only=only), not_busy)
             .order_by(
                 held.c.held_bytes.desc(),
                 held.c.held_count.desc(),
                 free.desc(),
                 _by_id(held.c.instance_id, dialect),
             )
-            .limit(bindparam("p_holders", type_=Integer))
+            .limit(limit)
         )
-        parts.append(select(holders.subquery()))
+        # Busy holders may be waited for on any instance, `only` or not.
+        busy_holders = (
+            select(
+                InstanceDep.instance_id,
+                free.label("free"),
+                literal(True).label("busy"),
+                *mask_columns,
+            )
+            .join(Instance, Instance.instance_id == InstanceDep.instance_id)
+            .where(
+                *_filters(exclude=exclude, only=False),
+                InstanceDep.instance_id.in_(_busy_ids()),
+                InstanceDep.dep_id.in_(dep_params),
+            )
+            .group_by(InstanceDep.instance_id, Instance.disk_free_bytes)
+        )
+        parts += [select(holders.subquery()), busy_holders]
     non_holders = select(
         Instance.instance_id,
         free.label("free"),
+        literal(False).label("busy"),
         *(literal(0, BigInteger).label(f"mask_{m}") for m in range(masks)),
-    ).where(*_filters(exclude=exclude, only=only))
+    ).where(*_filters(exclude=exclude, only=only), not_busy)
     if deps:
         holds_any = exists().where(
             InstanceDep.instance_id == Instance.instance_id, InstanceDep.dep_id.in_(dep_params)
         )
         non_holders = non_holders.where(~holds_any)
-    # The busy ones are left out here, so only the first rows of the free-disk index
-    # are read: asked for more rows and filtered afterwards, PostgreSQL sorts the
+    # Busy ones are left out in the statement, so only the first rows of the free-disk
+    # index are read: asked for more rows and filtered afterwards, PostgreSQL sorts the
     # whole fleet once a hundred instances are busy.
-    if busy:
-        non_holders = non_holders.where(_has_free_slot())
     non_holders = non_holders.order_by(free.desc(), _by_id(Instance.instance_id, dialect)).limit(
-        bindparam("p_others", type_=Integer)
+        limit
     )
     parts.append(select(non_holders.subquery()))
     rows = union_all(*parts).subquery("ranked") if len(parts) > 1 else parts[0].subquery("ranked")
     return select(
         rows.c.instance_id,
         rows.c.free,
+        rows.c.busy,
         failing_clause(rows.c.instance_id, bindparam("p_since", type_=UtcDateTime())),
         *(rows.c[f"mask_{m}"] for m in range(masks)),
     )
 
 
-def free_candidates(
+@dataclass(frozen=True)
+class Candidates:
+    """Where a job may go now, and which busy instances it might wait for."""
+
+    free: list[Candidate]  # the best free ones, best first
+    busy_held: dict[str, frozenset[str]]  # busy live instance → the job's deps it holds
+
+
+def find_candidates(
     server_type: str,
     job_deps: Mapping[str, int | None],
     exclude: Collection[str],
@@ -264,26 +281,21 @@ def free_candidates(
     session: Session,
     cutoff: datetime,
     slots: int,
-    load: Load,
     only: str | None = None,
     limit: int = CANDIDATE_LIMIT,
-) -> list[Candidate]:
-    """The best `limit` live instances of the type with a free slot, best first.
+) -> Candidates:
+    """The best `limit` live instances of the type with a free slot, best first, and the
+    busy ones that hold some of the job's deps.
 
     `job_deps` maps the job's dep ids, in order, to their sizes (None: unknown);
-    `slots` is the type's jobs per instance, `load` the fleet's (`fleet_load`).
-    Instances whose downloads keep failing come after every healthy one.
+    `slots` is the type's jobs per instance. Instances whose downloads keep failing
+    come after every healthy one read.
     """
     dep_ids = list(job_deps)
     conn = session.connection()
-    active, queued = load.active, load.queued
-    busy = [i for i, n in active.items() if n >= slots]
+    queued = queued_bytes(session=session)
     statement = _candidates_statement(
-        conn.dialect.name,
-        exclude=bool(exclude),
-        only=only is not None,
-        deps=len(dep_ids),
-        busy=bool(busy),
+        conn.dialect.name, exclude=bool(exclude), only=only is not None, deps=len(dep_ids)
     )
     params: dict[str, Any] = {
         "p_server_type": server_type,
@@ -293,79 +305,53 @@ def free_candidates(
         "p_slots": slots,
         "p_since": utcnow() - FAILING_WINDOW,
         # Queued bytes rank between held count and free disk, so an instance moves
-        # down at most past the |queued| ones, and busy holders are dropped: the true
-        # best `limit` are always among these rows.
-        "p_holders": limit + len(queued) + len(busy),
-        "p_others": limit + len(queued),
+        # down at most past the |queued| ones: the true best `limit` are among these,
+        # with `FAILING_SLACK` more for failing ones to be passed over.
+        "p_limit": limit + FAILING_SLACK + len(queued),
         **_dep_params(dep_ids, job_deps),
     }
-    candidates = [
-        Candidate(
-            instance_id=instance_id,
-            held_dep_ids=_held_from_masks(masks, dep_ids),
-            queued_bytes=queued.get(instance_id, 0),
-            free_bytes=int(free_bytes or 0),
-            failing=bool(failing),
+    free: list[Candidate] = []
+    busy_held: dict[str, frozenset[str]] = {}
+    for instance_id, free_bytes, busy, failing, *masks in conn.execute(statement, params):
+        held = _held_from_masks(masks, dep_ids)
+        if busy:
+            busy_held[instance_id] = held
+            continue
+        free.append(
+            Candidate(
+                instance_id=instance_id,
+                held_dep_ids=held,
+                queued_bytes=queued.get(instance_id, 0),
+                free_bytes=int(free_bytes or 0),
+                failing=bool(failing),
+            )
         )
-        for instance_id, free_bytes, failing, *masks in conn.execute(statement, params)
-        if active.get(instance_id, 0) < slots
-    ]
-    return rank_candidates(candidates, job_deps)[:limit]
+    return Candidates(rank_candidates(free, job_deps)[:limit], busy_held)
 
 
-_BUSY_HOLDINGS = (
-    select(InstanceDep.instance_id, InstanceDep.dep_id)
-    .join(Instance, Instance.instance_id == InstanceDep.instance_id)
-    .where(
-        *_filters(exclude=False, only=False),
-        InstanceDep.instance_id.in_(bindparam("p_busy", expanding=True)),
-        InstanceDep.dep_id.in_(bindparam("p_dep_ids", expanding=True)),
-    )
-)
 _PLACED_AT = select(Job.instance_id, Job.placed_at).where(
     Job.instance_id.in_(bindparam("p_ids", expanding=True)), Job.state.in_(ACTIVE_JOB_STATES)
 )
 
 
 def busy_holders(
-    server_type: str,
-    dep_ids: list[str],
-    exclude: Collection[str],
-    *,
-    session: Session,
-    cutoff: datetime,
-    now: datetime,
-    slots: int,
-    active: Mapping[str, int],
+    busy_held: Mapping[str, frozenset[str]], *, session: Session, now: datetime, slots: int
 ) -> list[Candidate]:
-    """Live instances of the type with no free slot that hold some of the deps."""
-    busy = [i for i, n in active.items() if n >= slots]
-    if not busy or not dep_ids:
-        return []
-    conn = session.connection()
-    held: dict[str, set[str]] = {}
-    params = {
-        "p_server_type": server_type,
-        "p_cutoff": cutoff,
-        "p_busy": busy,
-        "p_dep_ids": dep_ids,
-    }
-    for instance_id, dep_id in conn.execute(_BUSY_HOLDINGS, params):
-        if instance_id not in exclude:
-            held.setdefault(instance_id, set()).add(dep_id)
-    if not held:
+    """The busy holders of `find_candidates`, with how long each active job there has run."""
+    if not busy_held:
         return []
     placed: dict[str, list[datetime]] = {}
-    for busy_id, placed_at in conn.execute(_PLACED_AT, {"p_ids": list(held)}):
+    rows = session.connection().execute(_PLACED_AT, {"p_ids": list(busy_held)})
+    for busy_id, placed_at in rows:
         placed.setdefault(busy_id or "", []).append(placed_at or now)
     return [
         Candidate(
             instance_id=instance_id,
-            held_dep_ids=frozenset(deps),
+            held_dep_ids=deps,
             active_elapsed_s=tuple(
                 max(0.0, (now - at).total_seconds()) for at in placed[instance_id]
             ),
         )
-        for instance_id, deps in held.items()
+        for instance_id, deps in busy_held.items()
         if len(placed.get(instance_id, ())) >= slots
     ]

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from depman.core.candidates import busy_holders, fleet_load, free_candidates
+from depman.core.candidates import busy_holders, find_candidates
 from depman.core.catalog import validate_id
 from depman.core.clock import isoformat, utcnow
 from depman.core.pins import add_pins
@@ -229,19 +229,15 @@ def try_place(
     needs = needs or job_needs(job, session=session)
     dep_ids, sizes, slots = needs.dep_ids, needs.sizes, needs.slots
     cutoff = now - timedelta(seconds=policy.live_ttl_seconds)
-    load = fleet_load(session=session)
-    ranked = free_candidates(
-        job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only,
-        slots=slots, load=load,
+    found = find_candidates(
+        job.server_type, sizes, exclude, session=session, cutoff=cutoff, only=only, slots=slots
     )
+    ranked = found.free
     if not ranked:
         return Outcome.NO_SLOT
     allowance = _wait_allowance(job, policy, now) if may_wait else 0.0
     if allowance > 0 and missing_deps(ranked[0], dep_ids):
-        busy = busy_holders(
-            job.server_type, dep_ids, exclude, session=session, cutoff=cutoff, now=now,
-            slots=slots, active=load.active,
-        )
+        busy = busy_holders(found.busy_held, session=session, now=now, slots=slots)
         if busy:
             typical = _typical_job_seconds(job.server_type, session=session, policy=policy)
             decision = choose_placement(
