@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text, update
@@ -17,8 +18,9 @@ from depman.core.inventory import (
 )
 from depman.core.operator import retry_item
 from depman.core.policy import Policy
-from depman.core.queue import enqueue
+from depman.core.queue import enqueue, poll_queue, wake_due_items
 from depman.core.states import ItemState, Op
+from depman.core.upstream import UpstreamGate
 from depman.server.cache.changes import Changes
 from depman.server.cache.invalidation import watch_writes
 from depman.store.migrate import upgrade
@@ -189,3 +191,36 @@ def test_a_heartbeat_that_restates_the_row_writes_only_its_liveness(
     ):
         assert send(changed) == {"a"}, changed
         assert send(changed) == set(), changed
+
+
+def test_a_retry_coming_due_and_a_capped_poll_name_their_instance(
+    watched: tuple[Database, list[Changes]],
+) -> None:
+    """A sweep waking an item that backed off, and a poll held at its upstream's cap,
+    write queue items of one instance: only that instance's memos go. Written without
+    naming it, each made every memo of the fleet stale, at every sweep while a download
+    backs off and at every capped poll."""
+    db, applied = watched
+    now = utcnow()
+    with db.session() as session:
+        enqueue("b", "d", Op.DOWNLOAD, priority=1, session=session, now=now)
+        session.execute(
+            update(QueueItem)
+            .where(QueueItem.instance_id == "b")
+            .values(next_attempt_at=now - timedelta(seconds=1))
+        )
+        session.commit()
+    applied.clear()
+    with db.session() as session:
+        assert wake_due_items(session=session, now=now) == 1
+        session.commit()
+    (changes,) = applied
+    assert changes.queued == {"b"} and not changes.all_instances and not changes.everything
+    # The upstream is at its cap (0 slots): the item is marked as waiting for it.
+    applied.clear()
+    gate = UpstreamGate(caps={"example.invalid": 0}, lease_seconds=600, begin=db.engine.begin)
+    with db.read_session() as session:
+        poll = poll_queue("b", 10, conn=session.connection(), gate=gate, now=now)
+    assert poll.found and poll.items == [] and poll.waiting_upstream == 1
+    assert applied and not any(c.all_instances or c.everything for c in applied)
+    assert set().union(*(c.queued | c.instances for c in applied)) <= {"b"}

@@ -335,7 +335,7 @@ def poll_queue(
             for row in rows
             if row.dep_id is not None and row.url is not None
         ]
-        allowed, waiting = grant(gate, candidates, now=now)
+        allowed, waiting = grant(gate, instance_id, candidates, now=now)
         poll.waiting_upstream = len(waiting)
     for row in rows:
         (_pins, dep_id, gen, op, url, auth, dest, sha, size, kind, root, files, sources, force,
@@ -604,20 +604,27 @@ def wake_due_items(*, session: Session, now: datetime | None = None) -> int:
     """Queued items whose `next_attempt_at` has come: clear it, wake their instances.
 
     A poll that found only such items was answered empty, and that answer is memo'd;
-    writing the item drops the memo, so the next poll hands the item out.
+    writing the item drops the memo, so the next poll hands the item out. The write
+    names its instances (looked up first): one that names none makes every memo of
+    the fleet stale, at every sweep while downloads back off.
     """
     now = now or utcnow()
-    rows = session.execute(
-        update(QueueItem)
-        .where(
-            QueueItem.state == ItemState.QUEUED.value,
-            QueueItem.next_attempt_at.is_not(None),
-            QueueItem.next_attempt_at <= now,
-        )
-        .values(next_attempt_at=None)
-        .returning(QueueItem.instance_id)
-    ).all()
-    return len(rows)
+    due = (
+        QueueItem.state == ItemState.QUEUED.value,
+        QueueItem.next_attempt_at.is_not(None),
+        QueueItem.next_attempt_at <= now,
+    )
+    instance_ids = list(session.scalars(select(QueueItem.instance_id).where(*due).distinct()))
+    woken = 0
+    for part in chunks(instance_ids):
+        rows = session.execute(
+            update(QueueItem)
+            .where(QueueItem.instance_id.in_(part), *due)
+            .values(next_attempt_at=None)
+            .returning(QueueItem.id)
+        ).all()
+        woken += len(rows)
+    return woken
 
 
 def list_items(instance_id: str, *, session: Session) -> list[QueueItem]:

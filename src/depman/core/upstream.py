@@ -126,12 +126,15 @@ def in_flight(
 
 
 def grant(
-    gate: UpstreamGate, candidates: list[Candidate], *, now: datetime
+    gate: UpstreamGate, instance_id: str, candidates: list[Candidate], *, now: datetime
 ) -> tuple[set[int], dict[int, str]]:
     """(item ids the poll may hand out, item id -> host of those that must wait).
 
-    Candidates keep their order (the poll's dispatch order) within each host.
+    `candidates` are items of `instance_id`, the polling instance; they keep their
+    order (the poll's dispatch order) within each host. Each write names the instance
+    too: a write of queue items that names none makes every memo of the fleet stale.
     """
+    mine_only = QueueItem.instance_id == instance_id
     by_host: dict[str, list[Candidate]] = {}
     allowed: set[int] = set()
     for cand in candidates:
@@ -153,7 +156,7 @@ def grant(
         with gate.begin() as conn:
             conn.execute(
                 update(QueueItem)
-                .where(QueueItem.id.in_(stale))
+                .where(mine_only, QueueItem.id.in_(stale))
                 .values(upstream_host=None, handed_out_at=None)
             )
     if not by_host:
@@ -182,13 +185,14 @@ def grant(
             if granted:
                 conn.execute(
                     update(QueueItem)
-                    .where(QueueItem.id.in_(granted))
+                    .where(mine_only, QueueItem.id.in_(granted))
                     .values(upstream_host=host, handed_out_at=now, waiting_upstream=None)
                 )
             if denied:
                 conn.execute(
                     update(QueueItem)
                     .where(
+                        mine_only,
                         QueueItem.id.in_(denied),
                         or_(
                             QueueItem.waiting_upstream.is_(None),
