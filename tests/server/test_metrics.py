@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.fleet import make_fleet
+from tests.server.fleet import dep_doc, make_fleet
 from tests.support.server import RunningServer, postgres_database, run_server
+from tests.support.wait import wait_until
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", re.M)
 
@@ -115,3 +116,52 @@ def test_every_instance_gauge_parses_as_prometheus_reads_it(server: RunningServe
     assert found["depman_instance_lost"] == 0
     assert found["depman_instance_last_heartbeat_timestamp_seconds"] > time.time() - 600
     assert {"depman_instances", "depman_jobs", "depman_http_request_duration_seconds"} <= names
+
+
+FLEET_DROPS = ("everything", "instances", "heartbeats")
+
+
+def fleet_drops(server: RunningServer) -> dict[str, float]:
+    scrape = samples(server)
+    return {s: scrape[f'depman_memo_fleet_drops_total{{scope="{s}"}}'] for s in FLEET_DROPS}
+
+
+@pytest.mark.own_server
+def test_an_agent_at_work_drops_no_memo_fleet_wide_and_a_catalog_change_is_counted(
+    server: RunningServer,
+) -> None:
+    """Register, heartbeat, poll, a job's download running, backing off after a 503 and
+    woken by the sweep, then succeeded: each write names its instance, and no memo of
+    any other instance goes (/metrics counts the changes that drop every instance's).
+    A catalog change drops every heartbeat memo, and is counted so."""
+    fleet = make_fleet(server)
+    bystander = fleet.register(fleet.add_instance("bystander"))
+    before = fleet_drops(server)
+    agent = fleet.register(fleet.add_instance("worker"))
+    status, _ = fleet.submit(["b"], jobId=f"j-{agent.instance_id}")
+    assert status in (200, 201)
+    # The job went to one of the two; its agent takes the item.
+    for candidate in (agent, bystander):
+        items = candidate.poll()[1]["items"]
+        if items:
+            worker, (item,) = candidate, items
+            break
+    else:
+        raise AssertionError("the job's download was queued nowhere")
+    assert worker.status(item, "running")[0] == 200
+    error = "HTTP 503 from huggingface.co; next attempt in 1s"
+    assert worker.status(item, "retrying", error)[0] == 200
+    # The sweep wakes the item once its backoff is over; the agent takes it again.
+    again = wait_until(lambda: worker.poll()[1]["items"], 30, "the item woken after its backoff")
+    assert worker.status(again[0], "running")[0] == 200
+    assert worker.status(again[0], "succeeded")[0] == 200
+    worker.installed_dynamic = [item["depId"]]
+    assert worker.heartbeat()[0] == 200
+    assert fleet_drops(server) == before
+    status, body = server.admin(
+        "PUT", f"/admin/deps/{fleet.deps['c']}", dep_doc(fleet.deps["c"], 4000, "dynamic")
+    )
+    assert status == 200, body
+    after = fleet_drops(server)
+    assert after["heartbeats"] == before["heartbeats"] + 1
+    assert (after["instances"], after["everything"]) == (before["instances"], before["everything"])

@@ -86,6 +86,18 @@ class Metrics:
             ["endpoint"],
             registry=registry,
         )
+        # Changes that dropped the memos of every instance at once (server/cache).
+        fleet_drops = Counter(
+            "depman_memo_fleet_drops",
+            "Changes that dropped the memos of every instance at once, by scope: "
+            "everything; instances (empty polls and heartbeats, and every long-poll woken); "
+            "heartbeats (a catalog, profile or agent build change).",
+            ["scope"],
+            registry=registry,
+        )
+        for scope in ("everything", "instances", "heartbeats"):
+            fleet_drops.labels(scope)
+        state.cache.on_fleet_drop = lambda scope: fleet_drops.labels(scope).inc()
         # Hostile or broken clients: what the guard refused before parsing (server/guard.py),
         # and failed authentications by realm (server/auth_failures.py).
         self.refused = Counter(

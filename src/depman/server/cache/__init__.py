@@ -17,7 +17,7 @@ here read what was written.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from depman.server.cache.beats import BeatBuffer
@@ -68,6 +68,11 @@ class ServerCache:
     pending: PendingTypes = field(default_factory=PendingTypes)
     notifier: Notifier | None = None  # PostgreSQL: tells the other replicas
     received_count: int = 0  # notices applied from other replicas (/metrics)
+    # Told of each change that drops memos of every instance at once, by scope
+    # ("everything", "instances", "heartbeats"; /metrics counts them): each sends the
+    # fleet's next polls or heartbeats to the database, and all but "heartbeats" wake
+    # every long-poll.
+    on_fleet_drop: Callable[[str], None] | None = None
 
     @classmethod
     def create(cls, *, memos: bool = True) -> ServerCache:
@@ -87,6 +92,10 @@ class ServerCache:
         self.apply(changes)
         self.received_count += 1  # after applying: a test that saw the count sees the effect
 
+    def _fleet_drop(self, scope: str) -> None:
+        if self.on_fleet_drop is not None:
+            self.on_fleet_drop(scope)
+
     def apply(self, changes: Changes, *, own: bool = False) -> None:
         """Drop what `changes` made stale; wake the long-polls they concern.
 
@@ -96,6 +105,7 @@ class ServerCache:
         if changes.pending_types or changes.pending_unknown:
             self.pending.add(changes.pending_types, unknown=changes.pending_unknown)
         if changes.everything:
+            self._fleet_drop("everything")
             self.builds.invalidate()
             memos.forget_everything(own=own)
             hub.notify(WakeupKind.INSTANCE, None)
@@ -104,8 +114,10 @@ class ServerCache:
         if changes.builds:
             self.builds.invalidate()  # first: a memo kept after the next line is built anew
         if changes.builds or changes.all_beats:
+            self._fleet_drop("heartbeats")
             memos.forget_all_beats(own=own)
         if changes.all_instances:
+            self._fleet_drop("instances")
             memos.forget_all_instances(own=own)
             hub.notify(WakeupKind.INSTANCE, None)
         if changes.tokens:
