@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
@@ -19,6 +19,20 @@ from depman.store.session import Database, open_database
 
 STYPE = "gpu"
 DEPS = {f"d{i}": (i % 4) * 1000 or None for i in range(12)}  # some sizes unknown
+
+
+def catalog_dep(dep_id: str, size: int | None, now: datetime) -> Dep:
+    """A dynamic dep of the catalog (`size` None: unknown)."""
+    return Dep(
+        dep_id=dep_id,
+        url="https://hf.co/x",
+        auth="none",
+        dest_relative_path=f"models/{dep_id}",
+        expected_size_bytes=size,
+        kind="dynamic",
+        created_at=now,
+        updated_at=now,
+    )
 
 
 @pytest.fixture
@@ -36,19 +50,7 @@ def fleet_db(database_url: str) -> Iterator[tuple[Database, list[Candidate], set
                 server_type=STYPE, mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
             )
         )
-        session.add_all(
-            Dep(
-                dep_id=d,
-                url="https://hf.co/x",
-                auth="none",
-                dest_relative_path=f"models/{d}",
-                expected_size_bytes=size,
-                kind="dynamic",
-                created_at=now,
-                updated_at=now,
-            )
-            for d, size in DEPS.items()
-        )
+        session.add_all(catalog_dep(d, size, now) for d, size in DEPS.items())
         session.flush()
         for i in range(120):
             iid = f"i-{i:03d}" if i % 7 else f"I-{i:03d}"  # mixed case: str order ties
@@ -182,18 +184,7 @@ def test_failing_instances_rank_after_every_healthy_one(
     now = utcnow()
     with db.session() as session:
         broken = [f"broken-{n}" for n in range(2)]
-        session.add_all(
-            Dep(
-                dep_id=dep_id,
-                url="https://hf.co/broken",
-                auth="none",
-                dest_relative_path=f"models/{dep_id}",
-                kind="dynamic",
-                created_at=now,
-                updated_at=now,
-            )
-            for dep_id in broken
-        )
+        session.add_all(catalog_dep(dep_id, None, now) for dep_id in broken)
         session.flush()
         session.add_all(
             QueueItem(
@@ -241,19 +232,7 @@ def test_a_job_of_many_deps_gets_each_holders_deps_exactly(
         free[2].instance_id: {"m063"},
     }
     with db.session() as session:
-        session.add_all(
-            Dep(
-                dep_id=d,
-                url="https://hf.co/x",
-                auth="none",
-                dest_relative_path=f"models/{d}",
-                expected_size_bytes=7,
-                kind="dynamic",
-                created_at=now,
-                updated_at=now,
-            )
-            for d in many
-        )
+        session.add_all(catalog_dep(d, 7, now) for d in many)
         session.flush()
         session.execute(
             insert(InstanceDep),

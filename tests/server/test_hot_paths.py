@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import event, select
 
 from depman.core import lost
+from depman.core.chunks import chunks
 from depman.core.clock import utcnow
 from depman.core.inventory import Heartbeat, apply_heartbeat
 from depman.core.lost import sweep_lost_instances
@@ -67,6 +68,35 @@ def statements(db: Database) -> list[str]:
     return seen
 
 
+def make_hot_live_with_a_lora(db: Database) -> None:
+    """Server type `t` (one job per instance), the 1000-byte dynamic dep `lora`, and the
+    instance `hot` live with 5 bytes free."""
+    now = utcnow()
+    with db.session() as session:
+        session.add(
+            ServerType(
+                server_type="t", mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
+            )
+        )
+        session.add(
+            Dep(
+                dep_id="lora",
+                url="https://hf.co/x",
+                auth="none",
+                dest_relative_path="models/loras/lora.safetensors",
+                expected_size_bytes=1000,
+                kind="dynamic",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        row = session.get(Instance, "hot")
+        assert row is not None
+        row.last_heartbeat_at = now
+        row.disk_free_bytes = 5
+        session.commit()
+
+
 def test_unchanged_heartbeat_is_one_update(db: Database) -> None:
     hb = Heartbeat(installed_dynamic=[f"dep-{i}" for i in range(200)], disk_free_bytes=5)
     with db.session() as session:
@@ -120,30 +150,7 @@ def test_a_succeeded_report_reads_nothing_back(any_db: Database) -> None:
     standing. Six statements on PostgreSQL, seven on SQLite; the job waits for a heartbeat
     to list the file (no receipt)."""
     db = any_db
-    now = utcnow()
-    with db.session() as session:
-        session.add(
-            ServerType(
-                server_type="t", mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
-            )
-        )
-        session.add(
-            Dep(
-                dep_id="lora",
-                url="https://hf.co/x",
-                auth="none",
-                dest_relative_path="models/loras/lora.safetensors",
-                expected_size_bytes=1000,
-                kind="dynamic",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        row = session.get(Instance, "hot")
-        assert row is not None
-        row.last_heartbeat_at = now
-        row.disk_free_bytes = 5
-        session.commit()
+    make_hot_live_with_a_lora(db)
     policy = Policy()
     with db.session() as session:
         submitted = submit_job("t", ["lora"], session=session, policy=policy)
@@ -163,34 +170,12 @@ def test_a_succeeded_report_reads_nothing_back(any_db: Database) -> None:
 
 
 def test_a_submit_reads_the_fleet_in_three_statements(any_db: Database) -> None:
-    """A job of one dep the only live instance lacks: the type with the dep, the fleet's
-    load, the ranked candidates; then the chosen row locked and its jobs counted, the
-    download queued, the pin, the job and its deps written. Nine statements, whatever
-    the fleet's size."""
+    """A job of one dep the only live instance lacks: the type with the dep, the
+    instances with open downloads, the ranked candidates; then the chosen row locked
+    and its jobs counted, the download queued, the pin, the job and its deps written.
+    Nine statements, whatever the fleet's size."""
     db = any_db
-    now = utcnow()
-    with db.session() as session:
-        session.add(
-            ServerType(
-                server_type="t", mode="dependency_manager_v1", max_active_jobs=1, updated_at=now
-            )
-        )
-        session.add(
-            Dep(
-                dep_id="lora",
-                url="https://hf.co/x",
-                auth="none",
-                dest_relative_path="models/loras/lora.safetensors",
-                expected_size_bytes=1000,
-                kind="dynamic",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        row = session.get(Instance, "hot")
-        assert row is not None
-        row.last_heartbeat_at = now
-        session.commit()
+    make_hot_live_with_a_lora(db)
     seen = statements(db)
     with db.session() as session:
         submitted = submit_job("t", ["lora"], session=session, policy=Policy())
@@ -263,5 +248,5 @@ def test_a_wide_silence_is_lost_in_statements_that_do_not_grow_with_it(
     few, many = lose(2), lose(40)
     assert many == few == ["SELECT", "UPDATE", "SELECT", "UPDATE"]
     # Past the ids one statement takes, the silence is taken a slice at a time.
-    monkeypatch.setattr(lost, "IDS_PER_STATEMENT", 16)
+    monkeypatch.setattr(lost, "chunks", lambda values: chunks(values, 16))
     assert lose(40) == ["SELECT", *["UPDATE", "SELECT"] * 3, "UPDATE"]

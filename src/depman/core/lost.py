@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
+from depman.core.chunks import chunks
 from depman.core.jobs import fail_job
 from depman.core.pins import refresh_pins
 from depman.core.policy import Policy
@@ -37,8 +38,6 @@ from depman.store.models import Instance, Job, QueueItem
 
 LOST_ERROR = "instance lost"
 CANCEL_REASON = "cancelled: instance lost"
-# Far below the bound parameters a statement may carry (SQLite 32,766, PostgreSQL 65,535).
-IDS_PER_STATEMENT = 1000
 
 
 def sweep_lost_instances(
@@ -91,13 +90,13 @@ def lose_instances(
     """Apply the loss of instances whose rows the caller holds locked.
 
     What every lost instance undergoes is one statement for all of them, or for each
-    `IDS_PER_STATEMENT` of them (a wide silence loses hundreds at once, and their rows
+    slice of them (`chunks`: a wide silence loses hundreds at once, and their rows
     stay locked until the sweep's step commits); only the instances that had active
     jobs are handled one by one.
     """
     jobs_of: dict[str, list[Job]] = {}
-    for start in range(0, len(rows), IDS_PER_STATEMENT):
-        ids = [row.instance_id for row in rows[start : start + IDS_PER_STATEMENT]]
+    for part in chunks(rows):
+        ids = [row.instance_id for row in part]
         session.execute(
             update(QueueItem)
             .where(QueueItem.instance_id.in_(ids), QueueItem.state.in_(OPEN_ITEM_STATES))
