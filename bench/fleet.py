@@ -56,7 +56,7 @@ SERVER_TYPE = "bench"
 PROFILE = "bench-profile"
 P99_TARGET = 0.200
 STALL_SHARE = 0.01  # a second with more than this share of requests over 200 ms is a stall
-REGISTER_RATE = 50.0  # agents booting per second during the ramp
+REGISTER_RATE = 50.0  # agents booting per second during the ramp, unless --boot-rate
 BOOT_TIMEOUT = 600.0  # longest wait, past the ramp, for every agent to be up
 
 
@@ -85,6 +85,7 @@ class Plan:
     long_poll: float = 25.0
     # PostgreSQL: the job driver talks to a process of its own (`depman server --api-port`).
     api_process: bool = False
+    boot_rate: float = REGISTER_RATE  # agents starting per second during the ramp
 
 
 FULL = Plan([1000, 5000, 10000], ["sqlite", "postgresql"], ramp=30, warmup=35, duration=60,
@@ -412,9 +413,9 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
         port = int(server.root_url.rsplit(":", 1)[1])
         workers = plan.workers or max(1, math.ceil(n / 5000))
         # Boot storms are not the steady state being measured: agents come up at most
-        # REGISTER_RATE a second, and the window opens `warmup` seconds after the last
+        # `boot_rate` a second, and the window opens `warmup` seconds after the last
         # of them has registered and sent its first heartbeat (the boot is timed apart).
-        ramp = max(plan.ramp, n / REGISTER_RATE)
+        ramp = max(plan.ramp, n / plan.boot_rate)
         t0 = time.time() + 1.0
         boot_cap = ramp + BOOT_TIMEOUT
         max_seconds = boot_cap + plan.warmup + plan.duration + 30
@@ -625,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-process", action="store_true",
                         help="PostgreSQL: start the server with --api-port and send the job "
                         "driver there (a process of its own for the job API).")
+    parser.add_argument("--boot-rate", type=float,
+                        help=f"Agents starting per second during the ramp (default "
+                        f"{REGISTER_RATE:g}). The boot is timed apart from the measured "
+                        "window, whose load is the same at any boot rate.")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="Record py-spy samples of the server's threads holding the GIL "
                         "(where its Python CPU goes) over each measured window into DIR "
@@ -644,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--agents wants v1 and/or depman, got {args.agents!r}")
     if args.duration:
         plan.duration = args.duration
+    if args.boot_rate is not None:
+        if args.boot_rate <= 0:
+            parser.error(f"--boot-rate wants agents per second above 0, got {args.boot_rate:g}")
+        plan.boot_rate = args.boot_rate
     if args.workers:
         plan.workers = args.workers
     if args.job_rate is not None:
@@ -687,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"in the window (all processes): {pauses or 'none'}")
     notes.append(f"Measured {plan.duration:.0f} s per run, from {plan.warmup:.0f} s after every "
                  f"agent was up (registered and sent its first heartbeat); agents start "
-                 f"over max({plan.ramp:.0f} s, N / {REGISTER_RATE:.0f} s), and 'boot s' is the "
+                 f"over max({plan.ramp:.0f} s, N / {plan.boot_rate:g} s), and 'boot s' is the "
                  f"first start to the last agent up. Poll {plan.poll:g} s, heartbeat "
                  f"{plan.heartbeat:g} s, {plan.inventory} deps per inventory. Inventory row "
                  "writes (PostgreSQL statistics) should equal the downloads finished in the "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,12 @@ from tests.support.wait import wait_until
 SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", re.M)
 
 
-def samples(server: RunningServer) -> dict[str, float]:
-    """Every sample of one scrape, keyed by name and labels."""
-    status, text = server.request("GET", "/metrics")
+def samples(server: RunningServer, names: Iterable[str] = ()) -> dict[str, float]:
+    """Every sample of one scrape, keyed by name and labels (`names`: the scrape's `name[]`)."""
+    query = urllib.parse.urlencode([("name[]", name) for name in names])
+    status, text = server.request("GET", "/metrics" + (f"?{query}" if query else ""))
     assert status == 200
-    return {name + labels: float(value) for name, labels, value in SAMPLE.findall(text)}
+    return {name + labels: float(value) for name, labels, value in SAMPLE.findall(text or "")}
 
 
 def monotonic_series(scrape: dict[str, float]) -> dict[str, float]:
@@ -83,14 +86,17 @@ def test_scrapes_of_several_workers_never_see_a_counter_go_down(tmp_path: Path) 
             for series, value in previous.items():
                 assert scrape.get(series, 0.0) >= value, (series, value, scrape.get(series))
             previous = scrape
-        # The heartbeats of every worker are in the one sum.
+        # The heartbeats of every worker are in the one sum, in a scrape naming its series too.
+        counts = "depman_http_request_duration_seconds_count"
         heartbeats = sum(
             value
             for series, value in previous.items()
-            if series.startswith("depman_http_request_duration_seconds_count")
-            and "heartbeat" in series
+            if series.startswith(counts) and "heartbeat" in series
         )
         assert heartbeats >= 37
+        named = samples(api, [counts])
+        assert named and all(key.startswith(counts + "{") for key in named), named
+        assert sum(v for key, v in named.items() if "heartbeat" in key) >= heartbeats
 
 
 def test_every_instance_gauge_parses_as_prometheus_reads_it(server: RunningServer) -> None:
@@ -116,6 +122,30 @@ def test_every_instance_gauge_parses_as_prometheus_reads_it(server: RunningServe
     assert found["depman_instance_lost"] == 0
     assert found["depman_instance_last_heartbeat_timestamp_seconds"] > time.time() - 600
     assert {"depman_instances", "depman_jobs", "depman_http_request_duration_seconds"} <= names
+
+
+def test_a_scrape_naming_its_series_gets_those_alone(server: RunningServer) -> None:
+    """`name[]` restricts a scrape to those sample names, as prometheus_client's own
+    handlers do: a fast scrape job for the process figures leaves out the fleet's
+    per-instance gauges (and their read of every instance row), a slow one asks for them."""
+    fleet = make_fleet(server)
+    agent = fleet.register(fleet.add_instance("gpu"))
+    assert agent.heartbeat()[0] == 200
+    live = f'depman_instance_live{{instance_id="{agent.instance_id}"}}'
+
+    process = samples(server, ["depman_http_request_duration_seconds_count",
+                               "depman_agent_memo_answers_total"])
+    assert process and {key.split("{")[0] for key in process} <= {
+        "depman_http_request_duration_seconds_count", "depman_agent_memo_answers_total"}
+    assert any("heartbeat" in key for key in process), process
+
+    gauges = samples(server, ["depman_instance_live", "depman_instances"])
+    assert gauges[live] == 1
+    assert gauges["depman_instances"] >= 1
+    assert {key.split("{")[0] for key in gauges} == {"depman_instance_live", "depman_instances"}
+
+    assert samples(server, ["no_such_series"]) == {}
+    assert live in samples(server)  # without name[], every series
 
 
 FLEET_DROPS = ("everything", "instances", "heartbeats")

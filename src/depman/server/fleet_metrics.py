@@ -2,7 +2,8 @@
 
 Every server process answers them from the same rows, so a scrape gets the same
 figures whichever worker it reaches. Per-instance gauges carry the label
-`instance_id` (Prometheus keeps `instance` for the scraped target).
+`instance_id` (Prometheus keeps `instance` for the scraped target). A scrape that
+names the series it wants (`name[]`) and none of these reads no row at all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from depman.core import jobs, queue
@@ -91,10 +92,19 @@ class FleetGauges:
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    def exposition(self) -> bytes:
-        """Both kinds of gauges in the text exposition format."""
+    def exposition(self, names: frozenset[str] | None = None) -> bytes:
+        """Both kinds of gauges in the text exposition format.
+
+        `names`: only the series of these sample names, as prometheus_client's own
+        handlers restrict a scrape; None for all.
+        """
+        if names is not None and not names & FLEET_SAMPLE_NAMES:
+            return b""
         figures = self._read()
-        return generate_latest(_Families(figures.families())) + figures.instance_text()
+        families: Iterable[Metric] = figures.families()
+        if names is not None:
+            families = _restricted(families, names)
+        return generate_latest(_Families(families)) + figures.instance_text(names)
 
     def _read(self) -> _FleetFigures:
         now = utcnow()
@@ -187,11 +197,16 @@ class _FleetFigures:
                 values["heartbeat"].append((iid, row.last_heartbeat_at.timestamp()))
         return values
 
-    def instance_text(self) -> bytes:
-        """The per-instance gauges, as `generate_latest` would write them, written directly."""
+    def instance_text(self, names: frozenset[str] | None = None) -> bytes:
+        """The per-instance gauges, as `generate_latest` would write them, written directly.
+
+        `names`: only the gauges of these names; None for all.
+        """
         out: list[str] = []
         for key, samples in self._instance_values().items():
             name, text = INSTANCE_GAUGES[key]
+            if names is not None and name not in names:
+                continue
             out.append(f"# HELP {name} {text}\n# TYPE {name} gauge\n")
             out.extend(
                 f'{name}{{instance_id="{_label_value(iid)}"}} {value}\n'
@@ -200,13 +215,36 @@ class _FleetFigures:
         return "".join(out).encode()
 
 
+# The sample names of the fleet-wide families (`_FleetFigures.families`).
+FLEET_FAMILY_SAMPLE_NAMES = frozenset(
+    {
+        "depman_instances_live",
+        "depman_instances",
+        "depman_queue_items",
+        "depman_jobs",
+        "depman_source_bytes_total",
+    }
+)
+FLEET_SAMPLE_NAMES = FLEET_FAMILY_SAMPLE_NAMES | {name for name, _ in INSTANCE_GAUGES.values()}
+
+
+def _restricted(families: Iterable[Metric], names: frozenset[str]) -> Iterator[Metric]:
+    """The families with only the samples of `names`; a family left empty is dropped."""
+    for family in families:
+        samples = [sample for sample in family.samples if sample.name in names]
+        if samples:
+            kept = Metric(family.name, family.documentation, family.type)
+            kept.samples = samples
+            yield kept
+
+
 class _Families:
     """A collector of already-built metric families, for `generate_latest`."""
 
-    def __init__(self, families: Iterable[GaugeMetricFamily | CounterMetricFamily]) -> None:
+    def __init__(self, families: Iterable[Metric]) -> None:
         self._families = families
 
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         return self._families
 
 

@@ -25,6 +25,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.registry import RestrictedRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from depman.server.cache.collector import CacheCollector
@@ -57,7 +58,9 @@ class Metrics:
     """One app's metrics: its registry, counters, histograms and the fleet gauges."""
 
     def __init__(self, state: ServerState) -> None:
-        self.registry = CollectorRegistry()
+        # Collectors that cannot name their series up front (the cache's, the other
+        # processes' files) still answer a scrape restricted by `name[]`.
+        self.registry = CollectorRegistry(support_collectors_without_names=True)
         registry = self.registry
         self.latency = Histogram(
             "depman_http_request_duration_seconds",
@@ -158,15 +161,22 @@ class Metrics:
         # This process's long-polls and replica notices (tests wait on the long-polls).
         registry.register(CacheCollector(state.cache))
 
-    def exposition(self) -> bytes:
-        """The text of one scrape: every process's counters when several serve, else this one's."""
+    def exposition(self, names: frozenset[str] | None = None) -> bytes:
+        """The text of one scrape: every process's counters when several serve, else this one's.
+
+        `names`: only the series of these sample names (a scrape's `name[]`), as
+        prometheus_client's own handlers answer; None for every series.
+        """
         registry = self.registry
         if multiprocess_dir():
-            registry = CollectorRegistry()
+            registry = CollectorRegistry(support_collectors_without_names=True)
             multiprocess.MultiProcessCollector(registry)
             # The cache's figures are one process's own: from whichever worker answered, a
             # scrape would see its counters jump back. Served only by a single process.
-        return generate_latest(registry) + self.fleet.exposition()
+        served: CollectorRegistry | RestrictedRegistry = registry
+        if names is not None:
+            served = registry.restricted_registry(names)
+        return generate_latest(served) + self.fleet.exposition(names)
 
 
 def multiprocess_dir() -> str | None:
