@@ -110,6 +110,7 @@ class Outcome:
     server_rss: int = 0
     pg_cpu: float | None = None
     sim_cpu: float = 0.0
+    machine_busy: float | None = None  # % of all cores busy over the window, every process
     loop_lag: float = 0.0
     inv_writes: int | None = None
     downloads_done: int = 0
@@ -249,6 +250,16 @@ def postgres_cpu() -> dict[int, float]:
                 t = proc.cpu_times()
                 seen[proc.pid] = t.user + t.system
     return seen
+
+
+def busy_percent(before: Any, after: Any) -> float:
+    """Of the machine's CPU time between two `psutil.cpu_times()`, the % not idle."""
+    # Linux counts guest time inside user and nice already.
+    spent = {name: getattr(after, name) - getattr(before, name) for name in after._fields
+             if name not in ("guest", "guest_nice")}
+    total = sum(spent.values())
+    idle = spent.get("idle", 0.0) + spent.get("iowait", 0.0)
+    return 100 * (1 - idle / total) if total > 0 else 0.0
 
 
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
@@ -469,6 +480,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 scraper = ServerLatency("127.0.0.1", api_port)
                 await scraper.start()
                 sampler.mark()
+                machine0 = psutil.cpu_times()
                 spy = start_py_spy(plan, server.process.pid, f"{backend}-{server_workers}p-{n}")
                 # In threads: the job driver shares this event loop, and a blocking read
                 # here (the statistics wait 1.5 s) made the window's first submits late.
@@ -477,6 +489,7 @@ def run_one(plan: Plan, backend: str, n: int, server_workers: int,
                 ctl0 = time.process_time()
                 await asyncio.sleep(max(0.0, t_stop - time.time()))
                 usage = sampler.usage()
+                out.machine_busy = busy_percent(machine0, psutil.cpu_times())
                 await scraper.stop()
                 out.server_side = scraper.rows()
                 out.stages = scraper.stages()
@@ -558,8 +571,8 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
         f"{P99_TARGET * 1000:.0f} ms)",
         ["agents", "backend", "server procs", "N", "boot s", "req/s", "p50 ms", "p99 ms", "errors",
          "server CPU %", "server RSS MiB", "postgres CPU %", "simulator CPU %",
-         "inventory row writes", "jobs done", "worst second % ≥ 200 ms", "seconds > 1 %",
-         "holds"])
+         "machine busy %", "inventory row writes", "jobs done", "worst second % ≥ 200 ms",
+         "seconds > 1 %", "holds"])
     for o in outcomes:
         lat = o.all_latencies
         boot = f"{o.boot_seconds:.0f}" if o.booted == o.n else f"{o.booted:,} up"
@@ -569,6 +582,7 @@ def render(outcomes: list[Outcome]) -> list[ResultTable]:
                     sum(o.errors.values()) if o.failure is None else o.failure,
                     f"{o.server_cpu:.0f}", f"{o.server_rss / MIB:.0f}",
                     "—" if o.pg_cpu is None else f"{o.pg_cpu:.0f}", f"{o.sim_cpu:.0f}",
+                    "—" if o.machine_busy is None else f"{o.machine_busy:.0f}",
                     "—" if o.inv_writes is None
                     else f"{o.inv_writes:,} ({o.downloads_done:,} downloads)",
                     f"{o.jobs_completed}/{o.jobs_submitted}", f"{100 * o.worst_second():.1f}",
@@ -705,7 +719,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"({plan.long_poll:g} s idle, at least 15 s; 1 s while downloading); a "
                  "long-poll's latency is how late its answer came past the hold it asked for; "
                  "the server-side GET /api/dependencies/queue figures of depman agents are "
-                 "the hold itself, not latency.")
+                 "the hold itself, not latency. 'machine busy %' is the share of all cores "
+                 "busy over the window, every process and the kernel counted: near 100 %, "
+                 "requests wait for a core and a short burst of work leaves a backlog that "
+                 "takes seconds to drain.")
     for o in outcomes:
         if o.slow:
             view = " ".join(f"{s}:{count}/{slow}" for s, count, slow in o.seconds_view())
