@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from depman.core.clock import utcnow
+from depman.server.fleet_metrics import FLEET_FAMILY_SAMPLE_NAMES, FleetFigures
 from tests.server.fleet import dep_doc, make_fleet
 from tests.support.server import RunningServer, postgres_database, run_server
 from tests.support.wait import wait_until
@@ -146,6 +148,15 @@ def test_a_scrape_naming_its_series_gets_those_alone(server: RunningServer) -> N
 
     assert samples(server, ["no_such_series"]) == {}
     assert live in samples(server)  # without name[], every series
+
+
+def test_the_fleet_families_are_all_named_where_a_restricted_scrape_looks() -> None:
+    """A scrape whose `name[]` misses every name in FLEET_SAMPLE_NAMES skips the fleet's
+    read: a family added without its name there would vanish from such scrapes."""
+    figures = FleetFigures(rows=[], depths={}, items={}, job_counts={},
+                            source_bytes={"mirror": 1, "upstream": 2}, cutoff=utcnow())
+    produced = {sample.name for family in figures.families() for sample in family.samples}
+    assert produced == FLEET_FAMILY_SAMPLE_NAMES
 
 
 FLEET_DROPS = ("everything", "instances", "heartbeats")

@@ -106,7 +106,7 @@ class FleetGauges:
             families = _restricted(families, names)
         return generate_latest(_Families(families)) + figures.instance_text(names)
 
-    def _read(self) -> _FleetFigures:
+    def _read(self) -> FleetFigures:
         now = utcnow()
         with self._state.db.read_session() as session:
             rows = session.execute(
@@ -129,7 +129,7 @@ class FleetGauges:
                     .group_by(QueueItem.instance_id)
                 )
             }
-            return _FleetFigures(
+            return FleetFigures(
                 rows=rows,
                 depths=depths,
                 items=queue.count_by_state(session=session),
@@ -140,7 +140,7 @@ class FleetGauges:
 
 
 @dataclass(frozen=True)
-class _FleetFigures:
+class FleetFigures:
     """One read of the fleet's rows, for one scrape."""
 
     rows: Sequence[Any]
@@ -215,7 +215,7 @@ class _FleetFigures:
         return "".join(out).encode()
 
 
-# The sample names of the fleet-wide families (`_FleetFigures.families`).
+# The sample names of the fleet-wide families (`FleetFigures.families`).
 FLEET_FAMILY_SAMPLE_NAMES = frozenset(
     {
         "depman_instances_live",
