@@ -152,6 +152,20 @@ class ServerSettings(BaseSettings):
         "ready jobs are placed elsewhere, a running one fails, its queue is cancelled and its "
         "agent must register again.",
     )
+    lost_wide_silence_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="When more than this share of the registered instances (and at least "
+        "10) are quiet at once, the silence is taken for the server's or its network's: "
+        "none of them is lost before lost_wide_silence_seconds of silence. 1 turns this off.",
+    )
+    lost_wide_silence_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long a wide silence is waited out before its instances are lost "
+        "anyway (never less than instance_lost_seconds).",
+    )
     retry_backoff_seconds: float = Field(
         120.0,
         gt=0,

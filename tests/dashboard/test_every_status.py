@@ -57,7 +57,7 @@ def add_lost_and_drained(engine: Engine, now: datetime) -> None:
             )
         )
     with Session(engine) as session, session.begin():
-        assert sweep_lost_instances(session=session, policy=policy, now=now) == ["vast-gone"]
+        assert sweep_lost_instances(session=session, policy=policy, now=now).lost == ["vast-gone"]
         set_drained("vast-1002", True, actor="test", session=session, now=now)
         # A download held back by an upstream cap (core/upstream.py).
         session.add(

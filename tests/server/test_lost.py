@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +233,82 @@ def test_a_server_back_from_an_outage_loses_nobody_before_its_agents_can_reach_i
         # From here on the server listens: a silence counts as before.
         assert wait_until(lambda: is_lost(second, instance_id), 30, "the silent instance lost")
         assert job(second, running["jobId"])["state"] == "failed"
+
+
+@contextlib.contextmanager
+def heartbeating(agents: list[Agent]) -> Iterator[None]:
+    """The agents heartbeat every 0.5 s (with the tokens they have) until the block ends."""
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def beat() -> None:
+        while not stop.wait(0.5):
+            answers.extend(agent.heartbeat()[0] for agent in agents)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    assert set(answers) <= {200}, answers
+
+
+# Lost after 3 s of silence, but a silence of most of the fleet is waited out for 15 s.
+WIDE_ENV = {**LOST_ENV, "DEPMAN_LOST_WIDE_SILENCE_SECONDS": "15"}
+
+
+@pytest.mark.server_env(**WIDE_ENV)
+def test_a_wide_silence_is_waited_out_and_its_agents_get_the_whole_timeout_after_it(
+    server: RunningServer,
+) -> None:
+    # A control plane cut off from its fleet for a few minutes (its uplink, a proxy)
+    # hears no heartbeat from anyone: losing everyone would fail every running job and
+    # make every agent register again at once when the link comes back.
+    fleet = make_fleet(server)
+    static = [fleet.deps["a"]]
+    agents = [fleet.register(fleet.add_instance(f"wide{i}"), static=static) for i in range(12)]
+    running = fleet.submit(["a"])[1]
+    assert server.admin("POST", f"/jobs/{running['jobId']}/start")[0] == 200
+    holder = next(a for a in agents if a.instance_id == running["instanceId"])
+    late, gone = [a for a in agents if a is not holder][:2]
+    for agent in agents:
+        assert agent.heartbeat()[0] == 200
+    silent_since = time.monotonic()  # every agent falls silent
+
+    def silence() -> float:
+        return time.monotonic() - silent_since
+
+    seen = sweeps(server)
+    wait_until(lambda: silence() > 4.5 and sweeps(server) >= seen + 3, 20,
+               "sweeps past the 3 s of silence")
+    assert not any(is_lost(server, a.instance_id) for a in agents)
+    assert job(server, running["jobId"])["state"] == "running"
+    assert silence() < 15, "too slow to tell: the 15 s have passed"
+    assert wait_until(
+        lambda: "12 of 12 registered instances quiet at once" in server.logs(), 10,
+        "the wide silence logged",
+    )
+
+    # The link is back: the agents reach the server with the tokens they had, and go
+    # on heartbeating. The silence is no longer wide; two agents are still silent.
+    with heartbeating([a for a in agents if a not in (late, gone)]):
+        back = time.monotonic()
+        # One reconnects 2 s later, within the 3 s counted from the silence's last sweep.
+        time.sleep(2)
+        assert late.heartbeat()[0] == 200
+        assert wait_until(lambda: is_lost(server, gone.instance_id), 20,
+                          "the one still silent lost")
+        assert time.monotonic() - back > 2.5  # its whole 3 s, from the silence's last sweep
+        assert silence() < 15, "too slow to tell: the 15 s have passed"
+        assert not is_lost(server, late.instance_id) and not is_lost(server, holder.instance_id)
+        assert job(server, running["jobId"])["state"] == "running"
+
+    # Silent together again: lost once the 15 s a wide silence is given have passed.
+    again = time.monotonic()
+    assert wait_until(lambda: all(is_lost(server, a.instance_id) for a in agents), 60,
+                      "the second wide silence lost")
+    assert time.monotonic() - again > 13
+    assert job(server, running["jobId"])["state"] == "failed"
+    assert holder.heartbeat()[0] == 401

@@ -13,6 +13,17 @@ The maintenance sweep marks it `lost` instead, in one transaction per sweep:
 
 A server that starts (or comes back after an outage) loses nobody until it has
 listened for `instance_lost_seconds` itself: its agents get that long to reach it.
+
+A wide silence is taken for the server's or its network's too: when more than
+`lost_wide_silence_share` of the registered instances (and at least
+WIDE_SILENCE_MIN_INSTANCES) have been quiet for half the timeout, the silent ones
+are kept, and lost only once `lost_wide_silence_seconds` pass without a word.
+A control plane cut off for a few minutes thus fails no running job and voids no
+token, and its agents need not all register again at once. Each sweep that keeps
+an instance stamps it (`silence_grace_at`), and its timeout counts from that stamp
+too, so as the silence ends, the agents still reconnecting get the whole timeout
+to do it (Kubernetes' node controller likewise restarts every node's grace period
+when a zone comes out of a full disruption).
 Liveness is the later of the heartbeat and registration times on the instance
 row: every agent heartbeats at least every `heartbeat_seconds`, and a heartbeat
 answered from memory reaches the row within `heartbeat_flush_seconds`. Rows are
@@ -23,9 +34,11 @@ apply one loss twice, and a heartbeat that commits first keeps its instance.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from depman.core.chunks import chunks
@@ -38,28 +51,33 @@ from depman.store.models import Instance, Job, QueueItem
 
 LOST_ERROR = "instance lost"
 CANCEL_REASON = "cancelled: instance lost"
+# A silence is wide only with at least this many quiet instances in it: in a small
+# fleet, half of it going quiet together is as likely to be the instances.
+WIDE_SILENCE_MIN_INSTANCES = 10
 
 
-def sweep_lost_instances(
-    *,
-    session: Session,
-    policy: Policy,
-    now: datetime,
-    listening_since: datetime | None = None,
-) -> list[str]:
-    """Mark the silent instances lost and move their work away; answers their ids.
+@dataclass(frozen=True)
+class LostSweep:
+    """What one sweep did with the silent instances."""
 
-    `listening_since`: when this server process began to hear agents. Until it has
-    listened for `instance_lost_seconds`, nobody is lost: after the control plane was
-    down, every row's last heartbeat is old, and the silence was the server's.
+    lost: list[str] = field(default_factory=list)
+    # Silent past `instance_lost_seconds` but kept, the silence being wide (not those
+    # still within the timeout a wide silence's last sweep gave them).
+    held: int = 0
+    # Counted when anyone is silent: the registered instances not lost, and of them
+    # those quiet for half the timeout.
+    registered: int = 0
+    quiet: int = 0
+
+
+def _heard() -> Any:
+    """The later of an instance's heartbeat and registration times, as SQL.
+
+    The later of the two: an agent that registers again after a loss keeps its old
+    heartbeat time until its first new heartbeat is written, and a slow server must
+    not take that old time for silence (it would void the new token at once).
     """
-    cutoff = now - timedelta(seconds=policy.instance_lost_seconds)
-    if listening_since is not None and listening_since > cutoff:
-        return []
-    # The later of the two: an agent that registers again after a loss keeps its old
-    # heartbeat time until its first new heartbeat is written, and a slow server
-    # must not take that old time for silence (it would void the new token at once).
-    last_sign = case(
+    return case(
         (
             or_(
                 Instance.last_heartbeat_at.is_(None),
@@ -69,19 +87,86 @@ def sweep_lost_instances(
         ),
         else_=Instance.last_heartbeat_at,
     )
+
+
+def sweep_lost_instances(
+    *,
+    session: Session,
+    policy: Policy,
+    now: datetime,
+    listening_since: datetime | None = None,
+) -> LostSweep:
+    """Mark the silent instances lost and move their work away, unless the silence is wide.
+
+    `listening_since`: when this server process began to hear agents. Until it has
+    listened for `instance_lost_seconds`, nobody is lost: after the control plane was
+    down, every row's last heartbeat is old, and the silence was the server's.
+    """
+    cutoff = now - timedelta(seconds=policy.instance_lost_seconds)
+    if listening_since is not None and listening_since > cutoff:
+        return LostSweep()
+    heard = _heard()
     rows = session.scalars(
         select(Instance)
         .where(
             Instance.lost_at.is_(None),
             Instance.agent_token_hash.is_not(None),  # never registered: nothing to lose
-            last_sign < cutoff,
+            heard < cutoff,
         )
         .order_by(Instance.instance_id)
         .with_for_update(skip_locked=True)
     ).all()
+    if not rows:
+        return LostSweep()
+    registered, quiet = _fleet_quiet(session, policy, now, heard)
+    if quiet >= WIDE_SILENCE_MIN_INSTANCES and quiet > policy.lost_wide_silence_share * registered:
+        # Every sweep of the silence stamps what it keeps: as it ends, the agents still
+        # reconnecting get the whole timeout from its last sweep.
+        wide_seconds = max(policy.lost_wide_silence_seconds, policy.instance_lost_seconds)
+        wide_cutoff = now - timedelta(seconds=wide_seconds)
+        held = [row for row in rows if _heard_of(row) >= wide_cutoff]
+        for row in held:
+            row.silence_grace_at = now
+        rows = [row for row in rows if _heard_of(row) < wide_cutoff]
+    else:
+        held = []
+        rows = [row for row in rows if not _in_grace(row, cutoff)]
     if rows:
         lose_instances(rows, session=session, policy=policy, now=now)
-    return [row.instance_id for row in rows]
+    return LostSweep([row.instance_id for row in rows], len(held), registered, quiet)
+
+
+def _in_grace(row: Instance, cutoff: datetime) -> bool:
+    """Kept by a wide silence's sweep within the timeout: not silent that long yet."""
+    return row.silence_grace_at is not None and row.silence_grace_at >= cutoff
+
+
+def _fleet_quiet(session: Session, policy: Policy, now: datetime, heard: Any) -> tuple[int, int]:
+    """(registered instances not lost, those of them quiet for half the timeout).
+
+    Half: when the first agents of a fleet cut off together pass the timeout, the others
+    (their heartbeats spread over one interval) are that quiet already, so the share
+    sees the whole silence from its first sweep.
+    """
+    if policy.lost_wide_silence_share >= 1:  # the guard is off: spare the count
+        return 0, 0
+    quiet_cutoff = now - timedelta(seconds=policy.instance_lost_seconds / 2)
+    registered, quiet = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((heard < quiet_cutoff, 1), else_=0)), 0),
+        ).where(Instance.lost_at.is_(None), Instance.agent_token_hash.is_not(None))
+    ).one()
+    return int(registered), int(quiet)
+
+
+def _heard_of(row: Instance) -> datetime:
+    """`_heard` of a row read into Python."""
+    heartbeat, registered = row.last_heartbeat_at, row.registered_at
+    if heartbeat is not None and (registered is None or registered <= heartbeat):
+        return heartbeat
+    # The statement chose the row by this time, so it is set.
+    return registered if registered is not None else datetime.max.replace(tzinfo=UTC)
 
 
 def lose_instances(

@@ -48,6 +48,11 @@ class SweepReport:
     """What one sweep did."""
 
     instances_lost: list[str] = field(default_factory=list)
+    # Silent past the lost timeout but kept in a wide silence (core/lost.py): how many,
+    # and, counted when anyone was silent, the registered instances and the quiet ones.
+    instances_held: int = 0
+    instances_registered: int = 0
+    instances_quiet: int = 0
     items_retried: int = 0
     items_failed: int = 0
     jobs_expired: int = 0
@@ -83,12 +88,14 @@ Step = Callable[[Session, SweepInput, SweepReport], None]
 
 
 def _lost(session: Session, given: SweepInput, report: SweepReport) -> None:
-    report.instances_lost = sweep_lost_instances(
+    swept = sweep_lost_instances(
         session=session,
         policy=given.policy,
         now=given.now,
         listening_since=given.listening_since,
     )
+    report.instances_lost, report.instances_held = swept.lost, swept.held
+    report.instances_registered, report.instances_quiet = swept.registered, swept.quiet
 
 
 def _failed_items(session: Session, given: SweepInput, report: SweepReport) -> None:

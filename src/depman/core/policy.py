@@ -29,6 +29,10 @@ class Policy:
     allow_any_destination: bool = False
     # A fleet mirror is configured: a v1 agent's download of a mirrored file came from it.
     mirror_enabled: bool = False
+    # A silence of more than this share of the registered instances (core/lost.py) is
+    # waited out for lost_wide_silence_seconds before its instances are lost.
+    lost_wide_silence_share: float = 0.5
+    lost_wide_silence_seconds: float = 600.0
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Policy:
@@ -49,4 +53,6 @@ class Policy:
             retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
             allow_any_destination=settings.allow_any_destination,
             mirror_enabled=bool(settings.mirror_url),
+            lost_wide_silence_share=settings.lost_wide_silence_share,
+            lost_wide_silence_seconds=settings.lost_wide_silence_seconds,
         )

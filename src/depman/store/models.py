@@ -178,6 +178,10 @@ class Instance(Base):
     # Set by the maintenance sweep when no heartbeat came for `instance_lost_seconds`
     # (its jobs moved, its queue cancelled, its token voided); cleared by register.
     lost_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    # The last sweep that kept it through a wide silence (core/lost.py): its lost
+    # timeout counts from here too, so an agent still reconnecting is not lost as the
+    # silence ends.
+    silence_grace_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
     # Bytes this instance's downloads received from the fleet mirror and from upstreams.
     mirror_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     upstream_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
