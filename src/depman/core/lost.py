@@ -24,6 +24,7 @@ an instance stamps it (`silence_grace_at`), and its timeout counts from that sta
 too, so as the silence ends, the agents still reconnecting get the whole timeout
 to do it (Kubernetes' node controller likewise restarts every node's grace period
 when a zone comes out of a full disruption).
+
 Liveness is the later of the heartbeat and registration times on the instance
 row: every agent heartbeats at least every `heartbeat_seconds`, and a heartbeat
 answered from memory reaches the row within `heartbeat_flush_seconds`. Rows are
