@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
@@ -107,8 +107,8 @@ def sweep_lost_instances(
     if listening_since is not None and listening_since > cutoff:
         return LostSweep()
     heard = _heard()
-    rows = session.scalars(
-        select(Instance)
+    silent = session.execute(
+        select(Instance, heard)
         .where(
             Instance.lost_at.is_(None),
             Instance.agent_token_hash.is_not(None),  # never registered: nothing to lose
@@ -117,7 +117,7 @@ def sweep_lost_instances(
         .order_by(Instance.instance_id)
         .with_for_update(skip_locked=True)
     ).all()
-    if not rows:
+    if not silent:
         return LostSweep()
     registered, quiet = _fleet_quiet(session, policy, now, heard)
     if quiet >= WIDE_SILENCE_MIN_INSTANCES and quiet > policy.lost_wide_silence_share * registered:
@@ -125,13 +125,13 @@ def sweep_lost_instances(
         # reconnecting get the whole timeout from its last sweep.
         wide_seconds = max(policy.lost_wide_silence_seconds, policy.instance_lost_seconds)
         wide_cutoff = now - timedelta(seconds=wide_seconds)
-        held = [row for row in rows if _heard_of(row) >= wide_cutoff]
+        held = [row for row, last in silent if last >= wide_cutoff]
         for row in held:
             row.silence_grace_at = now
-        rows = [row for row in rows if _heard_of(row) < wide_cutoff]
+        rows = [row for row, last in silent if last < wide_cutoff]
     else:
         held = []
-        rows = [row for row in rows if not _in_grace(row, cutoff)]
+        rows = [row for row, _last in silent if not _in_grace(row, cutoff)]
     if rows:
         lose_instances(rows, session=session, policy=policy, now=now)
     return LostSweep([row.instance_id for row in rows], len(held), registered, quiet)
@@ -159,15 +159,6 @@ def _fleet_quiet(session: Session, policy: Policy, now: datetime, heard: Any) ->
         ).where(Instance.lost_at.is_(None), Instance.agent_token_hash.is_not(None))
     ).one()
     return int(registered), int(quiet)
-
-
-def _heard_of(row: Instance) -> datetime:
-    """`_heard` of a row read into Python."""
-    heartbeat, registered = row.last_heartbeat_at, row.registered_at
-    if heartbeat is not None and (registered is None or registered <= heartbeat):
-        return heartbeat
-    # The statement chose the row by this time, so it is set.
-    return registered if registered is not None else datetime.max.replace(tzinfo=UTC)
 
 
 def lose_instances(

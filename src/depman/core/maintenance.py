@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from depman.core.clock import utcnow
 from depman.core.jobs import expire_jobs
-from depman.core.lost import sweep_lost_instances
+from depman.core.lost import LostSweep, sweep_lost_instances
 from depman.core.policy import Policy
 from depman.core.queue import requeue_stale_running, wake_due_items
 from depman.core.reports import on_item_failed
@@ -47,12 +47,8 @@ SWEEP_LOCK_KEY = 0x6465706D616E
 class SweepReport:
     """What one sweep did."""
 
-    instances_lost: list[str] = field(default_factory=list)
-    # Silent past the lost timeout but kept in a wide silence (core/lost.py): how many,
-    # and, counted when anyone was silent, the registered instances and the quiet ones.
-    instances_held: int = 0
-    instances_registered: int = 0
-    instances_quiet: int = 0
+    # The silent instances: those lost, and those a wide silence kept (core/lost.py).
+    silence: LostSweep = field(default_factory=LostSweep)
     items_retried: int = 0
     items_failed: int = 0
     jobs_expired: int = 0
@@ -88,14 +84,12 @@ Step = Callable[[Session, SweepInput, SweepReport], None]
 
 
 def _lost(session: Session, given: SweepInput, report: SweepReport) -> None:
-    swept = sweep_lost_instances(
+    report.silence = sweep_lost_instances(
         session=session,
         policy=given.policy,
         now=given.now,
         listening_since=given.listening_since,
     )
-    report.instances_lost, report.instances_held = swept.lost, swept.held
-    report.instances_registered, report.instances_quiet = swept.registered, swept.quiet
 
 
 def _failed_items(session: Session, given: SweepInput, report: SweepReport) -> None:

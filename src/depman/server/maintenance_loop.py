@@ -11,9 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from depman.core.clock import utcnow
 from depman.core.jobs import pending_server_types
+from depman.core.lost import LostSweep
 from depman.core.maintenance import SweepReport, run_sweep
 from depman.server.pauses import PauseWatch
 from depman.server.state import ServerState
+from depman.server.warn_limit import WarnLimiter
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,6 @@ log = logging.getLogger(__name__)
 # Of the interval, how long after any process's sweep started this one's turn is left to
 # the next: less than the whole, so that a timer firing a little early still sweeps.
 SWEEP_SPACING_SHARE = 0.8
-WIDE_SILENCE_WARN_EVERY_SECONDS = 60.0
 
 
 def sweep_once(state: ServerState, listening_since: datetime | None = None) -> SweepReport:
@@ -53,17 +54,16 @@ async def run_maintenance(state: ServerState, pauses: PauseWatch) -> None:
     interval = state.settings.maintenance_interval_seconds
     # Silence from before this process listened is not the agents' (the server was down).
     listening_since = utcnow()
-    warned_at = -WIDE_SILENCE_WARN_EVERY_SECONDS
+    warnings = WarnLimiter(log)
     while True:
         try:
             report = await run_in_threadpool(_timed_sweep, state, pauses, listening_since)
-            if not report.skipped:
-                warned_at = _log_wide_silence(state, report, warned_at)
-            if report.instances_lost:
+            _warn_of_wide_silence(state, report.silence, warnings)
+            if report.silence.lost:
                 log.warning(
                     "sweep: instances lost (no heartbeat for %gs): %s",
                     state.policy.instance_lost_seconds,
-                    ", ".join(report.instances_lost),
+                    ", ".join(report.silence.lost),
                 )
             if report.items_failed or report.jobs_expired or report.jobs_placed:
                 log.info(
@@ -79,22 +79,20 @@ async def run_maintenance(state: ServerState, pauses: PauseWatch) -> None:
         await asyncio.sleep(interval)
 
 
-
-def _log_wide_silence(state: ServerState, report: SweepReport, warned_at: float) -> float:
-    """Warn of a sweep that kept the instances of a wide silence, at most once a minute
-    (each is kept again every `instance_lost_seconds`); answers when it last warned."""
-    now = time.monotonic()
-    if not report.instances_held or now - warned_at < WIDE_SILENCE_WARN_EVERY_SECONDS:
-        return warned_at
+def _warn_of_wide_silence(state: ServerState, silence: LostSweep, warnings: WarnLimiter) -> None:
+    """A sweep kept the instances of a wide silence (each is kept again at every sweep
+    while it lasts, so the warning is rate-limited)."""
+    if not silence.held:
+        return
     policy = state.policy
-    log.warning(
+    warnings.warn(
+        "wide silence",
         "sweep: %d of %d registered instances quiet at once, %d of them silent past %gs: "
         "taken for the server's or its network's silence, none is lost before %gs of "
         "silence (lost_wide_silence_seconds)",
-        report.instances_quiet,
-        report.instances_registered,
-        report.instances_held + len(report.instances_lost),
+        silence.quiet,
+        silence.registered,
+        silence.held + len(silence.lost),
         policy.instance_lost_seconds,
         max(policy.lost_wide_silence_seconds, policy.instance_lost_seconds),
     )
-    return now

@@ -16,13 +16,13 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from prometheus_client import Histogram
 
+from depman.server.warn_limit import WarnLimiter
+
 log = logging.getLogger(__name__)
 LAG_SAMPLE_SECONDS = 0.1
-WARN_EVERY_SECONDS = 60.0
 
 
 class PauseWatch:
@@ -42,13 +42,7 @@ class PauseWatch:
         self.gc_pause = gc_pause
         self.task_duration = task_duration
         self._gc_started = 0.0
-        self._last_warning: dict[str, float] = {}
-
-    def _warn(self, kind: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_warning.get(kind, -WARN_EVERY_SECONDS) >= WARN_EVERY_SECONDS:
-            self._last_warning[kind] = now
-            log.warning(message, *args)
+        self._warnings = WarnLimiter(log)
 
     # -- garbage collector
 
@@ -70,7 +64,7 @@ class PauseWatch:
         generation = info.get("generation", 0)
         self.gc_pause.labels(str(generation)).observe(seconds)
         if seconds >= self.warn_seconds:
-            self._warn(
+            self._warnings.warn(
                 "gc",
                 "garbage collection (generation %d) paused the process for %.0f ms "
                 "(%d objects freed)",
@@ -89,7 +83,7 @@ class PauseWatch:
             lag = max(0.0, time.perf_counter() - started - LAG_SAMPLE_SECONDS)
             self.loop_lag.observe(lag)
             if lag >= self.warn_seconds:
-                self._warn("loop", "the event loop was held for %.0f ms", lag * 1000)
+                self._warnings.warn("loop", "the event loop was held for %.0f ms", lag * 1000)
 
     # -- periodic tasks
 
@@ -111,4 +105,6 @@ class PauseWatch:
             where = ""
             if steps:
                 where = " (" + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()) + ")"
-            self._warn(task, "periodic task %s took %.0f ms%s", task, seconds * 1000, where)
+            self._warnings.warn(
+                task, "periodic task %s took %.0f ms%s", task, seconds * 1000, where
+            )
